@@ -1,0 +1,80 @@
+"""What a backend reports about the run it made: the execution side of a certificate.
+
+The backend fills a :class:`RunRecord`; :func:`certun.certificates.issue` turns it and the
+:class:`~certun.accountant.Schedule` into a certificate. It holds digests and commitments only: no
+record identifiers, no raw seed (THEORY.md §6; docs/certificates.md).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = ["ModelDigest", "RunRecord"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class ModelDigest:
+    """Digest of a set of named tensors: a root over all of them and one digest per tensor.
+
+    ``root`` and each value of ``tensors`` are ``"sha256:<hex>"`` strings. Tensors are hashed, not
+    files: name, dtype, shape and little-endian C-order bytes, length-prefixed, sorted by name.
+    """
+
+    root: str
+    tensors: Mapping[str, str] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"root": self.root, "tensors": dict(sorted(self.tensors.items()))}
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunRecord:
+    """Everything about an unlearning run that a certificate records besides the schedule.
+
+    Attributes:
+        backend: registered backend name (``"torch"``, ``"numpy"``).
+        clipping: ``"per_sample"``, ``"batch"`` or ``None`` (variants without gradient clipping).
+        unlearned_parameters: names of the parameters in ``x`` (THEORY.md notation), in order.
+        d: total number of unlearned coordinates.
+        frozen_parameters: name -> tensor digest of parameters left untouched (asserted by the user to
+            be independent of D); the digest is of the value before and after, which must be equal.
+        model_before / model_after: digests of the unlearned parameters before and after the run.
+        center: digest of the ball centre (THEORY.md §1 anchored balls), ``None`` for the origin.
+        retain_root / forget_root: salted Merkle roots over record identifiers (hex), if given.
+        retain_count / forget_count: number of records in each set, if known.
+        id_scheme: how identifiers were formed (e.g. ``"dataset-index"``, with its caveat in docs).
+        seed_commitment: salted commitment to the noise seed (never the seed).
+        noisy_steps: number of noisy steps actually run (must equal ``schedule.T``).
+        postprocess: post-processing applied after the noisy phase (e.g. ``"project_C0"``).
+        finetune: noiseless fine-tuning on retain data (epochs, lr, steps): post-processing.
+        device, dtype: where and in which precision the noisy phase ran.
+        started_at, finished_at: RFC 3339 UTC timestamps.
+        versions: library versions (certun, torch, opacus, numpy, ...).
+        extra: anything else worth keeping (free-form, JSON-serialisable).
+    """
+
+    backend: str
+    clipping: str | None
+    unlearned_parameters: tuple[str, ...]
+    d: int
+    noisy_steps: int
+    frozen_parameters: Mapping[str, str] = field(default_factory=dict)
+    model_before: ModelDigest | None = None
+    model_after: ModelDigest | None = None
+    center: ModelDigest | None = None
+    retain_root: str | None = None
+    forget_root: str | None = None
+    retain_count: int | None = None
+    forget_count: int | None = None
+    id_scheme: str | None = None
+    seed_commitment: Mapping[str, str] | None = None
+    postprocess: str | None = None
+    finetune: Mapping[str, Any] = field(default_factory=dict)
+    device: str = "cpu"
+    dtype: str = "float32"
+    started_at: str | None = None
+    finished_at: str | None = None
+    versions: Mapping[str, str] = field(default_factory=dict)
+    extra: Mapping[str, Any] = field(default_factory=dict)

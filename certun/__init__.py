@@ -1,0 +1,48 @@
+"""certun: certified machine unlearning for neural networks.
+
+``plan`` derives the noise σ and the number of noisy steps T for an (ε, δ) target, ``guarantee``
+recomputes (ε, δ) from any schedule, ``get_backend`` runs the unlearning, and ``certun verify``
+checks the certificate. Source of every formula: THEORY.md (docs/accountant.md).
+"""
+
+from certun.errors import (
+    CertificateFormatError,
+    CertunError,
+    InfeasibleError,
+    InvalidParameterError,
+    NumericalError,
+    SolverError,
+    UnlearningRunError,
+    UnsupportedModelError,
+)
+from certun.accountant import Guarantee, Method, Mode, Schedule, Variant, guarantee, plan
+
+__version__ = "0.1.0"
+
+
+def get_backend(name: str):
+    """The registered backend called ``name`` (``"torch"``, ``"numpy"``); see :mod:`certun.backends`."""
+    from certun.backends import get_backend as _get_backend
+
+    return _get_backend(name)
+
+
+__all__ = [
+    "__version__",
+    "plan",
+    "guarantee",
+    "get_backend",
+    "Schedule",
+    "Guarantee",
+    "Variant",
+    "Mode",
+    "Method",
+    "CertunError",
+    "InvalidParameterError",
+    "InfeasibleError",
+    "SolverError",
+    "NumericalError",
+    "UnsupportedModelError",
+    "CertificateFormatError",
+    "UnlearningRunError",
+]
