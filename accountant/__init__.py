@@ -5,8 +5,8 @@ coefficient θ, Rényi conversion, per-variant bounds) are exported for tests, v
 Source of every formula: THEORY.md (docs/accountant.md).
 """
 
-from certun.accountant.schedule import SCHEDULE_VERSION, Guarantee, Method, Mode, Schedule, Variant
 from certun.accountant.planner import guarantee, plan
+from certun.accountant.schedule import SCHEDULE_VERSION, Guarantee, Method, Mode, Schedule, Variant
 
 __all__ = [
     "SCHEDULE_VERSION",

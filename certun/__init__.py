@@ -5,6 +5,7 @@ recomputes (ε, δ) from any schedule, ``get_backend`` runs the unlearning, and 
 checks the certificate. Source of every formula: THEORY.md (docs/accountant.md).
 """
 
+from certun.accountant import Guarantee, Method, Mode, Schedule, Variant, guarantee, plan
 from certun.errors import (
     CertificateFormatError,
     CertunError,
@@ -15,7 +16,6 @@ from certun.errors import (
     UnlearningRunError,
     UnsupportedModelError,
 )
-from certun.accountant import Guarantee, Method, Mode, Schedule, Variant, guarantee, plan
 
 __version__ = "0.1.0"
 

@@ -1,0 +1,169 @@
+"""Log-space numerics shared by every variant: normal tails, log-add/sub, θ_ε(r), golden search.
+
+Private module. Float64 paths are accurate to ~1e-12 relative; where float64 cannot decide (a
+difference of two nearly equal tails) the mpmath path takes over with precision set per call
+(``mpmath.workdps``), never globally. Source: THEORY.md §3 ("Numerics").
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import mpmath
+from scipy.special import log_ndtr
+
+from certun.errors import NumericalError
+
+_SQRT2 = math.sqrt(2.0)
+_LOG_HALF = math.log(0.5)
+
+#: Relative slack added on the unsafe side of float64 results (see ``docs/accountant.md``): every
+#: float64 privacy loss is inflated by this factor so that rounding can never report a bound below
+#: the exact value. It is far below the 1e-9 grid on which σ is rounded.
+FLOAT_SLACK = 1e-12
+
+
+def log_q(x: float) -> float:
+    """log Q(x) = log(1 − Φ(x)), the log standard-normal upper tail, without cancellation.
+
+    ``math.erfc`` keeps full relative accuracy until it underflows near x ≈ 37; beyond that scipy's
+    ``log_ndtr`` (asymptotic series) is used. For x ≪ 0, ``log1p`` of the small lower tail.
+    """
+    if math.isnan(x):
+        raise NumericalError("log_q received NaN")
+    if x < -5.0:
+        return math.log1p(-0.5 * math.erfc(-x / _SQRT2))
+    if x <= 30.0:
+        return _LOG_HALF + math.log(math.erfc(x / _SQRT2))
+    return float(log_ndtr(-x))
+
+
+def log_sub_exp(a: float, b: float) -> float:
+    """log(e^a − e^b) for a ≥ b; raises :class:`NumericalError` if b > a."""
+    if b > a:
+        raise NumericalError(f"log_sub_exp needs a >= b, got a={a!r}, b={b!r}")
+    if b == -math.inf:
+        return a
+    if a == b:
+        return -math.inf
+    return a + math.log(-math.expm1(b - a))
+
+
+def log_add_exp(a: float, b: float) -> float:
+    """log(e^a + e^b) without overflow."""
+    if a < b:
+        a, b = b, a
+    if b == -math.inf:
+        return a
+    return a + math.log1p(math.exp(b - a))
+
+
+def log_expm1(x: float) -> float:
+    """log(e^x − 1) for x > 0, accurate for tiny and huge x."""
+    if not x > 0:
+        raise NumericalError(f"log_expm1 needs x > 0, got {x!r}")
+    if x > 50.0:
+        return x + math.log1p(-math.exp(-x))
+    return math.log(math.expm1(x))
+
+
+def log_theta(eps: float, r: float) -> float:
+    """log θ_ε(r), θ_ε(r) = Q(ε/r − r/2) − e^ε·Q(ε/r + r/2) (THEORY.md §3).
+
+    θ_ε(r) is the hockey-stick divergence E_{e^ε} between N(0, 1) and N(r, 1): the Gaussian
+    mechanism's δ(ε) at sensitivity/noise ratio r, and the contraction coefficient of a Gaussian
+    kernel whose pre-noise points lie in a set of diameter r·σ. Exact to ~1e-12 relative: when the two
+    tails nearly cancel in float64, the difference is taken in mpmath at adequate precision.
+    """
+    if math.isnan(eps) or math.isnan(r):
+        raise NumericalError(f"log_theta received NaN (eps={eps!r}, r={r!r})")
+    if eps < 0:
+        raise NumericalError(f"log_theta needs eps >= 0, got {eps!r}")
+    if r <= 0:
+        return -math.inf
+    if math.isinf(r):
+        return 0.0
+    if math.isinf(eps):
+        return -math.inf
+    a = eps / r - r / 2.0
+    b = eps / r + r / 2.0
+    if a > _ASYMPTOTIC_FROM:
+        return _log_theta_asymptotic(a, b, r)
+    la = log_q(a)
+    lb = log_q(b)
+    log_ratio = eps + lb - la  # log(e^ε Q(b) / Q(a)) ≤ 0 mathematically
+    # The absolute error of log_ratio is a few ulps of its largest term (~1e-15·scale), so the relative
+    # error of θ = Q(a)·(1 − e^{log_ratio}) is about 1e-15·scale/(−log_ratio). Use float64 only while
+    # that stays below 1e-10; otherwise resolve the difference in mpmath.
+    scale = abs(eps) + abs(la) + abs(lb) + 1.0
+    if log_ratio < -1e-5 * scale:
+        return la + math.log(-math.expm1(log_ratio))
+    return log_theta_mp(eps, r)
+
+
+_ASYMPTOTIC_FROM = 1e4
+_LOG_SQRT_2PI = 0.5 * math.log(2.0 * math.pi)
+
+
+def _log_theta_asymptotic(a: float, b: float, r: float) -> float:
+    """log θ for a = ε/r − r/2 ≥ 1e4, where both tails are below e^{-5e7}.
+
+    With the Mills ratio R(x) = Q(x)/φ(x) and e^ε·φ(b) = φ(a): θ = φ(a)·(R(a) − R(b)), and
+    R(x) = 1/x − 1/x³ + 3/x⁵ − …, so R(a) − R(b) = (r/(ab))·(1 − (a² + ab + b²)/(a²b²) + O(a⁻⁴)).
+    The O(a⁻⁴) ≤ 1e-15 remainder is covered by an explicit relative slack of 1e-14 upwards.
+    """
+    correction = (a * a + a * b + b * b) / (a * a * b * b)
+    return (-0.5 * a * a - _LOG_SQRT_2PI + math.log(r) - math.log(a) - math.log(b)
+            + math.log1p(-correction) + 1e-14)
+
+
+def log_theta_mp(eps: float, r: float, *, max_dps: int = 2000) -> float:
+    """log θ_ε(r) evaluated with mpmath, raising the precision until the difference is resolved."""
+    if r <= 0:
+        return -math.inf
+    if eps / r - r / 2.0 > _ASYMPTOTIC_FROM:  # mpmath's erfc overflows its series check out there
+        return _log_theta_asymptotic(eps / r - r / 2.0, eps / r + r / 2.0, r)
+    dps = 40
+    while dps <= max_dps:
+        with mpmath.workdps(dps):
+            e, rr = mpmath.mpf(eps), mpmath.mpf(r)
+            a = e / rr - rr / 2
+            b = e / rr + rr / 2
+            qa = mpmath.erfc(a / mpmath.sqrt(2)) / 2
+            qb = mpmath.exp(e) * mpmath.erfc(b / mpmath.sqrt(2)) / 2
+            diff = qa - qb
+            if diff > 0 and diff > qa * mpmath.mpf(10) ** (-(dps - 15)):
+                return float(mpmath.log(diff))
+        dps *= 2
+    raise NumericalError(f"log_theta could not resolve theta at eps={eps!r}, r={r!r} with {max_dps} digits")
+
+
+def golden_minimize(
+    f: Callable[[float], float], lo: float, hi: float, *, xtol: float = 1e-10, maxiter: int = 200
+) -> tuple[float, float]:
+    """Minimise a unimodal ``f`` on ``[lo, hi]`` by golden-section search; returns ``(x, f(x))``.
+
+    Pure Python (a few microseconds per step). The returned point is one where ``f`` was evaluated,
+    so a caller that only needs *a* valid bound (any α of the Rényi conversion is valid) is safe even
+    if ``f`` is not unimodal.
+    """
+    invphi = (math.sqrt(5.0) - 1.0) / 2.0
+    a, b = lo, hi
+    c = b - invphi * (b - a)
+    d = a + invphi * (b - a)
+    fc, fd = f(c), f(d)
+    for _ in range(maxiter):
+        if abs(b - a) <= xtol * max(1.0, abs(c)):
+            break
+        if fc <= fd:
+            b, d, fd = d, c, fc
+            c = b - invphi * (b - a)
+            fc = f(c)
+        else:
+            a, c, fc = c, d, fd
+            d = a + invphi * (b - a)
+            fd = f(d)
+    if math.isnan(fc) or math.isnan(fd):
+        raise NumericalError(f"objective returned NaN near x={c!r}")
+    return (c, fc) if fc <= fd else (d, fd)

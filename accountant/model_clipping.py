@@ -1,0 +1,94 @@
+"""Model clipping (contraction of the hockey-stick divergence): the δ-recursion of THEORY.md §3.
+
+``δ_0 = 1`` (or ``θ_ε(2C0/σ0)`` with initial noise); each noisy step with contraction radius
+``r_t`` (``2C2/σ_t`` for noise after projection, ``2(C2 + γ_t C1)/σ_t`` for gradient clip + noise
+before projection) maps
+
+    ε̃_t = ln(1 + (e^ε − 1)/δ_t),      δ_{t+1} = θ_{ε̃_t}(r_t)·δ_t.
+
+Everything is carried as ln δ, so δ of 1e-300 and far below is ordinary. Float64 steps are made
+conservative by ``FLOAT_SLACK`` (each ln θ is shrunk towards 0 by that relative amount); the mpmath
+path evaluates each θ at high precision for verification.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Iterator
+
+import mpmath
+from certun.accountant._numerics import FLOAT_SLACK, log_add_exp, log_expm1, log_theta, log_theta_mp
+from certun.accountant.schedule import Mode
+
+__all__ = [
+    "contraction_radius",
+    "log_delta_initial",
+    "log_delta_steps",
+    "log_delta_final",
+    "log_delta_final_mp",
+]
+
+
+def contraction_radius(C2: float, sigma: float, mode: Mode, gamma: float = 0.0, C1: float | None = None) -> float:
+    """r_t of one noisy step (THEORY.md §3): the pre-noise diameter over σ."""
+    if mode is Mode.CLIP_NOISE_BEFORE_PROJECTION:
+        if C1 is None:
+            raise ValueError("C1 is required for mode clip_noise_before_projection")
+        return 2.0 * (C2 + gamma * C1) / sigma
+    return 2.0 * C2 / sigma
+
+
+def log_delta_initial(eps: float, C0: float, sigma0: float | None) -> float:
+    """ln δ_0: 0 without initial noise, ``ln θ_ε(2C0/σ0)`` with it (THEORY.md §3)."""
+    if sigma0 is None:
+        return 0.0
+    return log_theta(eps, 2.0 * C0 / sigma0) * (1.0 - FLOAT_SLACK)
+
+
+def _eps_tilde(log_expm1_eps: float, log_delta: float) -> float:
+    # ε̃ = ln(1 + (e^ε − 1)/δ) = logaddexp(0, ln(e^ε − 1) − ln δ)
+    return log_add_exp(0.0, log_expm1_eps - log_delta)
+
+
+def log_delta_steps(eps: float, radii: Iterable[float], log_delta0: float) -> Iterator[float]:
+    """Yield ln δ_t after each step of the recursion, for the radii r_0, r_1, … in order."""
+    le = log_expm1(eps)
+    log_delta = log_delta0
+    for r in radii:
+        step = log_theta(_eps_tilde(le, log_delta), r)
+        log_delta = log_delta + step * (1.0 - FLOAT_SLACK)
+        yield log_delta
+
+
+def log_delta_final(eps: float, radii: Iterable[float], log_delta0: float, *,
+                    stop_below: float | None = None) -> float:
+    """ln δ_T after all the steps (float64, conservative).
+
+    With ``stop_below``, returns early at the first ln δ_t ≤ stop_below: δ_t only falls, so the sign of
+    ``ln δ_T − stop_below`` is already known (used by the planner's monotone solver).
+    """
+    log_delta = log_delta0
+    for log_delta in log_delta_steps(eps, radii, log_delta0):
+        if stop_below is not None and log_delta <= stop_below:
+            break
+    return log_delta
+
+
+def log_delta_final_mp(eps: float, radii: Iterable[float], C0: float, sigma0: float | None, *, dps: int = 40) -> float:
+    """ln δ_T with every θ taken at high precision in mpmath (verification path), rounded up."""
+    log_delta = mpmath.mpf(0) if sigma0 is None else mpmath.mpf(log_theta_mp(eps, 2.0 * C0 / sigma0))
+    with mpmath.workdps(dps):
+        expm1_eps = mpmath.expm1(mpmath.mpf(eps))
+        for r in radii:
+            eps_tilde = mpmath.log(1 + expm1_eps / mpmath.exp(log_delta))
+            log_delta = log_delta + mpmath.mpf(log_theta_mp(float(eps_tilde), r))
+        out = float(log_delta)
+        # log_theta_mp rounds to float at each step; nudge the result up by a few ulps per step.
+        return out + 4.0 * math.ulp(out) * max(1, _count(radii))
+
+
+def _count(radii: Iterable[float]) -> int:
+    try:
+        return len(radii)  # type: ignore[arg-type]
+    except TypeError:
+        return 1
