@@ -21,12 +21,18 @@ from certun.accountant._numerics import FLOAT_SLACK, log_add_exp, log_expm1, log
 from certun.accountant.schedule import Mode
 
 __all__ = [
+    "LOG_DELTA_FLOOR",
     "contraction_radius",
     "log_delta_initial",
     "log_delta_steps",
     "log_delta_final",
     "log_delta_final_mp",
 ]
+
+
+#: ln δ below which the recursion stops: δ_t only falls, so the current δ_t is a valid (upper) bound
+#: for every later step, and ln δ itself would otherwise overflow float64 (it squares every step).
+LOG_DELTA_FLOOR = -1e12
 
 
 def contraction_radius(C2: float, sigma: float, mode: Mode, gamma: float = 0.0, C1: float | None = None) -> float:
@@ -55,8 +61,9 @@ def log_delta_steps(eps: float, radii: Iterable[float], log_delta0: float) -> It
     le = log_expm1(eps)
     log_delta = log_delta0
     for r in radii:
-        step = log_theta(_eps_tilde(le, log_delta), r)
-        log_delta = log_delta + step * (1.0 - FLOAT_SLACK)
+        if log_delta > LOG_DELTA_FLOOR:
+            step = log_theta(_eps_tilde(le, log_delta), r)
+            log_delta = max(log_delta + step * (1.0 - FLOAT_SLACK), LOG_DELTA_FLOOR)
         yield log_delta
 
 
@@ -80,8 +87,10 @@ def log_delta_final_mp(eps: float, radii: Iterable[float], C0: float, sigma0: fl
     with mpmath.workdps(dps):
         expm1_eps = mpmath.expm1(mpmath.mpf(eps))
         for r in radii:
+            if log_delta <= LOG_DELTA_FLOOR:
+                break
             eps_tilde = mpmath.log(1 + expm1_eps / mpmath.exp(log_delta))
-            log_delta = log_delta + mpmath.mpf(log_theta_mp(float(eps_tilde), r))
+            log_delta = max(log_delta + mpmath.mpf(log_theta_mp(float(eps_tilde), r)), LOG_DELTA_FLOOR)
         out = float(log_delta)
         # log_theta_mp rounds to float at each step; nudge the result up by a few ulps per step.
         return out + 4.0 * math.ulp(out) * max(1, _count(radii))

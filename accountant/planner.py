@@ -40,9 +40,11 @@ def _real(name: str, value: Any, *, lower: float, strict: bool = True, upper: fl
         ok = ok and (x < upper if upper_strict else x <= upper)
     if not ok:
         if valid is None:
-            lo = f"{'>' if strict else '>='} {lower:g}"
-            valid = lo if upper is None else f"in {'(' if strict else '['}{lower:g}, {upper:g}{')' if upper_strict else ']'}"
-            valid = "finite and " + valid
+            if upper is None:
+                valid = f"finite and {'>' if strict else '>='} {lower:g}"
+            else:
+                left, right = "(" if strict else "[", ")" if upper_strict else "]"
+                valid = f"finite and in {left}{lower:g}, {upper:g}{right}"
         raise InvalidParameterError(name, value, valid)
     return x
 
@@ -92,8 +94,7 @@ def guarantee(schedule: Schedule, *, exact: bool = False) -> Guarantee:
     if v is Variant.RETRAIN:
         return Guarantee(0.0, 0.0)
     if v is Variant.GRADIENT_CLIPPING:
-        log_delta = math.log(target.delta)
-        return _gc_guarantee(schedule, log_delta, exact=exact)
+        return _gc_guarantee(schedule, target.delta, exact=exact)
     eps = target.eps
     if v is Variant.OUTPUT_PERTURBATION:
         r = 2.0 * schedule.C0 / schedule.sigma0
@@ -108,7 +109,8 @@ def guarantee(schedule: Schedule, *, exact: bool = False) -> Guarantee:
     return Guarantee(eps, _delta_from_log(ld), log_delta=ld)
 
 
-def _gc_guarantee(s: Schedule, log_delta: float, *, exact: bool) -> Guarantee:
+def _gc_guarantee(s: Schedule, delta: float, *, exact: bool) -> Guarantee:
+    log_delta = math.log(delta)
     if s.sigma is not None and s.gamma is not None:
         er = gc.eps_renyi_constant(s.C0, s.C1, s.lam, s.gamma, s.sigma, s.T)
     else:
@@ -118,7 +120,7 @@ def _gc_guarantee(s: Schedule, log_delta: float, *, exact: bool) -> Guarantee:
         er = gc.eps_renyi_schedule_mp(s.C0, s.C1, s.lam, s.gammas, s.sigmas)
         if alpha is not None:
             eps = max(eps_at_alpha_mp(alpha, er, log_delta), 0.0)
-    return Guarantee(eps, math.exp(log_delta), log_delta=log_delta, eps_renyi=er, alpha=alpha)
+    return Guarantee(eps, delta, log_delta=log_delta, eps_renyi=er, alpha=alpha)
 
 
 def _mc_radii(s: Schedule) -> list[float]:
@@ -306,6 +308,10 @@ def _plan_model_clipping(eps, delta, C0, C1, C2, lam, gamma, T, sigma, sigma0, m
     common = dict(variant=Variant.MODEL_CLIPPING, C0=C0, C1=C1, C2=C2, lam=lam, sigma0=sigma0, mode=mode,
                   target=target, method=Method.EXACT)
     if sigma is None:
+        if ld0() <= log_delta:
+            raise InvalidParameterError(
+                "sigma0", sigma0, f"small enough that the initial noise alone does not already give delta <= {delta}",
+                hint="the noisy steps would need no noise: use variant='output_perturbation' and fine-tune")
         r1 = mc.contraction_radius(C2, 1.0, mode, gamma, C1)  # r = r1 / sigma
 
         def gap(s: float) -> float:

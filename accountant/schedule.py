@@ -90,6 +90,17 @@ def _finite_float(name: str, value: Any, *, positive: bool = False, nonneg: bool
     return x
 
 
+def _finite_tuple(name: str, values: Any, *, positive: bool) -> tuple[float, ...]:
+    """Validate a per-step list in one pass (T can be 1e4+, so no per-item Python calls on success)."""
+    out = tuple(values)
+    if out and all(type(v) is float for v in out):
+        lo, hi = min(out), max(out)
+        if math.isfinite(lo) and math.isfinite(hi) and (lo > 0 if positive else lo >= 0):
+            return out
+    # slow path: find and name the offending value
+    return tuple(_finite_float(name, v, positive=positive, nonneg=not positive) for v in out)
+
+
 @dataclass(frozen=True, slots=True)
 class Guarantee:
     """An (ε, δ) pair, with the accounting details that produced it.
@@ -158,8 +169,8 @@ class Schedule:
             set_(self, "mode", _parse_enum(Mode, "mode", self.mode))
         if isinstance(self.T, bool) or not isinstance(self.T, int) or self.T < 0:
             raise InvalidParameterError("T", self.T, "an integer >= 0")
-        set_(self, "gammas", tuple(_finite_float("gamma", g, nonneg=True) for g in self.gammas))
-        set_(self, "sigmas", tuple(_finite_float("sigma", s, positive=True) for s in self.sigmas))
+        set_(self, "gammas", _finite_tuple("gamma", self.gammas, positive=False))
+        set_(self, "sigmas", _finite_tuple("sigma", self.sigmas, positive=True))
         set_(self, "notes", tuple(str(n) for n in self.notes))
         for name in ("C0", "C1", "C2", "sigma0"):
             value = getattr(self, name)
@@ -207,16 +218,12 @@ class Schedule:
     @property
     def sigma(self) -> float | None:
         """The constant per-step σ, or ``None`` if it varies or there are no steps."""
-        if self.sigmas and all(s == self.sigmas[0] for s in self.sigmas):
-            return self.sigmas[0]
-        return None
+        return _constant(self.sigmas)
 
     @property
     def gamma(self) -> float | None:
         """The constant step size γ, or ``None`` if it varies or there are no steps."""
-        if self.gammas and all(g == self.gammas[0] for g in self.gammas):
-            return self.gammas[0]
-        return None
+        return _constant(self.gammas)
 
     @property
     def eps(self) -> float:
@@ -311,6 +318,12 @@ class Schedule:
             )
         except (TypeError, InvalidParameterError) as exc:
             raise CertificateFormatError(f"invalid schedule: {exc}") from exc
+
+
+def _constant(values: tuple[float, ...]) -> float | None:
+    if values and min(values) == max(values):
+        return values[0]
+    return None
 
 
 def _expand(data: Mapping[str, Any], scalar_key: str, list_key: str, T: int) -> tuple[float, ...]:
