@@ -1,20 +1,41 @@
 """Backend-agnostic accounting: derive σ and T for an (ε, δ) target and recompute guarantees.
 
 Public entry points are :func:`plan` and :func:`guarantee`; the lower-level functions (contraction
-coefficient θ, Rényi conversion, per-variant bounds) are exported for tests, verifiers and auditors.
-Source of every formula: THEORY.md (docs/accountant.md).
+coefficient θ, Rényi conversion) are exported for verifiers and auditors. Source of every formula:
+THEORY.md (docs/accountant.md).
 """
 
-from certun.accountant.planner import guarantee, plan
+import math
+
+from certun.accountant._numerics import log_theta
+from certun.accountant.planner import DEFAULT_GAMMA, guarantee, plan
+from certun.accountant.rdp import eps_from_renyi, log_delta_from_renyi, max_renyi_for
 from certun.accountant.schedule import SCHEDULE_VERSION, Guarantee, Method, Mode, Schedule, Variant
 
+
+def theta(eps: float, r: float) -> float:
+    """θ_ε(r) = Q(ε/r − r/2) − e^ε Q(ε/r + r/2): the Gaussian mechanism's δ(ε) at sensitivity/noise r.
+
+    Rounded up to the smallest positive float rather than underflowing to 0; use :func:`log_theta`
+    for the exact log. Source: THEORY.md §3.
+    """
+    value = math.exp(log_theta(eps, r))
+    return value if value > 0.0 or r <= 0 else 5e-324
+
+
 __all__ = [
+    "DEFAULT_GAMMA",
     "SCHEDULE_VERSION",
     "Guarantee",
     "Method",
     "Mode",
     "Schedule",
     "Variant",
+    "eps_from_renyi",
     "guarantee",
+    "log_delta_from_renyi",
+    "log_theta",
+    "max_renyi_for",
     "plan",
+    "theta",
 ]

@@ -257,6 +257,9 @@ def _plan_gradient_clipping(eps, delta, C0, C1, lam, gamma, T, sigma, method, ma
         if method is Method.CLOSED_FORM:
             raw = gc.closed_form_sigma(eps, log_delta, C0, C1, lam, gamma, T)
             sigma = round_up(raw)
+            if eps_of(T, sigma) > eps:  # sufficient only within a range: re-check, refuse if it misses
+                raise InvalidParameterError("method", method.value, "'exact' for these parameters",
+                                            hint="the paper's closed form does not reach the target here")
             notes.append(f"sigma from the paper's closed form: {raw:.10g} (THEORY.md §2)")
         else:
             er_max, _ = max_renyi_for(eps, log_delta)

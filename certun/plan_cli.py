@@ -6,7 +6,7 @@ import argparse
 import json
 import math
 
-from certun.accountant import Method, Variant, guarantee, plan
+from certun.accountant import Method, Variant, plan
 from certun.accountant.planner import DEFAULT_GAMMA
 from certun.errors import CertunError
 

@@ -14,12 +14,12 @@ import math
 
 import numpy as np
 import pytest
-from scipy.stats import norm
-
-from certun import guarantee, plan
 from certun.accountant import gradient_clipping as gc
 from certun.accountant.model_clipping import log_delta_final
 from certun.accountant.rdp import log_delta_from_renyi, max_renyi_for
+from scipy.stats import norm
+
+from certun import guarantee, plan
 
 
 def gc_densities(C0, C1, lam, gamma, sigma, T, n_sd=9.0, per_sigma=24):
@@ -57,7 +57,7 @@ def test_gradient_clipping_true_delta_below_certified(cfg):
     """For the planned σ, the worst-case 1-D chains' true δ(ε) never exceeds the certified δ(ε)."""
     delta = 1e-5
     s = plan(cfg["eps"], delta, cfg["C0"], cfg["C1"], cfg["lam"], gamma=cfg["gamma"], T=cfg["T"])
-    x, dx, p, q = gc_densities(cfg["C0"], cfg["C1"], cfg["lam"], cfg["gamma"], s.sigma, cfg["T"])
+    _x, dx, p, q = gc_densities(cfg["C0"], cfg["C1"], cfg["lam"], cfg["gamma"], s.sigma, cfg["T"])
     assert abs(p.sum() * dx - 1) < 1e-6 and abs(q.sum() * dx - 1) < 1e-6  # no mass lost off the grid
     eps_renyi = guarantee(s).eps_renyi
     trues = []
@@ -74,7 +74,7 @@ def test_authors_sigma_fails_brute_force():
     C0, C1, gamma, T = 1.0, 10.0, 1e-2, 10
     A = gc.noise_free_loss(C0, C1, 0.0, gamma, T)
     buggy_sigma = math.sqrt(A / 1.0)  # ε_R = 1
-    x, dx, p, q = gc_densities(C0, C1, 0.0, gamma, buggy_sigma, T)
+    _x, dx, p, q = gc_densities(C0, C1, 0.0, gamma, buggy_sigma, T)
     true = hockey_stick(p, q, dx, 1.0)
     assert true > 100 * 1e-5
     honest_sigma = math.sqrt(A / max_renyi_for(1.0, math.log(1e-5))[0])

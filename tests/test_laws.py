@@ -7,16 +7,16 @@ import json
 import math
 
 import pytest
-from hypothesis import assume, given
-from hypothesis import strategies as st
-
-import strategies as S
-from certun import InfeasibleError, Schedule, guarantee, plan
+import strategies as strat
 from certun.accountant import gradient_clipping as gc
 from certun.accountant._numerics import log_theta
 from certun.accountant.model_clipping import log_delta_final, log_delta_steps
 from certun.accountant.rdp import eps_from_renyi
 from certun.accountant.solver import step_below
+from hypothesis import assume, given
+from hypothesis import strategies as st
+
+from certun import InfeasibleError, Schedule, guarantee, plan
 
 
 def gc_eps(C0, C1, lam, gamma, sigma, T, delta=1e-5):
@@ -24,7 +24,7 @@ def gc_eps(C0, C1, lam, gamma, sigma, T, delta=1e-5):
 
 
 # ------------------------------------------------------------------ gradient clipping monotonicity
-@given(C0=S.C0, C1=S.C1, lam=S.lam, gamma=S.gamma, T=S.T, s1=S.sigma, s2=S.sigma)
+@given(C0=strat.C0, C1=strat.C1, lam=strat.lam, gamma=strat.gamma, T=strat.T, s1=strat.sigma, s2=strat.sigma)
 def test_gc_eps_decreases_in_sigma(C0, C1, lam, gamma, T, s1, s2):
     """More noise never increases ε (GC)."""
     assume(gamma * lam < 1)
@@ -32,7 +32,8 @@ def test_gc_eps_decreases_in_sigma(C0, C1, lam, gamma, T, s1, s2):
     assert gc_eps(C0, C1, lam, gamma, hi, T) <= gc_eps(C0, C1, lam, gamma, lo, T)
 
 
-@given(C0=S.C0, C1=S.C1, lam=S.lam, gamma=S.gamma, T=S.T, sigma=S.sigma, d1=S.delta, d2=S.delta)
+@given(C0=strat.C0, C1=strat.C1, lam=strat.lam, gamma=strat.gamma, T=strat.T, sigma=strat.sigma,
+       d1=strat.delta, d2=strat.delta)
 def test_gc_eps_decreases_in_delta(C0, C1, lam, gamma, T, sigma, d1, d2):
     """A larger δ never needs a larger ε (GC)."""
     assume(gamma * lam < 1)
@@ -40,7 +41,7 @@ def test_gc_eps_decreases_in_delta(C0, C1, lam, gamma, T, sigma, d1, d2):
     assert gc_eps(C0, C1, lam, gamma, sigma, T, hi) <= gc_eps(C0, C1, lam, gamma, sigma, T, lo)
 
 
-@given(a=S.C0, b=S.C0, C1=S.C1, lam=S.lam, gamma=S.gamma, T=S.T, sigma=S.sigma)
+@given(a=strat.C0, b=strat.C0, C1=strat.C1, lam=strat.lam, gamma=strat.gamma, T=strat.T, sigma=strat.sigma)
 def test_gc_eps_increases_in_C0(a, b, C1, lam, gamma, T, sigma):
     """A larger starting ball never lowers ε (GC)."""
     assume(gamma * lam < 1)
@@ -48,7 +49,7 @@ def test_gc_eps_increases_in_C0(a, b, C1, lam, gamma, T, sigma):
     assert gc_eps(lo, C1, lam, gamma, sigma, T) <= gc_eps(hi, C1, lam, gamma, sigma, T)
 
 
-@given(C0=S.C0, a=S.C1, b=S.C1, lam=S.lam, gamma=S.gamma, T=S.T, sigma=S.sigma)
+@given(C0=strat.C0, a=strat.C1, b=strat.C1, lam=strat.lam, gamma=strat.gamma, T=strat.T, sigma=strat.sigma)
 def test_gc_eps_increases_in_C1(C0, a, b, lam, gamma, T, sigma):
     """A larger clipping norm never lowers ε (GC)."""
     assume(gamma * lam < 1)
@@ -56,7 +57,7 @@ def test_gc_eps_increases_in_C1(C0, a, b, lam, gamma, T, sigma):
     assert gc_eps(C0, lo, lam, gamma, sigma, T) <= gc_eps(C0, hi, lam, gamma, sigma, T)
 
 
-@given(C0=S.C0, C1=S.C1, lam=S.lam, gamma=S.gamma, t1=st.integers(1, 5000), t2=st.integers(1, 5000))
+@given(C0=strat.C0, C1=strat.C1, lam=strat.lam, gamma=strat.gamma, t1=st.integers(1, 5000), t2=st.integers(1, 5000))
 def test_gc_T_region(C0, C1, lam, gamma, t1, t2):
     """ε_R(T) falls on [1, T*] and rises on [T*, ∞) with T* = gc.t_argmin (exact region of THEORY.md §5)."""
     assume(gamma * lam < 1)
@@ -75,7 +76,7 @@ def test_gc_not_monotone_in_T_when_lam_zero():
     assert A[1] < A[0] and A[1] < A[2]
 
 
-@given(C0=S.C0, C1=S.C1, lam=S.lam, gamma=S.gamma, T=st.integers(1, 300), sigma=S.sigma)
+@given(C0=strat.C0, C1=strat.C1, lam=strat.lam, gamma=strat.gamma, T=st.integers(1, 300), sigma=strat.sigma)
 def test_gc_general_schedule_matches_closed_form(C0, C1, lam, gamma, T, sigma):
     """The per-step recursion and the constant-schedule closed form give the same ε_R."""
     assume(gamma * lam < 1)
@@ -85,7 +86,7 @@ def test_gc_general_schedule_matches_closed_form(C0, C1, lam, gamma, T, sigma):
 
 
 # ------------------------------------------------------------------ model clipping monotonicity
-@given(e1=S.eps, e2=S.eps, r1=S.ratio, r2=S.ratio)
+@given(e1=strat.eps, e2=strat.eps, r1=strat.ratio, r2=strat.ratio)
 def test_theta_range_and_monotonicity(e1, e2, r1, r2):
     """θ_ε(r) ∈ [0, 1], increasing in r and decreasing in ε."""
     for e in (e1, e2):
@@ -96,21 +97,21 @@ def test_theta_range_and_monotonicity(e1, e2, r1, r2):
     assert log_theta(ehi, r1) <= log_theta(elo, r1) + 1e-12
 
 
-@given(eps=S.eps, r=st.floats(0.2, 6.0), T=st.integers(1, 40))
+@given(eps=strat.eps, r=st.floats(0.2, 6.0), T=st.integers(1, 40))
 def test_mc_delta_decreases_in_T(eps, r, T):
     """δ_t never increases from one step to the next."""
     traj = list(log_delta_steps(eps, [r] * T, 0.0))
     assert all(b <= a for a, b in zip([0.0, *traj], traj, strict=False))
 
 
-@given(eps=S.eps, r1=st.floats(0.2, 6.0), r2=st.floats(0.2, 6.0), T=st.integers(1, 30))
+@given(eps=strat.eps, r1=st.floats(0.2, 6.0), r2=st.floats(0.2, 6.0), T=st.integers(1, 30))
 def test_mc_delta_increases_in_radius(eps, r1, r2, T):
     """A larger contraction radius r = 2C2/σ (more C2 or less σ) never lowers δ_T."""
     lo, hi = sorted((r1, r2))
     assert log_delta_final(eps, [lo] * T, 0.0) <= log_delta_final(eps, [hi] * T, 0.0) + 1e-9
 
 
-@given(e1=S.eps, e2=S.eps, r=st.floats(0.2, 6.0), T=st.integers(1, 30))
+@given(e1=strat.eps, e2=strat.eps, r=st.floats(0.2, 6.0), T=st.integers(1, 30))
 def test_mc_delta_decreases_in_eps(e1, e2, r, T):
     """A larger ε never needs a larger δ_T."""
     lo, hi = sorted((e1, e2))
@@ -118,7 +119,7 @@ def test_mc_delta_decreases_in_eps(e1, e2, r, T):
 
 
 # ------------------------------------------------------------------ calibration round trips
-@given(eps=S.eps, delta=S.delta, C0=S.C0, C1=S.C1, lam=S.lam, gamma=S.gamma, T=S.T)
+@given(eps=strat.eps, delta=strat.delta, C0=strat.C0, C1=strat.C1, lam=strat.lam, gamma=strat.gamma, T=strat.T)
 def test_plan_sigma_for_T_round_trip(eps, delta, C0, C1, lam, gamma, T):
     """plan(T) meets the target, and σ one grid step smaller violates it."""
     assume(gamma * lam < 1)
@@ -129,7 +130,7 @@ def test_plan_sigma_for_T_round_trip(eps, delta, C0, C1, lam, gamma, T):
     assert guarantee(tighter).eps > eps
 
 
-@given(eps=S.eps, delta=S.delta, C0=S.C0, C1=S.C1, lam=S.lam, gamma=S.gamma, sigma=S.sigma)
+@given(eps=strat.eps, delta=strat.delta, C0=strat.C0, C1=strat.C1, lam=strat.lam, gamma=strat.gamma, sigma=strat.sigma)
 def test_plan_T_for_sigma_round_trip(eps, delta, C0, C1, lam, gamma, sigma):
     """plan(σ) finds the smallest T: it meets the target and T − 1 does not."""
     assume(gamma * lam < 1)
@@ -144,7 +145,8 @@ def test_plan_T_for_sigma_round_trip(eps, delta, C0, C1, lam, gamma, sigma):
         assert guarantee(fewer).eps > eps
 
 
-@given(eps=st.floats(0.05, 2.5), delta=S.delta, C0=S.C0, C1=S.C1, lam=S.lam, gamma=S.gamma, T=S.T)
+@given(eps=st.floats(0.05, 2.5), delta=strat.delta, C0=strat.C0, C1=strat.C1, lam=strat.lam, gamma=strat.gamma,
+       T=strat.T)
 def test_exact_never_needs_more_noise_than_closed_form(eps, delta, C0, C1, lam, gamma, T):
     """The exact σ is never above the paper's closed-form σ (THEORY.md §5)."""
     assume(gamma * lam < 1)
@@ -155,7 +157,7 @@ def test_exact_never_needs_more_noise_than_closed_form(eps, delta, C0, C1, lam, 
     assert guarantee(closed).eps <= eps  # the closed form is sufficient too
 
 
-@given(eps=S.eps, delta=S.delta, C0=S.C0, C2=S.C2, T=st.integers(1, 60), mode=st.sampled_from(
+@given(eps=strat.eps, delta=strat.delta, C0=strat.C0, C2=strat.C2, T=st.integers(1, 60), mode=st.sampled_from(
     ["noise_after_projection", "clip_noise_before_projection"]), sigma0=st.one_of(st.none(), st.floats(1.0, 30.0)))
 def test_plan_model_clipping_sigma_round_trip(eps, delta, C0, C2, T, mode, sigma0):
     """Model clipping: the planned σ meets δ at ε in T steps; one grid step less noise does not."""
@@ -167,7 +169,7 @@ def test_plan_model_clipping_sigma_round_trip(eps, delta, C0, C2, T, mode, sigma
     assert guarantee(tighter).delta > delta
 
 
-@given(eps=S.eps, delta=S.delta, C0=S.C0, C2=S.C2, sigma=st.floats(0.2, 20.0))
+@given(eps=strat.eps, delta=strat.delta, C0=strat.C0, C2=strat.C2, sigma=st.floats(0.2, 20.0))
 def test_plan_model_clipping_T_round_trip(eps, delta, C0, C2, sigma):
     """Model clipping: the planned T is the first step at which δ_T ≤ δ."""
     try:
@@ -180,7 +182,7 @@ def test_plan_model_clipping_T_round_trip(eps, delta, C0, C2, sigma):
         assert guarantee(fewer).delta > delta
 
 
-@given(eps=S.eps, delta=S.delta, C0=S.C0)
+@given(eps=strat.eps, delta=strat.delta, C0=strat.C0)
 def test_plan_output_perturbation_round_trip(eps, delta, C0):
     """Output perturbation: the exact σ meets δ and one grid step less does not; classic is larger."""
     s = plan(eps, delta, C0, variant="output_perturbation")
@@ -189,7 +191,7 @@ def test_plan_output_perturbation_round_trip(eps, delta, C0):
     assert s.sigma0 <= 2 * C0 * math.sqrt(2 * math.log(1.25 / delta)) / eps or eps >= 1
 
 
-@given(eps=S.eps, delta=S.delta, C0=S.C0, C1=S.C1, lam=S.lam, T=S.T)
+@given(eps=strat.eps, delta=strat.delta, C0=strat.C0, C1=strat.C1, lam=strat.lam, T=strat.T)
 def test_schedule_json_round_trip(eps, delta, C0, C1, lam, T):
     """Schedule.from_dict(json(s.to_dict())) == s for every variant."""
     schedules = [

@@ -16,7 +16,8 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_wheel_contents(tmp_path):
     """A wheel built from the tree holds certun/{accountant,backends,certificates} and no top-level strays."""
     proc = subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path), str(ROOT)],
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
+         "-w", str(tmp_path), str(ROOT)],
         capture_output=True, text=True, timeout=300,
     )
     assert proc.returncode == 0, proc.stderr

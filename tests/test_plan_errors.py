@@ -59,7 +59,7 @@ def test_model_clipping_needs_C2_and_T_or_sigma():
         plan(1.0, 1e-5, 1.0, C2=1.0, T=5, variant="model_clipping", mode="clip_noise_before_projection")
     with pytest.raises(InvalidParameterError, match="mode"):
         plan(1.0, 1e-5, 1.0, C2=1.0, T=5, variant="model_clipping", mode="sideways")
-    with pytest.raises(InvalidParameterError, match="closed_form|exact"):
+    with pytest.raises(InvalidParameterError, match=r"closed_form|exact"):
         plan(1.0, 1e-5, 1.0, C2=1.0, T=5, variant="model_clipping", method="closed_form")
 
 
