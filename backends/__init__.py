@@ -1,0 +1,17 @@
+"""Backends that run certified unlearning: PyTorch/Opacus (``"torch"``) and a numpy reference (``"numpy"``).
+
+>>> from certun.backends import get_backend
+>>> get_backend("numpy").name
+'numpy'
+
+Each backend reads a :class:`~certun.accountant.Schedule` and runs exactly its noisy procedure
+(THEORY.md §2-§4), then optional post-processing on retain data, and returns an
+:class:`UnlearnResult` with the certificate. The noisy step itself lives in
+:mod:`certun.backends.torch_steps` and :mod:`certun.backends.numpy_steps` as small functions on flat
+parameter vectors. Importing this package does not import torch. See docs/backends.md.
+"""
+
+from certun.backends.base import Backend, UnlearnResult
+from certun.backends.registry import available_backends, get_backend, register_backend
+
+__all__ = ["Backend", "UnlearnResult", "available_backends", "get_backend", "register_backend"]

@@ -1,0 +1,55 @@
+"""Verifiable unlearning certificates: issue, sign, verify.
+
+A certificate is the product's promise in a file: closed, versioned JSON holding the claim (ε, δ),
+the full mechanism (``Schedule.to_dict()``), digests of the model tensors, salted Merkle roots of the
+retain and forget sets, a commitment to the noise seed, an optional link to the previous certificate
+and an optional Ed25519 ``eddsa-jcs-2022`` signature. :func:`verify` recomputes the guarantee with
+the accountant and never trusts a stored number. Format and guarantees: docs/certificates.md.
+"""
+
+from certun.certificates.canonical import canonical_bytes, content_digest
+from certun.certificates.commitment import open_seed_commitment, seed_commitment
+from certun.certificates.digest import model_digest, tensor_digest
+from certun.certificates.issue import issue, write_certificate
+from certun.certificates.merkle import MerkleReceipt, MerkleTree, merkle_tree, verify_receipt
+from certun.certificates.parse import load_certificate
+from certun.certificates.record import ModelDigest, RunRecord
+from certun.certificates.report import CheckResult, Report, Status
+from certun.certificates.schema import FORMAT_VERSION, SUPPORTED_FORMAT_VERSIONS
+from certun.certificates.signing import (
+    generate_signing_key,
+    load_public_key,
+    load_signing_key,
+    public_key_multibase,
+    signing_key_multibase,
+)
+from certun.certificates.verify import verify
+
+__all__ = [
+    "FORMAT_VERSION",
+    "SUPPORTED_FORMAT_VERSIONS",
+    "CheckResult",
+    "MerkleReceipt",
+    "MerkleTree",
+    "ModelDigest",
+    "Report",
+    "RunRecord",
+    "Status",
+    "canonical_bytes",
+    "content_digest",
+    "generate_signing_key",
+    "issue",
+    "load_certificate",
+    "load_public_key",
+    "load_signing_key",
+    "merkle_tree",
+    "model_digest",
+    "open_seed_commitment",
+    "public_key_multibase",
+    "seed_commitment",
+    "signing_key_multibase",
+    "tensor_digest",
+    "verify",
+    "verify_receipt",
+    "write_certificate",
+]

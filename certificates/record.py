@@ -24,8 +24,12 @@ class ModelDigest:
 
     root: str
     tensors: Mapping[str, str] = field(default_factory=dict)
+    #: name -> shape and name -> dtype name, as hashed (filled by :func:`model_digest`; optional).
+    shapes: Mapping[str, tuple[int, ...]] = field(default_factory=dict)
+    dtypes: Mapping[str, str] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
+        """``{"root": ..., "tensors": {name: digest}}`` with names sorted (shapes live elsewhere)."""
         return {"root": self.root, "tensors": dict(sorted(self.tensors.items()))}
 
 
@@ -40,7 +44,10 @@ class RunRecord:
         d: total number of unlearned coordinates.
         frozen_parameters: name -> tensor digest of parameters left untouched (asserted by the user to
             be independent of D); the digest is of the value before and after, which must be equal.
-        model_before / model_after: digests of the unlearned parameters before and after the run.
+        model_before / model_after: digests of the unlearned parameters before and after the run;
+            ``model_after`` is the *released* model (after post-processing and fine-tuning), the one
+            ``certun verify --model`` checks. Both must cover exactly ``unlearned_parameters``
+            (build them with :func:`certun.certificates.model_digest`, which also records shapes).
         center: digest of the ball centre (THEORY.md §1 anchored balls), ``None`` for the origin.
         retain_root / forget_root: salted Merkle roots over record identifiers (hex), if given.
         retain_count / forget_count: number of records in each set, if known.

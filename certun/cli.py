@@ -16,6 +16,8 @@ from certun.errors import CertunError
 
 _COMMAND_MODULES = (
     "certun.plan_cli",
+    "certun.audit.cli",
+    "certun.certificates.cli",
 )
 
 

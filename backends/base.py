@@ -1,0 +1,70 @@
+"""The backend interface: what every backend takes and what it hands back.
+
+A backend reads a :class:`~certun.accountant.Schedule` and runs exactly that noisy procedure on a
+model; it never computes privacy (STYLE.md §2). It returns an :class:`UnlearnResult`: the model,
+the per-step history, the :class:`~certun.certificates.RunRecord` describing the run, and the
+certificate issued from schedule and record.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+from certun.accountant.schedule import Schedule
+from certun.certificates.record import RunRecord
+
+__all__ = ["Backend", "UnlearnResult"]
+
+
+@runtime_checkable
+class Backend(Protocol):
+    """A way to run certified unlearning on some kind of model.
+
+    ``name`` is the registry key. ``unlearn`` runs the schedule's noisy phase on ``model`` using only
+    the retain data ``data``, then the optional post-processing, and returns an
+    :class:`UnlearnResult`. Options beyond ``seed`` are backend-specific keywords; unknown keywords
+    must raise rather than be ignored.
+    """
+
+    name: str
+
+    def unlearn(self, model: Any, data: Any, schedule: Schedule, /, *, seed: int | None = None,
+                **opts: Any) -> UnlearnResult:
+        """Run the unlearning described by ``schedule``; see the backend's own docstring."""
+        ...
+
+
+@dataclass(frozen=True, kw_only=True)
+class UnlearnResult:
+    """What a backend hands back after a run.
+
+    Attributes:
+        model: the unlearned model (a new object unless the backend was asked to work in place).
+        certificate: the issued certificate (a dict), or ``None`` when none may be issued
+            (``noise_mode="reuse_first_draw_UNSAFE"``, injected noise).
+        history: per-step lists: ``step``, ``loss``, ``sigma``, ``gamma``, ``grad_norm`` (norm of the
+            gradient term actually used, after clipping), ``dist`` (``‖x − c‖`` after the step),
+            ``time_s`` (wall time since the noisy phase began); and ``ft_step``/``ft_loss`` for the
+            noiseless fine-tuning.
+        record: the :class:`~certun.certificates.RunRecord` the certificate was issued from.
+        seed: the noise seed. Keep it private: with it, the retain data and the released model anyone
+            can regenerate and subtract the noise. The certificate holds only a salted commitment.
+        seed_opening: the opening of that commitment (seed and salt), private, for a trusted auditor.
+        retain_tree / forget_tree: the salted Merkle trees over record identifiers, from which
+            receipts are issued (``tree.receipt(i)``); they hold the private salt key.
+        certificate_path: where the certificate was written, if it was.
+    """
+
+    model: Any
+    certificate: dict[str, Any] | None
+    history: Mapping[str, list[Any]]
+    record: RunRecord
+    seed: int
+    seed_opening: Mapping[str, Any] | None = None
+    retain_tree: Any = None
+    forget_tree: Any = None
+    certificate_path: Path | None = None
+    extra: Mapping[str, Any] = field(default_factory=dict)

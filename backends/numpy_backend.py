@@ -1,0 +1,337 @@
+"""The numpy reference backend: certified unlearning of linear and logistic models, written plainly.
+
+It exists to make the torch backend checkable and the backend interface real: same options, same
+step semantics (:mod:`certun.backends.numpy_steps`), gradients derived by hand instead of autograd,
+float64 throughout. The tests run both backends on identical inputs with identical injected noise and
+compare every step.
+
+Models are :class:`LinearModel`: ``z = X Wᵀ + b`` with one of three losses. The flat parameter
+vector is ``[W.ravel(), b]``, named ``"weight"`` and ``"bias"`` as in ``torch.nn.Linear``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from certun.accountant.schedule import Mode, Schedule, Variant
+from certun.backends import certify
+from certun.backends.base import UnlearnResult
+from certun.backends.numpy_steps import SAFETY, add_noise, gc_step, mc_step, output_perturbation, project_ball
+from certun.backends.numpy_steps import clip as clip_vector
+from certun.backends.options import RunOptions, clipping_for, resolve_seed
+
+from certun.errors import InvalidParameterError, UnlearningRunError
+
+__all__ = ["LOSSES", "LinearModel", "NumpyBackend", "batches"]
+
+#: ``cross_entropy`` (integer labels, softmax), ``logistic`` (one output, labels in {0, 1}),
+#: ``squared`` (per-sample mean of squared errors over outputs, like ``torch.nn.functional.mse_loss``).
+LOSSES = ("cross_entropy", "logistic", "squared")
+PARAMETER_NAMES = ("weight", "bias")
+
+
+@dataclass(frozen=True)
+class LinearModel:
+    """A linear model ``z = X Wᵀ + b`` with its loss; immutable (the backend returns a new one).
+
+    Attributes:
+        weight: ``(n_out, n_in)`` array.
+        bias: ``(n_out,)`` array.
+        loss: one of :data:`LOSSES`.
+    """
+
+    weight: np.ndarray
+    bias: np.ndarray
+    loss: str = "cross_entropy"
+
+    def __post_init__(self) -> None:
+        w = np.array(self.weight, dtype=np.float64)
+        b = np.array(self.bias, dtype=np.float64)
+        if w.ndim != 2:
+            raise InvalidParameterError("weight", f"<array of shape {w.shape}>", "a 2-D (n_out, n_in) array")
+        if b.shape != (w.shape[0],):
+            raise InvalidParameterError("bias", f"<array of shape {b.shape}>", f"shape ({w.shape[0]},)")
+        if self.loss not in LOSSES:
+            raise InvalidParameterError("loss", self.loss, "one of " + ", ".join(repr(v) for v in LOSSES))
+        if self.loss == "logistic" and w.shape[0] != 1:
+            raise InvalidParameterError("weight", f"<{w.shape[0]} outputs>", "1 output for the logistic loss")
+        if not (np.isfinite(w).all() and np.isfinite(b).all()):
+            raise InvalidParameterError("weight/bias", "<non-finite values>", "finite everywhere")
+        object.__setattr__(self, "weight", w)
+        object.__setattr__(self, "bias", b)
+
+    @property
+    def d(self) -> int:
+        """Number of parameters."""
+        return self.weight.size + self.bias.size
+
+    def flat(self) -> np.ndarray:
+        """``[W.ravel(), b]`` (a copy)."""
+        return np.concatenate([self.weight.ravel(), self.bias])
+
+    def with_flat(self, x: np.ndarray) -> LinearModel:
+        """A model with the same shapes and loss holding the flat parameters ``x``."""
+        n = self.weight.size
+        return LinearModel(x[:n].reshape(self.weight.shape), x[n:].copy(), self.loss)
+
+    def named(self) -> dict[str, np.ndarray]:
+        """``{"weight": W, "bias": b}``."""
+        return {"weight": self.weight, "bias": self.bias}
+
+    def logits(self, X: np.ndarray) -> np.ndarray:
+        """``X Wᵀ + b``, shape ``(B, n_out)``."""
+        return np.asarray(X, dtype=np.float64) @ self.weight.T + self.bias
+
+    def losses_and_residuals(self, X: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Per-sample losses ``(B,)`` and ``∂loss_i/∂z_i`` ``(B, n_out)``."""
+        z = self.logits(X)
+        batch = z.shape[0]
+        if self.loss == "cross_entropy":
+            labels = np.asarray(y).astype(np.int64).reshape(-1)
+            if labels.shape != (batch,) or labels.min() < 0 or labels.max() >= z.shape[1]:
+                raise UnlearningRunError(f"cross_entropy labels must be {batch} integers in [0, {z.shape[1]})")
+            zmax = z.max(axis=1, keepdims=True)
+            logsum = zmax[:, 0] + np.log(np.exp(z - zmax).sum(axis=1))
+            losses = logsum - z[np.arange(batch), labels]
+            residual = np.exp(z - logsum[:, None])
+            residual[np.arange(batch), labels] -= 1.0
+            return losses, residual
+        target = np.asarray(y, dtype=np.float64).reshape(z.shape)
+        if self.loss == "logistic":
+            losses = (np.logaddexp(0.0, z) - target * z)[:, 0]
+            return losses, 1.0 / (1.0 + np.exp(-z)) - target
+        diff = z - target
+        return np.mean(diff**2, axis=1), 2.0 * diff / z.shape[1]
+
+
+def batches(X: np.ndarray, y: np.ndarray, batch_size: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Split ``(X, y)`` into consecutive minibatches (the numpy backend's data, in a fixed order)."""
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise InvalidParameterError("batch_size", batch_size, "an integer >= 1")
+    return [(X[i:i + batch_size], y[i:i + batch_size]) for i in range(0, len(X), batch_size)]
+
+
+def _cycle(data: Iterable[Any]) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    while True:
+        count = 0
+        for batch in data:
+            if not (isinstance(batch, (list, tuple)) and len(batch) == 2):
+                raise UnlearningRunError("each retain batch must be an (X, y) pair")
+            X, y = batch
+            if len(X) == 0:
+                continue
+            count += 1
+            yield np.asarray(X, dtype=np.float64), np.asarray(y)
+        if count == 0:
+            raise UnlearningRunError("the retain data is empty: no batch with at least one sample")
+
+
+def gradient(model: LinearModel, X: np.ndarray, y: np.ndarray, *, clip: str | None,
+             C1: float | None) -> tuple[float, np.ndarray]:
+    """Mean loss and the flat minibatch gradient; with ``clip="per_sample"`` each sample's gradient is clipped.
+
+    Per-sample gradient of sample i: ``W: r_i x_iᵀ``, ``b: r_i``, so ``‖g_i‖² = ‖r_i‖²(‖x_i‖² + 1)``.
+    """
+    if X.ndim != 2 or X.shape[1] != model.weight.shape[1]:
+        raise UnlearningRunError(f"inputs of shape {X.shape} do not fit a model with {model.weight.shape[1]} inputs")
+    losses, r = model.losses_and_residuals(X, y)
+    batch = X.shape[0]
+    if clip == "per_sample":
+        norms = np.sqrt(np.sum(r**2, axis=1) * (np.sum(X**2, axis=1) + 1.0))
+        with np.errstate(divide="ignore"):
+            coef = np.minimum(1.0, C1 * (1.0 - SAFETY) / norms) / batch
+    else:
+        coef = np.full(batch, 1.0 / batch)
+    weighted = r * coef[:, None]
+    return float(np.mean(losses)), np.concatenate([(weighted.T @ X).ravel(), weighted.sum(axis=0)])
+
+
+class NumpyBackend:
+    """Certified unlearning for :class:`LinearModel` (registered as ``"numpy"``): the reference backend."""
+
+    name = "numpy"
+
+    def unlearn(
+        self,
+        model: LinearModel,
+        data: Iterable[Any],
+        schedule: Schedule,
+        /,
+        *,
+        seed: int | None = None,
+        center: Any = None,
+        clip: str = "per_sample",
+        finetune_epochs: int = 0,
+        finetune_lr: float = 0.05,
+        postprocess: str = "project_C0",
+        progress: bool = False,
+        retain_ids: Iterable[Any] | None = None,
+        forget_ids: Iterable[Any] | None = None,
+        certificate_path: Any = None,
+        noise_mode: str = "fresh",
+        model_factory: Callable[[], LinearModel] | None = None,
+        callback: Callable[[int, np.ndarray], None] | None = None,
+        noise_source: Callable[[int, int], Any] | None = None,
+    ) -> UnlearnResult:
+        """Unlearn ``model`` as ``schedule`` says; the options mean what they mean for the torch backend.
+
+        ``data`` is a re-iterable of ``(X, y)`` numpy batches (see :func:`batches`). ``clip="ghost"`` is
+        refused (it is a memory optimisation of per-sample clipping; use ``"per_sample"``). ``retrain``
+        starts from ``model_factory()``, else the centre, else zeros. ``progress`` is accepted for
+        interface parity and ignored (the reference backend is silent). Noise: one
+        ``numpy.random.Generator(PCG64(seed)).standard_normal(d)`` per step.
+        """
+        opts = RunOptions.check(schedule, clip=clip, postprocess=postprocess, finetune_epochs=finetune_epochs,
+                                finetune_lr=finetune_lr, noise_mode=noise_mode, progress=progress,
+                                certificate_path=certificate_path, callback=callback, noise_source=noise_source)
+        if clip == "ghost":
+            raise InvalidParameterError("clip", clip, "'per_sample' or 'batch' for the numpy backend")
+        if not isinstance(model, LinearModel):
+            raise InvalidParameterError("model", type(model).__name__, "a certun.backends.numpy_backend.LinearModel")
+        seed = resolve_seed(seed)
+        clipping = clipping_for(schedule, clip)
+        started = certify.now_utc()
+        ids = certify.identifiers(data, retain_ids, forget_ids)
+        c = self._center(center, model)
+        rng = np.random.default_rng(seed)
+        history: dict[str, list[Any]] = {k: [] for k in ("step", "loss", "sigma", "gamma", "grad_norm", "dist",
+                                                         "time_s", "ft_step", "ft_loss")}
+        draws = iter(range(2**62))
+        first: list[np.ndarray] = []
+
+        def draw(d: int) -> np.ndarray:
+            k = next(draws)
+            if noise_source is not None:
+                z = np.asarray(noise_source(k, d), dtype=np.float64)
+                if z.shape != (d,):
+                    raise UnlearningRunError(f"noise_source returned shape {z.shape}, expected ({d},)")
+                return z
+            if noise_mode != "fresh" and first:
+                return first[0]
+            z = rng.standard_normal(d)
+            if noise_mode != "fresh":
+                first.append(z)
+            return z
+
+        s = schedule
+        x = model.flat()
+        if s.variant is Variant.RETRAIN:
+            x = (model_factory().flat() if model_factory is not None else
+                 (c.copy() if c is not None else np.zeros_like(x)))
+            if x.shape != (model.d,):
+                raise InvalidParameterError("model_factory", "<model of another shape>", "the same architecture")
+        elif s.variant is Variant.OUTPUT_PERTURBATION:
+            x = output_perturbation(x, C0=s.C0, sigma0=s.sigma0, center=c, noise=draw(model.d))
+        else:
+            x = project_ball(x, s.C0, c)
+            if s.variant is Variant.MODEL_CLIPPING and s.sigma0 is not None:
+                x = add_noise(x, s.sigma0, noise=draw(model.d))
+            stream = _cycle(data)
+            mode = (s.mode or Mode.NOISE_AFTER_PROJECTION).value
+            start = time.perf_counter()
+            for t in range(s.T):
+                X, y = next(stream)
+                loss, g = gradient(model.with_flat(x), X, y, clip=clipping, C1=s.C1)
+                if not np.isfinite(loss):
+                    raise UnlearningRunError(f"non-finite loss at noisy step {t}; no certificate was issued")
+                gamma, sigma = s.gammas[t], s.sigmas[t]
+                z = draw(model.d)
+                if s.variant is Variant.GRADIENT_CLIPPING:
+                    used = clip_vector(g, s.C1)
+                    x = add_noise(gc_step(x, g, gamma=gamma, lam=s.lam, C1=s.C1, center=c), sigma, noise=z)
+                else:
+                    if mode == "noise_after_projection":
+                        used = g
+                    else:
+                        used = clip_vector(g + s.lam * (x if c is None else x - c), s.C1)
+                    x = mc_step(x, g, gamma=gamma, lam=s.lam, C2=s.C2, sigma=sigma, mode=mode, C1=s.C1,
+                                center=c, noise=z)
+                history["step"].append(t)
+                history["loss"].append(loss)
+                history["sigma"].append(sigma)
+                history["gamma"].append(gamma)
+                history["grad_norm"].append(float(np.linalg.norm(used)))
+                history["dist"].append(float(np.linalg.norm(x if c is None else x - c)))
+                history["time_s"].append(time.perf_counter() - start)
+                if callback is not None:
+                    callback(t, x)
+        if s.variant is not Variant.RETRAIN and opts.postprocess == "project_C0":
+            x = project_ball(x, s.C0, c)
+        if not np.isfinite(x).all():
+            raise UnlearningRunError("the unlearned parameters are not finite after the noisy phase")
+        steps = 0
+        for epoch in range(opts.finetune_epochs):
+            count = 0
+            for X, y in data:
+                if len(X) == 0:
+                    continue
+                loss, g = gradient(model.with_flat(x), np.asarray(X, dtype=np.float64), np.asarray(y),
+                                   clip=None, C1=None)
+                if not np.isfinite(loss):
+                    raise UnlearningRunError(f"non-finite loss during fine-tuning epoch {epoch}")
+                x = x - opts.finetune_lr * g
+                history["ft_step"].append(steps)
+                history["ft_loss"].append(loss)
+                steps += 1
+                count += 1
+            if count == 0:
+                raise UnlearningRunError("the retain data is empty: nothing to fine-tune on")
+        if not np.isfinite(x).all():
+            raise UnlearningRunError("the unlearned parameters are not finite after fine-tuning")
+
+        result_model = model.with_flat(x)
+        commitment, opening = certify.seed_commitment(seed)
+        record = certify.make_record(
+            backend=self.name,
+            clipping=clipping,
+            unlearned_parameters=PARAMETER_NAMES,
+            d=model.d,
+            noisy_steps=s.T,
+            model_before=certify.digest(model.named()),
+            model_after=certify.digest(result_model.named()),
+            center=None if c is None else certify.digest(model.with_flat(c).named()),
+            retain_root=ids.retain_root,
+            forget_root=ids.forget_root,
+            retain_count=None if ids.retain_tree is None else ids.retain_tree.size,
+            forget_count=None if ids.forget_tree is None else ids.forget_tree.size,
+            id_scheme=ids.id_scheme,
+            seed_commitment=commitment,
+            postprocess=opts.postprocess if s.variant is not Variant.RETRAIN else "none",
+            finetune={"epochs": opts.finetune_epochs, "lr": opts.finetune_lr, "steps": steps},
+            device="cpu",
+            dtype="float64",
+            started_at=started,
+            finished_at=certify.now_utc(),
+            versions=certify.versions("numpy"),
+            extra={"noise": "one numpy.random.Generator(PCG64(seed)).standard_normal(d) per noisy step",
+                   "noise_mode": noise_mode, "loss": model.loss},
+        )
+        certificate, written = None, None
+        if opts.issues_certificate:
+            certificate, written = certify.issue_and_write(s, record, opts.certificate_path)
+        return UnlearnResult(model=result_model, certificate=certificate, history=history, record=record, seed=seed,
+                             seed_opening=opening, retain_tree=ids.retain_tree, forget_tree=ids.forget_tree,
+                             certificate_path=written)
+
+    @staticmethod
+    def _center(center: Any, model: LinearModel) -> np.ndarray | None:
+        if center is None:
+            return None
+        if isinstance(center, LinearModel):
+            c = center.flat()
+        elif isinstance(center, dict):
+            missing = [n for n in PARAMETER_NAMES if n not in center]
+            if missing:
+                raise InvalidParameterError("center", f"<mapping missing {missing}>", "a mapping with weight and bias")
+            c = LinearModel(center["weight"], center["bias"], model.loss).flat()
+        else:
+            c = np.asarray(center, dtype=np.float64)
+        if c.shape != (model.d,):
+            raise InvalidParameterError("center", f"<shape {c.shape}>", f"a flat vector of length d={model.d}")
+        if not np.isfinite(c).all():
+            raise InvalidParameterError("center", "<non-finite values>", "finite everywhere")
+        return c

@@ -1,0 +1,138 @@
+"""Validation of the run options both backends share, done once before any work starts.
+
+Every option is checked here and refused with an :class:`~certun.errors.InvalidParameterError` that
+names the value and what is valid (no misspelt option falls back to a default: STYLE.md §3.1).
+"""
+
+from __future__ import annotations
+
+import math
+import operator
+import secrets
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from certun.accountant.schedule import Mode, Schedule, Variant
+
+from certun.errors import InvalidParameterError
+
+__all__ = [
+    "CLIP_MODES",
+    "NOISE_MODES",
+    "POSTPROCESS",
+    "RunOptions",
+    "UnsafeNoiseWarning",
+    "clipping_for",
+    "resolve_seed",
+]
+
+CLIP_MODES = ("per_sample", "ghost", "batch")
+POSTPROCESS = ("project_C0", "none")
+NOISE_MODES = ("fresh", "reuse_first_draw_UNSAFE")
+UNSAFE_NOISE = "reuse_first_draw_UNSAFE"
+
+
+class UnsafeNoiseWarning(UserWarning):
+    """A run whose noise does not satisfy THEORY.md §1 (audit controls only); it gets no certificate."""
+
+
+def _choice(name: str, value: Any, valid: tuple[str, ...]) -> str:
+    if value not in valid:
+        raise InvalidParameterError(name, value, "one of " + ", ".join(repr(v) for v in valid))
+    return value
+
+
+def resolve_seed(seed: int | None) -> int:
+    """``seed`` checked to be an integer in ``[0, 2**63)``, or a fresh one from the OS's secure source."""
+    if seed is None:
+        return secrets.randbits(63)
+    if isinstance(seed, bool):
+        raise InvalidParameterError("seed", seed, "an integer in [0, 2**63) or None")
+    try:
+        value = operator.index(seed)
+    except TypeError:
+        raise InvalidParameterError("seed", seed, "an integer in [0, 2**63) or None") from None
+    if not 0 <= value < 2**63:
+        raise InvalidParameterError("seed", seed, "an integer in [0, 2**63) or None")
+    return value
+
+
+def clipping_for(schedule: Schedule, clip: str) -> str | None:
+    """The gradient clipping a run actually does: ``clip`` where the variant clips gradients, else ``None``.
+
+    Gradient clipping (THEORY.md §2) and model clipping's ``clip_noise_before_projection`` mode (§3)
+    clip; model clipping's ``noise_after_projection`` mode, output perturbation and retraining do not.
+    """
+    variant = schedule.variant
+    if variant is Variant.GRADIENT_CLIPPING:
+        return clip
+    if variant is Variant.MODEL_CLIPPING and schedule.mode is Mode.CLIP_NOISE_BEFORE_PROJECTION:
+        return clip
+    return None
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunOptions:
+    """The validated options of one run (both backends)."""
+
+    clip: str
+    postprocess: str
+    finetune_epochs: int
+    finetune_lr: float
+    noise_mode: str
+    progress: bool
+    certificate_path: Path | None
+    callback: Callable[[int, Any], None] | None
+    noise_source: Callable[[int, int], Any] | None
+
+    @property
+    def issues_certificate(self) -> bool:
+        """False for audit controls (reused noise) and injected noise: the seed does not describe the run."""
+        return self.noise_mode == "fresh" and self.noise_source is None
+
+    @classmethod
+    def check(cls, schedule: Any, *, clip: str, postprocess: str, finetune_epochs: int, finetune_lr: float,
+              noise_mode: str, progress: bool, certificate_path: Any, callback: Any,
+              noise_source: Any) -> RunOptions:
+        """Validate every option against each other and the schedule; warn for unsafe noise."""
+        if not isinstance(schedule, Schedule):
+            raise InvalidParameterError("schedule", type(schedule).__name__,
+                                        "a certun Schedule (from certun.plan or Schedule.from_dict)")
+        _choice("clip", clip, CLIP_MODES)
+        _choice("postprocess", postprocess, POSTPROCESS)
+        _choice("noise_mode", noise_mode, NOISE_MODES)
+        if isinstance(finetune_epochs, bool) or not isinstance(finetune_epochs, int) or finetune_epochs < 0:
+            raise InvalidParameterError("finetune_epochs", finetune_epochs, "an integer >= 0")
+        if (isinstance(finetune_lr, bool) or not isinstance(finetune_lr, (int, float))
+                or not math.isfinite(finetune_lr) or finetune_lr <= 0):
+            raise InvalidParameterError("finetune_lr", finetune_lr, "a finite number > 0")
+        if schedule.variant is Variant.RETRAIN and finetune_epochs < 1:
+            raise InvalidParameterError("finetune_epochs", finetune_epochs,
+                                        ">= 1 for retrain (they are the retraining epochs)")
+        if callback is not None and not callable(callback):
+            raise InvalidParameterError("callback", type(callback).__name__, "a callable (step, x) or None")
+        if noise_source is not None and not callable(noise_source):
+            raise InvalidParameterError("noise_source", type(noise_source).__name__,
+                                        "a callable (draw_index, d) -> standard normal vector, or None")
+        path = None
+        if certificate_path is not None:
+            path = Path(certificate_path)
+            if path.exists() and path.is_dir():
+                raise InvalidParameterError("certificate_path", str(path), "a file path, not a directory")
+        if path is not None and (noise_mode != "fresh" or noise_source is not None):
+            raise InvalidParameterError("certificate_path", str(path),
+                                        "None for audit controls (reused or injected noise get no certificate)")
+        if noise_mode == UNSAFE_NOISE:
+            warnings.warn(
+                "noise_mode='reuse_first_draw_UNSAFE' adds the SAME noise vector at every step. This voids "
+                "the unlearning guarantee (THEORY.md §7.5) and exists only as an audit control; no "
+                "certificate will be issued.", UnsafeNoiseWarning, stacklevel=3)
+        if noise_source is not None:
+            warnings.warn("noise_source injects externally drawn noise (a testing hook); no certificate "
+                          "will be issued.", UnsafeNoiseWarning, stacklevel=3)
+        return cls(clip=clip, postprocess=postprocess, finetune_epochs=finetune_epochs,
+                   finetune_lr=float(finetune_lr), noise_mode=noise_mode, progress=bool(progress),
+                   certificate_path=path, callback=callback, noise_source=noise_source)

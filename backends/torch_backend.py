@@ -1,0 +1,515 @@
+"""The PyTorch backend: runs a schedule's noisy phase on an ``nn.Module`` and issues the certificate.
+
+The run, in order (each step's formula is in :mod:`certun.backends.torch_steps`):
+
+1. copy the model (unless ``inplace=True``), select the unlearned parameters, refuse anything that
+   would make the guarantee false (:func:`~certun.backends.torch_model.check_model`);
+2. digest the unlearned parameters, the frozen ones and the centre; drop every stale gradient (no
+   optimizer state from training exists here: certun runs its own update);
+3. project globally onto the C0 ball around the centre, then run exactly ``schedule.T`` noisy steps
+   of the variant on retain minibatches, one fresh ``randn(d)`` per step from one generator;
+4. post-process (project back onto the C0 ball; noiseless fine-tuning; BatchNorm statistics
+   recomputed from retain data when asked) -- all post-processing of the unlearned parameters and
+   retain data only (THEORY.md §1, §8);
+5. check frozen parameters are bit-identical, digest the result, commit to the seed, issue the
+   certificate and write it atomically.
+
+A failure at any point raises and writes nothing.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import time
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+import torch
+from certun.accountant.schedule import Mode, Schedule, Variant
+from certun.backends import certify
+from certun.backends.base import UnlearnResult
+from certun.backends.options import RunOptions, clipping_for, resolve_seed
+from certun.backends.torch_grad import GradientComputer
+from certun.backends.torch_model import (
+    FlatParameters,
+    ModelParts,
+    check_model,
+    flat_center,
+    select_parameters,
+)
+from certun.backends.torch_steps import add_noise, gc_step, mc_step, output_perturbation, project_ball
+from torch import nn
+
+from certun.errors import InvalidParameterError, UnlearningRunError, UnsupportedModelError
+
+__all__ = ["TorchBackend"]
+
+_CHECK_EVERY = 25  # steps between finiteness checks (each one synchronises a GPU)
+
+
+def _tqdm(iterable: Iterable[Any], *, total: int, desc: str, enabled: bool) -> Iterable[Any]:
+    if not enabled:
+        return iterable
+    from tqdm.auto import tqdm
+
+    return tqdm(iterable, total=total, desc=desc, leave=False)
+
+
+def resolve_device(device: Any) -> torch.device:
+    """``device`` as a ``torch.device``; CUDA when available and none is given, else CPU."""
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        return torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise InvalidParameterError("device", device, "a torch device ('cpu', 'cuda', 'cuda:1', ...)") from exc
+
+
+def _to_device(obj: Any, device: torch.device) -> Any:
+    if isinstance(obj, torch.Tensor):
+        return obj.to(device, non_blocking=True)
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_to_device(o, device) for o in obj)
+    if isinstance(obj, dict):
+        return {k: _to_device(v, device) for k, v in obj.items()}
+    return obj
+
+
+def _batches(data: Iterable[Any], device: torch.device) -> Iterator[tuple[Any, Any]]:
+    """Cycle through ``data`` forever as ``(inputs, targets)`` on ``device``; refuse empty data."""
+    while True:
+        count = 0
+        for batch in data:
+            if not (isinstance(batch, (list, tuple)) and len(batch) == 2):
+                raise UnlearningRunError(f"each retain batch must be an (inputs, targets) pair, got "
+                                         f"{type(batch).__name__}" + (f" of length {len(batch)}"
+                                                                      if isinstance(batch, (list, tuple)) else ""))
+            inputs, targets = batch
+            size = len(targets)
+            if size == 0:
+                continue
+            count += 1
+            yield _to_device(inputs, device), _to_device(targets, device)
+        if count == 0:
+            raise UnlearningRunError("the retain data is empty: no batch with at least one sample")
+
+
+def _aux_seed(seed: int) -> int:
+    """Seed for the run's *other* randomness (dropout, re-initialisation), derived from but unlike ``seed``."""
+    return int.from_bytes(hashlib.sha256(b"certun.aux-seed.v1\x00" + str(seed).encode()).digest()[:8], "little") >> 1
+
+
+def _cpu_copy(named: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {n: t.detach().to("cpu", copy=True) for n, t in named.items()}
+
+
+class TorchBackend:
+    """Certified unlearning for ``torch.nn.Module`` models (registered as ``"torch"``)."""
+
+    name = "torch"
+
+    def unlearn(
+        self,
+        model: nn.Module,
+        data: Iterable[Any],
+        schedule: Schedule,
+        /,
+        *,
+        loss_fn: Callable[..., torch.Tensor],
+        seed: int | None = None,
+        params: Iterable[Any] | None = None,
+        center: Any = None,
+        clip: str = "per_sample",
+        finetune_epochs: int = 0,
+        finetune_lr: float = 0.05,
+        postprocess: str = "project_C0",
+        device: Any = None,
+        progress: bool = True,
+        retain_ids: Iterable[Any] | None = None,
+        forget_ids: Iterable[Any] | None = None,
+        certificate_path: Any = None,
+        noise_mode: str = "fresh",
+        buffers: str = "reject",
+        model_factory: Callable[[], nn.Module] | None = None,
+        callback: Callable[[int, torch.Tensor], None] | None = None,
+        noise_source: Callable[[int, int], Any] | None = None,
+        inplace: bool = False,
+    ) -> UnlearnResult:
+        """Unlearn: run ``schedule``'s noisy phase on ``model`` with retain data only, then post-process.
+
+        Args:
+            model: the trained model. It is deep-copied unless ``inplace=True``.
+            data: the retain data ``D∖D_f``: a re-iterable of ``(inputs, targets)`` batches (a
+                ``DataLoader``). The noisy phase cycles through it for exactly ``schedule.T`` batches.
+                Pass a loader with its own seeded ``generator`` (or no shuffling) for runs that
+                reproduce bit for bit.
+            schedule: from :func:`certun.plan`; the backend runs it and computes no privacy itself.
+            loss_fn: a loss accepting ``reduction="none"`` (``torch.nn.functional.cross_entropy``) or a
+                loss module; per-sample losses are averaged over the real batch size.
+            seed: noise seed (``0 <= seed < 2**63``); drawn from the OS's secure source when ``None``.
+                Returned in the result, only committed to in the certificate.
+            params: which parameters are unlearned (names or parameter objects); default every
+                trainable one. The rest are frozen: left bit-identical and recorded, and the user
+                asserts they are independent of the training data (THEORY.md §1).
+            center: the balls' centre (THEORY.md §1, anchored balls): a state dict or flat vector
+                independent of the training data (e.g. public pretrained weights); default 0.
+            clip: ``"per_sample"`` (Opacus hooks), ``"ghost"`` (Opacus ghost clipping) or
+                ``"batch"`` (clip the minibatch-mean gradient); used where the variant clips.
+            finetune_epochs, finetune_lr: noiseless SGD on retain data after the noisy phase
+                (post-processing); for ``retrain`` these are the training epochs.
+            postprocess: ``"project_C0"`` (project back onto the C0 ball first; free, THEORY.md §8) or
+                ``"none"``.
+            device: where to run; CUDA when available, else CPU.
+            progress: show tqdm bars for the noisy phase and the fine-tuning.
+            retain_ids, forget_ids: record identifiers for the certificate's Merkle roots; retain ids
+                default to the loader's dataset indices.
+            certificate_path: write the certificate there (atomically) as well as returning it.
+            noise_mode: ``"fresh"``; ``"reuse_first_draw_UNSAFE"`` is an audit control only (adds one
+                draw at every step, warns, issues no certificate).
+            buffers: ``"reject"`` data-dependent buffers (default), ``"recompute"`` BatchNorm running
+                statistics from retain data (needs ``clip="batch"`` where gradients are clipped), or
+                ``"public"`` (the user asserts the model's non-norm buffers are independent of D).
+            model_factory: for ``retrain``: builds a freshly initialised model of the same
+                architecture; default re-initialises with each module's ``reset_parameters()``.
+            callback: called as ``callback(step, x)`` after each noisy step with the flat iterate (a
+                live view: copy it to keep it, never modify it).
+            noise_source: testing hook: ``noise_source(k, d)`` returns the k-th standard-normal draw;
+                no certificate is issued.
+            inplace: modify ``model`` itself instead of a copy.
+
+        Returns:
+            An :class:`~certun.backends.UnlearnResult`.
+
+        Raises:
+            InvalidParameterError: a bad option or schedule.
+            UnsupportedModelError: the model cannot be unlearned soundly as asked (every problem listed).
+            UnlearningRunError: the run failed (empty data, NaN loss, wrong shapes); nothing is written.
+        """
+        opts = RunOptions.check(schedule, clip=clip, postprocess=postprocess, finetune_epochs=finetune_epochs,
+                                finetune_lr=finetune_lr, noise_mode=noise_mode, progress=progress,
+                                certificate_path=certificate_path, callback=callback, noise_source=noise_source)
+        if not isinstance(model, nn.Module):
+            raise InvalidParameterError("model", type(model).__name__, "a torch.nn.Module")
+        if not callable(loss_fn):
+            raise InvalidParameterError("loss_fn", type(loss_fn).__name__, "a callable loss")
+        if model_factory is not None and not callable(model_factory):
+            raise InvalidParameterError("model_factory", type(model_factory).__name__, "a callable or None")
+        seed = resolve_seed(seed)
+        dev = resolve_device(device)
+        variant = schedule.variant
+        clipping = clipping_for(schedule, opts.clip)
+        hooks = clipping in ("per_sample", "ghost")
+
+        started = certify.now_utc()
+        work = model if inplace else copy.deepcopy(model)
+        was_training = work.training
+        work.to(dev)
+        parts = select_parameters(work, params)
+        check_model(work, parts, hooks=hooks, buffers=buffers)
+        ids = certify.identifiers(data, retain_ids, forget_ids)
+        dtype = parts.params[0].dtype
+        named_unlearned = dict(zip(parts.names, parts.params, strict=True))
+        before = certify.digest(_cpu_copy(named_unlearned))
+        frozen_before = certify.digest(_cpu_copy(dict(parts.frozen))) if parts.frozen else None
+        public = (certify.digest(_cpu_copy(parts.buffers)) if (buffers == "public" and parts.buffers) else None)
+        requires_grad = {n: p.requires_grad for n, p in work.named_parameters()}
+        for p in parts.frozen.values():
+            p.requires_grad_(False)
+        for p in parts.params:
+            p.requires_grad_(True)
+            p.grad = None  # stale training gradients never enter the run
+
+        run = _Run(work, data, schedule, parts, opts, loss_fn=loss_fn, device=dev, dtype=dtype,
+                   center=center, clipping=clipping, seed=seed, buffers=buffers, model_factory=model_factory)
+        fork_devices = []
+        if dev.type == "cuda":
+            fork_devices = [dev.index if dev.index is not None else torch.cuda.current_device()]
+        try:
+            with torch.random.fork_rng(devices=fork_devices):
+                torch.manual_seed(_aux_seed(seed))
+                run.execute()
+        finally:
+            for n, p in work.named_parameters():
+                p.requires_grad_(requires_grad[n])
+            work.train(was_training)
+
+        after = certify.digest(_cpu_copy(dict(zip(parts.names, parts.params, strict=True))))
+        if parts.frozen:
+            frozen_after = certify.digest(_cpu_copy(dict(parts.frozen)))
+            if frozen_after.root != frozen_before.root:
+                changed = [n for n in frozen_before.tensors if frozen_before.tensors[n] != frozen_after.tensors[n]]
+                raise UnlearningRunError(f"frozen parameters changed during the run: {changed[:5]}")
+        if public is not None:
+            public_after = certify.digest(_cpu_copy(parts.buffers))
+            if public_after.root != public.root:
+                raise UnlearningRunError("buffers declared public changed during the run; they must stay fixed")
+        commitment, opening = certify.seed_commitment(seed)
+        record = certify.make_record(
+            backend=self.name,
+            clipping="per_sample" if clipping == "ghost" else clipping,  # ghost clipping is per-sample clipping
+            unlearned_parameters=parts.names,
+            d=run.flat_d,
+            noisy_steps=run.noisy_steps,
+            frozen_parameters=dict(frozen_before.tensors) if frozen_before else {},
+            model_before=before,
+            model_after=after,
+            center=run.center_digest,
+            retain_root=ids.retain_root,
+            forget_root=ids.forget_root,
+            retain_count=None if ids.retain_tree is None else ids.retain_tree.size,
+            forget_count=None if ids.forget_tree is None else ids.forget_tree.size,
+            id_scheme=ids.id_scheme,
+            seed_commitment=commitment,
+            postprocess=opts.postprocess if variant is not Variant.RETRAIN else "none",
+            finetune={"epochs": opts.finetune_epochs, "lr": opts.finetune_lr, "steps": run.finetune_steps},
+            device=str(dev),
+            dtype=str(dtype).replace("torch.", ""),
+            started_at=started,
+            finished_at=certify.now_utc(),
+            versions=certify.versions("torch", "opacus", "numpy"),
+            extra={
+                "buffers": buffers,
+                "clip_implementation": {"per_sample": "opacus GradSampleHooks", "ghost": "opacus ghost clipping",
+                                        "batch": "minibatch-mean gradient", None: None}[clipping],
+                "recomputed_buffers": [path for path, _ in parts.norms] if buffers == "recompute" else [],
+                "public_buffers": dict(public.tensors) if public is not None else {},
+                "noise": f"one torch.randn(d) per noisy step from one torch.Generator(device='{dev.type}') "
+                         "seeded once per run",
+                "noise_mode": opts.noise_mode,
+            },
+        )
+        certificate, written = None, None
+        if opts.issues_certificate:
+            certificate, written = certify.issue_and_write(schedule, record, opts.certificate_path)
+        return UnlearnResult(model=work, certificate=certificate, history=run.history, record=record, seed=seed,
+                             seed_opening=opening, retain_tree=ids.retain_tree, forget_tree=ids.forget_tree,
+                             certificate_path=written)
+
+
+class _Run:
+    """One execution of the phases on an already checked, copied model (internal)."""
+
+    def __init__(self, model: nn.Module, data: Iterable[Any], schedule: Schedule, parts: ModelParts,
+                 opts: RunOptions, *, loss_fn: Callable[..., torch.Tensor], device: torch.device,
+                 dtype: torch.dtype, center: Any, clipping: str | None, seed: int, buffers: str,
+                 model_factory: Callable[[], nn.Module] | None) -> None:
+        self.model = model
+        self.data = data
+        self.schedule = schedule
+        self.parts = parts
+        self.opts = opts
+        self.loss_fn = loss_fn
+        self.device = device
+        self.dtype = dtype
+        self.clipping = clipping
+        self.buffers = buffers
+        self.model_factory = model_factory
+        self.center = flat_center(center, parts, device=device, dtype=dtype)
+        self.center_digest = None
+        if self.center is not None:
+            pieces = torch.split(self.center.detach().cpu(), [p.numel() for p in parts.params])
+            self.center_digest = certify.digest({n: t.view_as(p) for n, t, p in
+                                                 zip(parts.names, pieces, parts.params, strict=True)})
+        self.generator = torch.Generator(device=device)
+        self.generator.manual_seed(seed)
+        self.flat_d = sum(p.numel() for p in parts.params)
+        self.noisy_steps = 0
+        self.finetune_steps = 0
+        self.history: dict[str, list[Any]] = {k: [] for k in ("step", "loss", "sigma", "gamma", "grad_norm", "dist",
+                                                              "time_s", "ft_step", "ft_loss")}
+        self._draws = 0
+        self._first_draw: torch.Tensor | None = None
+        self._noise_buffer: torch.Tensor | None = None
+
+    # ------------------------------------------------------------------ phases
+    def execute(self) -> None:
+        """Run every phase; on success the model holds the unlearned parameters."""
+        if self.buffers == "recompute":
+            for _, module in self.parts.norms:
+                module.reset_running_stats()
+        variant = self.schedule.variant
+        if variant is Variant.RETRAIN:
+            self._reinitialise()
+        self.model.train()
+        flat = FlatParameters(self.parts.names, self.parts.params, device=self.device, dtype=self.dtype)
+        try:
+            if variant is Variant.OUTPUT_PERTURBATION:
+                with torch.no_grad():
+                    output_perturbation(flat.x, C0=self.schedule.C0, sigma0=self.schedule.sigma0,
+                                        center=self.center, noise=self._draw(flat.x))
+            elif variant in (Variant.GRADIENT_CLIPPING, Variant.MODEL_CLIPPING):
+                self._noisy_phase(flat)
+            if variant is not Variant.RETRAIN and self.opts.postprocess == "project_C0":
+                with torch.no_grad():
+                    project_ball(flat.x, self.schedule.C0, self.center)
+            self._check_finite(flat.x, "after the noisy phase")
+            self._finetune(flat)
+            if self.buffers == "recompute" and self.parts.norms:
+                self._recompute_running_stats()
+        finally:
+            flat.release()
+
+    def _draw(self, x: torch.Tensor) -> torch.Tensor:
+        """The next standard-normal vector: fresh from the generator, injected, or (audit only) reused."""
+        k = self._draws
+        self._draws += 1
+        if self.opts.noise_source is not None:
+            z = torch.as_tensor(self.opts.noise_source(k, x.numel()), dtype=x.dtype, device=x.device)
+            if z.shape != x.shape:
+                raise UnlearningRunError(f"noise_source returned shape {tuple(z.shape)}, expected {tuple(x.shape)}")
+            return z
+        if self.opts.noise_mode != "fresh" and self._first_draw is not None:
+            return self._first_draw
+        if self._noise_buffer is None:
+            self._noise_buffer = torch.empty_like(x)
+        z = torch.randn(x.shape, generator=self.generator, dtype=x.dtype, device=x.device, out=self._noise_buffer)
+        if self.opts.noise_mode != "fresh":
+            self._first_draw = z.clone()
+        return z
+
+    def _noisy_phase(self, flat: FlatParameters) -> None:
+        s = self.schedule
+        x, c = flat.x, self.center
+        with torch.no_grad():
+            project_ball(x, s.C0, c)  # global over all unlearned parameters (THEORY.md §1)
+            if s.variant is Variant.MODEL_CLIPPING and s.sigma0 is not None:
+                add_noise(x, s.sigma0, noise=self._draw(x))
+        mode = self.clipping or "batch"
+        computer = GradientComputer(self.model, flat, self.loss_fn, mode=mode, C1=s.C1)
+        stats = torch.zeros(s.T, 3, device=self.device, dtype=torch.float64)
+        batches = _batches(self.data, self.device)
+        gc = s.variant is Variant.GRADIENT_CLIPPING
+        mc_mode = (s.mode or Mode.NOISE_AFTER_PROJECTION).value
+        times = []
+        start = time.perf_counter()
+        try:
+            for t in _tqdm(range(s.T), total=s.T, desc="certun noisy steps", enabled=self.opts.progress):
+                inputs, targets = next(batches)
+                loss = computer.compute(inputs, targets)
+                g = flat.g
+                gamma, sigma = s.gammas[t], s.sigmas[t]
+                with torch.no_grad():
+                    z = self._draw(x)
+                    if gc:
+                        gc_step(x, g, gamma=gamma, lam=s.lam, C1=s.C1, center=c)
+                        add_noise(x, sigma, noise=z)
+                    else:
+                        mc_step(x, g, gamma=gamma, lam=s.lam, C2=s.C2, sigma=sigma, mode=mc_mode, C1=s.C1,
+                                center=c, noise=z)
+                    stats[t, 0] = loss
+                    stats[t, 1] = torch.linalg.vector_norm(g)
+                    stats[t, 2] = torch.linalg.vector_norm(x) if c is None else torch.dist(x, c)
+                self.noisy_steps = t + 1
+                times.append(time.perf_counter() - start)
+                if self.opts.callback is not None:
+                    self.opts.callback(t, x)
+                if (t + 1) % _CHECK_EVERY == 0 or t + 1 == s.T:
+                    self._check_stats(stats, t + 1)
+        finally:
+            computer.close()
+            flat.clear_grads()
+        values = stats.cpu().tolist()
+        h = self.history
+        h["step"] = list(range(s.T))
+        h["loss"] = [v[0] for v in values]
+        h["grad_norm"] = [v[1] for v in values]
+        h["dist"] = [v[2] for v in values]
+        h["sigma"] = list(s.sigmas)
+        h["gamma"] = list(s.gammas)
+        h["time_s"] = times
+
+    def _check_stats(self, stats: torch.Tensor, upto: int) -> None:
+        finite = torch.isfinite(stats[:upto]).all(dim=1)
+        if not bool(finite.all()):
+            bad = int((~finite).nonzero()[0, 0])
+            raise UnlearningRunError(f"non-finite loss, gradient or iterate at noisy step {bad} "
+                                     f"(loss={stats[bad, 0].item()}); no certificate was issued")
+
+    def _check_finite(self, x: torch.Tensor, where: str) -> None:
+        if not bool(torch.isfinite(x).all()):
+            raise UnlearningRunError(f"the unlearned parameters are not finite {where}; no certificate was issued")
+
+    def _finetune(self, flat: FlatParameters) -> None:
+        """Noiseless SGD on retain data: post-processing (THEORY.md §1), or the training of ``retrain``."""
+        epochs = self.opts.finetune_epochs
+        if epochs == 0:
+            return
+        lr = self.opts.finetune_lr
+        computer = GradientComputer(self.model, flat, self.loss_fn, mode="batch")
+        losses = []
+        try:
+            for epoch in _tqdm(range(epochs), total=epochs, desc="certun fine-tuning", enabled=self.opts.progress):
+                count = 0
+                for inputs, targets in self.data:
+                    if len(targets) == 0:
+                        continue
+                    loss = computer.compute(_to_device(inputs, self.device), _to_device(targets, self.device))
+                    with torch.no_grad():
+                        flat.x.add_(flat.g, alpha=-lr)
+                    losses.append(loss)
+                    count += 1
+                if count == 0:
+                    raise UnlearningRunError("the retain data is empty: nothing to fine-tune on")
+                values = torch.stack(losses[-count:])
+                if not bool(torch.isfinite(values).all()):
+                    raise UnlearningRunError(f"non-finite loss during fine-tuning epoch {epoch} "
+                                             f"(lr={lr}); no certificate was issued")
+        finally:
+            computer.close()
+            flat.clear_grads()
+        self.finetune_steps = len(losses)
+        self.history["ft_step"] = list(range(len(losses)))
+        self.history["ft_loss"] = torch.stack(losses).cpu().tolist() if losses else []
+        self._check_finite(flat.x, "after fine-tuning")
+
+    def _recompute_running_stats(self) -> None:
+        """Reset the norm layers' running statistics and recompute them over one pass of retain data."""
+        momenta = {}
+        for path, module in self.parts.norms:
+            module.reset_running_stats()
+            momenta[path] = module.momentum
+            module.momentum = None  # cumulative average over the pass
+        self.model.train()
+        try:
+            with torch.no_grad():
+                for inputs, targets in self.data:
+                    if len(targets):
+                        self.model(_to_device(inputs, self.device))
+        finally:
+            for path, module in self.parts.norms:
+                module.momentum = momenta[path]
+
+    def _reinitialise(self) -> None:
+        """Retrain from scratch: fresh unlearned parameters (factory, centre or reset_parameters)."""
+        named = dict(zip(self.parts.names, self.parts.params, strict=True))
+        frozen_values = {n: p.detach().clone() for n, p in self.parts.frozen.items()}
+        with torch.no_grad():
+            if self.center is not None:
+                pieces = torch.split(self.center, [q.numel() for q in named.values()])
+                for p, piece in zip(named.values(), pieces, strict=True):
+                    p.copy_(piece.view_as(p))
+            elif self.model_factory is not None:
+                fresh = dict(self.model_factory().named_parameters())
+                wrong = [n for n, p in named.items() if n not in fresh or fresh[n].shape != p.shape]
+                if wrong:
+                    raise InvalidParameterError("model_factory", f"<model without matching {wrong[:5]}>",
+                                                "a factory building the same architecture")
+                for name, p in named.items():
+                    p.copy_(fresh[name].detach().to(device=p.device, dtype=p.dtype))
+            else:
+                ids = {id(p) for p in named.values()}
+                problems = []
+                for path, module in self.model.named_modules():
+                    own = [p for p in module.parameters(recurse=False) if id(p) in ids]
+                    if not own:
+                        continue
+                    if callable(getattr(module, "reset_parameters", None)):
+                        module.reset_parameters()
+                    else:
+                        problems.append((path, f"{type(module).__name__} has no reset_parameters() to re-initialise "
+                                         "it for retraining", "pass model_factory= (or center=) to unlearn"))
+                if problems:
+                    raise UnsupportedModelError(problems)
+            for name, value in frozen_values.items():
+                self.parts.frozen[name].copy_(value)

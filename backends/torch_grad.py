@@ -1,0 +1,205 @@
+"""Minibatch gradients of the unlearned parameters, clipped as the run asks, into the flat buffer ``g``.
+
+Three ways, one interface (``compute(inputs, targets) -> loss``, result in ``flat.g``):
+
+* ``"batch"``: the gradient of the minibatch-mean loss (clipped later, globally, by the step
+  function; THEORY.md §2 allows clipping the mean).
+* ``"per_sample"``: Opacus ``GradSampleHooks`` (non-wrapping, state-dict keys unchanged) compute each
+  sample's gradient; certun then clips each to ``C1`` and averages, itself, into ``g``. No
+  ``DPOptimizer``: its traps (``expected_batch_size`` instead of the real batch, loss-reduction
+  mismatches) are avoided by construction, since certun divides by the real batch size and asks the
+  loss for per-sample values (``reduction="none"``).
+* ``"ghost"``: Opacus' ghost clipping hooks compute per-sample gradient *norms* without
+  materialising per-sample gradients, then a second backward of the norm-weighted loss gives the
+  clipped sum.
+
+In every mode the step function clips the resulting mean once more, globally, to ``C1``: a no-op up
+to rounding after per-sample clipping, and what makes ``‖g‖ ≤ C1`` hold in floating point whatever
+Opacus computed.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from certun.backends.torch_model import FlatParameters
+from certun.backends.torch_steps import SAFETY
+from torch import nn
+
+from certun.errors import UnlearningRunError, UnsupportedModelError
+
+__all__ = ["GradientComputer", "per_sample_loss"]
+
+_INPLACE_MARKERS = ("BackwardHookFunction", "modified by an inplace operation", "is being modified inplace")
+
+
+def per_sample_loss(loss_fn: Callable[..., torch.Tensor], output: Any, targets: Any) -> torch.Tensor:
+    """The loss of each sample, shape ``(B,)``: ``loss_fn(output, targets, reduction="none")``.
+
+    ``loss_fn`` is a ``torch.nn.functional`` loss or a loss module (whose ``reduction`` attribute is
+    set to ``"none"`` for the call). Extra non-batch axes (tokens) are averaged per sample.
+    """
+    if hasattr(loss_fn, "reduction") and isinstance(loss_fn, nn.Module):
+        saved = loss_fn.reduction
+        loss_fn.reduction = "none"
+        try:
+            losses = loss_fn(output, targets)
+        finally:
+            loss_fn.reduction = saved
+    else:
+        try:
+            losses = loss_fn(output, targets, reduction="none")
+        except TypeError as exc:
+            raise UnlearningRunError(
+                f"loss_fn must accept reduction='none' (like torch.nn.functional.cross_entropy) or be a loss "
+                f"module with a .reduction attribute: {exc}") from exc
+    batch = _batch_size(targets)
+    if not isinstance(losses, torch.Tensor) or losses.dim() == 0 or losses.shape[0] != batch:
+        shape = tuple(losses.shape) if isinstance(losses, torch.Tensor) else type(losses).__name__
+        raise UnlearningRunError(f"loss_fn returned shape {shape} with reduction='none'; expected one loss per "
+                                 f"sample, shape ({batch}, ...)")
+    if losses.dim() > 1:
+        losses = losses.reshape(batch, -1).mean(dim=1)
+    return losses
+
+
+def _batch_size(targets: Any) -> int:
+    if isinstance(targets, torch.Tensor):
+        return int(targets.shape[0]) if targets.dim() > 0 else 1
+    return len(targets)
+
+
+class GradientComputer:
+    """Computes the (clipped) minibatch gradient of the unlearned parameters into ``flat.g``.
+
+    Args:
+        model: the model, in training mode, on its device.
+        flat: the flat parameters (unlearned ones only carry ``requires_grad``).
+        loss_fn: per-sample capable loss (:func:`per_sample_loss`).
+        mode: ``"batch"``, ``"per_sample"`` or ``"ghost"``.
+        C1: per-sample clipping radius (per-sample and ghost modes).
+    """
+
+    def __init__(self, model: nn.Module, flat: FlatParameters, loss_fn: Callable[..., torch.Tensor], *,
+                 mode: str, C1: float | None = None) -> None:
+        self.model = model
+        self.flat = flat
+        self.loss_fn = loss_fn
+        self.mode = mode
+        self.C1 = C1
+        self.hooks: Any = None
+        if mode == "per_sample":
+            from opacus.grad_sample import GradSampleHooks
+
+            self.hooks = GradSampleHooks(model, batch_first=True, loss_reduction="sum", strict=False)
+        elif mode == "ghost":
+            from opacus.grad_sample import GradSampleHooksFastGradientClipping
+
+            self.hooks = GradSampleHooksFastGradientClipping(
+                model, batch_first=True, loss_reduction="sum", strict=False,
+                max_grad_norm=C1, use_ghost_clipping=True)
+        elif mode != "batch":
+            raise ValueError(f"unknown gradient mode {mode!r}")
+
+    def close(self) -> None:
+        """Remove Opacus' hooks and every attribute it put on parameters and modules."""
+        if self.hooks is not None:
+            self.hooks.cleanup()
+            for module in self.model.modules():
+                for attribute in ("activations", "max_batch_len"):
+                    if hasattr(module, attribute):
+                        delattr(module, attribute)
+            self.hooks = None
+
+    def compute(self, inputs: Any, targets: Any) -> torch.Tensor:
+        """Forward and backward on one minibatch; ``flat.g`` then holds the gradient. Returns the mean loss."""
+        self.flat.point_grads()
+        try:
+            output = self.model(inputs)
+        except RuntimeError as exc:
+            raise self._forward_error(exc) from exc
+        losses = per_sample_loss(self.loss_fn, output, targets)
+        with warnings.catch_warnings():
+            # Opacus' full backward hooks on the first layer warn when the input needs no gradient:
+            # expected and harmless here (certun never needs input gradients).
+            warnings.filterwarnings("ignore", message="Full backward hook is firing", category=UserWarning)
+            self._backward(losses)
+        return losses.detach().mean()
+
+    def _backward(self, losses: torch.Tensor) -> None:
+        if self.mode == "batch":
+            losses.mean().backward()
+            self.flat.gather_grads()
+        elif self.mode == "per_sample":
+            losses.sum().backward()
+            self._clip_per_sample(len(losses))
+        else:
+            self._ghost(losses)
+
+    def _forward_error(self, exc: RuntimeError) -> Exception:
+        text = str(exc)
+        if self.hooks is not None and any(marker in text for marker in _INPLACE_MARKERS):
+            return UnsupportedModelError([(
+                "<model>", "an in-place operation modifies the output of a layer that Opacus hooks for per-sample "
+                "gradients (e.g. `out += identity` in a residual block, or ReLU(inplace=True))",
+                "rewrite it out of place (`out = out + identity`), or use clip='batch'")])
+        return UnlearningRunError(f"the forward pass failed on a retain batch (wrong input shape?): {text}")
+
+    def _clip_per_sample(self, batch: int) -> None:
+        """Clip each sample's gradient to C1 and write the mean into ``flat.g``."""
+        grads = []
+        for name, p in zip(self.flat.names, self.flat.params, strict=True):
+            gs = getattr(p, "grad_sample", None)
+            if isinstance(gs, list):
+                raise UnlearningRunError(f"parameter {name!r} accumulated per-sample gradients over several "
+                                         "forward passes; one forward per step is required")
+            if gs is None:
+                if p.grad is not None and bool(p.grad.any()):
+                    raise UnsupportedModelError([(name, "received a gradient but Opacus computed no per-sample "
+                                                  "gradient for it", "use clip='batch', or freeze it (params=...)")])
+                grads.append(None)
+                continue
+            if gs.shape[0] != batch:
+                raise UnlearningRunError(f"per-sample gradient of {name!r} has batch {gs.shape[0]}, expected {batch}")
+            grads.append(gs.reshape(batch, -1))
+        present = [g for g in grads if g is not None]
+        norms = torch.linalg.vector_norm(
+            torch.stack([torch.linalg.vector_norm(g, dim=1) for g in present]), dim=0)
+        coef = torch.clamp(self.C1 * (1.0 - SAFETY) / norms, max=1.0).div_(batch).to(self.flat.g.dtype)
+        for g2d, view in zip(grads, self.flat.g_views, strict=True):
+            flat_view = view.view(-1)
+            if g2d is None:
+                flat_view.zero_()
+            else:
+                torch.mv(g2d.t(), coef, out=flat_view)
+        for p in self.flat.params:
+            p.grad_sample = None
+
+    def _ghost(self, losses: torch.Tensor) -> None:
+        """Ghost clipping: norms from a first backward, clipped sum from a second, mean into ``flat.g``."""
+        batch = len(losses)
+        losses.sum().backward(retain_graph=True)
+        norm_list = []
+        for name, p in zip(self.flat.names, self.flat.params, strict=True):
+            ns = getattr(p, "_norm_sample", None)
+            if ns is None:
+                if p.grad is not None and bool(p.grad.any()):
+                    raise UnsupportedModelError([(name, "received a gradient but Opacus computed no per-sample "
+                                                  "norm for it", "use clip='per_sample' or 'batch'")])
+                continue
+            norm_list.append(ns.reshape(-1))
+        norms = torch.linalg.vector_norm(torch.stack(norm_list), dim=0)
+        coef = torch.clamp(self.C1 * (1.0 - SAFETY) / norms, max=1.0).detach()
+        self.flat.point_grads()
+        self.hooks.disable_hooks()
+        try:
+            (coef * losses).sum().backward()
+        finally:
+            self.hooks.enable_hooks()
+        self.flat.gather_grads().div_(batch)
+        for p in self.flat.params:
+            if hasattr(p, "_norm_sample"):
+                del p._norm_sample

@@ -1,0 +1,264 @@
+"""Which parameters a torch run unlearns, whether the model can be unlearned soundly, and the flat vector.
+
+* :func:`select_parameters` splits the model's parameters into the unlearned ``x`` (default: every
+  trainable parameter) and the frozen rest (THEORY.md §1: frozen parameters must be independent of D).
+* :func:`check_model` gathers *every* problem (module path, reason, remedy) into one
+  :class:`~certun.errors.UnsupportedModelError`, as Opacus' validators do; it never changes a layer.
+* :class:`FlatParameters` makes the unlearned parameters views into one flat buffer, so that every
+  step of THEORY.md is one vector operation and the noise is one ``randn(d)``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from certun.errors import InvalidParameterError, UnsupportedModelError
+
+__all__ = [
+    "FlatParameters",
+    "ModelParts",
+    "check_model",
+    "flat_center",
+    "norm_modules",
+    "select_parameters",
+]
+
+_WIDE_DTYPES = (torch.float32, torch.float64)
+_BUFFER_MODES = ("reject", "recompute", "public")
+
+
+@dataclass
+class ModelParts:
+    """The unlearned parameters (in order), the frozen ones, and the model's buffers by kind."""
+
+    names: tuple[str, ...]
+    params: list[nn.Parameter]
+    frozen: dict[str, nn.Parameter]
+    norms: list[tuple[str, nn.Module]]
+    buffers: dict[str, torch.Tensor]  # buffers outside running-statistics norm layers
+
+
+def norm_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """Normalisation layers that keep running statistics (BatchNorm, tracked InstanceNorm), by path."""
+    return [(name, m) for name, m in model.named_modules()
+            if isinstance(m, nn.modules.batchnorm._NormBase) and m.track_running_stats]
+
+
+def select_parameters(model: nn.Module, params: Iterable[Any] | None) -> ModelParts:
+    """Split ``model``'s parameters into unlearned and frozen.
+
+    Args:
+        model: the trained model.
+        params: ``None`` for every parameter with ``requires_grad``; otherwise parameter names (as in
+            ``named_parameters()``) or the parameter objects themselves.
+
+    Raises:
+        InvalidParameterError: an unknown name or object, or an empty selection.
+    """
+    named = list(model.named_parameters())
+    if params is None:
+        chosen = [(n, p) for n, p in named if p.requires_grad]
+    else:
+        by_name = dict(named)
+        by_id = {id(p): n for n, p in named}
+        wanted: list[str] = []
+        unknown: list[str] = []
+        for item in params:
+            if isinstance(item, str):
+                (wanted if item in by_name else unknown).append(item)
+            elif id(item) in by_id:
+                wanted.append(by_id[id(item)])
+            else:
+                unknown.append(f"<{type(item).__name__} not in model>")
+        if unknown:
+            raise InvalidParameterError("params", unknown[:5], "names from model.named_parameters() or its parameters")
+        keep = set(wanted)
+        chosen = [(n, p) for n, p in named if n in keep]
+    if not chosen:
+        raise InvalidParameterError("params", [] if params is None else list(params)[:5],
+                                    "a non-empty set of parameters (the model has none trainable?)")
+    chosen_names = {n for n, _ in chosen}
+    norms = norm_modules(model)
+    norm_buffer_names = {f"{path}.{b}" if path else b for path, m in norms for b, _ in m.named_buffers(recurse=False)}
+    return ModelParts(
+        names=tuple(n for n, _ in chosen),
+        params=[p for _, p in chosen],
+        frozen={n: p for n, p in named if n not in chosen_names},
+        norms=norms,
+        buffers={n: b for n, b in model.named_buffers() if n not in norm_buffer_names},
+    )
+
+
+def check_model(model: nn.Module, parts: ModelParts, *, hooks: bool, buffers: str) -> None:
+    """Refuse a model that cannot be unlearned soundly as asked, listing every problem at once.
+
+    Args:
+        model: the model (already on its device).
+        parts: from :func:`select_parameters`.
+        hooks: whether per-sample gradients are needed (``clip="per_sample"`` or ``"ghost"``).
+        buffers: ``"reject"`` (no data-dependent buffers allowed), ``"recompute"`` (running statistics
+            of norm layers are reset, then recomputed from retain data) or ``"public"`` (the user asserts
+            that the non-norm buffers are independent of D; their digests are recorded and checked).
+
+    Raises:
+        UnsupportedModelError: with one ``(path, reason, remedy)`` per problem.
+    """
+    if buffers not in _BUFFER_MODES:
+        raise InvalidParameterError("buffers", buffers, "one of " + ", ".join(repr(b) for b in _BUFFER_MODES))
+    problems: list[tuple[str, str, str]] = []
+    for name, p in zip(parts.names, parts.params, strict=True):
+        if p.dtype not in _WIDE_DTYPES:
+            problems.append((name, f"parameter dtype is {str(p.dtype).replace('torch.', '')}; the noisy phase keeps "
+                             "the unlearned parameters and the noise in float32 or wider",
+                             "convert the model with model.float() (autocast of the forward pass is fine)"))
+        if p.is_sparse:
+            problems.append((name, "sparse parameters are not supported", "use a dense parameter"))
+    dtypes = {p.dtype for p in parts.params if p.dtype in _WIDE_DTYPES}
+    if len(dtypes) > 1:
+        problems.append(("<model>", "unlearned parameters mix float32 and float64",
+                         "convert the model to one dtype (model.float() or model.double())"))
+    for path, module in parts.norms:
+        if hooks:
+            problems.append((path, f"{type(module).__name__} keeps running statistics computed from the training "
+                             "data, and per-sample clipping cannot run it (it mixes the samples of a batch)",
+                             "use clip='batch' with buffers='recompute', or replace it with GroupNorm/LayerNorm "
+                             "before training (never swapped silently in a trained model)"))
+        elif buffers != "recompute":
+            problems.append((path, f"{type(module).__name__} running statistics were computed from the training "
+                             "data, including the forget set, and are not part of the unlearned parameters",
+                             "pass buffers='recompute' to reset them and recompute them from retain data, or "
+                             "replace the layer with GroupNorm/LayerNorm before training"))
+    if hooks:
+        for path, module in model.named_modules():
+            if isinstance(module, nn.modules.batchnorm._BatchNorm) and not module.track_running_stats:
+                problems.append((path, "BatchNorm in training mode mixes the samples of a batch, so per-sample "
+                                 "gradients (and per-sample clipping) are undefined", "use clip='batch'"))
+        problems.extend(_opacus_problems(model))
+    if parts.buffers and buffers != "public":
+        for name in parts.buffers:
+            problems.append((name, "buffer may depend on the training data and is not among the unlearned "
+                             "parameters", "if it is independent of the training data pass buffers='public' "
+                             "(its digest is recorded and checked unchanged); otherwise make it a parameter"))
+    if problems:
+        raise UnsupportedModelError(problems)
+
+
+def _opacus_problems(model: nn.Module) -> list[tuple[str, str, str]]:
+    """Opacus' own per-module validators (LSTM/GRU/attention need Opacus' DP layers), with module paths."""
+    from opacus.validators import ModuleValidator
+
+    out = []
+    for path, module in model.named_modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            continue  # reported above with certun's remedy
+        if not any(p.requires_grad for p in module.parameters(recurse=False)):
+            continue
+        validator = ModuleValidator.VALIDATORS.get(type(module))
+        for error in (validator(module) if validator else ()):
+            out.append((path, f"Opacus cannot compute per-sample gradients here: {error}",
+                        "build the model with Opacus' DP layer (e.g. opacus.layers.DPLSTM) before training, "
+                        "or use clip='batch'"))
+    return out
+
+
+def flat_center(center: Any, parts: ModelParts, *, device: torch.device, dtype: torch.dtype) -> torch.Tensor | None:
+    """The ball centre as a flat vector matching the unlearned parameters, or ``None`` for the origin.
+
+    Accepts a mapping ``name -> tensor/array`` holding every unlearned parameter (extra entries, e.g.
+    buffers of a public state dict, are ignored) or a flat vector of length ``d``.
+
+    Raises:
+        InvalidParameterError: a missing name, a wrong shape or length, or a non-finite value.
+    """
+    if center is None:
+        return None
+    d = sum(p.numel() for p in parts.params)
+    if isinstance(center, Mapping):
+        missing = [n for n in parts.names if n not in center]
+        if missing:
+            raise InvalidParameterError("center", f"<state dict missing {missing[:5]}>",
+                                        "a mapping holding every unlearned parameter")
+        pieces = []
+        for name, p in zip(parts.names, parts.params, strict=True):
+            value = torch.as_tensor(center[name])
+            if tuple(value.shape) != tuple(p.shape):
+                raise InvalidParameterError(f"center[{name!r}]", f"<shape {tuple(value.shape)}>",
+                                            f"shape {tuple(p.shape)}")
+            pieces.append(value.detach().reshape(-1).to(device=device, dtype=dtype))
+        flat = torch.cat(pieces)
+    else:
+        flat = torch.as_tensor(center).detach().reshape(-1).to(device=device, dtype=dtype)
+        if torch.as_tensor(center).dim() != 1 or flat.numel() != d:
+            raise InvalidParameterError("center", f"<tensor of shape {tuple(torch.as_tensor(center).shape)}>",
+                                        f"a state dict or a flat vector of length d={d}")
+    if not bool(torch.isfinite(flat).all()):
+        raise InvalidParameterError("center", "<non-finite values>", "finite everywhere")
+    return flat
+
+
+class FlatParameters:
+    """The unlearned parameters as views into one flat vector ``x``, and a flat gradient buffer ``g``.
+
+    After construction each parameter's storage *is* a slice of ``x``: updating ``x`` in place
+    updates the model. :meth:`point_grads` makes each ``p.grad`` a slice of ``g`` so that backward
+    accumulates straight into it; :meth:`gather_grads` falls back to copying if autograd ever
+    replaced a gradient. :meth:`release` gives every parameter its own storage again.
+    """
+
+    def __init__(self, names: tuple[str, ...], params: list[nn.Parameter], *, device: torch.device,
+                 dtype: torch.dtype) -> None:
+        self.names = names
+        self.params = params
+        self.sizes = [p.numel() for p in params]
+        self.d = sum(self.sizes)
+        self.x = torch.empty(self.d, device=device, dtype=dtype)
+        self.g = torch.zeros(self.d, device=device, dtype=dtype)
+        self.x_views: list[torch.Tensor] = []
+        self.g_views: list[torch.Tensor] = []
+        offset = 0
+        with torch.no_grad():
+            for p, n in zip(params, self.sizes, strict=True):
+                view = self.x[offset:offset + n].view_as(p)
+                view.copy_(p.detach())
+                p.data = view
+                self.x_views.append(view)
+                self.g_views.append(self.g[offset:offset + n].view_as(p))
+                offset += n
+
+    def named_views(self) -> dict[str, torch.Tensor]:
+        """``name -> view of x`` (for digests and callbacks)."""
+        return dict(zip(self.names, self.x_views, strict=True))
+
+    def point_grads(self) -> None:
+        """Zero ``g`` and make every ``p.grad`` the matching slice of it."""
+        self.g.zero_()
+        for p, view in zip(self.params, self.g_views, strict=True):
+            if p.grad is None or p.grad.data_ptr() != view.data_ptr():
+                p.grad = view
+
+    def gather_grads(self) -> torch.Tensor:
+        """``g`` holding the current gradients (copying any that autograd did not write in place)."""
+        for p, view in zip(self.params, self.g_views, strict=True):
+            grad = p.grad
+            if grad is None:
+                view.zero_()
+            elif grad.data_ptr() != view.data_ptr():
+                view.copy_(grad)
+        return self.g
+
+    def clear_grads(self) -> None:
+        """Drop every ``p.grad`` (no gradient state survives a phase)."""
+        for p in self.params:
+            p.grad = None
+
+    def release(self) -> None:
+        """Give every parameter its own storage again and drop gradients."""
+        with torch.no_grad():
+            for p, view in zip(self.params, self.x_views, strict=True):
+                p.data = view.clone()
+                p.grad = None

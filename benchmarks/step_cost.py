@@ -1,0 +1,216 @@
+"""Median cost of one noisy unlearning step, per variant and clipping mode, against a plain SGD step.
+
+Models (issue 4, "GPU measurement"): a Fashion-MNIST-sized CNN, a 10M-parameter MLP, and a ResNet-18
+with GroupNorm whose residual adds are out of place (so that Opacus' per-sample hooks can run it).
+Each configuration runs ``certun``'s torch backend for ``--steps`` noisy steps on one fixed batch and
+reports the median wall time of a step (synchronised on CUDA) and its ratio to a plain
+``torch.optim.SGD`` step (forward, backward, update) on the same model and batch.
+
+    python benchmarks/step_cost.py            # full sizes; meant for a GPU
+    python benchmarks/step_cost.py --quick    # small sizes, a few steps: runs on a CPU in a minute
+
+Results are printed as a table (and written as JSON with ``--json PATH``); docs/backends.md records them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import itertools
+import json
+import statistics
+import time
+import warnings
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F  # noqa: N812 (the conventional name)
+from certun.backends import get_backend
+from certun.backends.options import UnsafeNoiseWarning
+from torch import nn
+
+import certun
+
+# ------------------------------------------------------------------ models
+
+
+def cnn(width: int = 32) -> nn.Module:
+    """A small CNN for 1×28×28 inputs (Fashion-MNIST sized), 10 classes."""
+    return nn.Sequential(
+        nn.Conv2d(1, width, 3), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(width, 2 * width, 3), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Flatten(), nn.Linear(2 * width * 5 * 5, 128), nn.ReLU(), nn.Linear(128, 10),
+    )
+
+
+def mlp(hidden: tuple[int, ...] = (3072, 2560)) -> nn.Module:
+    """An MLP on flattened 28×28 inputs; the default widths give 10.3M parameters."""
+    layers: list[nn.Module] = [nn.Flatten()]
+    width = 28 * 28
+    for h in hidden:
+        layers += [nn.Linear(width, h), nn.ReLU()]
+        width = h
+    layers.append(nn.Linear(width, 10))
+    return nn.Sequential(*layers)
+
+
+def _gn(channels: int) -> nn.GroupNorm:
+    return nn.GroupNorm(min(32, channels // 2 if channels < 32 else 32), channels)
+
+
+class BasicBlock(nn.Module):
+    """ResNet basic block with GroupNorm and an out-of-place residual add (``out = out + identity``)."""
+
+    def __init__(self, cin: int, cout: int, stride: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.gn1 = _gn(cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.gn2 = _gn(cout)
+        self.shortcut = nn.Sequential()
+        if stride != 1 or cin != cout:
+            self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), _gn(cout))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """conv-GN-ReLU-conv-GN, plus the shortcut, then ReLU; nothing in place."""
+        out = F.relu(self.gn1(self.conv1(x)))
+        out = self.gn2(self.conv2(out))
+        return F.relu(out + self.shortcut(x))
+
+
+class ResNet18GN(nn.Module):
+    """ResNet-18 (CIFAR stem) with GroupNorm instead of BatchNorm; ``width=64`` is the standard size."""
+
+    def __init__(self, width: int = 64, classes: int = 10) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, width, 3, 1, 1, bias=False), _gn(width), nn.ReLU())
+        blocks, cin = [], width
+        for i, cout in enumerate((width, 2 * width, 4 * width, 8 * width)):
+            stride = 1 if i == 0 else 2
+            blocks += [BasicBlock(cin, cout, stride), BasicBlock(cout, cout, 1)]
+            cin = cout
+        self.blocks = nn.Sequential(*blocks)
+        self.head = nn.Linear(cin, classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Stem, 8 blocks, global average pooling, linear head."""
+        return self.head(F.adaptive_avg_pool2d(self.blocks(self.stem(x)), 1).flatten(1))
+
+
+# ------------------------------------------------------------------ timing
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_sgd(model: nn.Module, X: torch.Tensor, y: torch.Tensor, steps: int, device: torch.device) -> list[float]:
+    """Wall time of each plain SGD step (zero_grad, forward, backward, step), synchronised."""
+    model = model.to(device).train()
+    opt = torch.optim.SGD(model.parameters(), lr=1e-3)
+    out = []
+    for _ in range(steps):
+        _sync(device)
+        t0 = time.perf_counter()
+        opt.zero_grad(set_to_none=True)
+        F.cross_entropy(model(X), y).backward()
+        opt.step()
+        _sync(device)
+        out.append(time.perf_counter() - t0)
+    return out
+
+
+def time_unlearn(model: nn.Module, X: torch.Tensor, y: torch.Tensor, schedule: certun.Schedule, clip: str,
+                 device: torch.device) -> list[float]:
+    """Wall time of each noisy step of the torch backend (from its history, synchronised by the callback)."""
+    stamps: list[float] = []
+
+    def callback(t: int, x: torch.Tensor) -> None:
+        _sync(device)
+        stamps.append(time.perf_counter())
+
+    _sync(device)
+    stamps.append(time.perf_counter())
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UnsafeNoiseWarning)
+        get_backend("torch").unlearn(model, [(X, y)], schedule, loss_fn=F.cross_entropy, clip=clip, seed=0,
+                                     device=device, progress=False, postprocess="none", inplace=True,
+                                     callback=callback)
+    return [b - a for a, b in itertools.pairwise(stamps)]
+
+
+def configurations(T: int) -> list[tuple[str, str, Callable[[], certun.Schedule]]]:
+    """(label, clip mode, schedule factory) for every variant and clipping mode with noisy steps."""
+    gc = lambda: certun.plan(1.0, 1e-5, C0=10.0, C1=1.0, gamma=1e-3, T=T)  # noqa: E731
+    mc1 = lambda: certun.plan(1.0, 1e-5, C0=10.0, C2=10.0, gamma=1e-3, T=T, variant="model_clipping")  # noqa: E731
+    mc2 = lambda: certun.plan(1.0, 1e-5, C0=10.0, C1=1.0, C2=10.0, gamma=1e-3, T=T,  # noqa: E731
+                              variant="model_clipping", mode="clip_noise_before_projection")
+    return [
+        ("gradient_clipping", "batch", gc),
+        ("gradient_clipping", "per_sample", gc),
+        ("gradient_clipping", "ghost", gc),
+        ("model_clipping/noise_after_projection", "batch", mc1),
+        ("model_clipping/clip_noise_before_projection", "batch", mc2),
+    ]
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the benchmark and print the table."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="small models and few steps (CPU smoke run)")
+    parser.add_argument("--device", default=None, help="default: cuda if available, else cpu")
+    parser.add_argument("--steps", type=int, default=None, help="noisy steps per configuration")
+    parser.add_argument("--batch", type=int, default=None, help="batch size")
+    parser.add_argument("--models", default="cnn,mlp,resnet18", help="comma-separated subset of cnn,mlp,resnet18")
+    parser.add_argument("--json", default=None, help="also write the results to this JSON file")
+    args = parser.parse_args(argv)
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    steps = args.steps or (6 if args.quick else 60)
+    batch = args.batch or (16 if args.quick else 128)
+    if device.type == "cpu":
+        torch.set_num_threads(1)
+    builders = {
+        "cnn": (lambda: cnn(8 if args.quick else 32), (1, 28, 28)),
+        "mlp": (lambda: mlp((256, 256) if args.quick else (3072, 2560)), (1, 28, 28)),
+        "resnet18": (lambda: ResNet18GN(8 if args.quick else 64), (3, 16, 16) if args.quick else (3, 32, 32)),
+    }
+    rows = []
+    print(f"device={device} torch={torch.__version__} batch={batch} steps={steps} quick={args.quick}")
+    header = f"{'model':10} {'d':>10} {'variant':44} {'clip':10} {'median ms':>10} {'x SGD':>7}"
+    print(header)
+    print("-" * len(header))
+    for name in args.models.split(","):
+        build, shape = builders[name]
+        torch.manual_seed(0)
+        base = build()
+        d = sum(p.numel() for p in base.parameters())
+        gen = torch.Generator().manual_seed(1)
+        X = torch.randn(batch, *shape, generator=gen).to(device)
+        y = torch.randint(0, 10, (batch,), generator=gen).to(device)
+        sgd = statistics.median(time_sgd(build_copy(base), X, y, steps, device)[1:])
+        rows.append(dict(model=name, d=d, variant="plain SGD", clip="-", median_ms=sgd * 1e3, ratio=1.0))
+        print(f"{name:10} {d:>10} {'plain SGD':44} {'-':10} {sgd * 1e3:>10.3f} {1.0:>7.2f}")
+        for label, clip, make in configurations(steps):
+            try:
+                times = time_unlearn(build_copy(base), X, y, make(), clip, device)
+                med = statistics.median(times[1:])
+                rows.append(dict(model=name, d=d, variant=label, clip=clip, median_ms=med * 1e3, ratio=med / sgd))
+                print(f"{name:10} {d:>10} {label:44} {clip:10} {med * 1e3:>10.3f} {med / sgd:>7.2f}")
+            except (certun.CertunError, RuntimeError, NotImplementedError) as exc:
+                rows.append(dict(model=name, d=d, variant=label, clip=clip, error=str(exc).splitlines()[0]))
+                print(f"{name:10} {d:>10} {label:44} {clip:10} {'failed':>10}  {str(exc).splitlines()[0][:60]}")
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump(dict(device=str(device), torch=torch.__version__, batch=batch, steps=steps,
+                           quick=args.quick, rows=rows), fh, indent=2)
+    return 0
+
+
+def build_copy(model: nn.Module) -> nn.Module:
+    """A fresh copy with the same weights (every configuration starts from the same parameters)."""
+    return copy.deepcopy(model)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,145 @@
+"""``certun verify``, ``certun inspect`` and ``certun receipt verify``: certificates on the command line.
+
+``verify`` prints one line per check (``PASS  name  detail``) and then ``OK`` or ``FAILED``; ``--json``
+prints the same report as JSON. The exit code is 0 only if the report is ok, 1 if a check failed,
+and 2 for unusable input (an unreadable key, a missing file), with a one-line message and no
+traceback. Source: issue 3; docs/certificates.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from typing import Any
+
+from certun.certificates.merkle import MerkleReceipt, verify_receipt
+from certun.certificates.parse import load_certificate, strict_loads
+from certun.certificates.parse import read_bytes as _read_bytes
+from certun.certificates.verify import verify
+
+from certun.errors import InvalidParameterError
+
+__all__ = ["register"]
+
+
+def _limit(name: str) -> Any:
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{name} must be a number, got {text!r}") from None
+        if not math.isfinite(value) or value < 0:
+            raise argparse.ArgumentTypeError(f"{name} must be finite and >= 0, got {text!r}")
+        return value
+
+    return parse
+
+
+def register(subparsers: Any) -> None:
+    """Add the ``verify``, ``inspect`` and ``receipt`` subcommands."""
+    p = subparsers.add_parser(
+        "verify", help="check a certificate: recompute its guarantee, digests, signature, chain",
+        description="Run every check the inputs allow; exit 0 only if nothing failed and the guarantee "
+                    "was recomputed and supports the claim.")
+    p.add_argument("certificate", help="certificate file (JSON)")
+    p.add_argument("--model", metavar="FILE", help="the unlearned model: .pt state_dict or .npz")
+    p.add_argument("--trusted-key", metavar="KEY", action="append", default=[],
+                   help="pinned Ed25519 public key: z6Mk..., did:key:..., or a file with one or a PEM key "
+                        "(repeatable)")
+    p.add_argument("--chain", metavar="DIR", help="folder with the previous certificates of the ledger")
+    p.add_argument("--max-eps", type=_limit("--max-eps"), help="policy: fail if the claimed eps is larger")
+    p.add_argument("--max-delta", type=_limit("--max-delta"), help="policy: fail if the claimed delta is larger")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.set_defaults(func=_verify)
+
+    p = subparsers.add_parser("inspect", help="print a human summary of a certificate (no verification)")
+    p.add_argument("certificate", help="certificate file (JSON)")
+    p.set_defaults(func=_inspect)
+
+    p = subparsers.add_parser("receipt", help="data-subject receipts: check a record is in a certified set")
+    sub = p.add_subparsers(dest="receipt_command", metavar="ACTION", required=True)
+    q = sub.add_parser("verify", help="check a Merkle receipt against a certificate",
+                       description="Exit 0 iff the receipt proves its record is in the certificate's set.")
+    q.add_argument("receipt", help="receipt file (JSON), as handed to the data subject")
+    q.add_argument("certificate", help="certificate file (JSON)")
+    q.add_argument("--set", choices=("forget", "retain"), default="forget", dest="which",
+                   help="which set the record should be in (default: forget)")
+    q.add_argument("--id", dest="record_id", help="also require the receipt to be for this identifier")
+    q.set_defaults(func=_receipt_verify)
+
+
+def _verify(args: argparse.Namespace) -> int:
+    report = verify(args.certificate, model=args.model, trusted_keys=args.trusted_key, chain_dir=args.chain,
+                    max_eps=args.max_eps, max_delta=args.max_delta)
+    if args.json:
+        print(json.dumps(report.to_dict(), indent=2))
+    else:
+        print(report)
+    return 0 if report.ok else 1
+
+
+def _fmt(value: Any) -> str:
+    return "-" if value is None else (f"{value:.6g}" if isinstance(value, float) else str(value))
+
+
+def _inspect(args: argparse.Namespace) -> int:
+    cert = load_certificate(args.certificate)
+    claim, m, ex, art = cert["claim"], cert["mechanism"], cert["execution"], cert["artifacts"]
+    sigma = m["sigma"] if m["sigmas"] is None else f"{min(m['sigmas']):.6g}..{max(m['sigmas']):.6g} (varies)"
+    gamma = m["gamma"] if m["gammas"] is None else f"{min(m['gammas']):.6g}..{max(m['gammas']):.6g} (varies)"
+    lines = [
+        f"certificate    {args.certificate}  (format_version {cert['format_version']}, issued {cert['issued_at']})",
+        f"claim          ({_fmt(claim['eps'])}, {_fmt(claim['delta'])})-unlearning, variant {claim['variant']}"
+        " [unverified: run certun verify]",
+        f"mechanism      T={m['T']} sigma={_fmt(sigma)} gamma={_fmt(gamma)} C0={_fmt(m['C0'])} C1={_fmt(m['C1'])} "
+        f"C2={_fmt(m['C2'])} lam={_fmt(m['lam'])} sigma0={_fmt(m['sigma0'])} mode={_fmt(m['mode'])} "
+        f"method={m['method']}",
+        f"accounting     {cert['accounting']['conversion']}; stored eps {_fmt(cert['accounting']['eps'])}, "
+        f"alpha {_fmt(cert['accounting']['alpha'])}",
+        f"execution      backend {ex['backend']}, clipping {_fmt(ex['clipping'])}, d={ex['d']} over "
+        f"{len(ex['unlearned_parameters'])} tensors, {len(ex['frozen_parameters'])} frozen, "
+        f"{ex['noisy_steps']} noisy steps, postprocess {_fmt(ex['postprocess'])}, {ex['device']}/{ex['dtype']}",
+    ]
+    for name in ("unlearned_model", "model_before", "center"):
+        if art[name] is not None:
+            lines.append(f"{name + ' ':<15}{art[name]['root']}")
+    for name in ("retain_set", "forget_set"):
+        s = art[name]
+        lines.append(f"{name:<15}" + ("not recorded" if s is None else
+                                     f"merkle root {s['merkle_root']} ({_fmt(s['size'])} records, ids: "
+                                     f"{_fmt(s['id_scheme'])})"))
+    commitment = cert["randomness"]["seed_commitment"]
+    lines.append(f"seed           {'committed: ' + commitment['commitment'] if commitment else 'no commitment'}")
+    chain = cert["chain"]
+    lines.append(f"chain          sequence {chain['sequence']}, previous {_fmt(chain['previous'])}")
+    proof = cert.get("proof")
+    lines.append("signature      " + ("unsigned" if proof is None else
+                                     f"{proof['cryptosuite']} by {proof['verificationMethod']} (not checked)"))
+    lines.append(f"content digest {cert['content_digest']}")
+    print("\n".join(lines))
+    return 0
+
+
+def _receipt_verify(args: argparse.Namespace) -> int:
+    cert = load_certificate(args.certificate)
+    receipt = MerkleReceipt.from_dict(strict_loads(_read_bytes(args.receipt)))
+    id_set = cert["artifacts"][f"{args.which}_set"]
+    if id_set is None:
+        print(f"FAILED: the certificate records no {args.which} set")
+        return 1
+    record_id: Any = args.record_id
+    if record_id is not None and isinstance(receipt.record_id, int):
+        try:
+            record_id = int(record_id)
+        except ValueError:
+            raise InvalidParameterError("--id", record_id, "an integer, like the receipt's record_id") from None
+    if verify_receipt(receipt, root=id_set["merkle_root"], record_id=record_id):
+        print(f"OK: record {receipt.record_id!r} is leaf {receipt.leaf_index} of {receipt.tree_size} in the "
+              f"certified {args.which} set (root {id_set['merkle_root']})")
+        return 0
+    why = ("the receipt is for another record" if record_id is not None and str(record_id) != str(receipt.record_id)
+           else "its audit path does not lead to the certificate's root")
+    print(f"FAILED: record {receipt.record_id!r} is not proven to be in the certified {args.which} set: {why}")
+    return 1
+

@@ -1,0 +1,155 @@
+"""Checks that a (schema-valid) certificate agrees with itself, and that it holds no raw seed.
+
+The schema checks each field alone; these checks tie fields together: the claim is the mechanism's
+target, T matches the σ/γ schedules and the number of noisy steps run, d matches the recorded
+parameter shapes, the clipping granularity fits the variant, the model digests cover exactly the
+unlearned parameters and their roots agree with their per-tensor digests. Every problem is
+collected, none is silently skipped. Source: THEORY.md §1-§3 and §6; issue 3 ("internal consistency").
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping
+from typing import Any
+
+from certun.certificates.digest import root_digest
+
+from certun.errors import InvalidParameterError
+
+__all__ = ["RAW_SEED_KEY", "consistency_problems", "raw_seed_paths"]
+
+#: Key names that look like a raw seed or generator state (case-insensitive). ``seed_commitment``
+#: is the one allowed exception.
+RAW_SEED_KEY = re.compile(r"seed|rng[_-]?state|random[_-]?state|generator[_-]?state|prng[_-]?key", re.I)
+_ALLOWED_SEED_KEYS = frozenset({"seed_commitment"})
+#: Objects whose keys are parameter names (a module may be called "seed"), not field names.
+_NAME_MAPS = frozenset({"tensors", "frozen_parameters", "parameter_shapes"})
+
+#: Clipping granularities that satisfy the gradient-clipping proofs (THEORY.md §2).
+_GRADIENT_CLIPS = frozenset({"per_sample", "batch"})
+
+
+def raw_seed_paths(document: Any, path: str = "") -> list[str]:
+    """Paths of keys anywhere in ``document`` that look like a raw seed (e.g. ``execution.extra.seed``).
+
+    Anyone holding the seed, the retain data and the model can regenerate and strip the noise, so a
+    certificate must hold only the seed's commitment.
+    """
+    found: list[str] = []
+    if isinstance(document, Mapping):
+        for key, value in document.items():
+            here = f"{path}.{key}" if path else str(key)
+            if isinstance(key, str) and key not in _ALLOWED_SEED_KEYS and RAW_SEED_KEY.search(key):
+                found.append(here)
+            if key not in _NAME_MAPS:
+                found.extend(raw_seed_paths(value, here))
+    elif isinstance(document, list):
+        for i, value in enumerate(document):
+            found.extend(raw_seed_paths(value, f"{path}[{i}]"))
+    return found
+
+
+def _steps(mechanism: Mapping[str, Any], scalar: str, plural: str) -> tuple[str, int | None]:
+    if mechanism.get(plural) is not None:
+        return plural, len(mechanism[plural])
+    if mechanism.get(scalar) is not None:
+        return scalar, None  # constant: one value for every step
+    return scalar, 0
+
+
+def _mechanism_problems(m: Mapping[str, Any]) -> list[str]:
+    problems = []
+    T = m["T"]
+    for scalar, plural in (("sigma", "sigmas"), ("gamma", "gammas")):
+        if m.get(scalar) is not None and m.get(plural) is not None:
+            problems.append(f"mechanism gives both {scalar} and {plural}; give one")
+        name, n = _steps(m, scalar, plural)
+        if n is None and T < 1:
+            problems.append(f"mechanism.{name} is set but mechanism.T={T} has no noisy steps")
+        elif n is not None and n != T:
+            problems.append(f"mechanism.T={T} but mechanism.{name} has {n} values")
+    return problems
+
+
+def _model_problems(name: str, digest: Mapping[str, Any] | None, unlearned: list[str]) -> list[str]:
+    if digest is None:
+        return []
+    problems = []
+    tensors = digest["tensors"]
+    if set(tensors) != set(unlearned):
+        missing = sorted(set(unlearned) - set(tensors))
+        extra = sorted(set(tensors) - set(unlearned))
+        problems.append(f"artifacts.{name} covers other tensors than execution.unlearned_parameters "
+                        f"(missing {missing}, extra {extra})")
+    try:
+        root = root_digest(tensors)
+    except InvalidParameterError as exc:
+        return [*problems, f"artifacts.{name}: {exc}"]
+    if root != digest["root"]:
+        problems.append(f"artifacts.{name}.root is {digest['root']} but its tensor digests give {root}")
+    return problems
+
+
+def consistency_problems(doc: Mapping[str, Any]) -> list[str]:
+    """Every internal inconsistency of a schema-valid certificate, one sentence each (``[]`` if none)."""
+    claim, m, acc = doc["claim"], doc["mechanism"], doc["accounting"]
+    ex, art, chain = doc["execution"], doc["artifacts"], doc["chain"]
+    problems: list[str] = []
+
+    # the claim is the mechanism's target (THEORY.md §6)
+    for key in ("variant", "eps", "delta"):
+        if claim[key] != m[key]:
+            problems.append(f"claim.{key} is {claim[key]!r} but mechanism.{key} is {m[key]!r}")
+    if acc["method"] != m["method"]:
+        problems.append(f"accounting.method is {acc['method']!r} but mechanism.method is {m['method']!r}")
+
+    # T, the per-step schedules and the steps actually run
+    problems.extend(_mechanism_problems(m))
+    if ex["noisy_steps"] != m["T"]:
+        problems.append(f"execution.noisy_steps is {ex['noisy_steps']} but mechanism.T is {m['T']}")
+
+    # the unlearned parameters x and their count d
+    unlearned = ex["unlearned_parameters"]
+    if len(set(unlearned)) != len(unlearned):
+        dupes = sorted({n for n in unlearned if unlearned.count(n) > 1})
+        problems.append(f"execution.unlearned_parameters lists {dupes} more than once")
+    variant = m["variant"]
+    if variant != "retrain" and (not unlearned or ex["d"] < 1):
+        problems.append(f"{variant} needs unlearned parameters: got {len(unlearned)} names and d={ex['d']}")
+    shapes = ex["parameter_shapes"]
+    if shapes:
+        if set(shapes) != set(unlearned):
+            problems.append(f"execution.parameter_shapes names {sorted(shapes)} but "
+                            f"execution.unlearned_parameters names {sorted(set(unlearned))}")
+        implied = sum(math.prod(shape) for shape in shapes.values())
+        if implied != ex["d"]:
+            problems.append(f"execution.d is {ex['d']} but the recorded parameter shapes imply d={implied}")
+    overlap = sorted(set(unlearned) & set(ex["frozen_parameters"]))
+    if overlap:
+        problems.append(f"parameters {overlap} are listed both as unlearned and as frozen")
+
+    # clipping granularity vs variant (THEORY.md §2, §3)
+    needs_clip = variant == "gradient_clipping" or (
+        variant == "model_clipping" and m["mode"] == "clip_noise_before_projection")
+    if needs_clip and ex["clipping"] not in _GRADIENT_CLIPS:
+        label = variant if variant == "gradient_clipping" else f"{variant} ({m['mode']})"
+        problems.append(f"{label} needs gradient clipping per_sample or batch, "
+                        f"but execution.clipping is {ex['clipping']!r}")
+
+    # digests of the model
+    for name in ("unlearned_model", "model_before", "center"):
+        problems.extend(_model_problems(name, art[name], unlearned))
+    after = art["unlearned_model"]
+    expected_subject = ([] if after is None else
+                        [{"name": "unlearned_model", "digest": {"sha256": after["root"][len("sha256:"):]}}])
+    if doc["subject"] != expected_subject:
+        problems.append(f"subject is {doc['subject']!r} but artifacts.unlearned_model implies {expected_subject!r}")
+
+    # the chain link
+    if (chain["sequence"] == 0) != (chain["previous"] is None):
+        problems.append(f"chain.sequence is {chain['sequence']} but chain.previous is "
+                        f"{'absent' if chain['previous'] is None else 'set'}: the first certificate "
+                        f"(sequence 0) and only it has no previous")
+    return problems

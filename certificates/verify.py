@@ -1,0 +1,250 @@
+"""Verify a certificate: an ordered tuple of small checks, each returning a :class:`CheckResult`.
+
+Order (a check whose prerequisite did not pass is SKIP; nothing is skipped silently):
+
+1. ``strict_parse``   — strict JSON: no NaN/Infinity, duplicate keys, 1e400, unsafe integers
+2. ``format``         — ``format`` and a known ``format_version``
+3. ``no_raw_seed``    — no key anywhere looks like a raw seed (only its commitment is allowed)
+4. ``schema``         — the shipped JSON Schema of that version (integers must be integers)
+5. ``content_digest`` — RFC 8785 digest of everything but the proof matches ``content_digest``
+6. ``signature``      — eddsa-jcs-2022 proof valid; PASS if the key is pinned, WARN if not
+7. ``consistency``    — the certificate agrees with itself (claim = target, T, d, clipping, ...)
+8. ``recompute``      — the accountant's guarantee of ``mechanism`` supports the claim
+9. ``stored_accounting`` — stored "achieved" numbers agree with the recomputation (WARN only)
+10. ``model``         — a model file's tensors hash to the recorded digests (with ``model=``)
+11. ``chain``         — links to previous certificates (with ``chain_dir=``)
+12. ``policy``        — claimed ε, δ within the verifier's limits (with ``max_eps=``/``max_delta=``)
+
+``Report.ok`` requires no FAIL **and** a ``recompute`` that actually PASSed, so a report of SKIPs
+never passes. Source: issue 3 (``certun verify``); STYLE.md (sigstore's numbered checks).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from certun.accountant import Schedule
+from certun.certificates.canonical import content_digest
+from certun.certificates.consistency import consistency_problems, raw_seed_paths
+from certun.certificates.parse import format_problem, json_value_problems, read_bytes, strict_loads
+from certun.certificates.recompute import ClaimDecision, decide_claim
+from certun.certificates.report import CheckResult, Report, Status
+from certun.certificates.schema import schema_errors
+from certun.certificates.signing import load_public_key, verify_document
+
+from certun.errors import CertificateFormatError, CertunError
+
+__all__ = ["CHECK_NAMES", "CheckResult", "Report", "Status", "verify"]
+
+
+@dataclass
+class _Context:
+    source: Any
+    model: str | os.PathLike | Mapping[str, Any] | None
+    trusted_keys: tuple[Any, ...]
+    chain_dir: str | os.PathLike | None
+    max_eps: float | None
+    max_delta: float | None
+    doc: Any = None
+    decision: ClaimDecision | None = None
+    results: dict[str, Status] = field(default_factory=dict)
+
+
+# -------------------------------------------------------------------------------------------- checks
+def _strict_parse(ctx: _Context) -> tuple[Status, str]:
+    if isinstance(ctx.source, Mapping):
+        problems = json_value_problems(dict(ctx.source))
+        if problems:
+            return Status.FAIL, "; ".join(problems)
+        ctx.doc = ctx.source
+        return Status.PASS, "in-memory certificate holds only strict JSON values"
+    try:
+        data = read_bytes(ctx.source)
+        ctx.doc = strict_loads(data)
+    except CertificateFormatError as exc:
+        return Status.FAIL, str(exc)
+    return Status.PASS, f"{len(data)} bytes of strict JSON"
+
+
+def _format(ctx: _Context) -> tuple[Status, str]:
+    problem = format_problem(ctx.doc)
+    if problem:
+        return Status.FAIL, problem
+    return Status.PASS, f"{ctx.doc['format']} format_version {ctx.doc['format_version']}"
+
+
+def _no_raw_seed(ctx: _Context) -> tuple[Status, str]:
+    found = raw_seed_paths(ctx.doc)
+    if found:
+        return Status.FAIL, (f"raw seed-like keys {found}: anyone with the seed, the retain data and the "
+                             f"model can regenerate and strip the noise; only a seed commitment is allowed")
+    randomness = ctx.doc.get("randomness") if isinstance(ctx.doc, Mapping) else None
+    commitment = randomness.get("seed_commitment") if isinstance(randomness, Mapping) else None
+    return Status.PASS, "no raw seed; " + ("seed committed" if commitment else "no seed commitment recorded")
+
+
+def _schema(ctx: _Context) -> tuple[Status, str]:
+    errors = schema_errors(ctx.doc, ctx.doc["format_version"])
+    if errors:
+        more = f" (+{len(errors) - 5} more)" if len(errors) > 5 else ""
+        return Status.FAIL, "; ".join(errors[:5]) + more
+    return Status.PASS, f"matches the format_version {ctx.doc['format_version']} schema"
+
+
+def _content_digest(ctx: _Context) -> tuple[Status, str]:
+    try:
+        got = content_digest(ctx.doc)
+    except CertificateFormatError as exc:
+        return Status.FAIL, str(exc)
+    stored = ctx.doc.get("content_digest")
+    if stored != got:
+        return Status.FAIL, f"content_digest is {stored!r} but the content hashes to {got}"
+    return Status.PASS, got
+
+
+def _signature(ctx: _Context) -> tuple[Status, str]:
+    try:
+        trusted = {load_public_key(k) for k in ctx.trusted_keys}
+    except (CertificateFormatError, ValueError) as exc:
+        return Status.FAIL, f"unreadable trusted key: {exc}"
+    if "proof" not in ctx.doc:
+        if trusted:
+            return Status.FAIL, "certificate is unsigned, but a trusted key was given: authenticity cannot be shown"
+        return Status.SKIP, "unsigned: the content digest shows integrity only, nothing shows who issued it"
+    check = verify_document(ctx.doc)
+    if not check.valid:
+        return Status.FAIL, check.detail
+    if trusted:
+        if check.key in trusted:
+            return Status.PASS, f"{check.detail}; key is pinned (trusted)"
+        return Status.FAIL, f"signed by {check.key}, which is not among the trusted keys {sorted(trusted)}"
+    return Status.WARN, (f"{check.detail}, but the key is embedded in the certificate and NOT pinned: this proves "
+                         f"integrity only, not who issued it (pass a trusted key)")
+
+
+def _consistency(ctx: _Context) -> tuple[Status, str]:
+    problems = consistency_problems(ctx.doc)
+    if problems:
+        return Status.FAIL, "; ".join(problems)
+    ex = ctx.doc["execution"]
+    return Status.PASS, (f"claim = mechanism target; T = noisy_steps = {ex['noisy_steps']}; "
+                         f"d = {ex['d']} over {len(ex['unlearned_parameters'])} tensors; clipping {ex['clipping']}")
+
+
+def _recompute(ctx: _Context) -> tuple[Status, str]:
+    try:
+        schedule = Schedule.from_dict(ctx.doc["mechanism"])
+    except CertunError as exc:
+        return Status.FAIL, f"the accountant cannot rebuild the mechanism: {exc}"
+    claim = ctx.doc["claim"]
+    try:
+        ctx.decision = decide_claim(schedule, float(claim["eps"]), float(claim["delta"]))
+    except CertunError as exc:
+        return Status.FAIL, f"the accountant cannot evaluate the mechanism: {exc}"
+    return (Status.PASS if ctx.decision.holds else Status.FAIL), ctx.decision.detail
+
+
+def _differs(stored: Any, recomputed: float | None) -> bool:
+    if stored is None or recomputed is None:
+        return (stored is None) != (recomputed is None)
+    return not math.isclose(stored, recomputed, rel_tol=1e-6, abs_tol=0.0)
+
+
+def _stored_accounting(ctx: _Context) -> tuple[Status, str]:
+    rec = ctx.decision.recomputed
+    m, acc = ctx.doc["mechanism"], ctx.doc["accounting"]
+    pairs = [("mechanism.achieved_eps", m["achieved_eps"], rec.eps),
+             ("mechanism.achieved_delta", m["achieved_delta"], rec.delta),
+             ("accounting.eps", acc["eps"], rec.eps), ("accounting.delta", acc["delta"], rec.delta)]
+    off = [f"{name} {stored!r} vs recomputed {value!r}" for name, stored, value in pairs if _differs(stored, value)]
+    if off:
+        return Status.WARN, ("stored numbers differ from the recomputation (they are never trusted; the "
+                             "recomputed values decide): " + "; ".join(off))
+    return Status.PASS, "stored achieved (eps, delta) agree with the recomputation (informational)"
+
+
+def _model(ctx: _Context) -> tuple[Status, str]:
+    if ctx.model is None:
+        return Status.SKIP, "no model given (pass the model file to check its digests)"
+    from certun.certificates.modelfile import check_model
+
+    return check_model(ctx.doc, ctx.model)
+
+
+def _chain(ctx: _Context) -> tuple[Status, str]:
+    previous = ctx.doc["chain"]["previous"]
+    if ctx.chain_dir is None:
+        if previous is None:
+            return Status.PASS, "first certificate of its ledger (no previous link)"
+        return Status.SKIP, f"links to previous certificate {previous}; pass the ledger folder to check the chain"
+    from certun.certificates.chain import check_chain
+
+    return check_chain(ctx.doc, ctx.chain_dir)
+
+
+def _policy(ctx: _Context) -> tuple[Status, str]:
+    if ctx.max_eps is None and ctx.max_delta is None:
+        return Status.SKIP, "no policy limits given"
+    claim = ctx.doc["claim"]
+    problems = []
+    if ctx.max_eps is not None and not claim["eps"] <= ctx.max_eps:
+        problems.append(f"claimed eps {claim['eps']!r} > policy max_eps {ctx.max_eps!r}")
+    if ctx.max_delta is not None and not claim["delta"] <= ctx.max_delta:
+        problems.append(f"claimed delta {claim['delta']!r} > policy max_delta {ctx.max_delta!r}")
+    if problems:
+        return Status.FAIL, "; ".join(problems)
+    return Status.PASS, f"claimed (eps {claim['eps']!r}, delta {claim['delta']!r}) within the policy limits"
+
+
+# name, prerequisites (each must have PASSed or WARNed), function
+_CHECKS: tuple[tuple[str, tuple[str, ...], Callable[[_Context], tuple[Status, str]]], ...] = (
+    ("strict_parse", (), _strict_parse),
+    ("format", ("strict_parse",), _format),
+    ("no_raw_seed", ("strict_parse",), _no_raw_seed),
+    ("schema", ("format",), _schema),
+    ("content_digest", ("format",), _content_digest),
+    ("signature", ("format",), _signature),
+    ("consistency", ("schema",), _consistency),
+    ("recompute", ("schema",), _recompute),
+    ("stored_accounting", ("recompute",), _stored_accounting),
+    ("model", ("schema",), _model),
+    ("chain", ("schema", "content_digest"), _chain),
+    ("policy", ("schema",), _policy),
+)
+CHECK_NAMES = tuple(name for name, _, _ in _CHECKS)
+
+
+def verify(cert: Mapping[str, Any] | bytes | str | os.PathLike, *,
+           model: str | os.PathLike | Mapping[str, Any] | None = None, trusted_keys: Iterable[Any] = (),
+           chain_dir: str | os.PathLike | None = None, max_eps: float | None = None,
+           max_delta: float | None = None) -> Report:
+    """Run every check the inputs allow, in order, and return the :class:`Report`.
+
+    Args:
+        cert: the certificate: a path (``str`` or path-like), its bytes, or a parsed dict.
+        model: the unlearned model: a ``.pt`` state_dict or ``.npz`` file, or a mapping
+            ``name -> array/tensor``; its tensors must hash to the recorded digests.
+        trusted_keys: pinned Ed25519 public keys (``z6Mk...``, ``did:key:...``, PEM, key objects or
+            files); with none, a valid signature is only a WARN.
+        chain_dir: folder holding the previous certificates of the ledger.
+        max_eps, max_delta: policy limits on the claim.
+
+    Never raises on a bad certificate: every problem is a FAIL in the report.
+    """
+    ctx = _Context(source=cert, model=model, trusted_keys=tuple(trusted_keys), chain_dir=chain_dir,
+                   max_eps=max_eps, max_delta=max_delta)
+    results = []
+    for name, requires, fn in _CHECKS:
+        blocked = [r for r in requires if ctx.results[r] not in (Status.PASS, Status.WARN)]
+        if blocked:
+            status = Status.SKIP
+            detail = "needs " + ", ".join(f"{r} (it was {ctx.results[r].value})" for r in blocked)
+        else:
+            status, detail = fn(ctx)
+        ctx.results[name] = status
+        results.append(CheckResult(name, status, detail))
+    return Report(tuple(results))
