@@ -17,8 +17,8 @@ from collections.abc import Sequence
 
 import mpmath
 import numpy as np
-from certun.accountant._numerics import FLOAT_SLACK
 
+from certun.accountant._numerics import FLOAT_SLACK
 from certun.errors import InvalidParameterError
 
 __all__ = [

@@ -17,6 +17,7 @@ import math
 from collections.abc import Iterable, Iterator
 
 import mpmath
+
 from certun.accountant._numerics import FLOAT_SLACK, log_add_exp, log_expm1, log_theta, log_theta_mp
 from certun.accountant.schedule import Mode
 

@@ -18,7 +18,6 @@ from certun.accountant._numerics import FLOAT_SLACK, log_theta, log_theta_mp
 from certun.accountant.rdp import eps_at_alpha_mp, eps_from_renyi, max_renyi_for
 from certun.accountant.schedule import Guarantee, Method, Mode, Schedule, Variant
 from certun.accountant.solver import round_up, solve_monotone
-
 from certun.errors import InfeasibleError, InvalidParameterError, NumericalError
 
 __all__ = ["DEFAULT_GAMMA", "DEFAULT_MAX_T", "plan", "guarantee"]

@@ -11,8 +11,8 @@ from __future__ import annotations
 import math
 
 import mpmath
-from certun.accountant._numerics import FLOAT_SLACK, golden_minimize
 
+from certun.accountant._numerics import FLOAT_SLACK, golden_minimize
 from certun.errors import NumericalError
 
 __all__ = [

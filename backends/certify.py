@@ -19,7 +19,6 @@ from typing import Any
 
 from certun.accountant.schedule import Schedule
 from certun.certificates.record import ModelDigest, RunRecord
-
 from certun.errors import InvalidParameterError
 
 __all__ = ["Identifiers", "default_ids", "identifiers", "issue_and_write", "now_utc", "versions"]

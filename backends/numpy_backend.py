@@ -17,13 +17,13 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+
 from certun.accountant.schedule import Mode, Schedule, Variant
 from certun.backends import certify
 from certun.backends.base import UnlearnResult
 from certun.backends.numpy_steps import SAFETY, add_noise, gc_step, mc_step, output_perturbation, project_ball
 from certun.backends.numpy_steps import clip as clip_vector
 from certun.backends.options import RunOptions, clipping_for, resolve_seed
-
 from certun.errors import InvalidParameterError, UnlearningRunError
 
 __all__ = ["LOSSES", "LinearModel", "NumpyBackend", "batches"]

@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 from certun.accountant.schedule import Mode, Schedule, Variant
-
 from certun.errors import InvalidParameterError
 
 __all__ = [

@@ -12,7 +12,6 @@ import importlib
 import threading
 
 from certun.backends.base import Backend
-
 from certun.errors import InvalidParameterError
 
 __all__ = ["available_backends", "get_backend", "register_backend"]

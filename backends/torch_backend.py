@@ -26,6 +26,8 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import torch
+from torch import nn
+
 from certun.accountant.schedule import Mode, Schedule, Variant
 from certun.backends import certify
 from certun.backends.base import UnlearnResult
@@ -39,8 +41,6 @@ from certun.backends.torch_model import (
     select_parameters,
 )
 from certun.backends.torch_steps import add_noise, gc_step, mc_step, output_perturbation, project_ball
-from torch import nn
-
 from certun.errors import InvalidParameterError, UnlearningRunError, UnsupportedModelError
 
 __all__ = ["TorchBackend"]
@@ -270,8 +270,7 @@ class TorchBackend:
             versions=certify.versions("torch", "opacus", "numpy"),
             extra={
                 "buffers": buffers,
-                "clip_implementation": {"per_sample": "opacus GradSampleHooks", "ghost": "opacus ghost clipping",
-                                        "batch": "minibatch-mean gradient", None: None}[clipping],
+                "clip_implementation": run.clip_implementation,
                 "recomputed_buffers": [path for path, _ in parts.norms] if buffers == "recompute" else [],
                 "public_buffers": dict(public.tensors) if public is not None else {},
                 "noise": f"one torch.randn(d) per noisy step from one torch.Generator(device='{dev.type}') "
@@ -316,6 +315,7 @@ class _Run:
         self.flat_d = sum(p.numel() for p in parts.params)
         self.noisy_steps = 0
         self.finetune_steps = 0
+        self.clip_implementation: str | None = None
         self.history: dict[str, list[Any]] = {k: [] for k in ("step", "loss", "sigma", "gamma", "grad_norm", "dist",
                                                               "time_s", "ft_step", "ft_loss")}
         self._draws = 0
@@ -377,6 +377,7 @@ class _Run:
                 add_noise(x, s.sigma0, noise=self._draw(x))
         mode = self.clipping or "batch"
         computer = GradientComputer(self.model, flat, self.loss_fn, mode=mode, C1=s.C1)
+        self.clip_implementation = computer.implementation if self.clipping else None
         stats = torch.zeros(s.T, 3, device=self.device, dtype=torch.float64)
         batches = _batches(self.data, self.device)
         gc = s.variant is Variant.GRADIENT_CLIPPING
@@ -481,15 +482,11 @@ class _Run:
                 module.momentum = momenta[path]
 
     def _reinitialise(self) -> None:
-        """Retrain from scratch: fresh unlearned parameters (factory, centre or reset_parameters)."""
+        """Retrain from scratch: unlearned parameters from the factory, else the centre, else reset_parameters()."""
         named = dict(zip(self.parts.names, self.parts.params, strict=True))
         frozen_values = {n: p.detach().clone() for n, p in self.parts.frozen.items()}
         with torch.no_grad():
-            if self.center is not None:
-                pieces = torch.split(self.center, [q.numel() for q in named.values()])
-                for p, piece in zip(named.values(), pieces, strict=True):
-                    p.copy_(piece.view_as(p))
-            elif self.model_factory is not None:
+            if self.model_factory is not None:
                 fresh = dict(self.model_factory().named_parameters())
                 wrong = [n for n, p in named.items() if n not in fresh or fresh[n].shape != p.shape]
                 if wrong:
@@ -497,6 +494,10 @@ class _Run:
                                                 "a factory building the same architecture")
                 for name, p in named.items():
                     p.copy_(fresh[name].detach().to(device=p.device, dtype=p.dtype))
+            elif self.center is not None:
+                pieces = torch.split(self.center, [q.numel() for q in named.values()])
+                for p, piece in zip(named.values(), pieces, strict=True):
+                    p.copy_(piece.view_as(p))
             else:
                 ids = {id(p) for p in named.values()}
                 problems = []

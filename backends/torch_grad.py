@@ -4,11 +4,12 @@ Three ways, one interface (``compute(inputs, targets) -> loss``, result in ``fla
 
 * ``"batch"``: the gradient of the minibatch-mean loss (clipped later, globally, by the step
   function; THEORY.md §2 allows clipping the mean).
-* ``"per_sample"``: Opacus ``GradSampleHooks`` (non-wrapping, state-dict keys unchanged) compute each
-  sample's gradient; certun then clips each to ``C1`` and averages, itself, into ``g``. No
-  ``DPOptimizer``: its traps (``expected_batch_size`` instead of the real batch, loss-reduction
-  mismatches) are avoided by construction, since certun divides by the real batch size and asks the
-  loss for per-sample values (``reduction="none"``).
+* ``"per_sample"``: for models whose unlearned parameters are all in ``nn.Linear`` layers, certun's
+  own one-backward path (:mod:`certun.backends.torch_linear`); otherwise Opacus ``GradSampleHooks``
+  (non-wrapping, state-dict keys unchanged) compute each sample's gradient, and certun clips each to
+  ``C1`` and averages them itself into ``g``. No ``DPOptimizer``: its traps (``expected_batch_size``
+  instead of the real batch, loss-reduction mismatches) are avoided by construction, since certun
+  divides by the real batch size and asks the loss for per-sample values (``reduction="none"``).
 * ``"ghost"``: Opacus' ghost clipping hooks compute per-sample gradient *norms* without
   materialising per-sample gradients, then a second backward of the norm-weighted loss gives the
   clipped sum.
@@ -25,10 +26,11 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-from certun.backends.torch_model import FlatParameters
-from certun.backends.torch_steps import SAFETY
 from torch import nn
 
+from certun.backends.torch_linear import LinearPerSample
+from certun.backends.torch_model import FlatParameters
+from certun.backends.torch_steps import SAFETY
 from certun.errors import UnlearningRunError, UnsupportedModelError
 
 __all__ = ["GradientComputer", "per_sample_loss"]
@@ -91,7 +93,10 @@ class GradientComputer:
         self.mode = mode
         self.C1 = C1
         self.hooks: Any = None
-        if mode == "per_sample":
+        self.linear: LinearPerSample | None = None
+        if mode == "per_sample" and LinearPerSample.applies(model, flat):
+            self.linear = LinearPerSample(model, flat)
+        elif mode == "per_sample":
             from opacus.grad_sample import GradSampleHooks
 
             self.hooks = GradSampleHooks(model, batch_first=True, loss_reduction="sum", strict=False)
@@ -104,8 +109,19 @@ class GradientComputer:
         elif mode != "batch":
             raise ValueError(f"unknown gradient mode {mode!r}")
 
+    @property
+    def implementation(self) -> str:
+        """Which code computes the gradient (recorded in the certificate's execution extras)."""
+        if self.linear is not None:
+            return "certun fused per-sample clipping for nn.Linear (one backward)"
+        return {"per_sample": "opacus GradSampleHooks", "ghost": "opacus ghost clipping",
+                "batch": "minibatch-mean gradient"}[self.mode]
+
     def close(self) -> None:
-        """Remove Opacus' hooks and every attribute it put on parameters and modules."""
+        """Remove every hook and every attribute Opacus put on parameters and modules."""
+        if self.linear is not None:
+            self.linear.close()
+            self.linear = None
         if self.hooks is not None:
             self.hooks.cleanup()
             for module in self.model.modules():
@@ -133,6 +149,9 @@ class GradientComputer:
         if self.mode == "batch":
             losses.mean().backward()
             self.flat.gather_grads()
+        elif self.linear is not None:
+            losses.sum().backward()
+            self.linear.clip_into_g(len(losses), self.C1)
         elif self.mode == "per_sample":
             losses.sum().backward()
             self._clip_per_sample(len(losses))

@@ -25,11 +25,11 @@ from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F  # noqa: N812 (the conventional name)
-from certun.backends import get_backend
-from certun.backends.options import UnsafeNoiseWarning
 from torch import nn
 
 import certun
+from certun.backends import get_backend
+from certun.backends.options import UnsafeNoiseWarning
 
 # ------------------------------------------------------------------ models
 

@@ -19,7 +19,6 @@ from typing import Any
 from certun.certificates.canonical import content_digest
 from certun.certificates.parse import load_certificate
 from certun.certificates.report import Status
-
 from certun.errors import CertificateFormatError
 
 __all__ = ["check_chain", "index_certificates"]

@@ -17,7 +17,6 @@ from certun.certificates.merkle import MerkleReceipt, verify_receipt
 from certun.certificates.parse import load_certificate, strict_loads
 from certun.certificates.parse import read_bytes as _read_bytes
 from certun.certificates.verify import verify
-
 from certun.errors import InvalidParameterError
 
 __all__ = ["register"]

@@ -15,7 +15,6 @@ from collections.abc import Mapping
 from typing import Any
 
 from certun.certificates.digest import root_digest
-
 from certun.errors import InvalidParameterError
 
 __all__ = ["RAW_SEED_KEY", "consistency_problems", "raw_seed_paths"]

@@ -30,7 +30,6 @@ from certun.certificates.recompute import decide_claim
 from certun.certificates.record import ModelDigest, RunRecord
 from certun.certificates.schema import CERTIFICATE_FORMAT, FORMAT_VERSION, schema_errors
 from certun.certificates.signing import KeySource, sign_document
-
 from certun.errors import CertificateFormatError, InvalidParameterError
 
 __all__ = ["CLAIM_DEFINITION", "CONVERSIONS", "issue", "utc_timestamp", "write_certificate"]

@@ -17,9 +17,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
 from certun.certificates.digest import root_digest, tensor_digest
 from certun.certificates.report import Status
-
 from certun.errors import CertificateFormatError, CertunError
 
 __all__ = ["check_model", "load_model_tensors"]

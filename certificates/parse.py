@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 from certun.certificates.schema import CERTIFICATE_FORMAT, SUPPORTED_FORMAT_VERSIONS, schema_errors
-
 from certun.errors import CertificateFormatError
 
 __all__ = [

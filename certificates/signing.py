@@ -26,6 +26,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
 from certun.certificates.canonical import canonical_bytes
 from certun.certificates.multibase import (
     ED25519_PRIV_PREFIX,
@@ -33,10 +37,6 @@ from certun.certificates.multibase import (
     multibase_decode,
     multibase_encode,
 )
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
-
 from certun.errors import CertificateFormatError, InvalidParameterError
 
 __all__ = [

@@ -35,7 +35,6 @@ from certun.certificates.recompute import ClaimDecision, decide_claim
 from certun.certificates.report import CheckResult, Report, Status
 from certun.certificates.schema import schema_errors
 from certun.certificates.signing import load_public_key, verify_document
-
 from certun.errors import CertificateFormatError, CertunError
 
 __all__ = ["CHECK_NAMES", "CheckResult", "Report", "Status", "verify"]

@@ -9,6 +9,8 @@ import hashlib
 from typing import Any
 
 import numpy as np
+
+import certun
 from certun.accountant import Guarantee, Schedule, Variant
 from certun.certificates import (
     RunRecord,
@@ -20,8 +22,6 @@ from certun.certificates import (
     seed_commitment,
     tensor_digest,
 )
-
-import certun
 
 CREATED = "2025-01-01T00:00:00Z"
 #: A fixed test key (never use a key derived from a public string outside tests).

@@ -7,9 +7,9 @@ import math
 import numpy as np
 import pytest
 import torch
-from certun.accountant import plan
 from scipy import stats
 
+from certun.accountant import plan
 from certun.audit.canary import (
     binomial_tail,
     canary_audit,

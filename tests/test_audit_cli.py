@@ -7,8 +7,8 @@ import subprocess
 import sys
 
 import torch
-from certun.accountant import plan
 
+from certun.accountant import plan
 from certun.audit import under_noised
 from certun.cli import main
 

@@ -12,8 +12,8 @@ import math
 import numpy as np
 import pytest
 import torch
-from certun.accountant import Guarantee, Schedule, guarantee, plan
 
+from certun.accountant import Guarantee, Schedule, guarantee, plan
 from certun.audit import audit
 from certun.audit.game import backend_chains, default_thresholds, derive_seed, play, run_chains, under_noised
 from certun.audit.suite import quick_cases

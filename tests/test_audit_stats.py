@@ -9,11 +9,11 @@ import math
 
 import numpy as np
 import pytest
-from certun.accountant import theta
 from hypothesis import given
 from hypothesis import strategies as st
 from scipy import stats
 
+from certun.accountant import theta
 from certun.audit.stats import (
     clopper_pearson_lower,
     clopper_pearson_upper,

@@ -6,8 +6,8 @@ import subprocess
 import sys
 
 import pytest
-from certun.backends import Backend, UnlearnResult, available_backends, get_backend, register_backend, registry
 
+from certun.backends import Backend, UnlearnResult, available_backends, get_backend, register_backend, registry
 from certun.errors import InvalidParameterError
 
 

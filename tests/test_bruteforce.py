@@ -14,12 +14,12 @@ import math
 
 import numpy as np
 import pytest
-from certun.accountant import gradient_clipping as gc
-from certun.accountant.model_clipping import log_delta_final
-from certun.accountant.rdp import log_delta_from_renyi, max_renyi_for
 from scipy.stats import norm
 
 from certun import guarantee, plan
+from certun.accountant import gradient_clipping as gc
+from certun.accountant.model_clipping import log_delta_final
+from certun.accountant.rdp import log_delta_from_renyi, max_renyi_for
 
 
 def gc_densities(C0, C1, lam, gamma, sigma, T, n_sd=9.0, per_sigma=24):

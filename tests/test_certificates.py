@@ -12,6 +12,8 @@ import re
 import certificates_fixtures as fx
 import numpy as np
 import pytest
+
+import certun
 from certun.certificates import (
     CheckResult,
     Report,
@@ -24,8 +26,6 @@ from certun.certificates import (
 )
 from certun.certificates import recompute as recompute_module
 from certun.certificates.verify import CHECK_NAMES
-
-import certun
 from certun.errors import CertificateFormatError, InvalidParameterError
 
 

@@ -10,9 +10,9 @@ from pathlib import Path
 import certificates_fixtures as fx
 import numpy as np
 import pytest
+
 from certun.certificates import public_key_multibase, write_certificate
 from certun.certificates.verify import CHECK_NAMES
-
 from certun.cli import main
 
 DATA = Path(__file__).parent / "data"

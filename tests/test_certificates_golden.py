@@ -16,6 +16,7 @@ from pathlib import Path
 
 import certificates_fixtures as fx
 import pytest
+
 from certun.certificates import (
     FORMAT_VERSION,
     Status,

@@ -22,10 +22,11 @@ from typing import Any
 
 import certificates_fixtures as fx
 import pytest
-from certun.certificates import model_digest, public_key_multibase, verify
-from certun.certificates.digest import root_digest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
+
+from certun.certificates import model_digest, public_key_multibase, verify
+from certun.certificates.digest import root_digest
 
 Path = tuple[Any, ...]
 

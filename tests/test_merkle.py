@@ -8,11 +8,11 @@ import json
 from pathlib import Path
 
 import pytest
-from certun.certificates import MerkleReceipt, merkle_tree, verify_receipt
-from certun.certificates.merkle import inclusion_path, leaf_hash, node_hash, tree_root, verify_inclusion
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
+from certun.certificates import MerkleReceipt, merkle_tree, verify_receipt
+from certun.certificates.merkle import inclusion_path, leaf_hash, node_hash, tree_root, verify_inclusion
 from certun.errors import CertificateFormatError, InvalidParameterError
 
 ASSETS = Path(__file__).parent / "assets" / "merkle"

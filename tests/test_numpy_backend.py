@@ -8,15 +8,15 @@ import warnings
 
 import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+import certun
 from certun.backends import get_backend
 from certun.backends import numpy_steps as ns
 from certun.backends.numpy_backend import LinearModel, batches, gradient
 from certun.backends.options import UnsafeNoiseWarning
 from certun.certificates import open_seed_commitment, verify
-from hypothesis import given
-from hypothesis import strategies as st
-
-import certun
 from certun.errors import InvalidParameterError, UnlearningRunError
 
 seeds = st.integers(min_value=0, max_value=2**31 - 1)

@@ -7,6 +7,10 @@ import json
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives import serialization
+from hypothesis import given
+from hypothesis import strategies as st
+
 from certun.certificates import canonical_bytes, generate_signing_key, load_public_key, load_signing_key
 from certun.certificates.multibase import b58decode, b58encode
 from certun.certificates.signing import (
@@ -16,10 +20,6 @@ from certun.certificates.signing import (
     verification_method_for,
     verify_document,
 )
-from cryptography.hazmat.primitives import serialization
-from hypothesis import given
-from hypothesis import strategies as st
-
 from certun.errors import CertificateFormatError
 
 W3C = Path(__file__).parent / "assets" / "w3c_eddsa_jcs_2022"

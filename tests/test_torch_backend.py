@@ -13,14 +13,14 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F  # noqa: N812 (the conventional name)
-from certun.backends import get_backend
-from certun.backends.options import UnsafeNoiseWarning
-from certun.backends.torch_steps import SAFETY
-from certun.certificates import load_certificate, open_seed_commitment, verify
 from torch import nn
 from torch.utils.data import DataLoader, Subset, TensorDataset
 
 import certun
+from certun.backends import get_backend
+from certun.backends.options import UnsafeNoiseWarning
+from certun.backends.torch_steps import SAFETY
+from certun.certificates import load_certificate, open_seed_commitment, verify
 from certun.errors import InvalidParameterError
 
 torch.set_num_threads(1)
@@ -92,10 +92,53 @@ def _reference_gc(model, data, s, *, clip, center, noise):
     return iterates
 
 
-@pytest.mark.parametrize("clip", ["per_sample", "ghost", "batch"])
-def test_each_noisy_step_equals_the_formula(clip):
+class _InplaceLinear(nn.Module):
+    """Linear layers with in-place ops on a layer's output (handled by certun's own linear path)."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Linear(4, 4)
+        self.out = nn.Linear(4, 3)
+
+    def forward(self, x):
+        h = self.a(x)
+        h.mul_(3.0)
+        h += x
+        return self.out(torch.tanh(h))
+
+
+def _conv():
+    """A model with a convolution, so that per-sample clipping goes through Opacus."""
+    return nn.Sequential(nn.Unflatten(1, (1, 2, 2)), nn.Conv2d(1, 2, 2), nn.Tanh(), nn.Flatten(), nn.Linear(2, 3))
+
+
+class _ReusedLinear(nn.Module):
+    """One linear layer called twice, plus a layer on token sequences: per-sample gradients materialised."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Linear(4, 4)
+        self.tok = nn.Linear(2, 3)
+        self.out = nn.Linear(7, 3)
+
+    def forward(self, x):
+        h = self.a(torch.tanh(self.a(x)))
+        t = torch.tanh(self.tok(x.view(-1, 2, 2))).mean(dim=1)
+        return self.out(torch.cat([h, t], dim=1))
+
+
+MODELS = {"mlp": _mlp, "reused_linear": lambda: _ReusedLinear().double(),
+          "inplace_linear": lambda: _InplaceLinear().double(), "conv": lambda: _conv().double()}
+FORMULA_CASES = [("mlp", "per_sample"), ("mlp", "ghost"), ("mlp", "batch"), ("inplace_linear", "per_sample"),
+                 ("reused_linear", "per_sample"),
+                 ("conv", "per_sample"), ("conv", "ghost")]
+
+
+@pytest.mark.parametrize(("kind", "clip"), FORMULA_CASES)
+def test_each_noisy_step_equals_the_formula(kind, clip):
     """Every iterate equals a slow single-sample-loop reference of THEORY.md §2 to float64 rounding."""
-    model, data = _mlp(), _data()
+    torch.manual_seed(0)
+    model, data = MODELS[kind](), _data()
     s = _gc(T=4)
     d = sum(p.numel() for p in model.parameters())
     noise = torch.randn(s.T, d, generator=torch.Generator().manual_seed(9), dtype=torch.float64)
@@ -103,12 +146,14 @@ def test_each_noisy_step_equals_the_formula(clip):
     got = []
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UnsafeNoiseWarning)
-        BACKEND.unlearn(model, data, s, loss_fn=F.cross_entropy, clip=clip, center=center, progress=False,
-                        noise_source=lambda k, n: noise[k], callback=lambda t, x: got.append(x.clone()))
+        r = BACKEND.unlearn(model, data, s, loss_fn=F.cross_entropy, clip=clip, center=center, progress=False,
+                            noise_source=lambda k, n: noise[k], callback=lambda t, x: got.append(x.clone()))
     expected = _reference_gc(model, data, s, clip=clip, center=center, noise=noise)
     assert len(got) == s.T
     for a, b in zip(got, expected, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-11)
+    uses_opacus = clip == "ghost" or kind == "conv"
+    assert ("opacus" in r.record.extra["clip_implementation"]) == uses_opacus
 
 
 def test_per_sample_clipping_differs_from_batch_clipping():

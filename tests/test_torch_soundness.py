@@ -12,13 +12,13 @@ import warnings
 import pytest
 import torch
 import torch.nn.functional as F  # noqa: N812 (the conventional name)
+from torch import nn
+
+import certun
 from certun.backends import get_backend
 from certun.backends.options import UnsafeNoiseWarning
 from certun.backends.torch_steps import SAFETY
 from certun.certificates import tensor_digest
-from torch import nn
-
-import certun
 from certun.errors import InvalidParameterError, UnlearningRunError, UnsupportedModelError
 
 torch.set_num_threads(1)
@@ -188,17 +188,18 @@ def test_params_subset_freezes_the_rest_for_the_run_only():
 class _InplaceResidual(nn.Module):
     def __init__(self):
         super().__init__()
-        self.a = nn.Linear(4, 4)
+        self.conv = nn.Conv2d(1, 1, 1)
         self.out = nn.Linear(4, 2)
 
     def forward(self, x):
-        h = self.a(x)
+        x = x.view(-1, 1, 2, 2)
+        h = self.conv(x)
         h += x  # in place on a hooked layer's output, as in torchvision's ResNet
-        return self.out(h)
+        return self.out(h.flatten(1))
 
 
 def test_inplace_op_after_hooked_layer_is_refused_with_remedy():
-    """Per-sample clipping refuses in-place ops on hooked outputs, saying why and to use clip='batch'."""
+    """Opacus' per-sample hooks refuse in-place ops on hooked outputs: the error says why and to use clip='batch'."""
     with pytest.raises(UnsupportedModelError, match="clip='batch'"):
         BACKEND.unlearn(_InplaceResidual(), _data(), _gc(), loss_fn=F.cross_entropy, progress=False)
     r = BACKEND.unlearn(_InplaceResidual(), _data(), _gc(), loss_fn=F.cross_entropy, clip="batch", progress=False)
@@ -283,12 +284,15 @@ def test_retrain_without_reset_parameters_is_refused():
 
 
 @pytest.mark.parametrize("clip", ["per_sample", "ghost"])
-def test_returned_model_carries_no_opacus_state(clip):
+@pytest.mark.parametrize("first", ["linear", "conv"])
+def test_returned_model_carries_no_opacus_state(clip, first):
     """After a per-sample run the model has no hooks or Opacus attributes left and can be copied and saved."""
     import copy
     import io
 
-    r = BACKEND.unlearn(nn.Sequential(nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 2)), _data(), _gc(),
+    head = nn.Linear(4, 4) if first == "linear" else nn.Sequential(nn.Unflatten(1, (1, 2, 2)), nn.Conv2d(1, 1, 1),
+                                                                  nn.Flatten())
+    r = BACKEND.unlearn(nn.Sequential(head, nn.ReLU(), nn.Linear(4, 2)), _data(), _gc(),
                         loss_fn=F.cross_entropy, clip=clip, progress=False)
     for module in r.model.modules():
         assert not module._forward_hooks and not module._backward_hooks

@@ -9,11 +9,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from certun.backends import numpy_steps as ref
-from certun.backends import torch_steps as ts
 from hypothesis import given
 from hypothesis import strategies as st
 
+from certun.backends import numpy_steps as ref
+from certun.backends import torch_steps as ts
 from certun.errors import InvalidParameterError
 
 torch.set_num_threads(1)
