@@ -21,6 +21,9 @@ import mpmath
 from certun.accountant._numerics import FLOAT_SLACK, log_add_exp, log_expm1, log_theta, log_theta_mp
 from certun.accountant.schedule import Mode
 
+_LOG_HALF = math.log(0.5)
+_INV_SQRT2 = 1.0 / math.sqrt(2.0)
+
 __all__ = [
     "LOG_DELTA_FLOOR",
     "contraction_radius",
@@ -59,12 +62,28 @@ def _eps_tilde(log_expm1_eps: float, log_delta: float) -> float:
 
 def log_delta_steps(eps: float, radii: Iterable[float], log_delta0: float) -> Iterator[float]:
     """Yield ln δ_t after each step of the recursion, for the radii r_0, r_1, … in order."""
+    # Hot loop of the T solve (T up to 1e4+): the common case of log_theta (both tails in math.erfc's
+    # range, no cancellation) is inlined; everything else goes through log_theta itself.
     le = log_expm1(eps)
     log_delta = log_delta0
+    shrink = 1.0 - FLOAT_SLACK
+    erfc, log, log1p, exp, expm1 = math.erfc, math.log, math.log1p, math.exp, math.expm1
     for r in radii:
         if log_delta > LOG_DELTA_FLOOR:
-            step = log_theta(_eps_tilde(le, log_delta), r)
-            log_delta = max(log_delta + step * (1.0 - FLOAT_SLACK), LOG_DELTA_FLOOR)
+            x = le - log_delta
+            eps_tilde = x + log1p(exp(-x)) if x > 0 else log1p(exp(x))
+            a = eps_tilde / r - 0.5 * r
+            b = a + r
+            step = None
+            if -5.0 <= a and b <= 30.0:
+                la = _LOG_HALF + log(erfc(a * _INV_SQRT2))
+                lb = _LOG_HALF + log(erfc(b * _INV_SQRT2))
+                log_ratio = eps_tilde + lb - la
+                if log_ratio < -1e-5 * (eps_tilde - la - lb + 1.0):  # same criterion as log_theta
+                    step = la + log(-expm1(log_ratio))
+            if step is None:
+                step = log_theta(eps_tilde, r)
+            log_delta = max(log_delta + step * shrink, LOG_DELTA_FLOOR)
         yield log_delta
 
 
