@@ -92,6 +92,8 @@ def log_theta(eps: float, r: float) -> float:
         return _log_theta_asymptotic(a, b, r)
     la = log_q(a)
     lb = log_q(b)
+    if lb == -math.inf:  # b > ~1e154 while a ≤ 1e4: e^ε·Q(b) is nothing next to Q(a)
+        return la
     log_ratio = eps + lb - la  # log(e^ε Q(b) / Q(a)) ≤ 0 mathematically
     # The absolute error of log_ratio is a few ulps of its largest term (~1e-15·scale), so the relative
     # error of θ = Q(a)·(1 − e^{log_ratio}) is about 1e-15·scale/(−log_ratio). Use float64 only while
@@ -113,7 +115,7 @@ def _log_theta_asymptotic(a: float, b: float, r: float) -> float:
     R(x) = 1/x − 1/x³ + 3/x⁵ − …, so R(a) − R(b) = (r/(ab))·(1 − (a² + ab + b²)/(a²b²) + O(a⁻⁴)).
     The O(a⁻⁴) ≤ 1e-15 remainder is covered by an explicit relative slack of 1e-14 upwards.
     """
-    correction = (a * a + a * b + b * b) / (a * a * b * b)
+    correction = 1.0 / (b * b) + 1.0 / (a * b) + 1.0 / (a * a)  # (a² + ab + b²)/(a²b²), overflow-free
     return (-0.5 * a * a - _LOG_SQRT_2PI + math.log(r) - math.log(a) - math.log(b)
             + math.log1p(-correction) + 1e-14)
 
@@ -122,6 +124,8 @@ def log_theta_mp(eps: float, r: float, *, max_dps: int = 2000) -> float:
     """log θ_ε(r) evaluated with mpmath, raising the precision until the difference is resolved."""
     if r <= 0:
         return -math.inf
+    if math.isinf(r):
+        return 0.0
     if eps / r - r / 2.0 > _ASYMPTOTIC_FROM:  # mpmath's erfc overflows its series check out there
         return _log_theta_asymptotic(eps / r - r / 2.0, eps / r + r / 2.0, r)
     dps = 40

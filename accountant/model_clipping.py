@@ -27,6 +27,7 @@ _INV_SQRT2 = 1.0 / math.sqrt(2.0)
 __all__ = [
     "LOG_DELTA_FLOOR",
     "contraction_radius",
+    "radii",
     "log_delta_initial",
     "log_delta_steps",
     "log_delta_final",
@@ -40,12 +41,29 @@ LOG_DELTA_FLOOR = -1e12
 
 
 def contraction_radius(C2: float, sigma: float, mode: Mode, gamma: float = 0.0, C1: float | None = None) -> float:
-    """r_t of one noisy step (THEORY.md §3): the pre-noise diameter over σ."""
+    """r_t of one noisy step *after the first* (THEORY.md §3): the pre-noise diameter over σ."""
     if mode is Mode.CLIP_NOISE_BEFORE_PROJECTION:
         if C1 is None:
             raise ValueError("C1 is required for mode clip_noise_before_projection")
         return 2.0 * (C2 + gamma * C1) / sigma
     return 2.0 * C2 / sigma
+
+
+def radii(C0: float, C2: float, sigmas, gammas, mode: Mode, C1: float | None, sigma0: float | None) -> list[float]:
+    """The contraction radius of every step, with the first step treated by what it starts from.
+
+    ``noise_after_projection`` projects onto the C2 ball before its noise, so every step, the first
+    included, has pre-noise diameter ``2·C2``. ``clip_noise_before_projection`` adds the noise *before*
+    projecting, so its first step starts from ``x_0``, not from the C2 ball: ``x_0 ∈ B(C0)`` gives
+    ``r_0 = 2(C0 + γ_0 C1)/σ_0``, and with initial noise σ0 ``x_0`` is unbounded and the first step
+    gives no contraction (``r_0 = ∞``, θ = 1; δ cannot grow under post-processing). Later steps start
+    in the C2 ball: ``r_t = 2(C2 + γ_t C1)/σ_t``. (THEORY.md §3 states one r for all steps; this is
+    the first-step correction found in review, checked by tests/test_bruteforce.py.)
+    """
+    out = [contraction_radius(C2, s, mode, g, C1) for s, g in zip(sigmas, gammas, strict=True)]
+    if out and mode is Mode.CLIP_NOISE_BEFORE_PROJECTION:
+        out[0] = math.inf if sigma0 is not None else 2.0 * (C0 + gammas[0] * C1) / sigmas[0]
+    return out
 
 
 def log_delta_initial(eps: float, C0: float, sigma0: float | None) -> float:

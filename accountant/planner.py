@@ -27,6 +27,10 @@ DEFAULT_GAMMA = 1e-3
 #: Largest T searched when no budget is given.
 DEFAULT_MAX_T = 1_000_000
 
+# Domain of the inputs. Outside it float64 loses the answer (subnormal C², overflowing e^ε) or the
+# run is meaningless (ε > 100, δ > 0.5); refusing is better than a bound on the wrong side.
+from certun.accountant.schedule import MAX_DELTA, MAX_EPS, MAX_SCALE, MAX_STEPS, MIN_DELTA, MIN_SCALE  # noqa: E402
+
 
 # ---------------------------------------------------------------------------------------------- input
 def _real(name: str, value: Any, *, lower: float, strict: bool = True, upper: float | None = None,
@@ -48,10 +52,16 @@ def _real(name: str, value: Any, *, lower: float, strict: bool = True, upper: fl
     return x
 
 
-def _int(name: str, value: Any, *, lower: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < lower:
-        raise InvalidParameterError(name, value, f"an integer >= {lower}")
+def _int(name: str, value: Any, *, lower: int = 1, upper: int | None = None) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < lower or (upper is not None and value > upper):
+        raise InvalidParameterError(name, value, f"an integer >= {lower}" + (f" and <= {upper}" if upper else ""))
     return int(value)
+
+
+def _scale(name: str, value: Any, why: str = "") -> float:
+    """A norm, step size or noise scale: finite and within [MIN_SCALE, MAX_SCALE] (far from under/overflow)."""
+    return _real(name, value, lower=MIN_SCALE, strict=False, upper=MAX_SCALE, upper_strict=False,
+                 valid=f"a real number in [{MIN_SCALE:g}, {MAX_SCALE:g}]{why}")
 
 
 def _enum(enum_type, name: str, value: Any):
@@ -97,7 +107,11 @@ def guarantee(schedule: Schedule, *, exact: bool = False) -> Guarantee:
     eps = target.eps
     if v is Variant.OUTPUT_PERTURBATION:
         r = 2.0 * schedule.C0 / schedule.sigma0
-        ld = log_theta_mp(eps, r) + 4 * math.ulp(1.0) if exact else log_theta(eps, r) * (1.0 - FLOAT_SLACK)
+        if exact:  # log_theta_mp rounds to nearest: step up a few ulps of the result itself
+            ld = log_theta_mp(eps, r)
+            ld = ld + 4 * math.ulp(ld)
+        else:
+            ld = log_theta(eps, r) * (1.0 - FLOAT_SLACK)
         return Guarantee(eps, _delta_from_log(ld), log_delta=ld)
     # model clipping
     radii = _mc_radii(schedule)
@@ -123,7 +137,7 @@ def _gc_guarantee(s: Schedule, delta: float, *, exact: bool) -> Guarantee:
 
 
 def _mc_radii(s: Schedule) -> list[float]:
-    return [mc.contraction_radius(s.C2, sig, s.mode, gam, s.C1) for sig, gam in zip(s.sigmas, s.gammas, strict=True)]
+    return mc.radii(s.C0, s.C2, s.sigmas, s.gammas, s.mode, s.C1, s.sigma0)
 
 
 # ----------------------------------------------------------------------------------------------- plan
@@ -174,19 +188,19 @@ def plan(
 
     Source: THEORY.md §2 (gradient clipping, calibration), §3 (model clipping), §4 (baselines).
     """
-    eps = _real("eps", eps, lower=0.0)
-    delta = _real("delta", delta, lower=0.0, upper=1.0)
+    eps = _real("eps", eps, lower=0.0, upper=MAX_EPS, upper_strict=False)
+    delta = _real("delta", delta, lower=MIN_DELTA, strict=False, upper=MAX_DELTA, upper_strict=False)
     variant = _enum(Variant, "variant", variant)
     method = _enum(Method, "method", method)
     target = Guarantee(eps, delta)
     if max_T is not None:
-        max_T = _int("max_T", max_T)
+        max_T = _int("max_T", max_T, upper=MAX_STEPS)
     if T is not None:
-        T = _int("T", T)
+        T = _int("T", T, upper=MAX_STEPS)
         if max_T is not None and T > max_T:
             raise InvalidParameterError("T", T, f"<= max_T={max_T}")
     if sigma is not None:
-        sigma = _real("sigma", sigma, lower=0.0)
+        sigma = _scale("sigma", sigma)
     if T is not None and sigma is not None:
         raise InvalidParameterError(
             "sigma", sigma, "None when T is given", hint="plan calibrates one of T and sigma; "
@@ -194,31 +208,31 @@ def plan(
     if variant is Variant.RETRAIN:
         return Schedule(variant=variant, T=0, target=target, achieved=Guarantee(0.0, 0.0), method=method,
                         notes=("retraining from scratch on the retain data is exact unlearning: eps = delta = 0",))
-    C0 = _real("C0", C0, lower=0.0, valid=f"finite and > 0 (required for {variant.value})")
+    C0 = _scale("C0", C0, f" (required for {variant.value})")
     if variant is Variant.OUTPUT_PERTURBATION:
         for name, value in (("T", T), ("sigma", sigma), ("sigma0", sigma0)):
             if value is not None:
                 raise InvalidParameterError(name, value, "None for output_perturbation (plan calibrates its one sigma)")
         return _plan_output_perturbation(eps, delta, C0, method, target)
-    lam = _real("lam", lam, lower=0.0, strict=False)
-    gamma = _real("gamma", gamma, lower=0.0)
+    lam = _real("lam", lam, lower=0.0, strict=False, upper=MAX_SCALE, upper_strict=False)
+    gamma = _scale("gamma", gamma)
     if not gamma * lam < 1.0:
         raise InvalidParameterError("gamma*lam", gamma * lam, "< 1", hint=f"gamma={gamma!r}, lam={lam!r}")
     if variant is Variant.GRADIENT_CLIPPING:
-        C1 = _real("C1", C1, lower=0.0, valid="finite and > 0 (required for gradient_clipping)")
+        C1 = _scale("C1", C1, " (required for gradient_clipping)")
         for name, value in (("C2", C2), ("mode", mode), ("sigma0", sigma0)):
             if value is not None:
                 raise InvalidParameterError(name, value, "None for gradient_clipping")
         return _plan_gradient_clipping(eps, delta, C0, C1, lam, gamma, T, sigma, method, max_T, target)
     # model clipping
-    C2 = _real("C2", C2, lower=0.0, valid="finite and > 0 (required for model_clipping)")
+    C2 = _scale("C2", C2, " (required for model_clipping)")
     mode = Mode.NOISE_AFTER_PROJECTION if mode is None else _enum(Mode, "mode", mode)
     if mode is Mode.CLIP_NOISE_BEFORE_PROJECTION:
-        C1 = _real("C1", C1, lower=0.0, valid="finite and > 0 (required for mode clip_noise_before_projection)")
+        C1 = _scale("C1", C1, " (required for mode clip_noise_before_projection)")
     elif C1 is not None:
-        C1 = _real("C1", C1, lower=0.0)
+        C1 = _scale("C1", C1)
     if sigma0 is not None:
-        sigma0 = _real("sigma0", sigma0, lower=0.0)
+        sigma0 = _scale("sigma0", sigma0)
     if method is Method.CLOSED_FORM:
         raise InvalidParameterError("method", method.value, "'exact' for model_clipping",
                                     hint="THEORY.md §3 gives only the recursion, solved exactly")
@@ -234,6 +248,9 @@ def _finish(**fields: Any) -> Schedule:
     draft = Schedule(achieved=target, **fields)
     achieved = guarantee(draft)
     if achieved.eps > target.eps or achieved.delta > target.delta:
+        if fields.get("method") is Method.CLOSED_FORM:  # sufficient only within a range: refuse it
+            raise InvalidParameterError("method", Method.CLOSED_FORM.value, "'exact' for these parameters",
+                                        hint="the paper's closed form does not reach the target here")
         raise NumericalError(f"internal: planned schedule misses its target: achieved {achieved} vs {target}")
     return Schedule(achieved=achieved, **fields)
 
@@ -249,9 +266,11 @@ def _plan_gradient_clipping(eps, delta, C0, C1, lam, gamma, T, sigma, method, ma
     if sigma is None:
         if T is None:
             T, reason = gc.closed_form_T(C0, C1, lam, gamma)
-            if max_T is not None and T > max_T:
-                reason += f"; capped at the budget max_T={max_T} (sigma is minimised within it)"
-                T = max_T
+            cap = max_T if max_T is not None else DEFAULT_MAX_T
+            if T > cap:
+                reason += (f"; capped at the budget max_T={cap} (sigma is minimised within it)" if max_T is not None
+                           else f"; capped at DEFAULT_MAX_T={cap} (pass T or max_T to choose)")
+                T = cap
             notes.append(reason)
         if method is Method.CLOSED_FORM:
             raw = gc.closed_form_sigma(eps, log_delta, C0, C1, lam, gamma, T)
@@ -314,10 +333,15 @@ def _plan_model_clipping(eps, delta, C0, C1, C2, lam, gamma, T, sigma, sigma0, m
             raise InvalidParameterError(
                 "sigma0", sigma0, f"small enough that the initial noise alone does not already give delta <= {delta}",
                 hint="the noisy steps would need no noise: use variant='output_perturbation' and fine-tune")
-        r1 = mc.contraction_radius(C2, 1.0, mode, gamma, C1)  # r = r1 / sigma
+        if mode is Mode.CLIP_NOISE_BEFORE_PROJECTION and sigma0 is not None and T < 2:
+            raise InvalidParameterError(
+                "T", T, ">= 2 for clip_noise_before_projection with sigma0",
+                hint="its first step starts from the unbounded noisy x_0 and cannot contract")
+        r1 = mc.contraction_radius(C2, 1.0, mode, gamma, C1)  # r = r1 / sigma after the first step
 
         def gap(s: float) -> float:
-            return mc.log_delta_final(eps, [r1 / s] * T, ld0(), stop_below=log_delta) - log_delta
+            rs = mc.radii(C0, C2, (s,) * T, (gamma,) * T, mode, C1, sigma0)
+            return mc.log_delta_final(eps, rs, ld0(), stop_below=log_delta) - log_delta
 
         # start where one step of the Gaussian mechanism alone would suffice: a feasible upper guess
         sol = solve_monotone(gap, guess=r1 / 0.25)
@@ -326,20 +350,23 @@ def _plan_model_clipping(eps, delta, C0, C1, C2, lam, gamma, T, sigma, sigma0, m
         return _finish(T=T, gammas=(gamma,) * T, sigmas=(sigma,) * T, notes=notes, **common)
 
     r = mc.contraction_radius(C2, sigma, mode, gamma, C1)
+    r_first = mc.radii(C0, C2, (sigma,), (gamma,), mode, C1, sigma0)[0]
     budget = max_T if max_T is not None else DEFAULT_MAX_T
     # While delta_t is still above the target, eps~_t <= eps~(target), so every step contracts ln delta
     # by at most -ln theta_{eps~(target)}(r): a lower bound on the steps needed, checked up front.
     eps_tilde_max = math.log1p(math.expm1(eps) / delta)
     max_rate = -log_theta(eps_tilde_max, r)
-    if max_rate <= 0.0 or (ld0() - log_delta) / max_rate > budget:
-        need = math.inf if max_rate <= 0.0 else (ld0() - log_delta) / max_rate
+    first_rate = -log_theta(eps_tilde_max, r_first) if math.isfinite(r_first) else 0.0
+    remaining = ld0() - log_delta - first_rate  # what the steps after the first must still remove
+    if remaining > 0 and (max_rate <= 0.0 or 1 + remaining / max_rate > budget):
+        need = math.inf if max_rate <= 0.0 else 1 + remaining / max_rate
         raise InfeasibleError(
             f"model clipping with sigma={sigma} (r={r:.6g}) needs at least {need:.3g} steps to reach "
             f"delta={delta} at eps={eps}, more than max_T={budget}; increase sigma",
             best=None, best_T=None)
     steps = 0
     last = previous = ld0()
-    for last in mc.log_delta_steps(eps, _repeat(r, budget), ld0()):
+    for last in mc.log_delta_steps(eps, _first_then_repeat(r_first, r, budget), ld0()):
         steps += 1
         if last <= log_delta or last == previous:  # equal: the float recursion is stationary for ever
             break
@@ -357,8 +384,10 @@ def _plan_model_clipping(eps, delta, C0, C1, C2, lam, gamma, T, sigma, sigma0, m
     return _finish(T=T, gammas=(gamma,) * T, sigmas=(sigma,) * T, notes=notes, **common)
 
 
-def _repeat(value: float, n: int):
-    for _ in range(n):
+def _first_then_repeat(first: float, value: float, n: int):
+    if n > 0:
+        yield first
+    for _ in range(n - 1):
         yield value
 
 

@@ -24,6 +24,7 @@ __all__ = [
 ]
 
 _U_HALF_WIDTH = 12.0  # search u = ln(α−1) within ±12 of the Gaussian rule of thumb
+_U_MIN = math.log(1e-12)  # α − 1 ≥ 1e-12: closer to 1, α − 1 loses its digits (any α is valid anyway)
 
 
 def eps_at_alpha(alpha: float, eps_renyi: float, log_delta: float) -> float:
@@ -71,7 +72,7 @@ def eps_from_renyi(eps_renyi: float, log_delta: float) -> tuple[float, float | N
     def f(u: float) -> float:
         return eps_at_alpha(1.0 + math.exp(u), eps_renyi, log_delta)
 
-    lo, hi = u0 - _U_HALF_WIDTH, u0 + _U_HALF_WIDTH
+    lo, hi = max(u0 - _U_HALF_WIDTH, _U_MIN), max(u0 + _U_HALF_WIDTH, _U_MIN + 1.0)
     u, eps = golden_minimize(f, lo, hi, xtol=1e-8)
     if math.isnan(eps):
         raise NumericalError(f"conversion produced NaN for eps_renyi={eps_renyi!r}")
@@ -96,7 +97,8 @@ def max_renyi_for(eps: float, log_delta: float) -> tuple[float, float]:
     # Rule of thumb: ε_R ≈ ε²/(4L), α − 1 ≈ 2L/ε.
     L = -log_delta
     u0 = math.log(2.0 * L / eps)
-    u, value = golden_minimize(neg_g, u0 - _U_HALF_WIDTH, u0 + _U_HALF_WIDTH, xtol=1e-8)
+    u, value = golden_minimize(neg_g, max(u0 - _U_HALF_WIDTH, _U_MIN), max(u0 + _U_HALF_WIDTH, _U_MIN + 1.0),
+                               xtol=1e-8)
     eps_renyi = -value
     if not eps_renyi > 0:
         raise NumericalError(f"no positive Rényi budget for eps={eps!r}, log_delta={log_delta!r}")
@@ -119,6 +121,7 @@ def log_delta_from_renyi(eps_renyi: float, eps: float) -> tuple[float, float | N
 
     # optimum of (α−1)(αε_R − ε): α ≈ (ε + ε_R)/(2ε_R)
     u0 = math.log(max(eps / (2.0 * eps_renyi), 1e-6))
-    u, value = golden_minimize(h, u0 - _U_HALF_WIDTH, u0 + _U_HALF_WIDTH, xtol=1e-8)
+    u, value = golden_minimize(h, max(u0 - _U_HALF_WIDTH, _U_MIN), max(u0 + _U_HALF_WIDTH, _U_MIN + 1.0),
+                               xtol=1e-8)
     value = value + FLOAT_SLACK * (1.0 + abs(value))
     return min(value, 0.0), 1.0 + math.exp(u)

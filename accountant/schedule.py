@@ -19,6 +19,12 @@ from typing import Any
 from certun.errors import CertificateFormatError, InvalidParameterError
 
 __all__ = [
+    "MAX_DELTA",
+    "MAX_EPS",
+    "MAX_SCALE",
+    "MAX_STEPS",
+    "MIN_DELTA",
+    "MIN_SCALE",
     "SCHEDULE_VERSION",
     "Variant",
     "Mode",
@@ -28,6 +34,15 @@ __all__ = [
 ]
 
 SCHEDULE_VERSION = 1
+
+#: Domain of the accounting inputs (see docs/accountant.md "Numerics"): norms, step sizes and noise
+#: scales in [MIN_SCALE, MAX_SCALE]; ε in (0, MAX_EPS]; δ in [MIN_DELTA, MAX_DELTA]; T ≤ MAX_STEPS.
+MIN_SCALE = 1e-30
+MAX_SCALE = 1e30
+MAX_EPS = 100.0
+MIN_DELTA = 1e-300
+MAX_DELTA = 0.5
+MAX_STEPS = 10_000_000
 
 
 class Variant(str, enum.Enum):
@@ -95,10 +110,17 @@ def _finite_tuple(name: str, values: Any, *, positive: bool) -> tuple[float, ...
     out = tuple(values)
     if out and all(type(v) is float for v in out):
         lo, hi = min(out), max(out)
-        if math.isfinite(lo) and math.isfinite(hi) and (lo > 0 if positive else lo >= 0):
+        if (lo >= MIN_SCALE if positive else lo >= 0) and hi <= MAX_SCALE:
             return out
     # slow path: find and name the offending value
-    return tuple(_finite_float(name, v, positive=positive, nonneg=not positive) for v in out)
+    return tuple(_scale_float(name, v, allow_zero=not positive) for v in out)
+
+
+def _scale_float(name: str, value: Any, *, allow_zero: bool = False) -> float:
+    x = _finite_float(name, value, nonneg=True)
+    if not ((allow_zero and x == 0.0) or MIN_SCALE <= x <= MAX_SCALE):
+        raise InvalidParameterError(name, value, f"in [{MIN_SCALE:g}, {MAX_SCALE:g}]" + (" or 0" if allow_zero else ""))
+    return x
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,17 +189,23 @@ class Schedule:
         set_(self, "method", _parse_enum(Method, "method", self.method))
         if self.mode is not None:
             set_(self, "mode", _parse_enum(Mode, "mode", self.mode))
-        if isinstance(self.T, bool) or not isinstance(self.T, int) or self.T < 0:
-            raise InvalidParameterError("T", self.T, "an integer >= 0")
+        if isinstance(self.T, bool) or not isinstance(self.T, int) or not 0 <= self.T <= MAX_STEPS:
+            raise InvalidParameterError("T", self.T, f"an integer in [0, {MAX_STEPS}]")
         set_(self, "gammas", _finite_tuple("gamma", self.gammas, positive=False))
         set_(self, "sigmas", _finite_tuple("sigma", self.sigmas, positive=True))
         set_(self, "notes", tuple(str(n) for n in self.notes))
         for name in ("C0", "C1", "C2", "sigma0"):
             value = getattr(self, name)
             if value is not None:
-                set_(self, name, _finite_float(name, value, positive=True))
-        set_(self, "lam", _finite_float("lam", self.lam, nonneg=True))
+                set_(self, name, _scale_float(name, value))
+        set_(self, "lam", _scale_float("lam", self.lam, allow_zero=True))
         v = self.variant
+        if v is not Variant.RETRAIN:
+            t = self.target
+            if not 0 < t.eps <= MAX_EPS:
+                raise InvalidParameterError("eps", t.eps, f"in (0, {MAX_EPS:g}] for the target of {v.value}")
+            if not MIN_DELTA <= t.delta <= MAX_DELTA:
+                raise InvalidParameterError("delta", t.delta, f"in [{MIN_DELTA:g}, {MAX_DELTA:g}] for the target")
         if v is Variant.RETRAIN:
             if self.T != 0 or self.sigmas or self.gammas:
                 raise InvalidParameterError("T", self.T, "0 for retrain (no noisy steps)")

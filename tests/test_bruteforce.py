@@ -102,6 +102,7 @@ def test_model_clipping_true_delta_below_certified(C2, T, eps):
     p = a * norm.pdf(x, C2, sigma) + (1 - a) * norm.pdf(x, -C2, sigma)
     q = (1 - a) * norm.pdf(x, C2, sigma) + a * norm.pdf(x, -C2, sigma)
     assert guarantee(s).delta <= delta
+    assert hockey_stick(p, q, dx, eps) <= delta  # against the target itself, not only the recursion
     radii = [2 * C2 / sigma] * T
     trues = []
     for e in (eps / 8, eps / 2, eps):
@@ -122,3 +123,76 @@ def test_output_perturbation_is_exactly_the_gaussian_mechanism():
     certified = guarantee(s).delta
     assert true <= certified * (1 + 1e-3)
     assert true >= certified * (1 - 1e-2)  # tight: the analytic Gaussian is exact
+
+
+def mode2_chain(C0, C1, C2, gamma, sigma, T, sigma0=None, bins=600):
+    """Model clipping, clip + noise before projection, 1-D worst case ``x ↦ Π_C2(x + γC1·sign(x) + N)``.
+
+    States: an atom at −C2, ``bins`` equal bins of (−C2, C2), an atom at +C2 (the projection puts mass
+    there). Returns the state distributions of the chains started at +C0 and −C0 (or at ±C0 plus
+    N(0, σ0²) initial noise) after T steps.
+    """
+    edges = np.linspace(-C2, C2, bins + 1)
+    pos = np.concatenate(([-C2], 0.5 * (edges[:-1] + edges[1:]), [C2]))
+
+    def kernel(points):
+        m = points + gamma * C1 * np.sign(points)
+        cdf = norm.cdf((edges[None, :] - m[:, None]) / sigma)  # (n_points, bins + 1)
+        K = np.empty((len(points), bins + 2))
+        K[:, 0] = cdf[:, 0]
+        K[:, 1:-1] = np.diff(cdf, axis=1)
+        K[:, -1] = 1.0 - cdf[:, -1]
+        return K  # row i: distribution of the next state from points[i]
+
+    if sigma0 is None:
+        start = np.array([C0, -C0])
+        first = kernel(start)
+        p, q = first[0], first[1]
+    else:  # x_0 = ±C0 + N(0, σ0²), on a fine grid
+        grid = np.linspace(-C0 - 10 * sigma0, C0 + 10 * sigma0, 4001)
+        w_p = norm.pdf(grid, C0, sigma0)
+        w_q = norm.pdf(grid, -C0, sigma0)
+        K0 = kernel(grid)
+        p, q = (w_p / w_p.sum()) @ K0, (w_q / w_q.sum()) @ K0
+    K = kernel(pos)
+    for _ in range(T - 1):
+        p, q = p @ K, q @ K
+    return p, q
+
+
+def discrete_hockey_stick(p, q, eps):
+    return float(np.sum(np.maximum(p - math.exp(eps) * q, 0.0)))
+
+
+@pytest.mark.parametrize(
+    ("C0", "C2", "T", "sigma0"),
+    [(10.0, 1.0, 1, None), (10.0, 1.0, 3, None), (1.0, 1.0, 2, None), (0.5, 2.0, 3, None), (1.0, 1.0, 2, 1.5),
+     (1.0, 1.0, 4, 1.5)],
+)
+def test_model_clipping_mode2_true_delta_below_certified(C0, C2, T, sigma0):
+    """Clip + noise before projection: the first step starts from the C0 ball (or unbounded with σ0).
+
+    Found in review: using r = 2(C2 + γC1)/σ for the first step too certified δ = 1e-5 where the true
+    δ was 0.69 (C0 = 10, C2 = 1, T = 1). The brute force now stays below the planned δ.
+    """
+    C1, gamma, eps, delta = 1.0, 1e-3, 1.0, 1e-5
+    s = plan(eps, delta, C0, C1, C2=C2, gamma=gamma, T=T, variant="model_clipping",
+             mode="clip_noise_before_projection", sigma0=sigma0)
+    p, q = mode2_chain(C0, C1, C2, gamma, s.sigma, T, sigma0)
+    assert abs(p.sum() - 1) < 1e-9
+    true = max(discrete_hockey_stick(p, q, eps), discrete_hockey_stick(q, p, eps))
+    assert true <= delta, f"true delta {true:.3g} > target {delta}"
+    assert guarantee(s).delta <= delta
+    assert discrete_hockey_stick(p, q, 0.0) > 1e-4  # the chains differ (total variation): not vacuous
+
+
+def test_model_clipping_mode2_old_radius_would_fail():
+    """With the first-step radius of the later steps, the C0 = 10 > C2 = 1 case breaks (teeth of the test)."""
+    from certun.accountant import Mode
+    from certun.accountant.model_clipping import contraction_radius
+
+    r_later = contraction_radius(1.0, 1.0, Mode.CLIP_NOISE_BEFORE_PROJECTION, 1e-3, 1.0)
+    # σ that the old accounting would have certified for T = 1: θ_1(r_later) = 1e-5 → r ≈ 0.268
+    sigma_old = r_later / 0.26816
+    p, q = mode2_chain(10.0, 1.0, 1.0, 1e-3, sigma_old, 1)
+    assert discrete_hockey_stick(p, q, 1.0) > 0.1

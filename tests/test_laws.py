@@ -234,3 +234,31 @@ def test_guarantee_exact_agrees_with_float(variant):
         f, e = guarantee(s).log_delta, guarantee(s, exact=True).log_delta
     assert abs(f - e) <= 1e-9 * abs(e)
     assert f >= e - 1e-13 * abs(e)
+
+
+@given(eps=strat.eps, delta=strat.delta, C0=strat.C0, C1=strat.C1, lam=strat.lam, gamma=strat.gamma,
+       T=st.integers(1, 200), jitter=st.floats(0.5, 2.0))
+def test_float_guarantee_never_below_mpmath_gc(eps, delta, C0, C1, lam, gamma, T, jitter):
+    """The float64 ε is ≥ the mpmath ε with no tolerance: the 1e-12 slack covers every rounding."""
+    assume(gamma * lam < 1)
+    s = plan(eps, delta, C0, C1, lam, gamma=gamma, T=T)
+    varied = dataclasses.replace(s, sigmas=tuple(s.sigma * (jitter if i % 2 else 1.0) for i in range(T)))
+    for sched in (s, varied):
+        assert guarantee(sched).eps >= guarantee(sched, exact=True).eps
+
+
+@given(eps=strat.eps, delta=strat.delta, C0=strat.C0, C2=strat.C2, T=st.integers(1, 12),
+       mode=st.sampled_from(["noise_after_projection", "clip_noise_before_projection"]))
+def test_float_guarantee_never_below_mpmath_mc(eps, delta, C0, C2, T, mode):
+    """The float64 ln δ of model clipping is ≥ the mpmath one with no tolerance."""
+    s = plan(eps, delta, C0, 1.0, C2=C2, T=T, variant="model_clipping", mode=mode)
+    assert guarantee(s).log_delta >= guarantee(s, exact=True).log_delta
+
+
+@given(eps=strat.eps, delta=strat.delta, C0=strat.C0)
+def test_float_guarantee_never_below_mpmath_op(eps, delta, C0):
+    """Output perturbation's float ln δ is ≥ the mpmath one, and the mpmath path rounds up."""
+    s = plan(eps, delta, C0, variant="output_perturbation")
+    exact = guarantee(s, exact=True).log_delta
+    assert guarantee(s).log_delta >= exact
+    assert exact >= log_theta(eps, 2 * C0 / s.sigma0) - 1e-9 * abs(exact)

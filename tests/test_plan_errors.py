@@ -13,28 +13,33 @@ from certun.errors import CertificateFormatError
 @pytest.mark.parametrize(
     ("kwargs", "name", "fragment"),
     [
-        (dict(eps=0.0), "eps", "> 0"),
-        (dict(eps=-1.0), "eps", "> 0"),
+        (dict(eps=0.0), "eps", "(0, 100]"),
+        (dict(eps=-1.0), "eps", "(0, 100]"),
         (dict(eps=math.inf), "eps", "finite"),
         (dict(eps=math.nan), "eps", "finite"),
-        (dict(delta=0.0), "delta", "(0, 1)"),
-        (dict(delta=1.0), "delta", "(0, 1)"),
-        (dict(delta=1.5), "delta", "(0, 1)"),
-        (dict(C0=0.0), "C0", "> 0"),
-        (dict(C0=-1.0), "C0", "> 0"),
-        (dict(C1=0.0), "C1", "> 0"),
+        (dict(eps=800.0), "eps", "(0, 100]"),
+        (dict(delta=0.0), "delta", "[1e-300, 0.5]"),
+        (dict(delta=1.0), "delta", "[1e-300, 0.5]"),
+        (dict(delta=1.5), "delta", "[1e-300, 0.5]"),
+        (dict(delta=1e-310), "delta", "[1e-300, 0.5]"),
+        (dict(C0=0.0), "C0", "[1e-30, 1e+30]"),
+        (dict(C0=-1.0), "C0", "[1e-30, 1e+30]"),
+        (dict(C0=1e-159), "C0", "[1e-30, 1e+30]"),
+        (dict(C1=0.0), "C1", "[1e-30, 1e+30]"),
         (dict(C1=None), "C1", "required"),
-        (dict(lam=-1.0), "lam", ">= 0"),
+        (dict(lam=-1.0), "lam", "[0, 1e+30]"),
         (dict(lam=2000.0), "gamma*lam", "< 1"),
         (dict(T=0), "T", "integer >= 1"),
         (dict(T=2.5), "T", "integer"),
         (dict(T=True), "T", "integer"),
-        (dict(sigma=0.0), "sigma", "> 0"),
-        (dict(sigma=-2.0), "sigma", "> 0"),
+        (dict(T=10**15), "T", "<= 10000000"),
+        (dict(sigma=0.0), "sigma", "[1e-30, 1e+30]"),
+        (dict(sigma=-2.0), "sigma", "[1e-30, 1e+30]"),
+        (dict(sigma=1e-200), "sigma", "[1e-30, 1e+30]"),
         (dict(variant="magic"), "variant", "'gradient_clipping'"),
         (dict(method="guess"), "method", "'exact'"),
         (dict(T=10, sigma=1.0), "sigma", "None when T is given"),
-        (dict(gamma=0.0), "gamma", "> 0"),
+        (dict(gamma=0.0), "gamma", "[1e-30, 1e+30]"),
         (dict(eps="1"), "eps", "real number"),
     ],
 )
@@ -132,3 +137,49 @@ def test_schedule_validation():
     d["surprise"] = 1
     with pytest.raises(CertificateFormatError, match="surprise"):
         Schedule.from_dict(d)
+
+
+def test_no_foreign_exceptions_at_the_edges_of_the_domain():
+    """Inputs at the edges of the domain give a schedule or a certun error, never a math/overflow error."""
+    from certun import CertunError
+
+    calls = [
+        lambda: plan(100.0, 1e-5, 1.0, 1.0, T=10),
+        lambda: plan(1.0, 0.5, 1.0, 1.0, T=10),
+        lambda: plan(1.0, 1e-300, 1.0, 1.0, T=10),
+        lambda: plan(1.0, 1e-300, 1.0, variant="output_perturbation"),
+        lambda: plan(100.0, 1e-5, 1.0, variant="output_perturbation"),
+        lambda: plan(1.0, 1e-5, 1e-30, 1e-30, T=10),
+        lambda: plan(1.0, 1e-5, 1e30, 1e30, T=10),
+        lambda: plan(1.0, 1e-5, 1.0, 1e-3, gamma=1e-6),  # rule T = 1e6: capped, not out of memory
+        lambda: plan(100.0, 1e-5, 1.0, C2=1.0, sigma=1.0, variant="model_clipping"),
+        lambda: plan(1.0, 1e-5, 1.0, C2=1.0, sigma=1e30, variant="model_clipping"),
+        lambda: plan(1.0, 1e-5, 1.0, C2=1.0, sigma=1e-30, variant="model_clipping"),
+        lambda: plan(1.0, 1e-5, 1.0, C2=1.0, T=3, sigma0=1e-30, variant="model_clipping"),
+    ]
+    for call in calls:
+        try:
+            s = call()
+        except CertunError:
+            continue
+        g = guarantee(s)
+        assert not math.isnan(g.eps) and not math.isnan(g.delta)
+        assert g.eps <= s.target.eps and g.delta <= s.target.delta
+
+
+def test_closed_form_sigma_given_that_misses_is_refused():
+    """T-for-σ with the λ > 0 closed form refuses (InvalidParameterError on method) when it would miss."""
+    from certun.accountant import gradient_clipping as gc
+
+    raw = gc.closed_form_sigma(1.0, math.log(1e-3), 3.0, 1.0, 1.0, 1 / 32, 1)
+    with pytest.raises(InvalidParameterError) as info:
+        plan(1.0, 1e-3, 3.0, 1.0, 1.0, gamma=1 / 32, sigma=raw, method="closed_form")
+    assert info.value.name == "method"
+
+
+def test_mode2_with_initial_noise_needs_two_steps():
+    """Clip + noise before projection with σ0: one step cannot contract, so T = 1 is refused."""
+    with pytest.raises(InvalidParameterError) as info:
+        plan(1.0, 1e-5, 1.0, 1.0, C2=1.0, T=1, variant="model_clipping", mode="clip_noise_before_projection",
+             sigma0=1.5)
+    assert info.value.name == "T"
