@@ -368,7 +368,8 @@ def _plan_model_clipping(eps, delta, C0, C1, C2, lam, gamma, T, sigma, sigma0, m
     last = previous = ld0()
     for last in mc.log_delta_steps(eps, _first_then_repeat(r_first, r, budget), ld0()):
         steps += 1
-        if last <= log_delta or last == previous:  # equal: the float recursion is stationary for ever
+        # equal after the first step (whose radius differs): the float recursion is stationary for ever
+        if last <= log_delta or (steps > 1 and last == previous):
             break
         previous = last
     if not last <= log_delta:

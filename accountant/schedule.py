@@ -202,8 +202,10 @@ class Schedule:
         v = self.variant
         if v is not Variant.RETRAIN:
             t = self.target
-            if not 0 < t.eps <= MAX_EPS:
-                raise InvalidParameterError("eps", t.eps, f"in (0, {MAX_EPS:g}] for the target of {v.value}")
+            # ε enters the computation (e^ε) for model clipping and output perturbation only
+            eps_max = math.inf if v is Variant.GRADIENT_CLIPPING else MAX_EPS
+            if not (0 < t.eps <= eps_max and math.isfinite(t.eps)):
+                raise InvalidParameterError("eps", t.eps, f"finite and in (0, {eps_max:g}] for the target of {v.value}")
             if not MIN_DELTA <= t.delta <= MAX_DELTA:
                 raise InvalidParameterError("delta", t.delta, f"in [{MIN_DELTA:g}, {MAX_DELTA:g}] for the target")
         if v is Variant.RETRAIN:

@@ -183,3 +183,10 @@ def test_mode2_with_initial_noise_needs_two_steps():
         plan(1.0, 1e-5, 1.0, 1.0, C2=1.0, T=1, variant="model_clipping", mode="clip_noise_before_projection",
              sigma0=1.5)
     assert info.value.name == "T"
+
+
+def test_mode2_with_initial_noise_T_for_sigma():
+    """T-for-σ in clip-before-projection with σ0: the non-contracting first step is not mistaken for a stall."""
+    s = plan(1.0, 1e-5, 1.0, 1.0, C2=1.0, sigma=0.5, variant="model_clipping", mode="clip_noise_before_projection",
+             sigma0=2.0)
+    assert s.T >= 2 and guarantee(s).delta <= 1e-5
