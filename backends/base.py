@@ -48,11 +48,19 @@ class UnlearnResult:
         history: per-step lists: ``step``, ``loss``, ``sigma``, ``gamma``, ``grad_norm`` (norm of the
             gradient term actually used, after clipping), ``dist`` (``‖x − c‖`` after the step),
             ``time_s`` (wall time since the noisy phase began); and ``ft_step``/``ft_loss`` for the
-            noiseless fine-tuning.
+            noiseless fine-tuning. **Private**: the losses and norms are functions of the
+            intermediate iterates, which the guarantee does not cover (only the released model is
+            certified); publishing the history weakens the guarantee.
         record: the :class:`~certun.certificates.RunRecord` the certificate was issued from.
-        seed: the noise seed. Keep it private: with it, the retain data and the released model anyone
-            can regenerate and subtract the noise. The certificate holds only a salted commitment.
+        seed: the seed the caller gave (or the one drawn for it). Keep it private: with it, the
+            retain data and the starting model anyone can regenerate and subtract the noise. The noise
+            generator is seeded from it *and* the run's inputs (starting model, retain identifiers,
+            schedule), so the same seed never gives two requests the same noise; still, never reuse a
+            seed. The certificate holds only a salted commitment.
         seed_opening: the opening of that commitment (seed and salt), private, for a trusted auditor.
+        model_before_opening: opening (digest root and salt) of the salted commitment to the model the
+            run started from, private, for a trusted auditor; ``None`` when the certificate records
+            that model in plain (a chained request starting from the previous released model).
         retain_tree / forget_tree: the salted Merkle trees over record identifiers, from which
             receipts are issued (``tree.receipt(i)``); they hold the private salt key.
         certificate_path: where the certificate was written, if it was.
@@ -68,3 +76,4 @@ class UnlearnResult:
     forget_tree: Any = None
     certificate_path: Path | None = None
     extra: Mapping[str, Any] = field(default_factory=dict)
+    model_before_opening: Mapping[str, Any] | None = None

@@ -3,12 +3,16 @@
 Shared by every backend so that they describe runs the same way. Nothing here touches torch.
 Record identifiers default to dataset indices (``id_scheme="dataset-index"``): stable only as long as
 the dataset's order is, which docs/certificates.md spells out. The seed enters the certificate only
-as a salted commitment; the seed, its opening and the Merkle salt key go back to the caller.
+as a salted commitment; the seed, its opening and the Merkle salt key go back to the caller. So does
+the model a first request starts from (:func:`starting_model`): it was trained on the forget set,
+and a plain digest of it would reveal membership. The noise generator is seeded from the user's seed
+*and* the run's inputs (:func:`noise_seed`), so a seed reused across requests never cancels noise.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
+import hashlib
 import importlib.metadata
 import platform
 import secrets
@@ -21,7 +25,21 @@ from certun.accountant.schedule import Schedule
 from certun.certificates.record import ModelDigest, RunRecord
 from certun.errors import InvalidParameterError
 
-__all__ = ["Identifiers", "default_ids", "identifiers", "issue_and_write", "now_utc", "versions"]
+__all__ = [
+    "Identifiers",
+    "StartingModel",
+    "check_pass_count",
+    "check_retain_count",
+    "default_ids",
+    "identifiers",
+    "issue_and_write",
+    "load_previous",
+    "noise_seed",
+    "now_utc",
+    "replay_noise_seed",
+    "starting_model",
+    "versions",
+]
 
 
 def now_utc() -> str:
@@ -71,6 +89,13 @@ class Identifiers:
     retain_tree: Any
     forget_tree: Any
     id_scheme: str | None
+    #: unsalted SHA-256 over the sorted, type-tagged retain identifiers (``b""`` when unknown). Private:
+    #: it only feeds :func:`noise_seed` and never enters a record or certificate.
+    retain_fingerprint: bytes = b""
+    #: number of retain identifiers, or ``None`` when none are known.
+    retain_size: int | None = None
+    #: the same fingerprint of the forget identifiers (``b""`` when none are given). Private too.
+    forget_fingerprint: bytes = b""
 
     @property
     def retain_root(self) -> str | None:
@@ -126,7 +151,113 @@ def identifiers(data: Any, retain_ids: Iterable[Any] | None, forget_ids: Iterabl
         retain_tree=None if retain is None else merkle_tree(retain, salt_key=salt_key),
         forget_tree=None if forget is None else merkle_tree(forget, salt_key=salt_key),
         id_scheme=scheme,
+        retain_fingerprint=b"" if retain is None else _fingerprint(retain),
+        retain_size=None if retain is None else len(retain),
+        forget_fingerprint=b"" if forget is None else _fingerprint(forget),
     )
+
+
+def _fingerprint(ids: Iterable[int | str]) -> bytes:
+    from certun.certificates.merkle import encode_id
+
+    h = hashlib.sha256(b"certun.id-set.v1\x00")
+    for encoded in sorted(encode_id(i) for i in ids):
+        h.update(len(encoded).to_bytes(8, "little") + encoded)
+    return h.digest()
+
+
+def check_retain_count(ids: Identifiers, data: Any) -> bool:
+    """Refuse explicit retain identifiers whose number differs from the loader's dataset size (when known).
+
+    The certificate's retain root must describe the data the run iterates; a count that differs
+    means it does not. Returns whether the count is still to be checked after a full pass over the
+    data (explicit identifiers, no sized ``data.dataset``): see :func:`check_pass_count`.
+    """
+    if ids.id_scheme != "user" or ids.retain_size is None:
+        return False
+    dataset = getattr(data, "dataset", None)
+    try:
+        n = None if dataset is None else len(dataset)
+    except TypeError:
+        n = None
+    if n is None:
+        return True
+    if n != ids.retain_size:
+        raise InvalidParameterError("retain_ids", f"<{ids.retain_size} identifiers>",
+                                    f"one identifier per retain record: the loader's dataset holds {n} records")
+    return False
+
+
+def check_pass_count(ids: Identifiers, samples: int | None) -> None:
+    """After a full pass over retain data: the samples seen must match the retain identifiers.
+
+    Only for explicit identifiers of data without a sized dataset (:func:`check_retain_count` says
+    when); a loader that drops its last partial batch (``drop_last=True``) then fails this check.
+    """
+    from certun.errors import UnlearningRunError
+
+    if ids.retain_size is None or samples is None or samples == ids.retain_size:
+        return
+    raise UnlearningRunError(f"one pass over the retain data yielded {samples} samples, but {ids.retain_size} "
+                             "retain identifiers were given: the certificate's retain root would not describe the "
+                             "data the run used; no certificate was issued")
+
+
+@dataclass(frozen=True)
+class StartingModel:
+    """How the certificate records the model the run started from (``artifacts.model_before``)."""
+
+    plain: ModelDigest | None
+    commitment: Mapping[str, str] | None
+    opening: Mapping[str, str] | None
+
+
+def load_previous(previous: Any) -> Mapping[str, Any] | None:
+    """The previous certificate of this model's ledger (dict, bytes or path), parsed, or ``None``."""
+    if previous is None:
+        return None
+    from certun.certificates import load_certificate
+
+    return previous if isinstance(previous, Mapping) else load_certificate(previous)
+
+
+def starting_model(before: ModelDigest, previous: Mapping[str, Any] | None) -> StartingModel:
+    """A plain digest if ``before`` is the model ``previous`` released (public already), else a salted commitment.
+
+    The first request starts from ``A(D)``, trained on the forget set: a plain digest of it would let
+    anyone who can retrain test whether a record was in D (docs/certificates.md). The opening goes
+    back to the caller (``UnlearnResult.model_before_opening``), private, for a trusted auditor.
+    """
+    from certun.certificates import model_commitment
+
+    released = None if previous is None else (previous.get("artifacts") or {}).get("unlearned_model")
+    if released is not None and released.get("root") == before.root:
+        return StartingModel(plain=before, commitment=None, opening=None)
+    public, private = model_commitment(before)
+    return StartingModel(plain=None, commitment=public, opening=private)
+
+
+def noise_seed(seed: int, *, model_before: ModelDigest, ids: Identifiers, schedule: Schedule) -> int:
+    """The noise generator's seed: SHA-256 of the user's seed and the run's inputs, 63 bits.
+
+    ``SHA-256("certun.noise-seed.v1\\0" || u64(seed) || model_before root || retain fingerprint ||
+    forget fingerprint || RFC 8785 bytes of schedule.to_dict())`` (fingerprints: unsalted hashes of
+    the sorted identifier sets, 32 bytes each, or empty when unknown). Runs with the same inputs
+    reproduce bit for bit; a seed reused for another request (another starting model, retain or
+    forget set, or schedule) gives independent noise. Reused noise lets anyone holding both released
+    models subtract it (x_2 − x_1 cancels z), so never reuse a seed on purpose either: the derivation
+    is a safety net, and it cannot tell apart two runs whose differing inputs it does not see (unsized
+    data without identifiers).
+    """
+    from certun.certificates.canonical import canonical_bytes
+
+    h = hashlib.sha256(b"certun.noise-seed.v1\x00")
+    h.update(int(seed).to_bytes(8, "little"))
+    h.update(model_before.root.encode("ascii"))
+    h.update(ids.retain_fingerprint)
+    h.update(ids.forget_fingerprint)
+    h.update(canonical_bytes(schedule.to_dict()))
+    return int.from_bytes(h.digest()[:8], "little") >> 1
 
 
 def make_record(**fields: Any) -> RunRecord:
@@ -148,10 +279,31 @@ def digest(named: Mapping[str, Any]) -> ModelDigest:
     return model_digest(named)
 
 
-def issue_and_write(schedule: Schedule, record: RunRecord, path: Path | None) -> tuple[dict[str, Any], Path | None]:
-    """Issue the certificate for ``record`` under ``schedule``; write it atomically when ``path`` is given."""
+def replay_noise_seed(seed: int, *, unlearned: Mapping[str, Any], retain_ids: Iterable[Any] | None,
+                      schedule: Schedule, forget_ids: Iterable[Any] | None = None) -> int:
+    """The noise generator's seed of a run, from plain inputs: for auditors and tests that replay a run.
+
+    Args:
+        seed: the seed given to ``unlearn`` (the one the certificate commits to).
+        unlearned: name -> tensor/array of the unlearned parameters *before* the run, as the backend
+            names them (``result.record.unlearned_parameters``), with their dtype.
+        retain_ids: the retain identifiers the run used (``None`` if it had none).
+        schedule: the schedule that was run.
+        forget_ids: the forget identifiers given to the run (``None`` if none).
+    """
+    ids = Identifiers(
+        retain_tree=None, forget_tree=None, id_scheme=None,
+        retain_fingerprint=b"" if retain_ids is None else _fingerprint(_id_list("retain_ids", retain_ids)),
+        forget_fingerprint=b"" if forget_ids is None else _fingerprint(_id_list("forget_ids", forget_ids)))
+    return noise_seed(seed, model_before=digest(unlearned), ids=ids, schedule=schedule)
+
+
+def issue_and_write(schedule: Schedule, record: RunRecord, path: Path | None, *,
+                    previous: Mapping[str, Any] | None = None) -> tuple[dict[str, Any], Path | None]:
+    """Issue the certificate for ``record`` under ``schedule`` (chained onto ``previous`` when given);
+    write it atomically when ``path`` is given."""
     from certun.certificates import issue, write_certificate
 
-    certificate = issue(schedule, record)
+    certificate = issue(schedule, record, previous=previous)
     written = None if path is None else Path(write_certificate(certificate, path))
     return certificate, written

@@ -115,9 +115,11 @@ def batches(X: np.ndarray, y: np.ndarray, batch_size: int) -> list[tuple[np.ndar
     return [(X[i:i + batch_size], y[i:i + batch_size]) for i in range(0, len(X), batch_size)]
 
 
-def _cycle(data: Iterable[Any]) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+def _cycle(data: Iterable[Any],
+           on_pass: Callable[[int], None] | None = None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    passes = 0
     while True:
-        count = 0
+        count = samples = 0
         for batch in data:
             if not (isinstance(batch, (list, tuple)) and len(batch) == 2):
                 raise UnlearningRunError("each retain batch must be an (X, y) pair")
@@ -125,9 +127,16 @@ def _cycle(data: Iterable[Any]) -> Iterator[tuple[np.ndarray, np.ndarray]]:
             if len(X) == 0:
                 continue
             count += 1
+            samples += len(X)
             yield np.asarray(X, dtype=np.float64), np.asarray(y)
         if count == 0:
+            if passes:
+                raise UnlearningRunError(f"the retain data yielded no batch on pass {passes + 1}: a one-shot "
+                                         "iterator or generator was consumed; pass a re-iterable (a list of batches)")
             raise UnlearningRunError("the retain data is empty: no batch with at least one sample")
+        passes += 1
+        if on_pass is not None:
+            on_pass(samples)
 
 
 def gradient(model: LinearModel, X: np.ndarray, y: np.ndarray, *, clip: str | None,
@@ -176,6 +185,7 @@ class NumpyBackend:
         model_factory: Callable[[], LinearModel] | None = None,
         callback: Callable[[int, np.ndarray], None] | None = None,
         noise_source: Callable[[int, int], Any] | None = None,
+        previous: Any = None,
     ) -> UnlearnResult:
         """Unlearn ``model`` as ``schedule`` says; the options mean what they mean for the torch backend.
 
@@ -183,7 +193,9 @@ class NumpyBackend:
         refused (it is a memory optimisation of per-sample clipping; use ``"per_sample"``). ``retrain``
         starts from ``model_factory()``, else the centre, else zeros. ``progress`` is accepted for
         interface parity and ignored (the reference backend is silent). Noise: one
-        ``numpy.random.Generator(PCG64(seed)).standard_normal(d)`` per step.
+        ``numpy.random.Generator(PCG64(s)).standard_normal(d)`` per step, ``s`` derived from ``seed``
+        and the run's inputs (:func:`certun.backends.certify.noise_seed`). ``previous``: the previous
+        certificate of this model's ledger (dict or path); the new one is chained onto it.
         """
         opts = RunOptions.check(schedule, clip=clip, postprocess=postprocess, finetune_epochs=finetune_epochs,
                                 finetune_lr=finetune_lr, noise_mode=noise_mode, progress=progress,
@@ -194,10 +206,15 @@ class NumpyBackend:
             raise InvalidParameterError("model", type(model).__name__, "a certun.backends.numpy_backend.LinearModel")
         seed = resolve_seed(seed)
         clipping = clipping_for(schedule, clip)
+        prev = certify.load_previous(previous)
         started = certify.now_utc()
         ids = certify.identifiers(data, retain_ids, forget_ids)
+        count_pass = certify.check_retain_count(ids, data)
+        on_pass = (lambda n: certify.check_pass_count(ids, n)) if count_pass else None
         c = self._center(center, model)
-        rng = np.random.default_rng(seed)
+        before = certify.digest(model.named())
+        start_model = certify.starting_model(before, prev)
+        rng = np.random.default_rng(certify.noise_seed(seed, model_before=before, ids=ids, schedule=schedule))
         history: dict[str, list[Any]] = {k: [] for k in ("step", "loss", "sigma", "gamma", "grad_norm", "dist",
                                                          "time_s", "ft_step", "ft_loss")}
         draws = iter(range(2**62))
@@ -230,7 +247,7 @@ class NumpyBackend:
             x = project_ball(x, s.C0, c)
             if s.variant is Variant.MODEL_CLIPPING and s.sigma0 is not None:
                 x = add_noise(x, s.sigma0, noise=draw(model.d))
-            stream = _cycle(data)
+            stream = _cycle(data, on_pass=on_pass)
             mode = (s.mode or Mode.NOISE_AFTER_PROJECTION).value
             start = time.perf_counter()
             for t in range(s.T):
@@ -265,10 +282,11 @@ class NumpyBackend:
             raise UnlearningRunError("the unlearned parameters are not finite after the noisy phase")
         steps = 0
         for epoch in range(opts.finetune_epochs):
-            count = 0
+            count = samples = 0
             for X, y in data:
                 if len(X) == 0:
                     continue
+                samples += len(X)
                 loss, g = gradient(model.with_flat(x), np.asarray(X, dtype=np.float64), np.asarray(y),
                                    clip=None, C1=None)
                 if not np.isfinite(loss):
@@ -280,6 +298,8 @@ class NumpyBackend:
                 count += 1
             if count == 0:
                 raise UnlearningRunError("the retain data is empty: nothing to fine-tune on")
+            if on_pass is not None:
+                on_pass(samples)
         if not np.isfinite(x).all():
             raise UnlearningRunError("the unlearned parameters are not finite after fine-tuning")
 
@@ -291,7 +311,8 @@ class NumpyBackend:
             unlearned_parameters=PARAMETER_NAMES,
             d=model.d,
             noisy_steps=s.T,
-            model_before=certify.digest(model.named()),
+            model_before=start_model.plain,
+            model_before_commitment=start_model.commitment,
             model_after=certify.digest(result_model.named()),
             center=None if c is None else certify.digest(model.with_flat(c).named()),
             retain_root=ids.retain_root,
@@ -307,15 +328,16 @@ class NumpyBackend:
             started_at=started,
             finished_at=certify.now_utc(),
             versions=certify.versions("numpy"),
-            extra={"noise": "one numpy.random.Generator(PCG64(seed)).standard_normal(d) per noisy step",
+            extra={"noise": "one numpy.random.Generator(PCG64(s)).standard_normal(d) per noisy step, s derived "
+                            "from the committed seed and the run's inputs (certun.noise-seed.v1)",
                    "noise_mode": noise_mode, "loss": model.loss},
         )
         certificate, written = None, None
         if opts.issues_certificate:
-            certificate, written = certify.issue_and_write(s, record, opts.certificate_path)
+            certificate, written = certify.issue_and_write(s, record, opts.certificate_path, previous=prev)
         return UnlearnResult(model=result_model, certificate=certificate, history=history, record=record, seed=seed,
                              seed_opening=opening, retain_tree=ids.retain_tree, forget_tree=ids.forget_tree,
-                             certificate_path=written)
+                             certificate_path=written, model_before_opening=start_model.opening)
 
     @staticmethod
     def _center(center: Any, model: LinearModel) -> np.ndarray | None:

@@ -2,9 +2,12 @@
 
 The run, in order (each step's formula is in :mod:`certun.backends.torch_steps`):
 
-1. copy the model (unless ``inplace=True``), select the unlearned parameters, refuse anything that
-   would make the guarantee false (:func:`~certun.backends.torch_model.check_model`);
-2. digest the unlearned parameters, the frozen ones and the centre; drop every stale gradient (no
+1. refuse training machinery left on the model (Opacus hooks, old-style weight_norm caches), copy it
+   (unless ``inplace=True``), drop every stale gradient and Opacus attribute, select the unlearned
+   parameters, refuse anything that would make the guarantee false
+   (:func:`~certun.backends.torch_model.check_model`);
+2. digest the unlearned parameters (published only as a salted commitment for a first request), the
+   frozen ones and the centre; seed the noise generator from the seed and these inputs (no
    optimizer state from training exists here: certun runs its own update);
 3. project globally onto the C0 ball around the centre, then run exactly ``schedule.T`` noisy steps
    of the variant on retain minibatches, one fresh ``randn(d)`` per step from one generator;
@@ -21,8 +24,9 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import itertools
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 import torch
@@ -32,7 +36,13 @@ from certun.accountant.schedule import Mode, Schedule, Variant
 from certun.backends import certify
 from certun.backends.base import UnlearnResult
 from certun.backends.options import RunOptions, clipping_for, resolve_seed
-from certun.backends.torch_grad import GradientComputer
+from certun.backends.torch_grad import GradientComputer, batch_size
+from certun.backends.torch_hygiene import (
+    clear_training_state,
+    restore_training_flags,
+    stale_state_problems,
+    training_flags,
+)
 from certun.backends.torch_model import (
     FlatParameters,
     ModelParts,
@@ -56,14 +66,34 @@ def _tqdm(iterable: Iterable[Any], *, total: int, desc: str, enabled: bool) -> I
     return tqdm(iterable, total=total, desc=desc, leave=False)
 
 
+_DEVICE_TYPES = ("cpu", "cuda", "mps", "xpu")
+
+
 def resolve_device(device: Any) -> torch.device:
-    """``device`` as a ``torch.device``; CUDA when available and none is given, else CPU."""
+    """``device`` as an available ``torch.device``; CUDA when available and none is given, else CPU.
+
+    Raises:
+        InvalidParameterError: not a device, a device type that holds no data (``"meta"``) or that
+            this machine does not have (``"cuda"`` without CUDA, an index beyond the device count).
+    """
     if device is None:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
-        return torch.device(device)
+        dev = torch.device(device)
     except (RuntimeError, TypeError) as exc:
         raise InvalidParameterError("device", device, "a torch device ('cpu', 'cuda', 'cuda:1', ...)") from exc
+    if dev.type not in _DEVICE_TYPES:
+        raise InvalidParameterError("device", device, "a device that holds data: one of " + ", ".join(_DEVICE_TYPES))
+    backend = getattr(torch, dev.type, None) if dev.type != "cpu" else None
+    if backend is not None:
+        available = getattr(backend, "is_available", lambda: False)()
+        if not available:
+            raise InvalidParameterError("device", device, f"an available device ({dev.type} is not available here; "
+                                        "use 'cpu' or device=None)")
+        count = getattr(backend, "device_count", lambda: 1)()
+        if dev.index is not None and dev.index >= count:
+            raise InvalidParameterError("device", device, f"an index below the {count} {dev.type} device(s) here")
+    return dev
 
 
 def _to_device(obj: Any, device: torch.device) -> Any:
@@ -76,28 +106,91 @@ def _to_device(obj: Any, device: torch.device) -> Any:
     return obj
 
 
-def _batches(data: Iterable[Any], device: torch.device) -> Iterator[tuple[Any, Any]]:
-    """Cycle through ``data`` forever as ``(inputs, targets)`` on ``device``; refuse empty data."""
-    while True:
-        count = 0
-        for batch in data:
-            if not (isinstance(batch, (list, tuple)) and len(batch) == 2):
-                raise UnlearningRunError(f"each retain batch must be an (inputs, targets) pair, got "
-                                         f"{type(batch).__name__}" + (f" of length {len(batch)}"
-                                                                      if isinstance(batch, (list, tuple)) else ""))
-            inputs, targets = batch
-            size = len(targets)
-            if size == 0:
-                continue
-            count += 1
-            yield _to_device(inputs, device), _to_device(targets, device)
-        if count == 0:
-            raise UnlearningRunError("the retain data is empty: no batch with at least one sample")
+def _pair(batch: Any, *, batch_first: bool) -> tuple[Any, Any, int]:
+    """``(inputs, targets, batch size)`` of one retain batch; refuses malformed batches with a certun error.
+
+    With ``batch_first`` (per-sample clipping), a tensor input must have the targets' batch size on
+    its first axis: per-sample gradients are split along it.
+    """
+    if not (isinstance(batch, (list, tuple)) and len(batch) == 2):
+        raise UnlearningRunError(f"each retain batch must be an (inputs, targets) pair, got "
+                                 f"{type(batch).__name__}" + (f" of length {len(batch)}"
+                                                              if isinstance(batch, (list, tuple)) else ""))
+    inputs, targets = batch
+    size = batch_size(targets)
+    if batch_first and size and isinstance(inputs, torch.Tensor) and (inputs.dim() == 0 or inputs.shape[0] != size):
+        raise UnlearningRunError(f"inputs of shape {tuple(inputs.shape)} do not have the targets' batch size {size} "
+                                 "on their first axis; per-sample clipping needs batch-first inputs (use clip='batch' "
+                                 "for other layouts)")
+    return inputs, targets, size
+
+
+class _RetainStream:
+    """Cycles through the retain data as ``(inputs, targets)`` on the device, one pass after another.
+
+    Refuses empty data, tells a consumed one-shot iterator from empty data, and reports the number
+    of samples of each completed pass to ``on_pass`` (the retain-identifier count check).
+    """
+
+    def __init__(self, data: Iterable[Any], device: torch.device, *, batch_first: bool,
+                 on_pass: Callable[[int], None] | None) -> None:
+        self.data = data
+        self.device = device
+        self.batch_first = batch_first
+        self.on_pass = on_pass
+        self._iterator = self._cycle()
+
+    def __next__(self) -> tuple[Any, Any]:
+        return next(self._iterator)
+
+    def _cycle(self) -> Iterator[tuple[Any, Any]]:
+        passes = 0
+        while True:
+            count = samples = 0
+            for batch in self.data:
+                inputs, targets, size = _pair(batch, batch_first=self.batch_first)
+                if size == 0:
+                    continue
+                count += 1
+                samples += size
+                yield _to_device(inputs, self.device), _to_device(targets, self.device)
+            if count == 0:
+                if passes:
+                    raise UnlearningRunError(
+                        f"the retain data yielded no batch on pass {passes + 1}: a one-shot iterator or generator "
+                        "was consumed after one pass; pass a re-iterable (a DataLoader or a list of batches)")
+                raise UnlearningRunError("the retain data is empty: no batch with at least one sample")
+            passes += 1
+            if self.on_pass is not None:
+                self.on_pass(samples)
+
+
+def _epoch_length(data: Iterable[Any], why: str) -> int:
+    """Batches per pass of ``data``, for phases that iterate whole passes; refuses unsized or one-shot data.
+
+    An endless stream has no epoch: fine-tuning or recomputing statistics over it would never return.
+    """
+    from collections.abc import Iterator as IteratorABC
+
+    if isinstance(data, IteratorABC):
+        raise InvalidParameterError("data", f"<{type(data).__name__}>", f"a re-iterable with len() for {why} (a "
+                                    "DataLoader or a list of batches): an iterator is consumed by the noisy phase")
+    try:
+        n = len(data)  # type: ignore[arg-type]
+    except TypeError:
+        raise InvalidParameterError("data", f"<unsized {type(data).__name__}>", f"a re-iterable with len() for {why}: "
+                                    "an endless stream has no epoch") from None
+    if n < 1:
+        raise UnlearningRunError("the retain data is empty: no batch with at least one sample")
+    return n
 
 
 def _aux_seed(seed: int) -> int:
     """Seed for the run's *other* randomness (dropout, re-initialisation), derived from but unlike ``seed``."""
     return int.from_bytes(hashlib.sha256(b"certun.aux-seed.v1\x00" + str(seed).encode()).digest()[:8], "little") >> 1
+
+
+_FROZEN_MODES = ("reject", "public")
 
 
 def _cpu_copy(named: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -131,29 +224,42 @@ class TorchBackend:
         certificate_path: Any = None,
         noise_mode: str = "fresh",
         buffers: str = "reject",
+        frozen: str = "reject",
         model_factory: Callable[[], nn.Module] | None = None,
         callback: Callable[[int, torch.Tensor], None] | None = None,
         noise_source: Callable[[int, int], Any] | None = None,
         inplace: bool = False,
+        previous: Any = None,
     ) -> UnlearnResult:
         """Unlearn: run ``schedule``'s noisy phase on ``model`` with retain data only, then post-process.
 
         Args:
-            model: the trained model. It is deep-copied unless ``inplace=True``.
+            model: the trained model. It is deep-copied unless ``inplace=True``. Models still carrying
+                Opacus hooks or old-style ``weight_norm``/``spectral_norm`` caches are refused; stale
+                ``.grad`` tensors and Opacus attributes are dropped from the model that is run.
             data: the retain data ``D∖D_f``: a re-iterable of ``(inputs, targets)`` batches (a
-                ``DataLoader``). The noisy phase cycles through it for exactly ``schedule.T`` batches.
-                Pass a loader with its own seeded ``generator`` (or no shuffling) for runs that
-                reproduce bit for bit.
+                ``DataLoader``). The noisy phase cycles through it for exactly ``schedule.T`` batches
+                (an endless stream is fine there); fine-tuning and ``buffers="recompute"`` need a
+                sized re-iterable (``len()``), one pass per epoch. Pass a loader with its own seeded
+                ``generator`` (or no shuffling) for runs that reproduce bit for bit.
             schedule: from :func:`certun.plan`; the backend runs it and computes no privacy itself.
             loss_fn: a loss accepting ``reduction="none"`` (``torch.nn.functional.cross_entropy``) or a
                 loss module; per-sample losses are averaged over the real batch size.
             seed: noise seed (``0 <= seed < 2**63``); drawn from the OS's secure source when ``None``.
-                Returned in the result, only committed to in the certificate.
-            params: which parameters are unlearned (names or parameter objects); default every
-                trainable one. The rest are frozen: left bit-identical and recorded, and the user
-                asserts they are independent of the training data (THEORY.md §1).
-            center: the balls' centre (THEORY.md §1, anchored balls): a state dict or flat vector
-                independent of the training data (e.g. public pretrained weights); default 0.
+                Returned in the result, only committed to in the certificate. The generator is seeded
+                from it and the run's inputs (starting model, retain identifiers, schedule), so runs
+                reproduce from the same inputs and a reused seed never repeats noise; never reuse a
+                seed all the same.
+            params: which parameters are unlearned (names or parameter objects). Default: every
+                parameter with ``requires_grad``; if some have ``requires_grad=False`` the run is
+                refused unless ``frozen="public"`` says they are independent of D. The rest are frozen:
+                left bit-identical and recorded, and the user asserts they are independent of the
+                training data (THEORY.md §1). The unlearned vector ``x`` always follows the model's
+                ``named_parameters()`` order, whatever the order of ``params``.
+            center: the balls' centre (THEORY.md §1, anchored balls): a state dict, or a flat vector in
+                ``named_parameters()`` order of the unlearned parameters (the order of
+                ``result.record.unlearned_parameters``), independent of the training data (e.g.
+                public pretrained weights); default 0.
             clip: ``"per_sample"`` (Opacus hooks), ``"ghost"`` (Opacus ghost clipping) or
                 ``"batch"`` (clip the minibatch-mean gradient); used where the variant clips.
             finetune_epochs, finetune_lr: noiseless SGD on retain data after the noisy phase
@@ -163,20 +269,29 @@ class TorchBackend:
             device: where to run; CUDA when available, else CPU.
             progress: show tqdm bars for the noisy phase and the fine-tuning.
             retain_ids, forget_ids: record identifiers for the certificate's Merkle roots; retain ids
-                default to the loader's dataset indices.
+                default to the loader's dataset indices. Explicit retain ids must number the records
+                of the loader's dataset (or, for unsized data, the samples of one pass).
             certificate_path: write the certificate there (atomically) as well as returning it.
             noise_mode: ``"fresh"``; ``"reuse_first_draw_UNSAFE"`` is an audit control only (adds one
                 draw at every step, warns, issues no certificate).
             buffers: ``"reject"`` data-dependent buffers (default), ``"recompute"`` BatchNorm running
                 statistics from retain data (needs ``clip="batch"`` where gradients are clipped), or
                 ``"public"`` (the user asserts the model's non-norm buffers are independent of D).
+            frozen: ``"reject"`` (default) refuses parameters with ``requires_grad=False`` when
+                ``params`` is not given; ``"public"`` asserts they are independent of D (e.g. a public
+                backbone) and leaves them frozen.
             model_factory: for ``retrain``: builds a freshly initialised model of the same
-                architecture; default re-initialises with each module's ``reset_parameters()``.
+                architecture; default re-initialises with each module's ``reset_parameters()``,
+                refused if that leaves any unlearned parameter untouched.
             callback: called as ``callback(step, x)`` after each noisy step with the flat iterate (a
-                live view: copy it to keep it, never modify it).
+                live view: copy it to keep it, never modify it). Intermediate iterates are not
+                covered by the guarantee: never publish them.
             noise_source: testing hook: ``noise_source(k, d)`` returns the k-th standard-normal draw;
                 no certificate is issued.
             inplace: modify ``model`` itself instead of a copy.
+            previous: the previous certificate of this model's ledger (dict or path). The new
+                certificate is chained onto it, and when the model is the one it released, the
+                starting model is recorded as a plain digest (it is public) instead of a commitment.
 
         Returns:
             An :class:`~certun.backends.UnlearnResult`.
@@ -195,22 +310,45 @@ class TorchBackend:
             raise InvalidParameterError("loss_fn", type(loss_fn).__name__, "a callable loss")
         if model_factory is not None and not callable(model_factory):
             raise InvalidParameterError("model_factory", type(model_factory).__name__, "a callable or None")
+        if frozen not in _FROZEN_MODES:
+            raise InvalidParameterError("frozen", frozen, "one of " + ", ".join(repr(f) for f in _FROZEN_MODES))
+        if params is not None and not isinstance(params, str):
+            params = list(params)  # iterated more than once below (e.g. model.parameters(), a generator)
+        prev = certify.load_previous(previous)
         seed = resolve_seed(seed)
         dev = resolve_device(device)
         variant = schedule.variant
         clipping = clipping_for(schedule, opts.clip)
         hooks = clipping in ("per_sample", "ghost")
+        epoch_batches = None
+        if opts.finetune_epochs or buffers == "recompute":
+            epoch_batches = _epoch_length(data, "fine-tuning" if opts.finetune_epochs else "buffers='recompute'")
 
         started = certify.now_utc()
-        work = model if inplace else copy.deepcopy(model)
-        was_training = work.training
+        problems = stale_state_problems(model)
+        if problems:
+            raise UnsupportedModelError(problems)
+        work = model if inplace else _deepcopy(model)
+        clear_training_state(work)  # stale gradients and Opacus state never enter (or leave) the run
+        flags = training_flags(work)
         work.to(dev)
         parts = select_parameters(work, params)
+        if params is None and parts.frozen and frozen != "public":
+            raise InvalidParameterError(
+                "frozen", frozen, "'public' to assert that the parameters with requires_grad=False "
+                f"{sorted(parts.frozen)[:5]} are independent of the training data (THEORY.md §1)",
+                hint="otherwise list the unlearned parameters explicitly with params=..., or set requires_grad=True "
+                     "on every parameter trained on D")
+        if params is not None and center is not None and not isinstance(center, Mapping):
+            _check_params_order(params, parts)
         check_model(work, parts, hooks=hooks, buffers=buffers)
         ids = certify.identifiers(data, retain_ids, forget_ids)
+        count_pass = certify.check_retain_count(ids, data)
         dtype = parts.params[0].dtype
         named_unlearned = dict(zip(parts.names, parts.params, strict=True))
         before = certify.digest(_cpu_copy(named_unlearned))
+        start_model = certify.starting_model(before, prev)
+        noise_seed = certify.noise_seed(seed, model_before=before, ids=ids, schedule=schedule)
         frozen_before = certify.digest(_cpu_copy(dict(parts.frozen))) if parts.frozen else None
         public = (certify.digest(_cpu_copy(parts.buffers)) if (buffers == "public" and parts.buffers) else None)
         requires_grad = {n: p.requires_grad for n, p in work.named_parameters()}
@@ -218,21 +356,23 @@ class TorchBackend:
             p.requires_grad_(False)
         for p in parts.params:
             p.requires_grad_(True)
-            p.grad = None  # stale training gradients never enter the run
 
         run = _Run(work, data, schedule, parts, opts, loss_fn=loss_fn, device=dev, dtype=dtype,
-                   center=center, clipping=clipping, seed=seed, buffers=buffers, model_factory=model_factory)
+                   center=center, clipping=clipping, seed=noise_seed, buffers=buffers, model_factory=model_factory,
+                   epoch_batches=epoch_batches,
+                   on_pass=(lambda n: certify.check_pass_count(ids, n)) if count_pass else None)
         fork_devices = []
         if dev.type == "cuda":
             fork_devices = [dev.index if dev.index is not None else torch.cuda.current_device()]
         try:
             with torch.random.fork_rng(devices=fork_devices):
-                torch.manual_seed(_aux_seed(seed))
+                torch.manual_seed(_aux_seed(noise_seed))
                 run.execute()
         finally:
             for n, p in work.named_parameters():
                 p.requires_grad_(requires_grad[n])
-            work.train(was_training)
+            clear_training_state(work)
+            restore_training_flags(flags)
 
         after = certify.digest(_cpu_copy(dict(zip(parts.names, parts.params, strict=True))))
         if parts.frozen:
@@ -252,7 +392,8 @@ class TorchBackend:
             d=run.flat_d,
             noisy_steps=run.noisy_steps,
             frozen_parameters=dict(frozen_before.tensors) if frozen_before else {},
-            model_before=before,
+            model_before=start_model.plain,
+            model_before_commitment=start_model.commitment,
             model_after=after,
             center=run.center_digest,
             retain_root=ids.retain_root,
@@ -270,20 +411,42 @@ class TorchBackend:
             versions=certify.versions("torch", "opacus", "numpy"),
             extra={
                 "buffers": buffers,
+                "frozen": "none" if not parts.frozen else ("params" if params is not None else frozen),
                 "clip_implementation": run.clip_implementation,
                 "recomputed_buffers": [path for path, _ in parts.norms] if buffers == "recompute" else [],
                 "public_buffers": dict(public.tensors) if public is not None else {},
                 "noise": f"one torch.randn(d) per noisy step from one torch.Generator(device='{dev.type}') "
-                         "seeded once per run",
+                         "seeded once per run from the committed seed and the run's inputs (certun.noise-seed.v1)",
                 "noise_mode": opts.noise_mode,
             },
         )
         certificate, written = None, None
         if opts.issues_certificate:
-            certificate, written = certify.issue_and_write(schedule, record, opts.certificate_path)
+            certificate, written = certify.issue_and_write(schedule, record, opts.certificate_path, previous=prev)
         return UnlearnResult(model=work, certificate=certificate, history=run.history, record=record, seed=seed,
                              seed_opening=opening, retain_tree=ids.retain_tree, forget_tree=ids.forget_tree,
-                             certificate_path=written)
+                             certificate_path=written, model_before_opening=start_model.opening)
+
+
+def _deepcopy(model: nn.Module) -> nn.Module:
+    """``copy.deepcopy(model)``, or a certun error saying how to proceed when the model cannot be copied."""
+    try:
+        return copy.deepcopy(model)
+    except (TypeError, RuntimeError, AttributeError, ValueError, copy.Error) as exc:
+        raise UnsupportedModelError([("<model>", f"copy.deepcopy(model) failed ({type(exc).__name__}: {exc})",
+                                      "make the model deep-copyable (e.g. no non-leaf tensor attributes), or pass "
+                                      "inplace=True to unlearn it in place")]) from exc
+
+
+def _check_params_order(params: Iterable[Any], parts: ModelParts) -> None:
+    """A flat centre follows named_parameters() order; refuse ``params`` listed in another order with one."""
+    by_id = {id(p): n for n, p in zip(parts.names, parts.params, strict=True)}
+    given = [item if isinstance(item, str) else by_id.get(id(item), "") for item in params]
+    given = [n for n in given if n in parts.names]
+    if given != [n for n in parts.names if n in set(given)]:
+        raise InvalidParameterError(
+            "center", "<flat vector>", "a state dict when params are listed in another order than the model's "
+            f"named_parameters() ({list(parts.names)[:5]}...): a flat centre follows named_parameters() order")
 
 
 class _Run:
@@ -292,8 +455,11 @@ class _Run:
     def __init__(self, model: nn.Module, data: Iterable[Any], schedule: Schedule, parts: ModelParts,
                  opts: RunOptions, *, loss_fn: Callable[..., torch.Tensor], device: torch.device,
                  dtype: torch.dtype, center: Any, clipping: str | None, seed: int, buffers: str,
-                 model_factory: Callable[[], nn.Module] | None) -> None:
+                 model_factory: Callable[[], nn.Module] | None, epoch_batches: int | None = None,
+                 on_pass: Callable[[int], None] | None = None) -> None:
         self.model = model
+        self.epoch_batches = epoch_batches
+        self.on_pass = on_pass
         self.data = data
         self.schedule = schedule
         self.parts = parts
@@ -379,7 +545,8 @@ class _Run:
         computer = GradientComputer(self.model, flat, self.loss_fn, mode=mode, C1=s.C1)
         self.clip_implementation = computer.implementation if self.clipping else None
         stats = torch.zeros(s.T, 3, device=self.device, dtype=torch.float64)
-        batches = _batches(self.data, self.device)
+        batches = _RetainStream(self.data, self.device, batch_first=self.clipping in ("per_sample", "ghost"),
+                                on_pass=self.on_pass)
         gc = s.variant is Variant.GRADIENT_CLIPPING
         mc_mode = (s.mode or Mode.NOISE_AFTER_PROJECTION).value
         times = []
@@ -441,17 +608,21 @@ class _Run:
         losses = []
         try:
             for epoch in _tqdm(range(epochs), total=epochs, desc="certun fine-tuning", enabled=self.opts.progress):
-                count = 0
-                for inputs, targets in self.data:
-                    if len(targets) == 0:
+                count = samples = 0
+                for batch in itertools.islice(self.data, self.epoch_batches):
+                    inputs, targets, size = _pair(batch, batch_first=False)
+                    if size == 0:
                         continue
                     loss = computer.compute(_to_device(inputs, self.device), _to_device(targets, self.device))
                     with torch.no_grad():
                         flat.x.add_(flat.g, alpha=-lr)
                     losses.append(loss)
                     count += 1
+                    samples += size
                 if count == 0:
                     raise UnlearningRunError("the retain data is empty: nothing to fine-tune on")
+                if epoch == 0 and self.on_pass is not None:
+                    self.on_pass(samples)
                 values = torch.stack(losses[-count:])
                 if not bool(torch.isfinite(values).all()):
                     raise UnlearningRunError(f"non-finite loss during fine-tuning epoch {epoch} "
@@ -474,8 +645,9 @@ class _Run:
         self.model.train()
         try:
             with torch.no_grad():
-                for inputs, targets in self.data:
-                    if len(targets):
+                for batch in itertools.islice(self.data, self.epoch_batches):
+                    inputs, _, size = _pair(batch, batch_first=False)
+                    if size:
                         self.model(_to_device(inputs, self.device))
         finally:
             for path, module in self.parts.norms:
@@ -499,18 +671,36 @@ class _Run:
                 for p, piece in zip(named.values(), pieces, strict=True):
                     p.copy_(piece.view_as(p))
             else:
-                ids = {id(p) for p in named.values()}
-                problems = []
-                for path, module in self.model.named_modules():
-                    own = [p for p in module.parameters(recurse=False) if id(p) in ids]
-                    if not own:
-                        continue
-                    if callable(getattr(module, "reset_parameters", None)):
-                        module.reset_parameters()
-                    else:
-                        problems.append((path, f"{type(module).__name__} has no reset_parameters() to re-initialise "
-                                         "it for retraining", "pass model_factory= (or center=) to unlearn"))
-                if problems:
-                    raise UnsupportedModelError(problems)
+                self._reset_parameters(named)
             for name, value in frozen_values.items():
                 self.parts.frozen[name].copy_(value)
+
+    def _reset_parameters(self, named: dict[str, nn.Parameter]) -> None:
+        """Re-initialise with each owning module's ``reset_parameters()``; refuse if any value survives.
+
+        Every unlearned parameter is first filled with NaN, so a parameter that ``reset_parameters()``
+        does not know about (a subclass' extra parameter), or re-initialises from its old value, is
+        caught: retraining from scratch must not keep anything trained on D (THEORY.md §4).
+        """
+        ids = {id(p) for p in named.values()}
+        problems = []
+        for p in named.values():
+            p.fill_(float("nan"))
+        for path, module in self.model.named_modules():
+            own = [p for p in module.parameters(recurse=False) if id(p) in ids]
+            if not own:
+                continue
+            if callable(getattr(module, "reset_parameters", None)):
+                module.reset_parameters()
+            else:
+                problems.append((path, f"{type(module).__name__} has no reset_parameters() to re-initialise "
+                                 "it for retraining", "pass model_factory= (or center=) to unlearn"))
+        without_reset = bool(problems)
+        for name, p in named.items():
+            if not without_reset and bool(torch.isnan(p).any()):
+                problems.append((name, "reset_parameters() of its module did not re-initialise this parameter (or "
+                                 "re-initialised it from its trained value), so retraining would keep values "
+                                 "trained on D", "pass model_factory= (a function building a freshly initialised "
+                                 "model) or center="))
+        if problems:
+            raise UnsupportedModelError(problems)

@@ -21,6 +21,7 @@ Opacus computed.
 
 from __future__ import annotations
 
+import inspect
 import warnings
 from collections.abc import Callable
 from typing import Any
@@ -31,9 +32,9 @@ from torch import nn
 from certun.backends.torch_linear import LinearPerSample
 from certun.backends.torch_model import FlatParameters
 from certun.backends.torch_steps import SAFETY
-from certun.errors import UnlearningRunError, UnsupportedModelError
+from certun.errors import CertunError, UnlearningRunError, UnsupportedModelError
 
-__all__ = ["GradientComputer", "per_sample_loss"]
+__all__ = ["GradientComputer", "batch_size", "per_sample_loss"]
 
 _INPLACE_MARKERS = ("BackwardHookFunction", "modified by an inplace operation", "is being modified inplace")
 
@@ -44,21 +45,21 @@ def per_sample_loss(loss_fn: Callable[..., torch.Tensor], output: Any, targets: 
     ``loss_fn`` is a ``torch.nn.functional`` loss or a loss module (whose ``reduction`` attribute is
     set to ``"none"`` for the call). Extra non-batch axes (tokens) are averaged per sample.
     """
+    batch = batch_size(targets)
     if hasattr(loss_fn, "reduction") and isinstance(loss_fn, nn.Module):
         saved = loss_fn.reduction
         loss_fn.reduction = "none"
         try:
-            losses = loss_fn(output, targets)
+            losses = _call_loss(loss_fn, output, targets)
         finally:
             loss_fn.reduction = saved
     else:
-        try:
-            losses = loss_fn(output, targets, reduction="none")
-        except TypeError as exc:
+        if not _accepts_reduction(loss_fn):
             raise UnlearningRunError(
-                f"loss_fn must accept reduction='none' (like torch.nn.functional.cross_entropy) or be a loss "
-                f"module with a .reduction attribute: {exc}") from exc
-    batch = _batch_size(targets)
+                "loss_fn must accept reduction='none' (like torch.nn.functional.cross_entropy) or be a loss "
+                f"module with a .reduction attribute; {getattr(loss_fn, '__name__', type(loss_fn).__name__)} "
+                "takes no reduction argument")
+        losses = _call_loss(loss_fn, output, targets, reduction="none")
     if not isinstance(losses, torch.Tensor) or losses.dim() == 0 or losses.shape[0] != batch:
         shape = tuple(losses.shape) if isinstance(losses, torch.Tensor) else type(losses).__name__
         raise UnlearningRunError(f"loss_fn returned shape {shape} with reduction='none'; expected one loss per "
@@ -68,10 +69,40 @@ def per_sample_loss(loss_fn: Callable[..., torch.Tensor], output: Any, targets: 
     return losses
 
 
-def _batch_size(targets: Any) -> int:
+def _accepts_reduction(loss_fn: Callable[..., Any]) -> bool:
+    """Whether ``loss_fn`` takes a ``reduction`` keyword (True when its signature cannot be read)."""
+    try:
+        parameters = inspect.signature(loss_fn).parameters.values()
+    except (TypeError, ValueError):  # builtins without a signature: let the call decide
+        return True
+    return any(p.name == "reduction" or p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters)
+
+
+def _call_loss(loss_fn: Callable[..., Any], output: Any, targets: Any, **kwargs: Any) -> Any:
+    """``loss_fn(output, targets, **kwargs)``; a failure becomes an :class:`UnlearningRunError` saying what it got."""
+    try:
+        return loss_fn(output, targets, **kwargs)
+    except CertunError:
+        raise
+    except Exception as exc:  # any failure of user code on user data: re-raised, with what it was given
+        got = (f"tensor of shape {tuple(output.shape)}" if isinstance(output, torch.Tensor)
+               else f"a {type(output).__name__} (the model returned a {type(output).__name__}, not a tensor)")
+        tgt = (f"tensor of shape {tuple(targets.shape)}, dtype {str(targets.dtype).replace('torch.', '')}"
+               if isinstance(targets, torch.Tensor) else type(targets).__name__)
+        raise UnlearningRunError(f"loss_fn failed on a retain batch (model output: {got}; targets: {tgt}): "
+                                 f"{type(exc).__name__}: {exc}") from exc
+
+
+def batch_size(targets: Any) -> int:
+    """Number of samples in a batch of targets (its first axis); refuses a 0-d tensor or an unsized object."""
     if isinstance(targets, torch.Tensor):
-        return int(targets.shape[0]) if targets.dim() > 0 else 1
-    return len(targets)
+        if targets.dim() == 0:
+            raise UnlearningRunError("targets must have a batch axis; got a 0-d tensor (one sample needs shape (1,))")
+        return int(targets.shape[0])
+    try:
+        return len(targets)
+    except TypeError:
+        raise UnlearningRunError(f"targets must be a tensor or a sized batch, got {type(targets).__name__}") from None
 
 
 class GradientComputer:
@@ -135,14 +166,21 @@ class GradientComputer:
         self.flat.point_grads()
         try:
             output = self.model(inputs)
-        except RuntimeError as exc:
-            raise self._forward_error(exc) from exc
+        except CertunError:
+            raise
+        except Exception as exc:  # user code on user data: re-raised as a certun error naming the cause
+            raise self._pass_error("forward", exc) from exc
         losses = per_sample_loss(self.loss_fn, output, targets)
         with warnings.catch_warnings():
             # Opacus' full backward hooks on the first layer warn when the input needs no gradient:
             # expected and harmless here (certun never needs input gradients).
             warnings.filterwarnings("ignore", message="Full backward hook is firing", category=UserWarning)
-            self._backward(losses)
+            try:
+                self._backward(losses)
+            except CertunError:
+                raise
+            except Exception as exc:  # autograd or hooks failing: re-raised as a certun error naming the cause
+                raise self._pass_error("backward", exc) from exc
         return losses.detach().mean()
 
     def _backward(self, losses: torch.Tensor) -> None:
@@ -158,14 +196,20 @@ class GradientComputer:
         else:
             self._ghost(losses)
 
-    def _forward_error(self, exc: RuntimeError) -> Exception:
-        text = str(exc)
-        if self.hooks is not None and any(marker in text for marker in _INPLACE_MARKERS):
+    def _pass_error(self, phase: str, exc: Exception) -> Exception:
+        text = f"{type(exc).__name__}: {exc}"
+        if any(marker in str(exc) for marker in _INPLACE_MARKERS):
+            if self.hooks is not None:
+                return UnsupportedModelError([(
+                    "<model>", "an in-place operation modifies the output of a layer that Opacus hooks for "
+                    "per-sample gradients (e.g. `out += identity` in a residual block, or ReLU(inplace=True))",
+                    "rewrite it out of place (`out = out + identity`), or use clip='batch'")])
             return UnsupportedModelError([(
-                "<model>", "an in-place operation modifies the output of a layer that Opacus hooks for per-sample "
-                "gradients (e.g. `out += identity` in a residual block, or ReLU(inplace=True))",
-                "rewrite it out of place (`out = out + identity`), or use clip='batch'")])
-        return UnlearningRunError(f"the forward pass failed on a retain batch (wrong input shape?): {text}")
+                "<model>", f"the {phase} pass failed because an in-place operation modified a tensor autograd "
+                f"needs ({text})", "rewrite that operation out of place (e.g. `h = h * 2` instead of `h.mul_(2)`)")])
+        if phase == "forward":
+            return UnlearningRunError(f"the forward pass failed on a retain batch (wrong input shape?): {text}")
+        return UnlearningRunError(f"the backward pass failed on a retain batch: {text}")
 
     def _clip_per_sample(self, batch: int) -> None:
         """Clip each sample's gradient to C1 and write the mean into ``flat.g``."""
@@ -182,7 +226,10 @@ class GradientComputer:
                 grads.append(None)
                 continue
             if gs.shape[0] != batch:
-                raise UnlearningRunError(f"per-sample gradient of {name!r} has batch {gs.shape[0]}, expected {batch}")
+                raise UnlearningRunError(f"per-sample gradient of {name!r} has batch {gs.shape[0]}, expected {batch}: "
+                                         "per-sample clipping needs batch-first inputs at every layer (a "
+                                         "sequence-first layout such as (S, B, F) is split along the wrong axis); use "
+                                         "batch-first layers or clip='batch'")
             grads.append(gs.reshape(batch, -1))
         present = [g for g in grads if g is not None]
         norms = torch.linalg.vector_norm(
@@ -209,7 +256,14 @@ class GradientComputer:
                     raise UnsupportedModelError([(name, "received a gradient but Opacus computed no per-sample "
                                                   "norm for it", "use clip='per_sample' or 'batch'")])
                 continue
+            if ns.dim() == 0 or ns.shape[0] != batch:
+                raise UnlearningRunError(
+                    f"Opacus computed per-sample norms of {name!r} for a batch of {ns.shape[0] if ns.dim() else 1}, "
+                    f"expected {batch}: per-sample clipping needs batch-first inputs at every layer (a sequence-first "
+                    "layout such as (S, B, F) is split along the wrong axis); use batch-first layers or clip='batch'")
             norm_list.append(ns.reshape(-1))
+        if not norm_list:
+            raise UnlearningRunError("Opacus computed no per-sample norm for any unlearned parameter")
         norms = torch.linalg.vector_norm(torch.stack(norm_list), dim=0)
         coef = torch.clamp(self.C1 * (1.0 - SAFETY) / norms, max=1.0).detach()
         self.flat.point_grads()

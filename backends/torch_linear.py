@@ -22,7 +22,7 @@ from torch import nn
 
 from certun.backends.torch_model import FlatParameters
 from certun.backends.torch_steps import SAFETY
-from certun.errors import UnlearningRunError
+from certun.errors import UnlearningRunError, UnsupportedModelError
 
 __all__ = ["LinearPerSample"]
 
@@ -74,6 +74,16 @@ class LinearPerSample:
         self.handles = []
         self.records.clear()
 
+    @staticmethod
+    def _check_unused(path: str, module: nn.Linear) -> None:
+        """A layer whose forward did not run must have received no gradient (else it was used functionally)."""
+        for p in (module.weight, module.bias):
+            if p is not None and p.grad is not None and bool(p.grad.any()):
+                raise UnsupportedModelError([(
+                    path, "its parameters received a gradient but its forward never ran (used functionally, e.g. "
+                    "F.linear(h, layer.weight), or tied to another layer), so its per-sample gradients cannot be "
+                    "captured and would be taken as zero", "call the layer as a module, or use clip='batch'")])
+
     def clip_into_g(self, batch: int, C1: float) -> None:
         """After ``sum(losses).backward()``: write ``mean_i clip(∇loss_i, C1)`` into ``flat.g``."""
         dtype, device = self.flat.g.dtype, self.flat.g.device
@@ -82,14 +92,20 @@ class LinearPerSample:
         for path, module, w_view, b_view in self.layers:
             entries = self.records.get(id(module), [])
             if not entries:
+                self._check_unused(path, module)
                 work.append((w_view, b_view, None, None, None))  # unused this step: zero gradient
                 continue
             if any(g is None for _, g in entries):
                 raise UnlearningRunError(f"layer {path!r} ran forward but received no gradient")
+            for A, G in entries:
+                if A.dim() == 0 or A.shape[0] != batch or G.shape[0] != batch:
+                    raise UnlearningRunError(
+                        f"layer {path!r} saw inputs of shape {tuple(A.shape)} whose first axis is not the batch "
+                        f"({batch}): per-sample clipping needs batch-first inputs at every layer (a sequence-first "
+                        "layout such as (S, B, F) would be split along the wrong axis); use batch-first layers or "
+                        "clip='batch'")
             if len(entries) == 1 and entries[0][0].dim() == 2:
                 A, G = entries[0]
-                if A.shape[0] != batch:
-                    raise UnlearningRunError(f"layer {path!r} saw batch {A.shape[0]}, expected {batch}")
                 g_sq = G.pow(2).sum(dim=1)
                 if w_view is not None:
                     sq += A.pow(2).sum(dim=1) * g_sq

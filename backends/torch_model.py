@@ -55,12 +55,16 @@ def select_parameters(model: nn.Module, params: Iterable[Any] | None) -> ModelPa
     Args:
         model: the trained model.
         params: ``None`` for every parameter with ``requires_grad``; otherwise parameter names (as in
-            ``named_parameters()``) or the parameter objects themselves.
+            ``named_parameters()``) or the parameter objects themselves. Either way the unlearned
+            parameters are kept in ``named_parameters()`` order (the order of the flat vector ``x``).
 
     Raises:
         InvalidParameterError: an unknown name or object, or an empty selection.
     """
     named = list(model.named_parameters())
+    if isinstance(params, str):
+        raise InvalidParameterError("params", params, "an iterable of names or parameters, e.g. [" + repr(params)
+                                    + "], not a single string")
     if params is None:
         chosen = [(n, p) for n, p in named if p.requires_grad]
     else:

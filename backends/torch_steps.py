@@ -9,7 +9,12 @@ independently, and the tests check one against the other.
 
 Soundness margin: :func:`clip` and :func:`project_ball` aim at ``C·(1 − SAFETY)`` rather than
 ``C``, so that the float32 rounding of a norm (up to ~3e-7 relative, measured) can never leave a
-clipped gradient or a projected iterate outside the radius the accountant was told.
+clipped gradient or a projected iterate outside the radius the accountant was told. Around a centre
+``c`` a relative margin is not enough: adding ``c`` back rounds each coordinate to the precision of
+``|c_i|``, an absolute error that can exceed a small radius (C = 1e-3 around |c_i| ≈ 1, d = 1e5 lands
+4e-5 outside). So :func:`project_ball` measures ``‖x − c‖`` again, accumulated in float64, and shrinks
+again until it is within ``C`` (falling back to ``c`` itself, distance 0, if float32 cannot represent
+a closer point inside the ball).
 
 Source: THEORY.md §1 (anchored balls), §2 (gradient clipping), §3 (model clipping), §4 (output
 perturbation).
@@ -65,7 +70,41 @@ def project_ball(x: torch.Tensor, C: float, center: torch.Tensor | None = None) 
         return x.mul_(_shrink_factor(norm(x), C))
     x.sub_(center)
     x.mul_(_shrink_factor(norm(x), C))
-    return x.add_(center)
+    x.add_(center)
+    return _enforce_radius(x, C, center)
+
+
+#: Retries of the re-measured projection before a row falls back to the centre itself.
+_RETRIES = 8
+#: Relative error bound of ``‖x − c‖`` as computed: ``x − c`` is exact to one float32 rounding per
+#: coordinate (relative, since x and c are close), the sum is accumulated in float64.
+_MEASURE_SLACK = 2.0 ** -22
+
+
+def _enforce_radius(x: torch.Tensor, C: float, center: torch.Tensor) -> torch.Tensor:
+    """Shrink rows of ``x`` whose measured ``‖x − c‖`` exceeds ``C`` until it does not (in place).
+
+    A row placed at intended radius ``t`` and measured at ``r > C`` carries a rounding error
+    ``e = r − t``; it is placed again at ``t − 2^k·e`` (k = 1, 2, ... per retry), so the next error,
+    of the same size, lands it inside. A row still outside after :data:`_RETRIES`, or whose radius
+    would fall to 0, is set to ``c`` exactly (distance 0). Costs one float64-accumulated norm when
+    every row is already inside, the common case.
+    """
+    limit = C / (1.0 + _MEASURE_SLACK)
+    target = torch.full((*x.shape[:-1], 1), C * (1.0 - SAFETY), dtype=torch.float64, device=x.device)
+    for attempt in range(_RETRIES + 1):
+        diff = x - center
+        dist = torch.linalg.vector_norm(diff, dim=-1, keepdim=True, dtype=torch.float64)
+        outside = dist > limit
+        if not bool(outside.any()):
+            return x
+        error = torch.maximum(dist - target, dist - limit)
+        target = torch.where(outside, target - 2.0 ** (attempt + 1) * error, target)
+        if attempt == _RETRIES:
+            target = torch.where(outside, 0.0, target)
+        factor = torch.where(outside, (target / dist).clamp(min=0.0), 1.0).to(x.dtype)
+        torch.addcmul(center, diff, factor, out=x)
+    return x
 
 
 def add_noise(

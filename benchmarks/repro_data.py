@@ -1,8 +1,8 @@
 """Data for the reproduction benchmark: arrays, train/validation/test splits, forget sets, public halves.
 
 Two sources, neither downloads anything: scikit-learn's bundled ``digits`` (8×8 images, 1797 samples)
-and Fashion-MNIST from the Debian package's IDX files (``/usr/share/datasets/fashion-mnist/``), read
-through ``certun.data`` when that module exists, else by the minimal IDX reader below.
+and Fashion-MNIST from the Debian package's IDX files (``/usr/share/datasets/fashion-mnist/``), both read
+through ``certun.data`` when that module exists, else by the minimal readers below (same scaling).
 
 The split of the pooled data into train / validation / test is fixed (seed 0) so that every seed of
 the benchmark is scored on the same test set; what varies per seed is the forget set, the model
@@ -54,46 +54,51 @@ def read_idx(path: Path) -> np.ndarray:
     return data.reshape(shape)
 
 
-def _fashion_arrays() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Fashion-MNIST as float32 images in [0, 1] of shape (n, 1, 28, 28) and int64 labels."""
+def _scale(images: np.ndarray, maximum: float) -> np.ndarray:
+    """Pixels ``[0, maximum]`` -> float32 ``[-1, 1]`` with a channel axis (the scaling certun.data uses)."""
+    x = np.asarray(images).astype(np.float32) * np.float32(2.0 / maximum) - np.float32(1.0)
+    return x.reshape(len(x), 1, *x.shape[-2:])
+
+
+def _from_certun_data(name: str) -> tuple[np.ndarray, np.ndarray] | None:
+    """The pooled arrays from ``certun.data`` (pool and test set together), or ``None`` if it is absent."""
     try:
         data_module = importlib.import_module("certun.data")
     except ModuleNotFoundError:
-        data_module = None
-    loader = getattr(data_module, "load_fashion_mnist", None) if data_module is not None else None
-    if loader is not None:
-        out = loader()
-        if isinstance(out, tuple) and len(out) == 4:
-            xtr, ytr, xte, yte = (np.asarray(a) for a in out)
-            return _as_images(xtr), ytr.astype(np.int64), _as_images(xte), yte.astype(np.int64)
-    if not FASHION_DIR.is_dir():
-        raise FileNotFoundError(f"Fashion-MNIST not found in {FASHION_DIR}; install the Debian package "
-                                "(fashion-mnist) or use --data digits")
-    xtr = read_idx(FASHION_DIR / "train-images-idx3-ubyte.gz")
-    ytr = read_idx(FASHION_DIR / "train-labels-idx1-ubyte.gz")
-    xte = read_idx(FASHION_DIR / "t10k-images-idx3-ubyte.gz")
-    yte = read_idx(FASHION_DIR / "t10k-labels-idx1-ubyte.gz")
-    return _as_images(xtr), ytr.astype(np.int64), _as_images(xte), yte.astype(np.int64)
-
-
-def _as_images(x: np.ndarray) -> np.ndarray:
-    x = np.asarray(x)
-    scale = 255.0 if x.dtype == np.uint8 or x.max() > 1.5 else 1.0
-    return (x.astype(np.float32) / scale).reshape(len(x), 1, 28, 28)
+        return None
+    loader = getattr(data_module, "load_fashion_mnist" if name == "fashion-mnist" else "load_digits_data", None)
+    if loader is None:
+        return None
+    data = loader()
+    xs, ys = [data.pool_x], [data.pool_y]
+    if data.test_x is not None:
+        xs.append(data.test_x)
+        ys.append(data.test_y)
+    return np.concatenate(xs).astype(np.float32), np.concatenate(ys).astype(np.int64)
 
 
 def load_arrays(name: str) -> tuple[np.ndarray, np.ndarray]:
-    """All samples of a data set pooled: images ``(n, 1, h, w)`` float32 in [0, 1] and int64 labels."""
+    """All samples of a data set pooled: images ``(n, 1, h, w)`` float32 in [-1, 1] and int64 labels.
+
+    Uses ``certun.data`` when it is installed, else the minimal readers here (same scaling).
+    """
+    if name not in DATASETS:
+        raise ValueError(f"unknown data set {name!r}; valid: {', '.join(DATASETS)}")
+    pooled = _from_certun_data(name)
+    if pooled is not None:
+        return pooled
     if name == "digits":
         from sklearn.datasets import load_digits
 
         bunch = load_digits()
-        x = (bunch.images.astype(np.float32) / 16.0).reshape(-1, 1, 8, 8)
-        return x, bunch.target.astype(np.int64)
-    if name == "fashion-mnist":
-        xtr, ytr, xte, yte = _fashion_arrays()
-        return np.concatenate([xtr, xte]), np.concatenate([ytr, yte])
-    raise ValueError(f"unknown data set {name!r}; valid: {', '.join(DATASETS)}")
+        return _scale(bunch.images, 16.0), bunch.target.astype(np.int64)
+    if not FASHION_DIR.is_dir():
+        raise FileNotFoundError(f"Fashion-MNIST not found in {FASHION_DIR}; install the Debian package "
+                                "(dataset-fashion-mnist) or use --data digits")
+    parts = [(read_idx(FASHION_DIR / f"{p}-images-idx3-ubyte.gz"), read_idx(FASHION_DIR / f"{p}-labels-idx1-ubyte.gz"))
+             for p in ("train", "t10k")]
+    return (np.concatenate([_scale(x, 255.0) for x, _ in parts]),
+            np.concatenate([y.astype(np.int64) for _, y in parts]))
 
 
 @dataclass(frozen=True)
@@ -158,7 +163,7 @@ def forget_mask(y: np.ndarray, scenario: str, seed: int, *, fraction: float = 0.
     rng = np.random.default_rng(10_000 + seed)
     mask = np.zeros(len(y), dtype=bool)
     if scenario == "random10":
-        mask[rng.choice(len(y), size=max(1, int(round(fraction * len(y)))), replace=False)] = True
+        mask[rng.choice(len(y), size=max(1, round(fraction * len(y))), replace=False)] = True
         return mask, f"random {fraction:.0%} of train"
     if scenario == "class":
         cls = int(rng.integers(int(y.max()) + 1))

@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.nn import functional as F
+from torch.nn import functional as F  # noqa: N812 (the conventional name)
 from torch.utils.data import DataLoader
 
 from certun.accountant import Guarantee, Schedule, Variant, guarantee, plan
@@ -36,6 +36,7 @@ METHODS = {
     "mc": "model clipping",
     "op": "output perturbation",
     "gc_authors": "gradient clipping, authors' ε accounting",
+    "retrain_isotropic": "retrain from scratch, isotropic init of norm C0 (no noisy phase)",
 }
 
 POSTPROCESS = ("project_C0", "none", "rescale_layers")
@@ -161,7 +162,7 @@ def rescale_layers(model: nn.Module, target_norms: dict[str, float], center: dic
 
 def run_noisy(model: nn.Module, retain: DataLoader, cfg: NoisyConfig, *, seed: int,
               center: dict[str, torch.Tensor] | None = None,
-              init_norms: dict[str, float] | None = None) -> tuple[nn.Module, dict[str, Any]]:
+              init_norms: dict[str, float] | None = None, device: str = "cpu") -> tuple[nn.Module, dict[str, Any]]:
     """Run the noisy phase of ``cfg`` through the torch backend; return the model and what it cost.
 
     The returned info holds the schedule's σ and true guarantee, the noisy-phase gradient
@@ -175,7 +176,7 @@ def run_noisy(model: nn.Module, retain: DataLoader, cfg: NoisyConfig, *, seed: i
     t0 = time.perf_counter()
     result = get_backend("torch").unlearn(model, retain, schedule, loss_fn=F.cross_entropy, center=center,
                                           clip=cfg.clip, finetune_epochs=0, postprocess=backend_pp, seed=seed,
-                                          progress=False, device="cpu")
+                                          progress=False, device=device)
     seconds = time.perf_counter() - t0
     out = result.model
     if cfg.postprocess == "rescale_layers":
@@ -184,9 +185,11 @@ def run_noisy(model: nn.Module, retain: DataLoader, cfg: NoisyConfig, *, seed: i
         rescale_layers(out, init_norms, center)
     d = sum(p.numel() for p in out.parameters())
     cert = result.certificate
+    cos = cosine_to_original(model, out, center)
     info = {
         **noise_summary(schedule, d),
         "d": d,
+        "cos_to_original": cos,
         "noisy_grads": _cycled_samples(retain, schedule.T),
         "unlearn_seconds": seconds,
         "noisy_seconds": (result.history.get("time_s") or [0.0])[-1] if schedule.T else 0.0,
@@ -195,6 +198,23 @@ def run_noisy(model: nn.Module, retain: DataLoader, cfg: NoisyConfig, *, seed: i
         "schedule": schedule.to_dict(),
     }
     return out, info
+
+
+def cosine_to_original(original: nn.Module, unlearned: nn.Module,
+                       center: dict[str, torch.Tensor] | None) -> float:
+    """cos∠(x − c, x̂ − c): how much of the trained model's direction survives the noisy phase.
+
+    For a vector independent of x̂ in d dimensions this is of order ±1/√d (THEORY.md §8 predicts the
+    noise erases everything beyond the centre).
+    """
+    a, b = [], []
+    for (name, p), q in zip(original.named_parameters(), unlearned.parameters(), strict=True):
+        c = center[name].reshape(-1).double() if center is not None else 0.0
+        a.append(p.detach().reshape(-1).double() - c)
+        b.append(q.detach().reshape(-1).double() - c)
+    va, vb = torch.cat(a), torch.cat(b)
+    denom = float(va.norm() * vb.norm())
+    return float(va @ vb) / denom if denom > 0 else 0.0
 
 
 def _claimed_eps(cert: dict[str, Any]) -> float | None:

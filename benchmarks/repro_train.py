@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from repro_data import Split
 from torch import nn
-from torch.nn import functional as F
+from torch.nn import functional as F  # noqa: N812 (the conventional name)
 from torch.utils.data import DataLoader, TensorDataset
 
 __all__ = ["Curve", "accuracy", "evaluate", "loader", "sgd_epoch", "train_curve"]
@@ -38,10 +38,11 @@ def accuracy(model: nn.Module, split: Split, *, batch_size: int = 2048) -> float
         raise ValueError("accuracy of an empty split is undefined")
     was = model.training
     model.eval()
+    device = next(model.parameters()).device
     correct = 0
     for i in range(0, len(split), batch_size):
-        x = torch.from_numpy(split.x[i:i + batch_size])
-        y = torch.from_numpy(split.y[i:i + batch_size])
+        x = torch.from_numpy(split.x[i:i + batch_size]).to(device)
+        y = torch.from_numpy(split.y[i:i + batch_size]).to(device)
         correct += int((model(x).argmax(1) == y).sum())
     model.train(was)
     return correct / len(split)
@@ -57,7 +58,9 @@ def sgd_epoch(model: nn.Module, data: DataLoader, lr: float) -> int:
     model.train()
     n = 0
     params = [p for p in model.parameters() if p.requires_grad]
+    device = params[0].device
     for x, y in data:
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         loss = F.cross_entropy(model(x), y)
         grads = torch.autograd.grad(loss, params)
         with torch.no_grad():

@@ -1,14 +1,20 @@
 """Verifiable unlearning certificates: issue, sign, verify.
 
 A certificate is the product's promise in a file: closed, versioned JSON holding the claim (ε, δ),
-the full mechanism (``Schedule.to_dict()``), digests of the model tensors, salted Merkle roots of the
+the full mechanism (``Schedule.to_dict()``), digests of the model tensors (a salted commitment for
+a first request's starting model), salted Merkle roots of the
 retain and forget sets, a commitment to the noise seed, an optional link to the previous certificate
 and an optional Ed25519 ``eddsa-jcs-2022`` signature. :func:`verify` recomputes the guarantee with
 the accountant and never trusts a stored number. Format and guarantees: docs/certificates.md.
 """
 
 from certun.certificates.canonical import canonical_bytes, content_digest
-from certun.certificates.commitment import open_seed_commitment, seed_commitment
+from certun.certificates.commitment import (
+    model_commitment,
+    open_model_commitment,
+    open_seed_commitment,
+    seed_commitment,
+)
 from certun.certificates.digest import model_digest, tensor_digest
 from certun.certificates.issue import issue, write_certificate
 from certun.certificates.merkle import MerkleReceipt, MerkleTree, merkle_tree, verify_receipt
@@ -43,7 +49,9 @@ __all__ = [
     "load_public_key",
     "load_signing_key",
     "merkle_tree",
+    "model_commitment",
     "model_digest",
+    "open_model_commitment",
     "open_seed_commitment",
     "public_key_multibase",
     "seed_commitment",

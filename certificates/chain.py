@@ -66,7 +66,11 @@ def check_chain(doc: Mapping[str, Any], folder: str | os.PathLike) -> tuple[Stat
             warnings.append(f"{path.name} was issued after its successor ({previous['issued_at']} > "
                             f"{current['issued_at']})")
         before, after = current["artifacts"]["model_before"], previous["artifacts"]["unlearned_model"]
-        if before is not None and after is not None and before["root"] != after["root"]:
+        if before is not None and after is not None and "commitment" in before:
+            warnings.append(f"sequence {sequence} did not start from the model released at sequence {sequence - 1} "
+                            "(it commits to its starting model; certun publishes that model's digest only when it is "
+                            "the previously released one)")
+        elif before is not None and after is not None and before["root"] != after["root"]:
             warnings.append(f"sequence {sequence} did not start from the model released at sequence {sequence - 1}")
         seen.add(link)
         current = previous

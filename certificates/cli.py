@@ -102,7 +102,8 @@ def _inspect(args: argparse.Namespace) -> int:
     ]
     for name in ("unlearned_model", "model_before", "center"):
         if art[name] is not None:
-            lines.append(f"{name + ' ':<15}{art[name]['root']}")
+            value = art[name].get("root") or "committed (salted): " + art[name]["commitment"]
+            lines.append(f"{name + ' ':<15}{value}")
     for name in ("retain_set", "forget_set"):
         s = art[name]
         lines.append(f"{name:<15}" + ("not recorded" if s is None else

@@ -1,4 +1,6 @@
-"""A salted commitment to the noise seed: the certificate binds the run to one seed without revealing it.
+"""Salted commitments: to the noise seed, and to the trained model a first request starts from.
+
+The certificate binds the run to one seed and one starting model without revealing either.
 
 Anyone holding the seed, the retain data and the released model could regenerate the Gaussian noise
 and subtract it, undoing the unlearning; so the seed never enters a certificate. The run's owner
@@ -9,6 +11,17 @@ it against the public commitment and can then replay the committed run. Source: 
 Scheme ``certun.seed-commitment.sha256.v1``::
 
     commitment = SHA-256( "certun.seed-commitment.v1\\0" || salt || ascii(decimal(seed)) ),  salt: 32 random bytes
+
+The model the *first* deletion request starts from, ``A(D)``, was trained on the forget set. A plain
+digest of it would let anyone who can retrain (public recipe and seed, known retain data) test
+whether a candidate record was in D by comparing hashes, and tiny tensors could be brute-forced; so
+the certificate holds only a salted commitment to its digest root, and the opening (root and salt)
+goes back to the run's owner. Scheme ``certun.model-commitment.sha256.v1``::
+
+    commitment = SHA-256( "certun.model-commitment.v1\\0" || salt || ascii("sha256:<hex root>") ),  salt: 32 bytes
+
+The root (:func:`certun.certificates.model_digest`) binds every tensor's name, dtype, shape and bytes.
+Source: docs/certificates.md (``artifacts.model_before``).
 """
 
 from __future__ import annotations
@@ -23,13 +36,25 @@ from typing import Any
 
 from certun.errors import InvalidParameterError
 
-__all__ = ["COMMITMENT_SCHEME", "open_seed_commitment", "seed_commitment"]
+__all__ = [
+    "COMMITMENT_SCHEME",
+    "MODEL_COMMITMENT_SCHEME",
+    "model_commitment",
+    "open_model_commitment",
+    "open_seed_commitment",
+    "seed_commitment",
+]
 
 #: Name of the commitment scheme, recorded in the certificate's ``randomness`` section.
 COMMITMENT_SCHEME = "certun.seed-commitment.sha256.v1"
 
+#: Name of the model commitment scheme, recorded in ``artifacts.model_before`` of a first request.
+MODEL_COMMITMENT_SCHEME = "certun.model-commitment.sha256.v1"
+
 _TAG = b"certun.seed-commitment.v1\x00"
+_MODEL_TAG = b"certun.model-commitment.v1\x00"
 _HEX64 = re.compile(r"[0-9a-f]{64}")
+_ROOT = re.compile(r"sha256:[0-9a-f]{64}")
 
 
 def _commit(seed: int, salt: bytes) -> str:
@@ -83,3 +108,42 @@ def open_seed_commitment(public: Mapping[str, Any], private: Mapping[str, Any]) 
     if not isinstance(commitment, str):
         return False
     return hmac.compare_digest(_commit(seed, bytes.fromhex(salt)), commitment)
+
+
+def _commit_model(root: str, salt: bytes) -> str:
+    return "sha256:" + hashlib.sha256(_MODEL_TAG + salt + root.encode("ascii")).hexdigest()
+
+
+def model_commitment(digest: Any, *, salt: bytes | None = None) -> tuple[dict[str, str], dict[str, str]]:
+    """Commit to a model digest: returns ``(public, private)``.
+
+    ``public = {"scheme", "commitment"}`` goes into the certificate (``RunRecord.model_before_commitment``);
+    ``private = {"scheme", "root", "salt"}`` is the opening, kept by the run's owner for a trusted
+    auditor (who checks the model before against ``root`` with :func:`certun.certificates.model_digest`).
+
+    Args:
+        digest: a :class:`~certun.certificates.ModelDigest` or its root ``"sha256:<hex>"``.
+        salt: 32 bytes; fresh random bytes when omitted (give it only to reproduce a commitment).
+    """
+    root = getattr(digest, "root", digest)
+    if not (isinstance(root, str) and _ROOT.fullmatch(root)):
+        raise InvalidParameterError("digest", root, "a ModelDigest or a root 'sha256:' followed by 64 hex digits")
+    if salt is None:
+        salt = secrets.token_bytes(32)
+    if not isinstance(salt, (bytes, bytearray)) or len(salt) != 32:
+        raise InvalidParameterError("salt", salt, "32 bytes")
+    public = {"scheme": MODEL_COMMITMENT_SCHEME, "commitment": _commit_model(root, bytes(salt))}
+    private = {"scheme": MODEL_COMMITMENT_SCHEME, "root": root, "salt": bytes(salt).hex()}
+    return public, private
+
+
+def open_model_commitment(public: Mapping[str, Any], private: Mapping[str, Any]) -> bool:
+    """True iff the opening ``private`` (root and salt) matches the model commitment ``public``."""
+    if public.get("scheme") != MODEL_COMMITMENT_SCHEME or private.get("scheme") != MODEL_COMMITMENT_SCHEME:
+        return False
+    salt, root, commitment = private.get("salt"), private.get("root"), public.get("commitment")
+    if not (isinstance(salt, str) and _HEX64.fullmatch(salt)):
+        return False
+    if not (isinstance(root, str) and _ROOT.fullmatch(root)) or not isinstance(commitment, str):
+        return False
+    return hmac.compare_digest(_commit_model(root, bytes.fromhex(salt)), commitment)

@@ -3,7 +3,8 @@
 The schema checks each field alone; these checks tie fields together: the claim is the mechanism's
 target, T matches the σ/γ schedules and the number of noisy steps run, d matches the recorded
 parameter shapes, the clipping granularity fits the variant, the model digests cover exactly the
-unlearned parameters and their roots agree with their per-tensor digests. Every problem is
+unlearned parameters and their roots agree with their per-tensor digests, and the first certificate
+of a ledger commits to its starting model instead of publishing its digest. Every problem is
 collected, none is silently skipped. Source: THEORY.md §1-§3 and §6; issue 3 ("internal consistency").
 """
 
@@ -137,9 +138,16 @@ def consistency_problems(doc: Mapping[str, Any]) -> list[str]:
         problems.append(f"{label} needs gradient clipping per_sample or batch, "
                         f"but execution.clipping is {ex['clipping']!r}")
 
-    # digests of the model
+    # digests of the model; model_before may be a salted commitment instead (docs/certificates.md)
     for name in ("unlearned_model", "model_before", "center"):
+        if name == "model_before" and isinstance(art[name], Mapping) and "commitment" in art[name]:
+            continue
         problems.extend(_model_problems(name, art[name], unlearned))
+    before = art["model_before"]
+    if chain["sequence"] == 0 and isinstance(before, Mapping) and "tensors" in before:
+        problems.append("artifacts.model_before is a plain digest in the first certificate of a ledger (sequence 0): "
+                        "that model was trained on the forget set, and publishing its hash reveals whether a record "
+                        "was in the training data; it must be a salted commitment (certun.model-commitment.sha256.v1)")
     after = art["unlearned_model"]
     expected_subject = ([] if after is None else
                         [{"name": "unlearned_model", "digest": {"sha256": after["root"][len("sha256:"):]}}])

@@ -92,16 +92,49 @@ def _shapes(record: RunRecord) -> dict[str, list[int]]:
     return {}
 
 
-def _previous_link(previous: Mapping[str, Any] | bytes | str | os.PathLike | None) -> dict[str, Any]:
+def _load_previous(previous: Mapping[str, Any] | bytes | str | os.PathLike | None) -> Mapping[str, Any] | None:
     if previous is None:
-        return {"sequence": 0, "previous": None}
+        return None
     prev = previous if isinstance(previous, Mapping) else load_certificate(previous)
     digest = content_digest(prev)
     if prev.get("content_digest") != digest:
         raise CertificateFormatError(
             f"previous certificate's content_digest {prev.get('content_digest')!r} does not match its content "
             f"({digest}); refusing to chain onto a modified certificate")
-    return {"sequence": int(prev["chain"]["sequence"]) + 1, "previous": digest}
+    return prev
+
+
+def _previous_link(prev: Mapping[str, Any] | None) -> dict[str, Any]:
+    if prev is None:
+        return {"sequence": 0, "previous": None}
+    return {"sequence": int(prev["chain"]["sequence"]) + 1, "previous": content_digest(prev)}
+
+
+def _model_before(record: RunRecord, prev: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """``artifacts.model_before``: a salted commitment, or a plain digest of a model already public.
+
+    A plain digest is accepted only when it is the model the previous certificate released: the
+    starting model of a first request was trained on the forget set, and a plain hash of it would let
+    anyone who can retrain test membership (docs/certificates.md, ``artifacts.model_before``).
+    """
+    plain, commitment = record.model_before, record.model_before_commitment
+    if plain is not None and commitment is not None:
+        raise InvalidParameterError("record.model_before", "<plain digest and commitment>",
+                                    "a plain digest or a commitment, not both")
+    if commitment is not None:
+        return dict(commitment)
+    if plain is None:
+        return None
+    released = None if prev is None else (prev.get("artifacts") or {}).get("unlearned_model")
+    if released is None or released.get("root") != plain.root:
+        where = ("this is the first request: its starting model was trained on the forget set"
+                 if prev is None else "it is not the model the previous certificate released")
+        raise InvalidParameterError(
+            "record.model_before", plain.root, "a salted commitment (record.model_before_commitment) unless it is "
+            "the model the previous certificate released",
+            hint=f"{where}, and a plain digest of it reveals whether a record was in the training data; build "
+                 "one with certun.certificates.commitment.model_commitment(digest) and keep the opening private")
+    return _model(plain)
 
 
 def issue(schedule: Schedule, record: RunRecord, *, previous: Mapping[str, Any] | bytes | str | os.PathLike
@@ -123,7 +156,8 @@ def issue(schedule: Schedule, record: RunRecord, *, previous: Mapping[str, Any] 
 
     Raises:
         InvalidParameterError: the schedule does not meet its own target, the record contains a raw
-            seed or reused noise, or the record is inconsistent with the schedule.
+            seed or reused noise, the record is inconsistent with the schedule, or it gives a plain
+            digest of a starting model that is not the previous certificate's released model.
         CertificateFormatError: the record does not fit the certificate schema.
     """
     if not isinstance(schedule, Schedule):
@@ -141,6 +175,8 @@ def issue(schedule: Schedule, record: RunRecord, *, previous: Mapping[str, Any] 
                                     "a target the recomputed guarantee meets", hint=decision.detail)
     rec = decision.recomputed
     issued_at = utc_timestamp(created)
+    prev = _load_previous(previous)
+    model_before = _model_before(record, prev)
     after = record.model_after
     document: dict[str, Any] = {
         "format": CERTIFICATE_FORMAT,
@@ -183,7 +219,7 @@ def issue(schedule: Schedule, record: RunRecord, *, previous: Mapping[str, Any] 
         },
         "artifacts": {
             "unlearned_model": _model(after),
-            "model_before": _model(record.model_before),
+            "model_before": model_before,
             "center": _model(record.center),
             "retain_set": _id_set(record.retain_root, record.retain_count, record.id_scheme),
             "forget_set": _id_set(record.forget_root, record.forget_count, record.id_scheme),
@@ -192,7 +228,7 @@ def issue(schedule: Schedule, record: RunRecord, *, previous: Mapping[str, Any] 
             "seed_commitment": None if record.seed_commitment is None else dict(record.seed_commitment),
             "noise_draws": "fresh_per_step",
         },
-        "chain": _previous_link(previous),
+        "chain": _previous_link(prev),
         "issued_at": issued_at,
     }
     # JSON round trip: tuples become lists, and anything not JSON fails here rather than in a file

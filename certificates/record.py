@@ -48,6 +48,13 @@ class RunRecord:
             ``model_after`` is the *released* model (after post-processing and fine-tuning), the one
             ``certun verify --model`` checks. Both must cover exactly ``unlearned_parameters``
             (build them with :func:`certun.certificates.model_digest`, which also records shapes).
+            A plain ``model_before`` is allowed only for a chained request that starts from the
+            model the previous certificate released (public already); see next field.
+        model_before_commitment: salted commitment to ``model_before``'s root
+            (:func:`certun.certificates.commitment.model_commitment`), used instead of a plain
+            ``model_before`` whenever the starting model is not public, in particular for the first
+            request, whose starting model was trained on the forget set: a plain digest of it would
+            reveal membership. At most one of the two is set.
         center: digest of the ball centre (THEORY.md §1 anchored balls), ``None`` for the origin.
         retain_root / forget_root: salted Merkle roots over record identifiers (hex), if given.
         retain_count / forget_count: number of records in each set, if known.
@@ -85,3 +92,4 @@ class RunRecord:
     finished_at: str | None = None
     versions: Mapping[str, str] = field(default_factory=dict)
     extra: Mapping[str, Any] = field(default_factory=dict)
+    model_before_commitment: Mapping[str, str] | None = None

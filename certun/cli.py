@@ -18,6 +18,7 @@ _COMMAND_MODULES = (
     "certun.plan_cli",
     "certun.audit.cli",
     "certun.certificates.cli",
+    "certun.demo",
 )
 
 

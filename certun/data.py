@@ -348,9 +348,9 @@ def make_splits(
     if retain.size == 0:
         raise InvalidParameterError("forget set", f"{forget.size} of {train.size} training records",
                                     "a proper subset of train (the retain set would be empty)")
-    as64 = (lambda a: a.astype(np.int64))
-    return Splits(train=as64(train), validation=as64(validation), public=as64(public), forget=as64(forget),
-                  retain=as64(retain), test=None if test is None else as64(test))
+    return Splits(train=train.astype(np.int64), validation=validation.astype(np.int64),
+                  public=public.astype(np.int64), forget=forget.astype(np.int64), retain=retain.astype(np.int64),
+                  test=None if test is None else test.astype(np.int64))
 
 
 # ----------------------------------------------------------------------------------------- loaders

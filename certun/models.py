@@ -1,22 +1,27 @@
-"""Small classifiers for ``certun demo``, built so that Opacus per-sample clipping can run them.
+"""Small classifiers for ``certun demo`` (built so that Opacus per-sample clipping can run them), and
+the plain training and scoring loops the demo uses for the original model.
 
 Both models avoid what the torch backend must refuse (docs/backends.md, soundness rules 5 and 7):
 no BatchNorm or other buffer computed from data (the CNN uses GroupNorm, which normalises each
 sample on its own), and no in-place operation on a hooked layer's output (``ReLU()``, never
 ``ReLU(inplace=True)``). Initialisation is seeded without touching the caller's global RNG.
+
+:func:`fit` is ordinary (non-private) SGD: it trains the *original* model, which is what a user would
+have before any deletion request. Unlearning itself runs in the backend (:mod:`certun.backends`).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
 
 import torch
 from torch import nn
 
 from certun.errors import InvalidParameterError
 
-__all__ = ["MODEL_CHOICES", "MLP", "SmallCNN", "build_model", "parameter_norm"]
+__all__ = ["MODEL_CHOICES", "MLP", "SmallCNN", "accuracy", "build_model", "fit", "parameter_norm"]
 
 MODEL_CHOICES = ("mlp", "cnn")
 
@@ -93,3 +98,63 @@ def parameter_norm(model: nn.Module) -> float:
     with torch.no_grad():
         squares = [p.detach().double().pow(2).sum() for p in model.parameters() if p.requires_grad]
         return math.sqrt(float(torch.stack(squares).sum())) if squares else 0.0
+
+
+def fit(model: nn.Module, loader: Iterable[Any], *, epochs: int, lr: float, momentum: float = 0.9,
+        device: torch.device | str = "cpu", on_epoch: Callable[[int, float], None] | None = None) -> nn.Module:
+    """Train ``model`` in place with SGD (``lr``, ``momentum``) on cross-entropy for ``epochs`` epochs.
+
+    ``on_epoch(epoch, mean_loss)`` is called after each epoch (epochs count from 1). The optimizer is
+    local to this call: nothing of its state survives it (THEORY.md §1 forbids reusing it later).
+
+    Raises:
+        InvalidParameterError: ``epochs`` < 0 or ``lr`` not positive.
+        FloatingPointError: the loss became NaN or infinite.
+    """
+    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 0:
+        raise InvalidParameterError("epochs", epochs, "an integer >= 0")
+    if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
+        raise InvalidParameterError("lr", lr, "a finite number > 0")
+    model.to(device)
+    optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum)
+    for epoch in range(1, epochs + 1):
+        model.train()
+        total, count = torch.zeros((), device=device), 0
+        for inputs, targets in loader:
+            inputs, targets = inputs.to(device), targets.to(device)
+            optimizer.zero_grad(set_to_none=True)
+            loss = nn.functional.cross_entropy(model(inputs), targets)
+            loss.backward()
+            optimizer.step()
+            total += loss.detach() * len(targets)
+            count += len(targets)
+        mean = float(total) / max(count, 1)
+        if not math.isfinite(mean):
+            raise FloatingPointError(f"training loss is {mean} in epoch {epoch} (lr={lr}); lower the learning rate")
+        if on_epoch is not None:
+            on_epoch(epoch, mean)
+    optimizer.zero_grad(set_to_none=True)
+    return model
+
+
+def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, device: torch.device | str = "cpu",
+             batch_size: int = 2048) -> float:
+    """Share of ``x`` that ``model`` classifies as ``y`` (evaluation mode, no gradients).
+
+    Raises:
+        InvalidParameterError: ``y`` is empty (an accuracy of nothing is undefined).
+    """
+    if len(y) == 0:
+        raise InvalidParameterError("y", "<empty>", "at least one example to score")
+    was_training = model.training
+    model.eval()
+    correct = 0
+    try:
+        with torch.no_grad():
+            for start in range(0, len(y), batch_size):
+                xb = x[start:start + batch_size].to(device)
+                yb = y[start:start + batch_size].to(device)
+                correct += int((model(xb).argmax(dim=1) == yb).sum())
+    finally:
+        model.train(was_training)
+    return correct / len(y)

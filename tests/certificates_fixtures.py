@@ -18,6 +18,7 @@ from certun.certificates import (
     issue,
     load_signing_key,
     merkle_tree,
+    model_commitment,
     model_digest,
     seed_commitment,
     tensor_digest,
@@ -29,6 +30,7 @@ TEST_KEY = load_signing_key(hashlib.sha256(b"certun test signing key").digest())
 OTHER_KEY = load_signing_key(hashlib.sha256(b"certun other test key").digest())
 MERKLE_SALT_KEY = hashlib.sha256(b"certun test merkle salt key").digest()
 SEED_SALT = hashlib.sha256(b"certun test seed salt").digest()
+MODEL_SALT = hashlib.sha256(b"certun test model salt").digest()
 FORGET_IDS = (3, 17, 42, 99)
 
 
@@ -80,7 +82,8 @@ def record(schedule: Schedule, *, model_seed: int = 0, **overrides: Any) -> RunR
     """A complete, consistent run record for ``schedule``."""
     p = params(model_seed)
     after = model_digest(p)
-    before = model_digest(params(model_seed + 1000))
+    # a first request commits to its starting model (a plain digest is only for chained requests)
+    before, _ = model_commitment(model_digest(params(model_seed + 1000)), salt=MODEL_SALT)
     public, _ = seed_commitment(1234, salt=SEED_SALT)
     forget = merkle_tree(FORGET_IDS, salt_key=MERKLE_SALT_KEY)
     retain = merkle_tree([i for i in range(120) if i not in FORGET_IDS], salt_key=MERKLE_SALT_KEY)
@@ -92,7 +95,7 @@ def record(schedule: Schedule, *, model_seed: int = 0, **overrides: Any) -> RunR
         d=sum(a.size for a in p.values()),
         noisy_steps=schedule.T,
         frozen_parameters={k: tensor_digest(k, v) for k, v in frozen().items()},
-        model_before=before,
+        model_before_commitment=before,
         model_after=after,
         retain_root=retain.root,
         forget_root=forget.root,
@@ -109,6 +112,8 @@ def record(schedule: Schedule, *, model_seed: int = 0, **overrides: Any) -> RunR
         versions={"numpy": "2.0.0"},
     )
     fields.update(overrides)
+    if fields.get("model_before") is not None and "model_before_commitment" not in overrides:
+        fields["model_before_commitment"] = None  # a plain starting digest replaces the commitment
     return RunRecord(**fields)
 
 

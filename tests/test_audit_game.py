@@ -17,6 +17,7 @@ from certun.accountant import Guarantee, Schedule, guarantee, plan
 from certun.audit import audit
 from certun.audit.game import backend_chains, default_thresholds, derive_seed, play, run_chains, under_noised
 from certun.audit.suite import quick_cases
+from certun.backends.certify import replay_noise_seed
 from certun.errors import InvalidParameterError
 
 torch.set_num_threads(1)
@@ -161,8 +162,11 @@ def test_batched_chains_equal_real_backend_runs(schedule, noise_mode):
     clip = "batch" if schedule is MC_CLIP else "per_sample"
     real = backend_chains(schedule, starts, noise_mode=noise_mode, seed=5, clip=clip)
     for i in range(2):
+        # the backend seeds its generator from the run's seed and inputs (certun.backends.certify.noise_seed)
+        seed_i = replay_noise_seed(derive_seed(5, i), unlearned={"weight": starts[i].reshape(1, -1)}, retain_ids=[0],
+                                   schedule=schedule)
         batched = run_chains(schedule, starts[i:i + 1], noise_mode=noise_mode,
-                             generator=torch.Generator().manual_seed(derive_seed(5, i)))
+                             generator=torch.Generator().manual_seed(seed_i))
         assert torch.equal(batched[0], real[i])
 
 

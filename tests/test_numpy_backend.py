@@ -122,6 +122,26 @@ def test_same_seed_reproduces_and_other_seed_differs():
     assert not np.array_equal(a.model.flat(), c.model.flat())
 
 
+def test_starting_model_is_committed_and_a_reused_seed_repeats_no_noise():
+    """The certificate commits to the trained model (the private opening opens it), a chained request records
+    the released model in plain, and the same seed on a second request draws other noise (zero gradients)."""
+    from certun.certificates import model_digest, open_model_commitment
+
+    rng = np.random.default_rng(0)
+    model = LinearModel(rng.normal(size=(3, 4)), rng.normal(size=3))
+    data = batches(rng.normal(size=(8, 4)), np.zeros(8, dtype=int), 8)
+    s = certun.plan(1.0, 1e-5, C0=1e6, C1=1.0, gamma=1e-9, T=1)
+    first = get_backend("numpy").unlearn(model, data, s, seed=5, postprocess="none")
+    before = first.certificate["artifacts"]["model_before"]
+    assert "root" not in before and open_model_commitment(before, first.model_before_opening)
+    assert first.model_before_opening["root"] == model_digest(model.named()).root
+    second = get_backend("numpy").unlearn(first.model, data, s, seed=5, postprocess="none", previous=first.certificate)
+    released = first.certificate["artifacts"]["unlearned_model"]["root"]
+    assert second.certificate["artifacts"]["model_before"]["root"] == released
+    n1, n2 = first.model.flat() - model.flat(), second.model.flat() - first.model.flat()
+    assert not np.allclose(n1, n2, rtol=1e-3)
+
+
 def test_no_seed_draws_one():
     """Without a seed the backend draws one and returns it."""
     model, data = _data()

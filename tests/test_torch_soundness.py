@@ -156,13 +156,14 @@ def test_other_buffers_rejected_unless_declared_public():
 
 @pytest.mark.parametrize("clip", ["per_sample", "ghost", "batch"])
 def test_frozen_parameters_untouched_and_recorded(clip):
-    """requires_grad=False parameters stay bit-identical, are recorded with their digests, flags restored."""
+    """requires_grad=False parameters declared public stay bit-identical, are recorded with their digests,
+    flags restored."""
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(4, 5), nn.ReLU(), nn.Linear(5, 2))
     model[0].requires_grad_(False)
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     r = BACKEND.unlearn(model, _data(), _gc(T=2), loss_fn=F.cross_entropy, clip=clip, seed=1, progress=False,
-                        finetune_epochs=1)
+                        finetune_epochs=1, frozen="public")
     after = dict(r.model.named_parameters())
     for name in ("0.weight", "0.bias"):
         assert torch.equal(after[name], before[name])
@@ -302,3 +303,17 @@ def test_returned_model_carries_no_opacus_state(clip, first):
         assert not any(hasattr(p, a) for a in ("grad_sample", "_forward_counter", "_norm_sample"))
     copy.deepcopy(r.model)
     torch.save(r.model.state_dict(), io.BytesIO())
+
+
+def test_released_model_is_inside_the_C0_ball_around_a_far_centre():
+    """A float32 run centred at weights with |c_i| ≈ 5 and C0 = 1e-3 releases a model within C0 of the centre,
+    measured exactly in float64 (adding c back must not push it out)."""
+    torch.manual_seed(0)
+    model = nn.Linear(1000, 100)
+    centre = {k: v.detach() + 5.0 for k, v in model.state_dict().items()}
+    s = certun.plan(1.0, 1e-5, C0=1e-3, C1=1.0, gamma=1e-3, T=1)
+    r = _quiet(model=model, data=_data(d_in=1000), schedule=s, loss_fn=_zero_grad_loss, center=centre,
+               clip="batch")
+    x = torch.cat([p.detach().reshape(-1).double() for p in r.model.parameters()])
+    c = torch.cat([centre[n].reshape(-1).double() for n, _ in r.model.named_parameters()])
+    assert (x - c).norm().item() <= s.C0

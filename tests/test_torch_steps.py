@@ -73,6 +73,29 @@ def test_project_ball_lands_in_ball_around_center(seed, d, scale, C, centred):
                                rtol=1e-10, atol=1e-10 * max(1.0, scale))
 
 
+@pytest.mark.parametrize("C", [1e-2, 1e-3, 1e-4])
+@pytest.mark.parametrize("centre_scale", [1.0, 5.0])
+def test_float32_projection_around_a_far_centre_lands_inside(C, centre_scale):
+    """Around a centre with large coordinates, adding c back rounds by ~|c_i|·2^-24 per coordinate; the
+    projected float32 point is still within C of c (measured in float64) and not needlessly shrunk."""
+    d = 100_000
+    c = _vector(0, d, centre_scale)
+    x = c + _vector(1, d, 1.0)
+    y = ts.project_ball(x.clone(), C, c)
+    dist = np.linalg.norm(y.double().numpy() - c.double().numpy())
+    assert dist <= C
+    assert dist >= 0.5 * C or np.array_equal(y.numpy(), c.numpy())
+    rows = ts.project_ball(torch.stack([x, x]), C, c)
+    assert all(np.linalg.norm(r.double().numpy() - c.double().numpy()) <= C for r in rows)
+
+
+def test_projection_falls_back_to_the_centre_when_float32_cannot_do_better():
+    """When the radius is below float32's spacing around c, the only representable point inside is c itself."""
+    c = torch.full((1000,), 1e4)
+    y = ts.project_ball(c + 1.0, 1e-9, c)
+    assert torch.equal(y, c)
+
+
 def test_project_ball_is_global_not_per_tensor():
     """Projection scales the whole vector by one factor, even if every part alone is inside the ball."""
     x = torch.tensor([0.8, 0.0, 0.0, 0.8], dtype=torch.float64)  # two "tensors" of norm 0.8 each
