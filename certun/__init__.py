@@ -9,6 +9,7 @@ from certun.accountant import Guarantee, Method, Mode, Schedule, Variant, guaran
 from certun.errors import (
     CertificateFormatError,
     CertunError,
+    DatasetFormatError,
     InfeasibleError,
     InvalidParameterError,
     NumericalError,
@@ -44,5 +45,6 @@ __all__ = [
     "NumericalError",
     "UnsupportedModelError",
     "CertificateFormatError",
+    "DatasetFormatError",
     "UnlearningRunError",
 ]

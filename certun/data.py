@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from certun.errors import CertunError, InvalidParameterError
+from certun.errors import DatasetFormatError, InvalidParameterError
 
 __all__ = [
     "DATA_CHOICES",
@@ -64,10 +64,6 @@ _IDX_DTYPES = {
     0x0E: np.dtype(">f8"),
 }
 _GZIP_MAGIC = b"\x1f\x8b"
-
-
-class DatasetFormatError(CertunError, ValueError):
-    """A data file is malformed (bad IDX magic number, truncated, inconsistent sizes)."""
 
 
 # ----------------------------------------------------------------------------------------- IDX files

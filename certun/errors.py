@@ -18,6 +18,7 @@ __all__ = [
     "NumericalError",
     "UnsupportedModelError",
     "CertificateFormatError",
+    "DatasetFormatError",
     "UnlearningRunError",
 ]
 
@@ -84,6 +85,10 @@ class UnsupportedModelError(CertunError, ValueError):
 
 class CertificateFormatError(CertunError, ValueError):
     """A certificate file is malformed (not strict JSON, unknown version, schema violation)."""
+
+
+class DatasetFormatError(CertunError, ValueError):
+    """A data file is malformed (bad IDX magic number, truncated, inconsistent sizes)."""
 
 
 class UnlearningRunError(CertunError, RuntimeError):
