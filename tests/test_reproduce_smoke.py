@@ -91,3 +91,19 @@ def test_forget_scenarios_select_what_they_say() -> None:
     assert len(set(y[mask])) == 1 and mask.sum() == (y == y[mask][0]).sum()
     with pytest.raises(ValueError, match="valid"):
         forget_mask(y, "half", seed=0)
+
+
+@pytest.mark.parametrize(("eps", "C0", "T"), [(0.1, 1.0, 1), (1.0, 3.0, 10), (10.0, 0.5, 100)])
+def test_authors_row_has_renyi_coefficient_equal_to_claim_and_states_true_eps(eps: float, C0: float, T: int) -> None:
+    """The authors'-accounting σ makes ε_R equal the claimed ε, and the schedule targets the larger true ε."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        from repro_methods import authors_schedule
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    from certun import guarantee
+
+    schedule = authors_schedule(eps, 1e-5, C0=C0, C1=1.0, gamma=0.05, T=T)
+    recomputed = guarantee(schedule)
+    assert recomputed.eps_renyi == pytest.approx(eps, rel=1e-9)
+    assert schedule.target.eps >= recomputed.eps > eps
