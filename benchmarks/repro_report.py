@@ -321,6 +321,13 @@ def plot_tradeoff(main: dict[str, Any], eps_panels: Sequence[float], path: Path,
         ax.set_xlabel("gradient evaluations / |retain|", fontsize=8)
         ax.grid(alpha=0.3)
         ax.tick_params(labelsize=7)
+    return _finish_accuracy_panels(fig, axes, title, path)
+
+
+def _finish_accuracy_panels(fig, axes, title: str, path: Path) -> Path:
+    """Shared finish of the accuracy-against-compute figures: zoom, labels, legend, save, close."""
+    import matplotlib.pyplot as plt
+
     _zoom(axes[0])
     axes[0][0].set_ylabel("test accuracy", fontsize=8)
     axes[0][-1].legend(fontsize=6, loc="lower right")
@@ -356,11 +363,4 @@ def plot_anchored(anc: dict[str, Any], path: Path, *, title: str) -> Path | None
         ax.set_xlabel("gradient evaluations / |retain|", fontsize=8)
         ax.grid(alpha=0.3)
         ax.tick_params(labelsize=7)
-    _zoom(axes[0])
-    axes[0][0].set_ylabel("test accuracy", fontsize=8)
-    axes[0][-1].legend(fontsize=6, loc="lower right")
-    fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-    return path
+    return _finish_accuracy_panels(fig, axes, title, path)

@@ -15,8 +15,8 @@ import torch
 import torch.nn.functional as F  # noqa: N812 (the conventional name)
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
+from torch_fixtures import small_batches, small_gc
 
-import certun
 from certun.backends import get_backend
 from certun.backends.options import UnsafeNoiseWarning
 from certun.errors import InvalidParameterError, UnlearningRunError, UnsupportedModelError
@@ -25,17 +25,8 @@ torch.set_num_threads(1)
 BACKEND = get_backend("torch")
 
 
-def _data(n=16, d_in=4, batch=4, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    X = torch.randn(n, d_in, generator=g)
-    y = torch.randint(0, 2, (n,), generator=g)
-    return [(X[i:i + batch], y[i:i + batch]) for i in range(0, n, batch)]
-
-
-def _gc(T=2, **kw):
-    args = dict(C0=1.0, C1=1.0, gamma=0.1, T=T)
-    args.update(kw)
-    return certun.plan(1.0, 1e-5, **args)
+_data = small_batches
+_gc = small_gc
 
 
 def _mlp():

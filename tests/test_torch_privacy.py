@@ -17,6 +17,7 @@ import pytest
 import torch
 import torch.nn.functional as F  # noqa: N812 (the conventional name)
 from torch import nn
+from torch_fixtures import small_batches, small_gc
 
 import certun
 from certun.backends import get_backend
@@ -28,17 +29,8 @@ BACKEND = get_backend("torch")
 Z5 = 5.0  # 5-sigma band: false-alarm rate <= 5.7e-7 per check (two-sided normal tail)
 
 
-def _data(n=16, d_in=4, batch=4, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    X = torch.randn(n, d_in, generator=g)
-    y = torch.randint(0, 2, (n,), generator=g)
-    return [(X[i:i + batch], y[i:i + batch]) for i in range(0, n, batch)]
-
-
-def _gc(T=2, **kw):
-    args = dict(C0=1.0, C1=1.0, gamma=0.1, T=T)
-    args.update(kw)
-    return certun.plan(1.0, 1e-5, **args)
+_data = small_batches
+_gc = small_gc
 
 
 def _flat(model):

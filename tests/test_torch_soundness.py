@@ -13,6 +13,7 @@ import pytest
 import torch
 import torch.nn.functional as F  # noqa: N812 (the conventional name)
 from torch import nn
+from torch_fixtures import small_batches, small_gc
 
 import certun
 from certun.backends import get_backend
@@ -43,17 +44,8 @@ def _flat(model):
     return torch.cat([p.detach().reshape(-1) for p in model.parameters()])
 
 
-def _data(n=16, d_in=4, batch=4, seed=0, dtype=torch.float32):
-    g = torch.Generator().manual_seed(seed)
-    X = torch.randn(n, d_in, generator=g, dtype=dtype)
-    y = torch.randint(0, 2, (n,), generator=g)
-    return [(X[i:i + batch], y[i:i + batch]) for i in range(0, n, batch)]
-
-
-def _gc(T=2, **kw):
-    args = dict(C0=1.0, C1=1.0, gamma=0.1, T=T)
-    args.update(kw)
-    return certun.plan(1.0, 1e-5, **args)
+_data = small_batches
+_gc = small_gc
 
 
 def test_initial_projection_is_global_over_all_unlearned_parameters():
