@@ -1,0 +1,299 @@
+"""SISA: sharded, sliced training so that a deletion retrains only what it touched (an exact route).
+
+Bourtoule et al., "Machine Unlearning" (IEEE S&P 2021). Identifiers go to ``S`` shards and, inside a
+shard, to ``R`` slices by a keyed hash of the identifier (never its content, so deleting records
+moves nobody). Shard ``s`` is trained in ``R`` stages: stage ``r`` trains on the shard's slices
+``0..r`` (``cumulative=True``, as in the paper) or on slice ``r`` alone, starting from the checkpoint
+of stage ``r − 1``. Deleting records of shard ``s`` whose earliest slice is ``r`` restarts ``s`` from
+the checkpoint of stage ``r − 1``, which never saw them, and trains stages ``r..R−1`` without them.
+
+Every piece of randomness (initialisation, shuffling) is keyed by ``(seed, shard, stage)`` and the
+data of a stage is ordered by identifier, so the result is *bit-identical* to SISA training on
+``D ∖ D_f`` from the start with the same salt and seed: ε = δ = 0 (docs/theory.md#exact-routes).
+The ensemble predicts with the mean of the shard models' softmax outputs.
+
+The salt and the manifest (which identifier is in which shard and slice, checkpoint digests) are the
+owner's private records: with the salt, anyone could tell from the set of retrained shards which
+shard a deleted identifier lived in.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import math
+import secrets
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from certun.errors import InvalidParameterError
+
+__all__ = ["Sisa", "SisaConfig", "SisaEnsemble", "SisaUnlearning", "assign"]
+
+_ASSIGN_TAG = b"certun.sisa.assign.v1\x00"
+_SEED_TAG = b"certun.sisa.seed.v1\x00"
+
+
+def _encode(record_id: Any) -> bytes:
+    from certun.certificates.merkle import encode_id
+
+    return encode_id(record_id)
+
+
+def assign(ids: Iterable[Any], *, shards: int, slices: int, salt: bytes) -> tuple[np.ndarray, np.ndarray]:
+    """Shard and slice of each identifier: ``HMAC-SHA256(salt, tag || id)`` read as two 64-bit integers.
+
+    The assignment of an identifier depends only on the identifier and the salt, so deleting other
+    records never moves it (a deletion touches exactly the shards that held the deleted records).
+    """
+    _check_int("shards", shards, 1)
+    _check_int("slices", slices, 1)
+    if not isinstance(salt, bytes) or len(salt) < 16:
+        raise InvalidParameterError("salt", f"<{type(salt).__name__}>", "at least 16 random bytes")
+    shard, slice_ = [], []
+    for record_id in ids:
+        digest = hmac.new(salt, _ASSIGN_TAG + _encode(record_id), hashlib.sha256).digest()
+        shard.append(int.from_bytes(digest[:8], "little") % shards)
+        slice_.append(int.from_bytes(digest[8:16], "little") % slices)
+    return np.asarray(shard, dtype=np.int64), np.asarray(slice_, dtype=np.int64)
+
+
+def _check_int(name: str, value: Any, lower: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < lower:
+        raise InvalidParameterError(name, value, f"an integer >= {lower}")
+    return int(value)
+
+
+@dataclass(frozen=True, kw_only=True)
+class SisaConfig:
+    """How SISA trains: ``shards`` (S), ``slices`` (R), and the plain SGD of each stage."""
+
+    shards: int
+    slices: int
+    epochs_per_stage: int = 1
+    lr: float = 0.05
+    momentum: float = 0.9
+    batch_size: int = 128
+    cumulative: bool = True
+
+    def __post_init__(self) -> None:
+        _check_int("shards", self.shards, 1)
+        _check_int("slices", self.slices, 1)
+        _check_int("epochs_per_stage", self.epochs_per_stage, 1)
+        _check_int("batch_size", self.batch_size, 1)
+        for name in ("lr", "momentum"):
+            value = getattr(self, name)
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+            if not ok or value < 0 or (name == "lr" and value == 0) or (name == "momentum" and value >= 1):
+                raise InvalidParameterError(name, value, "a finite number, lr > 0 and 0 <= momentum < 1")
+        if not isinstance(self.cumulative, bool):
+            raise InvalidParameterError("cumulative", self.cumulative, "True or False")
+
+
+class SisaEnsemble(nn.Module):
+    """The shard models as one module: the mean of their softmax outputs (class probabilities)."""
+
+    def __init__(self, models: Sequence[nn.Module]) -> None:
+        super().__init__()
+        self.shards = nn.ModuleList(models)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        probs = [torch.softmax(m(x), dim=-1) for m in self.shards]
+        return torch.stack(probs).mean(dim=0)
+
+
+@dataclass(frozen=True)
+class SisaUnlearning:
+    """What serving one deletion request did: shards retrained and untouched, stages rerun, work spent."""
+
+    forgotten: int
+    retrained_shards: tuple[int, ...]
+    untouched_shards: tuple[int, ...]
+    restart_stage: Mapping[int, int]
+    restarted_from: Mapping[int, str | None]
+    gradient_evaluations: int
+    full_retraining_evaluations: int
+    retain_roots_before: Mapping[int, str] = field(default_factory=dict)
+    retain_roots_after: Mapping[int, str] = field(default_factory=dict)
+
+    @property
+    def cost_ratio(self) -> float:
+        """Gradient evaluations spent against a full SISA retraining (0 when nothing was touched)."""
+        return self.gradient_evaluations / max(self.full_retraining_evaluations, 1)
+
+
+class Sisa:
+    """Trains a SISA ensemble on ``(x, y, ids)`` and serves deletion requests exactly.
+
+    Args:
+        model_factory: builds a freshly initialised model; called once per shard under a keyed
+            ``torch.manual_seed`` so initialisation reproduces.
+        config: shards, slices and the SGD of each stage.
+        salt: the assignment key (≥ 16 bytes, private); fresh from the OS when ``None``.
+        seed: the training randomness (initialisation, shuffling); fresh when ``None``.
+        device: where to train.
+    """
+
+    def __init__(self, model_factory: Callable[[], nn.Module], config: SisaConfig, *, salt: bytes | None = None,
+                 seed: int | None = None, device: str | torch.device = "cpu") -> None:
+        if not callable(model_factory):
+            raise InvalidParameterError("model_factory", type(model_factory).__name__, "a callable building a model")
+        if not isinstance(config, SisaConfig):
+            raise InvalidParameterError("config", type(config).__name__, "a SisaConfig")
+        self.model_factory = model_factory
+        self.config = config
+        self.salt = secrets.token_bytes(32) if salt is None else salt
+        self.seed = secrets.randbits(63) if seed is None else _check_int("seed", seed, 0)
+        self.device = torch.device(device)
+        self.models: list[nn.Module] = []
+        #: checkpoints[s][r]: state dict after stage r of shard s (kept privately by the owner).
+        self.checkpoints: list[list[dict[str, torch.Tensor]]] = []
+        self._x: torch.Tensor | None = None
+        self._y: torch.Tensor | None = None
+        self._ids: list[Any] = []
+        self._rows: dict[Any, int] = {}
+        self._shard = np.zeros(0, dtype=np.int64)
+        self._slice = np.zeros(0, dtype=np.int64)
+        self.gradient_evaluations = 0
+
+    # ----------------------------------------------------------------------------------- training
+    def fit(self, x: torch.Tensor, y: torch.Tensor, ids: Sequence[Any]) -> SisaEnsemble:
+        """Train every shard through all its stages on ``(x, y)`` with one identifier per row."""
+        if len(ids) != len(x) or len(y) != len(x):
+            raise InvalidParameterError("ids", f"<{len(ids)} ids for {len(x)} rows, {len(y)} labels>",
+                                        "one identifier and one label per row of x")
+        if len(set(ids)) != len(ids):
+            raise InvalidParameterError("ids", "<duplicates>", "distinct record identifiers")
+        self._x, self._y, self._ids = x, y, list(ids)
+        self._rows = {i: row for row, i in enumerate(self._ids)}
+        self._shard, self._slice = assign(self._ids, shards=self.config.shards, slices=self.config.slices,
+                                          salt=self.salt)
+        self._alive = np.ones(len(self._ids), dtype=bool)
+        self.models, self.checkpoints = [], []
+        self.gradient_evaluations = 0
+        for s in range(self.config.shards):
+            model = self._fresh_model(s)
+            self.models.append(model)
+            self.checkpoints.append([])
+            self.gradient_evaluations += self._train_from(s, 0, model)
+        return self.ensemble
+
+    @property
+    def ensemble(self) -> SisaEnsemble:
+        """The current shard models as one module (shares their parameters)."""
+        return SisaEnsemble(self.models)
+
+    def shard_ids(self, shard: int) -> list[Any]:
+        """Identifiers currently held by ``shard`` (owner-private)."""
+        return [self._ids[r] for r in np.flatnonzero(self._alive & (self._shard == shard))]
+
+    def _fresh_model(self, shard: int) -> nn.Module:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self._key("init", shard, 0))
+            model = self.model_factory()
+        if not isinstance(model, nn.Module):
+            raise InvalidParameterError("model_factory", type(model).__name__, "a callable returning an nn.Module")
+        return model.to(self.device)
+
+    def _key(self, what: str, shard: int, stage: int) -> int:
+        data = f"{what}:{self.seed}:{shard}:{stage}".encode()
+        return int.from_bytes(hashlib.sha256(_SEED_TAG + data).digest()[:8], "little") >> 1
+
+    def _stage_rows(self, shard: int, stage: int) -> np.ndarray:
+        in_shard = self._alive & (self._shard == shard)
+        in_stage = self._slice <= stage if self.config.cumulative else self._slice == stage
+        rows = np.flatnonzero(in_shard & in_stage)
+        # order by encoded identifier so the stage's data does not depend on row positions
+        return rows[np.argsort([_encode(self._ids[r]) for r in rows], kind="stable")] if len(rows) else rows
+
+    def _train_from(self, shard: int, stage: int, model: nn.Module) -> int:
+        """Train ``model`` of ``shard`` through stages ``stage..R−1``, checkpointing each; returns sample gradients."""
+        from certun.models import fit
+
+        assert self._x is not None and self._y is not None
+        c = self.config
+        spent = 0
+        del self.checkpoints[shard][stage:]
+        for r in range(stage, c.slices):
+            rows = self._stage_rows(shard, r)
+            if len(rows):
+                index = torch.as_tensor(rows)
+                dataset = torch.utils.data.TensorDataset(self._x[index], self._y[index])
+                generator = torch.Generator()
+                generator.manual_seed(self._key("shuffle", shard, r))
+                loader = torch.utils.data.DataLoader(dataset, batch_size=c.batch_size, shuffle=True,
+                                                     generator=generator)
+                with torch.random.fork_rng(devices=[]):
+                    torch.manual_seed(self._key("train", shard, r))
+                    fit(model, loader, epochs=c.epochs_per_stage, lr=c.lr, momentum=c.momentum, device=self.device)
+                spent += len(rows) * c.epochs_per_stage
+            self.checkpoints[shard].append({k: v.detach().clone() for k, v in model.state_dict().items()})
+        return spent
+
+    # ----------------------------------------------------------------------------------- unlearning
+    def unlearn(self, forget_ids: Iterable[Any]) -> SisaUnlearning:
+        """Delete ``forget_ids`` exactly: retrain each affected shard from before its earliest affected slice.
+
+        Raises:
+            InvalidParameterError: an identifier that is not (or no longer) in the training set, or
+                the model was never trained.
+        """
+        if self._x is None:
+            raise InvalidParameterError("forget_ids", "<untrained SISA>", "call fit() before unlearn()")
+        forget = list(forget_ids)
+        rows = []
+        for i in forget:
+            row = self._rows.get(i)
+            if row is None or not self._alive[row]:
+                raise InvalidParameterError("forget_ids", i, "identifiers of records still in the training set")
+            rows.append(row)
+        rows_arr = np.asarray(sorted(set(rows)), dtype=np.int64)
+        full = self._full_cost()
+        before = {s: self._shard_root(s) for s in range(self.config.shards)}
+        restart: dict[int, int] = {}
+        for row in rows_arr:
+            s, r = int(self._shard[row]), int(self._slice[row])
+            restart[s] = min(restart.get(s, r), r)
+        self._alive[rows_arr] = False
+        spent = 0
+        restarted_from: dict[int, str | None] = {}
+        for s, r in sorted(restart.items()):
+            model = self.models[s]
+            if r == 0:
+                model = self._fresh_model(s)
+                self.models[s] = model
+                restarted_from[s] = None
+            else:
+                model.load_state_dict(self.checkpoints[s][r - 1])
+                restarted_from[s] = _state_root(self.checkpoints[s][r - 1])
+            spent += self._train_from(s, r, model)
+        self.gradient_evaluations += spent
+        after = {s: self._shard_root(s) for s in range(self.config.shards)}
+        touched = tuple(sorted(restart))
+        return SisaUnlearning(
+            forgotten=len(rows_arr), retrained_shards=touched,
+            untouched_shards=tuple(s for s in range(self.config.shards) if s not in restart),
+            restart_stage=dict(restart), restarted_from=restarted_from, gradient_evaluations=spent,
+            full_retraining_evaluations=full, retain_roots_before=before, retain_roots_after=after)
+
+    def _full_cost(self) -> int:
+        """Sample gradients of training every shard from scratch on the current data."""
+        return sum(len(self._stage_rows(s, r)) * self.config.epochs_per_stage
+                   for s in range(self.config.shards) for r in range(self.config.slices))
+
+    def _shard_root(self, shard: int) -> str:
+        h = hashlib.sha256(b"certun.sisa.shard-ids.v1\x00")
+        for encoded in sorted(_encode(i) for i in self.shard_ids(shard)):
+            h.update(len(encoded).to_bytes(8, "little") + encoded)
+        return h.hexdigest()
+
+
+def _state_root(state: Mapping[str, torch.Tensor]) -> str:
+    from certun.certificates import model_digest
+
+    return model_digest({k: v.detach().cpu() for k, v in state.items()}).root
