@@ -37,9 +37,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="digits, S in {1, 5}, R in {1, 5}")
     parser.add_argument("--epochs", type=int, default=2, help="epochs per stage (default 2)")
     parser.add_argument("--seed", type=int, default=0, help="training and request seed (default 0)")
+    parser.add_argument("--cumulative", action=argparse.BooleanOptionalAction, default=True,
+                        help="stage r trains on slices 0..r (default, as in the paper) or on slice r alone")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1: stable CPU seconds)")
     parser.add_argument("--json", help="also write the rows as JSON to this path")
     args = parser.parse_args(argv)
-    torch.set_num_threads(max(1, torch.get_num_threads()))
+    torch.set_num_threads(max(1, args.threads))
 
     data = load_data("digits" if args.quick else "fashion-mnist")
     x = torch.from_numpy(data.pool_x)
@@ -64,6 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     single_cpu = _cpu() - start
     single_acc = accuracy(single, tx, ty)
     single_grads = len(x) * args.epochs
+    print(f"cumulative stages: {args.cumulative}; {args.epochs} epochs per stage; torch threads {args.threads}")
     print(f"data {data.name}: {len(x)} training records, {len(tx)} test; single MLP: test accuracy "
           f"{single_acc:.4f}, {single_grads} sample gradients, {single_cpu:.1f} CPU s")
 
@@ -74,7 +78,8 @@ def main(argv: list[str] | None = None) -> int:
               + " | ".join(f"{k:>4}: grads/full  grads/single  CPU s" for k in requests))
     print(header)
     for shards, slices in grid:
-        config = SisaConfig(shards=shards, slices=slices, epochs_per_stage=args.epochs, batch_size=128)
+        config = SisaConfig(shards=shards, slices=slices, epochs_per_stage=args.epochs, batch_size=128,
+                            cumulative=args.cumulative)
         sisa = Sisa(factory, config, salt=bytes(32), seed=args.seed)
         start = _cpu()
         ensemble = sisa.fit(x, y, ids)
