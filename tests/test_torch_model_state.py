@@ -218,12 +218,14 @@ class _Reuse(nn.Module):
         return self.head(h)
 
 
-@pytest.mark.parametrize("norm", [False, True], ids=["certun-linear-path", "opacus-path"])
-def test_a_weight_reused_functionally_is_caught_by_the_per_sample_sum_check(norm):
+@pytest.mark.parametrize(("norm", "clip"), [(False, "per_sample"), (True, "per_sample"), (True, "ghost")],
+                         ids=["certun-linear-path", "opacus-path", "opacus-ghost"])
+def test_a_weight_reused_functionally_is_caught_by_the_per_sample_sum_check(norm, clip):
     """Σ_i g_i must equal the autograd gradient of the summed loss; functional reuse breaks it: refused with
-    the fix, both on certun's nn.Linear path and on Opacus' hooks. clip='batch' runs."""
+    the fix, on certun's nn.Linear path, on Opacus' hooks and with ghost clipping (whose per-sample norms
+    miss the reuse the same way). clip='batch' runs."""
     with pytest.raises(UnsupportedModelError, match=r"layer\.weight.*clip='batch'"):
-        _run(_Reuse(norm), clip="per_sample")
+        _run(_Reuse(norm), clip=clip)
     assert _run(_Reuse(norm), clip="batch").certificate is not None
 
 
@@ -232,12 +234,31 @@ def test_per_sample_sum_check_accepts_rounding_and_refuses_a_real_gap():
     from certun.backends.torch_sumcheck import check_per_sample_sum
 
     torch.manual_seed(1)
-    per = {"w": torch.randn(64, 10)}
-    batch = {"w": per["w"].sum(0)}
-    check_per_sample_sum(per, batch, dtype=torch.float32)
-    check_per_sample_sum(per, {"w": batch["w"] * (1 + 1e-6)}, dtype=torch.float32)
-    with pytest.raises(UnsupportedModelError, match="'w'"):
-        check_per_sample_sum(per, {"w": batch["w"] + 0.05 * batch["w"].norm()}, dtype=torch.float32)
+    per = torch.randn(64, 10)
+    sums, scale = {"w": per.double().sum(0)}, float(per.norm(dim=1).sum())
+    kw = dict(scale=scale, dtype=torch.float32)
+    check_per_sample_sum(sums, {"w": per.sum(0)}, **kw)  # float32 rounding of the same sum
+    check_per_sample_sum(sums, {"w": per.sum(0) * (1 + 1e-6)}, **kw)
+    with pytest.raises(UnsupportedModelError, match="w: its per-sample gradients"):
+        check_per_sample_sum(sums, {"w": per.sum(0) + 0.05 * per[0]}, **kw)  # 5% of one sample's gradient
+    check_per_sample_sum(sums, {"w": per.sum(0) + 0.05 * per[0]}, **kw, tf32=True)  # within TF32 rounding
+    with pytest.raises(UnsupportedModelError, match="w: its per-sample gradients"):
+        check_per_sample_sum(sums, {"w": None}, **kw)
+    # non-finite gradients are the run's own refusal ("non-finite loss"); the check then waits a batch
+    assert check_per_sample_sum(sums, {"w": per.sum(0) * float("nan")}, **kw) is False
+
+
+def test_ghost_probe_leaves_the_run_unchanged():
+    """The ghost probe restores the random state and drops its gradients: a dropout model's ghost run still
+    equals its per-sample run step for step."""
+    def model():
+        torch.manual_seed(3)
+        return nn.Sequential(nn.Linear(4, 8), nn.LayerNorm(8), nn.Dropout(0.3), nn.Linear(8, 2))
+
+    ghost = _run(model(), clip="ghost", noise_source=lambda k, d: torch.zeros(d))
+    per = _run(model(), clip="per_sample", noise_source=lambda k, d: torch.zeros(d))
+    assert torch.allclose(torch.cat([p.reshape(-1) for p in ghost.model.parameters()]),
+                          torch.cat([p.reshape(-1) for p in per.model.parameters()]), atol=1e-5)
 
 
 def test_models_run_per_sample_without_false_alarm():
