@@ -263,7 +263,8 @@ class TorchBackend:
             center: the balls' centre (THEORY.md §1, anchored balls): a state dict, or a flat vector in
                 ``named_parameters()`` order of the unlearned parameters (the order of
                 ``result.record.unlearned_parameters``), independent of the training data (e.g.
-                public pretrained weights); default 0.
+                public pretrained weights); default 0. A centre equal to the starting model, whole or in
+                any non-constant tensor, is refused (docs/theory.md#anchored-balls).
             clip: ``"per_sample"`` (Opacus hooks), ``"ghost"`` (Opacus ghost clipping) or
                 ``"batch"`` (clip the minibatch-mean gradient); used where the variant clips.
             finetune_epochs, finetune_lr: noiseless SGD on retain data after the noisy phase
