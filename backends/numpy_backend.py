@@ -356,4 +356,13 @@ class NumpyBackend:
             raise InvalidParameterError("center", f"<shape {c.shape}>", f"a flat vector of length d={model.d}")
         if not np.isfinite(c).all():
             raise InvalidParameterError("center", "<non-finite values>", "finite everywhere")
+        n = model.weight.size
+        same = [name for name, piece, start in (("weight", c[:n], model.weight.ravel()), ("bias", c[n:], model.bias))
+                if np.array_equal(piece, start) and not (start.size and np.all(start == start[0]))]
+        if same:
+            raise InvalidParameterError(
+                "center", f"<equal to the starting model in {same}>",
+                "independent of the training data (docs/theory.md#anchored-balls): the certificate publishes the "
+                "centre's digest, so the trained parameters as the centre would publish the model the run hides",
+                hint="use public pretrained weights, the initialisation drawn before training, or the origin")
         return c

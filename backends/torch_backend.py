@@ -36,6 +36,7 @@ from certun.accountant.schedule import Mode, Schedule, Variant
 from certun.backends import certify
 from certun.backends.base import UnlearnResult
 from certun.backends.options import RunOptions, clipping_for, resolve_seed
+from certun.backends.torch_attributes import digestible, unregistered_arrays
 from certun.backends.torch_grad import GradientComputer, batch_size
 from certun.backends.torch_hygiene import (
     clear_training_state,
@@ -46,6 +47,7 @@ from certun.backends.torch_hygiene import (
 from certun.backends.torch_model import (
     FlatParameters,
     ModelParts,
+    check_center,
     check_model,
     flat_center,
     select_parameters,
@@ -225,6 +227,7 @@ class TorchBackend:
         noise_mode: str = "fresh",
         buffers: str = "reject",
         frozen: str = "reject",
+        attributes: str = "reject",
         model_factory: Callable[[], nn.Module] | None = None,
         callback: Callable[[int, torch.Tensor], None] | None = None,
         noise_source: Callable[[int, int], Any] | None = None,
@@ -251,15 +254,17 @@ class TorchBackend:
                 reproduce from the same inputs and a reused seed never repeats noise; never reuse a
                 seed all the same.
             params: which parameters are unlearned (names or parameter objects). Default: every
-                parameter with ``requires_grad``; if some have ``requires_grad=False`` the run is
-                refused unless ``frozen="public"`` says they are independent of D. The rest are frozen:
+                parameter with ``requires_grad``. If any parameter is left out (by ``params`` or by
+                ``requires_grad=False``) the run is refused unless ``frozen="public"`` says the left-out
+                ones are independent of D. The rest are frozen:
                 left bit-identical and recorded, and the user asserts they are independent of the
                 training data (THEORY.md §1). The unlearned vector ``x`` always follows the model's
                 ``named_parameters()`` order, whatever the order of ``params``.
             center: the balls' centre (THEORY.md §1, anchored balls): a state dict, or a flat vector in
                 ``named_parameters()`` order of the unlearned parameters (the order of
                 ``result.record.unlearned_parameters``), independent of the training data (e.g.
-                public pretrained weights); default 0.
+                public pretrained weights); default 0. A centre equal to the starting model, whole or in
+                any non-constant tensor, is refused (docs/theory.md#anchored-balls).
             clip: ``"per_sample"`` (Opacus hooks), ``"ghost"`` (Opacus ghost clipping) or
                 ``"batch"`` (clip the minibatch-mean gradient); used where the variant clips.
             finetune_epochs, finetune_lr: noiseless SGD on retain data after the noisy phase
@@ -277,9 +282,12 @@ class TorchBackend:
             buffers: ``"reject"`` data-dependent buffers (default), ``"recompute"`` BatchNorm running
                 statistics from retain data (needs ``clip="batch"`` where gradients are clipped), or
                 ``"public"`` (the user asserts the model's non-norm buffers are independent of D).
-            frozen: ``"reject"`` (default) refuses parameters with ``requires_grad=False`` when
-                ``params`` is not given; ``"public"`` asserts they are independent of D (e.g. a public
-                backbone) and leaves them frozen.
+            frozen: ``"reject"`` (default) refuses any parameter that is not unlearned (left out of
+                ``params``, or with ``requires_grad=False`` when ``params`` is not given); ``"public"``
+                asserts they are independent of D (e.g. a public backbone) and leaves them frozen.
+            attributes: ``"reject"`` (default) refuses tensors and arrays a module keeps as plain
+                attributes (``self.mu = X.mean(0)``), which the run would neither unlearn nor record;
+                ``"public"`` asserts they are independent of D: digested, recorded, checked unchanged.
             model_factory: for ``retrain``: builds a freshly initialised model of the same
                 architecture; default re-initialises with each module's ``reset_parameters()``,
                 refused if that leaves any unlearned parameter untouched.
@@ -333,15 +341,19 @@ class TorchBackend:
         flags = training_flags(work)
         work.to(dev)
         parts = select_parameters(work, params)
-        if params is None and parts.frozen and frozen != "public":
+        if parts.frozen and frozen != "public":
+            left_out = "with requires_grad=False" if params is None else "left out of params"
             raise InvalidParameterError(
-                "frozen", frozen, "'public' to assert that the parameters with requires_grad=False "
-                f"{sorted(parts.frozen)[:5]} are independent of the training data (THEORY.md §1)",
-                hint="otherwise list the unlearned parameters explicitly with params=..., or set requires_grad=True "
-                     "on every parameter trained on D")
+                "frozen", frozen, f"'public' to assert that the parameters {left_out} "
+                f"{sorted(parts.frozen)[:5]}{' ...' if len(parts.frozen) > 5 else ''} are independent of the "
+                "training data (docs/theory.md#definition); a frozen parameter trained on D voids the guarantee",
+                hint="either pass frozen='public' (the certificate records them as public), or unlearn them too: "
+                     + ("set requires_grad=True on every parameter trained on D" if params is None
+                        else "add them to params=, or leave params out to unlearn every trainable parameter"))
+        check_center(center, parts)
         if params is not None and center is not None and not isinstance(center, Mapping):
             _check_params_order(params, parts)
-        check_model(work, parts, hooks=hooks, buffers=buffers)
+        check_model(work, parts, hooks=hooks, buffers=buffers, attributes=attributes)
         ids = certify.identifiers(data, retain_ids, forget_ids)
         count_pass = certify.check_retain_count(ids, data)
         dtype = parts.params[0].dtype
@@ -351,6 +363,8 @@ class TorchBackend:
         noise_seed = certify.noise_seed(seed, model_before=before, ids=ids, schedule=schedule)
         frozen_before = certify.digest(_cpu_copy(dict(parts.frozen))) if parts.frozen else None
         public = (certify.digest(_cpu_copy(parts.buffers)) if (buffers == "public" and parts.buffers) else None)
+        loose = unregistered_arrays(work) if attributes == "public" else {}
+        public_attributes = certify.digest(digestible(loose)) if loose else None
         requires_grad = {n: p.requires_grad for n, p in work.named_parameters()}
         for p in parts.frozen.values():
             p.requires_grad_(False)
@@ -384,6 +398,14 @@ class TorchBackend:
             public_after = certify.digest(_cpu_copy(parts.buffers))
             if public_after.root != public.root:
                 raise UnlearningRunError("buffers declared public changed during the run; they must stay fixed")
+        if public_attributes is not None:
+            now = certify.digest(digestible(unregistered_arrays(work)))
+            if now.root != public_attributes.root:
+                changed = sorted(set(now.tensors) ^ set(public_attributes.tensors)
+                                 | {n for n in now.tensors.keys() & public_attributes.tensors.keys()
+                                    if now.tensors[n] != public_attributes.tensors[n]})
+                raise UnlearningRunError(f"attributes declared public changed during the run: {changed[:5]}; they "
+                                         "must stay fixed (state updated from the data belongs in the parameters)")
         commitment, opening = certify.seed_commitment(seed)
         record = certify.make_record(
             backend=self.name,
@@ -411,10 +433,12 @@ class TorchBackend:
             versions=certify.versions("torch", "opacus", "numpy"),
             extra={
                 "buffers": buffers,
-                "frozen": "none" if not parts.frozen else ("params" if params is not None else frozen),
+                "frozen": "none" if not parts.frozen else frozen,
                 "clip_implementation": run.clip_implementation,
                 "recomputed_buffers": [path for path, _ in parts.norms] if buffers == "recompute" else [],
                 "public_buffers": dict(public.tensors) if public is not None else {},
+                "attributes": "public" if public_attributes is not None else "none",
+                "public_attributes": dict(public_attributes.tensors) if public_attributes is not None else {},
                 "noise": f"one torch.randn(d) per noisy step from one torch.Generator(device='{dev.type}') "
                          "seeded once per run from the committed seed and the run's inputs (certun.noise-seed.v1)",
                 "noise_mode": opts.noise_mode,

@@ -32,6 +32,7 @@ from torch import nn
 from certun.backends.torch_linear import LinearPerSample
 from certun.backends.torch_model import FlatParameters
 from certun.backends.torch_steps import SAFETY
+from certun.backends.torch_sumcheck import check_per_sample_sum, linear_sums, opacus_sums, tf32_possible
 from certun.errors import CertunError, UnlearningRunError, UnsupportedModelError
 
 __all__ = ["GradientComputer", "batch_size", "per_sample_loss"]
@@ -125,6 +126,7 @@ class GradientComputer:
         self.C1 = C1
         self.hooks: Any = None
         self.linear: LinearPerSample | None = None
+        self.sums_checked = False
         if mode == "per_sample" and LinearPerSample.applies(model, flat):
             self.linear = LinearPerSample(model, flat)
         elif mode == "per_sample":
@@ -132,11 +134,7 @@ class GradientComputer:
 
             self.hooks = GradSampleHooks(model, batch_first=True, loss_reduction="sum", strict=False)
         elif mode == "ghost":
-            from opacus.grad_sample import GradSampleHooksFastGradientClipping
-
-            self.hooks = GradSampleHooksFastGradientClipping(
-                model, batch_first=True, loss_reduction="sum", strict=False,
-                max_grad_norm=C1, use_ghost_clipping=True)
+            pass  # hooks attached on the first batch, after the per-sample sum probe (_probe_then_hook)
         elif mode != "batch":
             raise ValueError(f"unknown gradient mode {mode!r}")
 
@@ -163,6 +161,8 @@ class GradientComputer:
 
     def compute(self, inputs: Any, targets: Any) -> torch.Tensor:
         """Forward and backward on one minibatch; ``flat.g`` then holds the gradient. Returns the mean loss."""
+        if self.mode == "ghost" and self.hooks is None:
+            self._probe_then_hook(inputs, targets)
         self.flat.point_grads()
         try:
             output = self.model(inputs)
@@ -189,12 +189,50 @@ class GradientComputer:
             self.flat.gather_grads()
         elif self.linear is not None:
             losses.sum().backward()
+            self._check_sums_once()
             self.linear.clip_into_g(len(losses), self.C1)
         elif self.mode == "per_sample":
             losses.sum().backward()
+            self._check_sums_once()
             self._clip_per_sample(len(losses))
         else:
             self._ghost(losses)
+
+    def _check_sums_once(self) -> None:
+        """On the first step: the per-sample gradients (before clipping) must sum to autograd's batch gradient."""
+        if self.sums_checked:
+            return
+        names = {id(p): n for n, p in zip(self.flat.names, self.flat.params, strict=True)}
+        if self.linear is not None:
+            sums, scale = linear_sums(self.linear.layers, self.linear.records, names)
+        else:
+            samples = {n: p.grad_sample for n, p in zip(self.flat.names, self.flat.params, strict=True)
+                       if isinstance(getattr(p, "grad_sample", None), torch.Tensor)}
+            sums, scale = opacus_sums(samples)
+        batch = {n: p.grad for n, p in zip(self.flat.names, self.flat.params, strict=True)}
+        self.sums_checked = check_per_sample_sum(sums, batch, scale=scale, dtype=self.flat.g.dtype,
+                                                 tf32=tf32_possible(self.flat.g.device))
+
+    def _probe_then_hook(self, inputs: Any, targets: Any) -> None:
+        """Ghost clipping never materialises per-sample gradients, so its norms cannot be checked against the
+        batch gradient: the first batch is probed once with per-sample hooks (random state restored, so the
+        run is unchanged), then the ghost hooks are attached."""
+        from opacus.grad_sample import GradSampleHooksFastGradientClipping
+
+        device = self.flat.g.device
+        devices = [device.index if device.index is not None else torch.cuda.current_device()] \
+            if device.type == "cuda" else []
+        probe = GradientComputer(self.model, self.flat, self.loss_fn, mode="per_sample", C1=self.C1)
+        try:
+            with torch.random.fork_rng(devices=devices):
+                probe.compute(inputs, targets)
+        finally:
+            probe.close()
+            self.flat.clear_grads()
+        self.sums_checked = probe.sums_checked
+        self.hooks = GradSampleHooksFastGradientClipping(
+            self.model, batch_first=True, loss_reduction="sum", strict=False,
+            max_grad_norm=self.C1, use_ghost_clipping=True)
 
     def _pass_error(self, phase: str, exc: Exception) -> Exception:
         text = f"{type(exc).__name__}: {exc}"

@@ -22,6 +22,7 @@ from certun.errors import InvalidParameterError, UnsupportedModelError
 __all__ = [
     "FlatParameters",
     "ModelParts",
+    "check_center",
     "check_model",
     "flat_center",
     "norm_modules",
@@ -30,6 +31,7 @@ __all__ = [
 
 _WIDE_DTYPES = (torch.float32, torch.float64)
 _BUFFER_MODES = ("reject", "recompute", "public")
+_ATTRIBUTE_MODES = ("reject", "public")
 
 
 @dataclass
@@ -98,7 +100,8 @@ def select_parameters(model: nn.Module, params: Iterable[Any] | None) -> ModelPa
     )
 
 
-def check_model(model: nn.Module, parts: ModelParts, *, hooks: bool, buffers: str) -> None:
+def check_model(model: nn.Module, parts: ModelParts, *, hooks: bool, buffers: str,
+                attributes: str = "reject") -> None:
     """Refuse a model that cannot be unlearned soundly as asked, listing every problem at once.
 
     Args:
@@ -108,12 +111,17 @@ def check_model(model: nn.Module, parts: ModelParts, *, hooks: bool, buffers: st
         buffers: ``"reject"`` (no data-dependent buffers allowed), ``"recompute"`` (running statistics
             of norm layers are reset, then recomputed from retain data) or ``"public"`` (the user asserts
             that the non-norm buffers are independent of D; their digests are recorded and checked).
+        attributes: ``"reject"`` (no tensors or arrays kept as plain module attributes) or ``"public"``
+            (the user asserts they are independent of D; their digests are recorded and checked).
 
     Raises:
         UnsupportedModelError: with one ``(path, reason, remedy)`` per problem.
     """
     if buffers not in _BUFFER_MODES:
         raise InvalidParameterError("buffers", buffers, "one of " + ", ".join(repr(b) for b in _BUFFER_MODES))
+    if attributes not in _ATTRIBUTE_MODES:
+        raise InvalidParameterError("attributes", attributes,
+                                    "one of " + ", ".join(repr(a) for a in _ATTRIBUTE_MODES))
     problems: list[tuple[str, str, str]] = []
     for name, p in zip(parts.names, parts.params, strict=True):
         if p.dtype not in _WIDE_DTYPES:
@@ -148,8 +156,46 @@ def check_model(model: nn.Module, parts: ModelParts, *, hooks: bool, buffers: st
             problems.append((name, "buffer may depend on the training data and is not among the unlearned "
                              "parameters", "if it is independent of the training data pass buffers='public' "
                              "(its digest is recorded and checked unchanged); otherwise make it a parameter"))
+    if attributes != "public":
+        from certun.backends.torch_attributes import unregistered_arrays
+
+        for path in unregistered_arrays(model):
+            problems.append((path, "array kept as a plain attribute, outside the parameters and buffers: if it "
+                             "was computed from the training data the released model still carries D "
+                             "(docs/theory.md#definition)", "register it as a parameter (to unlearn it) or a buffer, "
+                             "or, if it is independent of the training data, pass attributes='public' (its digest "
+                             "is recorded and checked unchanged)"))
     if problems:
         raise UnsupportedModelError(problems)
+
+
+def check_center(center: Any, parts: ModelParts) -> None:
+    """Refuse a centre equal to the starting model, whole or in any one non-constant tensor.
+
+    The certificate publishes the centre's plain digest, and the guarantee needs a centre independent
+    of D (docs/theory.md#anchored-balls): the trained parameters as the centre publish the model the
+    run is meant to hide. A constant tensor (an untouched zero bias) is exempt: it says nothing of D.
+
+    Raises:
+        InvalidParameterError: naming the tensors equal to the starting model's.
+    """
+    if center is None:
+        return
+    flat = flat_center(center, parts, device=torch.device("cpu"), dtype=parts.params[0].dtype)
+    assert flat is not None
+    pieces = torch.split(flat, [p.numel() for p in parts.params])
+    same = []
+    for name, p, piece in zip(parts.names, parts.params, pieces, strict=True):
+        start = p.detach().reshape(-1).to("cpu")
+        if torch.equal(piece, start) and not (start.numel() > 0 and bool((start == start[0]).all())):
+            same.append(name)
+    if same:
+        raise InvalidParameterError(
+            "center", f"<equal to the starting model in {same[:5]}{' ...' if len(same) > 5 else ''}>",
+            "independent of the training data (docs/theory.md#anchored-balls): the certificate publishes the "
+            "centre's digest, so the trained parameters as the centre would publish the model the run hides",
+            hint="use public pretrained weights, the initialisation drawn before training, or the origin "
+                 "(center=None); a tensor never trained on D belongs in the frozen part (params=..., frozen='public')")
 
 
 def _opacus_problems(model: nn.Module) -> list[tuple[str, str, str]]:

@@ -28,20 +28,27 @@ class Phase:
 
     ``kind`` is ``"original"`` (trained on D), ``"noisy"`` (right after the noisy phase and the
     projection), ``"finetune"`` (after a noiseless fine-tuning epoch) or ``"retrain"`` (retrained
-    from scratch on the retain data: the exact-unlearning baseline).
+    from scratch on the retain data: the exact-unlearning baseline). ``forget`` is ``None`` (shown as
+    "not reported") for the original model: its accuracy on D_f is not covered by the guarantee (a
+    membership signal about D_f) and is never published.
     """
 
     label: str
     kind: str
     retain: float
-    forget: float
+    forget: float | None
     test: float
 
     def __post_init__(self) -> None:
         if self.kind not in _KINDS:
             raise InvalidParameterError("kind", self.kind, "one of " + ", ".join(_KINDS))
+        if self.forget is None and self.kind != "original":
+            raise InvalidParameterError("forget", None, "an accuracy in [0, 1] (only the original model's forget "
+                                        "accuracy is left out of the report)")
         for name in ("retain", "forget", "test"):
             value = getattr(self, name)
+            if value is None and name == "forget":
+                continue
             if not 0.0 <= value <= 1.0:
                 raise InvalidParameterError(name, value, "an accuracy in [0, 1]")
 
@@ -49,15 +56,26 @@ class Phase:
 def phase_table(phases: Sequence[Phase]) -> str:
     """A fixed-width text table: one row per phase, accuracies on retain / forget / test."""
     width = max([len("model"), *(len(p.label) for p in phases)])
-    lines = [f"{'model':<{width}}  {'retain':>7}  {'forget':>7}  {'test':>7}",
-             f"{'-' * width}  {'-' * 7}  {'-' * 7}  {'-' * 7}"]
-    lines += [f"{p.label:<{width}}  {p.retain:>7.4f}  {p.forget:>7.4f}  {p.test:>7.4f}" for p in phases]
+    fw = max([7, *(len(_NOT_REPORTED) for p in phases if p.forget is None)])
+    lines = [f"{'model':<{width}}  {'retain':>7}  {'forget':>{fw}}  {'test':>7}",
+             f"{'-' * width}  {'-' * 7}  {'-' * fw}  {'-' * 7}"]
+    lines += [f"{p.label:<{width}}  {p.retain:>7.4f}  {_forget(p):>{fw}}  {p.test:>7.4f}" for p in phases]
     return "\n".join(lines)
+
+
+_NOT_REPORTED = "not reported"
+
+
+def _forget(phase: Phase) -> str:
+    return _NOT_REPORTED if phase.forget is None else f"{phase.forget:.4f}"
 
 
 def _markdown_table(phases: Sequence[Phase]) -> str:
     rows = ["| model | retain acc. | forget acc. | test acc. |", "|---|---:|---:|---:|"]
-    rows += [f"| {p.label} | {p.retain:.4f} | {p.forget:.4f} | {p.test:.4f} |" for p in phases]
+    rows += [f"| {p.label} | {p.retain:.4f} | {_forget(p)} | {p.test:.4f} |" for p in phases]
+    if any(p.forget is None for p in phases):
+        rows += ["", "The original model's forget-set accuracy is not reported: it is not covered by the "
+                 "guarantee (docs/theory.md#what-a-certificate-records)."]
     return "\n".join(rows)
 
 
@@ -101,7 +119,8 @@ def plot_report(phases: Sequence[Phase], *, title: str, finetune_loss: Sequence[
     xs = list(range(len(path_phases)))
     colours = {"retain": "tab:blue", "forget": "tab:red", "test": "tab:green"}
     for split, colour in colours.items():
-        ax.plot(xs, [getattr(p, split) for p in path_phases], marker="o", color=colour, label=f"{split} (unlearned)")
+        ys = [float("nan") if getattr(p, split) is None else getattr(p, split) for p in path_phases]
+        ax.plot(xs, ys, marker="o", color=colour, label=f"{split} (unlearned)")
         for base in baselines:
             ax.axhline(getattr(base, split), color=colour, linestyle="--", linewidth=1,
                        label=f"{split} ({base.label})")

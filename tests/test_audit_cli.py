@@ -65,3 +65,21 @@ def test_canary_mode(capsys):
     assert main(["audit", "--canary", "--T", "10", "--gamma", "0.1", "--C0", "10", "--seed", "0"]) == 0
     out = capsys.readouterr().out
     assert "pass" in out and "detected" in out
+
+
+def test_a_control_the_backend_refused_is_not_run_and_not_detected():
+    """A control the backend refused to run showed nothing about the audit's power: its verdict is 'not run',
+    it never counts as detected, and the report is inconclusive (exit 3), saying so."""
+    from certun.audit.cli import format_report
+    from certun.audit.suite import AuditReport, Case, CaseResult
+
+    gc = plan(1.0, 1e-5, 1.0, 1.0, gamma=0.1, T=10)
+    control = Case("gc/under-noised", under_noised(gc), control="sigma from eps_R = eps")
+    refused = CaseResult(control, None, refusal="claimed eps 1 < recomputed 7.08")
+    assert not refused.detected and not refused.ok and refused.verdict.startswith("not run")
+    report = AuditReport((refused,), seed=0)
+    assert report.powerless and not report.refuted and report.exit_code == 3
+    text = format_report(report)
+    assert "not run" in text and "detected" not in text.replace("not detected", "")
+    assert "INCONCLUSIVE" in text.splitlines()[-1] and "not run" in text.splitlines()[-1]
+    assert report.to_dict()["cases"][0]["verdict"].startswith("not run")

@@ -219,3 +219,34 @@ def test_report_facts_name_the_data_and_hyperparameters(tmp_path):
     assert "load_digits" in facts["data"]
     cert = json.loads((tmp_path / "certificate.json").read_text())
     assert cert["mechanism"]["C0"] == float(facts["C0"])
+
+
+def test_original_forget_accuracy_is_a_private_diagnostic_only(tmp_path):
+    """The original model's forget-set accuracy is not covered by the guarantee (it is a membership signal
+    about D_f): it never reaches report.md, report.png's data or the printed table; it is kept only in
+    DemoResult.private, marked as such."""
+    config = DemoConfig.quick_defaults(data="digits", noise_seed=5, batch_size=64)
+    lines = []
+    result = run_demo(config, tmp_path, progress=False, echo=lines.append)
+    original = result.phases[0]
+    assert original.kind == "original" and original.forget is None
+    value = result.private["original model forget-set accuracy"]
+    assert 0.0 <= value <= 1.0 and "never publish" in result.private_note
+    md = (tmp_path / "report.md").read_text()
+    row = next(line for line in md.splitlines() if line.startswith("| original (trained on D)"))
+    assert f"{value:.4f}" not in row and "not reported" in row
+    assert f"original: forget {value:.3f}" not in md
+    printed = "\n".join(lines)
+    table_row = next(line for line in printed.splitlines() if line.startswith("original"))
+    assert f"{value:.4f}" not in table_row
+
+
+def test_a_phase_without_forget_accuracy_formats_as_not_reported(tmp_path):
+    """Phase(forget=None) is valid only for the original model and prints as 'not reported'."""
+    phases = [Phase(label="original (trained on D)", kind="original", retain=0.9, forget=None, test=0.86),
+              *_phases()[1:]]
+    assert "not reported" in phase_table(phases).splitlines()[2]
+    md, _ = write_report(tmp_path, title="T", phases=phases, facts=[], verification="ok", notes=[])
+    assert "| original (trained on D) | 0.9000 | not reported | 0.8600 |" in md.read_text()
+    with pytest.raises(InvalidParameterError, match="forget"):
+        Phase(label="x", kind="noisy", retain=0.5, forget=None, test=0.5)

@@ -60,8 +60,8 @@ def test_linear_layer_used_functionally_is_refused_for_per_sample_clipping():
     """certun's linear path cannot see per-sample gradients of a layer whose forward never ran: refused, not
     silently taken as zero; batch clipping runs it."""
     with pytest.raises(UnsupportedModelError, match="functionally"):
-        _run(_data(), model=_Functional(), params=["head.weight", "head.bias"])
-    r = _run(_data(), model=_Functional(), params=["head.weight", "head.bias"], clip="batch")
+        _run(_data(), model=_Functional(), params=["head.weight", "head.bias"], frozen="public")
+    r = _run(_data(), model=_Functional(), params=["head.weight", "head.bias"], frozen="public", clip="batch")
     assert r.certificate is not None
 
 
@@ -213,8 +213,9 @@ def test_flat_centre_follows_named_parameters_order_whatever_the_params_order():
     model = _mlp()
     names = ["2.bias", "2.weight"]
     with pytest.raises(InvalidParameterError, match="named_parameters"):
-        _run(_data(), model=model, params=names, center=torch.zeros(18), clip="batch")
-    r = _run(_data(), model=model, params=names[::-1], center=torch.zeros(18), clip="batch")
+        _run(_data(), model=model, params=names, center=torch.zeros(18), clip="batch", frozen="public")
+    r = _run(_data(), model=model, params=names[::-1], center=torch.zeros(18), clip="batch", frozen="public")
     assert r.record.unlearned_parameters == ("2.weight", "2.bias")
     state = {"2.bias": torch.zeros(2), "2.weight": torch.zeros(2, 8)}
-    assert _run(_data(), model=model, params=names, center=state, clip="batch").certificate is not None
+    assert _run(_data(), model=model, params=names, center=state, clip="batch",
+                frozen="public").certificate is not None

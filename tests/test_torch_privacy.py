@@ -160,7 +160,7 @@ def test_training_state_does_not_survive_into_the_released_model(inplace, clip):
     gone from the returned model, copied or in place."""
     model = _with_training_leftovers()
     r = BACKEND.unlearn(model, _data(seed=2), _gc(), loss_fn=F.cross_entropy, params=["2.weight", "2.bias"],
-                        clip=clip, progress=False, seed=1, inplace=inplace)
+                        frozen="public", clip=clip, progress=False, seed=1, inplace=inplace)
     for p in r.model.parameters():
         assert p.grad is None
         assert not any(hasattr(p, a) for a in ("grad_sample", "summed_grad", "_forward_counter", "_norm_sample"))
@@ -202,7 +202,7 @@ def test_old_style_weight_norm_is_refused_and_the_new_style_runs():
 # ------------------------------------------------------------------------------ frozen parameters
 def test_parameters_frozen_by_requires_grad_must_be_declared_public():
     """With params=None, requires_grad=False parameters (maybe trained on D) are refused unless frozen='public'
-    asserts they are independent of D; an explicit params= list is an explicit choice."""
+    asserts they are independent of D; so are parameters left out of an explicit params= list."""
     model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
     model[0].requires_grad_(False)
     kw = dict(loss_fn=F.cross_entropy, clip="batch", progress=False)
@@ -210,8 +210,10 @@ def test_parameters_frozen_by_requires_grad_must_be_declared_public():
         BACKEND.unlearn(model, _data(), _gc(), **kw)
     r = BACKEND.unlearn(model, _data(), _gc(), frozen="public", **kw)
     assert r.record.extra["frozen"] == "public" and set(r.record.frozen_parameters) == {"0.weight", "0.bias"}
-    r = BACKEND.unlearn(model, _data(), _gc(), params=["2.weight", "2.bias"], **kw)
-    assert r.record.extra["frozen"] == "params"
+    with pytest.raises(InvalidParameterError, match="frozen"):
+        BACKEND.unlearn(model, _data(), _gc(), params=["2.weight", "2.bias"], **kw)
+    r = BACKEND.unlearn(model, _data(), _gc(), params=["2.weight", "2.bias"], frozen="public", **kw)
+    assert r.record.extra["frozen"] == "public"
     with pytest.raises(InvalidParameterError, match="frozen"):
         BACKEND.unlearn(model, _data(), _gc(), frozen="yes", **kw)
 

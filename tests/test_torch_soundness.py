@@ -171,11 +171,13 @@ def test_params_subset_freezes_the_rest_for_the_run_only():
     torch.manual_seed(0)
     model = nn.Linear(4, 2)
     bias = model.bias.detach().clone()
-    r = BACKEND.unlearn(model, _data(), _gc(), loss_fn=F.cross_entropy, params=["weight"], progress=False)
+    r = BACKEND.unlearn(model, _data(), _gc(), loss_fn=F.cross_entropy, params=["weight"], progress=False,
+                        frozen="public")
     assert torch.equal(r.model.bias, bias) and r.model.bias.requires_grad
     assert r.record.unlearned_parameters == ("weight",)
     with pytest.raises(InvalidParameterError, match="params"):
-        BACKEND.unlearn(model, _data(), _gc(), loss_fn=F.cross_entropy, params=["nope"], progress=False)
+        BACKEND.unlearn(model, _data(), _gc(), loss_fn=F.cross_entropy, params=["nope"], progress=False,
+                        frozen="public")
 
 
 class _InplaceResidual(nn.Module):

@@ -2,7 +2,7 @@
 
 Exit codes: 0 when every real case passes and every control is detected; 1 when some real case has
 ε̂ > its claimed ε (the claim is refuted at the stated confidence); 3 when nothing was refuted but a
-control went undetected (the audit had too little power to mean anything); 2 on bad input.
+control went undetected or did not run (the audit's power is not shown); 2 on bad input.
 """
 
 from __future__ import annotations
@@ -119,6 +119,9 @@ def format_report(report: AuditReport) -> str:
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in rows]
     if report.refuted:
         summary = "REFUTED: eps_hat exceeds the claimed eps for a real case"
+    elif report.powerless and any(r.refusal is not None for r in report.results if r.case.is_control):
+        summary = ("INCONCLUSIVE: a control was not run (the backend refused it), so the audit's power is not "
+                   "shown; run the controls with --runner batched")
     elif report.powerless:
         summary = "INCONCLUSIVE: a control was not detected; raise --N"
     elif not any(r.case.is_control for r in report.results):

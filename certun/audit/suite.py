@@ -47,7 +47,8 @@ class CaseResult:
 
     ``refusal`` is set (and ``result`` is ``None``) when the real backend refused to run a control
     to completion: it recomputes the guarantee before issuing a certificate, so a lying schedule (the
-    under-noised control) raises instead of producing runs. That is a detection by another layer.
+    under-noised control) raises instead of producing runs. The game then never ran, so the control
+    is *not run*: it shows nothing about the audit's power and never counts as detected.
     """
 
     case: Case
@@ -56,19 +57,20 @@ class CaseResult:
 
     @property
     def detected(self) -> bool:
-        """ε̂ exceeded the claim, or the backend refused the case."""
-        return self.refusal is not None or (self.result is not None and self.result.detected)
+        """ε̂ exceeded the claim (a case that did not run detected nothing)."""
+        return self.result is not None and self.result.detected
 
     @property
     def ok(self) -> bool:
-        """Pass (not detected) for a real case; detected (or refused) for a control."""
+        """Pass (not detected) for a real case; detected for a control (a control that did not run is not ok)."""
         return self.detected == self.case.is_control
 
     @property
     def verdict(self) -> str:
-        """``pass``/``FAIL`` for a real case; ``detected``/``refused by backend``/``NOT DETECTED`` for a control."""
+        """``pass``/``FAIL`` for a real case; ``detected``/``NOT DETECTED``/``not run (refused by backend)``
+        for a control."""
         if self.refusal is not None:
-            return "refused by backend"
+            return "not run (refused by backend)"
         if self.case.is_control:
             return "detected" if self.detected else "NOT DETECTED"
         return "FAIL" if self.detected else "pass"
@@ -80,7 +82,7 @@ class AuditReport:
 
     ``refuted`` is true when some real (non-control) case has ε̂ > its claimed ε: the implementation
     or the accounting is wrong, at the stated confidence. ``powerless`` is true when some control
-    was not detected: the audit was too small to mean anything.
+    was not detected or not run: the audit's power is not shown.
     """
 
     results: tuple[CaseResult, ...]
@@ -93,13 +95,13 @@ class AuditReport:
 
     @property
     def powerless(self) -> bool:
-        """Some control was neither detected nor refused."""
+        """Some control was not detected (or not run)."""
         return any(not r.detected for r in self.results if r.case.is_control)
 
     @property
     def exit_code(self) -> int:
         """0: every real case passed and every control was detected; 1: a claim was refuted;
-        3: no claim refuted but a control went undetected (too little power)."""
+        3: no claim refuted but a control went undetected or did not run (power not shown)."""
         if self.refuted:
             return 1
         return 3 if self.powerless else 0

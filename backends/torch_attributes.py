@@ -1,0 +1,88 @@
+"""Arrays a model keeps outside its parameters and buffers (``self.mu = X.mean(0)``), found by path.
+
+Such state is neither unlearned nor recorded, so if it was computed from the training data the
+released model still carries D and no guarantee holds (docs/theory.md#definition). The torch backend
+refuses a model holding any unless ``attributes="public"`` declares it independent of D; then it is
+digested and checked unchanged like public buffers. Found: torch tensors, numpy arrays, and
+lists/tuples/sets/dicts holding them, in any module's ``__dict__``; modules kept in a plain container
+(not registered, so their weights are not parameters of the model). Not found: Python scalars
+(``self.scale = float(X.std())``) and objects of other classes; those cannot be told from configuration.
+"""
+
+from __future__ import annotations
+
+import itertools
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+__all__ = ["digestible", "unregistered_arrays"]
+
+#: Attributes every ``nn.Module`` has (its registries, hooks and flags): never user state.
+_MODULE_INTERNALS = frozenset(vars(nn.Module()))
+_MAX_DEPTH = 6
+
+
+def unregistered_arrays(model: nn.Module) -> dict[str, Any]:
+    """``path -> array`` for every tensor or numpy array reachable from a module's attributes that is not
+    one of the model's parameters or buffers (``"enc.stats['mean']"``, ``"net._cache[0]"``).
+
+    Registered tensors referenced again (``nn.LSTM._flat_weights``) are not reported; an unregistered
+    module found in a plain container is reported once, at its own path, if it holds any tensor.
+    """
+    registered = {id(t) for t in model.parameters()} | {id(t) for t in model.buffers()}
+    modules = {id(m) for m in model.modules()}
+    found: dict[str, Any] = {}
+    for path, module in model.named_modules():
+        for key, value in vars(module).items():
+            if key in _MODULE_INTERNALS:
+                continue
+            _walk(f"{path}.{key}" if path else key, value, registered, modules, found, set(), 0)
+    return found
+
+
+def _walk(path: str, value: Any, registered: set[int], modules: set[int], found: dict[str, Any],
+          seen: set[int], depth: int) -> None:
+    if isinstance(value, torch.Tensor):
+        if id(value) not in registered:
+            found[path] = value
+        return
+    if isinstance(value, np.ndarray):
+        if value.dtype != object:
+            found[path] = value
+            return
+        value = value.tolist()
+    if isinstance(value, nn.Module):
+        if id(value) not in modules and any(True for _ in itertools.chain(value.parameters(), value.buffers())):
+            found[path] = value
+        return
+    if depth >= _MAX_DEPTH or id(value) in seen:
+        return
+    if isinstance(value, dict):
+        seen.add(id(value))
+        for k, v in value.items():
+            _walk(f"{path}[{k!r}]", v, registered, modules, found, seen, depth + 1)
+    elif isinstance(value, (list, tuple)):
+        seen.add(id(value))
+        for i, v in enumerate(value):
+            _walk(f"{path}[{i}]", v, registered, modules, found, seen, depth + 1)
+    elif isinstance(value, (set, frozenset)):
+        seen.add(id(value))
+        for i, v in enumerate(sorted(value, key=repr)):
+            _walk(f"{path}{{{i}}}", v, registered, modules, found, seen, depth + 1)
+
+
+def digestible(found: dict[str, Any]) -> dict[str, Any]:
+    """The found arrays as CPU copies for a digest; an unregistered module contributes its state dict."""
+    out: dict[str, Any] = {}
+    for path, value in found.items():
+        if isinstance(value, nn.Module):
+            for name, tensor in value.state_dict().items():
+                out[f"{path}.{name}"] = tensor.detach().to("cpu", copy=True)
+        elif isinstance(value, torch.Tensor):
+            out[path] = value.detach().to("cpu", copy=True)
+        else:
+            out[path] = np.array(value, copy=True)
+    return out

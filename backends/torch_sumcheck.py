@@ -1,0 +1,120 @@
+"""Do the per-sample gradients add up to the batch gradient? A check against hooks that see only part of a use.
+
+Per-sample clipping gets each sample's gradient from hooks on layers (certun's ``nn.Linear`` path,
+Opacus' ``GradSampleHooks``). A weight also used outside its layer (``F.linear(h, layer.weight)``, a
+tied embedding) receives gradient the hooks never see: its per-sample gradients, and so the clipping
+that bounds each sample's influence (docs/theory.md#gradient-clipping), are wrong while the run looks
+normal. Before clipping, ``Σ_i g_i`` must equal autograd's gradient of the summed loss; the gradient
+computer compares the two, in float64, on the first step and refuses the model when they differ by
+more than rounding.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+
+from certun.errors import UnsupportedModelError
+
+__all__ = ["check_per_sample_sum", "linear_sums", "opacus_sums", "tf32_possible"]
+
+#: Rounding allowance, relative to ``Σ_i ‖g_i‖``, in units of the precision the gradients were computed
+#: in. Both sides share every activation and backpropagated gradient; they differ only in how the
+#: batch is reduced, whose float32 error grows like ``sqrt(terms)`` units of ``Σ_i ‖g_i‖ / terms``:
+#: 1024 units is a margin of orders of magnitude. TF32 rounds the *inputs* of each product to 10
+#: mantissa bits (error about 2^-11 of ``Σ_i ‖g_i‖`` whatever the batch), so 8 of its units suffice.
+_UNITS = 1024
+_TF32_EPS, _TF32_UNITS = 2.0**-10, 8
+
+
+def check_per_sample_sum(sums: Mapping[str, torch.Tensor], batch: Mapping[str, torch.Tensor | None], *,
+                         scale: float, dtype: torch.dtype, tf32: bool = False) -> bool:
+    """Refuse when ``sums[name]`` (``Σ_i g_i``, float64) is not autograd's ``batch[name]`` up to rounding.
+
+    Returns ``False`` (nothing checked) when a gradient is not finite: the run refuses those itself, and
+    the caller checks the next batch instead.
+
+    Args:
+        sums: per parameter, the sum over the batch of its per-sample gradients (before clipping).
+        batch: per parameter, autograd's gradient of the summed loss (``None`` for no gradient).
+        scale: ``Σ_i ‖g_i‖`` (or a bound on it): the size of what was summed, which rounding scales with.
+        dtype: the dtype the gradients were computed in (its unit roundoff sets the tolerance).
+        tf32: float32 products may have run in TF32 (CUDA with ``allow_tf32``): a looser tolerance.
+
+    Raises:
+        UnsupportedModelError: one entry per parameter whose sums differ.
+    """
+    finite = math.isfinite(scale) and all(bool(torch.isfinite(t).all()) for t in sums.values()) and all(
+        t is None or bool(torch.isfinite(t).all()) for t in batch.values())
+    if not finite:
+        return False
+    eps, units = torch.finfo(dtype).eps, _UNITS
+    if tf32 and dtype == torch.float32:
+        eps, units = _TF32_EPS, _TF32_UNITS
+    tol = eps * units * max(float(scale), torch.finfo(dtype).tiny)
+    problems = []
+    for name, total in sums.items():
+        expected = batch.get(name)
+        expected = (torch.zeros_like(total, dtype=torch.float64) if expected is None
+                    else expected.detach().to(torch.float64).reshape(total.shape))
+        gap = float(torch.linalg.vector_norm(total.to(torch.float64) - expected))
+        if not gap <= tol:  # a NaN gap is refused too
+            problems.append((name, f"its per-sample gradients sum to a vector {gap:.3g} away from autograd's batch "
+                             f"gradient (rounding allows {tol:.3g}): it is used outside the layer whose hooks compute "
+                             "per-sample gradients (e.g. F.linear(h, layer.weight), or tied to another layer), so "
+                             "per-sample clipping would bound the wrong gradients",
+                             "use clip='batch', or call the layer as a module only (no functional reuse, no tying)"))
+    if problems:
+        raise UnsupportedModelError(problems)
+    return True
+
+
+def linear_sums(layers: list[tuple[str, Any, torch.Tensor | None, torch.Tensor | None]],
+                records: Mapping[int, list[list[Any]]], names: Mapping[int, str],
+                ) -> tuple[dict[str, torch.Tensor], float]:
+    """``(Σ_i g_i per parameter, Σ over rows of ‖row's gradient‖)`` from certun's ``nn.Linear`` captures.
+
+    ``layers`` and ``records`` are :class:`~certun.backends.torch_linear.LinearPerSample`'s; ``names``
+    maps ``id(parameter)`` to its name. Layers whose forward never ran are left to that class' own check.
+    """
+    sums: dict[str, torch.Tensor] = {}
+    scale = 0.0
+    for _, module, w_view, b_view in layers:
+        entries = records.get(id(module), [])
+        if not entries or any(G is None for _, G in entries):
+            continue
+        w_sum = torch.zeros(module.weight.shape, dtype=torch.float64, device=module.weight.device)
+        b_sum = torch.zeros(module.weight.shape[0], dtype=torch.float64, device=module.weight.device)
+        for A, G in entries:
+            A2 = A.reshape(-1, A.shape[-1]).to(torch.float64)
+            G2 = G.reshape(-1, G.shape[-1]).to(torch.float64)
+            w_sum += G2.t() @ A2
+            b_sum += G2.sum(dim=0)
+            g_norm = torch.linalg.vector_norm(G2, dim=1)
+            scale += float((g_norm * torch.linalg.vector_norm(A2, dim=1)).sum() + g_norm.sum())
+        if w_view is not None:
+            sums[names[id(module.weight)]] = w_sum
+        if b_view is not None:
+            sums[names[id(module.bias)]] = b_sum
+    return sums, scale
+
+
+def opacus_sums(named: Mapping[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], float]:
+    """``(Σ_i g_i per parameter, Σ_i ‖g_i‖)`` from Opacus' ``grad_sample`` tensors ``(B, ...)``."""
+    sums: dict[str, torch.Tensor] = {}
+    squares = None
+    for name, gs in named.items():
+        g = gs.detach().to(torch.float64)
+        sums[name] = g.sum(dim=0)
+        sq = g.reshape(g.shape[0], -1).pow(2).sum(dim=1)
+        squares = sq if squares is None else squares + sq
+    scale = 0.0 if squares is None else float(squares.sqrt().sum())
+    return sums, scale
+
+
+def tf32_possible(device: torch.device) -> bool:
+    """Whether float32 matrix products or convolutions on ``device`` may run in TF32."""
+    return device.type == "cuda" and bool(torch.backends.cuda.matmul.allow_tf32 or torch.backends.cudnn.allow_tf32)
