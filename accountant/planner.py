@@ -16,7 +16,7 @@ from certun.accountant import gradient_clipping as gc
 from certun.accountant import model_clipping as mc
 from certun.accountant._numerics import FLOAT_SLACK, log_theta, log_theta_mp
 from certun.accountant.rdp import eps_at_alpha_mp, eps_from_renyi, max_renyi_for
-from certun.accountant.schedule import Guarantee, Method, Mode, Schedule, Variant
+from certun.accountant.schedule import Guarantee, Method, Mode, Schedule, Variant, integer, real_number
 from certun.accountant.solver import round_up, solve_monotone
 from certun.errors import InfeasibleError, InvalidParameterError, NumericalError
 
@@ -35,27 +35,29 @@ from certun.accountant.schedule import MAX_DELTA, MAX_EPS, MAX_SCALE, MAX_STEPS,
 # ---------------------------------------------------------------------------------------------- input
 def _real(name: str, value: Any, *, lower: float, strict: bool = True, upper: float | None = None,
           upper_strict: bool = True, valid: str | None = None) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise InvalidParameterError(name, value, valid or "a real number")
-    x = float(value)
-    ok = math.isfinite(x) and (x > lower if strict else x >= lower)
+    """A real number in a range; numpy scalars and 0-d tensors are real numbers too (:func:`real_number`)."""
+    if valid is None:
+        if upper is None:
+            valid = f"finite and {'>' if strict else '>='} {lower:g}"
+        else:
+            left, right = "(" if strict else "[", ")" if upper_strict else "]"
+            valid = f"finite and in {left}{lower:g}, {upper:g}{right}"
+        valid = "a real number, " + valid
+    x = real_number(name, value, valid)
+    ok = x > lower if strict else x >= lower
     if upper is not None:
         ok = ok and (x < upper if upper_strict else x <= upper)
     if not ok:
-        if valid is None:
-            if upper is None:
-                valid = f"finite and {'>' if strict else '>='} {lower:g}"
-            else:
-                left, right = "(" if strict else "[", ")" if upper_strict else "]"
-                valid = f"finite and in {left}{lower:g}, {upper:g}{right}"
         raise InvalidParameterError(name, value, valid)
     return x
 
 
 def _int(name: str, value: Any, *, lower: int = 1, upper: int | None = None) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < lower or (upper is not None and value > upper):
-        raise InvalidParameterError(name, value, f"an integer >= {lower}" + (f" and <= {upper}" if upper else ""))
-    return int(value)
+    valid = f"an integer >= {lower}" + (f" and <= {upper}" if upper else "")
+    x = integer(name, value, valid)
+    if x < lower or (upper is not None and x > upper):
+        raise InvalidParameterError(name, value, valid)
+    return x
 
 
 def _scale(name: str, value: Any, why: str = "") -> float:
@@ -206,7 +208,7 @@ def plan(
             "sigma", sigma, "None when T is given", hint="plan calibrates one of T and sigma; "
             "to evaluate a fixed (T, sigma) build a Schedule and call guarantee()")
     if variant is Variant.RETRAIN:
-        return Schedule(variant=variant, T=0, target=target, achieved=Guarantee(0.0, 0.0), method=method,
+        return Schedule(variant=variant, T=0, target=target, method=method,
                         notes=("retraining from scratch on the retain data is exact unlearning: eps = delta = 0",))
     C0 = _scale("C0", C0, f" (required for {variant.value})")
     if variant is Variant.OUTPUT_PERTURBATION:
@@ -243,16 +245,16 @@ def plan(
 
 
 def _finish(**fields: Any) -> Schedule:
-    """Build the schedule with a placeholder, then attach the recomputed guarantee."""
+    """Build the schedule and re-check its derived guarantee against the target before handing it out."""
     target = fields["target"]
-    draft = Schedule(achieved=target, **fields)
-    achieved = guarantee(draft)
+    schedule = Schedule(**fields)
+    achieved = schedule.achieved  # guarantee(schedule), recomputed from the fields
     if achieved.eps > target.eps or achieved.delta > target.delta:
         if fields.get("method") is Method.CLOSED_FORM:  # sufficient only within a range: refuse it
             raise InvalidParameterError("method", Method.CLOSED_FORM.value, "'exact' for these parameters",
                                         hint="the paper's closed form does not reach the target here")
         raise NumericalError(f"internal: planned schedule misses its target: achieved {achieved} vs {target}")
-    return Schedule(achieved=achieved, **fields)
+    return schedule
 
 
 # ------------------------------------------------------------------------------- gradient clipping
