@@ -121,3 +121,78 @@ def test_repr_is_short_and_shows_the_derived_guarantee():
     assert len(text) < 1500 and "\n" not in text
     assert f"sigma={s.sigma!r}" in text and f"achieved=({s.achieved.eps!r}" in text
     assert certun.Schedule is Schedule
+
+
+# ------------------------------------------------------------------------------ T's rule and cost
+def test_default_gamma_states_the_rule_and_the_cost_of_10000_steps():
+    """``plan(1, 1e-5, C0=10, C1=1)`` gives T = 10,000 (γ defaults to 1e-3): the notes say why and what it costs."""
+    s = plan(1, 1e-5, C0=10, C1=1)
+    assert s.T == 10_000
+    assert s.notes[0].startswith("T rule: T = C0/(gamma*C1)")
+    cost = [n for n in s.notes if n.startswith("T = 10000 noisy steps")]
+    assert cost and "default step size gamma=0.001" in cost[0] and "set gamma or T explicitly" in cost[0]
+    assert "T = 10000 noisy steps" in repr(s)
+
+
+@pytest.mark.parametrize(("kwargs", "rule"), [
+    (dict(T=50), "T rule: T=50 given"),
+    (dict(sigma=20.0), "T rule: smallest number of steps"),
+    (dict(), "T rule: T = C0/(gamma*C1)"),
+])
+def test_every_gradient_clipping_plan_names_its_T_rule(kwargs, rule):
+    """Which rule chose T is always the first note, and a small T carries no cost warning."""
+    s = plan(**BASE, gamma=0.1, **kwargs)
+    assert s.notes[0].startswith(rule), s.notes
+    assert not any("noisy steps: each is" in n for n in s.notes)
+
+
+def test_model_clipping_plans_name_their_T_rule_and_cost():
+    """Model clipping given σ: T is found by the recursion; above 1,000 steps the cost is spelled out."""
+    s = plan(1.0, 1e-5, 1.0, C2=1.0, sigma=0.265, variant="model_clipping")
+    assert s.T > 1000 and s.notes[0].startswith("T rule: first step")
+    assert any(n.startswith(f"T = {s.T} noisy steps") for n in s.notes)
+    s = plan(1.0, 1e-5, 1.0, C2=1.0, T=10, variant="model_clipping")
+    assert any(n.startswith("T rule: T=10 given") for n in s.notes)
+
+
+def test_the_backends_doc_example_does_not_launch_10000_steps():
+    """The plan call at the top of docs/backends.md runs a modest number of steps, as its comment says."""
+    from pathlib import Path
+
+    doc = (Path(__file__).parent.parent / "docs" / "backends.md").read_text()
+    line = next(ln for ln in doc.splitlines() if ln.startswith("schedule = certun.plan("))
+    s = eval(line.split("=", 1)[1].split("#")[0], {"certun": certun})
+    assert s.T < 1000 and f"{s.T} steps" in line
+
+
+# ---------------------------------------------------------------- options that do not apply
+@pytest.mark.parametrize("kwargs", [dict(T=5), dict(sigma=2.0), dict(sigma0=1.0), dict(C1=1.0), dict(C2=1.0),
+                                    dict(mode="noise_after_projection"), dict(max_T=10), dict(lam=0.5),
+                                    dict(gamma=0.1)])
+def test_output_perturbation_refuses_options_it_would_ignore(kwargs):
+    """Output perturbation is one draw: step options are refused by name, not silently dropped."""
+    (name, _value), = kwargs.items()
+    with pytest.raises(InvalidParameterError) as info:
+        plan(1.0, 1e-5, 1.0, variant="output_perturbation", **kwargs)
+    assert info.value.name == name and "output_perturbation" in str(info.value)
+
+
+def test_output_perturbation_accepts_the_defaults_spelled_out():
+    """lam=0 and the default γ passed explicitly mean nothing was asked: accepted (as numpy scalars too)."""
+    ref = plan(1.0, 1e-5, 1.0, variant="output_perturbation")
+    assert plan(1.0, 1e-5, 1.0, None, np.float64(0.0), gamma=1e-3, variant="output_perturbation") == ref
+
+
+@pytest.mark.parametrize("kwargs", [dict(C0=1.0), dict(T=5), dict(sigma=1.0), dict(gamma=0.1)])
+def test_retrain_refuses_noise_options(kwargs):
+    """Retraining needs no noise parameters; passing one is a mistake worth naming."""
+    (name, _), = kwargs.items()
+    with pytest.raises(InvalidParameterError) as info:
+        plan(1.0, 1e-5, variant="retrain", **kwargs)
+    assert info.value.name == name
+
+
+def test_output_perturbation_note_does_not_contradict_the_closed_form_range():
+    """At eps >= 1 the classic formula is invalid: the note says so instead of quoting it as an alternative."""
+    assert "valid only for eps < 1" in plan(1.0, 1e-5, 1.0, variant="output_perturbation").notes[0]
+    assert "valid only" not in plan(0.5, 1e-5, 1.0, variant="output_perturbation").notes[0]
