@@ -257,7 +257,7 @@ def _refuse_unused(variant: Variant, **given: Any) -> None:
             continue
         what = ("only C0 (one noise draw, sigma0 calibrated by plan)" if variant is Variant.OUTPUT_PERTURBATION
                 else "no noise parameters (exact unlearning)")
-        keep = f"{defaults[name]!r}" if name in defaults else "None"
+        keep = f"omitted or {defaults[name]!r}" if name in defaults else "omitted"
         raise InvalidParameterError(name, value, f"{keep} for {variant.value}", hint=f"{variant.value} takes {what}")
 
 
