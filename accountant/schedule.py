@@ -184,6 +184,11 @@ class Guarantee:
     alpha: float | None = None
 
     def __post_init__(self) -> None:
+        for name in ("eps", "delta"):  # numpy scalars and 0-d tensors become Python floats (JSON-ready)
+            value = getattr(self, name)
+            if type(value) is not float:
+                as_float = float(value) if isinstance(value, float) else real_number(name, value)
+                object.__setattr__(self, name, as_float)
         if not (self.eps >= 0 and not math.isnan(self.eps)):
             raise InvalidParameterError("eps", self.eps, ">= 0 and not NaN")
         if not (0 <= self.delta <= 1):

@@ -196,3 +196,15 @@ def test_output_perturbation_note_does_not_contradict_the_closed_form_range():
     """At eps >= 1 the classic formula is invalid: the note says so instead of quoting it as an alternative."""
     assert "valid only for eps < 1" in plan(1.0, 1e-5, 1.0, variant="output_perturbation").notes[0]
     assert "valid only" not in plan(0.5, 1e-5, 1.0, variant="output_perturbation").notes[0]
+
+
+def test_guarantee_of_numpy_scalars_is_json_ready():
+    """A target built from numpy/torch scalars holds Python floats, so to_dict() serialises as strict JSON."""
+    import json
+
+    g = Guarantee(np.float32(1.0), torch.tensor(1e-5, dtype=torch.float64))
+    assert type(g.eps) is float and type(g.delta) is float
+    s = Schedule(variant="gradient_clipping", T=2, C0=1.0, C1=1.0, gammas=(0.5, 0.5), sigmas=(4.0, 4.0), target=g)
+    json.dumps(s.to_dict(), allow_nan=False)
+    with pytest.raises(InvalidParameterError):
+        Guarantee(True, 1e-5)
