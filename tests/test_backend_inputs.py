@@ -1,4 +1,4 @@
-"""Forget identifiers are checked against the id scheme before any work (shared by both backends)."""
+"""Backend inputs users really pass: forget identifiers checked against the id scheme, numbers as numpy scalars."""
 
 from __future__ import annotations
 
@@ -85,3 +85,18 @@ def test_torch_backend_refuses_before_running():
         get_backend("torch").unlearn(model, _rebuilt_loader(), schedule, loss_fn=F.cross_entropy,
                                      forget_ids=[8, 9], progress=False)
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_run_options_take_numpy_scalars():
+    """``finetune_lr=np.float32(0.05)`` and ``finetune_epochs=np.int64(1)`` are numbers like Python's."""
+    from certun.backends.options import RunOptions
+
+    schedule = certun.plan(1.0, 1e-5, C0=10.0, C1=1.0, gamma=1.0, T=2)
+    common = dict(clip="per_sample", postprocess="project_C0", noise_mode="fresh", progress=False,
+                  certificate_path=None, callback=None, noise_source=None)
+    opts = RunOptions.check(schedule, finetune_epochs=np.int64(1), finetune_lr=np.float32(0.5), **common)
+    assert (opts.finetune_epochs, opts.finetune_lr) == (1, 0.5) and type(opts.finetune_epochs) is int
+    for kwargs in (dict(finetune_epochs=1.0, finetune_lr=0.5), dict(finetune_epochs=1, finetune_lr=np.nan),
+                   dict(finetune_epochs=True, finetune_lr=0.5), dict(finetune_epochs=1, finetune_lr="0.5")):
+        with pytest.raises(InvalidParameterError):
+            RunOptions.check(schedule, **kwargs, **common)
