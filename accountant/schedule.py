@@ -33,6 +33,8 @@ __all__ = [
     "Method",
     "Guarantee",
     "Schedule",
+    "integer",
+    "real_number",
 ]
 
 SCHEDULE_VERSION = 1
