@@ -398,7 +398,7 @@ def _plan_model_clipping(eps, delta, C0, C1, C2, lam, gamma, T, sigma, sigma0, m
         # start where one step of the Gaussian mechanism alone would suffice: a feasible upper guess
         sol = solve_monotone(gap, guess=r1 / 0.25)
         sigma = sol.x
-        notes = (f"sigma: smallest noise meeting the target in T={T} steps (THEORY.md §3 recursion)",
+        notes = (f"sigma: smallest noise meeting the target in T={T} steps (docs/theory.md#model-clipping recursion)",
                  f"T rule: T={T} given; sigma calibrated for it", *_optional(_cost_note(T, gamma, chosen=False)))
         return _finish(T=T, gammas=(gamma,) * T, sigmas=(sigma,) * T, notes=notes, **common)
 
