@@ -312,6 +312,12 @@ class Schedule:
             object.__setattr__(self, "_achieved", cached)
         return cached
 
+    def __getstate__(self) -> dict[str, Any]:
+        """Copies and pickles carry the fields only: the guarantee is recomputed, never transported."""
+        state = dict(self.__dict__)
+        state.pop("_achieved", None)
+        return state
+
     def __repr__(self) -> str:
         """One readable line: constant σ/γ instead of T-long tuples, the derived guarantee and the notes."""
         parts = [f"variant={self.variant.value!r}", f"T={self.T}"]

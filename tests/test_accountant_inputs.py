@@ -208,3 +208,15 @@ def test_guarantee_of_numpy_scalars_is_json_ready():
     json.dumps(s.to_dict(), allow_nan=False)
     with pytest.raises(InvalidParameterError):
         Guarantee(True, 1e-5)
+
+
+def test_copies_and_pickles_do_not_transport_a_cached_guarantee():
+    """A cached ``achieved`` planted on an instance does not survive copy, deepcopy or pickle."""
+    import copy
+    import pickle
+
+    s = plan(**BASE, gamma=0.1)
+    honest = s.achieved
+    object.__setattr__(s, "_achieved", Guarantee(0.001, 1e-20))  # tampering with the cache
+    for clone in (copy.copy(s), copy.deepcopy(s), pickle.loads(pickle.dumps(s))):
+        assert clone == s and clone.achieved == honest
