@@ -297,8 +297,8 @@ def run_demo(config: DemoConfig, out_dir: str | Path, *, progress: bool = True,
     from certun.report import phase_table, write_report
 
     started = time.perf_counter()
-    out = prepare_out_dir(out_dir)  # before any work: a bad --out must not cost a training run
     device = _resolve_device(config.device)
+    out = prepare_out_dir(out_dir)  # before any work: a bad --out must not cost a training run
 
     # 1. data and splits
     data = load_data(config.data)
