@@ -179,6 +179,12 @@ def plan(
         method: ``"exact"`` (default) or the paper's ``"closed_form"`` (for comparison; more noise).
         max_T: compute budget: the largest T allowed.
 
+    Every real number may be a Python int or float, a numpy scalar or a 0-d tensor. Options a variant
+    does not use are refused, not dropped: output perturbation takes only C0 (and the defaults of
+    ``lam`` and ``gamma``), retraining nothing. γ defaults to 1e-3, so with λ = 0 the rule
+    ``T = C0/(γ·C1)`` can mean thousands of steps: the notes start with ``"T rule: ..."`` and, from
+    1,000 steps on, state the cost; choose ``gamma`` or ``T`` for your budget.
+
     Returns:
         A :class:`Schedule` with ``guarantee(s).eps ≤ eps`` and ``guarantee(s).delta ≤ delta``;
         σ is rounded up to 10 significant digits and T up to an integer, and the next value below on
