@@ -16,7 +16,7 @@ from certun.accountant import gradient_clipping as gc
 from certun.accountant import model_clipping as mc
 from certun.accountant._numerics import FLOAT_SLACK, log_theta, log_theta_mp
 from certun.accountant.rdp import eps_at_alpha_mp, eps_from_renyi, max_renyi_for
-from certun.accountant.schedule import Guarantee, Method, Mode, Schedule, Variant
+from certun.accountant.schedule import Guarantee, Method, Mode, Schedule, Variant, integer, real_number
 from certun.accountant.solver import round_up, solve_monotone
 from certun.errors import InfeasibleError, InvalidParameterError, NumericalError
 
@@ -35,27 +35,29 @@ from certun.accountant.schedule import MAX_DELTA, MAX_EPS, MAX_SCALE, MAX_STEPS,
 # ---------------------------------------------------------------------------------------------- input
 def _real(name: str, value: Any, *, lower: float, strict: bool = True, upper: float | None = None,
           upper_strict: bool = True, valid: str | None = None) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise InvalidParameterError(name, value, valid or "a real number")
-    x = float(value)
-    ok = math.isfinite(x) and (x > lower if strict else x >= lower)
+    """A real number in a range; numpy scalars and 0-d tensors are real numbers too (:func:`real_number`)."""
+    if valid is None:
+        if upper is None:
+            valid = f"finite and {'>' if strict else '>='} {lower:g}"
+        else:
+            left, right = "(" if strict else "[", ")" if upper_strict else "]"
+            valid = f"finite and in {left}{lower:g}, {upper:g}{right}"
+        valid = "a real number, " + valid
+    x = real_number(name, value, valid)
+    ok = x > lower if strict else x >= lower
     if upper is not None:
         ok = ok and (x < upper if upper_strict else x <= upper)
     if not ok:
-        if valid is None:
-            if upper is None:
-                valid = f"finite and {'>' if strict else '>='} {lower:g}"
-            else:
-                left, right = "(" if strict else "[", ")" if upper_strict else "]"
-                valid = f"finite and in {left}{lower:g}, {upper:g}{right}"
         raise InvalidParameterError(name, value, valid)
     return x
 
 
 def _int(name: str, value: Any, *, lower: int = 1, upper: int | None = None) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < lower or (upper is not None and value > upper):
-        raise InvalidParameterError(name, value, f"an integer >= {lower}" + (f" and <= {upper}" if upper else ""))
-    return int(value)
+    valid = f"an integer >= {lower}" + (f" and <= {upper}" if upper else "")
+    x = integer(name, value, valid)
+    if x < lower or (upper is not None and x > upper):
+        raise InvalidParameterError(name, value, valid)
+    return x
 
 
 def _scale(name: str, value: Any, why: str = "") -> float:
@@ -177,6 +179,12 @@ def plan(
         method: ``"exact"`` (default) or the paper's ``"closed_form"`` (for comparison; more noise).
         max_T: compute budget: the largest T allowed.
 
+    Every real number may be a Python int or float, a numpy scalar or a 0-d tensor. Options a variant
+    does not use are refused, not dropped: output perturbation takes only C0 (and the defaults of
+    ``lam`` and ``gamma``), retraining nothing. γ defaults to 1e-3, so with λ = 0 the rule
+    ``T = C0/(γ·C1)`` can mean thousands of steps: the notes start with ``"T rule: ..."`` and, from
+    1,000 steps on, state the cost; choose ``gamma`` or ``T`` for your budget.
+
     Returns:
         A :class:`Schedule` with ``guarantee(s).eps ≤ eps`` and ``guarantee(s).delta ≤ delta``;
         σ is rounded up to 10 significant digits and T up to an integer, and the next value below on
@@ -205,14 +213,14 @@ def plan(
         raise InvalidParameterError(
             "sigma", sigma, "None when T is given", hint="plan calibrates one of T and sigma; "
             "to evaluate a fixed (T, sigma) build a Schedule and call guarantee()")
+    if variant in (Variant.RETRAIN, Variant.OUTPUT_PERTURBATION):
+        _refuse_unused(variant, C0=C0, C1=C1, lam=lam, gamma=gamma, T=T, sigma=sigma, C2=C2, mode=mode,
+                       sigma0=sigma0, max_T=max_T)
     if variant is Variant.RETRAIN:
-        return Schedule(variant=variant, T=0, target=target, achieved=Guarantee(0.0, 0.0), method=method,
+        return Schedule(variant=variant, T=0, target=target, method=method,
                         notes=("retraining from scratch on the retain data is exact unlearning: eps = delta = 0",))
     C0 = _scale("C0", C0, f" (required for {variant.value})")
     if variant is Variant.OUTPUT_PERTURBATION:
-        for name, value in (("T", T), ("sigma", sigma), ("sigma0", sigma0)):
-            if value is not None:
-                raise InvalidParameterError(name, value, "None for output_perturbation (plan calibrates its one sigma)")
         return _plan_output_perturbation(eps, delta, C0, method, target)
     lam = _real("lam", lam, lower=0.0, strict=False, upper=MAX_SCALE, upper_strict=False)
     gamma = _scale("gamma", gamma)
@@ -242,17 +250,57 @@ def plan(
     return _plan_model_clipping(eps, delta, C0, C1, C2, lam, gamma, T, sigma, sigma0, mode, max_T, target)
 
 
+def _refuse_unused(variant: Variant, **given: Any) -> None:
+    """Refuse options that mean nothing for ``variant`` instead of dropping them silently.
+
+    Output perturbation is one noise draw on the projected model (its only input is C0); retraining
+    needs nothing. ``lam`` and ``gamma`` count as given when they differ from their defaults.
+    """
+    used = {"C0"} if variant is Variant.OUTPUT_PERTURBATION else set()
+    defaults = {"lam": 0.0, "gamma": DEFAULT_GAMMA}
+    for name, value in given.items():
+        if name in used or value is None or (name in defaults and _equals_default(value, defaults[name])):
+            continue
+        what = ("only C0 (one noise draw, sigma0 calibrated by plan)" if variant is Variant.OUTPUT_PERTURBATION
+                else "no noise parameters (exact unlearning)")
+        keep = f"omitted or {defaults[name]!r}" if name in defaults else "omitted"
+        raise InvalidParameterError(name, value, f"{keep} for {variant.value}", hint=f"{variant.value} takes {what}")
+
+
+def _equals_default(value: Any, default: float) -> bool:
+    try:
+        return real_number("", value) == default
+    except InvalidParameterError:
+        return False
+
+
+#: From this many noisy steps on, plan's notes spell out what the steps cost.
+LARGE_T = 1000
+
+
+def _cost_note(T: int, gamma: float, *, chosen: bool) -> str | None:
+    """A plain line on the cost of a large T, so that nobody launches 10,000 noisy steps by accident."""
+    if T < LARGE_T:
+        return None
+    why = ""
+    if chosen:
+        why = (f" (plan chose T for the default step size gamma={gamma:g})" if gamma == DEFAULT_GAMMA
+               else f" (plan chose T for gamma={gamma:g})")
+    return (f"T = {T} noisy steps: each is a full gradient step on a minibatch plus d Gaussian draws{why}; "
+            "set gamma or T explicitly")
+
+
 def _finish(**fields: Any) -> Schedule:
-    """Build the schedule with a placeholder, then attach the recomputed guarantee."""
+    """Build the schedule and re-check its derived guarantee against the target before handing it out."""
     target = fields["target"]
-    draft = Schedule(achieved=target, **fields)
-    achieved = guarantee(draft)
+    schedule = Schedule(**fields)
+    achieved = schedule.achieved  # guarantee(schedule), recomputed from the fields
     if achieved.eps > target.eps or achieved.delta > target.delta:
         if fields.get("method") is Method.CLOSED_FORM:  # sufficient only within a range: refuse it
             raise InvalidParameterError("method", Method.CLOSED_FORM.value, "'exact' for these parameters",
                                         hint="the paper's closed form does not reach the target here")
         raise NumericalError(f"internal: planned schedule misses its target: achieved {achieved} vs {target}")
-    return Schedule(achieved=achieved, **fields)
+    return schedule
 
 
 # ------------------------------------------------------------------------------- gradient clipping
@@ -271,7 +319,11 @@ def _plan_gradient_clipping(eps, delta, C0, C1, lam, gamma, T, sigma, method, ma
                 reason += (f"; capped at the budget max_T={cap} (sigma is minimised within it)" if max_T is not None
                            else f"; capped at DEFAULT_MAX_T={cap} (pass T or max_T to choose)")
                 T = cap
-            notes.append(reason)
+            notes.append("T rule: " + reason)
+            chosen = True
+        else:
+            notes.append(f"T rule: T={T} given; sigma calibrated for it")
+            chosen = False
         if method is Method.CLOSED_FORM:
             raw = gc.closed_form_sigma(eps, log_delta, C0, C1, lam, gamma, T)
             sigma = round_up(raw)
@@ -284,6 +336,9 @@ def _plan_gradient_clipping(eps, delta, C0, C1, lam, gamma, T, sigma, method, ma
             guess = math.sqrt(gc.noise_free_loss(C0, C1, lam, gamma, T) / er_max)
             # guess is the exact solution up to the conversion's float slack: a tight first bracket
             sigma = solve_monotone(lambda s: eps_of(T, s) - eps, guess=guess, guess_rtol=1e-10).x
+        cost = _cost_note(T, gamma, chosen=chosen)
+        if cost is not None:
+            notes.append(cost)
         return _finish(variant=Variant.GRADIENT_CLIPPING, T=T, C0=C0, C1=C1, lam=lam, gammas=(gamma,) * T,
                        sigmas=(sigma,) * T, target=target, method=method, notes=tuple(notes))
 
@@ -311,7 +366,10 @@ def _plan_gradient_clipping(eps, delta, C0, C1, lam, gamma, T, sigma, method, ma
             + ("" if math.isfinite(t_star) else " or the budget max_T"),
             best=best, best_T=T_best)
     T = int(solve_monotone(gap, bracket=(0, T_best), integer=True).x)
-    notes.append(f"T: smallest number of steps meeting the target with sigma={sigma!r}")
+    notes.append(f"T rule: smallest number of steps meeting the target with sigma={sigma!r}")
+    cost = _cost_note(T, gamma, chosen=True)
+    if cost is not None:
+        notes.append(cost)
     return _finish(variant=Variant.GRADIENT_CLIPPING, T=T, C0=C0, C1=C1, lam=lam, gammas=(gamma,) * T,
                    sigmas=(sigma,) * T, target=target, method=method, notes=tuple(notes))
 
@@ -346,7 +404,8 @@ def _plan_model_clipping(eps, delta, C0, C1, C2, lam, gamma, T, sigma, sigma0, m
         # start where one step of the Gaussian mechanism alone would suffice: a feasible upper guess
         sol = solve_monotone(gap, guess=r1 / 0.25)
         sigma = sol.x
-        notes = (f"sigma: smallest noise meeting the target in T={T} steps (THEORY.md §3 recursion)",)
+        notes = (f"sigma: smallest noise meeting the target in T={T} steps (docs/theory.md#model-clipping recursion)",
+                 f"T rule: T={T} given; sigma calibrated for it", *_optional(_cost_note(T, gamma, chosen=False)))
         return _finish(T=T, gammas=(gamma,) * T, sigmas=(sigma,) * T, notes=notes, **common)
 
     r = mc.contraction_radius(C2, sigma, mode, gamma, C1)
@@ -381,8 +440,13 @@ def _plan_model_clipping(eps, delta, C0, C1, C2, lam, gamma, T, sigma, sigma0, m
             + f" at eps={eps}; increase sigma" + (" or the budget" if steps >= budget else ""),
             best=best, best_T=budget)
     T = max(1, steps)
-    notes = (f"T: first step at which the THEORY.md §3 recursion reaches delta with sigma={sigma!r}",)
+    notes = (f"T rule: first step at which the docs/theory.md#model-clipping recursion reaches delta with "
+             f"sigma={sigma!r}", *_optional(_cost_note(T, gamma, chosen=True)))
     return _finish(T=T, gammas=(gamma,) * T, sigmas=(sigma,) * T, notes=notes, **common)
+
+
+def _optional(note: str | None) -> tuple[str, ...]:
+    return () if note is None else (note,)
 
 
 def _first_then_repeat(first: float, value: float, n: int):
@@ -408,6 +472,8 @@ def _plan_output_perturbation(eps, delta, C0, method, target) -> Schedule:
             return log_theta(eps, 2.0 * C0 / s) * (1.0 - FLOAT_SLACK) - log_delta
 
         sigma0 = solve_monotone(gap, guess=classic * 0.8).x
-        note = f"exact analytic-Gaussian sigma (classic formula would give {classic:.6g}; THEORY.md §4)"
+        validity = "" if eps < 1.0 else ", a formula valid only for eps < 1"
+        note = (f"exact analytic-Gaussian sigma (the classic 2*C0*sqrt(2 ln(1.25/delta))/eps would give "
+                f"{classic:.6g}{validity}; docs/theory.md#output-perturbation)")
     return _finish(variant=Variant.OUTPUT_PERTURBATION, T=0, C0=C0, sigma0=sigma0, target=target,
                    method=method, notes=(note,))

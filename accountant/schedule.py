@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import enum
 import math
+import numbers
+import operator
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import InitVar, dataclass, field
 from typing import Any
 
-from certun.errors import CertificateFormatError, InvalidParameterError
+from certun.errors import CertificateFormatError, CertunError, InvalidParameterError
 
 __all__ = [
     "MAX_DELTA",
@@ -31,6 +33,8 @@ __all__ = [
     "Method",
     "Guarantee",
     "Schedule",
+    "integer",
+    "real_number",
 ]
 
 SCHEDULE_VERSION = 1
@@ -92,12 +96,54 @@ def _parse_enum(enum_type: type[enum.Enum], name: str, value: Any) -> Any:
         raise InvalidParameterError(name, value, f"one of {valid}") from None
 
 
+def real_number(name: str, value: Any, valid: str = "a finite real number") -> float:
+    """``value`` as a float if it is one real number: a Python int or float, a numpy scalar, a 0-d or
+    one-element array or tensor (duck-typed through ``.item()``, so torch is never imported).
+
+    Bools, strings, complex numbers and non-finite values are refused with ``valid`` as the message, so
+    a user who passes ``np.float32(10)`` or ``torch.tensor(1.0)`` gets the natural behaviour and one who
+    passes ``"1"`` or ``nan`` learns what is expected.
+    """
+    x: Any = value
+    if not isinstance(x, (int, float)) and callable(getattr(x, "item", None)) and _one_element(x):
+        try:
+            x = x.item()  # numpy scalar / 0-d array, torch 0-d or one-element tensor
+        except (TypeError, ValueError, RuntimeError):
+            x = value
+    if isinstance(x, bool) or not isinstance(x, (int, float)):
+        if isinstance(x, numbers.Real) and not isinstance(x, bool):
+            x = float(x)  # fractions.Fraction, decimal-like reals
+        else:
+            raise InvalidParameterError(name, value, valid)
+    try:
+        f = float(x)
+    except OverflowError:  # an int beyond float range
+        raise InvalidParameterError(name, value, valid) from None
+    if not math.isfinite(f):
+        raise InvalidParameterError(name, value, valid)
+    return f
+
+
+def _one_element(x: Any) -> bool:
+    size = getattr(x, "size", None)
+    if callable(size):  # torch: .size() is the shape, .numel() the count
+        numel = getattr(x, "numel", None)
+        size = numel() if callable(numel) else None
+    return size == 1
+
+
+def integer(name: str, value: Any, valid: str) -> int:
+    """``value`` as an int if it is one integer (Python int, numpy integer, 0-d integer tensor); not a bool or float."""
+    if isinstance(value, bool) or "bool" in str(getattr(value, "dtype", "")):
+        raise InvalidParameterError(name, value, valid)
+    try:
+        return operator.index(value)
+    except TypeError:
+        raise InvalidParameterError(name, value, valid) from None
+
+
 def _finite_float(name: str, value: Any, *, positive: bool = False, nonneg: bool = False) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise InvalidParameterError(name, value, "a real number")
-    x = float(value)
-    if not math.isfinite(x):
-        raise InvalidParameterError(name, value, "finite")
+    x = real_number(name, value, "a finite real number")
     if positive and not x > 0:
         raise InvalidParameterError(name, value, "> 0")
     if nonneg and not x >= 0:
@@ -140,6 +186,11 @@ class Guarantee:
     alpha: float | None = None
 
     def __post_init__(self) -> None:
+        for name in ("eps", "delta"):  # numpy scalars and 0-d tensors become Python floats (JSON-ready)
+            value = getattr(self, name)
+            if type(value) is not float:
+                as_float = float(value) if isinstance(value, float) else real_number(name, value)
+                object.__setattr__(self, name, as_float)
         if not (self.eps >= 0 and not math.isnan(self.eps)):
             raise InvalidParameterError("eps", self.eps, ">= 0 and not NaN")
         if not (0 <= self.delta <= 1):
@@ -160,8 +211,10 @@ class Schedule:
     Per-step values are tuples of length ``T`` (``gammas``, ``sigmas``); use the properties
     ``sigma`` / ``gamma`` for the constant value (``None`` when they vary). ``sigma0`` is noise added
     once after the initial projection: optional for model clipping, and the only noise of output
-    perturbation (which has ``T = 0``). ``achieved`` is computed by the accountant from the other
-    fields, never copied from ``target``; a verifier ignores it and recomputes.
+    perturbation (which has ``T = 0``). ``achieved`` is derived: :func:`~certun.guarantee` of the
+    other fields, computed on first use and cached on this instance, so a schedule built with
+    :func:`dataclasses.replace` (new ``sigmas``, say) can never carry the old guarantee. The
+    ``achieved=`` keyword is still accepted for compatibility and ignored; a verifier recomputes too.
 
     Source: THEORY.md §2 (gradient clipping), §3 (model clipping), §4 (baselines), §6 (what a
     certificate must record).
@@ -178,19 +231,23 @@ class Schedule:
     sigma0: float | None = None
     mode: Mode | None = None
     target: Guarantee
-    achieved: Guarantee
+    #: ignored: the guarantee is recomputed from the fields (see :attr:`achieved`)
+    achieved: InitVar[Guarantee | None] = None
     method: Method = Method.EXACT
     notes: tuple[str, ...] = field(default=())
 
     # ------------------------------------------------------------------ validation
-    def __post_init__(self) -> None:
+    def __post_init__(self, achieved: Guarantee | None) -> None:
+        del achieved  # never trusted: derived from the fields on first use
         set_ = object.__setattr__
         set_(self, "variant", _parse_enum(Variant, "variant", self.variant))
         set_(self, "method", _parse_enum(Method, "method", self.method))
         if self.mode is not None:
             set_(self, "mode", _parse_enum(Mode, "mode", self.mode))
-        if isinstance(self.T, bool) or not isinstance(self.T, int) or not 0 <= self.T <= MAX_STEPS:
+        T = integer("T", self.T, f"an integer in [0, {MAX_STEPS}]")
+        if not 0 <= T <= MAX_STEPS:
             raise InvalidParameterError("T", self.T, f"an integer in [0, {MAX_STEPS}]")
+        set_(self, "T", T)
         set_(self, "gammas", _finite_tuple("gamma", self.gammas, positive=False))
         set_(self, "sigmas", _finite_tuple("sigma", self.sigmas, positive=True))
         set_(self, "notes", tuple(str(n) for n in self.notes))
@@ -245,6 +302,44 @@ class Schedule:
                 raise InvalidParameterError("C1", None, "> 0 for mode clip_noise_before_projection")
 
     # ------------------------------------------------------------------ conveniences
+    def _guarantee(self) -> Guarantee:
+        """The guarantee recomputed from the fields, cached on the instance (the fields are frozen)."""
+        cached = self.__dict__.get("_achieved")
+        if cached is None:
+            from certun.accountant.planner import guarantee
+
+            cached = guarantee(self)
+            object.__setattr__(self, "_achieved", cached)
+        return cached
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Copies and pickles carry the fields only: the guarantee is recomputed, never transported."""
+        state = dict(self.__dict__)
+        state.pop("_achieved", None)
+        return state
+
+    def __repr__(self) -> str:
+        """One readable line: constant σ/γ instead of T-long tuples, the derived guarantee and the notes."""
+        parts = [f"variant={self.variant.value!r}", f"T={self.T}"]
+        if self.mode is not None:
+            parts.append(f"mode={self.mode.value!r}")
+        parts += [f"{k}={getattr(self, k)!r}" for k in ("C0", "C1", "C2", "sigma0") if getattr(self, k) is not None]
+        if self.T:
+            parts.append(f"lam={self.lam!r}")
+            for one, many in (("gamma", "gammas"), ("sigma", "sigmas")):
+                value = getattr(self, one)
+                parts.append(f"{one}={value!r}" if value is not None else f"{many}=<{self.T} values>")
+        parts.append(f"method={self.method.value!r}")
+        parts.append(f"target=({self.target.eps!r}, {self.target.delta!r})")
+        try:
+            a = self.achieved
+            parts.append(f"achieved=({a.eps!r}, {a.delta!r})")
+        except CertunError as exc:  # a repr must not raise
+            parts.append(f"achieved=<not computable: {exc}>")
+        if self.notes:
+            parts.append(f"notes={self.notes!r}")
+        return f"Schedule({', '.join(parts)})"
+
     @property
     def sigma(self) -> float | None:
         """The constant per-step σ, or ``None`` if it varies or there are no steps."""
@@ -348,6 +443,11 @@ class Schedule:
             )
         except (TypeError, InvalidParameterError) as exc:
             raise CertificateFormatError(f"invalid schedule: {exc}") from exc
+
+
+Schedule.achieved = property(  # type: ignore[assignment]  # after @dataclass, which read the InitVar above
+    Schedule._guarantee,
+    doc="The (eps, delta) guarantee of this schedule: ``guarantee(self)``, recomputed from the fields, never stored.")
 
 
 def _constant(values: tuple[float, ...]) -> float | None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import datetime as _dt
 import hashlib
 import importlib.metadata
+import operator
 import platform
 import secrets
 from collections.abc import Iterable, Mapping
@@ -109,26 +110,88 @@ class Identifiers:
 
 
 def _id_list(name: str, ids: Iterable[Any]) -> list[int | str]:
+    if isinstance(ids, (str, bytes)) or not isinstance(ids, Iterable):
+        raise InvalidParameterError(name, ids, "an iterable of record identifiers (integers or strings)")
     out: list[int | str] = []
     for i in ids:
         if isinstance(i, str):
-            out.append(i)
-        elif hasattr(i, "__index__") and not isinstance(i, bool):
-            out.append(int(i.__index__()))
-        elif hasattr(i, "item") and not isinstance(i, bool):  # numpy / torch scalars
-            out.append(int(i.item()))
+            out.append(str(i))
+        elif isinstance(i, bool) or "bool" in str(getattr(i, "dtype", "")):
+            raise InvalidParameterError(name, i, "integers or strings (record identifiers), not booleans")
+        elif _index(i) is not None:
+            out.append(_index(i))
+        elif callable(getattr(i, "item", None)) and type(_item(i)) is int:
+            out.append(int(_item(i)))  # one-element integer arrays / tensors
         else:
-            raise InvalidParameterError(name, i, "integers or strings (record identifiers)")
+            raise InvalidParameterError(name, i, "integers or strings (record identifiers)",
+                                        hint="a float index such as 3.0 is refused rather than truncated")
     return out
+
+
+def _index(value: Any) -> int | None:
+    try:
+        return operator.index(value)  # int, numpy integers, 0-d integer tensors; never a float
+    except TypeError:
+        return None
+
+
+def _item(value: Any) -> Any:
+    try:
+        return value.item()
+    except (TypeError, ValueError, RuntimeError):
+        return None
+
+
+def _index_space(data: Any) -> tuple[int | None, bool]:
+    """``(size of the dataset that dataset-index identifiers index, whether the loader holds a Subset of it)``."""
+    dataset = getattr(data, "dataset", None)
+    if getattr(dataset, "indices", None) is not None and hasattr(dataset, "dataset"):  # torch.utils.data.Subset
+        dataset, subset = dataset.dataset, True
+    else:
+        subset = False
+    try:
+        return len(dataset), subset
+    except TypeError:
+        return None, subset
+
+
+#: What to do instead, for every refused forget identifier under ``id_scheme="dataset-index"``.
+_INDEX_REMEDY = ("with dataset-index identifiers pass the retain data as torch.utils.data.Subset(original, "
+                 "retain_indices) and forget_ids as indices into original, or pass retain_ids= (one identifier "
+                 "per retain record, e.g. the original indices) with forget_ids in the same scheme")
+
+
+def _check_dataset_indices(forget: list[int | str], data: Any) -> None:
+    """Forget identifiers under ``id_scheme="dataset-index"`` must be indices of records the run does not see.
+
+    They index the dataset the loader's ``Subset`` was taken from: integers in ``[0, len(original))``.
+    A loader over a plain dataset retains *every* index of it, so no index can name a forgotten record:
+    the natural "rebuilt retain set plus original indices" workflow is refused with what to pass instead.
+    """
+    size, subset = _index_space(data)
+    bad = [i for i in forget if not isinstance(i, int) or i < 0 or (size is not None and i >= size)]
+    if bad:
+        space = "integers >= 0" if size is None else f"integers in [0, {size})"
+        where = "of the dataset the retain Subset was taken from" if subset else "of the loader's dataset"
+        shown = bad[0] if len(bad) == 1 else f"<{len(bad)} ids, e.g. {bad[:5]}>"
+        raise InvalidParameterError("forget_ids", shown, f"dataset indices ({space}) {where}", hint=_INDEX_REMEDY)
+    if forget and not subset:
+        held = "all" if size is None else f"all {size}"
+        raise InvalidParameterError(
+            "forget_ids", f"<{len(forget)} ids, e.g. {forget[:5]}>",
+            f"indices of records the run does not use, but the loader's dataset is not a Subset and {held} of "
+            "its indices are retain records", hint=_INDEX_REMEDY)
 
 
 def identifiers(data: Any, retain_ids: Iterable[Any] | None, forget_ids: Iterable[Any] | None) -> Identifiers:
     """Build the salted Merkle trees (one fresh salt key for both) of the retain and forget identifiers.
 
     ``retain_ids`` defaults to the loader's dataset indices (:func:`default_ids`), and then
-    ``id_scheme="dataset-index"`` covers the forget identifiers too: pass forget ids as indices into the
-    same dataset. With explicit ``retain_ids`` the scheme is ``"user"``. A record that appears in both
-    sets is refused: the forget set must be disjoint from the data the run touched.
+    ``id_scheme="dataset-index"`` covers the forget identifiers too: they must be integer indices into the
+    dataset the loader's ``Subset`` was taken from, in range (a loader over a plain dataset retains all of
+    its indices, so forget ids are refused there, with what to pass instead). With explicit
+    ``retain_ids`` the scheme is ``"user"`` (integers or strings). A record that appears in both sets is
+    refused: the forget set must be disjoint from the data the run touched.
     """
     from certun.certificates import merkle_tree
 
@@ -140,6 +203,8 @@ def identifiers(data: Any, retain_ids: Iterable[Any] | None, forget_ids: Iterabl
         retain = _id_list("retain_ids", retain_ids)
         scheme = "user"
     forget = None if forget_ids is None else _id_list("forget_ids", forget_ids)
+    if scheme == "dataset-index" and forget is not None:
+        _check_dataset_indices(forget, data)
     if retain is not None and forget is not None:
         overlap = set(retain) & set(forget)
         if overlap:

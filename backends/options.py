@@ -6,7 +6,6 @@ names the value and what is valid (no misspelt option falls back to a default: S
 
 from __future__ import annotations
 
-import math
 import operator
 import secrets
 import warnings
@@ -15,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from certun.accountant.schedule import Mode, Schedule, Variant
+from certun.accountant.schedule import Mode, Schedule, Variant, integer, real_number
 from certun.errors import InvalidParameterError
 
 __all__ = [
@@ -103,10 +102,11 @@ class RunOptions:
         _choice("clip", clip, CLIP_MODES)
         _choice("postprocess", postprocess, POSTPROCESS)
         _choice("noise_mode", noise_mode, NOISE_MODES)
-        if isinstance(finetune_epochs, bool) or not isinstance(finetune_epochs, int) or finetune_epochs < 0:
+        # numpy scalars and 0-d tensors count as numbers, as everywhere in certun
+        finetune_epochs = integer("finetune_epochs", finetune_epochs, "an integer >= 0")
+        if finetune_epochs < 0:
             raise InvalidParameterError("finetune_epochs", finetune_epochs, "an integer >= 0")
-        if (isinstance(finetune_lr, bool) or not isinstance(finetune_lr, (int, float))
-                or not math.isfinite(finetune_lr) or finetune_lr <= 0):
+        if not real_number("finetune_lr", finetune_lr, "a finite number > 0") > 0:
             raise InvalidParameterError("finetune_lr", finetune_lr, "a finite number > 0")
         if schedule.variant is Variant.RETRAIN and finetune_epochs < 1:
             raise InvalidParameterError("finetune_epochs", finetune_epochs,

@@ -32,9 +32,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from certun.accountant.schedule import MAX_DELTA, MAX_EPS, MAX_SCALE, MIN_DELTA, MIN_SCALE, real_number
 from certun.errors import InvalidParameterError, UnlearningRunError
 
-__all__ = ["CENTERS", "DemoConfig", "DemoResult", "default_hyperparameters", "register", "run_demo"]
+__all__ = ["CENTERS", "DemoConfig", "DemoResult", "default_hyperparameters", "prepare_out_dir", "register",
+           "run_demo"]
 
 VARIANTS = ("gradient_clipping", "model_clipping", "output_perturbation")
 CENTERS = ("zero", "init", "public")
@@ -100,16 +102,16 @@ class DemoConfig:
         choice("data", self.data, ("auto", "fashion-mnist", "digits"))
         if self.device not in DEVICES and not str(self.device).startswith("cuda:"):
             raise InvalidParameterError("device", self.device, "auto, cpu, cuda or cuda:N")
-        for name in ("eps", "C1", "train_lr", "finetune_lr"):
-            _positive(name, getattr(self, name))
+        # the accountant's own ranges, checked here so that a bad target fails before any training
+        _in_range("eps", self.eps, 0.0, MAX_EPS, f"(0, {MAX_EPS:g}]", lower_open=True)
+        _in_range("delta", self.delta, MIN_DELTA, MAX_DELTA, f"[{MIN_DELTA:g}, {MAX_DELTA:g}]")
+        _in_range("C1", self.C1, MIN_SCALE, MAX_SCALE, f"[{MIN_SCALE:g}, {MAX_SCALE:g}]")
         if self.C0 is not None:
-            _positive("C0", self.C0)
-        if not (isinstance(self.lam, (int, float)) and math.isfinite(self.lam) and self.lam >= 0):
-            raise InvalidParameterError("lam", self.lam, "a finite number >= 0")
-        if not (isinstance(self.delta, (int, float)) and 0 < self.delta < 1):
-            raise InvalidParameterError("delta", self.delta, "in (0, 1)")
-        if not (isinstance(self.forget_fraction, (int, float)) and 0 < self.forget_fraction < 1):
-            raise InvalidParameterError("forget_fraction", self.forget_fraction, "in (0, 1)")
+            _in_range("C0", self.C0, MIN_SCALE, MAX_SCALE, f"[{MIN_SCALE:g}, {MAX_SCALE:g}]")
+        for name in ("train_lr", "finetune_lr"):
+            _positive(name, getattr(self, name))
+        _in_range("lam", self.lam, 0.0, MAX_SCALE, f"[0, {MAX_SCALE:g}]")
+        _in_range("forget_fraction", self.forget_fraction, 0.0, 1.0, "(0, 1)", lower_open=True, upper_open=True)
         if self.forget_class is not None:
             _integer("forget_class", self.forget_class, 0)
         _integer("seed", self.seed, 0)
@@ -119,6 +121,9 @@ class DemoConfig:
                 raise InvalidParameterError("noise_seed", self.noise_seed, "in [0, 2**63)")
         if self.T is not None:
             _integer("T", self.T, 1)
+            if self.variant == "output_perturbation":
+                raise InvalidParameterError("T", self.T, "omitted for output_perturbation",
+                                            hint="output perturbation is one noise draw, no noisy steps")
         _integer("batch_size", self.batch_size, 1)
         _integer("train_epochs", self.train_epochs, 1)
         _integer("finetune_epochs", self.finetune_epochs, 1)
@@ -126,8 +131,16 @@ class DemoConfig:
 
 
 def _positive(name: str, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+    if not real_number(name, value, "a finite number > 0") > 0:
         raise InvalidParameterError(name, value, "a finite number > 0")
+
+
+def _in_range(name: str, value: Any, lower: float, upper: float, text: str, *, lower_open: bool = False,
+              upper_open: bool = False) -> None:
+    """A real number (numpy scalars too) in ``text``'s interval, or a typed error quoting it."""
+    x = real_number(name, value, f"a real number in {text}")
+    if x < lower or x > upper or (lower_open and x == lower) or (upper_open and x == upper):
+        raise InvalidParameterError(name, value, f"in {text}")
 
 
 def _integer(name: str, value: Any, lower: int) -> None:
@@ -212,6 +225,34 @@ def _resolve_device(name: str) -> Any:
 _OUTPUTS = ("unlearned.pt", "certificate.json", "report.md", "report.png")
 
 
+def prepare_out_dir(out_dir: str | Path) -> Path:
+    """Create ``out_dir`` (and its parents) and remove the files an earlier demo wrote there.
+
+    An existing folder is reused: only ``unlearned.pt``, ``certificate.json``, ``report.md`` and
+    ``report.png`` (the files the demo itself writes) are replaced; anything else in it is left alone.
+    A path that is an existing file, lies under a file, or cannot be written is refused with
+    :class:`InvalidParameterError` before any data is read or any model trained.
+    """
+    out = Path(out_dir)
+    valid = "a folder that can be created and written (the demo writes " + ", ".join(_OUTPUTS) + " into it)"
+    if out.exists() and not out.is_dir():
+        raise InvalidParameterError("out", str(out), valid, hint="it is an existing file; name a folder")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / ".certun-write-probe"
+        probe.write_bytes(b"")
+        probe.unlink()
+        for name in _OUTPUTS:
+            target = out / name
+            if target.is_dir():
+                raise InvalidParameterError("out", str(out), valid,
+                                            hint=f"{target} is a folder where the demo writes a file")
+            target.unlink(missing_ok=True)
+    except OSError as exc:
+        raise InvalidParameterError("out", str(out), valid, hint=f"{exc.strerror or exc}") from None
+    return out
+
+
 class _Scorer:
     """Accuracy of a model on the retain set, the forget set and the test set (tensors kept once)."""
 
@@ -249,7 +290,8 @@ def run_demo(config: DemoConfig, out_dir: str | Path, *, progress: bool = True,
 
     Args:
         config: what to run (validated on construction).
-        out_dir: created if missing. Earlier outputs there are removed first, so that a failed run
+        out_dir: created if missing (:func:`prepare_out_dir`: an existing file or an unwritable path
+            is refused before any work). Earlier outputs there are removed first, so that a failed run
             leaves none behind; ``unlearned.pt``, ``certificate.json``, ``report.md`` and
             ``report.png`` are then written atomically, the certificate only after the model file.
         progress: tqdm bars of the backend.
@@ -267,6 +309,7 @@ def run_demo(config: DemoConfig, out_dir: str | Path, *, progress: bool = True,
 
     started = time.perf_counter()
     device = _resolve_device(config.device)
+    out = prepare_out_dir(out_dir)  # before any work: a bad --out must not cost a training run
 
     # 1. data and splits
     data = load_data(config.data)
@@ -281,10 +324,6 @@ def run_demo(config: DemoConfig, out_dir: str | Path, *, progress: bool = True,
         test_x, test_y = data.pool_x[splits.test], data.pool_y[splits.test]
     if config.quick:
         test_x, test_y = test_x[:QUICK_MAX_TEST], test_y[:QUICK_MAX_TEST]
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    for name in _OUTPUTS:
-        (out / name).unlink(missing_ok=True)
     echo(f"data: {data.source}")
     echo(f"splits (seed {config.seed}): train |D| = {splits.train.size} (retain {splits.retain.size}, forget "
          f"{splits.forget.size}{'' if config.forget_class is None else f' = class {config.forget_class}'}), "
@@ -575,32 +614,46 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "retrain from scratch for comparison, write unlearned.pt, certificate.json, report.md and report.png, "
         "verify the certificate and print a summary. See docs/tutorial.md.",
     )
-    p.add_argument("--variant", choices=VARIANTS, default="gradient_clipping", help="unlearning algorithm")
-    p.add_argument("--eps", type=float, default=1.0, help="target epsilon (default 1)")
-    p.add_argument("--delta", type=float, default=1e-5, help="target delta (default 1e-5)")
+    p.add_argument("--variant", choices=VARIANTS, default="gradient_clipping",
+                   help="unlearning algorithm (default gradient_clipping)")
+    p.add_argument("--eps", type=float, default=1.0, help=f"target epsilon, in (0, {MAX_EPS:g}] (default 1)")
+    p.add_argument("--delta", type=float, default=1e-5,
+                   help=f"target delta, in [{MIN_DELTA:g}, {MAX_DELTA:g}] (default 1e-5)")
     group = p.add_mutually_exclusive_group()
     group.add_argument("--forget-fraction", type=float, default=0.1, dest="forget_fraction",
-                       help="share of the training set to forget, chosen at random (default 0.1)")
-    group.add_argument("--forget-class", type=int, dest="forget_class", help="forget every training record of class K")
-    p.add_argument("--out", default="certun-demo", help="output folder (default ./certun-demo)")
+                       help="share of the training set to forget, in (0, 1), chosen at random (default 0.1)")
+    group.add_argument("--forget-class", type=int, dest="forget_class",
+                       help="forget every training record of class K (a label >= 0)")
+    p.add_argument("--out", default="certun-demo",
+                   help="output folder (default ./certun-demo), created if missing; an existing folder is reused "
+                   "and only the files the demo writes (" + ", ".join(_OUTPUTS) + ") are replaced; an existing "
+                   "file or an unwritable path is refused before any work")
     p.add_argument("--quick", action="store_true", help="tiny subset and budget: a smoke test in seconds")
-    p.add_argument("--seed", type=int, default=0, help="seed of splits, initialisation and data order (default 0)")
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of splits, initialisation and data order, an integer >= 0 (default 0)")
     p.add_argument("--noise-seed", type=int, dest="noise_seed",
-                   help="noise seed (default: drawn from the OS; giving one makes the run reproducible, demo only)")
+                   help="noise seed in [0, 2**63) (default: drawn from the OS; giving one makes the run "
+                   "reproducible, demo only)")
     p.add_argument("--data", choices=("auto", "fashion-mnist", "digits"), default="auto",
                    help="auto: Fashion-MNIST if installed, else scikit-learn's digits")
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda (default auto: CUDA when available)")
+    p.add_argument("--device", default="auto",
+                   help="auto, cpu, cuda or cuda:N (default auto: CUDA when available)")
     p.add_argument("--model", choices=("mlp", "cnn"), default="mlp", help="small MLP (default) or CNN with GroupNorm")
     p.add_argument("--center", choices=CENTERS, default="zero",
                    help="centre of the balls: zero (default, the paper's), init (the original's initialisation), "
                    "public (weights pretrained on a public split disjoint from D)")
-    p.add_argument("--clip", choices=CLIPS, default="per_sample", help="gradient clipping granularity")
-    p.add_argument("--C0", type=float, help="override the starting-ball radius (default: see docs/tutorial.md)")
-    p.add_argument("--T", type=int, help="override the number of noisy steps (default 200; --quick 20)")
+    p.add_argument("--clip", choices=CLIPS, default="per_sample",
+                   help="gradient clipping granularity (default per_sample)")
+    p.add_argument("--C0", type=float, help=f"override the starting-ball radius, in [{MIN_SCALE:g}, {MAX_SCALE:g}] "
+                   "(default: see docs/tutorial.md)")
+    p.add_argument("--T", type=int, help="override the number of noisy steps, an integer >= 1 (default 200; "
+                   "--quick 20)")
     p.add_argument("--finetune-epochs", type=int, dest="finetune_epochs",
-                   help="noiseless fine-tuning epochs, also the retraining budget (default 3; --quick 1)")
+                   help="noiseless fine-tuning epochs, an integer >= 1, also the retraining budget (default 3; "
+                   "--quick 1)")
     p.add_argument("--threads", type=int, default=1,
-                   help="torch CPU threads (default 1: these small models gain little from more, and a busy "
+                   help="torch CPU threads, an integer >= 1 (default 1: these small models gain little from more, "
+                   "and a busy "
                    "machine loses a lot to oversubscribed OpenMP threads)")
     p.add_argument("--no-progress", action="store_false", dest="progress", help="no progress bars")
     p.set_defaults(func=_run_cli)
