@@ -12,7 +12,7 @@ from certun.errors import InvalidParameterError
 
 
 def test_output_perturbation_noise_norm_is_sigma0_sqrt_d() -> None:
-    s = certun.plan(1.0, 1e-5, 1.0, 1.0, 0.0, variant="output_perturbation")
+    s = certun.plan(1.0, 1e-5, 1.0, None, 0.0, variant="output_perturbation")
     f = forecast(s, 10_000)
     assert f.noise_norm == pytest.approx(s.sigma0 * 100.0)
     assert f.radius == 1.0 and f.erases
@@ -36,11 +36,11 @@ def test_model_clipping_uses_C2_and_retrain_has_none() -> None:
     s = certun.plan(1.0, 1e-5, 1.0, 1.0, 0.0, variant="model_clipping", C2=1.0, T=6)
     f = forecast(s, 100)
     assert f.radius_name == "C2" and f.sigma_eff == s.sigmas[-1]
-    assert forecast(certun.plan(1.0, 1e-5, 1.0, 1.0, 0.0, variant="retrain"), 100) is None
+    assert forecast(certun.plan(1.0, 1e-5, None, None, 0.0, variant="retrain"), 100) is None
 
 
 @pytest.mark.parametrize("d", [0, -1, 1.5, True, "10"])
 def test_bad_d_is_refused(d: object) -> None:
-    s = certun.plan(1.0, 1e-5, 1.0, 1.0, 0.0, variant="output_perturbation")
+    s = certun.plan(1.0, 1e-5, 1.0, None, 0.0, variant="output_perturbation")
     with pytest.raises(InvalidParameterError, match="d"):
         forecast(s, d)  # type: ignore[arg-type]
