@@ -51,6 +51,7 @@ FORBIDDEN = (
 
 DOCS = "docs" + "/"  # spelt in pieces: the examples below must not be checked as references
 _DOCS_REF = re.compile(r"(?<![\w/.-])docs/([\w.-]+" + _MD + r")(?:#([\w-]+))?")
+_MORE_ANCHORS = re.compile(r"(?:,\s*|\s+and\s+)#([\w-]+)")  # "<page>.md#a, #b and #c"
 _MD_LINK = re.compile(r"!?\[(?:[^\]\\]|\\.)*\]\(\s*<?([^)\s>]+)>?(?:\s+\"[^\"]*\")?\s*\)")
 _FENCE = re.compile(r"^\s*(```|~~~)")
 _HEADING = re.compile(r"^ {0,3}(#{1,6})\s+(.*?)\s*#*\s*$")
@@ -155,8 +156,14 @@ def broken_docs_references(text: str, root: Path = ROOT) -> list[tuple[int, str,
             known = _page_anchors(root / "docs" / page)
             if known is None:
                 found.append((number, m.group(0), f"docs/{page} does not exist"))
-            elif anchor is not None and anchor not in known:
-                found.append((number, m.group(0), f"docs/{page} has no heading with anchor #{anchor}"))
+                continue
+            cited = [anchor] if anchor else []
+            end = m.end()
+            while anchor and (more := _MORE_ANCHORS.match(line, end)):
+                cited.append(more.group(1))
+                end = more.end()
+            found.extend((number, f"docs/{page}#{a}", f"docs/{page} has no heading with anchor #{a}")
+                         for a in cited if a not in known)
     return found
 
 
@@ -273,6 +280,8 @@ def test_broken_docs_reference_and_link_are_detected(tmp_path):
     ok = f"{DOCS}a.md#same-1 and {DOCS}a.md"
     assert not broken_docs_references(ok, tmp_path)
     bad = broken_docs_references(f"{DOCS}a.md#not-a-heading, {DOCS}b.md#x, {DOCS}a.md#not-a-heading", tmp_path)
+    assert [ref for _, ref, _ in broken_docs_references(f"({DOCS}a.md#same, #same-1 and #nope)", tmp_path)] \
+        == [f"{DOCS}a.md#nope"]
     assert [why for _, _, why in bad] == [f"{DOCS}a.md has no heading with anchor #not-a-heading",
                                           f"{DOCS}b.md does not exist",
                                           f"{DOCS}a.md has no heading with anchor #not-a-heading"]
