@@ -147,6 +147,15 @@ def forbidden_references(text: str) -> list[tuple[int, str, str]]:
     return found
 
 
+_NOTE = re.compile(r"\b[A-Z][A-Z0-9_-]+" + _MD + r"\b")  # README.md, CHANGELOG.md, ...
+
+
+def missing_notes(text: str, shipped: set[str]) -> list[tuple[int, str]]:
+    """``(line, name)`` for each capitalised ``NAME.md`` that no file in the repository is called."""
+    return [(number, m.group(0)) for number, line in enumerate(text.splitlines(), 1)
+            for m in _NOTE.finditer(line) if m.group(0) not in shipped]
+
+
 def broken_docs_references(text: str, root: Path = ROOT) -> list[tuple[int, str, str]]:
     """``(line, reference, why)`` for each ``docs/<page>.md[#anchor]`` whose page or anchor is missing."""
     found = []
@@ -202,6 +211,14 @@ def test_no_reference_to_files_outside_the_repository():
     assert not problems, _report(problems)
 
 
+def test_capitalised_notes_cited_are_shipped():
+    """Any ``NAME.md`` cited anywhere (README.md, ...) is a file of the repository, not a private note."""
+    shipped = {path.name for path in tracked_files()}
+    problems = [f"{path.relative_to(ROOT)}:{line}: {name} is not a file of the repository"
+                for path, text in text_files() for line, name in missing_notes(text, shipped)]
+    assert not problems, _report(problems)
+
+
 def test_docs_references_name_existing_pages_and_anchors():
     """Every ``docs/<page>.md#anchor`` in code, docs and README names a page and a heading that exist."""
     problems = [f"{path.relative_to(ROOT)}:{line}: {ref!r}: {why}"
@@ -253,6 +270,12 @@ def test_forbidden_references_are_detected(text):
 def test_ordinary_text_is_not_flagged(text):
     """In-repository citations and ordinary words are not references outside the repository."""
     assert not forbidden_references(text)
+
+
+def test_unshipped_notes_are_detected():
+    """A capitalised note is flagged unless a file of that name is shipped."""
+    text = "see README.md and " + "TODO" + ".md, not readme.md"
+    assert missing_notes(text, {"README.md"}) == [(1, "TODO" + ".md")]
 
 
 @pytest.mark.parametrize(("heading", "slug"), [
