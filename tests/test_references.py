@@ -147,11 +147,11 @@ def forbidden_references(text: str) -> list[tuple[int, str, str]]:
     return found
 
 
-_NOTE = re.compile(r"\b[A-Z][A-Z0-9_-]+" + _MD + r"\b")  # README.md, CHANGELOG.md, ...
+_NOTE = re.compile(r"\b[A-Z][A-Z0-9_-]+" + _MD + r"\b")  # capitalised Markdown names, like the README
 
 
 def missing_notes(text: str, shipped: set[str]) -> list[tuple[int, str]]:
-    """``(line, name)`` for each capitalised ``NAME.md`` that no file in the repository is called."""
+    """``(line, name)`` for each capitalised ``<NAME>.md`` that no file in the repository is called."""
     return [(number, m.group(0)) for number, line in enumerate(text.splitlines(), 1)
             for m in _NOTE.finditer(line) if m.group(0) not in shipped]
 
@@ -212,7 +212,7 @@ def test_no_reference_to_files_outside_the_repository():
 
 
 def test_capitalised_notes_cited_are_shipped():
-    """Any ``NAME.md`` cited anywhere (README.md, ...) is a file of the repository, not a private note."""
+    """Any ``<NAME>.md`` cited anywhere (README.md, ...) is a file of the repository, not a private note."""
     shipped = {path.name for path in tracked_files()}
     problems = [f"{path.relative_to(ROOT)}:{line}: {name} is not a file of the repository"
                 for path, text in text_files() for line, name in missing_notes(text, shipped)]
