@@ -13,6 +13,8 @@ import math
 import numpy as np
 import pytest
 import torch
+from hypothesis import given
+from hypothesis import strategies as st
 from noise_fixtures import TorchSeeded
 from scipy import stats
 
@@ -142,6 +144,24 @@ def test_pieces_equal_the_whole_and_the_control_is_not_positional():
     for _ in range(20):
         assert _pieces_equal_whole(g, 5000, sorted(rng.choice(np.arange(1, 5000), 6, replace=False).tolist()))
     assert not _pieces_equal_whole(TorchSeeded(KEY), 1000, [7, 500])
+
+
+@given(draw=st.integers(0, 2**64 - 1), start=st.integers(0, 10**12), n=st.integers(1, 400),
+       cuts=st.lists(st.integers(1, 399), max_size=6))
+def test_any_split_anywhere_gives_the_same_bits(draw, start, n, cuts):
+    """Property: for any draw, any start and any cut points, the pieces are the whole, bit for bit."""
+    g = NoiseGenerator(KEY)
+    inner = sorted({c for c in cuts if c < n})
+    assert _pieces_equal_whole(_Shifted(g, start), n, inner, draw=draw)
+
+
+def test_no_two_positions_share_a_keystream_block():
+    """An attacker choosing (draw, offset) cannot make two coordinates reuse keystream: the last block
+    of one draw, the first of the next, and the same block of two draws are all different."""
+    g = NoiseGenerator(KEY)
+    last = 2**32 - 1
+    blocks = {g.keystream(t, b, 1) for t in (0, 1, 2**63, 2**64 - 1) for b in (0, 1, last)}
+    assert len(blocks) == 12
 
 
 def test_single_coordinates_match_the_whole():
