@@ -36,7 +36,9 @@ Stated bounds (argued in docs/noise.md, "What is proved and what is argued"):
   exact pair √(−2 ln U)(cos 2πV, sin 2πV), except when U < 2⁻¹¹¹, an event of probability
   :data:`TAIL_MASS_PER_PAIR` = 2⁻¹¹¹ that contains the whole tail beyond r_max. The float64
   evaluation (rounding of u1, ``log`` within 2¹⁰ ulp, far looser than any libm documents, ``sqrt``,
-  the polynomial) contributes below 2⁻⁴⁰ of that displacement, so it adds nothing to the mass.
+  the polynomial) moves the pair by less than 2⁻³⁵ where U < ½ and 2⁻²⁵ near U = 1; with the
+  radial cell error (< 2⁻²⁰·², only where U < 2⁻⁶⁴) the total stays below 2⁻²⁰, so it adds nothing
+  to the mass.
 - :func:`tail_residual` (pairs · 2⁻¹¹¹, rounded up) is the mass misplaced over many pairs; the
   accountant's 1e-12 relative slack absorbs it when it is ≤ 1e-13·δ.
 
