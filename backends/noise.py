@@ -305,21 +305,39 @@ class NoiseGenerator:
         enc = Cipher(algorithms.ChaCha20(self._key, nonce), mode=None).encryptor()
         enc.update_into(bytes(64 * n_blocks), buf)
 
-    def normal(self, draw: int, count: int, *, offset: int = 0) -> np.ndarray:
+    def normal(self, draw: int, count: int, *, offset: int = 0, workers: int = 1) -> np.ndarray:
         """Coordinates ``[offset, offset + count)`` of the ``draw``-th N(0, I) vector, float64.
 
         Positional: coordinate i of draw t depends only on (key, t, i), so pieces equal the whole.
+        ``workers`` > 1 fills contiguous pieces in that many threads (numpy and OpenSSL release the
+        GIL); by positionality the bits do not depend on it.
         """
         t = _index("draw", draw, 0, MAX_DRAWS, f"an integer in [0, {MAX_DRAWS})")
         n = _index("count", count, 0, None, "an integer >= 0")
         i0 = _index("offset", offset, 0, None, "an integer >= 0")
+        k = _index("workers", workers, 1, 1025, "an integer in [1, 1024]")
         if i0 + n > MAX_COORDINATES:
             raise InvalidParameterError(
                 "offset + count", i0 + n, f"at most {MAX_COORDINATES}",
                 "one draw covers this many coordinates before ChaCha20's 32-bit block counter would wrap")
         out = np.empty(n, dtype=np.float64)
-        if n == 0:
+        # Pieces of whole chunks (even length, so each piece but the last starts a pair).
+        piece = 2 * _CHUNK_PAIRS * max(1, -(-n // (2 * _CHUNK_PAIRS * k)))
+        if k == 1 or n <= piece:
+            self._fill(t, i0, out)
             return out
+        from concurrent.futures import ThreadPoolExecutor
+
+        starts = range(0, n, piece)
+        with ThreadPoolExecutor(max_workers=min(k, len(starts))) as pool:
+            list(pool.map(lambda s: self._fill(t, i0 + s, out[s:s + piece]), starts))
+        return out
+
+    def _fill(self, t: int, i0: int, out: np.ndarray) -> None:
+        """Write coordinates ``[i0, i0 + len(out))`` of draw ``t`` into ``out`` (validated by the caller)."""
+        n = out.shape[0]
+        if n == 0:
+            return
         j0, j1 = i0 // 2, (i0 + n + 1) // 2  # pairs [j0, j1) hold the coordinates
         chunk = min(_CHUNK_PAIRS, j1 - j0)
         max_blocks = (_WORDS_PER_PAIR * chunk + _BLOCK_WORDS - 1) // _BLOCK_WORDS + 1
@@ -343,13 +361,13 @@ class NoiseGenerator:
             lo = max(i0, 2 * j) - 2 * j  # first wanted coordinate inside this chunk
             hi = min(i0 + n, 2 * (j + m)) - 2 * j
             out[2 * j + lo - i0: 2 * j + hi - i0] = flat[lo:hi]
-        return out
 
-    def normal_torch(self, draw: int, count: int, *, offset: int = 0, device: Any = None) -> torch.Tensor:
+    def normal_torch(self, draw: int, count: int, *, offset: int = 0, device: Any = None,
+                     workers: int = 1) -> torch.Tensor:
         """The same values as :meth:`normal`, as a float64 torch tensor on ``device``."""
         import torch
 
-        values = torch.from_numpy(self.normal(draw, count, offset=offset))
+        values = torch.from_numpy(self.normal(draw, count, offset=offset, workers=workers))
         return values if device is None else values.to(device)
 
 

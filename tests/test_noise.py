@@ -164,6 +164,20 @@ def test_no_two_positions_share_a_keystream_block():
     assert len(blocks) == 12
 
 
+@pytest.mark.parametrize(("workers", "offset", "count"), [(2, 0, 4 * 2**17 + 3), (3, 1, 5 * 2**17 + 1),
+                                                       (7, 5, 2**17 + 9), (1024, 0, 10)])
+def test_threads_give_the_same_bits(workers, offset, count):
+    g = NoiseGenerator(KEY)
+    assert np.array_equal(g.normal(6, count, offset=offset, workers=workers), g.normal(6, count, offset=offset))
+
+
+@pytest.mark.parametrize("workers", [0, -1, 1025, 1.5, True])
+def test_bad_worker_counts_are_refused(workers):
+    with pytest.raises(InvalidParameterError) as info:
+        NoiseGenerator(KEY).normal(0, 4, workers=workers)
+    assert info.value.name == "workers"
+
+
 def test_single_coordinates_match_the_whole():
     g = NoiseGenerator(KEY)
     whole = g.normal(9, 50)
