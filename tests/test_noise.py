@@ -146,7 +146,7 @@ def test_pieces_equal_the_whole_and_the_control_is_not_positional():
     assert not _pieces_equal_whole(TorchSeeded(KEY), 1000, [7, 500])
 
 
-@given(draw=st.integers(0, 2**64 - 1), start=st.integers(0, 10**12), n=st.integers(1, 400),
+@given(draw=st.integers(0, 2**64 - 1), start=st.integers(0, MAX_COORDINATES - 400), n=st.integers(1, 400),
        cuts=st.lists(st.integers(1, 399), max_size=6))
 def test_any_split_anywhere_gives_the_same_bits(draw, start, n, cuts):
     """Property: for any draw, any start and any cut points, the pieces are the whole, bit for bit."""
