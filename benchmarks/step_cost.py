@@ -8,6 +8,7 @@ reports the median wall time of a step (synchronised on CUDA) and its ratio to a
 
     python benchmarks/step_cost.py            # full sizes; meant for a GPU
     python benchmarks/step_cost.py --quick    # small sizes, a few steps: runs on a CPU in a minute
+    python benchmarks/step_cost.py --samplers # only the noise sampler table (values/s, one thread)
 
 Results are printed as a table (and written as JSON with ``--json PATH``); docs/backends.md records them.
 """
@@ -97,6 +98,60 @@ class ResNet18GN(nn.Module):
         return self.head(F.adaptive_avg_pool2d(self.blocks(self.stem(x)), 1).flatten(1))
 
 
+# ------------------------------------------------------------------ samplers
+
+SAMPLER_SIZES = (10**6, 10**7, 10**8)
+
+
+def sampler_rows(device: torch.device, sizes: tuple[int, ...] = SAMPLER_SIZES) -> list[dict]:
+    """The keyed float64 sampler against float32 ``torch.randn`` and numpy's float64 normals.
+
+    One thread (the caller sets it). The samplers take turns, and each row keeps the fastest of its
+    calls, so a load that comes and goes hits them alike. On CPU the clock is this process's CPU time:
+    on a shared machine, wall time would measure the neighbours. On CUDA it is wall time, synchronised.
+    """
+    import numpy as np
+
+    from certun.backends.noise import NoiseGenerator, fresh_key
+
+    gen = NoiseGenerator(fresh_key())
+    rng = np.random.default_rng(0)
+    tgen = torch.Generator(device=device).manual_seed(0)
+    samplers = {
+        "NoiseGenerator.normal (float64, numpy)": lambda n: gen.normal(0, n),
+        f"NoiseGenerator.normal_torch (float64, {device.type})": lambda n: gen.normal_torch(0, n, device=device),
+        f"torch.randn (float32, {device.type})": lambda n: torch.randn(n, generator=tgen, device=device),
+        "numpy standard_normal (float64)": lambda n: rng.standard_normal(n),
+    }
+    clock = time.process_time if device.type == "cpu" else time.perf_counter
+    rows = []
+    for n in sizes:
+        best = dict.fromkeys(samplers, float("inf"))
+        for draw in samplers.values():  # warm-up
+            draw(min(n, 10**6))
+        for _ in range(7 if n <= 10**6 else 5 if n <= 10**7 else 3):
+            for label, draw in samplers.items():
+                _sync(device)
+                t0 = clock()
+                draw(n)
+                _sync(device)
+                best[label] = min(best[label], clock() - t0)
+        rows += [dict(sampler=label, n=n, values_per_s=n / t) for label, t in best.items()]
+    return rows
+
+
+def print_samplers(device: torch.device) -> list[dict]:
+    """Print the sampler table (markdown) and return its rows."""
+    rows = sampler_rows(device)
+    clock = "process CPU time" if device.type == "cpu" else "wall time"
+    print(f"device={device} torch={torch.__version__} threads={torch.get_num_threads()} clock={clock}")
+    print("| sampler | n | M values/s |")
+    print("|---|---|---|")
+    for r in rows:
+        print(f"| {r['sampler']} | {r['n']:.0e} | {r['values_per_s'] / 1e6:.1f} |")
+    return rows
+
+
 # ------------------------------------------------------------------ timing
 
 
@@ -164,8 +219,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch", type=int, default=None, help="batch size")
     parser.add_argument("--models", default="cnn,mlp,resnet18", help="comma-separated subset of cnn,mlp,resnet18")
     parser.add_argument("--json", default=None, help="also write the results to this JSON file")
+    parser.add_argument("--samplers", action="store_true",
+                        help="only the noise sampler table: keyed float64 vs torch.randn vs numpy, 1e6..1e8 values")
     args = parser.parse_args(argv)
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if args.samplers:
+        torch.set_num_threads(1)
+        rows = print_samplers(device)
+        if args.json:
+            with open(args.json, "w") as fh:
+                json.dump(dict(device=str(device), torch=torch.__version__, samplers=rows), fh, indent=2)
+        return 0
     steps = args.steps or (6 if args.quick else 60)
     batch = args.batch or (16 if args.quick else 128)
     if device.type == "cpu":

@@ -16,7 +16,7 @@ from certun.accountant.planner import DEFAULT_GAMMA
 from certun.audit.game import RUNNERS
 from certun.audit.stats import SELECTIONS
 from certun.audit.suite import QUICK_N_RUNS, AuditReport
-from certun.errors import CertificateFormatError
+from certun.errors import CertificateFormatError, InvalidParameterError
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -60,6 +60,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="instead of the game: the black-box one-run canary audit of a tiny train-then-unlearn "
                    "pipeline (loose), with an unlearning-skipped control")
     p.add_argument("--m", type=int, default=64, help="canaries for --canary (default 64; m/4 guesses each way)")
+    p.add_argument("--implementation", action="store_true",
+                   help="instead of the game: check that this platform behaves as the proof assumes (noise key "
+                   "space, sampler tails and moments, the disc test, positional noise, float64 on --device, norms "
+                   "after clipping and projection at large d); PASS/FAIL table, exit 1 on any FAIL")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.set_defaults(func=run)
 
@@ -89,6 +93,8 @@ def run(args: argparse.Namespace) -> int:
 
     if args.canary:
         return _run_canary(args)
+    if args.implementation:
+        return _run_implementation(args)
     report = audit(_schedule(args), controls=not args.no_controls, n_runs=args.n_runs, confidence=args.confidence,
                    seed=args.seed, select=args.select, d=args.d, device=args.device,
                    runner=args.runner)
@@ -163,3 +169,34 @@ def _run_canary(args: argparse.Namespace) -> int:
     if any(verdict == "FAIL" for _, _, verdict, _ in rows):
         return 1
     return 3 if any(verdict == "NOT DETECTED" for _, _, verdict, _ in rows) else 0
+
+
+def _run_implementation(args: argparse.Namespace) -> int:
+    """The platform checks of :mod:`certun.audit.implementation` on ``--device`` (default cpu)."""
+    from certun.audit.implementation import audit_implementation, format_implementation
+
+    device = _implementation_device(args.device or "cpu")
+    report = audit_implementation(device, quick=args.quick)
+    if args.json:
+        print(json.dumps(report.to_dict(), indent=2, allow_nan=False))
+    else:
+        print(format_implementation(report))
+    return report.exit_code
+
+
+def _implementation_device(name: str) -> str:
+    """``cpu`` or an available CUDA device, else a typed error naming what is valid."""
+    import torch
+
+    if name == "cpu":
+        return name
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise InvalidParameterError("device", name, "cpu: CUDA is not available on this machine")
+        try:
+            torch.empty(0, device=name)
+        except (RuntimeError, AssertionError) as exc:
+            raise InvalidParameterError("device", name, f"cpu or cuda:0..cuda:{torch.cuda.device_count() - 1}",
+                                        str(exc).splitlines()[0]) from None
+        return name
+    raise InvalidParameterError("device", name, "cpu or cuda[:N]")
