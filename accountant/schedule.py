@@ -12,12 +12,11 @@ from __future__ import annotations
 
 import enum
 import math
-import numbers
-import operator
 from collections.abc import Mapping, Sequence
 from dataclasses import InitVar, dataclass, field
 from typing import Any
 
+from certun._validation import integer, real_number
 from certun.errors import CertificateFormatError, CertunError, InvalidParameterError
 
 __all__ = [
@@ -94,52 +93,6 @@ def _parse_enum(enum_type: type[enum.Enum], name: str, value: Any) -> Any:
     except ValueError:
         valid = ", ".join(repr(m.value) for m in enum_type)  # built from the enum itself
         raise InvalidParameterError(name, value, f"one of {valid}") from None
-
-
-def real_number(name: str, value: Any, valid: str = "a finite real number") -> float:
-    """``value`` as a float if it is one real number: a Python int or float, a numpy scalar, a 0-d or
-    one-element array or tensor (duck-typed through ``.item()``, so torch is never imported).
-
-    Bools, strings, complex numbers and non-finite values are refused with ``valid`` as the message, so
-    a user who passes ``np.float32(10)`` or ``torch.tensor(1.0)`` gets the natural behaviour and one who
-    passes ``"1"`` or ``nan`` learns what is expected.
-    """
-    x: Any = value
-    if not isinstance(x, (int, float)) and callable(getattr(x, "item", None)) and _one_element(x):
-        try:
-            x = x.item()  # numpy scalar / 0-d array, torch 0-d or one-element tensor
-        except (TypeError, ValueError, RuntimeError):
-            x = value
-    if isinstance(x, bool) or not isinstance(x, (int, float)):
-        if isinstance(x, numbers.Real) and not isinstance(x, bool):
-            x = float(x)  # fractions.Fraction, decimal-like reals
-        else:
-            raise InvalidParameterError(name, value, valid)
-    try:
-        f = float(x)
-    except OverflowError:  # an int beyond float range
-        raise InvalidParameterError(name, value, valid) from None
-    if not math.isfinite(f):
-        raise InvalidParameterError(name, value, valid)
-    return f
-
-
-def _one_element(x: Any) -> bool:
-    size = getattr(x, "size", None)
-    if callable(size):  # torch: .size() is the shape, .numel() the count
-        numel = getattr(x, "numel", None)
-        size = numel() if callable(numel) else None
-    return size == 1
-
-
-def integer(name: str, value: Any, valid: str) -> int:
-    """``value`` as an int if it is one integer (Python int, numpy integer, 0-d integer tensor); not a bool or float."""
-    if isinstance(value, bool) or "bool" in str(getattr(value, "dtype", "")):
-        raise InvalidParameterError(name, value, valid)
-    try:
-        return operator.index(value)
-    except TypeError:
-        raise InvalidParameterError(name, value, valid) from None
 
 
 def _finite_float(name: str, value: Any, *, positive: bool = False, nonneg: bool = False) -> float:
