@@ -17,6 +17,7 @@ Source: docs/theory.md#floating-point-and-randomness.
 from __future__ import annotations
 
 import hashlib
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -107,9 +108,22 @@ def check_tail(schedule: Schedule, d: int) -> float:
     return residual
 
 
+#: The fields of :func:`certun.backends.noise.describe` the certificate's closed ``execution.noise`` holds.
+_DESCRIBED = ("generator", "key_bits", "sampler", "max_abs_z", "tail_mass_per_pair", "positional")
+
+
 def noise_record(schedule: Schedule, d: int, key: RunKey) -> dict[str, Any]:
     """``execution.noise`` of the certificate: generator, key bits, sampler, key origin, draws, pairs, residual."""
+    described = noise.describe()
+    record: dict[str, Any] = {name: described[name] for name in _DESCRIBED}
+    bound = record["max_abs_z"]
+    record["max_abs_z"] = None if bound is None or not math.isfinite(float(bound)) else float(bound)
+    record["key_bits"] = int(record["key_bits"])
+    record["tail_mass_per_pair"] = float(record["tail_mass_per_pair"])
+    record["positional"] = bool(record["positional"])
+    kdf = described.get("key_derivation")
     draws = _draws(schedule)
     pairs = sampler_pairs(d, draws)
-    return {**noise.describe(), "key_origin": key.origin, "key_derivation": KEY_DERIVATION, "draws": draws,
-            "pairs": pairs, "tail_residual": float(noise.tail_residual(pairs))}
+    return {**record, "key_origin": key.origin,
+            "key_derivation": f"{kdf} over {KEY_DERIVATION}" if kdf else KEY_DERIVATION,
+            "draws": draws, "pairs": pairs, "tail_residual": float(noise.tail_residual(pairs))}
