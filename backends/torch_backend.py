@@ -285,8 +285,8 @@ class TorchBackend:
             model_factory: for ``retrain``: builds a freshly initialised model of the same
                 architecture; default re-initialises with each module's ``reset_parameters()``,
                 refused if that leaves any unlearned parameter untouched.
-            callback: called as ``callback(step, x)`` after each noisy step with the flat iterate (a
-                live view: copy it to keep it, never modify it). Intermediate iterates are not
+            callback: called as ``callback(step, x)`` after each noisy step with the flat float64
+                master iterate (a live view: copy it to keep it, never modify it). Intermediate iterates are not
                 covered by the guarantee: never publish them.
             noise_source: testing hook: ``noise_source(k, d)`` returns the k-th standard-normal draw;
                 no certificate is issued.
@@ -547,7 +547,8 @@ class _Run:
             return z
         if self.opts.noise_mode != "fresh" and self._first_draw is not None:
             return self._first_draw
-        assert self.key is not None
+        if self.key is None:  # set by unlearn() before execute(); never reached from the public API
+            raise UnlearningRunError("internal error: the run's noise key was not derived; no certificate was issued")
         z = self.key.generator().normal_torch(draw_index(self.schedule, step), x.numel(), device=x.device)
         z = z.to(device=x.device, dtype=torch.float64).reshape(x.shape)
         if self.opts.noise_mode != "fresh":
