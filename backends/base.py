@@ -48,16 +48,21 @@ class UnlearnResult:
         history: per-step lists: ``step``, ``loss``, ``sigma``, ``gamma``, ``grad_norm`` (norm of the
             gradient term actually used, after clipping), ``dist`` (``‖x − c‖`` after the step),
             ``time_s`` (wall time since the noisy phase began); and ``ft_step``/``ft_loss`` for the
-            noiseless fine-tuning. **Private**: the losses and norms are functions of the
-            intermediate iterates, which the guarantee does not cover (only the released model is
-            certified); publishing the history weakens the guarantee.
+            noiseless fine-tuning. Step 0's ``loss`` and ``grad_norm`` are ``None`` unless σ0 noise came
+            first: evaluated at Π(A(D)) before any noise, they would identify the starting model
+            (publishing pre-noise statistics voids the guarantee). **Private**: the losses and norms
+            are functions of the intermediate iterates, which the guarantee does not cover (only the
+            released model is certified); publishing the history weakens the guarantee.
         record: the :class:`~certun.certificates.RunRecord` the certificate was issued from.
-        seed: the seed the caller gave (or the one drawn for it). Keep it private: with it, the
-            retain data and the starting model anyone can regenerate and subtract the noise. The noise
-            generator is seeded from it *and* the run's inputs (starting model, retain identifiers,
-            schedule), so the same seed never gives two requests the same noise; still, never reuse a
-            seed. The certificate holds only a salted commitment.
-        seed_opening: the opening of that commitment (seed and salt), private, for a trusted auditor.
+        seed: the integer seed the caller gave (testing/audit only), or ``None`` when the noise key
+            came fresh from the OS (the default). The run key is derived from the secret and every
+            run input (docs/theory.md#floating-point-and-randomness), so the same seed never gives two
+            different requests the same noise; still, never reuse a seed. The certificate holds only a
+            salted commitment to the secret.
+        seed_opening: the opening of that commitment, private, for a trusted auditor: ``scheme``,
+            ``secret`` (hex key material), ``salt``, ``origin`` (``"os"`` or ``"user_seed"``) and, for
+            a user seed, ``seed``. Anyone holding it, the retain data and the starting model can
+            regenerate and subtract the noise.
         model_before_opening: opening (digest root and salt) of the salted commitment to the model the
             run started from, private, for a trusted auditor; ``None`` when the certificate records
             that model in plain (a chained request starting from the previous released model).
@@ -70,7 +75,7 @@ class UnlearnResult:
     certificate: dict[str, Any] | None
     history: Mapping[str, list[Any]]
     record: RunRecord
-    seed: int
+    seed: int | None
     seed_opening: Mapping[str, Any] | None = None
     retain_tree: Any = None
     forget_tree: Any = None

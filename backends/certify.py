@@ -2,11 +2,11 @@
 
 Shared by every backend so that they describe runs the same way. Nothing here touches torch.
 Record identifiers default to dataset indices (``id_scheme="dataset-index"``): stable only as long as
-the dataset's order is, which docs/certificates.md spells out. The seed enters the certificate only
-as a salted commitment; the seed, its opening and the Merkle salt key go back to the caller. So does
+the dataset's order is, which docs/certificates.md spells out. The noise key's secret enters the certificate
+only as a salted commitment; its opening and the Merkle salt key go back to the caller. So does
 the model a first request starts from (:func:`starting_model`): it was trained on the forget set,
-and a plain digest of it would reveal membership. The noise generator is seeded from the user's seed
-*and* the run's inputs (:func:`noise_seed`), so a seed reused across requests never cancels noise.
+and a plain digest of it would reveal membership. The noise key is derived from the run's secret and
+every run input (:mod:`certun.backends.run_key`), so a seed reused across requests never cancels noise.
 """
 
 from __future__ import annotations
@@ -35,9 +35,8 @@ __all__ = [
     "identifiers",
     "issue_and_write",
     "load_previous",
-    "noise_seed",
+    "key_commitment",
     "now_utc",
-    "replay_noise_seed",
     "starting_model",
     "versions",
 ]
@@ -91,7 +90,7 @@ class Identifiers:
     forget_tree: Any
     id_scheme: str | None
     #: unsalted SHA-256 over the sorted, type-tagged retain identifiers (``b""`` when unknown). Private:
-    #: it only feeds :func:`noise_seed` and never enters a record or certificate.
+    #: it only feeds the noise key's context and never enters a record or certificate.
     retain_fingerprint: bytes = b""
     #: number of retain identifiers, or ``None`` when none are known.
     retain_size: int | None = None
@@ -302,39 +301,21 @@ def starting_model(before: ModelDigest, previous: Mapping[str, Any] | None) -> S
     return StartingModel(plain=None, commitment=public, opening=private)
 
 
-def noise_seed(seed: int, *, model_before: ModelDigest, ids: Identifiers, schedule: Schedule) -> int:
-    """The noise generator's seed: SHA-256 of the user's seed and the run's inputs, 63 bits.
-
-    ``SHA-256("certun.noise-seed.v1\\0" || u64(seed) || model_before root || retain fingerprint ||
-    forget fingerprint || RFC 8785 bytes of schedule.to_dict())`` (fingerprints: unsalted hashes of
-    the sorted identifier sets, 32 bytes each, or empty when unknown). Runs with the same inputs
-    reproduce bit for bit; a seed reused for another request (another starting model, retain or
-    forget set, or schedule) gives independent noise. Reused noise lets anyone holding both released
-    models subtract it (x_2 − x_1 cancels z), so never reuse a seed on purpose either: the derivation
-    is a safety net, and it cannot tell apart two runs whose differing inputs it does not see (unsized
-    data without identifiers).
-    """
-    from certun.certificates.canonical import canonical_bytes
-
-    h = hashlib.sha256(b"certun.noise-seed.v1\x00")
-    h.update(int(seed).to_bytes(8, "little"))
-    h.update(model_before.root.encode("ascii"))
-    h.update(ids.retain_fingerprint)
-    h.update(ids.forget_fingerprint)
-    h.update(canonical_bytes(schedule.to_dict()))
-    return int.from_bytes(h.digest()[:8], "little") >> 1
-
-
 def make_record(**fields: Any) -> RunRecord:
     """A :class:`RunRecord` (thin wrapper so backends fill it by keyword in one place)."""
     return RunRecord(**fields)
 
 
-def seed_commitment(seed: int) -> tuple[dict[str, str], dict[str, Any]]:
-    """``(public commitment, private opening)`` of the noise seed (:func:`certun.certificates.seed_commitment`)."""
-    from certun.certificates import seed_commitment as _commit
+def key_commitment(key: Any) -> tuple[dict[str, str], dict[str, Any]]:
+    """``(public commitment, private opening)`` of a run's secret key material
+    (:func:`certun.certificates.key_commitment`); the opening records where the secret came from
+    (``origin``: ``"os"`` or ``"user_seed"``, with the ``seed``) and is private to the run's owner."""
+    from certun.certificates import key_commitment as _commit
 
-    return _commit(seed)
+    extra: dict[str, Any] = {"origin": key.origin}
+    if key.seed is not None:
+        extra["seed"] = key.seed
+    return _commit(key.secret, **extra)
 
 
 def digest(named: Mapping[str, Any]) -> ModelDigest:
@@ -342,25 +323,6 @@ def digest(named: Mapping[str, Any]) -> ModelDigest:
     from certun.certificates import model_digest
 
     return model_digest(named)
-
-
-def replay_noise_seed(seed: int, *, unlearned: Mapping[str, Any], retain_ids: Iterable[Any] | None,
-                      schedule: Schedule, forget_ids: Iterable[Any] | None = None) -> int:
-    """The noise generator's seed of a run, from plain inputs: for auditors and tests that replay a run.
-
-    Args:
-        seed: the seed given to ``unlearn`` (the one the certificate commits to).
-        unlearned: name -> tensor/array of the unlearned parameters *before* the run, as the backend
-            names them (``result.record.unlearned_parameters``), with their dtype.
-        retain_ids: the retain identifiers the run used (``None`` if it had none).
-        schedule: the schedule that was run.
-        forget_ids: the forget identifiers given to the run (``None`` if none).
-    """
-    ids = Identifiers(
-        retain_tree=None, forget_tree=None, id_scheme=None,
-        retain_fingerprint=b"" if retain_ids is None else _fingerprint(_id_list("retain_ids", retain_ids)),
-        forget_fingerprint=b"" if forget_ids is None else _fingerprint(_id_list("forget_ids", forget_ids)))
-    return noise_seed(seed, model_before=digest(unlearned), ids=ids, schedule=schedule)
 
 
 def issue_and_write(schedule: Schedule, record: RunRecord, path: Path | None, *,

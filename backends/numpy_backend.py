@@ -24,6 +24,7 @@ from certun.backends.base import UnlearnResult
 from certun.backends.numpy_steps import SAFETY, add_noise, gc_step, mc_step, output_perturbation, project_ball
 from certun.backends.numpy_steps import clip as clip_vector
 from certun.backends.options import RunOptions, clipping_for, resolve_seed
+from certun.backends.run_key import check_tail, draw_index, noise_record, run_context, run_key
 from certun.errors import InvalidParameterError, UnlearningRunError
 
 __all__ = ["LOSSES", "LinearModel", "NumpyBackend", "batches"]
@@ -192,10 +193,11 @@ class NumpyBackend:
         ``data`` is a re-iterable of ``(X, y)`` numpy batches (see :func:`batches`). ``clip="ghost"`` is
         refused (it is a memory optimisation of per-sample clipping; use ``"per_sample"``). ``retrain``
         starts from ``model_factory()``, else the centre, else zeros. ``progress`` is accepted for
-        interface parity and ignored (the reference backend is silent). Noise: one
-        ``numpy.random.Generator(PCG64(s)).standard_normal(d)`` per step, ``s`` derived from ``seed``
-        and the run's inputs (:func:`certun.backends.certify.noise_seed`). ``previous``: the previous
-        certificate of this model's ledger (dict or path); the new one is chained onto it.
+        interface parity and ignored (the reference backend is silent). Noise: draw ``t`` of the keyed
+        float64 generator of :mod:`certun.backends.noise` per step, keyed from a fresh OS key
+        (``seed=None``) or a user seed (testing/audit only) and every run input
+        (:mod:`certun.backends.run_key`). ``previous``: the previous certificate of this model's
+        ledger (dict or path); the new one is chained onto it.
         """
         opts = RunOptions.check(schedule, clip=clip, postprocess=postprocess, finetune_epochs=finetune_epochs,
                                 finetune_lr=finetune_lr, noise_mode=noise_mode, progress=progress,
@@ -204,7 +206,9 @@ class NumpyBackend:
             raise InvalidParameterError("clip", clip, "'per_sample' or 'batch' for the numpy backend")
         if not isinstance(model, LinearModel):
             raise InvalidParameterError("model", type(model).__name__, "a certun.backends.numpy_backend.LinearModel")
-        seed = resolve_seed(seed)
+        if seed is not None:
+            resolve_seed(seed)  # refuse a bad seed before any work
+        check_tail(schedule, model.d)
         clipping = clipping_for(schedule, clip)
         prev = certify.load_previous(previous)
         started = certify.now_utc()
@@ -214,13 +218,19 @@ class NumpyBackend:
         c = self._center(center, model)
         before = certify.digest(model.named())
         start_model = certify.starting_model(before, prev)
-        rng = np.random.default_rng(certify.noise_seed(seed, model_before=before, ids=ids, schedule=schedule))
+        center_digest = None if c is None else certify.digest(model.with_flat(c).named())
+        key = run_key(seed, run_context(
+            model_before=before.root, center=None if center_digest is None else center_digest.root,
+            retain_fingerprint=ids.retain_fingerprint, forget_fingerprint=ids.forget_fingerprint, schedule=schedule,
+            options={"clip": clipping, "postprocess": opts.postprocess, "noise_mode": noise_mode, "loss": model.loss},
+            unlearned_parameters=PARAMETER_NAMES, dtype="float64", backend=self.name))
+        generator = key.generator()
         history: dict[str, list[Any]] = {k: [] for k in ("step", "loss", "sigma", "gamma", "grad_norm", "dist",
                                                          "time_s", "ft_step", "ft_loss")}
         draws = iter(range(2**62))
         first: list[np.ndarray] = []
 
-        def draw(d: int) -> np.ndarray:
+        def draw(d: int, step: int | None) -> np.ndarray:
             k = next(draws)
             if noise_source is not None:
                 z = np.asarray(noise_source(k, d), dtype=np.float64)
@@ -229,7 +239,7 @@ class NumpyBackend:
                 return z
             if noise_mode != "fresh" and first:
                 return first[0]
-            z = rng.standard_normal(d)
+            z = np.asarray(generator.normal(draw_index(schedule, step), d), dtype=np.float64)
             if noise_mode != "fresh":
                 first.append(z)
             return z
@@ -242,11 +252,11 @@ class NumpyBackend:
             if x.shape != (model.d,):
                 raise InvalidParameterError("model_factory", "<model of another shape>", "the same architecture")
         elif s.variant is Variant.OUTPUT_PERTURBATION:
-            x = output_perturbation(x, C0=s.C0, sigma0=s.sigma0, center=c, noise=draw(model.d))
+            x = output_perturbation(x, C0=s.C0, sigma0=s.sigma0, center=c, noise=draw(model.d, None))
         else:
             x = project_ball(x, s.C0, c)
             if s.variant is Variant.MODEL_CLIPPING and s.sigma0 is not None:
-                x = add_noise(x, s.sigma0, noise=draw(model.d))
+                x = add_noise(x, s.sigma0, noise=draw(model.d, None))
             stream = _cycle(data, on_pass=on_pass)
             mode = (s.mode or Mode.NOISE_AFTER_PROJECTION).value
             start = time.perf_counter()
@@ -256,7 +266,7 @@ class NumpyBackend:
                 if not np.isfinite(loss):
                     raise UnlearningRunError(f"non-finite loss at noisy step {t}; no certificate was issued")
                 gamma, sigma = s.gammas[t], s.sigmas[t]
-                z = draw(model.d)
+                z = draw(model.d, t)
                 if s.variant is Variant.GRADIENT_CLIPPING:
                     used = clip_vector(g, s.C1)
                     x = add_noise(gc_step(x, g, gamma=gamma, lam=s.lam, C1=s.C1, center=c), sigma, noise=z)
@@ -267,11 +277,13 @@ class NumpyBackend:
                         used = clip_vector(g + s.lam * (x if c is None else x - c), s.C1)
                     x = mc_step(x, g, gamma=gamma, lam=s.lam, C2=s.C2, sigma=sigma, mode=mode, C1=s.C1,
                                 center=c, noise=z)
+                # before any noise (step 0 without sigma0) the loss and gradient identify the starting model
+                pre_noise = t == 0 and not (s.variant is Variant.MODEL_CLIPPING and s.sigma0 is not None)
                 history["step"].append(t)
-                history["loss"].append(loss)
+                history["loss"].append(None if pre_noise else loss)
                 history["sigma"].append(sigma)
                 history["gamma"].append(gamma)
-                history["grad_norm"].append(float(np.linalg.norm(used)))
+                history["grad_norm"].append(None if pre_noise else float(np.linalg.norm(used)))
                 history["dist"].append(float(np.linalg.norm(x if c is None else x - c)))
                 history["time_s"].append(time.perf_counter() - start)
                 if callback is not None:
@@ -304,7 +316,7 @@ class NumpyBackend:
             raise UnlearningRunError("the unlearned parameters are not finite after fine-tuning")
 
         result_model = model.with_flat(x)
-        commitment, opening = certify.seed_commitment(seed)
+        commitment, opening = certify.key_commitment(key)
         record = certify.make_record(
             backend=self.name,
             clipping=clipping,
@@ -314,7 +326,7 @@ class NumpyBackend:
             model_before=start_model.plain,
             model_before_commitment=start_model.commitment,
             model_after=certify.digest(result_model.named()),
-            center=None if c is None else certify.digest(model.with_flat(c).named()),
+            center=center_digest,
             retain_root=ids.retain_root,
             forget_root=ids.forget_root,
             retain_count=None if ids.retain_tree is None else ids.retain_tree.size,
@@ -328,14 +340,13 @@ class NumpyBackend:
             started_at=started,
             finished_at=certify.now_utc(),
             versions=certify.versions("numpy"),
-            extra={"noise": "one numpy.random.Generator(PCG64(s)).standard_normal(d) per noisy step, s derived "
-                            "from the committed seed and the run's inputs (certun.noise-seed.v1)",
-                   "noise_mode": noise_mode, "loss": model.loss},
+            noise=noise_record(s, model.d, key),
+            extra={"noise_mode": noise_mode, "loss": model.loss},
         )
         certificate, written = None, None
         if opts.issues_certificate:
             certificate, written = certify.issue_and_write(s, record, opts.certificate_path, previous=prev)
-        return UnlearnResult(model=result_model, certificate=certificate, history=history, record=record, seed=seed,
+        return UnlearnResult(model=result_model, certificate=certificate, history=history, record=record, seed=key.seed,
                              seed_opening=opening, retain_tree=ids.retain_tree, forget_tree=ids.forget_tree,
                              certificate_path=written, model_before_opening=start_model.opening)
 

@@ -32,8 +32,10 @@ SAFETY = 1e-5
 
 
 def norm(x: np.ndarray) -> np.ndarray:
-    """Global L2 norm over the last axis, kept as a trailing axis of size 1."""
-    return np.sqrt(np.sum(np.square(x), axis=-1, keepdims=True))
+    """Global L2 norm over the last axis, accumulated in float64 whatever the dtype (a float32 sum
+    undershoots at large d), kept as a trailing axis of size 1."""
+    x = np.asarray(x)
+    return np.sqrt(np.sum(np.square(x, dtype=np.float64), axis=-1, keepdims=True))
 
 
 def _factor(n: np.ndarray, C: float) -> np.ndarray:

@@ -7,14 +7,19 @@ The run, in order (each step's formula is in :mod:`certun.backends.torch_steps`)
    parameters, refuse anything that would make the guarantee false
    (:func:`~certun.backends.torch_model.check_model`);
 2. digest the unlearned parameters (published only as a salted commitment for a first request), the
-   frozen ones and the centre; seed the noise generator from the seed and these inputs (no
-   optimizer state from training exists here: certun runs its own update);
-3. project globally onto the C0 ball around the centre, then run exactly ``schedule.T`` noisy steps
-   of the variant on retain minibatches, one fresh ``randn(d)`` per step from one generator;
+   frozen ones and the centre; derive the run's noise key from a fresh OS key (or a user seed, for
+   tests and audits) and every run input (:mod:`certun.backends.run_key`); refuse a run whose
+   sampler tail residual could exceed 1e-13·δ (no optimizer state from training exists here: certun
+   runs its own update);
+3. in a float64 master copy of the unlearned vector: project globally onto the C0 ball around the
+   centre, then run exactly ``schedule.T`` noisy steps of the variant on retain minibatches (the
+   gradient is evaluated at the master rounded to the parameters' dtype; clipping, weight decay,
+   projection and the float64 noise draw ``t`` of the keyed generator are applied in float64), and
+   round to the parameters' dtype once at the end (docs/theory.md#floating-point-and-randomness);
 4. post-process (project back onto the C0 ball; noiseless fine-tuning; BatchNorm statistics
    recomputed from retain data when asked) -- all post-processing of the unlearned parameters and
    retain data only (THEORY.md §1, §8);
-5. check frozen parameters are bit-identical, digest the result, commit to the seed, issue the
+5. check frozen parameters are bit-identical, digest the result, commit to the key, issue the
    certificate and write it atomically.
 
 A failure at any point raises and writes nothing.
@@ -23,7 +28,6 @@ A failure at any point raises and writes nothing.
 from __future__ import annotations
 
 import copy
-import hashlib
 import itertools
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -36,6 +40,7 @@ from certun.accountant.schedule import Mode, Schedule, Variant
 from certun.backends import certify
 from certun.backends.base import UnlearnResult
 from certun.backends.options import RunOptions, clipping_for, resolve_seed
+from certun.backends.run_key import RunKey, check_tail, draw_index, noise_record, run_context, run_key
 from certun.backends.torch_attributes import digestible, unregistered_arrays
 from certun.backends.torch_grad import GradientComputer, batch_size
 from certun.backends.torch_hygiene import (
@@ -187,11 +192,6 @@ def _epoch_length(data: Iterable[Any], why: str) -> int:
     return n
 
 
-def _aux_seed(seed: int) -> int:
-    """Seed for the run's *other* randomness (dropout, re-initialisation), derived from but unlike ``seed``."""
-    return int.from_bytes(hashlib.sha256(b"certun.aux-seed.v1\x00" + str(seed).encode()).digest()[:8], "little") >> 1
-
-
 _FROZEN_MODES = ("reject", "public")
 
 
@@ -248,11 +248,13 @@ class TorchBackend:
             schedule: from :func:`certun.plan`; the backend runs it and computes no privacy itself.
             loss_fn: a loss accepting ``reduction="none"`` (``torch.nn.functional.cross_entropy``) or a
                 loss module; per-sample losses are averaged over the real batch size.
-            seed: noise seed (``0 <= seed < 2**63``); drawn from the OS's secure source when ``None``.
-                Returned in the result, only committed to in the certificate. The generator is seeded
-                from it and the run's inputs (starting model, retain identifiers, schedule), so runs
-                reproduce from the same inputs and a reused seed never repeats noise; never reuse a
-                seed all the same.
+            seed: ``None`` (default): the noise key is fresh from the OS's secure source (256 bits).
+                An integer (``0 <= seed < 2**63``) is for tests and audits only: it is not a secret
+                key, the certificate records it as a user seed and ``certun verify`` WARNs. Either
+                way the run key is derived from it and every run input (starting model, centre,
+                retain/forget identifiers, schedule, options, dtype), so a reused seed never repeats
+                noise across different runs; never reuse a seed all the same. The certificate holds
+                only a salted commitment; the opening goes back in ``result.seed_opening``.
             params: which parameters are unlearned (names or parameter objects). Default: every
                 parameter with ``requires_grad``. If any parameter is left out (by ``params`` or by
                 ``requires_grad=False``) the run is refused unless ``frozen="public"`` says the left-out
@@ -291,8 +293,8 @@ class TorchBackend:
             model_factory: for ``retrain``: builds a freshly initialised model of the same
                 architecture; default re-initialises with each module's ``reset_parameters()``,
                 refused if that leaves any unlearned parameter untouched.
-            callback: called as ``callback(step, x)`` after each noisy step with the flat iterate (a
-                live view: copy it to keep it, never modify it). Intermediate iterates are not
+            callback: called as ``callback(step, x)`` after each noisy step with the flat float64
+                master iterate (a live view: copy it to keep it, never modify it). Intermediate iterates are not
                 covered by the guarantee: never publish them.
             noise_source: testing hook: ``noise_source(k, d)`` returns the k-th standard-normal draw;
                 no certificate is issued.
@@ -323,7 +325,8 @@ class TorchBackend:
         if params is not None and not isinstance(params, str):
             params = list(params)  # iterated more than once below (e.g. model.parameters(), a generator)
         prev = certify.load_previous(previous)
-        seed = resolve_seed(seed)
+        if seed is not None:
+            resolve_seed(seed)  # refuse a bad seed before any work
         dev = resolve_device(device)
         variant = schedule.variant
         clipping = clipping_for(schedule, opts.clip)
@@ -360,7 +363,8 @@ class TorchBackend:
         named_unlearned = dict(zip(parts.names, parts.params, strict=True))
         before = certify.digest(_cpu_copy(named_unlearned))
         start_model = certify.starting_model(before, prev)
-        noise_seed = certify.noise_seed(seed, model_before=before, ids=ids, schedule=schedule)
+        flat_d = sum(p.numel() for p in parts.params)
+        check_tail(schedule, flat_d)
         frozen_before = certify.digest(_cpu_copy(dict(parts.frozen))) if parts.frozen else None
         public = (certify.digest(_cpu_copy(parts.buffers)) if (buffers == "public" and parts.buffers) else None)
         loose = unregistered_arrays(work) if attributes == "public" else {}
@@ -372,15 +376,24 @@ class TorchBackend:
             p.requires_grad_(True)
 
         run = _Run(work, data, schedule, parts, opts, loss_fn=loss_fn, device=dev, dtype=dtype,
-                   center=center, clipping=clipping, seed=noise_seed, buffers=buffers, model_factory=model_factory,
+                   center=center, clipping=clipping, buffers=buffers, model_factory=model_factory,
                    epoch_batches=epoch_batches,
                    on_pass=(lambda n: certify.check_pass_count(ids, n)) if count_pass else None)
+        frozen_mode = "none" if not parts.frozen else frozen
+        key = run_key(seed, run_context(
+            model_before=before.root, center=None if run.center_digest is None else run.center_digest.root,
+            retain_fingerprint=ids.retain_fingerprint, forget_fingerprint=ids.forget_fingerprint, schedule=schedule,
+            options={"clip": clipping, "postprocess": opts.postprocess, "noise_mode": opts.noise_mode,
+                     "buffers": buffers, "frozen": frozen_mode, "frozen_parameters": sorted(parts.frozen),
+                     "attributes": attributes},
+            unlearned_parameters=parts.names, dtype=str(dtype).replace("torch.", ""), backend=self.name))
+        run.key = key
         fork_devices = []
         if dev.type == "cuda":
             fork_devices = [dev.index if dev.index is not None else torch.cuda.current_device()]
         try:
             with torch.random.fork_rng(devices=fork_devices):
-                torch.manual_seed(_aux_seed(noise_seed))
+                torch.manual_seed(key.aux_seed())
                 run.execute()
         finally:
             for n, p in work.named_parameters():
@@ -406,7 +419,7 @@ class TorchBackend:
                                     if now.tensors[n] != public_attributes.tensors[n]})
                 raise UnlearningRunError(f"attributes declared public changed during the run: {changed[:5]}; they "
                                          "must stay fixed (state updated from the data belongs in the parameters)")
-        commitment, opening = certify.seed_commitment(seed)
+        commitment, opening = certify.key_commitment(key)
         record = certify.make_record(
             backend=self.name,
             clipping="per_sample" if clipping == "ghost" else clipping,  # ghost clipping is per-sample clipping
@@ -431,23 +444,22 @@ class TorchBackend:
             started_at=started,
             finished_at=certify.now_utc(),
             versions=certify.versions("torch", "opacus", "numpy"),
+            noise=noise_record(schedule, run.flat_d, key),
             extra={
                 "buffers": buffers,
-                "frozen": "none" if not parts.frozen else frozen,
+                "frozen": frozen_mode,
                 "clip_implementation": run.clip_implementation,
                 "recomputed_buffers": [path for path, _ in parts.norms] if buffers == "recompute" else [],
                 "public_buffers": dict(public.tensors) if public is not None else {},
                 "attributes": "public" if public_attributes is not None else "none",
                 "public_attributes": dict(public_attributes.tensors) if public_attributes is not None else {},
-                "noise": f"one torch.randn(d) per noisy step from one torch.Generator(device='{dev.type}') "
-                         "seeded once per run from the committed seed and the run's inputs (certun.noise-seed.v1)",
                 "noise_mode": opts.noise_mode,
             },
         )
         certificate, written = None, None
         if opts.issues_certificate:
             certificate, written = certify.issue_and_write(schedule, record, opts.certificate_path, previous=prev)
-        return UnlearnResult(model=work, certificate=certificate, history=run.history, record=record, seed=seed,
+        return UnlearnResult(model=work, certificate=certificate, history=run.history, record=record, seed=key.seed,
                              seed_opening=opening, retain_tree=ids.retain_tree, forget_tree=ids.forget_tree,
                              certificate_path=written, model_before_opening=start_model.opening)
 
@@ -478,7 +490,7 @@ class _Run:
 
     def __init__(self, model: nn.Module, data: Iterable[Any], schedule: Schedule, parts: ModelParts,
                  opts: RunOptions, *, loss_fn: Callable[..., torch.Tensor], device: torch.device,
-                 dtype: torch.dtype, center: Any, clipping: str | None, seed: int, buffers: str,
+                 dtype: torch.dtype, center: Any, clipping: str | None, buffers: str,
                  model_factory: Callable[[], nn.Module] | None, epoch_batches: int | None = None,
                  on_pass: Callable[[int], None] | None = None) -> None:
         self.model = model
@@ -500,8 +512,7 @@ class _Run:
             pieces = torch.split(self.center.detach().cpu(), [p.numel() for p in parts.params])
             self.center_digest = certify.digest({n: t.view_as(p) for n, t, p in
                                                  zip(parts.names, pieces, parts.params, strict=True)})
-        self.generator = torch.Generator(device=device)
-        self.generator.manual_seed(seed)
+        self.key: RunKey | None = None  # set before execute()
         self.flat_d = sum(p.numel() for p in parts.params)
         self.noisy_steps = 0
         self.finetune_steps = 0
@@ -510,7 +521,6 @@ class _Run:
                                                               "time_s", "ft_step", "ft_loss")}
         self._draws = 0
         self._first_draw: torch.Tensor | None = None
-        self._noise_buffer: torch.Tensor | None = None
 
     # ------------------------------------------------------------------ phases
     def execute(self) -> None:
@@ -524,12 +534,19 @@ class _Run:
         self.model.train()
         flat = FlatParameters(self.parts.names, self.parts.params, device=self.device, dtype=self.dtype)
         try:
-            if variant is Variant.OUTPUT_PERTURBATION:
+            if variant in (Variant.OUTPUT_PERTURBATION, Variant.GRADIENT_CLIPPING, Variant.MODEL_CLIPPING):
+                # the float64 master iterate: the only copy the noisy phase updates; rounded once, below
+                x64 = flat.x.to(torch.float64, copy=True)
+                c64 = None if self.center is None else self.center.to(torch.float64)
+                if variant is Variant.OUTPUT_PERTURBATION:
+                    with torch.no_grad():
+                        output_perturbation(x64, C0=self.schedule.C0, sigma0=self.schedule.sigma0, center=c64,
+                                            noise=self._draw(x64, None))
+                else:
+                    self._noisy_phase(flat, x64, c64)
                 with torch.no_grad():
-                    output_perturbation(flat.x, C0=self.schedule.C0, sigma0=self.schedule.sigma0,
-                                        center=self.center, noise=self._draw(flat.x))
-            elif variant in (Variant.GRADIENT_CLIPPING, Variant.MODEL_CLIPPING):
-                self._noisy_phase(flat)
+                    flat.x.copy_(x64)  # the single rounding to the parameters' dtype
+                del x64, c64
             if variant is not Variant.RETRAIN and self.opts.postprocess == "project_C0":
                 with torch.no_grad():
                     project_ball(flat.x, self.schedule.C0, self.center)
@@ -540,35 +557,44 @@ class _Run:
         finally:
             flat.release()
 
-    def _draw(self, x: torch.Tensor) -> torch.Tensor:
-        """The next standard-normal vector: fresh from the generator, injected, or (audit only) reused."""
+    def _draw(self, x: torch.Tensor, step: int | None) -> torch.Tensor:
+        """The float64 standard-normal vector of noisy step ``step`` (``None``: the σ0 draw).
+
+        Fresh from the keyed generator (draw index :func:`~certun.backends.run_key.draw_index`),
+        injected by ``noise_source`` (called with the running draw count), or (audit only) reused.
+        """
         k = self._draws
         self._draws += 1
         if self.opts.noise_source is not None:
-            z = torch.as_tensor(self.opts.noise_source(k, x.numel()), dtype=x.dtype, device=x.device)
+            z = torch.as_tensor(self.opts.noise_source(k, x.numel()), device=x.device).to(torch.float64)
             if z.shape != x.shape:
                 raise UnlearningRunError(f"noise_source returned shape {tuple(z.shape)}, expected {tuple(x.shape)}")
             return z
         if self.opts.noise_mode != "fresh" and self._first_draw is not None:
             return self._first_draw
-        if self._noise_buffer is None:
-            self._noise_buffer = torch.empty_like(x)
-        z = torch.randn(x.shape, generator=self.generator, dtype=x.dtype, device=x.device, out=self._noise_buffer)
+        if self.key is None:  # set by unlearn() before execute(); never reached from the public API
+            raise UnlearningRunError("internal error: the run's noise key was not derived; no certificate was issued")
+        z = self.key.generator().normal_torch(draw_index(self.schedule, step), x.numel(), device=x.device)
+        z = z.to(device=x.device, dtype=torch.float64).reshape(x.shape)
         if self.opts.noise_mode != "fresh":
-            self._first_draw = z.clone()
+            self._first_draw = z
         return z
 
-    def _noisy_phase(self, flat: FlatParameters) -> None:
+    def _noisy_phase(self, flat: FlatParameters, x: torch.Tensor, c: torch.Tensor | None) -> None:
+        """The noisy steps on the float64 master ``x`` (centre ``c`` in float64); ``flat.x`` only holds
+        ``x`` rounded to the parameters' dtype, where each gradient is evaluated."""
         s = self.schedule
-        x, c = flat.x, self.center
+        noised = False
         with torch.no_grad():
-            project_ball(x, s.C0, c)  # global over all unlearned parameters (THEORY.md §1)
+            project_ball(x, s.C0, c)  # global over all unlearned parameters (docs/theory.md#anchored-balls)
             if s.variant is Variant.MODEL_CLIPPING and s.sigma0 is not None:
-                add_noise(x, s.sigma0, noise=self._draw(x))
+                add_noise(x, s.sigma0, noise=self._draw(x, None))
+                noised = True
         mode = self.clipping or "batch"
         computer = GradientComputer(self.model, flat, self.loss_fn, mode=mode, C1=s.C1)
         self.clip_implementation = computer.implementation if self.clipping else None
         stats = torch.zeros(s.T, 3, device=self.device, dtype=torch.float64)
+        g64 = torch.empty_like(x)
         batches = _RetainStream(self.data, self.device, batch_first=self.clipping in ("per_sample", "ghost"),
                                 on_pass=self.on_pass)
         gc = s.variant is Variant.GRADIENT_CLIPPING
@@ -578,11 +604,13 @@ class _Run:
         try:
             for t in _tqdm(range(s.T), total=s.T, desc="certun noisy steps", enabled=self.opts.progress):
                 inputs, targets = next(batches)
+                with torch.no_grad():
+                    flat.x.copy_(x)  # the gradient is evaluated at the master rounded to the parameters' dtype
                 loss = computer.compute(inputs, targets)
-                g = flat.g
+                g = g64.copy_(flat.g)
                 gamma, sigma = s.gammas[t], s.sigmas[t]
                 with torch.no_grad():
-                    z = self._draw(x)
+                    z = self._draw(x, t)
                     if gc:
                         gc_step(x, g, gamma=gamma, lam=s.lam, C1=s.C1, center=c)
                         add_noise(x, sigma, noise=z)
@@ -604,8 +632,11 @@ class _Run:
         values = stats.cpu().tolist()
         h = self.history
         h["step"] = list(range(s.T))
-        h["loss"] = [v[0] for v in values]
-        h["grad_norm"] = [v[1] for v in values]
+        # step 0's loss and gradient are evaluated at Pi(A(D)) before any noise unless sigma0 noised it:
+        # they identify the starting model, so they never leave the run
+        pre = 0 if noised else min(1, s.T)
+        h["loss"] = [None] * pre + [v[0] for v in values[pre:]]
+        h["grad_norm"] = [None] * pre + [v[1] for v in values[pre:]]
         h["dist"] = [v[2] for v in values]
         h["sigma"] = list(s.sigmas)
         h["gamma"] = list(s.gammas)

@@ -14,9 +14,10 @@ Three ways, one interface (``compute(inputs, targets) -> loss``, result in ``fla
   materialising per-sample gradients, then a second backward of the norm-weighted loss gives the
   clipped sum.
 
-In every mode the step function clips the resulting mean once more, globally, to ``C1``: a no-op up
-to rounding after per-sample clipping, and what makes ``‖g‖ ≤ C1`` hold in floating point whatever
-Opacus computed.
+In every mode the step function clips the resulting mean once more, globally, to ``C1`` with a norm
+accumulated in float64 and re-measured after scaling: a no-op up to rounding after per-sample
+clipping, and what makes ``‖g‖ ≤ C1`` hold in floating point whatever Opacus computed (Opacus
+computes per-sample norms in the parameters' dtype; certun's own per-sample norms are float64).
 """
 
 from __future__ import annotations
@@ -36,6 +37,10 @@ from certun.backends.torch_sumcheck import check_per_sample_sum, linear_sums, op
 from certun.errors import CertunError, UnlearningRunError, UnsupportedModelError
 
 __all__ = ["GradientComputer", "batch_size", "per_sample_loss"]
+
+#: Factor on Opacus' (parameter-dtype) per-sample norms in ghost clipping: 1 + 1e-3 covers the float32
+#: undershoot of a norm over up to ~1e7 coordinates per layer (measured 3.7e-4 at 1e7).
+_GHOST_NORM_SLACK = 1.0 + 1e-3
 
 _INPLACE_MARKERS = ("BackwardHookFunction", "modified by an inplace operation", "is being modified inplace")
 
@@ -270,8 +275,9 @@ class GradientComputer:
                                          "batch-first layers or clip='batch'")
             grads.append(gs.reshape(batch, -1))
         present = [g for g in grads if g is not None]
+        # per-sample norms accumulated in float64: a float32 norm undershoots at large d
         norms = torch.linalg.vector_norm(
-            torch.stack([torch.linalg.vector_norm(g, dim=1) for g in present]), dim=0)
+            torch.stack([torch.linalg.vector_norm(g, dim=1, dtype=torch.float64) for g in present]), dim=0)
         coef = torch.clamp(self.C1 * (1.0 - SAFETY) / norms, max=1.0).div_(batch).to(self.flat.g.dtype)
         for g2d, view in zip(grads, self.flat.g_views, strict=True):
             flat_view = view.view(-1)
@@ -302,8 +308,13 @@ class GradientComputer:
             norm_list.append(ns.reshape(-1))
         if not norm_list:
             raise UnlearningRunError("Opacus computed no per-sample norm for any unlearned parameter")
-        norms = torch.linalg.vector_norm(torch.stack(norm_list), dim=0)
-        coef = torch.clamp(self.C1 * (1.0 - SAFETY) / norms, max=1.0).detach()
+        # Opacus accumulates each layer's per-sample norm in the parameters' dtype; combine in float64 and
+        # inflate by the float32 error bound so the coefficient errs on the small side. The step
+        # function's float64 clip of the mean is what finally guarantees ||g|| <= C1.
+        stacked = torch.stack(norm_list)
+        slack = 1.0 if stacked.dtype == torch.float64 else _GHOST_NORM_SLACK
+        norms = torch.linalg.vector_norm(stacked.to(torch.float64), dim=0) * slack
+        coef = torch.clamp(self.C1 * (1.0 - SAFETY) / norms, max=1.0).to(losses.dtype).detach()
         self.flat.point_grads()
         self.hooks.disable_hooks()
         try:

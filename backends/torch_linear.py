@@ -87,7 +87,8 @@ class LinearPerSample:
     def clip_into_g(self, batch: int, C1: float) -> None:
         """After ``sum(losses).backward()``: write ``mean_i clip(∇loss_i, C1)`` into ``flat.g``."""
         dtype, device = self.flat.g.dtype, self.flat.g.device
-        sq = torch.zeros(batch, dtype=dtype, device=device)
+        f64 = torch.float64  # squared norms accumulated in float64: a float32 sum undershoots at large d
+        sq = torch.zeros(batch, dtype=f64, device=device)
         work = []
         for path, module, w_view, b_view in self.layers:
             entries = self.records.get(id(module), [])
@@ -106,9 +107,9 @@ class LinearPerSample:
                         "clip='batch'")
             if len(entries) == 1 and entries[0][0].dim() == 2:
                 A, G = entries[0]
-                g_sq = G.pow(2).sum(dim=1)
+                g_sq = G.pow(2).sum(dim=1, dtype=f64)
                 if w_view is not None:
-                    sq += A.pow(2).sum(dim=1) * g_sq
+                    sq += A.pow(2).sum(dim=1, dtype=f64) * g_sq
                 if b_view is not None:
                     sq += g_sq
                 work.append((w_view, b_view, A, G, None))
@@ -116,11 +117,11 @@ class LinearPerSample:
                 per_w = sum(torch.einsum("b...o,b...i->boi", G, A) for A, G in entries)
                 per_b = sum(G.reshape(batch, -1, G.shape[-1]).sum(dim=1) for _, G in entries)
                 if w_view is not None:
-                    sq += per_w.reshape(batch, -1).pow(2).sum(dim=1)
+                    sq += per_w.reshape(batch, -1).pow(2).sum(dim=1, dtype=f64)
                 if b_view is not None:
-                    sq += per_b.pow(2).sum(dim=1)
+                    sq += per_b.pow(2).sum(dim=1, dtype=f64)
                 work.append((w_view, b_view, None, per_b, per_w))
-        coef = torch.clamp(C1 * (1.0 - SAFETY) / sq.sqrt(), max=1.0).div_(batch)
+        coef = torch.clamp(C1 * (1.0 - SAFETY) / sq.sqrt(), max=1.0).div_(batch).to(dtype)
         for w_view, b_view, A, G, per_w in work:
             if G is None:
                 for view in (w_view, b_view):

@@ -7,14 +7,17 @@ flat parameter storage; clone it first if you need the old value. The numpy refe
 (:mod:`certun.backends.numpy_steps`) has the same functions with the same meaning, written
 independently, and the tests check one against the other.
 
-Soundness margin: :func:`clip` and :func:`project_ball` aim at ``C·(1 − SAFETY)`` rather than
-``C``, so that the float32 rounding of a norm (up to ~3e-7 relative, measured) can never leave a
-clipped gradient or a projected iterate outside the radius the accountant was told. Around a centre
-``c`` a relative margin is not enough: adding ``c`` back rounds each coordinate to the precision of
-``|c_i|``, an absolute error that can exceed a small radius (C = 1e-3 around |c_i| ≈ 1, d = 1e5 lands
-4e-5 outside). So :func:`project_ball` measures ``‖x − c‖`` again, accumulated in float64, and shrinks
-again until it is within ``C`` (falling back to ``c`` itself, distance 0, if float32 cannot represent
-a closer point inside the ball).
+Soundness of the radii in floating point: every norm that clipping or projection uses is
+accumulated in float64 (:func:`norm`), whatever the input dtype: a float32 norm over 1e8
+coordinates is ~1 % low, which would leave the radius the accountant was told. :func:`clip` and
+:func:`project_ball` aim at ``C·(1 − SAFETY)``; rounding the scaled vector back to its dtype moves
+its norm by at most one rounding per coordinate (2⁻²⁴ relative in float32), far inside the margin.
+Then the radius is *enforced*: the result's distance to the centre is measured again in float64 and
+shrunk again until it is within ``C`` (falling back to the centre itself, distance 0, if the dtype
+cannot represent a closer point inside the ball). Around a centre ``c`` the re-measurement is what
+matters: adding ``c`` back rounds each coordinate to the precision of ``|c_i|``, an absolute error
+that can exceed a small radius (C = 1e-3 around |c_i| ≈ 1, d = 1e5 lands 4e-5 outside). See
+docs/theory.md#floating-point-and-randomness.
 
 Source: THEORY.md §1 (anchored balls), §2 (gradient clipping), §3 (model clipping), §4 (output
 perturbation).
@@ -42,22 +45,28 @@ SAFETY = 1e-5
 
 
 def norm(x: torch.Tensor) -> torch.Tensor:
-    """Global L2 norm over the last axis, kept as a trailing axis of size 1 (``(1,)`` or ``(K, 1)``)."""
-    return torch.linalg.vector_norm(x, dim=-1, keepdim=True)
+    """Global L2 norm over the last axis, accumulated in float64 (never undershoots as float32 does at large d).
+
+    Kept as a trailing axis of size 1 (``(1,)`` or ``(K, 1)``), dtype float64.
+    """
+    return torch.linalg.vector_norm(x, dim=-1, keepdim=True, dtype=torch.float64)
 
 
-def _shrink_factor(n: torch.Tensor, C: float) -> torch.Tensor:
-    # min(1, C'/n) with C' = C(1 - SAFETY); n = 0 gives inf, clamped to 1; n = inf gives 0.
-    return torch.clamp(C * (1.0 - SAFETY) / n, max=1.0)
+def _shrink_factor(n: torch.Tensor, C: float, dtype: torch.dtype) -> torch.Tensor:
+    # min(1, C'/n) with C' = C(1 - SAFETY), in float64; n = 0 gives inf, clamped to 1; n = inf gives 0.
+    # Cast to the vector's dtype so that the in-place product rounds once per coordinate.
+    return torch.clamp(C * (1.0 - SAFETY) / n, max=1.0).to(dtype)
 
 
 def clip(g: torch.Tensor, C: float) -> torch.Tensor:
     """Scale ``g`` (in place) so that ``‖g‖ ≤ C``: ``g · min(1, C(1 − SAFETY)/‖g‖)``.
 
     A vector already inside the ball is unchanged (bit for bit); a longer one is scaled onto the
-    sphere of radius ``C(1 − SAFETY)``. Source: THEORY.md §2 (``clip``).
+    sphere of radius ``C(1 − SAFETY)``, then re-measured in float64 and shrunk again if rounding
+    left it outside ``C``. Source: docs/theory.md#gradient-clipping (``clip``).
     """
-    return g.mul_(_shrink_factor(norm(g), C))
+    g.mul_(_shrink_factor(norm(g), C, g.dtype))
+    return _enforce_radius(g, C, None)
 
 
 def project_ball(x: torch.Tensor, C: float, center: torch.Tensor | None = None) -> torch.Tensor:
@@ -67,9 +76,10 @@ def project_ball(x: torch.Tensor, C: float, center: torch.Tensor | None = None) 
     vector, never per tensor. Source: THEORY.md §1 (``Π_C``, anchored balls).
     """
     if center is None:
-        return x.mul_(_shrink_factor(norm(x), C))
+        x.mul_(_shrink_factor(norm(x), C, x.dtype))
+        return _enforce_radius(x, C, None)
     x.sub_(center)
-    x.mul_(_shrink_factor(norm(x), C))
+    x.mul_(_shrink_factor(norm(x), C, x.dtype))
     x.add_(center)
     return _enforce_radius(x, C, center)
 
@@ -77,12 +87,13 @@ def project_ball(x: torch.Tensor, C: float, center: torch.Tensor | None = None) 
 #: Retries of the re-measured projection before a row falls back to the centre itself.
 _RETRIES = 8
 #: Relative error bound of ``‖x − c‖`` as computed: ``x − c`` is exact to one float32 rounding per
-#: coordinate (relative, since x and c are close), the sum is accumulated in float64.
+#: coordinate (relative, since x and c are close), the sum is accumulated in float64 (its own error,
+#: below d·2⁻⁵³ ≤ 1e-8 for d ≤ 1e8, is far inside this bound).
 _MEASURE_SLACK = 2.0 ** -22
 
 
-def _enforce_radius(x: torch.Tensor, C: float, center: torch.Tensor) -> torch.Tensor:
-    """Shrink rows of ``x`` whose measured ``‖x − c‖`` exceeds ``C`` until it does not (in place).
+def _enforce_radius(x: torch.Tensor, C: float, center: torch.Tensor | None) -> torch.Tensor:
+    """Shrink rows of ``x`` whose measured ``‖x − c‖`` exceeds ``C`` until it does not (in place; c = 0 if None).
 
     A row placed at intended radius ``t`` and measured at ``r > C`` carries a rounding error
     ``e = r − t``; it is placed again at ``t − 2^k·e`` (k = 1, 2, ... per retry), so the next error,
@@ -93,8 +104,8 @@ def _enforce_radius(x: torch.Tensor, C: float, center: torch.Tensor) -> torch.Te
     limit = C / (1.0 + _MEASURE_SLACK)
     target = torch.full((*x.shape[:-1], 1), C * (1.0 - SAFETY), dtype=torch.float64, device=x.device)
     for attempt in range(_RETRIES + 1):
-        diff = x - center
-        dist = torch.linalg.vector_norm(diff, dim=-1, keepdim=True, dtype=torch.float64)
+        diff = x if center is None else x - center
+        dist = norm(diff)
         outside = dist > limit
         if not bool(outside.any()):
             return x
@@ -103,7 +114,10 @@ def _enforce_radius(x: torch.Tensor, C: float, center: torch.Tensor) -> torch.Te
         if attempt == _RETRIES:
             target = torch.where(outside, 0.0, target)
         factor = torch.where(outside, (target / dist).clamp(min=0.0), 1.0).to(x.dtype)
-        torch.addcmul(center, diff, factor, out=x)
+        if center is None:
+            x.mul_(factor)
+        else:
+            torch.addcmul(center, diff, factor, out=x)
     return x
 
 

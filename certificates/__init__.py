@@ -10,6 +10,7 @@ the accountant and never trusts a stored number. Format and guarantees: docs/cer
 
 from certun.certificates.canonical import canonical_bytes, content_digest
 from certun.certificates.commitment import (
+    key_commitment,
     model_commitment,
     open_model_commitment,
     open_seed_commitment,
@@ -52,6 +53,7 @@ __all__ = [
     "model_commitment",
     "model_digest",
     "open_model_commitment",
+    "key_commitment",
     "open_seed_commitment",
     "public_key_multibase",
     "seed_commitment",

@@ -111,6 +111,11 @@ def _inspect(args: argparse.Namespace) -> int:
                                      f"{_fmt(s['id_scheme'])})"))
     commitment = cert["randomness"]["seed_commitment"]
     lines.append(f"seed           {'committed: ' + commitment['commitment'] if commitment else 'no commitment'}")
+    noise = ex.get("noise")
+    lines.append("noise          " + ("not recorded" if noise is None else
+                                     f"{noise['generator']} ({noise['key_bits']}-bit key from "
+                                     f"{'the OS' if noise['key_origin'] == 'os' else 'a user seed (testing only)'}), "
+                                     f"sampler {noise['sampler']}, tail residual {noise['tail_residual']:.3g}"))
     chain = cert["chain"]
     lines.append(f"chain          sequence {chain['sequence']}, previous {_fmt(chain['previous'])}")
     proof = cert.get("proof")

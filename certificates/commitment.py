@@ -1,4 +1,4 @@
-"""Salted commitments: to the noise seed, and to the trained model a first request starts from.
+"""Salted commitments: to the noise key (or legacy seed), and to the trained model a first request starts from.
 
 The certificate binds the run to one seed and one starting model without revealing either.
 
@@ -8,7 +8,14 @@ keeps the *opening* (seed and salt) private and can later show it to a trusted a
 it against the public commitment and can then replay the committed run. Source: issue 3
 ("Randomness"); docs/certificates.md ("What verification cannot prove").
 
-Scheme ``certun.seed-commitment.sha256.v1``::
+Scheme ``certun.key-commitment.sha256.v1`` (what the backends issue): a commitment to the run's
+secret noise key material (bytes: a fresh key from the OS, or the secret of a user seed), from which
+the run key is derived with the run's inputs (docs/theory.md#floating-point-and-randomness)::
+
+    commitment = SHA-256( "certun.key-commitment.v1\\0" || salt || u64le(len(secret)) || secret ),  salt: 32 bytes
+
+Scheme ``certun.seed-commitment.sha256.v1`` (certificates issued before keys were bytes; still
+opened and accepted by the schema)::
 
     commitment = SHA-256( "certun.seed-commitment.v1\\0" || salt || ascii(decimal(seed)) ),  salt: 32 random bytes
 
@@ -38,7 +45,9 @@ from certun.errors import InvalidParameterError
 
 __all__ = [
     "COMMITMENT_SCHEME",
+    "KEY_COMMITMENT_SCHEME",
     "MODEL_COMMITMENT_SCHEME",
+    "key_commitment",
     "model_commitment",
     "open_model_commitment",
     "open_seed_commitment",
@@ -48,10 +57,14 @@ __all__ = [
 #: Name of the commitment scheme, recorded in the certificate's ``randomness`` section.
 COMMITMENT_SCHEME = "certun.seed-commitment.sha256.v1"
 
+#: Name of the commitment to the run's secret key bytes, recorded in ``randomness.seed_commitment``.
+KEY_COMMITMENT_SCHEME = "certun.key-commitment.sha256.v1"
+
 #: Name of the model commitment scheme, recorded in ``artifacts.model_before`` of a first request.
 MODEL_COMMITMENT_SCHEME = "certun.model-commitment.sha256.v1"
 
 _TAG = b"certun.seed-commitment.v1\x00"
+_KEY_TAG = b"certun.key-commitment.v1\x00"
 _MODEL_TAG = b"certun.model-commitment.v1\x00"
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 _ROOT = re.compile(r"sha256:[0-9a-f]{64}")
@@ -93,8 +106,50 @@ def seed_commitment(seed: int, *, salt: bytes | None = None) -> tuple[dict[str, 
     return public, private
 
 
+def _commit_key(secret: bytes, salt: bytes) -> str:
+    return "sha256:" + hashlib.sha256(_KEY_TAG + salt + len(secret).to_bytes(8, "little") + secret).hexdigest()
+
+
+def key_commitment(secret: bytes, *, salt: bytes | None = None,
+                   **opening: Any) -> tuple[dict[str, str], dict[str, Any]]:
+    """Commit to the run's secret key bytes: returns ``(public, private)``.
+
+    ``public = {"scheme", "commitment"}`` goes into the certificate (``RunRecord.seed_commitment``);
+    ``private = {"scheme", "secret", "salt", **opening}`` (hex strings) is the opening, kept secret by the
+    run's owner; ``opening`` adds private context (e.g. ``origin``, the user's integer seed).
+
+    Args:
+        secret: the key material, at least 16 bytes.
+        salt: 32 bytes; fresh random bytes when omitted (give it only to reproduce a commitment).
+    """
+    if not isinstance(secret, (bytes, bytearray)) or len(secret) < 16:
+        raise InvalidParameterError("secret", f"<{type(secret).__name__}>", "at least 16 bytes of key material")
+    if salt is None:
+        salt = secrets.token_bytes(32)
+    if not isinstance(salt, (bytes, bytearray)) or len(salt) != 32:
+        raise InvalidParameterError("salt", salt, "32 bytes")
+    public = {"scheme": KEY_COMMITMENT_SCHEME, "commitment": _commit_key(bytes(secret), bytes(salt))}
+    private = {"scheme": KEY_COMMITMENT_SCHEME, "secret": bytes(secret).hex(), "salt": bytes(salt).hex(), **opening}
+    return public, private
+
+
+def _open_key_commitment(public: Mapping[str, Any], private: Mapping[str, Any]) -> bool:
+    salt, secret, commitment = private.get("salt"), private.get("secret"), public.get("commitment")
+    if not (isinstance(salt, str) and _HEX64.fullmatch(salt)) or not isinstance(commitment, str):
+        return False
+    try:
+        raw = bytes.fromhex(secret) if isinstance(secret, str) else None
+    except ValueError:
+        return False
+    if raw is None or len(raw) < 16:
+        return False
+    return hmac.compare_digest(_commit_key(raw, bytes.fromhex(salt)), commitment)
+
+
 def open_seed_commitment(public: Mapping[str, Any], private: Mapping[str, Any]) -> bool:
-    """True iff the opening ``private`` (seed and salt) matches the commitment ``public``."""
+    """True iff the opening ``private`` matches the commitment ``public`` (key or legacy seed scheme)."""
+    if public.get("scheme") == KEY_COMMITMENT_SCHEME and private.get("scheme") == KEY_COMMITMENT_SCHEME:
+        return _open_key_commitment(public, private)
     if public.get("scheme") != COMMITMENT_SCHEME or private.get("scheme") != COMMITMENT_SCHEME:
         return False
     salt = private.get("salt")

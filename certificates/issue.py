@@ -25,6 +25,7 @@ from certun.certificates.canonical import content_digest
 from certun.certificates.consistency import consistency_problems, raw_seed_paths
 from certun.certificates.digest import DIGEST_ALGORITHM
 from certun.certificates.merkle import TREE_SCHEME
+from certun.certificates.noise_check import noise_problems
 from certun.certificates.parse import format_problem, json_value_problems, load_certificate
 from certun.certificates.recompute import decide_claim
 from certun.certificates.record import ModelDigest, RunRecord
@@ -216,6 +217,7 @@ def issue(schedule: Schedule, record: RunRecord, *, previous: Mapping[str, Any] 
             "finished_at": record.finished_at,
             "versions": dict(record.versions),
             "extra": dict(record.extra),
+            **({} if record.noise is None else {"noise": dict(record.noise)}),
         },
         "artifacts": {
             "unlearned_model": _model(after),
@@ -243,7 +245,7 @@ def issue(schedule: Schedule, record: RunRecord, *, previous: Mapping[str, Any] 
     errors = schema_errors(document, FORMAT_VERSION)
     if errors:
         raise CertificateFormatError("the run record does not fit the certificate format: " + "; ".join(errors))
-    problems = consistency_problems(document)
+    problems = consistency_problems(document) + noise_problems(document)
     if problems:
         raise InvalidParameterError("record", "inconsistent with the schedule", "consistent",
                                     hint="; ".join(problems))

@@ -67,6 +67,9 @@ class RunRecord:
         started_at, finished_at: RFC 3339 UTC timestamps.
         versions: library versions (certun, torch, opacus, numpy, ...).
         extra: anything else worth keeping (free-form, JSON-serialisable).
+        noise: the noise source (``execution.noise``): generator, key bits, sampler, key origin
+            (``"os"`` or ``"user_seed"``), draws, Box–Muller pairs and the sampler's tail residual
+            (:mod:`certun.certificates.noise_check`); required for every variant that adds noise.
     """
 
     backend: str
@@ -93,3 +96,4 @@ class RunRecord:
     versions: Mapping[str, str] = field(default_factory=dict)
     extra: Mapping[str, Any] = field(default_factory=dict)
     model_before_commitment: Mapping[str, str] | None = None
+    noise: Mapping[str, Any] | None = None

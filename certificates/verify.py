@@ -9,11 +9,13 @@ Order (a check whose prerequisite did not pass is SKIP; nothing is skipped silen
 5. ``content_digest`` — RFC 8785 digest of everything but the proof matches ``content_digest``
 6. ``signature``      — eddsa-jcs-2022 proof valid; PASS if the key is pinned, WARN if not
 7. ``consistency``    — the certificate agrees with itself (claim = target, T, d, clipping, ...)
-8. ``recompute``      — the accountant's guarantee of ``mechanism`` supports the claim
-9. ``stored_accounting`` — stored "achieved" numbers agree with the recomputation (WARN only)
-10. ``model``         — a model file's tensors hash to the recorded digests (with ``model=``)
-11. ``chain``         — links to previous certificates (with ``chain_dir=``)
-12. ``policy``        — claimed ε, δ within the verifier's limits (with ``max_eps=``/``max_delta=``)
+8. ``noise``          — the noise record: ≥ 128-bit key, draws and sampler tail residual ≤ 1e-13·δ
+   recomputed from d and T; WARN when the key came from a user seed (testing/audit only)
+9. ``recompute``      — the accountant's guarantee of ``mechanism`` supports the claim
+10. ``stored_accounting`` — stored "achieved" numbers agree with the recomputation (WARN only)
+11. ``model``         — a model file's tensors hash to the recorded digests (with ``model=``)
+12. ``chain``         — links to previous certificates (with ``chain_dir=``)
+13. ``policy``        — claimed ε, δ within the verifier's limits (with ``max_eps=``/``max_delta=``)
 
 ``Report.ok`` requires no FAIL **and** a ``recompute`` that actually PASSed, so a report of SKIPs
 never passes. Source: issue 3 (``certun verify``); STYLE.md (sigstore's numbered checks).
@@ -30,6 +32,7 @@ from typing import Any
 from certun.accountant import Schedule
 from certun.certificates.canonical import content_digest
 from certun.certificates.consistency import consistency_problems, raw_seed_paths
+from certun.certificates.noise_check import TAIL_SLACK, USER_SEED_NOTE, noise_problems
 from certun.certificates.parse import format_problem, json_value_problems, read_bytes, strict_loads
 from certun.certificates.recompute import ClaimDecision, decide_claim
 from certun.certificates.report import CheckResult, Report, Status
@@ -134,6 +137,20 @@ def _consistency(ctx: _Context) -> tuple[Status, str]:
                          f"d = {ex['d']} over {len(ex['unlearned_parameters'])} tensors; clipping {ex['clipping']}")
 
 
+def _noise(ctx: _Context) -> tuple[Status, str]:
+    problems = noise_problems(ctx.doc)
+    if problems:
+        return Status.FAIL, "; ".join(problems)
+    noise = ctx.doc["execution"].get("noise")
+    if noise is None:
+        return Status.PASS, "retraining adds no noise"
+    detail = (f"{noise['generator']} ({noise['key_bits']}-bit key), sampler {noise['sampler']}; tail residual "
+              f"{noise['tail_residual']:.3g} <= {TAIL_SLACK:g}·delta over {noise['pairs']} pairs")
+    if noise["key_origin"] == "user_seed":
+        return Status.WARN, f"{USER_SEED_NOTE}; {detail}"
+    return Status.PASS, f"key from the OS; {detail}"
+
+
 def _recompute(ctx: _Context) -> tuple[Status, str]:
     try:
         schedule = Schedule.from_dict(ctx.doc["mechanism"])
@@ -208,6 +225,7 @@ _CHECKS: tuple[tuple[str, tuple[str, ...], Callable[[_Context], tuple[Status, st
     ("content_digest", ("format",), _content_digest),
     ("signature", ("format",), _signature),
     ("consistency", ("schema",), _consistency),
+    ("noise", ("schema",), _noise),
     ("recompute", ("schema",), _recompute),
     ("stored_accounting", ("recompute",), _stored_accounting),
     ("model", ("schema",), _model),

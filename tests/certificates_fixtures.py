@@ -16,11 +16,11 @@ from certun.certificates import (
     RunRecord,
     content_digest,
     issue,
+    key_commitment,
     load_signing_key,
     merkle_tree,
     model_commitment,
     model_digest,
-    seed_commitment,
     tensor_digest,
 )
 
@@ -78,13 +78,25 @@ def fixed_schedule(variant: str) -> Schedule:
     return with_achieved(s)
 
 
+def noise_record(schedule: Schedule, d: int, *, key_origin: str = "os") -> dict[str, Any]:
+    """A fixed ``execution.noise`` record (frozen values, so golden files do not move with the generator)."""
+    from certun.certificates.noise_check import noise_draws, sampler_pairs
+
+    sigma0 = schedule.sigma0 if schedule.variant.value in ("model_clipping", "output_perturbation") else None
+    pairs = sampler_pairs(d, noise_draws(schedule.variant.value, schedule.T, sigma0))
+    return {"generator": "chacha20", "key_bits": 256, "sampler": "box-muller-float64", "max_abs_z": 13.3,
+            "tail_mass_per_pair": 2.0 ** -128, "positional": True, "key_origin": key_origin,
+            "key_derivation": "certun.noise-key.v1", "draws": noise_draws(schedule.variant.value, schedule.T, sigma0),
+            "pairs": pairs, "tail_residual": pairs * 2.0 ** -128}
+
+
 def record(schedule: Schedule, *, model_seed: int = 0, **overrides: Any) -> RunRecord:
     """A complete, consistent run record for ``schedule``."""
     p = params(model_seed)
     after = model_digest(p)
     # a first request commits to its starting model (a plain digest is only for chained requests)
     before, _ = model_commitment(model_digest(params(model_seed + 1000)), salt=MODEL_SALT)
-    public, _ = seed_commitment(1234, salt=SEED_SALT)
+    public, _ = key_commitment(hashlib.sha256(b"certun test noise key").digest(), salt=SEED_SALT)
     forget = merkle_tree(FORGET_IDS, salt_key=MERKLE_SALT_KEY)
     retain = merkle_tree([i for i in range(120) if i not in FORGET_IDS], salt_key=MERKLE_SALT_KEY)
     clipping = "per_sample" if schedule.variant is Variant.GRADIENT_CLIPPING else None
@@ -112,6 +124,8 @@ def record(schedule: Schedule, *, model_seed: int = 0, **overrides: Any) -> RunR
         versions={"numpy": "2.0.0"},
     )
     fields.update(overrides)
+    if "noise" not in overrides:
+        fields["noise"] = noise_record(schedule, fields["d"])
     if fields.get("model_before") is not None and "model_before_commitment" not in overrides:
         fields["model_before_commitment"] = None  # a plain starting digest replaces the commitment
     return RunRecord(**fields)

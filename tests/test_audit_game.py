@@ -15,9 +15,9 @@ import torch
 
 from certun.accountant import Guarantee, Schedule, guarantee, plan
 from certun.audit import audit
-from certun.audit.game import backend_chains, default_thresholds, derive_seed, play, run_chains, under_noised
+from certun.audit.game import backend_chains, default_thresholds, play, run_chains, under_noised
 from certun.audit.suite import quick_cases
-from certun.backends.certify import replay_noise_seed
+from certun.backends import noise
 from certun.errors import InvalidParameterError
 
 torch.set_num_threads(1)
@@ -160,13 +160,22 @@ def test_batched_chains_equal_real_backend_runs(schedule, noise_mode):
     """
     starts = torch.tensor([[1.0, 0.0, 0.0], [-1.0, 0.0, 0.0]], dtype=torch.float64)
     clip = "batch" if schedule is MC_CLIP else "per_sample"
-    real = backend_chains(schedule, starts, noise_mode=noise_mode, seed=5, clip=clip)
+    keys = []
+    real_init = noise.NoiseGenerator.__init__
+
+    def spy(self, key):  # the backend keys its generator from the seed and every run input
+        keys.append(key)
+        real_init(self, key)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(noise.NoiseGenerator, "__init__", spy)
+        real = backend_chains(schedule, starts, noise_mode=noise_mode, seed=5, clip=clip)
+    run_keys = list(dict.fromkeys(keys))
+    assert len(run_keys) == 2  # one key per run, never shared
     for i in range(2):
-        # the backend seeds its generator from the run's seed and inputs (certun.backends.certify.noise_seed)
-        seed_i = replay_noise_seed(derive_seed(5, i), unlearned={"weight": starts[i].reshape(1, -1)}, retain_ids=[0],
-                                   schedule=schedule)
+        gen = noise.NoiseGenerator(run_keys[i])
         batched = run_chains(schedule, starts[i:i + 1], noise_mode=noise_mode,
-                             generator=torch.Generator().manual_seed(seed_i))
+                             draw=lambda k, shape, gen=gen: gen.normal_torch(k, shape[-1]).reshape(shape))
         assert torch.equal(batched[0], real[i])
 
 

@@ -162,7 +162,8 @@ def test_smaller_claimed_delta_fails_for_model_clipping():
     for section in ("claim", "mechanism"):
         cert[section]["delta"] = 1e-200
     report = verify(fx.reseal(cert))
-    assert fx.failed(report) == ["recompute"]
+    # the sampler's tail residual over d=3 and 8 draws (~2^-126) is no longer below 1e-13·delta either
+    assert fx.failed(report) == ["noise", "recompute"]
     assert report["recompute"].detail.startswith("claimed delta 1e-200 < recomputed")
 
 

@@ -142,12 +142,14 @@ def test_starting_model_is_committed_and_a_reused_seed_repeats_no_noise():
     assert not np.allclose(n1, n2, rtol=1e-3)
 
 
-def test_no_seed_draws_one():
-    """Without a seed the backend draws one and returns it."""
+def test_no_seed_draws_a_fresh_os_key():
+    """Without a seed the key comes from the OS, fresh per run: no seed is returned, the openings differ."""
     model, data = _data()
     r1 = get_backend("numpy").unlearn(model, data, _gc(T=1))
     r2 = get_backend("numpy").unlearn(model, data, _gc(T=1))
-    assert isinstance(r1.seed, int) and r1.seed != r2.seed
+    assert r1.seed is None and r1.seed_opening["origin"] == "os"
+    assert r1.seed_opening["secret"] != r2.seed_opening["secret"]
+    assert r1.record.noise["key_origin"] == "os" and r1.record.noise["key_bits"] >= 128
 
 
 def test_postprocess_projects_back_into_C0_ball():

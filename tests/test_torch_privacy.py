@@ -218,15 +218,21 @@ def test_parameters_frozen_by_requires_grad_must_be_declared_public():
         BACKEND.unlearn(model, _data(), _gc(), frozen="yes", **kw)
 
 
-def test_generator_seed_depends_on_every_run_input():
-    """The generator seed changes with the seed, the starting model, the retain and forget sets and the
-    schedule, and is reproducible from the same inputs."""
-    from certun.backends.certify import replay_noise_seed
+def test_noise_key_depends_on_every_run_input():
+    """The run key changes with the seed and with every run input (starting model, centre, retain and forget
+    sets, schedule, options, parameter names, dtype, backend), and is reproducible from the same inputs."""
+    from certun.backends.run_key import run_context, run_key
 
-    base = dict(unlearned={"weight": torch.zeros(2, 3)}, retain_ids=range(10), forget_ids=[10], schedule=_gc())
-    seed = replay_noise_seed(7, **base)
-    assert seed == replay_noise_seed(7, **base) and 0 <= seed < 2**63
-    variants = [dict(unlearned={"weight": torch.ones(2, 3)}), dict(retain_ids=range(9)), dict(forget_ids=[11]),
-                dict(forget_ids=None), dict(schedule=_gc(T=3))]
-    others = {replay_noise_seed(7, **{**base, **change}) for change in variants} | {replay_noise_seed(8, **base)}
-    assert seed not in others and len(others) == len(variants) + 1
+    base = dict(model_before="sha256:" + "0" * 64, center=None, retain_fingerprint=b"r", forget_fingerprint=b"f",
+                schedule=_gc(), options={"clip": "batch", "postprocess": "project_C0"},
+                unlearned_parameters=("w",), dtype="float32", backend="torch")
+    key = run_key(7, run_context(**base)).key
+    assert key == run_key(7, run_context(**base)).key and len(key) >= 16
+    variants = [dict(model_before="sha256:" + "1" * 64), dict(center="sha256:" + "2" * 64),
+                dict(retain_fingerprint=b"r2"), dict(forget_fingerprint=b""), dict(schedule=_gc(T=3)),
+                dict(options={"clip": "per_sample", "postprocess": "project_C0"}),
+                dict(options={"clip": "batch", "postprocess": "none"}), dict(unlearned_parameters=("w", "b")),
+                dict(dtype="float64"), dict(backend="numpy")]
+    others = {run_key(7, run_context(**{**base, **change})).key for change in variants}
+    others |= {run_key(8, run_context(**base)).key, run_key(None, run_context(**base)).key}
+    assert key not in others and len(others) == len(variants) + 2

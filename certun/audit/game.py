@@ -124,7 +124,7 @@ def default_thresholds(schedule: Schedule, size: int = DEFAULT_GRID_SIZE) -> np.
 
 # ------------------------------------------------------------------------------------ the chains
 def run_chains(schedule: Schedule, starts, *, strength: float | None = None, noise_mode: str = "fresh",
-               generator=None):
+               generator=None, draw=None):
     """Run one chain per row of ``starts`` (an ``(n, d)`` tensor, centre at 0) through ``schedule``.
 
     Every step is the torch backend's own step function (:mod:`certun.backends.torch_steps`:
@@ -132,7 +132,9 @@ def run_chains(schedule: Schedule, starts, *, strength: float | None = None, noi
     whole batch, so the audit exercises the code a real run executes. The canary direction is the
     first coordinate axis ``u = e_1``. Noise comes from ``generator``, one ``N(0, σ_t² I)`` draw per
     noisy step, or in ``reuse_first_draw_UNSAFE`` mode the first draw again at every step (the
-    backend's ``noise=`` argument). ``starts`` is not modified; returns the final iterates.
+    backend's ``noise=`` argument). ``draw(index, shape)``, when given, supplies the standard-normal
+    draws instead (noisy step ``t`` is draw ``t``, the σ0 draw is draw ``T``, as in the backends).
+    ``starts`` is not modified; returns the final iterates.
     Source: THEORY.md §2 (gradient clipping), §3 (model clipping, both modes), §4 (output perturbation).
     """
     import torch
@@ -151,31 +153,34 @@ def run_chains(schedule: Schedule, starts, *, strength: float | None = None, noi
     buffer = torch.empty_like(x)
     drawn = False
 
-    def noise_kwargs() -> dict[str, Any]:
+    def noise_kwargs(index: int) -> dict[str, Any]:
         # fresh: the backend draws into ``buffer`` from the generator; reuse: the first draw again.
         nonlocal drawn
         if reuse and drawn:
             return {"noise": buffer}
         drawn = True
+        if draw is not None:
+            buffer.copy_(draw(index, tuple(x.shape)))
+            return {"noise": buffer}
         return {"out": buffer}
 
     if v is Variant.OUTPUT_PERTURBATION:
         return steps.output_perturbation(x, C0=float(schedule.C0), sigma0=float(schedule.sigma0),
-                                         generator=generator, **noise_kwargs())
+                                         generator=generator, **noise_kwargs(schedule.T))
     steps.project_ball(x, float(schedule.C0))
     if v is Variant.MODEL_CLIPPING and schedule.sigma0 is not None:
-        steps.add_noise(x, float(schedule.sigma0), generator, **noise_kwargs())
+        steps.add_noise(x, float(schedule.sigma0), generator, **noise_kwargs(schedule.T))
     g = torch.zeros_like(x)
-    for gamma, sigma in zip(schedule.gammas, schedule.sigmas, strict=True):
+    for t, (gamma, sigma) in enumerate(zip(schedule.gammas, schedule.sigmas, strict=True)):
         g.zero_()
         g[:, 0] = -G * torch.sign(x[:, 0])  # gradient of the canary loss −G·|⟨x, u⟩|
         if v is Variant.GRADIENT_CLIPPING:
             steps.gc_step(x, g, gamma=gamma, lam=lam, C1=float(schedule.C1))
-            steps.add_noise(x, sigma, generator, **noise_kwargs())
+            steps.add_noise(x, sigma, generator, **noise_kwargs(t))
         else:
             steps.mc_step(x, g, gamma=gamma, lam=lam, C2=float(schedule.C2), sigma=sigma, generator=generator,
                           mode=schedule.mode.value, C1=None if schedule.C1 is None else float(schedule.C1),
-                          **noise_kwargs())
+                          **noise_kwargs(t))
     return x
 
 
