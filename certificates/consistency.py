@@ -18,7 +18,7 @@ from typing import Any
 from certun.certificates.digest import root_digest
 from certun.errors import InvalidParameterError
 
-__all__ = ["RAW_SEED_KEY", "consistency_problems", "raw_seed_paths"]
+__all__ = ["RAW_SEED_KEY", "consistency_problems", "exact_claim_problems", "raw_seed_paths"]
 
 #: Key names that look like a raw seed or generator state (case-insensitive). ``seed_commitment``
 #: is the one allowed exception.
@@ -92,6 +92,51 @@ def _model_problems(name: str, digest: Mapping[str, Any] | None, unlearned: list
     return problems
 
 
+def _positive_counts(value: Any, path: str) -> list[str]:
+    """Paths of positive numbers under keys that count noise draws or noisy steps."""
+    found: list[str] = []
+    if isinstance(value, Mapping):
+        for key, item in value.items():
+            here = f"{path}.{key}"
+            if (isinstance(key, str) and ("draw" in key.lower() or "step" in key.lower())
+                    and isinstance(item, (int, float)) and not isinstance(item, bool) and item > 0):
+                found.append(here)
+            found.extend(_positive_counts(item, here))
+    return found
+
+
+def exact_claim_problems(doc: Mapping[str, Any]) -> list[str]:
+    """Why a certificate that claims exact unlearning (variant ``retrain`` or a (0, 0) claim) does not
+    record an exact execution: no noisy steps, no clipping, no noise parameters, no noise draws.
+
+    A noisy run relabelled ``retrain`` with claim (0, 0) would otherwise pass, since the accountant
+    gives (0, 0) to any retrain schedule (docs/theory.md#retrain, docs/theory.md#exact-routes).
+    """
+    claim, m, ex = doc["claim"], doc["mechanism"], doc["execution"]
+    exact_claim = claim["eps"] == 0 and claim["delta"] == 0
+    if m["variant"] != "retrain" and not exact_claim:
+        return []
+    problems = []
+    if m["variant"] != "retrain":
+        problems.append(f"claim (0, 0) is exact unlearning, which only the retrain route gives; "
+                        f"mechanism.variant is {m['variant']!r}")
+    if m["T"] != 0 or ex["noisy_steps"] != 0:
+        problems.append(f"an exact (retrain) claim needs no noisy steps: mechanism.T={m['T']}, "
+                        f"execution.noisy_steps={ex['noisy_steps']}")
+    if ex["clipping"] is not None:
+        problems.append(f"an exact (retrain) run clips nothing, but execution.clipping is {ex['clipping']!r}")
+    noise = [k for k in ("sigma", "sigmas", "gamma", "gammas", "sigma0", "C1", "C2") if m.get(k) is not None]
+    if noise:
+        problems.append(f"an exact (retrain) mechanism has no noise parameters, but it sets {noise}")
+    if doc["accounting"]["conversion"] != "exact-retraining":
+        problems.append(f"an exact (retrain) claim is accounted as 'exact-retraining', not "
+                        f"{doc['accounting']['conversion']!r}")
+    draws = _positive_counts(ex.get("noise"), "execution.noise") + _positive_counts(ex.get("extra"), "execution.extra")
+    if draws:
+        problems.append(f"an exact (retrain) run draws no noise, but the execution record counts {draws}")
+    return problems
+
+
 def consistency_problems(doc: Mapping[str, Any]) -> list[str]:
     """Every internal inconsistency of a schema-valid certificate, one sentence each (``[]`` if none)."""
     claim, m, acc = doc["claim"], doc["mechanism"], doc["accounting"]
@@ -129,6 +174,11 @@ def consistency_problems(doc: Mapping[str, Any]) -> list[str]:
     overlap = sorted(set(unlearned) & set(ex["frozen_parameters"]))
     if overlap:
         problems.append(f"parameters {overlap} are listed both as unlearned and as frozen")
+    public = art.get("public_tensors") or {}
+    overlap = sorted(set(public) & (set(unlearned) | set(ex["frozen_parameters"])))
+    if overlap:
+        problems.append(f"tensors {overlap} are listed as public and also as unlearned or frozen")
+    problems.extend(exact_claim_problems(doc))
 
     # clipping granularity vs variant (THEORY.md §2, §3)
     needs_clip = variant == "gradient_clipping" or (

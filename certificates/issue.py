@@ -169,6 +169,10 @@ def issue(schedule: Schedule, record: RunRecord, *, previous: Mapping[str, Any] 
         raise InvalidParameterError("record.extra['noise_mode']", noise_mode,
                                     "'fresh' (a run that reused noise draws is never certified)")
 
+    if record.model_after is None:
+        raise InvalidParameterError("record.model_after", None, "the digest of the released (unlearned) model",
+                                    hint="a certificate that names no model certifies nothing a verifier can check; "
+                                         "build it with certun.certificates.model_digest(unlearned parameters)")
     decision = decide_claim(schedule, schedule.target.eps, schedule.target.delta)
     if not decision.holds:
         raise InvalidParameterError("schedule", f"target ({schedule.target.eps}, {schedule.target.delta})",
@@ -231,6 +235,8 @@ def issue(schedule: Schedule, record: RunRecord, *, previous: Mapping[str, Any] 
         "chain": _previous_link(prev),
         "issued_at": issued_at,
     }
+    if record.public_tensors:
+        document["artifacts"]["public_tensors"] = dict(sorted(record.public_tensors.items()))
     # JSON round trip: tuples become lists, and anything not JSON fails here rather than in a file
     problems = json_value_problems(document)
     if problems:

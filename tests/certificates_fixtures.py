@@ -138,3 +138,10 @@ def reseal(cert: dict[str, Any], *, keep_proof: bool = False) -> dict[str, Any]:
 def failed(report: Any) -> list[str]:
     """Names of the FAILed checks of a report."""
     return [c.name for c in report.failures]
+
+
+def certificate_bytes(**kwargs: Any) -> bytes:
+    """An issued certificate as the UTF-8 JSON text a file would hold."""
+    import json
+
+    return json.dumps(certificate(**kwargs), indent=2).encode("utf-8")

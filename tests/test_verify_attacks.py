@@ -1,0 +1,294 @@
+"""Attacks on verification: each test is a way a reviewer talked ``verify`` / ``receipt verify`` /
+the chain check into passing (or crashing), and must now FAIL (or be refused) with a one-line reason."""
+
+from __future__ import annotations
+
+import copy
+import os
+from pathlib import Path
+
+import certificates_fixtures as fx
+import numpy as np
+import pytest
+
+from certun.certificates import (
+    Status,
+    merkle_tree,
+    model_digest,
+    public_key_multibase,
+    verify,
+    write_certificate,
+)
+from certun.cli import main
+
+DATA = Path(__file__).parent / "data"
+PINNED = public_key_multibase(fx.TEST_KEY)
+ATTACKER = public_key_multibase(fx.OTHER_KEY)
+
+
+def _run(capsys, *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def _model_file(tmp_path: Path, **extra: np.ndarray) -> Path:
+    path = tmp_path / "model.npz"
+    np.savez(path, **fx.params(), **fx.frozen(), **extra)
+    return path
+
+
+# ------------------------------------------------------------------------------ 1. pinned keys
+@pytest.mark.parametrize("spelling", [PINNED, f"did:key:{PINNED}"])
+def test_a_key_that_parses_is_never_read_as_a_file(tmp_path, monkeypatch, capsys, spelling):
+    """A file named like the published key, holding the attacker's key, must not replace the key."""
+    forged = fx.certificate(signed=False)
+    from certun.certificates.signing import sign_document
+    forged = sign_document(forged, fx.OTHER_KEY, created=fx.CREATED)
+    monkeypatch.chdir(tmp_path)
+    write_certificate(forged, tmp_path / "cert.json")
+    (tmp_path / spelling).write_text(ATTACKER)
+    report = verify(tmp_path / "cert.json", trusted_keys=[spelling])
+    assert fx.failed(report) == ["signature"]
+    code, out, _ = _run(capsys, "verify", "cert.json", "--trusted-key", spelling)
+    assert code == 1 and "FAIL  signature" in out
+
+
+def test_trusted_key_file_is_explicit_and_the_matching_key_is_named(tmp_path, capsys):
+    """Keys from files come only through ``--trusted-key-file``; the PASS line names the pinned key."""
+    key_file = tmp_path / "issuer.key"
+    key_file.write_text(PINNED + "\n")
+    cert = tmp_path / "cert.json"
+    write_certificate(fx.certificate(signed=True), cert)
+    code, out, _ = _run(capsys, "verify", str(cert), "--trusted-key-file", str(key_file))
+    assert code == 0, out
+    line = next(x for x in out.splitlines() if " signature " in x)
+    assert line.startswith("PASS") and PINNED in line
+    report = verify(cert, trusted_keys=[str(key_file)])  # a path given as a key is not a key
+    assert fx.failed(report) == ["signature"]
+
+
+def test_require_signature_without_pinning(capsys, tmp_path):
+    """``require_signature`` FAILs an unsigned certificate without needing a pinned key."""
+    cert = fx.certificate()
+    assert verify(cert).ok
+    assert fx.failed(verify(cert, require_signature=True)) == ["signature"]
+    path = tmp_path / "c.json"
+    write_certificate(cert, path)
+    code, _, _ = _run(capsys, "verify", str(path), "--require-signature")
+    assert code == 1
+
+
+# -------------------------------------------------------------------------- 2./3. the model check
+def test_a_certificate_without_model_digest_fails_when_a_model_is_given(tmp_path):
+    """``unlearned_model: null`` and an empty subject must not switch the model check off."""
+    cert = fx.certificate()
+    cert["artifacts"]["unlearned_model"] = None
+    cert["subject"] = []
+    report = verify(fx.reseal(cert), model=_model_file(tmp_path))
+    assert "model" in fx.failed(report)
+
+
+def test_issue_refuses_a_certificate_without_the_unlearned_model_digest():
+    """``issue()`` does not write an unlearning certificate that names no released model."""
+    from certun.errors import InvalidParameterError
+    with pytest.raises(InvalidParameterError, match="model_after"):
+        fx.certificate(model_after=None)
+
+
+@pytest.mark.parametrize("extra", [{"fc3.weight": np.ones((2, 2), np.float32)},
+                                   {"bn.running_mean": np.zeros(4, np.float32)}])
+def test_tensors_the_certificate_does_not_cover_fail(tmp_path, extra):
+    """A new layer or a buffer in the model file is uncovered: FAIL unless explicitly allowed."""
+    cert = fx.certificate()
+    model = _model_file(tmp_path, **extra)
+    report = verify(cert, model=model)
+    assert fx.failed(report) == ["model"] and next(iter(extra)) in report["model"].detail
+    allowed = verify(cert, model=model, allow_uncovered=True)
+    assert allowed.ok and allowed["model"].status is Status.WARN
+
+
+def test_public_tensors_are_recorded_and_checked(tmp_path):
+    """Buffers declared public are covered by their recorded digests, and a changed one FAILs."""
+    from certun.certificates import tensor_digest
+    stats = np.linspace(0, 1, 4).astype(np.float32)
+    cert = fx.certificate(public_tensors={"bn.running_mean": tensor_digest("bn.running_mean", stats)})
+    assert verify(cert, model=_model_file(tmp_path, **{"bn.running_mean": stats})).ok
+    report = verify(cert, model=_model_file(tmp_path, **{"bn.running_mean": stats + 1}))
+    assert fx.failed(report) == ["model"] and "bn.running_mean" in report["model"].detail
+
+
+# ------------------------------------------------------------------------- 4. receipt verify
+def _receipt(tmp_path: Path, record_id: int = 42) -> Path:
+    import json
+    tree = merkle_tree(fx.FORGET_IDS, salt_key=fx.MERKLE_SALT_KEY)
+    path = tmp_path / "receipt.json"
+    path.write_text(json.dumps(tree.receipt_for(record_id).to_dict()))
+    return path
+
+
+def test_receipt_verify_checks_the_certificate_first(tmp_path, capsys):
+    """A replaced forget root without re-sealing, and the known-bad golden certificate, both fail."""
+    receipt = _receipt(tmp_path)
+    cert = fx.certificate()
+    good = tmp_path / "good.json"
+    write_certificate(cert, good)
+    assert _run(capsys, "receipt", "verify", str(receipt), str(good))[0] == 0
+    edited = copy.deepcopy(cert)
+    edited["artifacts"]["forget_set"]["merkle_root"] = merkle_tree([42], salt_key=fx.MERKLE_SALT_KEY).root
+    bad = tmp_path / "edited.json"
+    import json
+    bad.write_text(json.dumps(edited))
+    code, out, _err = _run(capsys, "receipt", "verify", str(receipt), str(bad))
+    assert code == 1 and "in the certified" not in out
+    code, out, _ = _run(capsys, "receipt", "verify", str(receipt), str(DATA / "official_code_noise.bad.cert.json"))
+    assert code == 1 and "recompute" in out
+
+
+def test_receipt_verify_checks_tree_size_and_pinned_keys(tmp_path, capsys):
+    """The receipt's tree size must be the recorded set size; ``--trusted-key`` applies too."""
+    receipt = _receipt(tmp_path)
+    cert = fx.certificate(signed=True)
+    cert["artifacts"]["forget_set"]["size"] = 3
+    path = tmp_path / "c.json"
+    write_certificate(fx.reseal(cert), path)
+    code, out, _ = _run(capsys, "receipt", "verify", str(receipt), str(path))
+    assert code == 1 and "size" in out
+    good = tmp_path / "g.json"
+    write_certificate(fx.certificate(signed=True), good)
+    assert _run(capsys, "receipt", "verify", str(receipt), str(good), "--trusted-key", PINNED)[0] == 0
+    assert _run(capsys, "receipt", "verify", str(receipt), str(good), "--trusted-key", ATTACKER)[0] == 1
+
+
+# ------------------------------------------------------------------------------- 5. the chain
+def _ledger(tmp_path: Path, n: int = 3, **kw) -> list[dict]:
+    certs = [fx.certificate(signed=True)]
+    for i in range(1, n):
+        certs.append(fx.certificate(signed=True, previous=certs[-1], model_seed=i,
+                                    model_before=model_digest(fx.params(i - 1))))
+    for i, c in enumerate(certs):
+        write_certificate(c, tmp_path / f"{i:02d}.json")
+    return certs
+
+
+def test_a_truncated_ledger_fails(tmp_path):
+    """A predecessor with ``previous: null`` but sequence > 0 is not the start of the ledger."""
+    certs = _ledger(tmp_path)
+    (tmp_path / "00.json").unlink()
+    truncated = copy.deepcopy(certs[1])
+    truncated["chain"]["previous"] = None
+    truncated = fx.reseal(truncated)
+    (tmp_path / "01.json").unlink()
+    import json
+    (tmp_path / "01.json").write_text(json.dumps(truncated))
+    last = copy.deepcopy(certs[2])
+    last["chain"]["previous"] = truncated["content_digest"]
+    report = verify(fx.reseal(last), chain_dir=tmp_path)
+    assert "chain" in fx.failed(report)
+
+
+def test_every_predecessor_is_checked(tmp_path):
+    """A predecessor that is internally inconsistent, or signed by another key when keys are pinned, FAILs."""
+    certs = _ledger(tmp_path, 2)
+    assert verify(certs[1], chain_dir=tmp_path, trusted_keys=[PINNED]).ok
+    first = copy.deepcopy(certs[0])
+    first["execution"]["noisy_steps"] = 7
+    first = fx.reseal(first)
+    import json
+    (tmp_path / "00.json").write_text(json.dumps(first))
+    second = copy.deepcopy(certs[1])
+    second["chain"]["previous"] = first["content_digest"]
+    report = verify(fx.reseal(second), chain_dir=tmp_path)
+    assert "chain" in fx.failed(report) and "noisy_steps" in report["chain"].detail
+    # a predecessor signed by a key that is not pinned
+    from certun.certificates.signing import sign_document
+    other = sign_document(certs[0], fx.OTHER_KEY, created=fx.CREATED)
+    (tmp_path / "00.json").write_text(json.dumps(other))
+    report = verify(certs[1], chain_dir=tmp_path, trusted_keys=[PINNED])
+    assert "chain" in fx.failed(report)
+
+
+def test_a_fork_is_reported(tmp_path):
+    """Two certificates with the same predecessor are two histories of one ledger."""
+    certs = _ledger(tmp_path, 2)
+    twin = fx.certificate(signed=True, previous=certs[0], model_seed=5, model_before=model_digest(fx.params(0)))
+    write_certificate(twin, tmp_path / "twin.json")
+    report = verify(certs[1], chain_dir=tmp_path)
+    assert "chain" in fx.failed(report) and "fork" in report["chain"].detail
+
+
+# ---------------------------------------------------------------- 8. nothing escapes verify()
+def test_lone_surrogates_are_refused():
+    """A lone UTF-16 surrogate in a tensor name is not strict JSON (it cannot be encoded as UTF-8)."""
+    text = fx.certificate_bytes().replace(b'"fc1.bias"', b'"fc1.\\ud800bias"')
+    report = verify(text)
+    assert fx.failed(report) == ["strict_parse"] and "surrogate" in report["strict_parse"].detail
+
+
+def test_receipt_with_a_lone_surrogate_is_a_usage_error(tmp_path, capsys):
+    """A receipt whose record_id holds a lone surrogate: exit 2, one line, no traceback."""
+    receipt = tmp_path / "r.json"
+    receipt.write_text(_receipt(tmp_path).read_text().replace('"record_id": 42', '"record_id": "\\udc00"'))
+    good = tmp_path / "g.json"
+    write_certificate(fx.certificate(), good)
+    code, _, err = _run(capsys, "receipt", "verify", str(receipt), str(good))
+    assert code == 2 and "surrogate" in err and "Traceback" not in err
+
+
+def test_a_check_that_raises_becomes_its_fail(monkeypatch):
+    """Any exception inside a check is that check's FAIL, never an exception out of ``verify``."""
+    import importlib
+    v = importlib.import_module("certun.certificates.verify")
+
+    def boom(ctx):
+        raise KeyError("surprise")
+    monkeypatch.setattr(v, "_CHECKS", tuple((n, r, boom if n == "consistency" else f) for n, r, f in v._CHECKS))
+    report = v.verify(fx.certificate())
+    assert report["consistency"].status is Status.FAIL and "surprise" in report["consistency"].detail
+
+
+@pytest.mark.parametrize("content", [b"hello\n", b"PK\x03\x04garbage", b""])
+@pytest.mark.parametrize("suffix", [".pt", ".npz"])
+def test_a_model_file_that_is_not_a_model_fails_in_one_line(tmp_path, capsys, content, suffix):
+    """``echo hello > m.pt``: the model check FAILs with one line, the CLI exits 1, no traceback."""
+    model = tmp_path / f"m{suffix}"
+    model.write_bytes(content)
+    report = verify(fx.certificate(), model=model)
+    assert fx.failed(report) == ["model"] and "\n" not in report["model"].detail
+    cert = tmp_path / "c.json"
+    write_certificate(fx.certificate(), cert)
+    code, out, err = _run(capsys, "verify", str(cert), "--model", str(model))
+    assert code == 1 and "Traceback" not in out + err
+
+
+def test_a_stray_file_in_the_chain_folder_is_harmless(tmp_path):
+    """Unreadable files in a ``--chain`` folder are noted, never raised."""
+    certs = _ledger(tmp_path, 2)
+    (tmp_path / "notes.json").write_text("[1, 2")
+    (tmp_path / "bin.json").write_bytes(b"\xff\xfe\x00")
+    (tmp_path / "dir.json").mkdir()
+    (tmp_path / "list.json").write_text('{"format": "certun.certificate", "format_version": 1}')
+    report = verify(certs[1], chain_dir=tmp_path)
+    assert report.ok, str(report)
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs FIFOs")
+def test_a_fifo_in_the_chain_folder_does_not_hang(tmp_path):
+    """A FIFO named ``*.json`` is skipped (only regular files are opened)."""
+    certs = _ledger(tmp_path, 2)
+    os.mkfifo(tmp_path / "pipe.json")
+    report = verify(certs[1], chain_dir=tmp_path)
+    assert report.ok, str(report)
+
+
+def test_cli_never_shows_a_traceback(tmp_path, capsys, monkeypatch):
+    """An unexpected exception in a subcommand is one line on stderr and exit 2."""
+    import certun.certificates.cli as cli
+
+    def boom(*a, **k):
+        raise RuntimeError("unexpected")
+    monkeypatch.setattr(cli, "verify", boom)
+    cert = tmp_path / "c.json"
+    write_certificate(fx.certificate(), cert)
+    code, _out, err = _run(capsys, "verify", str(cert))
+    assert code == 2 and "unexpected" in err and len(err.strip().splitlines()) == 1
