@@ -146,7 +146,7 @@ def _inspect(args: argparse.Namespace) -> int:
     lines.append("signature      " + ("unsigned" if proof is None else
                                      f"{proof['cryptosuite']} by {proof['verificationMethod']} (not checked)"))
     lines.append(f"content digest {cert['content_digest']}")
-    print("\n".join(lines))
+    print("\n".join(printable(line) for line in lines))
     return 0
 
 

@@ -12,42 +12,73 @@ from __future__ import annotations
 
 import math
 import re
+import unicodedata
 from collections.abc import Mapping
 from typing import Any
 
 from certun.certificates.digest import root_digest
 from certun.errors import InvalidParameterError
 
-__all__ = ["RAW_SEED_KEY", "consistency_problems", "exact_claim_problems", "raw_seed_paths"]
+__all__ = ["RAW_SEED_KEY", "RAW_SEED_VALUE", "consistency_problems", "exact_claim_problems", "raw_seed_paths"]
 
 #: Key names that look like a raw seed or generator state (case-insensitive). ``seed_commitment``
 #: is the one allowed exception.
 RAW_SEED_KEY = re.compile(r"seed|rng[_-]?state|random[_-]?state|generator[_-]?state|prng[_-]?key", re.I)
 _ALLOWED_SEED_KEYS = frozenset({"seed_commitment"})
-#: Objects whose keys are parameter names (a module may be called "seed"), not field names.
-_NAME_MAPS = frozenset({"tensors", "frozen_parameters", "parameter_shapes"})
+#: The objects whose keys are tensor names (a module may be called "seed"), by exact path: only
+#: there a seed-like key is allowed, and only as a key (its value is still searched). The same key
+#: name anywhere else (say ``execution.extra.tensors``) gets no exemption.
+_NAME_MAP_PATHS = frozenset({
+    "execution.frozen_parameters", "execution.parameter_shapes", "artifacts.public_tensors",
+    "artifacts.unlearned_model.tensors", "artifacts.model_before.tensors", "artifacts.center.tensors"})
+#: A string value that writes a seed out (``"seed=1234"``, ``"rng_state: 99"``).
+RAW_SEED_VALUE = re.compile(r"(seed|rng[_-]?state|random[_-]?state|generator[_-]?state|prng[_-]?key)\s*[:=]\s*\S",
+                            re.I)
+#: Letters of other scripts that look like Latin ones (Unicode confusables, the subset that can
+#: spell the seed words): a key ``sеed`` with a Cyrillic ``е`` must not hide a seed.
+_CONFUSABLES = str.maketrans({
+    "\u0430": "a", "\u0435": "e", "\u043e": "o", "\u0440": "p", "\u0441": "c", "\u0443": "y", "\u0445": "x",
+    "\u0456": "i", "\u0455": "s", "\u0501": "d", "\u0261": "g", "\u0578": "n", "\u043d": "h", "\u0442": "t",
+    "\u043a": "k", "\u043c": "m", "\u0432": "b", "\u0458": "j", "\u04bb": "h", "\u051b": "q", "\u051d": "w",
+    "\u03bf": "o", "\u03b5": "e", "\u03b1": "a", "\u03c1": "p", "\u03ba": "k", "\u03bd": "v", "\u03c4": "t",
+    "\u03b9": "i", "\u0391": "a", "\u0395": "e", "\u039f": "o", "\u03a1": "p", "\u0405": "s", "\u0415": "e",
+    "\u041e": "o", "\u0420": "p", "\u0421": "c", "\u0410": "a", "\u0406": "i", "\u0131": "i", "\u017f": "s",
+})
+
 
 #: Clipping granularities that satisfy the gradient-clipping proofs (THEORY.md §2).
 _GRADIENT_CLIPS = frozenset({"per_sample", "batch"})
 
 
+def _skeleton(text: str) -> str:
+    """``text`` with compatibility forms folded (NFKC: fullwidth, ligatures), case folded, confusable
+    letters mapped to Latin and invisible format characters removed."""
+    folded = unicodedata.normalize("NFKC", text).casefold().translate(_CONFUSABLES)
+    return "".join(c for c in folded if unicodedata.category(c) != "Cf")
+
+
 def raw_seed_paths(document: Any, path: str = "") -> list[str]:
-    """Paths of keys anywhere in ``document`` that look like a raw seed (e.g. ``execution.extra.seed``).
+    """Paths anywhere in ``document`` that look like a raw seed: a seed-like key (e.g.
+    ``execution.extra.seed``, also spelled with look-alike letters) or a string value that writes
+    one out (``"seed=1234"``).
 
     Anyone holding the seed, the retain data and the model can regenerate and strip the noise, so a
     certificate must hold only the seed's commitment.
     """
     found: list[str] = []
     if isinstance(document, Mapping):
+        names_only = path in _NAME_MAP_PATHS
         for key, value in document.items():
             here = f"{path}.{key}" if path else str(key)
-            if isinstance(key, str) and key not in _ALLOWED_SEED_KEYS and RAW_SEED_KEY.search(key):
+            if (isinstance(key, str) and not names_only and key not in _ALLOWED_SEED_KEYS
+                    and RAW_SEED_KEY.search(_skeleton(key))):
                 found.append(here)
-            if key not in _NAME_MAPS:
-                found.extend(raw_seed_paths(value, here))
+            found.extend(raw_seed_paths(value, here))
     elif isinstance(document, list):
         for i, value in enumerate(document):
             found.extend(raw_seed_paths(value, f"{path}[{i}]"))
+    elif isinstance(document, str) and RAW_SEED_VALUE.search(_skeleton(document)):
+        found.append(path)
     return found
 
 

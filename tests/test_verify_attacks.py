@@ -292,3 +292,253 @@ def test_cli_never_shows_a_traceback(tmp_path, capsys, monkeypatch):
     write_certificate(fx.certificate(), cert)
     code, _out, err = _run(capsys, "verify", str(cert))
     assert code == 2 and "unexpected" in err and len(err.strip().splitlines()) == 1
+
+
+# ------------------------------------------------------------------ 8. model files that are not models
+def _torch_cases():
+    torch = pytest.importorskip("torch")
+    cases = {"complex": torch.ones(2, dtype=torch.complex64), "sparse": torch.eye(3).to_sparse()}
+    if hasattr(torch, "float8_e4m3fn"):
+        cases["float8"] = torch.ones(2).to(torch.float8_e4m3fn)
+    cases["quantised"] = torch.quantize_per_tensor(torch.ones(2), 0.1, 0, torch.qint8)
+    return cases
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+@pytest.mark.parametrize("kind", ["complex", "sparse", "float8", "quantised"])
+def test_unsupported_tensors_in_a_pt_file_fail_in_one_line(tmp_path, capsys, kind):
+    """float8, complex, sparse and quantised tensors: a FAIL with a one-line reason, never a traceback."""
+    torch = pytest.importorskip("torch")
+    cases = _torch_cases()
+    if kind not in cases:
+        pytest.skip(f"this torch has no {kind} tensors")
+    state = {k: torch.from_numpy(v) for k, v in {**fx.params(), **fx.frozen()}.items()}
+    state["fc1.bias"] = cases[kind]
+    path = tmp_path / "m.pt"
+    torch.save(state, path)
+    report = verify(fx.certificate(), model=path)
+    assert fx.failed(report) == ["model"] and "\n" not in report["model"].detail
+    assert "fc1.bias" in report["model"].detail
+    mapping = verify(fx.certificate(), model=state)
+    assert fx.failed(mapping) == ["model"]
+
+
+def test_a_whole_pickled_module_says_expected_a_state_dict(tmp_path):
+    """``torch.save(model)`` instead of ``torch.save(model.state_dict())``: one line, the remedy."""
+    torch = pytest.importorskip("torch")
+    path = tmp_path / "m.pt"
+    torch.save(torch.nn.Linear(3, 4), path)
+    report = verify(fx.certificate(), model=path)
+    assert fx.failed(report) == ["model"] and "state_dict" in report["model"].detail
+    assert "\n" not in report["model"].detail
+
+
+def test_a_non_numeric_frozen_parameter_fails():
+    """A frozen parameter that is not a tensor (a string, an object array) FAILs, never raises."""
+    tensors = {**fx.params(), **fx.frozen()}
+    for value in ("not a tensor", np.array(["a", "b"]), np.array([object()], dtype=object)):
+        report = verify(fx.certificate(), model={**tensors, "emb.weight": value})
+        assert fx.failed(report) == ["model"], report["model"].detail
+
+
+def test_safetensors_files_are_read(tmp_path):
+    """A ``.safetensors`` model file verifies like ``.npz`` (read with numpy, no extra package)."""
+    import json
+    import struct
+    tensors = {**fx.params(), **fx.frozen()}
+    header, blobs, offset = {}, [], 0
+    for name, value in tensors.items():
+        raw = np.ascontiguousarray(value).astype("<f4").tobytes()
+        header[name] = {"dtype": "F32", "shape": list(value.shape), "data_offsets": [offset, offset + len(raw)]}
+        blobs.append(raw)
+        offset += len(raw)
+    text = json.dumps(header).encode()
+    path = tmp_path / "m.safetensors"
+    path.write_bytes(struct.pack("<Q", len(text)) + text + b"".join(blobs))
+    assert verify(fx.certificate(), model=path).ok
+    path.write_bytes(struct.pack("<Q", 10**9) + text)
+    assert fx.failed(verify(fx.certificate(), model=path)) == ["model"]
+
+
+# ------------------------------------------------------------------------------- 9. cost attacks
+def test_a_huge_T_is_refused_before_any_work():
+    """A 3.5 kB certificate with T = 10**7 and a constant schedule must not run 10**7 accountant steps."""
+    from certun.certificates.verify import MAX_VERIFY_T
+    cert = fx.certificate()
+    T = 10**7
+    assert T > MAX_VERIFY_T
+    cert["mechanism"]["T"] = cert["execution"]["noisy_steps"] = T
+    m = cert["mechanism"]
+    for scalar, plural in (("sigma", "sigmas"), ("gamma", "gammas")):
+        if m[plural] is not None:
+            m[scalar], m[plural] = m[plural][0], None
+    report = verify(fx.reseal(cert))
+    assert "recompute" in fx.failed(report) and str(MAX_VERIFY_T) in report["recompute"].detail
+
+
+def test_a_huge_proof_value_is_refused_by_length():
+    """A 100 kB proofValue is not decoded (base58 is quadratic): the signature check refuses its length."""
+    cert = fx.certificate(signed=True)
+    cert["proof"]["proofValue"] = "z" + "2" * 100_000
+    from certun.certificates.signing import verify_document
+    check = verify_document(cert)
+    assert not check.valid and "characters" in check.detail
+
+
+def test_the_signature_check_runs_only_after_the_schema():
+    """A certificate that fails the schema never reaches the (costlier) signature check."""
+    cert = fx.certificate(signed=True)
+    cert["claim"]["eps"] = "1"
+    report = verify(fx.reseal(cert, keep_proof=True))
+    assert report["schema"].status is Status.FAIL and report["signature"].status is Status.SKIP
+
+
+def test_a_certificate_over_the_size_limit_is_not_read(tmp_path):
+    """Files above the size limit are refused before reading; so are FIFOs given as the certificate."""
+    from certun.certificates.parse import MAX_CERTIFICATE_BYTES
+    big = tmp_path / "big.json"
+    big.write_bytes(b" " * (MAX_CERTIFICATE_BYTES + 1))
+    report = verify(big)
+    assert fx.failed(report) == ["strict_parse"] and "bytes" in report["strict_parse"].detail
+
+
+# --------------------------------------------------------------------------------- 10. smaller holes
+@pytest.mark.parametrize("where", ["tensors", "frozen", "homoglyph", "value"])
+def test_raw_seeds_are_found_everywhere(where):
+    """Seeds nested in name maps, homoglyph keys (Cyrillic e) and seed-like values are all found."""
+    cert = fx.certificate()
+    if where == "tensors":
+        cert["execution"]["extra"]["tensors"] = {"seed": 1234}
+    elif where == "frozen":
+        cert["execution"]["finetune"]["frozen_parameters"] = {"rng_state": [1, 2]}
+    elif where == "homoglyph":
+        cert["execution"]["extra"]["s\u0435ed"] = 1234
+    else:
+        cert["execution"]["extra"]["note"] = "seed=1234"
+    report = verify(fx.reseal(cert))
+    assert "no_raw_seed" in fx.failed(report)
+
+
+@pytest.mark.parametrize(("path", "value"), [
+    (("content_digest",), None),
+    (("issued_at",), "2025-02-30T00:00:00Z"),
+    (("issued_at",), "2025-01-01T25:00:00Z"),
+    (("issued_at",), "2025-01-01T00:00:00Z\n"),
+    (("chain", "previous"), "sha256:" + "0" * 64 + "\n"),
+])
+def test_schema_refuses_trailing_newlines_and_impossible_dates(path, value):
+    """``$`` in a pattern accepted a trailing newline; 30 February and hour 25 were valid dates."""
+    cert = fx.certificate()
+    if path == ("content_digest",):
+        cert = fx.reseal(cert)
+        cert["content_digest"] += "\n"
+    else:
+        target = cert
+        for key in path[:-1]:
+            target = target[key]
+        target[path[-1]] = value
+        cert = fx.reseal(cert)
+    report = verify(cert)
+    assert "schema" in fx.failed(report)
+
+
+def test_an_underflowing_number_is_refused():
+    """``1e-400`` silently became 0; a claim written that way is ambiguous and refused."""
+    text = fx.certificate_bytes().replace(b'"delta": 1e-05', b'"delta": 1e-400', 1)
+    assert b"1e-400" in text
+    report = verify(text)
+    assert fx.failed(report) == ["strict_parse"] and "underflows" in report["strict_parse"].detail
+
+
+def test_certificate_strings_are_printed_escaped(tmp_path, capsys):
+    """Terminal escapes in a tensor name reach the screen escaped, never raw."""
+    cert = fx.certificate()
+    cert["execution"]["backend"] = "numpy\x1b[2J\x1b[32mALL GOOD"
+    path = tmp_path / "c.json"
+    import json
+    path.write_text(json.dumps(fx.reseal(cert)))
+    tensors = {**fx.params(), **fx.frozen(), "evil\x1b[2J": np.zeros(1, np.float32)}
+    model = tmp_path / "m.npz"
+    np.savez(model, **tensors)
+    code, out, err = _run(capsys, "verify", str(path), "--model", str(model))
+    assert "\x1b" not in out + err and "\\x1b" in out
+    code, out, err = _run(capsys, "inspect", str(path))
+    assert code == 0 and "\x1b" not in out + err
+
+
+def test_a_noisy_run_relabelled_retrain_fails():
+    """A gradient-clipping run relabelled ``retrain`` with claim (0, 0) is inconsistent with its record."""
+    cert = fx.certificate()
+    for section in ("claim", "mechanism"):
+        cert[section]["variant"] = "retrain"
+        cert[section]["eps"] = cert[section]["delta"] = 0.0
+    m = cert["mechanism"]
+    m["T"] = 0
+    m.update(achieved_eps=0.0, achieved_delta=0.0, achieved_log_delta=None, eps_renyi=None, alpha=None)
+    m.update(sigma=None, sigmas=None, gamma=None, gammas=None, C1=None)
+    cert["accounting"].update(eps=0.0, delta=0.0, log_delta=None, eps_renyi=None, alpha=None)
+    cert["execution"]["noisy_steps"] = 0  # but clipping per_sample and the conversion still tell
+    report = verify(fx.reseal(cert))
+    assert "consistency" in fx.failed(report)
+    assert "retrain" in report["consistency"].detail
+
+
+def test_issue_refuses_an_exact_claim_with_a_noisy_record():
+    """``issue()`` refuses a retrain schedule whose run record clipped gradients."""
+    import certun
+    from certun.errors import InvalidParameterError
+    retrain = certun.Schedule(variant="retrain", T=0, target=certun.Guarantee(0.0, 0.0),
+                              achieved=certun.Guarantee(0.0, 0.0))
+    with pytest.raises(InvalidParameterError, match="retrain"):
+        fx.certificate(retrain, clipping="per_sample")
+
+
+def test_strict_turns_warnings_into_failures(tmp_path, capsys):
+    """``--strict``: a WARN (here: a valid but unpinned signature) is a FAIL."""
+    cert = fx.certificate(signed=True)
+    assert verify(cert).ok
+    report = verify(cert, strict=True)
+    assert fx.failed(report) == ["signature"]
+    path = tmp_path / "c.json"
+    write_certificate(cert, path)
+    assert _run(capsys, "verify", str(path), "--strict")[0] == 1
+
+
+def test_a_certificate_without_forget_set_warns():
+    """No forget set: nothing shows what was forgotten; WARN, and FAIL under strict."""
+    cert = fx.certificate(forget_root=None, forget_count=None)
+    report = verify(cert)
+    assert report.ok and report["consistency"].status is Status.WARN
+    assert "forget set" in report["consistency"].detail
+    assert not verify(cert, strict=True).ok
+
+
+# ------------------------------------------------------------------------- arguments of verify()
+@pytest.mark.parametrize(("kwargs", "needle"), [
+    ({"max_eps": "1"}, "max_eps"), ({"max_eps": -1}, "max_eps"), ({"max_delta": 2.0}, "max_delta"),
+    ({"max_eps": float("nan")}, "max_eps"), ({"trusted_keys": PINNED}, "trusted_keys"),
+    ({"chain_dir": 3}, "chain_dir"), ({"model": 3}, "model"),
+])
+def test_verify_validates_its_arguments(kwargs, needle):
+    """Bad arguments are a typed error naming the argument, like the CLI's usage errors."""
+    from certun.errors import InvalidParameterError
+    with pytest.raises(InvalidParameterError, match=needle):
+        verify(fx.certificate(), **kwargs)
+
+
+def test_verify_given_a_module_hints_at_state_dict():
+    """An ``nn.Module`` where a model file or state dict goes: a hint to pass ``state_dict()``."""
+    torch = pytest.importorskip("torch")
+    from certun.errors import InvalidParameterError
+    with pytest.raises(InvalidParameterError, match="state_dict"):
+        verify(fx.certificate(), model=torch.nn.Linear(2, 2))
+    with pytest.raises(InvalidParameterError, match="cert"):
+        verify(None)
+
+
+def test_receipt_verify_names_the_unreadable_file(tmp_path, capsys):
+    """A missing receipt is named as the receipt (not as a certificate), exit 2."""
+    good = tmp_path / "g.json"
+    write_certificate(fx.certificate(), good)
+    code, _, err = _run(capsys, "receipt", "verify", str(tmp_path / "nope.json"), str(good))
+    assert code == 2 and "receipt" in err and "certificate" not in err.split(":", 2)[-1]
