@@ -44,7 +44,7 @@ __all__ = ["CHECK_NAMES", "MAX_VERIFY_T", "CheckResult", "Report", "Status", "ve
 
 #: Largest number of noisy steps a certificate may record: the exact (mpmath) accountant runs once
 #: per step, so this bounds the work of one verification to seconds (docs/certificates.md#threat-model).
-MAX_VERIFY_T = 1_000_000
+MAX_VERIFY_T = 200_000
 
 
 @dataclass
