@@ -7,7 +7,8 @@ back through a folder of certificate files and passes only if the walk ends at s
 stored content digest, internal consistency, and its signature (by a pinned key when keys are pinned).
 Two certificates with the same predecessor are a fork: two histories of one ledger, reported as a
 FAIL. Only regular ``*.json`` files of at most :data:`~certun.certificates.parse.MAX_CERTIFICATE_BYTES`
-are read, at most :data:`MAX_CHAIN_FILES` of them. See docs/theory.md#sequential-requests.
+are read, at most :data:`MAX_CHAIN_FILES` of them and :data:`MAX_CHAIN_BYTES` in all.
+See docs/theory.md#sequential-requests.
 """
 
 from __future__ import annotations
@@ -24,20 +25,24 @@ from certun.certificates.parse import load_certificate
 from certun.certificates.report import Status, printable
 from certun.certificates.signing import verify_document
 
-__all__ = ["MAX_CHAIN_FILES", "check_chain", "index_certificates"]
+__all__ = ["MAX_CHAIN_BYTES", "MAX_CHAIN_FILES", "check_chain", "index_certificates"]
 
 #: Most ``*.json`` files a chain folder may hold (bounds the work of one verification).
 MAX_CHAIN_FILES = 4096
+#: Most bytes the ``*.json`` files of a chain folder may hold together (a ledger of a thousand
+#: requests with constant schedules is a few MB).
+MAX_CHAIN_BYTES = 64 * 1024 * 1024
 
 
 def _json_files(folder: Path) -> tuple[list[Path], list[str]]:
-    files, notes = [], []
+    files, notes, total = [], [], 0
     with os.scandir(folder) as entries:
         for entry in entries:
             if not entry.name.endswith(".json"):
                 continue
             try:
-                regular = stat.S_ISREG(os.stat(entry.path).st_mode)  # follows links; never opens
+                info = os.stat(entry.path)  # follows links; never opens
+                regular = stat.S_ISREG(info.st_mode)
             except OSError as exc:
                 notes.append(f"{printable(entry.name)}: cannot stat ({exc.strerror})")
                 continue
@@ -45,6 +50,10 @@ def _json_files(folder: Path) -> tuple[list[Path], list[str]]:
                 notes.append(f"{printable(entry.name)}: not a regular file, skipped")
                 continue
             files.append(Path(entry.path))
+            total += info.st_size
+            if total > MAX_CHAIN_BYTES:
+                raise ValueError(f"the *.json files of the chain folder hold more than {MAX_CHAIN_BYTES} bytes, "
+                                 "more than one verification reads")
     return sorted(files), notes
 
 
@@ -55,7 +64,8 @@ def index_certificates(folder: str | os.PathLike) -> tuple[dict[str, tuple[Path,
     note saying why; nothing in the folder raises.
 
     Raises:
-        ValueError: the folder holds more than :data:`MAX_CHAIN_FILES` ``*.json`` files.
+        ValueError: the folder holds more than :data:`MAX_CHAIN_FILES` ``*.json`` files or
+            :data:`MAX_CHAIN_BYTES` bytes in them.
     """
     files, notes = _json_files(Path(folder))
     if len(files) > MAX_CHAIN_FILES:
@@ -123,7 +133,10 @@ def check_chain(doc: Mapping[str, Any], folder: str | os.PathLike, *,
     name = printable(os.fspath(folder))
     if not Path(folder).is_dir():
         return Status.FAIL, f"chain folder {name} is not a directory"
-    index, notes = index_certificates(folder)
+    try:
+        index, notes = index_certificates(folder)
+    except (OSError, ValueError) as exc:
+        return Status.FAIL, printable(str(exc))
     warnings: list[str] = []
     doc_digest = content_digest(doc)
     current, walked = doc, [doc_digest]

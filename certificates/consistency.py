@@ -224,7 +224,13 @@ def consistency_problems(doc: Mapping[str, Any]) -> list[str]:
         if name == "model_before" and isinstance(art[name], Mapping) and "commitment" in art[name]:
             continue
         problems.extend(_model_problems(name, art[name], unlearned))
-    before = art["model_before"]
+    before, center = art["model_before"], art["center"]
+    if isinstance(before, Mapping) and "tensors" in before and isinstance(center, Mapping):
+        shared = sorted(name for name, digest in center["tensors"].items() if before["tensors"].get(name) == digest)
+        if shared:
+            problems.append(f"artifacts.center equals the starting model in tensors {shared}: the centre must not "
+                            "depend on the training data D, and the starting model was trained on it "
+                            "(docs/theory.md#anchored-balls)")
     if chain["sequence"] == 0 and isinstance(before, Mapping) and "tensors" in before:
         problems.append("artifacts.model_before is a plain digest in the first certificate of a ledger (sequence 0): "
                         "that model was trained on the forget set, and publishing its hash reveals whether a record "

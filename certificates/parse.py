@@ -176,13 +176,15 @@ def read_bytes(source: bytes | str | os.PathLike, *, what: str = "certificate") 
     else:
         name = os.fspath(source)
         try:
-            info = os.stat(name)
-            if not stat.S_ISREG(info.st_mode):
-                raise CertificateFormatError(f"{what} {name!r} is not a regular file")
-            if info.st_size > MAX_CERTIFICATE_BYTES:
-                raise CertificateFormatError(f"{what} {name!r} has {info.st_size} bytes, more than the "
-                                             f"{MAX_CERTIFICATE_BYTES} a {what} may have")
-            with open(name, "rb") as handle:
+            # O_NONBLOCK: opening a FIFO swapped in after a check must not block; fstat then decides
+            fd = os.open(name, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+            with os.fdopen(fd, "rb") as handle:
+                info = os.fstat(handle.fileno())
+                if not stat.S_ISREG(info.st_mode):
+                    raise CertificateFormatError(f"{what} {name!r} is not a regular file")
+                if info.st_size > MAX_CERTIFICATE_BYTES:
+                    raise CertificateFormatError(f"{what} {name!r} has {info.st_size} bytes, more than the "
+                                                 f"{MAX_CERTIFICATE_BYTES} a {what} may have")
                 data = handle.read(MAX_CERTIFICATE_BYTES + 1)
         except OSError as exc:
             raise CertificateFormatError(f"cannot read {what} {name!r}: {exc.strerror}") from exc

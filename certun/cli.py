@@ -25,6 +25,12 @@ _COMMAND_MODULES = (
 )
 
 
+#: The exit codes of every subcommand (docs/certificates.md#exit-codes).
+EXIT_CODES = "exit codes: 0 ok, 1 failed verification, 2 usage error or unreadable input"
+_AUDIT_EXIT_CODES = ("exit codes: 0 ok, 1 a claim was refuted, 2 usage error or unreadable input, "
+                     "3 inconclusive (a control went undetected)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The top-level parser with every registered subcommand."""
     from certun import __version__
@@ -37,6 +43,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in _COMMAND_MODULES:
         importlib.import_module(name).register(sub)
+    for name, subparser in sub.choices.items():
+        if not subparser.epilog:
+            subparser.epilog = _AUDIT_EXIT_CODES if name == "audit" else EXIT_CODES
+    parser.epilog = EXIT_CODES
     return parser
 
 

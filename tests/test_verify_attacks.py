@@ -542,3 +542,43 @@ def test_receipt_verify_names_the_unreadable_file(tmp_path, capsys):
     write_certificate(fx.certificate(), good)
     code, _, err = _run(capsys, "receipt", "verify", str(tmp_path / "nope.json"), str(good))
     assert code == 2 and "receipt" in err and "certificate" not in err.split(":", 2)[-1]
+
+
+# ---------------------------------------------------------------------- a fresh adversarial pass
+def test_a_centre_equal_to_the_starting_model_fails():
+    """A chained request whose centre is its (plain) starting model: the centre depends on D."""
+    before = fx.params(0)
+    cert = fx.certificate(model_before=model_digest(before), previous=fx.certificate(), model_seed=1)
+    for centre in (before, {**fx.params(7), "fc1.bias": before["fc1.bias"]}):  # whole, or one tensor
+        forged = copy.deepcopy(cert)
+        forged["artifacts"]["center"] = {"algorithm": "certun.tensor-sha256.v1", **model_digest(centre).to_dict()}
+        report = verify(fx.reseal(forged))
+        assert "consistency" in fx.failed(report) and "centre" in report["consistency"].detail
+
+
+def test_issue_refuses_a_centre_equal_to_the_starting_model():
+    """``issue()`` refuses what ``verify`` would reject."""
+    from certun.errors import InvalidParameterError
+    before = fx.params(0)
+    with pytest.raises(InvalidParameterError, match="centre"):
+        fx.certificate(model_before=model_digest(before), center=model_digest(before),
+                       previous=fx.certificate(), model_seed=1)
+
+
+def test_a_chain_folder_over_the_byte_budget_fails(tmp_path, monkeypatch):
+    """The chain walk reads a bounded number of bytes in all, not 4096 files of 1 MiB each."""
+    import importlib
+    chain = importlib.import_module("certun.certificates.chain")
+    certs = _ledger(tmp_path, 2)
+    monkeypatch.setattr(chain, "MAX_CHAIN_BYTES", 1000)
+    report = verify(certs[1], chain_dir=tmp_path)
+    assert fx.failed(report) == ["chain"] and "bytes" in report["chain"].detail
+
+
+def test_every_subcommand_documents_its_exit_codes():
+    """``--help`` of every subcommand states the exit codes."""
+    from certun.cli import build_parser
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.__class__.__name__ == "_SubParsersAction")
+    for name, p in sub.choices.items():
+        assert "exit codes" in (p.epilog or ""), name
