@@ -163,6 +163,10 @@ def _receipt_verify(args: argparse.Namespace) -> int:
     if id_set is None:
         print(f"FAILED: the certificate records no {args.which} set")
         return 1
+    if id_set["scheme"] != receipt.scheme:
+        print(f"FAILED: the receipt's tree scheme {printable(receipt.scheme)} is not the {args.which} set's "
+              f"{id_set['scheme']}")
+        return 1
     if id_set["size"] != receipt.tree_size:
         print(f"FAILED: the receipt is for a tree of {receipt.tree_size} records, but the certificate's {args.which} "
               f"set records size {id_set['size']!r}")

@@ -24,7 +24,7 @@ from certun.accountant import Schedule, Variant
 from certun.certificates.canonical import content_digest
 from certun.certificates.consistency import consistency_problems, raw_seed_paths
 from certun.certificates.digest import DIGEST_ALGORITHM
-from certun.certificates.merkle import TREE_SCHEME
+from certun.certificates.merkle import TREE_SCHEMES
 from certun.certificates.parse import format_problem, json_value_problems, load_certificate
 from certun.certificates.recompute import decide_claim
 from certun.certificates.record import ModelDigest, RunRecord
@@ -79,10 +79,12 @@ def _model(digest: ModelDigest | None) -> dict[str, Any] | None:
     return {"algorithm": DIGEST_ALGORITHM, **digest.to_dict()}
 
 
-def _id_set(root: str | None, size: int | None, id_scheme: str | None) -> dict[str, Any] | None:
+def _id_set(root: str | None, size: int | None, id_scheme: str | None, scheme: str) -> dict[str, Any] | None:
     if root is None:
         return None
-    return {"scheme": TREE_SCHEME, "merkle_root": root, "size": size, "id_scheme": id_scheme}
+    if scheme not in TREE_SCHEMES:
+        raise InvalidParameterError("record.tree_scheme", scheme, f"one of {TREE_SCHEMES}")
+    return {"scheme": scheme, "merkle_root": root, "size": size, "id_scheme": id_scheme}
 
 
 def _shapes(record: RunRecord) -> dict[str, list[int]]:
@@ -225,8 +227,8 @@ def issue(schedule: Schedule, record: RunRecord, *, previous: Mapping[str, Any] 
             "unlearned_model": _model(after),
             "model_before": model_before,
             "center": _model(record.center),
-            "retain_set": _id_set(record.retain_root, record.retain_count, record.id_scheme),
-            "forget_set": _id_set(record.forget_root, record.forget_count, record.id_scheme),
+            "retain_set": _id_set(record.retain_root, record.retain_count, record.id_scheme, record.tree_scheme),
+            "forget_set": _id_set(record.forget_root, record.forget_count, record.id_scheme, record.tree_scheme),
         },
         "randomness": {
             "seed_commitment": None if record.seed_commitment is None else dict(record.seed_commitment),

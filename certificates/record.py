@@ -61,6 +61,8 @@ class RunRecord:
             so ``certun verify --model`` can FAIL on any tensor nobody certified.
         center: digest of the ball centre (THEORY.md §1 anchored balls), ``None`` for the origin.
         retain_root / forget_root: salted Merkle roots over record identifiers (hex), if given.
+        tree_scheme: the scheme of the trees behind those roots (that of
+            :func:`certun.certificates.merkle_tree`, leaves ordered by salted hash, by default).
         retain_count / forget_count: number of records in each set, if known.
         id_scheme: how identifiers were formed (e.g. ``"dataset-index"``, with its caveat in docs).
         seed_commitment: salted commitment to the noise seed (never the seed).
@@ -98,3 +100,4 @@ class RunRecord:
     extra: Mapping[str, Any] = field(default_factory=dict)
     model_before_commitment: Mapping[str, str] | None = None
     public_tensors: Mapping[str, str] = field(default_factory=dict)
+    tree_scheme: str = "rfc9162-sha256-salted.v2"

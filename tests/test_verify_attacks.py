@@ -582,3 +582,24 @@ def test_every_subcommand_documents_its_exit_codes():
     sub = next(a for a in parser._actions if a.__class__.__name__ == "_SubParsersAction")
     for name, p in sub.choices.items():
         assert "exit codes" in (p.epilog or ""), name
+
+
+# ------------------------------------------------------------------------ 7. receipts leak rank
+def test_leaf_index_does_not_reveal_rank():
+    """Leaves are ordered by salted leaf hash: a receipt's leaf index is not the identifier's rank."""
+    ids = list(range(10, 74))  # two digits: the encoded order is the numeric order
+    tree = merkle_tree(ids, salt_key=fx.MERKLE_SALT_KEY)
+    indices = [tree.receipt_for(i).leaf_index for i in ids]
+    assert sorted(indices) == list(range(64)) and indices != list(range(64))
+    assert merkle_tree(reversed(ids), salt_key=fx.MERKLE_SALT_KEY).root == tree.root  # still a set function
+    from certun.certificates import verify_receipt
+    assert all(verify_receipt(tree.receipt_for(i), root=tree.root, record_id=i) for i in ids)
+
+
+def test_v1_trees_stay_buildable_and_verifiable():
+    """Identifier-ordered (v1) trees, as in older certificates, are still built on request and verify."""
+    from certun.certificates import verify_receipt
+    from certun.certificates.merkle import TREE_SCHEME_V1
+    tree = merkle_tree(range(8), salt_key=fx.MERKLE_SALT_KEY, scheme=TREE_SCHEME_V1)
+    assert [tree.receipt_for(i).leaf_index for i in range(8)] == list(range(8))
+    assert verify_receipt(tree.receipt_for(3).to_dict(), root=tree.root, record_id=3)
