@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 import re
 import unicodedata
+from collections import Counter
 from collections.abc import Mapping
 from typing import Any
 
@@ -189,7 +190,7 @@ def consistency_problems(doc: Mapping[str, Any]) -> list[str]:
     # the unlearned parameters x and their count d
     unlearned = ex["unlearned_parameters"]
     if len(set(unlearned)) != len(unlearned):
-        dupes = sorted({n for n in unlearned if unlearned.count(n) > 1})
+        dupes = sorted(n for n, count in Counter(unlearned).items() if count > 1)
         problems.append(f"execution.unlearned_parameters lists {dupes} more than once")
     variant = m["variant"]
     if variant != "retrain" and (not unlearned or ex["d"] < 1):

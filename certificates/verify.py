@@ -246,6 +246,16 @@ _CHECKS: tuple[tuple[str, tuple[str, ...], Callable[[_Context], tuple[Status, st
 CHECK_NAMES = tuple(name for name, _, _ in _CHECKS)
 
 
+#: Longest detail a check reports (a certificate with 200 000 parameter names must not print them all).
+MAX_DETAIL_CHARS = 2000
+
+
+def _shorten(detail: str) -> str:
+    if len(detail) <= MAX_DETAIL_CHARS:
+        return detail
+    return f"{detail[:MAX_DETAIL_CHARS]}... (+{len(detail) - MAX_DETAIL_CHARS} more characters)"
+
+
 def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
@@ -324,5 +334,5 @@ def verify(cert: Mapping[str, Any] | bytes | str | os.PathLike, *,
         if strict and status is Status.WARN:
             status, detail = Status.FAIL, f"(strict: warnings fail) {detail}"
         ctx.results[name] = status
-        results.append(CheckResult(name, status, printable(detail)))
+        results.append(CheckResult(name, status, _shorten(printable(detail))))
     return Report(tuple(results))
