@@ -12,14 +12,16 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 from typing import Any
 
 from certun.certificates.merkle import MerkleReceipt, verify_receipt
 from certun.certificates.parse import load_certificate, strict_loads
 from certun.certificates.parse import read_bytes as _read_bytes
 from certun.certificates.report import printable
+from certun.certificates.signing import load_public_key, load_public_key_file
 from certun.certificates.verify import verify
-from certun.errors import InvalidParameterError
+from certun.errors import CertificateFormatError, InvalidParameterError
 
 __all__ = ["register"]
 
@@ -56,9 +58,26 @@ def _verification_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--strict", action="store_true", help="every WARN is a FAIL")
 
 
+def _usable_inputs(args: argparse.Namespace, model: Any) -> tuple[bytes, list[str]]:
+    """Read what the command line names before verifying, so that a missing file, an unreadable key
+    or a folder that is not one is a usage error (exit 2), not a failed check (exit 1)."""
+    data = _read_bytes(args.certificate)
+    try:
+        keys = [load_public_key(k) for k in args.trusted_key]
+    except CertificateFormatError as exc:
+        raise InvalidParameterError("--trusted-key", printable(str(exc))[:200], "an Ed25519 public key: z6Mk..., "
+                                    "did:key:... or PEM text (key files go through --trusted-key-file)") from None
+    keys += [load_public_key_file(f) for f in args.trusted_key_file]
+    if model is not None and not os.path.isfile(model):
+        raise CertificateFormatError(f"model file {printable(repr(model))} does not exist or is not a regular file")
+    if args.chain is not None and not os.path.isdir(args.chain):
+        raise CertificateFormatError(f"chain folder {printable(repr(args.chain))} is not a directory")
+    return data, keys
+
+
 def _report(args: argparse.Namespace, model: Any = None) -> Any:
-    return verify(args.certificate, model=model, trusted_keys=args.trusted_key,
-                  trusted_key_files=args.trusted_key_file, chain_dir=args.chain, max_eps=args.max_eps,
+    data, keys = _usable_inputs(args, model)
+    return verify(data, model=model, trusted_keys=keys, chain_dir=args.chain, max_eps=args.max_eps,
                   max_delta=args.max_delta, require_signature=args.require_signature, strict=args.strict,
                   allow_uncovered=getattr(args, "allow_uncovered", False))
 

@@ -621,3 +621,23 @@ def test_details_are_bounded():
     cert["execution"]["unlearned_parameters"] = [f"p{i}" for i in range(20_000)]
     report = verify(fx.reseal(cert))
     assert max(len(c.detail) for c in report.checks) < 2100
+
+
+# ------------------------------------------------------------------------------ exit codes
+@pytest.mark.parametrize("command", ["verify", "receipt"])
+def test_unreadable_inputs_exit_two(tmp_path, capsys, command):
+    """Missing certificate, model, key file or chain folder, and a malformed key: exit 2, one line."""
+    good = tmp_path / "g.json"
+    write_certificate(fx.certificate(), good)
+    receipt = _receipt(tmp_path)
+    head = ["verify"] if command == "verify" else ["receipt", "verify", str(receipt)]
+    cases = [[str(tmp_path / "missing.json")],
+             [str(good), "--trusted-key-file", str(tmp_path / "missing.key")],
+             [str(good), "--trusted-key", "not-a-key"],
+             [str(good), "--chain", str(tmp_path / "no-such-dir")]]
+    if command == "verify":
+        cases.append([str(good), "--model", str(tmp_path / "missing.pt")])
+    for args in cases:
+        code, out, err = _run(capsys, *head, *args)
+        assert code == 2, (args, out, err)
+        assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
