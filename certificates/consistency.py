@@ -20,7 +20,16 @@ from typing import Any
 from certun.certificates.digest import root_digest
 from certun.errors import InvalidParameterError
 
-__all__ = ["RAW_SEED_KEY", "RAW_SEED_VALUE", "consistency_problems", "exact_claim_problems", "raw_seed_paths"]
+__all__ = [
+    "EXACT_VARIANTS",
+    "RAW_SEED_KEY",
+    "RAW_SEED_VALUE",
+    "RECORD_ID_KEY",
+    "consistency_problems",
+    "exact_claim_problems",
+    "raw_seed_paths",
+    "record_id_paths",
+]
 
 #: Key names that look like a raw seed or generator state (case-insensitive). ``seed_commitment``
 #: is the one allowed exception.
@@ -47,8 +56,10 @@ _CONFUSABLES = str.maketrans({
 })
 
 
-#: Clipping granularities that satisfy the gradient-clipping proofs (THEORY.md §2).
+#: Clipping granularities that satisfy the gradient-clipping proofs (docs/theory.md#gradient-clipping).
 _GRADIENT_CLIPS = frozenset({"per_sample", "batch"})
+#: Variants whose certifying algorithm is the route itself, so (0, 0) (docs/theory.md#exact-routes).
+EXACT_VARIANTS = frozenset({"retrain"})
 
 
 def _skeleton(text: str) -> str:
@@ -56,6 +67,35 @@ def _skeleton(text: str) -> str:
     letters mapped to Latin and invisible format characters removed."""
     folded = unicodedata.normalize("NFKC", text).casefold().translate(_CONFUSABLES)
     return "".join(c for c in folded if unicodedata.category(c) != "Cf")
+
+
+#: A key that names record identifiers (``forget_ids``, ``deleted_indices``, ``retainIds``).
+RECORD_ID_KEY = re.compile(r"(forget|forgotten|retain|retained|delete|deleted|remove|removed|erase|erased)"
+                           r"[_-]?(ids?|identifiers?|indices|index|idx|records?|rows?|samples?|examples?)$", re.I)
+#: The free-form sections, where a backend or user may write anything.
+_FREE_FORM = ("execution.extra", "execution.finetune", "execution.noise")
+
+
+def record_id_paths(doc: Mapping[str, Any]) -> list[str]:
+    """Paths of keys in the free-form sections that look like record identifiers (spelled with
+    look-alike letters too): a certificate publishes the sets only as salted Merkle roots."""
+    found: list[str] = []
+    stack: list[tuple[Any, str]] = []
+    for section in _FREE_FORM:
+        top, _, name = section.partition(".")
+        value = doc.get(top, {}).get(name) if isinstance(doc.get(top), Mapping) else None
+        stack.append((value, section))
+    while stack:
+        value, where = stack.pop()
+        if isinstance(value, Mapping):
+            for key, item in value.items():
+                here = f"{where}.{key}"
+                if isinstance(key, str) and RECORD_ID_KEY.search(_skeleton(key).replace(" ", "")):
+                    found.append(here)
+                stack.append((item, here))
+        elif isinstance(value, list):
+            stack.extend((item, f"{where}[{i}]") for i, item in enumerate(value))
+    return sorted(found)
 
 
 def raw_seed_paths(document: Any, path: str = "") -> list[str]:
@@ -146,12 +186,12 @@ def exact_claim_problems(doc: Mapping[str, Any]) -> list[str]:
     """
     claim, m, ex = doc["claim"], doc["mechanism"], doc["execution"]
     exact_claim = claim["eps"] == 0 and claim["delta"] == 0
-    if m["variant"] != "retrain" and not exact_claim:
+    if m["variant"] not in EXACT_VARIANTS and not exact_claim:
         return []
     problems = []
-    if m["variant"] != "retrain":
-        problems.append(f"claim (0, 0) is exact unlearning, which only the retrain route gives; "
-                        f"mechanism.variant is {m['variant']!r}")
+    if m["variant"] not in EXACT_VARIANTS:
+        problems.append(f"claim (0, 0) is exact unlearning, which only an exact route ({sorted(EXACT_VARIANTS)}) "
+                        f"gives; mechanism.variant is {m['variant']!r}")
     if m["T"] != 0 or ex["noisy_steps"] != 0:
         problems.append(f"an exact (retrain) claim needs no noisy steps: mechanism.T={m['T']}, "
                         f"execution.noisy_steps={ex['noisy_steps']}")
@@ -211,6 +251,10 @@ def consistency_problems(doc: Mapping[str, Any]) -> list[str]:
     if overlap:
         problems.append(f"tensors {overlap} are listed as public and also as unlearned or frozen")
     problems.extend(exact_claim_problems(doc))
+    ids = record_id_paths(doc)
+    if ids:
+        problems.append(f"{ids} look like record identifiers: a certificate names the retain and forget sets only "
+                        "by salted Merkle roots (published identifiers say who was forgotten)")
 
     # clipping granularity vs variant (THEORY.md §2, §3)
     needs_clip = variant == "gradient_clipping" or (

@@ -641,3 +641,15 @@ def test_unreadable_inputs_exit_two(tmp_path, capsys, command):
         code, out, err = _run(capsys, *head, *args)
         assert code == 2, (args, out, err)
         assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+
+
+@pytest.mark.parametrize("key", ["forget_ids", "deleted_indices", "retainIds", "f\u043erget_records"])
+def test_record_identifiers_in_free_form_fields_fail(key):
+    """A certificate publishes salted roots only: identifiers in ``extra`` would name the forgotten."""
+    cert = fx.certificate()
+    cert["execution"]["extra"][key] = [3, 17, 42, 99]
+    report = verify(fx.reseal(cert))
+    assert "consistency" in fx.failed(report) and "identifiers" in report["consistency"].detail
+    from certun.errors import InvalidParameterError
+    with pytest.raises(InvalidParameterError, match="identifiers"):
+        fx.certificate(extra={key: [3, 17]})
