@@ -83,7 +83,8 @@ def index_certificates(folder: str | os.PathLike) -> tuple[dict[str, tuple[Path,
     return index, notes
 
 
-def _predecessor_problem(name: str, cert: Mapping[str, Any], link: str, trusted: Collection[str]) -> str | None:
+def _predecessor_problem(name: str, cert: Mapping[str, Any], link: str, trusted: Collection[str],
+                         require_signature: bool) -> str | None:
     if cert.get("content_digest") != link:
         return f"{name}: stored content_digest does not match its content {link}"
     try:
@@ -98,8 +99,8 @@ def _predecessor_problem(name: str, cert: Mapping[str, Any], link: str, trusted:
             return f"{name}: invalid signature: {check.detail}"
         if trusted and check.key not in trusted:
             return f"{name} is signed by {check.key}, which is not among the pinned keys"
-    elif trusted:
-        return f"{name} is unsigned, but keys are pinned: its authenticity cannot be shown"
+    elif trusted or require_signature:
+        return f"{name} is unsigned, but {'keys are pinned' if trusted else 'a signature is required'}"
     return None
 
 
@@ -122,13 +123,14 @@ def _forks(index: Mapping[str, tuple[Path, dict[str, Any]]], doc: Mapping[str, A
 
 
 def check_chain(doc: Mapping[str, Any], folder: str | os.PathLike, *,
-                trusted_keys: Collection[str] = ()) -> tuple[Status, str]:
+                trusted_keys: Collection[str] = (), require_signature: bool = False) -> tuple[Status, str]:
     """Follow ``chain.previous`` links from ``doc`` back to sequence 0; ``(Status, detail)``.
 
     Args:
         doc: the (schema-valid) certificate being verified.
         folder: the folder holding the ledger's earlier certificates.
         trusted_keys: pinned keys (``z6Mk...``); when given, every predecessor must be signed by one.
+        require_signature: every predecessor must be signed (validly) even when no key is pinned.
     """
     name = printable(os.fspath(folder))
     if not Path(folder).is_dir():
@@ -152,7 +154,7 @@ def check_chain(doc: Mapping[str, Any], folder: str | os.PathLike, *,
         label = printable(path.name)
         if previous["chain"]["sequence"] != sequence - 1:
             return Status.FAIL, f"{label} has sequence {previous['chain']['sequence']}, expected {sequence - 1}"
-        problem = _predecessor_problem(label, previous, link, trusted_keys)
+        problem = _predecessor_problem(label, previous, link, trusted_keys, require_signature)
         if problem:
             return Status.FAIL, problem
         if previous["issued_at"] > current["issued_at"]:

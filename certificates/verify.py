@@ -211,7 +211,7 @@ def _chain(ctx: _Context) -> tuple[Status, str]:
         return Status.SKIP, f"links to previous certificate {previous}; pass the ledger folder to check the chain"
     from certun.certificates.chain import check_chain
 
-    return check_chain(ctx.doc, ctx.chain_dir, trusted_keys=ctx.pinned)
+    return check_chain(ctx.doc, ctx.chain_dir, trusted_keys=ctx.pinned, require_signature=ctx.require_signature)
 
 
 def _policy(ctx: _Context) -> tuple[Status, str]:

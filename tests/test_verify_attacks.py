@@ -653,3 +653,13 @@ def test_record_identifiers_in_free_form_fields_fail(key):
     from certun.errors import InvalidParameterError
     with pytest.raises(InvalidParameterError, match="identifiers"):
         fx.certificate(extra={key: [3, 17]})
+
+
+def test_require_signature_applies_to_predecessors(tmp_path):
+    """With ``require_signature``, an unsigned predecessor in the chain FAILs too."""
+    first = fx.certificate()
+    write_certificate(first, tmp_path / "00.json")
+    second = fx.certificate(signed=True, previous=first, model_seed=1, model_before=model_digest(fx.params(0)))
+    assert verify(second, chain_dir=tmp_path).ok
+    report = verify(second, chain_dir=tmp_path, require_signature=True)
+    assert fx.failed(report) == ["chain"] and "unsigned" in report["chain"].detail
