@@ -663,3 +663,13 @@ def test_require_signature_applies_to_predecessors(tmp_path):
     assert verify(second, chain_dir=tmp_path).ok
     report = verify(second, chain_dir=tmp_path, require_signature=True)
     assert fx.failed(report) == ["chain"] and "unsigned" in report["chain"].detail
+
+
+def test_huge_recorded_shapes_fail_cleanly():
+    """A shape of 60 000 dims of 2**53 - 1 (a 1 MiB certificate) is a consistency FAIL that names d,
+    not a big-integer product that runs for seconds and then breaks the check."""
+    cert = fx.certificate()
+    cert["execution"]["parameter_shapes"]["fc1.bias"] = [2**53 - 1] * 60_000
+    report = verify(fx.reseal(cert))
+    assert "consistency" in fx.failed(report)
+    assert "could not run" not in report["consistency"].detail and "execution.d" in report["consistency"].detail
