@@ -1,8 +1,9 @@
 """Check a released model against the digests in its certificate (``certun verify --model FILE``).
 
 The file is read as tensors, never hashed as bytes: an ``.npz`` archive (numpy, no pickles), a
-``.safetensors`` file (read here with numpy, no extra package), or a ``.pt``/``.pth`` state_dict
-(torch, imported only here and loaded with ``weights_only=True``). Every tensor in the file must be
+``.safetensors`` file (read with numpy by :mod:`certun.certificates.safetensors_reader`, no extra
+package), or a ``.pt``/``.pth`` state_dict (torch, imported only here and loaded with
+``weights_only=True``). Every tensor in the file must be
 covered by the certificate: unlearned parameters by ``artifacts.unlearned_model``, frozen parameters
 by ``execution.frozen_parameters`` (bit-identical before and after), public tensors (buffers rebuilt
 from public or retain data) by ``artifacts.public_tensors``. A tensor the certificate does not cover
@@ -13,10 +14,8 @@ with a one-line reason. See docs/certificates.md#threat-model.
 
 from __future__ import annotations
 
-import math
 import os
 import stat
-import struct
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -25,6 +24,7 @@ import numpy as np
 
 from certun.certificates.digest import root_digest, tensor_digest
 from certun.certificates.report import Status, printable
+from certun.certificates.safetensors_reader import read_safetensors
 from certun.errors import CertificateFormatError
 
 __all__ = ["check_model", "load_model_tensors"]
@@ -33,10 +33,6 @@ __all__ = ["check_model", "load_model_tensors"]
 _NUMPY_KINDS = frozenset("biuf")
 _TORCH_DTYPES = frozenset({"torch.float16", "torch.float32", "torch.float64", "torch.bfloat16", "torch.int8",
                            "torch.int16", "torch.int32", "torch.int64", "torch.uint8", "torch.bool"})
-_SAFETENSORS_DTYPES = {"F64": "<f8", "F32": "<f4", "F16": "<f2", "I64": "<i8", "I32": "<i4", "I16": "<i2",
-                       "I8": "i1", "U8": "u1", "BOOL": "?"}
-#: Largest safetensors JSON header read (the format's own limit is 100 MB).
-_MAX_SAFETENSORS_HEADER = 100 * 1024 * 1024
 
 
 def _one_line(exc: BaseException) -> str:
@@ -88,43 +84,6 @@ def _load_pt(path: Path) -> dict[str, Any]:
     return dict(state)
 
 
-def _load_safetensors(path: Path) -> dict[str, Any]:
-    data = path.read_bytes()
-    if len(data) < 8:
-        raise CertificateFormatError(f"{printable(str(path))} is too short to be a safetensors file")
-    (size,) = struct.unpack("<Q", data[:8])
-    if size > min(_MAX_SAFETENSORS_HEADER, len(data) - 8):
-        raise CertificateFormatError(f"{printable(str(path))}: safetensors header of {size} bytes does not fit")
-    from certun.certificates.parse import strict_loads
-
-    header = strict_loads(data[8:8 + size])
-    if not isinstance(header, dict):
-        raise CertificateFormatError(f"{printable(str(path))}: safetensors header is not a JSON object")
-    buffer = memoryview(data)[8 + size:]
-    out: dict[str, Any] = {}
-    for name, info in header.items():
-        if name == "__metadata__":
-            continue
-        label = printable(repr(name))
-        if not isinstance(info, dict) or set(info) != {"dtype", "shape", "data_offsets"}:
-            raise CertificateFormatError(f"safetensors entry {label} is malformed")
-        dtype, shape, offsets = info["dtype"], info["shape"], info["data_offsets"]
-        if dtype not in _SAFETENSORS_DTYPES:
-            raise CertificateFormatError(f"safetensors tensor {label} has dtype {printable(repr(dtype))}, which "
-                                         "certun does not hash (save bfloat16/float8 models as .pt)")
-        if not (isinstance(shape, list) and all(isinstance(d, int) and not isinstance(d, bool) and d >= 0
-                                                for d in shape)):
-            raise CertificateFormatError(f"safetensors tensor {label} has a malformed shape")
-        if not (isinstance(offsets, list) and len(offsets) == 2 and all(isinstance(o, int) for o in offsets)
-                and 0 <= offsets[0] <= offsets[1] <= len(buffer)):
-            raise CertificateFormatError(f"safetensors tensor {label} has data offsets outside the file")
-        np_dtype = np.dtype(_SAFETENSORS_DTYPES[dtype])
-        if offsets[1] - offsets[0] != math.prod(shape) * np_dtype.itemsize:
-            raise CertificateFormatError(f"safetensors tensor {label}: its byte range does not match its shape")
-        out[name] = np.frombuffer(buffer[offsets[0]:offsets[1]], dtype=np_dtype).reshape(shape)
-    return out
-
-
 def load_model_tensors(path: str | os.PathLike) -> dict[str, Any]:
     """``name -> tensor`` from an ``.npz``, ``.safetensors`` or ``.pt``/``.pth`` (state_dict) file.
 
@@ -144,7 +103,7 @@ def load_model_tensors(path: str | os.PathLike) -> dict[str, Any]:
             with np.load(path, allow_pickle=False) as archive:
                 tensors = {name: archive[name] for name in archive.files}
         elif suffix == ".safetensors":
-            tensors = _load_safetensors(path)
+            tensors = read_safetensors(path)
         else:
             tensors = _load_pt(path)
     except CertificateFormatError:
