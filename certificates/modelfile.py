@@ -45,6 +45,10 @@ def _tensor_problem(name: Any, value: Any) -> str | None:
     if not isinstance(name, str) or not name:
         return f"entry {printable(repr(name))} is not a named tensor"
     label = printable(repr(name))
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return f"tensor name {label} holds a lone UTF-16 surrogate (not valid Unicode text)"
     if hasattr(value, "detach") and hasattr(value, "layout"):  # a torch tensor
         if str(value.layout) != "torch.strided":
             return f"tensor {label} is {value.layout} (sparse): only dense tensors can be certified"

@@ -673,3 +673,14 @@ def test_huge_recorded_shapes_fail_cleanly():
     report = verify(fx.reseal(cert))
     assert "consistency" in fx.failed(report)
     assert "could not run" not in report["consistency"].detail and "execution.d" in report["consistency"].detail
+
+
+def test_a_lone_surrogate_in_a_model_tensor_name_fails_with_a_reason(tmp_path):
+    """A ``.pt`` state_dict key with a lone surrogate (pickle can hold one): a named FAIL, no exception."""
+    torch = pytest.importorskip("torch")
+    state = {k: torch.from_numpy(v) for k, v in {**fx.params(), **fx.frozen()}.items()}
+    state["evil\ud800"] = torch.zeros(1)
+    path = tmp_path / "m.pt"
+    torch.save(state, path)
+    report = verify(fx.certificate(), model=path)
+    assert fx.failed(report) == ["model"] and "surrogate" in report["model"].detail
