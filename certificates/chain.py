@@ -2,68 +2,163 @@
 
 Each certificate after the first records ``chain.previous``, the content digest of the certificate
 before it, and ``chain.sequence``, its position (0 for the first). :func:`check_chain` walks the links
-back to sequence 0 through a folder of certificate files. Links use *recomputed* digests, so a
-modified predecessor breaks the chain; and since the newest certificate's digest (and signature)
-covers the link, authenticating the newest certificate authenticates the whole ledger's content.
-The walk checks links only: verify each predecessor on its own for its guarantee.
-Source: issue 3 ("Sequential requests").
+back through a folder of certificate files and passes only if the walk ends at sequence 0. Links use
+*recomputed* digests, so a modified predecessor breaks the chain. Every predecessor is itself checked:
+stored content digest, internal consistency, and its signature (by a pinned key when keys are pinned).
+Two certificates with the same predecessor are a fork: two histories of one ledger, reported as a
+FAIL. Only regular ``*.json`` files of at most :data:`~certun.certificates.parse.MAX_CERTIFICATE_BYTES`
+are read, at most :data:`MAX_CHAIN_FILES` of them and :data:`MAX_CHAIN_BYTES` in all.
+See docs/theory.md#sequential-requests.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+import stat
+from collections.abc import Collection, Mapping
 from pathlib import Path
 from typing import Any
 
 from certun.certificates.canonical import content_digest
+from certun.certificates.consistency import consistency_problems
 from certun.certificates.parse import load_certificate
-from certun.certificates.report import Status
-from certun.errors import CertificateFormatError
+from certun.certificates.report import Status, printable
+from certun.certificates.signing import verify_document
 
-__all__ = ["check_chain", "index_certificates"]
+__all__ = ["MAX_CHAIN_BYTES", "MAX_CHAIN_FILES", "check_chain", "index_certificates"]
+
+#: Most ``*.json`` files a chain folder may hold (bounds the work of one verification).
+MAX_CHAIN_FILES = 4096
+#: Most bytes the ``*.json`` files of a chain folder may hold together (a ledger of a thousand
+#: requests with constant schedules is a few MB).
+MAX_CHAIN_BYTES = 64 * 1024 * 1024
+
+
+def _json_files(folder: Path) -> tuple[list[Path], list[str]]:
+    files, notes, total = [], [], 0
+    with os.scandir(folder) as entries:
+        for entry in entries:
+            if not entry.name.endswith(".json"):
+                continue
+            try:
+                info = os.stat(entry.path)  # follows links; never opens
+                regular = stat.S_ISREG(info.st_mode)
+            except OSError as exc:
+                notes.append(f"{printable(entry.name)}: cannot stat ({exc.strerror})")
+                continue
+            if not regular:
+                notes.append(f"{printable(entry.name)}: not a regular file, skipped")
+                continue
+            files.append(Path(entry.path))
+            total += info.st_size
+            if total > MAX_CHAIN_BYTES:
+                raise ValueError(f"the *.json files of the chain folder hold more than {MAX_CHAIN_BYTES} bytes, "
+                                 "more than one verification reads")
+    return sorted(files), notes
 
 
 def index_certificates(folder: str | os.PathLike) -> tuple[dict[str, tuple[Path, dict[str, Any]]], list[str]]:
     """``(recomputed content digest -> (path, certificate), notes)`` for the ``*.json`` files of a folder.
 
-    Files that are not valid certun certificates are left out, each with a note saying why.
+    Files that are not valid certun certificates (or not regular files) are left out, each with a
+    note saying why; nothing in the folder raises.
+
+    Raises:
+        ValueError: the folder holds more than :data:`MAX_CHAIN_FILES` ``*.json`` files or
+            :data:`MAX_CHAIN_BYTES` bytes in them.
     """
+    files, notes = _json_files(Path(folder))
+    if len(files) > MAX_CHAIN_FILES:
+        raise ValueError(f"the chain folder holds {len(files)} *.json files, more than the {MAX_CHAIN_FILES} "
+                         "one verification reads")
     index: dict[str, tuple[Path, dict[str, Any]]] = {}
-    notes: list[str] = []
-    for path in sorted(Path(folder).glob("*.json")):
+    for path in files:
         try:
             cert = load_certificate(path)
-        except CertificateFormatError as exc:
-            notes.append(f"{path.name}: not a valid certificate ({exc})")
+            digest = content_digest(cert)
+        except Exception as exc:  # any unreadable file is a note, never an escape
+            notes.append(f"{printable(path.name)}: not a valid certificate ({printable(str(exc))[:200]})")
             continue
-        index.setdefault(content_digest(cert), (path, cert))
+        index.setdefault(digest, (path, cert))
     return index, notes
 
 
-def check_chain(doc: Mapping[str, Any], folder: str | os.PathLike) -> tuple[Status, str]:
-    """Follow ``chain.previous`` links from ``doc`` back to the first certificate; ``(Status, detail)``."""
+def _predecessor_problem(name: str, cert: Mapping[str, Any], link: str, trusted: Collection[str],
+                         require_signature: bool) -> str | None:
+    if cert.get("content_digest") != link:
+        return f"{name}: stored content_digest does not match its content {link}"
+    try:
+        problems = consistency_problems(cert)
+    except Exception as exc:  # a predecessor that breaks the checker is not a valid link
+        problems = [f"{type(exc).__name__}: {exc}"]
+    if problems:
+        return f"{name} is not internally consistent: {'; '.join(problems)}"
+    if "proof" in cert:
+        check = verify_document(cert)
+        if not check.valid:
+            return f"{name}: invalid signature: {check.detail}"
+        if trusted and check.key not in trusted:
+            return f"{name} is signed by {check.key}, which is not among the pinned keys"
+    elif trusted or require_signature:
+        return f"{name} is unsigned, but {'keys are pinned' if trusted else 'a signature is required'}"
+    return None
+
+
+def _forks(index: Mapping[str, tuple[Path, dict[str, Any]]], doc: Mapping[str, Any], doc_digest: str,
+           walked: list[str]) -> list[str]:
+    successors: dict[str, set[str]] = {}
+    for digest, (_, cert) in index.items():
+        if cert["chain"]["previous"] is not None:
+            successors.setdefault(cert["chain"]["previous"], set()).add(digest)
+    if doc["chain"]["previous"] is not None:
+        successors.setdefault(doc["chain"]["previous"], set()).add(doc_digest)
+    out = []
+    for digest in walked:
+        children = successors.get(digest, set())
+        if len(children) > 1:
+            names = sorted(printable(index[c][0].name) if c in index else "the verified certificate"
+                           for c in children)
+            out.append(f"fork: {len(children)} certificates ({', '.join(names)}) have the same predecessor {digest}")
+    return out
+
+
+def check_chain(doc: Mapping[str, Any], folder: str | os.PathLike, *,
+                trusted_keys: Collection[str] = (), require_signature: bool = False) -> tuple[Status, str]:
+    """Follow ``chain.previous`` links from ``doc`` back to sequence 0; ``(Status, detail)``.
+
+    Args:
+        doc: the (schema-valid) certificate being verified.
+        folder: the folder holding the ledger's earlier certificates.
+        trusted_keys: pinned keys (``z6Mk...``); when given, every predecessor must be signed by one.
+        require_signature: every predecessor must be signed (validly) even when no key is pinned.
+    """
+    name = printable(os.fspath(folder))
     if not Path(folder).is_dir():
-        return Status.FAIL, f"chain folder {os.fspath(folder)!r} is not a directory"
-    index, notes = index_certificates(folder)
+        return Status.FAIL, f"chain folder {name} is not a directory"
+    try:
+        index, notes = index_certificates(folder)
+    except (OSError, ValueError) as exc:
+        return Status.FAIL, printable(str(exc))
     warnings: list[str] = []
-    current, seen = doc, {content_digest(doc)}
+    doc_digest = content_digest(doc)
+    current, walked = doc, [doc_digest]
     while current["chain"]["previous"] is not None:
         link, sequence = current["chain"]["previous"], current["chain"]["sequence"]
-        if link in seen:
+        if link in walked:
             return Status.FAIL, f"the chain loops back to {link}"
         if link not in index:
-            hint = f" ({len(notes)} unreadable file(s): {'; '.join(notes[:2])})" if notes else ""
+            hint = f" ({len(notes)} file(s) skipped: {'; '.join(notes[:2])})" if notes else ""
             return Status.FAIL, (f"previous certificate {link} (sequence {sequence - 1}) is not in "
-                                 f"{os.fspath(folder)!r} with unchanged content{hint}")
+                                 f"{name} with unchanged content{hint}")
         path, previous = index[link]
-        if previous.get("content_digest") != link:
-            return Status.FAIL, f"{path.name}: stored content_digest does not match its content {link}"
+        label = printable(path.name)
         if previous["chain"]["sequence"] != sequence - 1:
-            return Status.FAIL, (f"{path.name} has sequence {previous['chain']['sequence']}, "
-                                 f"expected {sequence - 1}")
+            return Status.FAIL, f"{label} has sequence {previous['chain']['sequence']}, expected {sequence - 1}"
+        problem = _predecessor_problem(label, previous, link, trusted_keys, require_signature)
+        if problem:
+            return Status.FAIL, problem
         if previous["issued_at"] > current["issued_at"]:
-            warnings.append(f"{path.name} was issued after its successor ({previous['issued_at']} > "
+            warnings.append(f"{label} was issued after its successor ({previous['issued_at']} > "
                             f"{current['issued_at']})")
         before, after = current["artifacts"]["model_before"], previous["artifacts"]["unlearned_model"]
         if before is not None and after is not None and "commitment" in before:
@@ -72,10 +167,15 @@ def check_chain(doc: Mapping[str, Any], folder: str | os.PathLike) -> tuple[Stat
                             "the previously released one)")
         elif before is not None and after is not None and before["root"] != after["root"]:
             warnings.append(f"sequence {sequence} did not start from the model released at sequence {sequence - 1}")
-        seen.add(link)
+        walked.append(link)
         current = previous
-    length = len(seen)
-    detail = f"{length} certificate(s) linked back to sequence 0"
+    if current["chain"]["sequence"] != 0:
+        return Status.FAIL, (f"the walk stops at sequence {current['chain']['sequence']} (a certificate with no "
+                             f"previous link but not the first of its ledger): the ledger is truncated")
+    forks = _forks(index, doc, doc_digest, walked)
+    if forks:
+        return Status.FAIL, "; ".join(forks)
+    detail = f"{len(walked)} certificate(s) linked back to sequence 0, each predecessor checked"
     if warnings:
         return Status.WARN, detail + "; " + "; ".join(warnings)
     return Status.PASS, detail

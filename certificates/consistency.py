@@ -10,44 +10,115 @@ collected, none is silently skipped. Source: THEORY.md §1-§3 and §6; issue 3 
 
 from __future__ import annotations
 
-import math
 import re
+import unicodedata
+from collections import Counter
 from collections.abc import Mapping
 from typing import Any
 
 from certun.certificates.digest import root_digest
 from certun.errors import InvalidParameterError
 
-__all__ = ["RAW_SEED_KEY", "consistency_problems", "raw_seed_paths"]
+__all__ = [
+    "EXACT_VARIANTS",
+    "RAW_SEED_KEY",
+    "RAW_SEED_VALUE",
+    "RECORD_ID_KEY",
+    "consistency_problems",
+    "exact_claim_problems",
+    "raw_seed_paths",
+    "record_id_paths",
+]
 
 #: Key names that look like a raw seed or generator state (case-insensitive). ``seed_commitment``
 #: is the one allowed exception.
 RAW_SEED_KEY = re.compile(r"seed|rng[_-]?state|random[_-]?state|generator[_-]?state|prng[_-]?key", re.I)
 _ALLOWED_SEED_KEYS = frozenset({"seed_commitment"})
-#: Objects whose keys are parameter names (a module may be called "seed"), not field names.
-_NAME_MAPS = frozenset({"tensors", "frozen_parameters", "parameter_shapes"})
+#: The objects whose keys are tensor names (a module may be called "seed"), by exact path: only
+#: there a seed-like key is allowed, and only as a key (its value is still searched). The same key
+#: name anywhere else (say ``execution.extra.tensors``) gets no exemption.
+_NAME_MAP_PATHS = frozenset({
+    "execution.frozen_parameters", "execution.parameter_shapes", "artifacts.public_tensors",
+    "artifacts.unlearned_model.tensors", "artifacts.model_before.tensors", "artifacts.center.tensors"})
+#: A string value that writes a seed out (``"seed=1234"``, ``"rng_state: 99"``).
+RAW_SEED_VALUE = re.compile(r"(seed|rng[_-]?state|random[_-]?state|generator[_-]?state|prng[_-]?key)\s*[:=]\s*\S",
+                            re.I)
+#: Letters of other scripts that look like Latin ones (Unicode confusables, the subset that can
+#: spell the seed words): a key ``sеed`` with a Cyrillic ``е`` must not hide a seed.
+_CONFUSABLES = str.maketrans({
+    "\u0430": "a", "\u0435": "e", "\u043e": "o", "\u0440": "p", "\u0441": "c", "\u0443": "y", "\u0445": "x",
+    "\u0456": "i", "\u0455": "s", "\u0501": "d", "\u0261": "g", "\u0578": "n", "\u043d": "h", "\u0442": "t",
+    "\u043a": "k", "\u043c": "m", "\u0432": "b", "\u0458": "j", "\u04bb": "h", "\u051b": "q", "\u051d": "w",
+    "\u03bf": "o", "\u03b5": "e", "\u03b1": "a", "\u03c1": "p", "\u03ba": "k", "\u03bd": "v", "\u03c4": "t",
+    "\u03b9": "i", "\u0391": "a", "\u0395": "e", "\u039f": "o", "\u03a1": "p", "\u0405": "s", "\u0415": "e",
+    "\u041e": "o", "\u0420": "p", "\u0421": "c", "\u0410": "a", "\u0406": "i", "\u0131": "i", "\u017f": "s",
+})
 
-#: Clipping granularities that satisfy the gradient-clipping proofs (THEORY.md §2).
+
+#: Clipping granularities that satisfy the gradient-clipping proofs (docs/theory.md#gradient-clipping).
 _GRADIENT_CLIPS = frozenset({"per_sample", "batch"})
+#: Variants whose certifying algorithm is the route itself, so (0, 0) (docs/theory.md#exact-routes).
+EXACT_VARIANTS = frozenset({"retrain"})
+
+
+def _skeleton(text: str) -> str:
+    """``text`` with compatibility forms folded (NFKC: fullwidth, ligatures), case folded, confusable
+    letters mapped to Latin and invisible format characters removed."""
+    folded = unicodedata.normalize("NFKC", text).casefold().translate(_CONFUSABLES)
+    return "".join(c for c in folded if unicodedata.category(c) != "Cf")
+
+
+#: A key that names record identifiers (``forget_ids``, ``deleted_indices``, ``retainIds``).
+RECORD_ID_KEY = re.compile(r"(forget|forgotten|retain|retained|delete|deleted|remove|removed|erase|erased)"
+                           r"[_-]?(ids?|identifiers?|indices|index|idx|records?|rows?|samples?|examples?)$", re.I)
+#: The free-form sections, where a backend or user may write anything.
+_FREE_FORM = ("execution.extra", "execution.finetune", "execution.noise")
+
+
+def record_id_paths(doc: Mapping[str, Any]) -> list[str]:
+    """Paths of keys in the free-form sections that look like record identifiers (spelled with
+    look-alike letters too): a certificate publishes the sets only as salted Merkle roots."""
+    found: list[str] = []
+    stack: list[tuple[Any, str]] = []
+    for section in _FREE_FORM:
+        top, _, name = section.partition(".")
+        value = doc.get(top, {}).get(name) if isinstance(doc.get(top), Mapping) else None
+        stack.append((value, section))
+    while stack:
+        value, where = stack.pop()
+        if isinstance(value, Mapping):
+            for key, item in value.items():
+                here = f"{where}.{key}"
+                if isinstance(key, str) and RECORD_ID_KEY.search(_skeleton(key).replace(" ", "")):
+                    found.append(here)
+                stack.append((item, here))
+        elif isinstance(value, list):
+            stack.extend((item, f"{where}[{i}]") for i, item in enumerate(value))
+    return sorted(found)
 
 
 def raw_seed_paths(document: Any, path: str = "") -> list[str]:
-    """Paths of keys anywhere in ``document`` that look like a raw seed (e.g. ``execution.extra.seed``).
+    """Paths anywhere in ``document`` that look like a raw seed: a seed-like key (e.g.
+    ``execution.extra.seed``, also spelled with look-alike letters) or a string value that writes
+    one out (``"seed=1234"``).
 
     Anyone holding the seed, the retain data and the model can regenerate and strip the noise, so a
     certificate must hold only the seed's commitment.
     """
     found: list[str] = []
     if isinstance(document, Mapping):
+        names_only = path in _NAME_MAP_PATHS
         for key, value in document.items():
             here = f"{path}.{key}" if path else str(key)
-            if isinstance(key, str) and key not in _ALLOWED_SEED_KEYS and RAW_SEED_KEY.search(key):
+            if (isinstance(key, str) and not names_only and key not in _ALLOWED_SEED_KEYS
+                    and RAW_SEED_KEY.search(_skeleton(key))):
                 found.append(here)
-            if key not in _NAME_MAPS:
-                found.extend(raw_seed_paths(value, here))
+            found.extend(raw_seed_paths(value, here))
     elif isinstance(document, list):
         for i, value in enumerate(document):
             found.extend(raw_seed_paths(value, f"{path}[{i}]"))
+    elif isinstance(document, str) and RAW_SEED_VALUE.search(_skeleton(document)):
+        found.append(path)
     return found
 
 
@@ -92,6 +163,67 @@ def _model_problems(name: str, digest: Mapping[str, Any] | None, unlearned: list
     return problems
 
 
+def _positive_counts(value: Any, path: str) -> list[str]:
+    """Paths of positive numbers under keys that count noise draws or noisy steps."""
+    found: list[str] = []
+    if isinstance(value, Mapping):
+        for key, item in value.items():
+            here = f"{path}.{key}"
+            if (isinstance(key, str) and ("draw" in key.lower() or "step" in key.lower())
+                    and isinstance(item, (int, float)) and not isinstance(item, bool) and item > 0):
+                found.append(here)
+            found.extend(_positive_counts(item, here))
+    return found
+
+
+def exact_claim_problems(doc: Mapping[str, Any]) -> list[str]:
+    """Why a certificate that claims exact unlearning (variant ``retrain`` or a (0, 0) claim) does not
+    record an exact execution: no noisy steps, no clipping, no noise parameters, no noise draws.
+
+    A noisy run relabelled ``retrain`` with claim (0, 0) would otherwise pass, since the accountant
+    gives (0, 0) to any retrain schedule (docs/theory.md#retrain, docs/theory.md#exact-routes).
+    """
+    claim, m, ex = doc["claim"], doc["mechanism"], doc["execution"]
+    exact_claim = claim["eps"] == 0 and claim["delta"] == 0
+    if m["variant"] not in EXACT_VARIANTS and not exact_claim:
+        return []
+    problems = []
+    if m["variant"] not in EXACT_VARIANTS:
+        problems.append(f"claim (0, 0) is exact unlearning, which only an exact route ({sorted(EXACT_VARIANTS)}) "
+                        f"gives; mechanism.variant is {m['variant']!r}")
+    if m["T"] != 0 or ex["noisy_steps"] != 0:
+        problems.append(f"an exact (retrain) claim needs no noisy steps: mechanism.T={m['T']}, "
+                        f"execution.noisy_steps={ex['noisy_steps']}")
+    if ex["clipping"] is not None:
+        problems.append(f"an exact (retrain) run clips nothing, but execution.clipping is {ex['clipping']!r}")
+    noise = [k for k in ("sigma", "sigmas", "gamma", "gammas", "sigma0", "C1", "C2") if m.get(k) is not None]
+    if noise:
+        problems.append(f"an exact (retrain) mechanism has no noise parameters, but it sets {noise}")
+    if doc["accounting"]["conversion"] != "exact-retraining":
+        problems.append(f"an exact (retrain) claim is accounted as 'exact-retraining', not "
+                        f"{doc['accounting']['conversion']!r}")
+    draws = _positive_counts(ex.get("noise"), "execution.noise") + _positive_counts(ex.get("extra"), "execution.extra")
+    if draws:
+        problems.append(f"an exact (retrain) run draws no noise, but the execution record counts {draws}")
+    return problems
+
+
+def _implied_d(shapes: Any, d: int) -> int:
+    """The number of coordinates the shapes imply, or ``d + 1`` as soon as it exceeds ``d``: a
+    product of thousands of huge dimensions is never computed in full."""
+    total = 0
+    for shape in shapes:
+        size = 0 if 0 in shape else 1
+        for dim in shape if size else ():
+            size *= dim
+            if size > d:
+                return d + 1
+        total += size
+        if total > d:
+            return d + 1
+    return total
+
+
 def consistency_problems(doc: Mapping[str, Any]) -> list[str]:
     """Every internal inconsistency of a schema-valid certificate, one sentence each (``[]`` if none)."""
     claim, m, acc = doc["claim"], doc["mechanism"], doc["accounting"]
@@ -113,7 +245,7 @@ def consistency_problems(doc: Mapping[str, Any]) -> list[str]:
     # the unlearned parameters x and their count d
     unlearned = ex["unlearned_parameters"]
     if len(set(unlearned)) != len(unlearned):
-        dupes = sorted({n for n in unlearned if unlearned.count(n) > 1})
+        dupes = sorted(n for n, count in Counter(unlearned).items() if count > 1)
         problems.append(f"execution.unlearned_parameters lists {dupes} more than once")
     variant = m["variant"]
     if variant != "retrain" and (not unlearned or ex["d"] < 1):
@@ -123,12 +255,22 @@ def consistency_problems(doc: Mapping[str, Any]) -> list[str]:
         if set(shapes) != set(unlearned):
             problems.append(f"execution.parameter_shapes names {sorted(shapes)} but "
                             f"execution.unlearned_parameters names {sorted(set(unlearned))}")
-        implied = sum(math.prod(shape) for shape in shapes.values())
+        implied = _implied_d(shapes.values(), ex["d"])
         if implied != ex["d"]:
-            problems.append(f"execution.d is {ex['d']} but the recorded parameter shapes imply d={implied}")
+            shown = implied if implied <= ex["d"] else f"more than {ex['d']}"
+            problems.append(f"execution.d is {ex['d']} but the recorded parameter shapes imply d={shown}")
     overlap = sorted(set(unlearned) & set(ex["frozen_parameters"]))
     if overlap:
         problems.append(f"parameters {overlap} are listed both as unlearned and as frozen")
+    public = art.get("public_tensors") or {}
+    overlap = sorted(set(public) & (set(unlearned) | set(ex["frozen_parameters"])))
+    if overlap:
+        problems.append(f"tensors {overlap} are listed as public and also as unlearned or frozen")
+    problems.extend(exact_claim_problems(doc))
+    ids = record_id_paths(doc)
+    if ids:
+        problems.append(f"{ids} look like record identifiers: a certificate names the retain and forget sets only "
+                        "by salted Merkle roots (published identifiers say who was forgotten)")
 
     # clipping granularity vs variant (THEORY.md §2, §3)
     needs_clip = variant == "gradient_clipping" or (
@@ -143,7 +285,13 @@ def consistency_problems(doc: Mapping[str, Any]) -> list[str]:
         if name == "model_before" and isinstance(art[name], Mapping) and "commitment" in art[name]:
             continue
         problems.extend(_model_problems(name, art[name], unlearned))
-    before = art["model_before"]
+    before, center = art["model_before"], art["center"]
+    if isinstance(before, Mapping) and "tensors" in before and isinstance(center, Mapping):
+        shared = sorted(name for name, digest in center["tensors"].items() if before["tensors"].get(name) == digest)
+        if shared:
+            problems.append(f"artifacts.center equals the starting model in tensors {shared}: the centre must not "
+                            "depend on the training data D, and the starting model was trained on it "
+                            "(docs/theory.md#anchored-balls)")
     if chain["sequence"] == 0 and isinstance(before, Mapping) and "tensors" in before:
         problems.append("artifacts.model_before is a plain digest in the first certificate of a ledger (sequence 0): "
                         "that model was trained on the forget set, and publishing its hash reveals whether a record "

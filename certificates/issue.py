@@ -24,7 +24,7 @@ from certun.accountant import Schedule, Variant
 from certun.certificates.canonical import content_digest
 from certun.certificates.consistency import consistency_problems, raw_seed_paths
 from certun.certificates.digest import DIGEST_ALGORITHM
-from certun.certificates.merkle import TREE_SCHEME
+from certun.certificates.merkle import TREE_SCHEMES
 from certun.certificates.noise_check import noise_problems
 from certun.certificates.parse import format_problem, json_value_problems, load_certificate
 from certun.certificates.recompute import decide_claim
@@ -80,10 +80,12 @@ def _model(digest: ModelDigest | None) -> dict[str, Any] | None:
     return {"algorithm": DIGEST_ALGORITHM, **digest.to_dict()}
 
 
-def _id_set(root: str | None, size: int | None, id_scheme: str | None) -> dict[str, Any] | None:
+def _id_set(root: str | None, size: int | None, id_scheme: str | None, scheme: str) -> dict[str, Any] | None:
     if root is None:
         return None
-    return {"scheme": TREE_SCHEME, "merkle_root": root, "size": size, "id_scheme": id_scheme}
+    if scheme not in TREE_SCHEMES:
+        raise InvalidParameterError("record.tree_scheme", scheme, f"one of {TREE_SCHEMES}")
+    return {"scheme": scheme, "merkle_root": root, "size": size, "id_scheme": id_scheme}
 
 
 def _shapes(record: RunRecord) -> dict[str, list[int]]:
@@ -170,6 +172,10 @@ def issue(schedule: Schedule, record: RunRecord, *, previous: Mapping[str, Any] 
         raise InvalidParameterError("record.extra['noise_mode']", noise_mode,
                                     "'fresh' (a run that reused noise draws is never certified)")
 
+    if record.model_after is None:
+        raise InvalidParameterError("record.model_after", None, "the digest of the released (unlearned) model",
+                                    hint="a certificate that names no model certifies nothing a verifier can check; "
+                                         "build it with certun.certificates.model_digest(unlearned parameters)")
     decision = decide_claim(schedule, schedule.target.eps, schedule.target.delta)
     if not decision.holds:
         raise InvalidParameterError("schedule", f"target ({schedule.target.eps}, {schedule.target.delta})",
@@ -223,8 +229,8 @@ def issue(schedule: Schedule, record: RunRecord, *, previous: Mapping[str, Any] 
             "unlearned_model": _model(after),
             "model_before": model_before,
             "center": _model(record.center),
-            "retain_set": _id_set(record.retain_root, record.retain_count, record.id_scheme),
-            "forget_set": _id_set(record.forget_root, record.forget_count, record.id_scheme),
+            "retain_set": _id_set(record.retain_root, record.retain_count, record.id_scheme, record.tree_scheme),
+            "forget_set": _id_set(record.forget_root, record.forget_count, record.id_scheme, record.tree_scheme),
         },
         "randomness": {
             "seed_commitment": None if record.seed_commitment is None else dict(record.seed_commitment),
@@ -233,6 +239,8 @@ def issue(schedule: Schedule, record: RunRecord, *, previous: Mapping[str, Any] 
         "chain": _previous_link(prev),
         "issued_at": issued_at,
     }
+    if record.public_tensors:
+        document["artifacts"]["public_tensors"] = dict(sorted(record.public_tensors.items()))
     # JSON round trip: tuples become lists, and anything not JSON fails here rather than in a file
     problems = json_value_problems(document)
     if problems:

@@ -16,8 +16,11 @@ Leaf and node hashes are domain-separated as in RFC 9162::
     salt              = HMAC-SHA256(salt_key, "certun.merkle.salt.v1\\0" || encoded_id)
     encoded_id        = "i:" || decimal   for an integer id,   "s:" || UTF-8   for a string id
 
-Leaves are sorted by ``encoded_id``, so the root depends on the *set* of identifiers and the salt
-key, not on the order a data loader produced them in.
+Scheme ``rfc9162-sha256-salted.v2`` (the default) orders the leaves by their salted leaf hash, so the
+root depends on the *set* of identifiers and the salt key, not on the order a data loader produced
+them in, and a receipt's ``leaf_index`` reveals nothing about how many other identifiers sort before
+its own. Scheme ``.v1`` ordered leaves by ``encoded_id``, which leaked that rank; it stays buildable
+(``scheme=TREE_SCHEME_V1``) and verifiable, since an inclusion proof does not depend on the order.
 """
 
 from __future__ import annotations
@@ -36,6 +39,8 @@ from certun.errors import CertificateFormatError, InvalidParameterError
 
 __all__ = [
     "TREE_SCHEME",
+    "TREE_SCHEMES",
+    "TREE_SCHEME_V1",
     "MerkleReceipt",
     "MerkleTree",
     "encode_id",
@@ -48,8 +53,13 @@ __all__ = [
     "verify_receipt",
 ]
 
-#: Name of the tree scheme, recorded next to every root in a certificate.
-TREE_SCHEME = "rfc9162-sha256-salted.v1"
+#: Name of the tree scheme certun writes, recorded next to every root in a certificate: leaves
+#: ordered by salted leaf hash.
+TREE_SCHEME = "rfc9162-sha256-salted.v2"
+#: The first scheme: leaves ordered by encoded identifier (a receipt's leaf index leaks its rank).
+TREE_SCHEME_V1 = "rfc9162-sha256-salted.v1"
+#: Every scheme certun reads.
+TREE_SCHEMES = (TREE_SCHEME_V1, TREE_SCHEME)
 
 _SALT_TAG = b"certun.merkle.salt.v1\x00"
 _HASH_SIZE = 32
@@ -203,8 +213,8 @@ class MerkleReceipt:
         if set(data) != expected:
             raise CertificateFormatError(
                 f"receipt keys {sorted(data)} differ from the expected {sorted(expected)}")
-        if data["scheme"] != TREE_SCHEME:
-            raise CertificateFormatError(f"unknown receipt scheme {data['scheme']!r}; expected {TREE_SCHEME!r}")
+        if data["scheme"] not in TREE_SCHEMES:
+            raise CertificateFormatError(f"unknown receipt scheme {data['scheme']!r}; expected one of {TREE_SCHEMES}")
         rid = data["record_id"]
         if isinstance(rid, bool) or not isinstance(rid, (int, str)):
             raise CertificateFormatError(f"receipt record_id must be an integer or a string, got {rid!r}")
@@ -216,7 +226,7 @@ class MerkleReceipt:
         if not isinstance(path, list) or not all(isinstance(h, str) and _HEX64.fullmatch(h) for h in hexes):
             raise CertificateFormatError("receipt salt, root and audit_path entries must be 64 lowercase hex digits")
         return cls(record_id=rid, salt=data["salt"], leaf_index=data["leaf_index"],
-                   tree_size=data["tree_size"], audit_path=tuple(path), root=data["root"])
+                   tree_size=data["tree_size"], audit_path=tuple(path), root=data["root"], scheme=data["scheme"])
 
 
 def verify_receipt(receipt: MerkleReceipt | Mapping[str, Any], *, root: str,
@@ -248,21 +258,27 @@ class MerkleTree:
         salt_key: the secret that derives every leaf's salt; keep it private to re-issue receipts.
     """
 
-    def __init__(self, ids: Sequence[int | str], salt_key: bytes) -> None:
+    def __init__(self, ids: Sequence[int | str], salt_key: bytes, scheme: str = TREE_SCHEME) -> None:
+        if scheme not in TREE_SCHEMES:
+            raise InvalidParameterError("scheme", scheme, f"one of {TREE_SCHEMES}")
         encoded = [encode_id(i) for i in ids]
-        order = sorted(range(len(encoded)), key=encoded.__getitem__)
-        for a, b in itertools.pairwise(order):
+        by_id = sorted(range(len(encoded)), key=encoded.__getitem__)
+        for a, b in itertools.pairwise(by_id):
             if encoded[a] == encoded[b]:
                 raise InvalidParameterError("ids", ids[a], "unique identifiers (this one appears twice)")
+        salts = [_salt(salt_key, enc) for enc in encoded]
+        hashes = [leaf_hash(s + e) for s, e in zip(salts, encoded, strict=True)]
+        order = by_id if scheme == TREE_SCHEME_V1 else sorted(range(len(encoded)), key=hashes.__getitem__)
         self.salt_key = salt_key
+        self.scheme = scheme
         self._ids = [_plain_id(ids[k]) for k in order]
         self._encoded = [encoded[k] for k in order]
         self._position = {enc: pos for pos, enc in enumerate(self._encoded)}
         self._sorted_position = [0] * len(order)  # input index -> leaf position
         for position, k in enumerate(order):
             self._sorted_position[k] = position
-        self._salts = [_salt(salt_key, enc) for enc in self._encoded]
-        leaves = [leaf_hash(s + e) for s, e in zip(self._salts, self._encoded, strict=True)]
+        self._salts = [salts[k] for k in order]
+        leaves = [hashes[k] for k in order]
         self._levels = _levels(leaves) if leaves else [[]]
         self.size = len(leaves)
         self.root = tree_root(leaves).hex()
@@ -299,10 +315,12 @@ class MerkleTree:
             tree_size=self.size,
             audit_path=tuple(p.hex() for p in path),
             root=self.root,
+            scheme=self.scheme,
         )
 
 
-def merkle_tree(ids: Iterable[int | str], *, salt_key: bytes | None = None) -> MerkleTree:
+def merkle_tree(ids: Iterable[int | str], *, salt_key: bytes | None = None,
+                scheme: str = TREE_SCHEME) -> MerkleTree:
     """Build the salted Merkle tree of a set of record identifiers.
 
     Args:
@@ -310,6 +328,8 @@ def merkle_tree(ids: Iterable[int | str], *, salt_key: bytes | None = None) -> M
             docs/certificates.md for that caveat).
         salt_key: secret of at least 16 bytes from which every leaf's salt is derived; a fresh
             random 32-byte key when omitted. Reusing a key reproduces the same root and receipts.
+        scheme: :data:`TREE_SCHEME` (leaves ordered by salted hash); :data:`TREE_SCHEME_V1` only to
+            reproduce an older certificate's tree.
 
     Returns:
         A :class:`MerkleTree` with ``.root`` (hex), ``.size`` and ``.receipt(i)``.
@@ -319,4 +339,4 @@ def merkle_tree(ids: Iterable[int | str], *, salt_key: bytes | None = None) -> M
     if not isinstance(salt_key, (bytes, bytearray)) or len(salt_key) < 16:
         raise InvalidParameterError("salt_key", type(salt_key).__name__ if not isinstance(
             salt_key, (bytes, bytearray)) else f"<{len(salt_key)} bytes>", "bytes, at least 16 of them")
-    return MerkleTree(list(ids), bytes(salt_key))
+    return MerkleTree(list(ids), bytes(salt_key), scheme)

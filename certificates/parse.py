@@ -12,14 +12,15 @@ from __future__ import annotations
 import json
 import math
 import os
+import stat
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 from certun.certificates.schema import CERTIFICATE_FORMAT, SUPPORTED_FORMAT_VERSIONS, schema_errors
 from certun.errors import CertificateFormatError
 
 __all__ = [
+    "MAX_CERTIFICATE_BYTES",
     "MAX_SAFE_INTEGER",
     "format_problem",
     "json_value_problems",
@@ -30,6 +31,11 @@ __all__ = [
 
 #: Largest integer magnitude RFC 8785 / I-JSON represents exactly.
 MAX_SAFE_INTEGER = 2**53 - 1
+#: Largest certificate (or receipt) file read: a real certificate is a few kB, plus 20 bytes per step
+#: of a per-step schedule; bounding the input bounds the cost of verifying it (docs/certificates.md#threat-model).
+MAX_CERTIFICATE_BYTES = 1024 * 1024
+
+_DIGITS_NONZERO = frozenset("123456789")
 
 
 def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
@@ -49,7 +55,36 @@ def _finite_float(text: str) -> float:
     value = float(text)
     if not math.isfinite(value):
         raise CertificateFormatError(f"number {text} overflows a 64-bit float (non-finite numbers are refused)")
+    if value == 0.0 and _DIGITS_NONZERO & set(text.lower().split("e", 1)[0]):
+        raise CertificateFormatError(f"number {text} underflows to 0 in a 64-bit float (write 0 if 0 is meant)")
     return value
+
+
+def _is_lone_surrogate_free(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _surrogate_problem(value: Any, path: str = "<json>") -> str | None:
+    """Where a string or key holds a lone UTF-16 surrogate (not encodable as UTF-8, so not hashable
+    as RFC 8785 and not printable), or ``None``."""
+    stack = [(value, path)]
+    while stack:
+        item, where = stack.pop()
+        if isinstance(item, str):
+            if not _is_lone_surrogate_free(item):
+                return f"{where}: a string holds a lone UTF-16 surrogate (not valid Unicode text)"
+        elif isinstance(item, dict):
+            for key, child in item.items():
+                if isinstance(key, str) and not _is_lone_surrogate_free(key):
+                    return f"{where}: a key holds a lone UTF-16 surrogate (not valid Unicode text)"
+                stack.append((child, f"{where}.{key!a}"))
+        elif isinstance(item, list):
+            stack.extend((child, f"{where}[{i}]") for i, child in enumerate(item))
+    return None
 
 
 def _safe_int(text: str) -> int:
@@ -74,12 +109,16 @@ def strict_loads(data: bytes | str) -> Any:
         except UnicodeDecodeError as exc:
             raise CertificateFormatError(f"not UTF-8 text: {exc}") from exc
     try:
-        return json.loads(data, object_pairs_hook=_no_duplicates, parse_constant=_no_constant,
-                          parse_float=_finite_float, parse_int=_safe_int)
+        value = json.loads(data, object_pairs_hook=_no_duplicates, parse_constant=_no_constant,
+                           parse_float=_finite_float, parse_int=_safe_int)
     except json.JSONDecodeError as exc:
         raise CertificateFormatError(f"not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from exc
     except RecursionError as exc:
         raise CertificateFormatError("JSON nested too deeply") from exc
+    problem = _surrogate_problem(value)
+    if problem:
+        raise CertificateFormatError(problem)
+    return value
 
 
 def json_value_problems(value: Any, path: str = "<certificate>") -> list[str]:
@@ -89,12 +128,17 @@ def json_value_problems(value: Any, path: str = "<certificate>") -> list[str]:
         for key, item in value.items():
             if not isinstance(key, str):
                 problems.append(f"{path}: key {key!r} is not a string")
+            elif not _is_lone_surrogate_free(key):
+                problems.append(f"{path}: key {key!a} holds a lone UTF-16 surrogate (not valid Unicode text)")
             else:
                 problems.extend(json_value_problems(item, f"{path}.{key}"))
     elif isinstance(value, list):
         for i, item in enumerate(value):
             problems.extend(json_value_problems(item, f"{path}[{i}]"))
-    elif isinstance(value, bool) or value is None or isinstance(value, str):
+    elif isinstance(value, str):
+        if not _is_lone_surrogate_free(value):
+            problems.append(f"{path}: a string holds a lone UTF-16 surrogate (not valid Unicode text)")
+    elif isinstance(value, bool) or value is None:
         pass
     elif isinstance(value, int):
         if abs(value) > MAX_SAFE_INTEGER:
@@ -121,14 +165,33 @@ def format_problem(document: Any) -> str | None:
     return None
 
 
-def read_bytes(source: bytes | str | os.PathLike) -> bytes:
-    """The bytes of a certificate given as bytes or as a path (a ``str`` is a path)."""
+def read_bytes(source: bytes | str | os.PathLike, *, what: str = "certificate") -> bytes:
+    """The bytes of a certificate (or receipt: ``what``) given as bytes or as a path (a ``str`` is a path).
+
+    Only a regular file of at most :data:`MAX_CERTIFICATE_BYTES` is read: a FIFO or a device would
+    block or never end, and a larger file is no certificate certun writes.
+    """
     if isinstance(source, (bytes, bytearray)):
-        return bytes(source)
-    try:
-        return Path(source).read_bytes()
-    except OSError as exc:
-        raise CertificateFormatError(f"cannot read certificate {os.fspath(source)!r}: {exc.strerror}") from exc
+        data = bytes(source)
+    else:
+        name = os.fspath(source)
+        try:
+            # O_NONBLOCK: opening a FIFO swapped in after a check must not block; fstat then decides
+            fd = os.open(name, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+            with os.fdopen(fd, "rb") as handle:
+                info = os.fstat(handle.fileno())
+                if not stat.S_ISREG(info.st_mode):
+                    raise CertificateFormatError(f"{what} {name!r} is not a regular file")
+                if info.st_size > MAX_CERTIFICATE_BYTES:
+                    raise CertificateFormatError(f"{what} {name!r} has {info.st_size} bytes, more than the "
+                                                 f"{MAX_CERTIFICATE_BYTES} a {what} may have")
+                data = handle.read(MAX_CERTIFICATE_BYTES + 1)
+        except OSError as exc:
+            raise CertificateFormatError(f"cannot read {what} {name!r}: {exc.strerror}") from exc
+    if len(data) > MAX_CERTIFICATE_BYTES:
+        raise CertificateFormatError(f"{what} has {len(data)} bytes, more than the {MAX_CERTIFICATE_BYTES} "
+                                     f"a {what} may have")
+    return data
 
 
 def load_certificate(path_or_bytes: bytes | str | os.PathLike) -> dict[str, Any]:

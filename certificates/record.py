@@ -55,8 +55,14 @@ class RunRecord:
             ``model_before`` whenever the starting model is not public, in particular for the first
             request, whose starting model was trained on the forget set: a plain digest of it would
             reveal membership. At most one of the two is set.
+        public_tensors: name -> tensor digest of released tensors that are neither unlearned nor
+            frozen but carry no information about D (buffers rebuilt from public or retain-only data);
+            with the unlearned and frozen parameters they make the full key set of the released state,
+            so ``certun verify --model`` can FAIL on any tensor nobody certified.
         center: digest of the ball centre (THEORY.md §1 anchored balls), ``None`` for the origin.
         retain_root / forget_root: salted Merkle roots over record identifiers (hex), if given.
+        tree_scheme: the scheme of the trees behind those roots (that of
+            :func:`certun.certificates.merkle_tree`, leaves ordered by salted hash, by default).
         retain_count / forget_count: number of records in each set, if known.
         id_scheme: how identifiers were formed (e.g. ``"dataset-index"``, with its caveat in docs).
         seed_commitment: salted commitment to the noise seed (never the seed).
@@ -97,3 +103,5 @@ class RunRecord:
     extra: Mapping[str, Any] = field(default_factory=dict)
     model_before_commitment: Mapping[str, str] | None = None
     noise: Mapping[str, Any] | None = None
+    public_tensors: Mapping[str, str] = field(default_factory=dict)
+    tree_scheme: str = "rfc9162-sha256-salted.v2"

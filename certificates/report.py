@@ -10,7 +10,17 @@ import enum
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["CheckResult", "Report", "Status"]
+__all__ = ["CheckResult", "Report", "Status", "printable"]
+
+
+def printable(text: str) -> str:
+    """``text`` with every non-printable character escaped (``\\x1b``, ``\\u202e``, ``\\n``), so strings
+    taken from a certificate or a file name can neither move the terminal's cursor, recolour or hide
+    output, nor break one report line into two."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else c.encode("unicode_escape", "backslashreplace").decode("ascii")
+                   for c in text)
 
 
 class Status(str, enum.Enum):
@@ -67,5 +77,5 @@ class Report:
         return {"ok": self.ok, "checks": [c.to_dict() for c in self.checks]}
 
     def __str__(self) -> str:
-        lines = [f"{c.status.value:<5} {c.name:<17} {c.detail}" for c in self.checks]
+        lines = [f"{c.status.value:<5} {c.name:<17} {printable(c.detail)}" for c in self.checks]
         return "\n".join([*lines, "OK" if self.ok else "FAILED"])

@@ -2,15 +2,20 @@
 
 Every format version certun ever wrote stays here, so old certificates stay verifiable after the
 format changes (issue 3: "a change of format bumps format_version and keeps old versions
-verifiable"). The validator is JSON Schema draft 2020-12 with one deliberate tightening: ``integer``
-means a JSON integer token, so ``100.0`` is refused where ``T`` or ``d`` must be an integer (plain
-JSON Schema would accept it, and RFC 8785 would hash it exactly like ``100``).
+verifiable"). The validator is JSON Schema draft 2020-12 with three deliberate tightenings:
+``integer`` means a JSON integer token, so ``100.0`` is refused where ``T`` or ``d`` must be an
+integer (plain JSON Schema would accept it, and RFC 8785 would hash it exactly like ``100``); a
+pattern's final ``$`` matches only at the very end (Python's ``$`` also matches before a trailing
+newline, so ``"sha256:<hex>\\n"`` passed); and ``format: date-time`` is asserted, so 30 February or
+hour 25 is refused.
 """
 
 from __future__ import annotations
 
+import datetime as _dt
 import functools
 import json
+import re
 from collections.abc import Mapping
 from importlib import resources
 from typing import Any
@@ -35,8 +40,31 @@ def _is_strict_integer(checker: Any, instance: Any) -> bool:
     return isinstance(instance, int) and not isinstance(instance, bool)
 
 
+@functools.cache
+def _anchored(pattern: str) -> re.Pattern[str]:
+    return re.compile(pattern[:-1] + r"\Z" if pattern.endswith("$") and not pattern.endswith("\\$") else pattern)
+
+
+def _pattern(validator: Any, pattern: str, instance: Any, schema: Any) -> Any:
+    if isinstance(instance, str) and not _anchored(pattern).search(instance):
+        yield jsonschema.ValidationError(f"{instance!r} does not match {pattern!r}")
+
+
+_FORMATS = jsonschema.FormatChecker(formats=())
+
+
+@_FORMATS.checks("date-time", raises=ValueError)
+def _is_datetime(instance: Any) -> bool:
+    """An RFC 3339 date-time that exists (the pattern checks the shape, this the calendar)."""
+    if not isinstance(instance, str):
+        return True
+    _dt.datetime.fromisoformat(instance.replace("Z", "+00:00").replace("z", "+00:00"))
+    return True
+
+
 _StrictValidator = jsonschema.validators.extend(
     Draft202012Validator,
+    validators={"pattern": _pattern},
     type_checker=Draft202012Validator.TYPE_CHECKER.redefine("integer", _is_strict_integer),
 )
 
@@ -56,7 +84,7 @@ def load_schema(version: int) -> dict[str, Any]:
 
 @functools.cache
 def _validator(version: int) -> Any:
-    return _StrictValidator(load_schema(version))
+    return _StrictValidator(load_schema(version), format_checker=_FORMATS)
 
 
 def _path(error: jsonschema.ValidationError) -> str:

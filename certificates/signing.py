@@ -45,6 +45,7 @@ __all__ = [
     "ProofCheck",
     "generate_signing_key",
     "load_public_key",
+    "load_public_key_file",
     "load_signing_key",
     "public_key_multibase",
     "sign_document",
@@ -116,25 +117,38 @@ def load_signing_key(source: KeySource) -> Ed25519PrivateKey:
 
 
 def _public_from_multibase(text: str) -> Ed25519PublicKey:
+    if len(text) > MAX_MULTIBASE_CHARS:
+        raise CertificateFormatError(f"a public Multikey has about 48 characters, got {len(text)}")
     raw = multibase_decode(text)
     if not raw.startswith(ED25519_PUB_PREFIX) or len(raw) != 34:
         raise CertificateFormatError(f"{text!r} is not an Ed25519 public Multikey (expected 'z6Mk...')")
     return Ed25519PublicKey.from_public_bytes(raw[2:])
 
 
+#: Largest key file read by :func:`load_public_key_file` (a PEM public key is ~113 bytes).
+MAX_KEY_FILE_BYTES = 16 * 1024
+#: Longest multibase text decoded as a key or signature (64 bytes are ~88 base58 characters), so
+#: base58's quadratic decoding never runs on attacker-sized input.
+MAX_MULTIBASE_CHARS = 128
+
+
 def load_public_key(source: Any) -> str:
     """Normalise a public key to its multibase text ``z6Mk...``.
 
     Accepts an Ed25519 public (or private) key object, 32 raw bytes, ``z6Mk...`` text, a
-    ``did:key:z6Mk...[#z6Mk...]`` string, PEM (SubjectPublicKeyInfo) text, or the path of a file
-    holding any of these.
+    ``did:key:z6Mk...[#z6Mk...]`` string or PEM (SubjectPublicKeyInfo) text. A string is always
+    read as a key, never as a file name: a file named like a trusted key could otherwise replace it
+    (read key files with :func:`load_public_key_file`).
 
     Raises:
         CertificateFormatError: the input is none of these.
     """
     if isinstance(source, (Ed25519PrivateKey, Ed25519PublicKey)):
         return public_key_multibase(source)
-    source = _read_if_path(source)
+    if isinstance(source, os.PathLike):
+        raise CertificateFormatError(
+            f"{os.fspath(source)!r} is a path, not a key: pass key files as trusted_key_files "
+            "(--trusted-key-file), keys as trusted_keys (--trusted-key)")
     if isinstance(source, (bytes, bytearray)) and len(source) == 32:
         return public_key_multibase(Ed25519PublicKey.from_public_bytes(bytes(source)))
     text = source.decode("utf-8", "replace") if isinstance(source, (bytes, bytearray)) else source
@@ -152,6 +166,34 @@ def load_public_key(source: Any) -> str:
     if text.startswith("did:key:"):
         text = text[len("did:key:"):].split("#", 1)[0]
     return public_key_multibase(_public_from_multibase(text))
+
+
+def load_public_key_file(path: str | os.PathLike) -> str:
+    """The public key (``z6Mk...``) in a file holding ``z6Mk...``, ``did:key:...`` or PEM text.
+
+    Only a regular file of at most :data:`MAX_KEY_FILE_BYTES` is read (a FIFO or device never is).
+
+    Raises:
+        CertificateFormatError: unreadable file, or no Ed25519 public key in it.
+    """
+    import stat
+
+    name = os.fspath(path)
+    try:
+        info = os.stat(name)
+        if not stat.S_ISREG(info.st_mode):
+            raise CertificateFormatError(f"trusted key file {name!r} is not a regular file")
+        if info.st_size > MAX_KEY_FILE_BYTES:
+            raise CertificateFormatError(f"trusted key file {name!r} has {info.st_size} bytes; a key file holds "
+                                         f"at most {MAX_KEY_FILE_BYTES}")
+        data = Path(name).read_bytes()
+    except OSError as exc:
+        raise CertificateFormatError(f"cannot read trusted key file {name!r}: {exc.strerror}") from exc
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise CertificateFormatError(f"trusted key file {name!r} is not UTF-8 text") from exc
+    return load_public_key(text)
 
 
 def verification_method_for(key: Ed25519PrivateKey | Ed25519PublicKey) -> str:
@@ -228,7 +270,11 @@ def verify_document(document: Mapping[str, Any], *, public_key: Any = None) -> P
                 return ProofCheck(False, key_mb, f"verificationMethod fragment {fragment!r} is not the key {key_mb!r}")
         else:
             return ProofCheck(False, None, f"cannot resolve verificationMethod {vm!r} (only did:key is embedded)")
-        signature = multibase_decode(proof.get("proofValue"))
+        value = proof.get("proofValue")
+        if isinstance(value, str) and len(value) > MAX_MULTIBASE_CHARS:
+            return ProofCheck(False, key_mb, f"proofValue has {len(value)} characters; an Ed25519 signature has "
+                                             "about 88")
+        signature = multibase_decode(value)
     except CertificateFormatError as exc:
         return ProofCheck(False, None, f"malformed proof: {exc}")
     unsecured = {k: v for k, v in document.items() if k != "proof"}

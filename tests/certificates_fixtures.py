@@ -90,15 +90,18 @@ def noise_record(schedule: Schedule, d: int, *, key_origin: str = "os") -> dict[
             "pairs": pairs, "tail_residual": pairs * 2.0 ** -128}
 
 
-def record(schedule: Schedule, *, model_seed: int = 0, **overrides: Any) -> RunRecord:
-    """A complete, consistent run record for ``schedule``."""
+def record(schedule: Schedule, *, model_seed: int = 0, tree_scheme: str | None = None,
+           **overrides: Any) -> RunRecord:
+    """A complete, consistent run record for ``schedule`` (Merkle trees of ``tree_scheme``, default
+    the current one; the golden files were written with the first, identifier-ordered scheme)."""
     p = params(model_seed)
     after = model_digest(p)
     # a first request commits to its starting model (a plain digest is only for chained requests)
     before, _ = model_commitment(model_digest(params(model_seed + 1000)), salt=MODEL_SALT)
     public, _ = key_commitment(hashlib.sha256(b"certun test noise key").digest(), salt=SEED_SALT)
-    forget = merkle_tree(FORGET_IDS, salt_key=MERKLE_SALT_KEY)
-    retain = merkle_tree([i for i in range(120) if i not in FORGET_IDS], salt_key=MERKLE_SALT_KEY)
+    scheme = {} if tree_scheme is None else {"scheme": tree_scheme}
+    forget = merkle_tree(FORGET_IDS, salt_key=MERKLE_SALT_KEY, **scheme)
+    retain = merkle_tree([i for i in range(120) if i not in FORGET_IDS], salt_key=MERKLE_SALT_KEY, **scheme)
     clipping = "per_sample" if schedule.variant is Variant.GRADIENT_CLIPPING else None
     fields: dict[str, Any] = dict(
         backend="numpy",
@@ -122,6 +125,7 @@ def record(schedule: Schedule, *, model_seed: int = 0, **overrides: Any) -> RunR
         started_at="2025-01-01T00:00:00Z",
         finished_at="2025-01-01T00:00:05Z",
         versions={"numpy": "2.0.0"},
+        tree_scheme=forget.scheme,
     )
     fields.update(overrides)
     if "noise" not in overrides:
@@ -152,3 +156,10 @@ def reseal(cert: dict[str, Any], *, keep_proof: bool = False) -> dict[str, Any]:
 def failed(report: Any) -> list[str]:
     """Names of the FAILed checks of a report."""
     return [c.name for c in report.failures]
+
+
+def certificate_bytes(**kwargs: Any) -> bytes:
+    """An issued certificate as the UTF-8 JSON text a file would hold."""
+    import json
+
+    return json.dumps(certificate(**kwargs), indent=2).encode("utf-8")

@@ -69,9 +69,9 @@ def test_malformed_file_exits_nonzero_without_traceback(capsys, tmp_path, conten
 
 
 def test_missing_file_and_bad_option(capsys, tmp_path):
-    """A missing certificate FAILs; a malformed ``--max-eps`` is a usage error (exit 2)."""
-    code, out, _ = _run(capsys, "verify", str(tmp_path / "none.json"))
-    assert code == 1 and "none.json" in out
+    """A missing certificate is unreadable input and a malformed ``--max-eps`` a usage error: exit 2."""
+    code, _, err = _run(capsys, "verify", str(tmp_path / "none.json"))
+    assert code == 2 and "none.json" in err
     with pytest.raises(SystemExit) as exc:
         main(["verify", str(SIGNED), "--max-eps", "nan"])
     assert exc.value.code == 2

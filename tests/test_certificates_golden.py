@@ -26,6 +26,7 @@ from certun.certificates import (
     verify,
     write_certificate,
 )
+from certun.certificates.merkle import TREE_SCHEME_V1
 
 DATA = Path(__file__).parent / "data"
 PINNED = [public_key_multibase(fx.TEST_KEY)]
@@ -38,12 +39,13 @@ ACCOUNTED = {
 
 def build_golden() -> dict[str, dict]:
     """The golden certificates, built deterministically (fixed keys, salts, seeds and timestamps)."""
-    gc = fx.certificate(fx.fixed_schedule("gradient_clipping"), signed=True)
-    mc = fx.certificate(fx.fixed_schedule("model_clipping"), previous=gc, model_seed=1,
-                       model_before=model_digest(fx.params(0)))  # starts from gc's released model
-    op = fx.certificate(fx.fixed_schedule("output_perturbation"))
+    v1 = TREE_SCHEME_V1  # the golden files predate hash-ordered leaves; v1 trees stay verifiable
+    gc = fx.certificate(fx.fixed_schedule("gradient_clipping"), signed=True, tree_scheme=v1)
+    mc = fx.certificate(fx.fixed_schedule("model_clipping"), previous=gc, model_seed=1, tree_scheme=v1,
+                        model_before=model_digest(fx.params(0)))  # starts from gc's released model
+    op = fx.certificate(fx.fixed_schedule("output_perturbation"), tree_scheme=v1)
     honest = fx.fixed_schedule("gradient_clipping")
-    bad = fx.certificate(honest)
+    bad = fx.certificate(honest, tree_scheme=v1)
     bad["mechanism"]["sigma"] = honest.sigma * (honest.achieved.eps_renyi / 1.0) ** 0.5  # eps_renyi = 1
     return {
         "gradient_clipping_signed.cert.json": gc,
@@ -57,7 +59,7 @@ def receipt_for_42() -> dict:
     """The forget-set receipt of record 42 in the golden certificates (used by docs and CLI tests)."""
     from certun.certificates import merkle_tree
 
-    return merkle_tree(fx.FORGET_IDS, salt_key=fx.MERKLE_SALT_KEY).receipt_for(42).to_dict()
+    return merkle_tree(fx.FORGET_IDS, salt_key=fx.MERKLE_SALT_KEY, scheme=TREE_SCHEME_V1).receipt_for(42).to_dict()
 
 
 def normalise(cert: dict) -> dict:

@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from certun.certificates import canonical_bytes, generate_signing_key, load_public_key, load_signing_key
 from certun.certificates.multibase import b58decode, b58encode
 from certun.certificates.signing import (
+    load_public_key_file,
     public_key_multibase,
     sign_document,
     signing_key_multibase,
@@ -108,9 +109,11 @@ def test_key_formats_normalise_to_one_multikey(tmp_path):
     raw = key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
     (tmp_path / "k.pem").write_bytes(pem)
     (tmp_path / "k.txt").write_text(verification_method_for(key) + "\n")
-    forms = [key, key.public_key(), raw, mb, verification_method_for(key), pem.decode(),
-             tmp_path / "k.pem", str(tmp_path / "k.txt")]
+    forms = [key, key.public_key(), raw, mb, verification_method_for(key), pem.decode()]
     assert {load_public_key(f) for f in forms} == {mb}
+    assert {load_public_key_file(tmp_path / "k.pem"), load_public_key_file(str(tmp_path / "k.txt"))} == {mb}
+    with pytest.raises(CertificateFormatError, match="not a key"):
+        load_public_key(tmp_path / "k.pem")  # files only through load_public_key_file
     with pytest.raises(CertificateFormatError):
         load_public_key("z6MkNOTAKEY")
     with pytest.raises(CertificateFormatError):
