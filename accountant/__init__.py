@@ -2,7 +2,7 @@
 
 Public entry points are :func:`plan` and :func:`guarantee`; the lower-level functions (contraction
 coefficient θ, Rényi conversion) are exported for verifiers and auditors. Source of every formula:
-THEORY.md (docs/accountant.md).
+docs/theory.md (docs/accountant.md).
 """
 
 import math
@@ -17,7 +17,7 @@ def theta(eps: float, r: float) -> float:
     """θ_ε(r) = Q(ε/r − r/2) − e^ε Q(ε/r + r/2): the Gaussian mechanism's δ(ε) at sensitivity/noise r.
 
     Rounded up to the smallest positive float rather than underflowing to 0; use :func:`log_theta`
-    for the exact log. Source: THEORY.md §3.
+    for the exact log. Source: docs/theory.md#model-clipping.
     """
     value = math.exp(log_theta(eps, r))
     return value if value > 0.0 or r <= 0 else 5e-324

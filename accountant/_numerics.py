@@ -2,7 +2,7 @@
 
 Private module. Float64 paths are accurate to ~1e-12 relative; where float64 cannot decide (a
 difference of two nearly equal tails) the mpmath path takes over with precision set per call
-(``mpmath.workdps``), never globally. Source: THEORY.md §3 ("Numerics").
+(``mpmath.workdps``), never globally. Source: docs/theory.md#model-clipping.
 """
 
 from __future__ import annotations
@@ -69,7 +69,7 @@ def log_expm1(x: float) -> float:
 
 
 def log_theta(eps: float, r: float) -> float:
-    """log θ_ε(r), θ_ε(r) = Q(ε/r − r/2) − e^ε·Q(ε/r + r/2) (THEORY.md §3).
+    """log θ_ε(r), θ_ε(r) = Q(ε/r − r/2) − e^ε·Q(ε/r + r/2) (docs/theory.md#model-clipping).
 
     θ_ε(r) is the hockey-stick divergence E_{e^ε} between N(0, 1) and N(r, 1): the Gaussian
     mechanism's δ(ε) at sensitivity/noise ratio r, and the contraction coefficient of a Gaussian

@@ -6,7 +6,7 @@ With ``ρ_t = 1 − γ_t λ`` and ``s_t = 2 γ_t C1`` the two runs satisfy ``D_�
     eps_renyi = N_T² / (2 D_T),   N_{t+1} = ρ_t N_t + s_t,  N_0 = 2 C0,
                                   D_{t+1} = ρ_t² D_t + σ_t², D_0 = 0,
 
-which is the general-schedule bound of THEORY.md §2 written as a forward recursion. Every function
+which is the general-schedule bound of docs/theory.md#gradient-clipping written as a forward recursion. Every function
 here is σ-free where it can be (``A(T) = eps_renyi·σ²``), so calibration is a closed form in σ.
 """
 
@@ -33,7 +33,8 @@ __all__ = [
 
 
 def eps_renyi_schedule(C0: float, C1: float, lam: float, gammas: Sequence[float], sigmas: Sequence[float]) -> float:
-    """Rényi coefficient of an arbitrary (γ_t, σ_t) schedule, inflated by FLOAT_SLACK (THEORY.md §2).
+    """Rényi coefficient of an arbitrary (γ_t, σ_t) schedule, inflated by FLOAT_SLACK
+    (docs/theory.md#gradient-clipping).
 
     Vectorised: ``N_T = P_0·2C0 + Σ_t P_{t+1} s_t`` and ``D_T = Σ_t P_{t+1}² σ_t²`` with suffix
     products ``P_t = ∏_{k≥t} ρ_k``. All terms are non-negative, so there is no cancellation.
@@ -73,7 +74,7 @@ def noise_free_loss(C0: float, C1: float, lam: float, gamma: float, T: int) -> f
     """``A(T) = eps_renyi·σ²`` for a constant schedule: the σ-free part of the Rényi coefficient.
 
     λ = 0: ``(2C0 + 2γC1T)²/(2T)``; λ > 0: ``Z²(1 − ρ²)/(2(1 − ρ^{2T}))`` with
-    ``Z = 2C0ρ^T + 2C1(1 − ρ^T)/λ`` (THEORY.md §2, constant γ, σ), in cancellation-free form.
+    ``Z = 2C0ρ^T + 2C1(1 − ρ^T)/λ`` (docs/theory.md#gradient-clipping, constant γ, σ), in cancellation-free form.
     """
     if T < 1:
         raise InvalidParameterError("T", T, "an integer >= 1")
@@ -90,7 +91,7 @@ def noise_free_loss(C0: float, C1: float, lam: float, gamma: float, T: int) -> f
 
 
 def eps_renyi_constant(C0: float, C1: float, lam: float, gamma: float, sigma: float, T: int) -> float:
-    """Rényi coefficient of a constant schedule (closed form of THEORY.md §2), with FLOAT_SLACK."""
+    """Rényi coefficient of a constant schedule (closed form of docs/theory.md#gradient-clipping), with FLOAT_SLACK."""
     return noise_free_loss(C0, C1, lam, gamma, T) / (sigma * sigma) * (1.0 + FLOAT_SLACK)
 
 
@@ -111,7 +112,7 @@ def t_argmin(C0: float, C1: float, lam: float, gamma: float) -> float:
 
 
 def closed_form_sigma(eps: float, log_delta: float, C0: float, C1: float, lam: float, gamma: float, T: int) -> float:
-    """The paper's sufficient σ (THEORY.md §2 "closed forms"); looser than the exact calibration.
+    """The paper's sufficient σ (docs/theory.md#gradient-clipping); looser than the exact calibration.
 
     λ = 0: ``σ² = 9L(C0 + C1γT)²/(ε²T)``, valid for ε ≤ L/4; λ > 0:
     ``σ² = 72γλL(C0(1 − γλ)^T + C1/λ)²/ε²``.
@@ -127,7 +128,7 @@ def closed_form_sigma(eps: float, log_delta: float, C0: float, C1: float, lam: f
 
 
 def closed_form_T(C0: float, C1: float, lam: float, gamma: float) -> tuple[int, str]:
-    """The paper's choice of T with its reason (THEORY.md §2), as an integer ≥ 1.
+    """The paper's choice of T with its reason (docs/theory.md#gradient-clipping), as an integer ≥ 1.
 
     λ = 0: ``T = C0/(γC1)``, the exact minimiser of σ (floor or ceil, whichever is better).
     λ > 0 and λC0 > C1: ``T = ln(λC0/C1)/(γλ)`` rounded up, which brings the C0 term down to C1/λ.
@@ -137,12 +138,12 @@ def closed_form_T(C0: float, C1: float, lam: float, gamma: float) -> tuple[int, 
         t_star = t_argmin(C0, C1, lam, gamma)
         candidates = {max(1, math.floor(t_star)), max(1, math.ceil(t_star))}
         T = min(candidates, key=lambda t: (noise_free_loss(C0, C1, lam, gamma, t), t))
-        return T, f"T = C0/(gamma*C1) = {t_star:.6g} -> {T} (minimises sigma; THEORY.md §2)"
+        return T, f"T = C0/(gamma*C1) = {t_star:.6g} -> {T} (minimises sigma; docs/theory.md#gradient-clipping)"
     if lam * C0 > C1:
         raw = math.log(lam * C0 / C1) / (gamma * lam)
         T = max(1, math.ceil(raw))
-        return T, f"T = ln(lam*C0/C1)/(gamma*lam) = {raw:.6g} -> {T} (paper's rule; THEORY.md §2)"
+        return T, f"T = ln(lam*C0/C1)/(gamma*lam) = {raw:.6g} -> {T} (paper's rule; docs/theory.md#gradient-clipping)"
     t_star = t_argmin(C0, C1, lam, gamma)
     candidates = {max(1, math.floor(t_star)), max(1, math.ceil(t_star))}
     T = min(candidates, key=lambda t: (noise_free_loss(C0, C1, lam, gamma, t), t))
-    return T, f"lam*C0 <= C1: T = argmin sigma = {t_star:.6g} -> {T} (THEORY.md §2)"
+    return T, f"lam*C0 <= C1: T = argmin sigma = {t_star:.6g} -> {T} (docs/theory.md#gradient-clipping)"

@@ -1,4 +1,4 @@
-"""Model clipping (contraction of the hockey-stick divergence): the δ-recursion of THEORY.md §3.
+"""Model clipping (contraction of the hockey-stick divergence): the δ-recursion of docs/theory.md#model-clipping.
 
 ``δ_0 = 1`` (or ``θ_ε(2C0/σ0)`` with initial noise); each noisy step with contraction radius
 ``r_t`` (``2C2/σ_t`` for noise after projection, ``2(C2 + γ_t C1)/σ_t`` for gradient clip + noise
@@ -41,7 +41,7 @@ LOG_DELTA_FLOOR = -1e12
 
 
 def contraction_radius(C2: float, sigma: float, mode: Mode, gamma: float = 0.0, C1: float | None = None) -> float:
-    """r_t of one noisy step *after the first* (THEORY.md §3): the pre-noise diameter over σ."""
+    """r_t of one noisy step *after the first* (docs/theory.md#model-clipping): the pre-noise diameter over σ."""
     if mode is Mode.CLIP_NOISE_BEFORE_PROJECTION:
         if C1 is None:
             raise ValueError("C1 is required for mode clip_noise_before_projection")
@@ -57,8 +57,8 @@ def radii(C0: float, C2: float, sigmas, gammas, mode: Mode, C1: float | None, si
     projecting, so its first step starts from ``x_0``, not from the C2 ball: ``x_0 ∈ B(C0)`` gives
     ``r_0 = 2(C0 + γ_0 C1)/σ_0``, and with initial noise σ0 ``x_0`` is unbounded and the first step
     gives no contraction (``r_0 = ∞``, θ = 1; δ cannot grow under post-processing). Later steps start
-    in the C2 ball: ``r_t = 2(C2 + γ_t C1)/σ_t``. (THEORY.md §3 states one r for all steps; this is
-    the first-step correction found in review, checked by tests/test_bruteforce.py.)
+    in the C2 ball: ``r_t = 2(C2 + γ_t C1)/σ_t``. (docs/theory.md#model-clipping explains why, with a counterexample;
+    checked by tests/test_bruteforce.py.)
     """
     out = [contraction_radius(C2, s, mode, g, C1) for s, g in zip(sigmas, gammas, strict=True)]
     if out and mode is Mode.CLIP_NOISE_BEFORE_PROJECTION:
@@ -67,7 +67,7 @@ def radii(C0: float, C2: float, sigmas, gammas, mode: Mode, C1: float | None, si
 
 
 def log_delta_initial(eps: float, C0: float, sigma0: float | None) -> float:
-    """ln δ_0: 0 without initial noise, ``ln θ_ε(2C0/σ0)`` with it (THEORY.md §3)."""
+    """ln δ_0: 0 without initial noise, ``ln θ_ε(2C0/σ0)`` with it (docs/theory.md#model-clipping)."""
     if sigma0 is None:
         return 0.0
     return log_theta(eps, 2.0 * C0 / sigma0) * (1.0 - FLOAT_SLACK)

@@ -4,7 +4,7 @@ Both are pure functions. ``plan`` validates its input, picks what to calibrate, 
 gap to the one solver (:mod:`certun.accountant.solver`), and builds a :class:`Schedule` whose
 ``achieved`` guarantee is recomputed by :func:`guarantee` — never copied from the target. Every
 returned σ and T is the smallest value on its grid that meets the target; the next value below fails.
-Source: THEORY.md §2-§4 (bounds), §2 "Calibration" (what plan must do).
+Source: docs/theory.md#gradient-clipping (bounds and calibration), #model-clipping, #output-perturbation.
 """
 
 from __future__ import annotations
@@ -22,7 +22,8 @@ from certun.errors import InfeasibleError, InvalidParameterError, NumericalError
 
 __all__ = ["DEFAULT_GAMMA", "DEFAULT_MAX_T", "plan", "guarantee"]
 
-#: Default step size γ of the noisy phase (THEORY.md §2's sanity values use it). Document, don't hide.
+#: Default step size γ of the noisy phase (docs/theory.md#gradient-clipping's sanity values use it). Document, don't
+#: hide.
 DEFAULT_GAMMA = 1e-3
 #: Largest T searched when no budget is given.
 DEFAULT_MAX_T = 1_000_000
@@ -95,7 +96,7 @@ def guarantee(schedule: Schedule, *, exact: bool = False) -> Guarantee:
         exact: evaluate in mpmath (slow; used by verifiers to settle near-ties).
 
     Returns:
-        A :class:`Guarantee` that is never below the true bound of THEORY.md: float64 results carry
+        A :class:`Guarantee` that is never below the true bound of docs/theory.md: float64 results carry
         a relative slack of 1e-12 on the unsafe side; the mpmath path rounds up.
     """
     if not isinstance(schedule, Schedule):
@@ -194,7 +195,7 @@ def plan(
         InvalidParameterError: a parameter is out of range (the message names it and the valid range).
         InfeasibleError: no T within the budget reaches the target; ``best`` holds the best guarantee.
 
-    Source: THEORY.md §2 (gradient clipping, calibration), §3 (model clipping), §4 (baselines).
+    Source: docs/theory.md#gradient-clipping (calibration), #model-clipping, #output-perturbation (baselines).
     """
     eps = _real("eps", eps, lower=0.0, upper=MAX_EPS, upper_strict=False)
     delta = _real("delta", delta, lower=MIN_DELTA, strict=False, upper=MAX_DELTA, upper_strict=False)
@@ -243,7 +244,7 @@ def plan(
         sigma0 = _scale("sigma0", sigma0)
     if method is Method.CLOSED_FORM:
         raise InvalidParameterError("method", method.value, "'exact' for model_clipping",
-                                    hint="THEORY.md §3 gives only the recursion, solved exactly")
+                                    hint="docs/theory.md#model-clipping gives only the recursion, solved exactly")
     if T is None and sigma is None:
         raise InvalidParameterError("T", None, "an integer >= 1, or give sigma",
                                     hint="model_clipping calibrates sigma for a given T or T for a given sigma")
@@ -330,7 +331,7 @@ def _plan_gradient_clipping(eps, delta, C0, C1, lam, gamma, T, sigma, method, ma
             if eps_of(T, sigma) > eps:  # sufficient only within a range: re-check, refuse if it misses
                 raise InvalidParameterError("method", method.value, "'exact' for these parameters",
                                             hint="the paper's closed form does not reach the target here")
-            notes.append(f"sigma from the paper's closed form: {raw:.10g} (THEORY.md §2)")
+            notes.append(f"sigma from the paper's closed form: {raw:.10g} (docs/theory.md#gradient-clipping)")
         else:
             er_max, _ = max_renyi_for(eps, log_delta)
             guess = math.sqrt(gc.noise_free_loss(C0, C1, lam, gamma, T) / er_max)
@@ -464,7 +465,7 @@ def _plan_output_perturbation(eps, delta, C0, method, target) -> Schedule:
             raise InvalidParameterError("eps", eps, "< 1 for the classic Gaussian-mechanism formula",
                                         hint="use method='exact' (analytic Gaussian)")
         sigma0 = round_up(classic)
-        note = f"classic sigma = 2*C0*sqrt(2 ln(1.25/delta))/eps = {classic:.10g} (THEORY.md §4)"
+        note = f"classic sigma = 2*C0*sqrt(2 ln(1.25/delta))/eps = {classic:.10g} (docs/theory.md#output-perturbation)"
     else:
         log_delta = math.log(delta)
 

@@ -3,7 +3,7 @@
 The conversion is the improved one of Canonne–Kamath–Steinke 2020 (Prop. 12) / Balle et al. 2020:
 ``ε(δ) = min_{α>1} α·eps_renyi + ln((α−1)/α) − (ln δ + ln α)/(α−1)``, with α optimised continuously
 (golden search over u = ln(α − 1)). Every α gives a valid bound, so the reported ε is always safe;
-optimising only makes it tight. Source: THEORY.md §2 ("Conversion to (ε, δ)").
+optimising only makes it tight. Source: docs/theory.md#gradient-clipping.
 """
 
 from __future__ import annotations
@@ -109,7 +109,7 @@ def log_delta_from_renyi(eps_renyi: float, eps: float) -> tuple[float, float | N
     """The smallest ln δ over α for which the conversion gives ``eps``; returns ``(log_delta, alpha)``.
 
     Inverting the conversion at fixed α: ``ln δ = (α−1)(α·ε_R − ε + ln(1 − 1/α)) − ln α``.
-    Used to compare the certified δ(ε) with brute-force divergences (THEORY.md §5).
+    Used to compare the certified δ(ε) with brute-force divergences (docs/theory.md#laws).
     """
     if eps_renyi == 0.0:
         return -math.inf, None

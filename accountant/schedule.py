@@ -1,8 +1,8 @@
 """The values the accountant hands out: :class:`Guarantee` and :class:`Schedule`.
 
 A :class:`Schedule` is everything a backend needs to run the unlearning and everything a verifier
-needs to recompute the guarantee (THEORY.md §6). It is immutable and validated on construction;
-change it with :func:`dataclasses.replace`, which re-validates.
+needs to recompute the guarantee (docs/theory.md#what-a-certificate-records). It is immutable and validated on
+construction; change it with :func:`dataclasses.replace`, which re-validates.
 
 Field contract (in the spirit of dp_accounting's events): a field's meaning never changes; a new field
 is optional with a default that reproduces old behaviour; anything else bumps ``SCHEDULE_VERSION``.
@@ -49,7 +49,8 @@ MAX_STEPS = 10_000_000
 
 
 class Variant(str, enum.Enum):
-    """Which unlearning algorithm the schedule is for (THEORY.md §2-§4)."""
+    """Which unlearning algorithm the schedule is for (docs/theory.md#gradient-clipping, #model-clipping,
+    #output-perturbation)."""
 
     GRADIENT_CLIPPING = "gradient_clipping"
     MODEL_CLIPPING = "model_clipping"
@@ -61,7 +62,7 @@ class Variant(str, enum.Enum):
 
 
 class Mode(str, enum.Enum):
-    """Model-clipping step form (THEORY.md §3).
+    """Model-clipping step form (docs/theory.md#model-clipping).
 
     ``NOISE_AFTER_PROJECTION``: ``x ← Π_C2(x − γ(g + λx)) + N``, contraction radius ``r = 2·C2/σ``.
     ``CLIP_NOISE_BEFORE_PROJECTION``: ``x ← Π_C2(x − γ·clip(g + λx, C1) + N)``,
@@ -128,8 +129,9 @@ class Guarantee:
 
     ``log_delta`` is the natural log of δ and is the authoritative value when δ underflows float64
     (model clipping reaches 1e-300 and below); ``delta`` is then rounded *up* to the smallest positive
-    float, never down to 0. ``eps_renyi`` and ``alpha`` are set for gradient clipping (THEORY.md §2):
-    the Rényi coefficient (``D_α ≤ α·eps_renyi``) and the order α at which the conversion was taken.
+    float, never down to 0. ``eps_renyi`` and ``alpha`` are set for gradient clipping
+    (docs/theory.md#gradient-clipping): the Rényi coefficient (``D_α ≤ α·eps_renyi``) and the order α at which the
+    conversion was taken.
     """
 
     eps: float
@@ -169,8 +171,8 @@ class Schedule:
     :func:`dataclasses.replace` (new ``sigmas``, say) can never carry the old guarantee. The
     ``achieved=`` keyword is still accepted for compatibility and ignored; a verifier recomputes too.
 
-    Source: THEORY.md §2 (gradient clipping), §3 (model clipping), §4 (baselines), §6 (what a
-    certificate must record).
+    Source: docs/theory.md#gradient-clipping, #model-clipping, #output-perturbation (baselines),
+    #what-a-certificate-records (what a certificate must record).
     """
 
     variant: Variant
@@ -245,7 +247,8 @@ class Schedule:
             if self.mode is not None:
                 raise InvalidParameterError("mode", self.mode.value, "None for gradient_clipping")
             if self.sigma0 is not None:
-                raise InvalidParameterError("sigma0", self.sigma0, "None for gradient_clipping (THEORY.md §2)")
+                raise InvalidParameterError("sigma0", self.sigma0, "None for gradient_clipping "
+                                                                   "(docs/theory.md#gradient-clipping)")
         elif v is Variant.MODEL_CLIPPING:
             if self.C2 is None:
                 raise InvalidParameterError("C2", None, "> 0 for model_clipping")

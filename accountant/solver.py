@@ -4,10 +4,10 @@ Every calibration in certun has the same shape: a *gap* ``g(x) = achieved(x) −
 non-increasing in ``x`` (more noise σ, or more steps T on the falling branch, never hurts), and we want
 the smallest ``x`` on a grid with ``g(x) ≤ 0``. The solver only ever returns a point where ``g`` was
 evaluated and found ``≤ 0`` (feasible), and it also evaluates the next grid point below, which must be
-infeasible: that is the "one step tighter would violate it" law of THEORY.md §5.
+infeasible: that is the "one step tighter would violate it" law of docs/theory.md#laws.
 
 Continuous values (σ) live on a decimal grid with ``SIG_DIGITS`` significant digits, rounded up;
-integers (T) on the integers. Source: STYLE.md (dp_accounting's calibrate + feasible-endpoint bisection).
+integers (T) on the integers. Source: dp_accounting's calibrate + feasible-endpoint bisection.
 """
 
 from __future__ import annotations

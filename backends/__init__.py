@@ -5,8 +5,8 @@
 'numpy'
 
 Each backend reads a :class:`~certun.accountant.Schedule` and runs exactly its noisy procedure
-(THEORY.md §2-§4), then optional post-processing on retain data, and returns an
-:class:`UnlearnResult` with the certificate. The noisy step itself lives in
+(docs/theory.md#gradient-clipping, #model-clipping, #output-perturbation), then optional post-processing on retain data,
+and returns an :class:`UnlearnResult` with the certificate. The noisy step itself lives in
 :mod:`certun.backends.torch_steps` and :mod:`certun.backends.numpy_steps` as small functions on flat
 parameter vectors. Importing this package does not import torch. See docs/backends.md.
 """

@@ -1,7 +1,7 @@
 """The backend interface: what every backend takes and what it hands back.
 
 A backend reads a :class:`~certun.accountant.Schedule` and runs exactly that noisy procedure on a
-model; it never computes privacy (STYLE.md §2). It returns an :class:`UnlearnResult`: the model,
+model; it never computes privacy. It returns an :class:`UnlearnResult`: the model,
 the per-step history, the :class:`~certun.certificates.RunRecord` describing the run, and the
 certificate issued from schedule and record.
 """

@@ -6,8 +6,7 @@ plain: every function is *functional* (returns a new array, never modifies its i
 backend uses float64). Clipping and projection keep the same relative ``SAFETY`` margin so that the
 two backends agree to rounding error.
 
-Source: THEORY.md §1 (anchored balls), §2 (gradient clipping), §3 (model clipping), §4 (output
-perturbation).
+Source: docs/theory.md#anchored-balls, #gradient-clipping, #model-clipping, #output-perturbation.
 """
 
 from __future__ import annotations
@@ -44,13 +43,15 @@ def _factor(n: np.ndarray, C: float) -> np.ndarray:
 
 
 def clip(g: np.ndarray, C: float) -> np.ndarray:
-    """``g · min(1, C(1 − SAFETY)/‖g‖)``: ``g`` scaled into the ball of radius ``C``. THEORY.md §2."""
+    """``g · min(1, C(1 − SAFETY)/‖g‖)``: ``g`` scaled into the ball of radius ``C``.
+    docs/theory.md#gradient-clipping."""
     g = np.asarray(g)
     return g * _factor(norm(g), C)
 
 
 def project_ball(x: np.ndarray, C: float, center: np.ndarray | None = None) -> np.ndarray:
-    """``c + (x − c) · min(1, C(1 − SAFETY)/‖x − c‖)``: global projection onto ``B(c, C)``. THEORY.md §1."""
+    """``c + (x − c) · min(1, C(1 − SAFETY)/‖x − c‖)``: global projection onto ``B(c, C)``.
+    docs/theory.md#anchored-balls."""
     x = np.asarray(x)
     c = 0.0 if center is None else np.asarray(center)
     v = x - c
@@ -79,7 +80,8 @@ def _decay(x: np.ndarray, center: np.ndarray | None) -> np.ndarray:
 
 def gc_step(x: np.ndarray, g: np.ndarray, *, gamma: float, lam: float, C1: float,
             center: np.ndarray | None = None) -> np.ndarray:
-    """``x − γ(clip(g, C1) + λ(x − c))``: a gradient-clipping step before its noise. THEORY.md §2."""
+    """``x − γ(clip(g, C1) + λ(x − c))``: a gradient-clipping step before its noise.
+    docs/theory.md#gradient-clipping."""
     return x - gamma * (clip(g, C1) + lam * _decay(x, center))
 
 
@@ -87,7 +89,7 @@ def mc_step(x: np.ndarray, g: np.ndarray, *, gamma: float, lam: float, C2: float
             rng: np.random.Generator | None = None, mode: str = "noise_after_projection",
             C1: float | None = None, center: np.ndarray | None = None,
             noise: np.ndarray | None = None) -> np.ndarray:
-    """One model-clipping step including its noise (both modes of THEORY.md §3).
+    """One model-clipping step including its noise (both modes of docs/theory.md#model-clipping).
 
     ``noise_after_projection``: ``Π_{C2}(x − γ(g + λ(x − c))) + N(0, σ²I)``;
     ``clip_noise_before_projection``: ``Π_{C2}(x − γ·clip(g + λ(x − c), C1) + N(0, σ²I))``.
@@ -105,5 +107,5 @@ def mc_step(x: np.ndarray, g: np.ndarray, *, gamma: float, lam: float, C2: float
 
 def output_perturbation(x: np.ndarray, *, C0: float, sigma0: float, rng: np.random.Generator | None = None,
                         center: np.ndarray | None = None, noise: np.ndarray | None = None) -> np.ndarray:
-    """``Π_{C0}(x) + N(0, σ0² I)`` around ``c``. THEORY.md §4."""
+    """``Π_{C0}(x) + N(0, σ0² I)`` around ``c``. docs/theory.md#output-perturbation."""
     return add_noise(project_ball(x, C0, center), sigma0, rng, noise=noise)

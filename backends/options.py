@@ -1,7 +1,7 @@
 """Validation of the run options both backends share, done once before any work starts.
 
 Every option is checked here and refused with an :class:`~certun.errors.InvalidParameterError` that
-names the value and what is valid (no misspelt option falls back to a default: STYLE.md §3.1).
+names the value and what is valid (no misspelt option falls back to a default).
 """
 
 from __future__ import annotations
@@ -34,7 +34,8 @@ UNSAFE_NOISE = "reuse_first_draw_UNSAFE"
 
 
 class UnsafeNoiseWarning(UserWarning):
-    """A run whose noise does not satisfy THEORY.md §1 (audit controls only); it gets no certificate."""
+    """A run whose noise does not satisfy docs/theory.md#soundness-rules (audit controls only); it gets no
+    certificate."""
 
 
 def _choice(name: str, value: Any, valid: tuple[str, ...]) -> str:
@@ -61,8 +62,9 @@ def resolve_seed(seed: int | None) -> int:
 def clipping_for(schedule: Schedule, clip: str) -> str | None:
     """The gradient clipping a run actually does: ``clip`` where the variant clips gradients, else ``None``.
 
-    Gradient clipping (THEORY.md §2) and model clipping's ``clip_noise_before_projection`` mode (§3)
-    clip; model clipping's ``noise_after_projection`` mode, output perturbation and retraining do not.
+    Gradient clipping (docs/theory.md#gradient-clipping) and model clipping's ``clip_noise_before_projection`` mode
+    (docs/theory.md#model-clipping) clip; model clipping's ``noise_after_projection`` mode, output perturbation and
+    retraining do not.
     """
     variant = schedule.variant
     if variant is Variant.GRADIENT_CLIPPING:
@@ -127,7 +129,7 @@ class RunOptions:
         if noise_mode == UNSAFE_NOISE:
             warnings.warn(
                 "noise_mode='reuse_first_draw_UNSAFE' adds the SAME noise vector at every step. This voids "
-                "the unlearning guarantee (THEORY.md §7.5) and exists only as an audit control; no "
+                "the unlearning guarantee (docs/theory.md#authors-code) and exists only as an audit control; no "
                 "certificate will be issued.", UnsafeNoiseWarning, stacklevel=3)
         if noise_source is not None:
             warnings.warn("noise_source injects externally drawn noise (a testing hook); no certificate "

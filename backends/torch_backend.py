@@ -18,7 +18,7 @@ The run, in order (each step's formula is in :mod:`certun.backends.torch_steps`)
    round to the parameters' dtype once at the end (docs/theory.md#floating-point-and-randomness);
 4. post-process (project back onto the C0 ball; noiseless fine-tuning; BatchNorm statistics
    recomputed from retain data when asked) -- all post-processing of the unlearned parameters and
-   retain data only (THEORY.md §1, §8);
+   retain data only (docs/theory.md#definition, #utility-limit);
 5. check frozen parameters are bit-identical, digest the result, commit to the key, issue the
    certificate and write it atomically.
 
@@ -260,9 +260,9 @@ class TorchBackend:
                 ``requires_grad=False``) the run is refused unless ``frozen="public"`` says the left-out
                 ones are independent of D. The rest are frozen:
                 left bit-identical and recorded, and the user asserts they are independent of the
-                training data (THEORY.md §1). The unlearned vector ``x`` always follows the model's
+                training data (docs/theory.md#definition). The unlearned vector ``x`` always follows the model's
                 ``named_parameters()`` order, whatever the order of ``params``.
-            center: the balls' centre (THEORY.md §1, anchored balls): a state dict, or a flat vector in
+            center: the balls' centre (docs/theory.md#anchored-balls): a state dict, or a flat vector in
                 ``named_parameters()`` order of the unlearned parameters (the order of
                 ``result.record.unlearned_parameters``), independent of the training data (e.g.
                 public pretrained weights); default 0. A centre equal to the starting model, whole or in
@@ -271,7 +271,7 @@ class TorchBackend:
                 ``"batch"`` (clip the minibatch-mean gradient); used where the variant clips.
             finetune_epochs, finetune_lr: noiseless SGD on retain data after the noisy phase
                 (post-processing); for ``retrain`` these are the training epochs.
-            postprocess: ``"project_C0"`` (project back onto the C0 ball first; free, THEORY.md §8) or
+            postprocess: ``"project_C0"`` (project back onto the C0 ball first; free, docs/theory.md#utility-limit) or
                 ``"none"``.
             device: where to run; CUDA when available, else CPU.
             progress: show tqdm bars for the noisy phase and the fine-tuning.
@@ -654,7 +654,7 @@ class _Run:
             raise UnlearningRunError(f"the unlearned parameters are not finite {where}; no certificate was issued")
 
     def _finetune(self, flat: FlatParameters) -> None:
-        """Noiseless SGD on retain data: post-processing (THEORY.md §1), or the training of ``retrain``."""
+        """Noiseless SGD on retain data: post-processing (docs/theory.md#definition), or the training of ``retrain``."""
         epochs = self.opts.finetune_epochs
         if epochs == 0:
             return
@@ -735,7 +735,7 @@ class _Run:
 
         Every unlearned parameter is first filled with NaN, so a parameter that ``reset_parameters()``
         does not know about (a subclass' extra parameter), or re-initialises from its old value, is
-        caught: retraining from scratch must not keep anything trained on D (THEORY.md §4).
+        caught: retraining from scratch must not keep anything trained on D (docs/theory.md#retrain).
         """
         ids = {id(p) for p in named.values()}
         problems = []

@@ -3,7 +3,7 @@
 Three ways, one interface (``compute(inputs, targets) -> loss``, result in ``flat.g``):
 
 * ``"batch"``: the gradient of the minibatch-mean loss (clipped later, globally, by the step
-  function; THEORY.md §2 allows clipping the mean).
+  function; docs/theory.md#gradient-clipping allows clipping the mean).
 * ``"per_sample"``: for models whose unlearned parameters are all in ``nn.Linear`` layers, certun's
   own one-backward path (:mod:`certun.backends.torch_linear`); otherwise Opacus ``GradSampleHooks``
   (non-wrapping, state-dict keys unchanged) compute each sample's gradient, and certun clips each to

@@ -1,6 +1,6 @@
 """Training state that must not survive into a certified model: find it, refuse it, or clear it.
 
-The guarantee covers the released parameters only (THEORY.md §1). Anything else a model object
+The guarantee covers the released parameters only (docs/theory.md#definition). Anything else a model object
 carries from training on D — stale ``.grad`` tensors, Opacus' per-sample gradients and activations,
 caches derived from earlier parameter values — is data-dependent state that ``torch.save(model)`` or
 pickling would publish alongside. Three jobs:

@@ -10,7 +10,8 @@ on inputs with extra axes (tokens), gets its per-sample gradients materialised f
 
 :class:`LinearPerSample` applies only when every unlearned parameter belongs to exactly one
 ``nn.Linear`` (exact type, so that a subclass' custom forward is never assumed linear); otherwise the
-torch backend uses Opacus. Source of the clipping rule: THEORY.md §2 (``clip`` per sample, then mean).
+torch backend uses Opacus. Source of the clipping rule: docs/theory.md#gradient-clipping (``clip`` per sample, then
+mean).
 """
 
 from __future__ import annotations

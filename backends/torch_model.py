@@ -1,11 +1,11 @@
 """Which parameters a torch run unlearns, whether the model can be unlearned soundly, and the flat vector.
 
 * :func:`select_parameters` splits the model's parameters into the unlearned ``x`` (default: every
-  trainable parameter) and the frozen rest (THEORY.md §1: frozen parameters must be independent of D).
+  trainable parameter) and the frozen rest (docs/theory.md#soundness-rules: frozen parameters must be independent of D).
 * :func:`check_model` gathers *every* problem (module path, reason, remedy) into one
   :class:`~certun.errors.UnsupportedModelError`, as Opacus' validators do; it never changes a layer.
 * :class:`FlatParameters` makes the unlearned parameters views into one flat buffer, so that every
-  step of THEORY.md is one vector operation and the noise is one ``randn(d)``.
+  step of docs/theory.md is one vector operation and the noise is one ``randn(d)``.
 """
 
 from __future__ import annotations

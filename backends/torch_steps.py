@@ -19,8 +19,7 @@ matters: adding ``c`` back rounds each coordinate to the precision of ``|c_i|``,
 that can exceed a small radius (C = 1e-3 around |c_i| ≈ 1, d = 1e5 lands 4e-5 outside). See
 docs/theory.md#floating-point-and-randomness.
 
-Source: THEORY.md §1 (anchored balls), §2 (gradient clipping), §3 (model clipping), §4 (output
-perturbation).
+Source: docs/theory.md#anchored-balls, #gradient-clipping, #model-clipping, #output-perturbation.
 """
 
 from __future__ import annotations
@@ -73,7 +72,7 @@ def project_ball(x: torch.Tensor, C: float, center: torch.Tensor | None = None) 
     """Project ``x`` (in place) onto the L2 ball of radius ``C`` around ``center`` (default 0).
 
     ``x ← c + (x − c) · min(1, C(1 − SAFETY)/‖x − c‖)``; the projection is *global* over the whole
-    vector, never per tensor. Source: THEORY.md §1 (``Π_C``, anchored balls).
+    vector, never per tensor. Source: docs/theory.md#anchored-balls (``Π_C``).
     """
     if center is None:
         x.mul_(_shrink_factor(norm(x), C, x.dtype))
@@ -135,7 +134,7 @@ def add_noise(
         x: the iterate, ``(d,)`` or ``(K, d)``.
         sigma: the noise standard deviation of this step (σ_t).
         generator: the run's generator; it is advanced by ``x.numel()`` normals, so the next call
-            draws fresh noise (THEORY.md §1, §7.5).
+            draws fresh noise (docs/theory.md#soundness-rules, #authors-code).
         noise: a standard-normal draw to use instead of drawing one (tests inject identical noise
             into two backends this way); ``generator`` is then not used.
         out: a buffer of ``x``'s shape and dtype to draw into (avoids an allocation per step).
@@ -170,7 +169,7 @@ def gc_step(
     """The noiseless part of a gradient-clipping step, in place: ``x ← x − γ(clip(g, C1) + λ(x − c))``.
 
     ``g`` is clipped in place first (the weight-decay term ``λ(x − c)`` is *not* clipped). Call
-    :func:`add_noise` afterwards with σ_t. Source: THEORY.md §2.
+    :func:`add_noise` afterwards with σ_t. Source: docs/theory.md#gradient-clipping.
     """
     clip(g, C1)
     _shrink_towards(x, gamma, lam, center)
@@ -197,7 +196,7 @@ def mc_step(
     ``mode="noise_after_projection"``: ``x ← Π_{C2}(x − γ(g + λ(x − c))) + N(0, σ²I)``.
     ``mode="clip_noise_before_projection"``: ``x ← Π_{C2}(x − γ·clip(g + λ(x − c), C1) + N(0, σ²I))``;
     here ``g`` is overwritten with the clipped ``g + λ(x − c)``.
-    Balls are centred at ``c`` (THEORY.md §1). Source: THEORY.md §3.
+    Balls are centred at ``c`` (docs/theory.md#anchored-balls). Source: docs/theory.md#model-clipping.
     """
     if mode == "noise_after_projection":
         _shrink_towards(x, gamma, lam, center)
@@ -228,6 +227,7 @@ def output_perturbation(
     noise: torch.Tensor | None = None,
     out: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Output perturbation, in place: ``x ← Π_{C0}(x) + N(0, σ0² I)`` (balls around ``c``). THEORY.md §4."""
+    """Output perturbation, in place: ``x ← Π_{C0}(x) + N(0, σ0² I)`` (balls around ``c``).
+    docs/theory.md#output-perturbation."""
     project_ball(x, C0, center)
     return add_noise(x, sigma0, generator, noise=noise, out=out)

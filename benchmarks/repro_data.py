@@ -158,7 +158,7 @@ def forget_mask(y: np.ndarray, scenario: str, seed: int, *, fraction: float = 0.
     """Boolean mask of the forget set and a description.
 
     ``random10``: a uniformly random ``fraction`` of the samples. ``class``: every sample of one class,
-    drawn from the seed. Neither choice influences any hyperparameter (THEORY.md §1).
+    drawn from the seed. Neither choice influences any hyperparameter (docs/theory.md#soundness-rules).
     """
     rng = np.random.default_rng(10_000 + seed)
     mask = np.zeros(len(y), dtype=bool)

@@ -1,4 +1,4 @@
-"""The experiments of the reproduction benchmark (issue 5), each returning JSON-ready rows.
+"""The experiments of the reproduction benchmark, each returning JSON-ready rows.
 
 - ``sigma``: accountant only: σ per ε for every method, the closed forms, and the authors' accounting.
 - ``tune``: learning rate and noisy-phase hyperparameters chosen on the validation split.

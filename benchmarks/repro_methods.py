@@ -5,10 +5,10 @@ Every certified run goes through ``certun.plan`` (exact calibration) and
 projected back onto the C0 ball unless ``postprocess="none"``) and a certificate. The noiseless
 fine-tuning is then done epoch by epoch by the benchmark itself (:mod:`repro_train`, the same plain SGD
 as the backend's ``finetune_epochs``) so that accuracy can be recorded after every epoch; it uses the
-unlearned parameters and retain data only, i.e. it is post-processing (THEORY.md §1).
+unlearned parameters and retain data only, i.e. it is post-processing (docs/theory.md#definition).
 
 One schedule is deliberately *not* calibrated by certun: :func:`authors_schedule` picks σ the way
-the authors' released code does (the Rényi coefficient treated as ε, THEORY.md §7.1). Its
+the authors' released code does (the Rényi coefficient treated as ε, docs/theory.md#authors-code). Its
 certificate states the true ε that certun recomputes, never the claimed one.
 """
 
@@ -44,7 +44,7 @@ POSTPROCESS = ("project_C0", "none", "rescale_layers")
 
 @dataclass(frozen=True)
 class NoisyConfig:
-    """Everything that defines one noisy phase (all data-independent, THEORY.md §1).
+    """Everything that defines one noisy phase (all data-independent, docs/theory.md#soundness-rules).
 
     ``C0`` is an absolute radius; ``C2 = C0`` for model clipping. ``postprocess``: ``project_C0`` (the
     backend's default), ``none`` (fine-tune from the raw noisy iterate) or ``rescale_layers`` (the
@@ -84,7 +84,8 @@ def make_schedule(cfg: NoisyConfig) -> Schedule:
 def authors_sigma(eps_claimed: float, *, C0: float, C1: float, gamma: float, T: int, lam: float = 0.0) -> float:
     """σ that makes the Rényi coefficient ε_R equal to the *claimed* ε (the released code's accounting).
 
-    Solves ``ε_R(σ) = eps_claimed`` with THEORY.md §2's exact ε_R (constant γ, σ), which scales as 1/σ².
+    Solves ``ε_R(σ) = eps_claimed`` with docs/theory.md#gradient-clipping's exact ε_R (constant γ, σ), which scales as
+    1/σ².
     """
     probe = 1.0
     er = _eps_renyi(C0=C0, C1=C1, gamma=gamma, T=T, lam=lam, sigma=probe)
@@ -105,7 +106,7 @@ def authors_schedule(eps_claimed: float, delta: float, *, C0: float, C1: float, 
     """A gradient-clipping schedule with the authors' σ, whose target is the *true* ε certun recomputes.
 
     The claimed ε is kept in ``notes``; the certificate issued from it claims the true ε (≈ 7.08 for a
-    claimed 1 at δ = 1e-5, THEORY.md §7.1), so nothing false is ever certified.
+    claimed 1 at δ = 1e-5, docs/theory.md#authors-code), so nothing false is ever certified.
     """
     sigma = authors_sigma(eps_claimed, C0=C0, C1=C1, gamma=gamma, T=T, lam=lam)
     fields = dict(variant=Variant.GRADIENT_CLIPPING, T=T, C0=C0, C1=C1, lam=lam, gammas=(gamma,) * T,
@@ -123,7 +124,7 @@ def noise_summary(schedule: Schedule, d: int) -> dict[str, float | None]:
     """σ, the achieved guarantee and the expected norm of all noise added, relative to C0.
 
     ``noise_norm_over_C0`` = ``sqrt(d · Σ σ_t²) / C0`` (or ``σ0·√d / C0``): how many ball radii of
-    noise the noisy phase adds in total, before any contraction. THEORY.md §8 explains why it is ≫ 1.
+    noise the noisy phase adds in total, before any contraction. docs/theory.md#utility-limit explains why it is ≫ 1.
     """
     total_var = sum(s * s for s in schedule.sigmas) + (schedule.sigma0 or 0.0) ** 2
     a = schedule.achieved
@@ -149,7 +150,7 @@ def _cycled_samples(data: DataLoader, steps: int) -> int:
 def rescale_layers(model: nn.Module, target_norms: dict[str, float], center: dict[str, torch.Tensor] | None) -> None:
     """Scale each tensor's deviation from the centre to a fixed, data-independent norm (in place).
 
-    Post-processing of the unlearned parameters with public constants only (THEORY.md §1).
+    Post-processing of the unlearned parameters with public constants only (docs/theory.md#definition).
     """
     with torch.no_grad():
         for name, p in model.named_parameters():
@@ -204,7 +205,7 @@ def cosine_to_original(original: nn.Module, unlearned: nn.Module,
                        center: dict[str, torch.Tensor] | None) -> float:
     """cos∠(x − c, x̂ − c): how much of the trained model's direction survives the noisy phase.
 
-    For a vector independent of x̂ in d dimensions this is of order ±1/√d (THEORY.md §8 predicts the
+    For a vector independent of x̂ in d dimensions this is of order ±1/√d (docs/theory.md#utility-limit predicts the
     noise erases everything beyond the centre).
     """
     a, b = [], []

@@ -1,7 +1,7 @@
 """Models of the reproduction benchmark: an MLP and a small CNN, neither with BatchNorm.
 
 BatchNorm running statistics are data-dependent state outside the unlearned parameters
-(THEORY.md §1), so the models use none; the CNN is plain conv/ReLU/max-pool. Every parameter is
+(docs/theory.md#definition), so the models use none; the CNN is plain conv/ReLU/max-pool. Every parameter is
 unlearned (``d`` is the full parameter count).
 """
 
@@ -58,7 +58,7 @@ def init_norms(arch: str, input_shape: tuple[int, ...], n_classes: int) -> tuple
     """Global and per-tensor norms of a fresh initialisation (public seed 0): data-independent radii.
 
     This is public information (architecture only), so it may set C0 and the post-processing
-    rescale targets without touching the guarantee (THEORY.md §1).
+    rescale targets without touching the guarantee (docs/theory.md#definition).
     """
     model = make_model(arch, input_shape, n_classes, seed=0)
     per = {n: float(p.detach().norm()) for n, p in model.named_parameters()}

@@ -1,6 +1,6 @@
 """Honest reproduction of certified unlearning on real data: utility and compute against retraining.
 
-Runs the experiments of issue 5 (see :mod:`repro_experiments`) on scikit-learn digits or
+Runs the reproduction experiments (see :mod:`repro_experiments`) on scikit-learn digits or
 Fashion-MNIST (Debian package files; nothing is downloaded) and writes, under ``--out``:
 ``results.json`` (every run, every epoch), ``results.md`` (tables) and PNG plots. docs/results.md
 quotes these outputs with the commands that produced them.

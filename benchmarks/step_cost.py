@@ -1,6 +1,6 @@
 """Median cost of one noisy unlearning step, per variant and clipping mode, against a plain SGD step.
 
-Models (issue 4, "GPU measurement"): a Fashion-MNIST-sized CNN, a 10M-parameter MLP, and a ResNet-18
+Models: a Fashion-MNIST-sized CNN, a 10M-parameter MLP, and a ResNet-18
 with GroupNorm whose residual adds are out of place (so that Opacus' per-sample hooks can run it).
 Each configuration runs ``certun``'s torch backend for ``--steps`` noisy steps on one fixed batch and
 reports the median wall time of a step (synchronised on CUDA) and its ratio to a plain

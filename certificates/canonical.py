@@ -4,7 +4,7 @@ Every hash and signature over JSON in certun is taken over RFC 8785 bytes produc
 ``rfc8785`` package, so two parsers that agree on the JSON *values* agree on the bytes, whatever the
 file's whitespace, key order or number spelling. Note that RFC 8785 writes ``1.0`` and ``1`` the
 same way: where an integer is required, the schema check (not the digest) tells them apart.
-Source: RFC 8785; issue 3 ("Canonical bytes with RFC 8785").
+Source: RFC 8785; docs/certificates.md.
 """
 
 from __future__ import annotations

@@ -5,8 +5,8 @@ The certificate binds the run to one seed and one starting model without reveali
 Anyone holding the seed, the retain data and the released model could regenerate the Gaussian noise
 and subtract it, undoing the unlearning; so the seed never enters a certificate. The run's owner
 keeps the *opening* (seed and salt) private and can later show it to a trusted auditor, who checks
-it against the public commitment and can then replay the committed run. Source: issue 3
-("Randomness"); docs/certificates.md ("What verification cannot prove").
+it against the public commitment and can then replay the committed run. Source: docs/certificates.md ("What verification
+cannot prove").
 
 Scheme ``certun.key-commitment.sha256.v1`` (what the backends issue): a commitment to the run's
 secret noise key material (bytes: a fresh key from the OS, or the secret of a user seed), from which

@@ -5,7 +5,8 @@ target, T matches the σ/γ schedules and the number of noisy steps run, d match
 parameter shapes, the clipping granularity fits the variant, the model digests cover exactly the
 unlearned parameters and their roots agree with their per-tensor digests, and the first certificate
 of a ledger commits to its starting model instead of publishing its digest. Every problem is
-collected, none is silently skipped. Source: THEORY.md §1-§3 and §6; issue 3 ("internal consistency").
+collected, none is silently skipped. Source: docs/theory.md#definition, #gradient-clipping, #model-clipping,
+#what-a-certificate-records; docs/certificates.md.
 """
 
 from __future__ import annotations
@@ -230,7 +231,7 @@ def consistency_problems(doc: Mapping[str, Any]) -> list[str]:
     ex, art, chain = doc["execution"], doc["artifacts"], doc["chain"]
     problems: list[str] = []
 
-    # the claim is the mechanism's target (THEORY.md §6)
+    # the claim is the mechanism's target (docs/theory.md#what-a-certificate-records)
     for key in ("variant", "eps", "delta"):
         if claim[key] != m[key]:
             problems.append(f"claim.{key} is {claim[key]!r} but mechanism.{key} is {m[key]!r}")
@@ -272,7 +273,7 @@ def consistency_problems(doc: Mapping[str, Any]) -> list[str]:
         problems.append(f"{ids} look like record identifiers: a certificate names the retain and forget sets only "
                         "by salted Merkle roots (published identifiers say who was forgotten)")
 
-    # clipping granularity vs variant (THEORY.md §2, §3)
+    # clipping granularity vs variant (docs/theory.md#gradient-clipping, #model-clipping)
     needs_clip = variant == "gradient_clipping" or (
         variant == "model_clipping" and m["mode"] == "clip_noise_before_projection")
     if needs_clip and ex["clipping"] not in _GRADIENT_CLIPS:

@@ -4,8 +4,7 @@
 metadata), so a certificate hashes *tensors*: each tensor's name, dtype, shape and little-endian
 C-order bytes, every field length-prefixed, and a root over the per-tensor digests sorted by name.
 The per-tensor digests let a verifier name the first tensor that differs and confirm that frozen
-parameters are bit-identical. Source: issue 3 ("Model digests hash tensors, not files");
-docs/certificates.md ("Model digests").
+parameters are bit-identical. Source: docs/certificates.md ("Model digests").
 
 Encoding, version 1 (``u64`` is an unsigned 64-bit little-endian integer, ``lp(b)`` is ``u64(len(b)) || b``)::
 

@@ -4,7 +4,7 @@
 the guarantee (the claim must hold), checks internal consistency, the absence of any raw seed and the
 schema, and only then computes the content digest and, optionally, signs. :func:`write_certificate`
 writes through a temporary file and a rename, so a crash never leaves a partial certificate behind.
-Source: issue 3; docs/certificates.md (the format field by field).
+Source: docs/certificates.md (the format field by field).
 """
 
 from __future__ import annotations
@@ -35,10 +35,11 @@ from certun.errors import CertificateFormatError, InvalidParameterError
 
 __all__ = ["CLAIM_DEFINITION", "CONVERSIONS", "issue", "utc_timestamp", "write_certificate"]
 
-#: What the claim means: (ε, δ)-unlearning in both directions, THEORY.md §1.
+#: What the claim means: (ε, δ)-unlearning in both directions, docs/theory.md#definition.
 CLAIM_DEFINITION = "certun:eps-delta-unlearning:v1"
 
-#: How the accountant turns each variant's mechanism into (ε, δ) (THEORY.md §2-§4).
+#: How the accountant turns each variant's mechanism into (ε, δ) (docs/theory.md#gradient-clipping, #model-clipping,
+#: #output-perturbation).
 CONVERSIONS = {
     Variant.GRADIENT_CLIPPING: "renyi-shift-bound+cks2020-conversion",
     Variant.MODEL_CLIPPING: "hockey-stick-contraction-recursion",

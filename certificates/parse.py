@@ -4,7 +4,7 @@ Python's ``json`` module accepts ``NaN``, ``Infinity``, duplicate keys (the last
 and ``1e400`` (which becomes ``inf``). A certificate is evidence, so each of these is refused here
 with a :class:`~certun.errors.CertificateFormatError` that names the problem; so are integers beyond
 ±(2**53 − 1), which RFC 8785 cannot canonicalise. :func:`load_certificate` then checks the format,
-the version and the schema. Source: issue 3 ("strict parse"); RFC 8785 §3.2.2.3 (I-JSON numbers).
+the version and the schema. Source: docs/certificates.md; RFC 8785 §3.2.2.3 (I-JSON numbers).
 """
 
 from __future__ import annotations

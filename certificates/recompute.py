@@ -4,7 +4,7 @@ The claim holds iff the claimed ε is at least the recomputed ε **and** the cla
 recomputed δ. Stored "achieved" numbers are never consulted. When the float64 result lies within a
 relative 1e-9 of the claim, the decision is taken again from ``guarantee(schedule, exact=True)``
 (mpmath), and there is no tolerance on the unsafe side: a recomputed value above the claim fails,
-however slightly. Source: THEORY.md §6; issue 3 ("recompute the guarantee").
+however slightly. Source: docs/theory.md#what-a-certificate-records; docs/certificates.md.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 The backend fills a :class:`RunRecord`; :func:`certun.certificates.issue` turns it and the
 :class:`~certun.accountant.Schedule` into a certificate. It holds digests and commitments only: no
-record identifiers, no raw seed (THEORY.md §6; docs/certificates.md).
+record identifiers, no raw seed (docs/theory.md#what-a-certificate-records; docs/certificates.md).
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ class RunRecord:
     Attributes:
         backend: registered backend name (``"torch"``, ``"numpy"``).
         clipping: ``"per_sample"``, ``"batch"`` or ``None`` (variants without gradient clipping).
-        unlearned_parameters: names of the parameters in ``x`` (THEORY.md notation), in order.
+        unlearned_parameters: names of the parameters in ``x`` (docs/theory.md notation), in order.
         d: total number of unlearned coordinates.
         frozen_parameters: name -> tensor digest of parameters left untouched (asserted by the user to
             be independent of D); the digest is of the value before and after, which must be equal.
@@ -59,7 +59,7 @@ class RunRecord:
             frozen but carry no information about D (buffers rebuilt from public or retain-only data);
             with the unlearned and frozen parameters they make the full key set of the released state,
             so ``certun verify --model`` can FAIL on any tensor nobody certified.
-        center: digest of the ball centre (THEORY.md §1 anchored balls), ``None`` for the origin.
+        center: digest of the ball centre (docs/theory.md#anchored-balls), ``None`` for the origin.
         retain_root / forget_root: salted Merkle roots over record identifiers (hex), if given.
         tree_scheme: the scheme of the trees behind those roots (that of
             :func:`certun.certificates.merkle_tree`, leaves ordered by salted hash, by default).

@@ -1,7 +1,7 @@
 """The outcome of a verification: a :class:`Report` of ordered :class:`CheckResult` values.
 
 ``Report.ok`` requires that no check FAILed **and** that the ``recompute`` check actually PASSed, so
-a report made only of SKIPs never passes (sigstore's "no vacuous success"; STYLE.md).
+a report made only of SKIPs never passes (sigstore's "no vacuous success").
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
 """The JSON Schemas that ship with certun, one per certificate ``format_version``, and their validator.
 
 Every format version certun ever wrote stays here, so old certificates stay verifiable after the
-format changes (issue 3: "a change of format bumps format_version and keeps old versions
-verifiable"). The validator is JSON Schema draft 2020-12 with three deliberate tightenings:
+format changes (a change of format bumps format_version and keeps old versions
+verifiable). The validator is JSON Schema draft 2020-12 with three deliberate tightenings:
 ``integer`` means a JSON integer token, so ``100.0`` is refused where ``T`` or ``d`` must be an
 integer (plain JSON Schema would accept it, and RFC 8785 would hash it exactly like ``100``); a
 pattern's final ``$`` matches only at the very end (Python's ``$`` also matches before a trailing

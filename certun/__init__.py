@@ -2,7 +2,7 @@
 
 ``plan`` derives the noise σ and the number of noisy steps T for an (ε, δ) target, ``guarantee``
 recomputes (ε, δ) from any schedule, ``get_backend`` runs the unlearning, and ``certun verify``
-checks the certificate. Source of every formula: THEORY.md (docs/accountant.md).
+checks the certificate. Source of every formula: docs/theory.md (docs/accountant.md).
 """
 
 from certun.accountant import Guarantee, Method, Mode, Schedule, Variant, guarantee, plan

@@ -6,7 +6,7 @@ files are absent the demo falls back to scikit-learn's bundled ``load_digits`` a
 
 Pre-processing uses fixed constants (pixels scaled to [-1, 1]), never statistics of the training set:
 a mean or standard deviation computed over D would depend on the forget set too, and everything that
-depends on D must be unlearned or rebuilt from retain data (THEORY.md §1).
+depends on D must be unlearned or rebuilt from retain data (docs/theory.md#soundness-rules).
 
 Record identifiers are dataset indices: positions in the pool the training split is drawn from (the
 Fashion-MNIST training file, or the digits array), which is what the certificate's Merkle roots commit

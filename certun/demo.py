@@ -16,8 +16,8 @@ The whole product on real data in a few minutes on a laptop CPU (GPU when presen
 The accuracy after each fine-tuning epoch is measured on a replay: a second backend call with the
 same noise seed and the same data order and no fine-tuning, then the same SGD epochs run here; its
 last epoch is compared with the released model, and the difference is printed. The numbers are honest:
-at ε = 1 the noisy phase erases what the model learned (THEORY.md §8), and the utility comes from the
-fine-tuning, which is post-processing on retain data (THEORY.md §1). See docs/tutorial.md.
+at ε = 1 the noisy phase erases what the model learned (docs/theory.md#utility-limit), and the utility comes from the
+fine-tuning, which is post-processing on retain data (docs/theory.md#definition). See docs/tutorial.md.
 """
 
 from __future__ import annotations
@@ -158,10 +158,10 @@ def default_hyperparameters(config: DemoConfig, reference_norm: float) -> dict[s
       norm: the projection keeps the centre's quality and the noise is ten times smaller.
     * ``C1 = 1`` (gradient clipping norm), ``lam = 0``, ``T = 200`` noisy steps (20 with ``--quick``).
     * ``gamma = C0 / (C1·T)``, so that ``T`` is the paper's optimal number of steps ``T* = C0/(γ C1)``
-      for λ = 0 (THEORY.md §2).
+      for λ = 0 (docs/theory.md#gradient-clipping).
     * Model clipping: ``C2 = C0`` and the same γ and T. Output perturbation: only ``C0``.
 
-    Nothing here looks at the data, let alone at the forget set (THEORY.md §1).
+    Nothing here looks at the data, let alone at the forget set (docs/theory.md#soundness-rules).
     """
     if config.C0 is not None:
         C0 = float(config.C0)
@@ -580,9 +580,9 @@ def _notes(config: DemoConfig, data: Any, phases: list[Any], schedule: Any, hype
         f"model had {original.test:.3f}). The noise must hide the difference between any two starting points of "
         f"the C0 ball (and the clipped steps' drift) in every direction: its accumulated standard deviation per "
         f"coordinate is {_accumulated_noise(schedule):.3g}, while a model in the ball carries about C0/sqrt(d) = "
-        f"{hyper['C0'] / math.sqrt(d):.3g} per coordinate (THEORY.md §8).",
+        f"{hyper['C0'] / math.sqrt(d):.3g} per coordinate (docs/theory.md#utility-limit).",
         f"The released model's accuracy comes from the noiseless fine-tuning on retain data, which is "
-        f"post-processing and keeps the guarantee (THEORY.md §1): test {released.test:.3f} after "
+        f"post-processing and keeps the guarantee (docs/theory.md#definition): test {released.test:.3f} after "
         f"{config.finetune_epochs} epoch(s), against {retrain.test:.3f} for retraining with the same budget "
         f"({released.test - retrain.test:+.3f}).",
         f"Forget-set accuracy {released.forget:.3f} against retain {released.retain:.3f} and test "
@@ -593,11 +593,12 @@ def _notes(config: DemoConfig, data: Any, phases: list[Any], schedule: Any, hype
     ]
     if config.center == "zero":
         notes.append("The balls are centred at 0 because this demo has no public data by default. A centre "
-                     "independent of D is the main utility lever (THEORY.md §8): --center public anchors them at "
+                     "independent of D is the main utility lever (docs/theory.md#utility-limit): --center public "
+                     "anchors them at "
                      "weights pretrained on a public split disjoint from D, which the noise then leaves intact.")
     notes.append("Hyperparameters (C0, C1, lam, gamma, T, the centre, the fine-tuning budget) were fixed from the "
                  "architecture and a compute budget before reading the data; none depends on the forget set "
-                 "(THEORY.md §1; docs/tutorial.md).")
+                 "(docs/theory.md#definition; docs/tutorial.md).")
     notes.append(f"Per-epoch points were measured on a replay (same noise seed and data order, fine-tuned here); its "
                  f"last epoch differs from the released model by at most {replay_diff:.2e} per parameter. The row "
                  f"marked 'released' scores unlearned.pt itself, the model the certificate covers.")

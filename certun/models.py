@@ -94,7 +94,7 @@ def build_model(name: str, input_shape: Sequence[int], num_classes: int, *, seed
 
 
 def parameter_norm(model: nn.Module) -> float:
-    """Global L2 norm over every trainable parameter (the ``‖x‖`` of THEORY.md's notation)."""
+    """Global L2 norm over every trainable parameter (the ``‖x‖`` of docs/theory.md's notation)."""
     with torch.no_grad():
         squares = [p.detach().double().pow(2).sum() for p in model.parameters() if p.requires_grad]
         return math.sqrt(float(torch.stack(squares).sum())) if squares else 0.0
@@ -105,7 +105,7 @@ def fit(model: nn.Module, loader: Iterable[Any], *, epochs: int, lr: float, mome
     """Train ``model`` in place with SGD (``lr``, ``momentum``) on cross-entropy for ``epochs`` epochs.
 
     ``on_epoch(epoch, mean_loss)`` is called after each epoch (epochs count from 1). The optimizer is
-    local to this call: nothing of its state survives it (THEORY.md §1 forbids reusing it later).
+    local to this call: nothing of its state survives it (docs/theory.md#soundness-rules forbids reusing it later).
 
     Raises:
         InvalidParameterError: ``epochs`` < 0 or ``lr`` not positive.

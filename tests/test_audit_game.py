@@ -69,7 +69,8 @@ def test_fresh_and_reused_noise_have_the_predicted_spread():
 
 
 def test_under_noised_control_has_renyi_coefficient_equal_to_the_claim():
-    """The control has ε_R equal to the claimed ε and keeps the claim; its true ε is ≈ 7.08 (THEORY.md §7.1)."""
+    """The control has ε_R equal to the claimed ε and keeps the claim; its true ε is ≈ 7.08
+    (docs/theory.md#authors-code)."""
     bad = under_noised(GC)
     g = guarantee(bad)
     assert g.eps_renyi == pytest.approx(1.0, rel=1e-9)
@@ -156,7 +157,8 @@ def test_batched_chains_equal_real_backend_runs(schedule, noise_mode):
     So the fast game audits exactly the computation of a real run (Opacus per-sample gradients,
     clipping, steps, generator, noise modes), not a re-implementation. In model clipping's clipped
     mode the backend clips each sample's gradient before adding λ(x − c) and clipping again; the
-    batched chain clips once, so there the comparison uses ``clip="batch"`` (one clip, as in §3).
+    batched chain clips once, so there the comparison uses ``clip="batch"`` (one clip, as in
+    docs/theory.md#model-clipping).
     """
     starts = torch.tensor([[1.0, 0.0, 0.0], [-1.0, 0.0, 0.0]], dtype=torch.float64)
     clip = "batch" if schedule is MC_CLIP else "per_sample"

@@ -1,10 +1,10 @@
-"""One-dimensional brute force: the certified δ is never below the true divergence (THEORY.md §5).
+"""One-dimensional brute force: the certified δ is never below the true divergence (docs/theory.md#laws).
 
 Two chains start at ±C0 and follow the worst-case maps of the analysis: ``x ↦ ρx + γC1·sign(x)``
 (gradient clipping: every clipped gradient pushes away from the other run) or ``x ↦ C2·sign(x)``
 (model clipping: projection onto the boundary), each followed by fresh N(0, σ²) noise. Their exact
 densities are propagated on a grid and the true hockey-stick divergence E_{e^ε} compared with the
-δ(ε) that the accountant certifies. A control with the authors' under-noised σ (THEORY.md §7) shows
+δ(ε) that the accountant certifies. A control with the authors' under-noised σ (docs/theory.md#authors-code) shows
 that the check has teeth.
 """
 
@@ -70,7 +70,8 @@ def test_gradient_clipping_true_delta_below_certified(cfg):
 
 
 def test_authors_sigma_fails_brute_force():
-    """The released code's σ (ε_R = 1 reported as ε = 1) breaks (1, 1e-5) by orders of magnitude (§7)."""
+    """The released code's σ (ε_R = 1 reported as ε = 1) breaks (1, 1e-5) by orders of magnitude
+    (docs/theory.md#authors-code)."""
     C0, C1, gamma, T = 1.0, 10.0, 1e-2, 10
     A = gc.noise_free_loss(C0, C1, 0.0, gamma, T)
     buggy_sigma = math.sqrt(A / 1.0)  # ε_R = 1

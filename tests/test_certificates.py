@@ -87,10 +87,10 @@ def test_certificate_holds_no_identifier_and_no_seed():
 
 # --------------------------------------------------------------------------- the recompute check
 def test_official_code_noise_fails_recompute():
-    """THEORY.md §7: σ giving eps_renyi = 1 (the authors' code) while claiming (1, 1e-5) FAILs.
+    """docs/theory.md#authors-code: σ giving eps_renyi = 1 (the authors' code) while claiming (1, 1e-5) FAILs.
 
-    The honest exact σ is ≈5.7× the official one (≈7.2× against the closed form of §2); the
-    recomputed ε is ≈7.08, as THEORY.md §7 states.
+    The honest exact σ is ≈5.7× the official one (≈7.2× against the closed form of docs/theory.md#gradient-clipping);
+    the recomputed ε is ≈7.08, as docs/theory.md#authors-code states.
     """
     honest = fx.planned_gc()
     official_sigma = honest.sigma * math.sqrt(honest.achieved.eps_renyi / 1.0)

@@ -180,7 +180,7 @@ def test_smaller_sigma_fails(u):
 @pytest.mark.parametrize("name", ["C0", "C1", "gamma"])
 @given(u=grow)
 def test_larger_C0_C1_gamma_fails(name, u):
-    """A larger ball, clipping norm or step size than planned FAILs recompute (THEORY.md §5)."""
+    """A larger ball, clipping norm or step size than planned FAILs recompute (docs/theory.md#laws)."""
     def edit(c):
         c["mechanism"][name] *= 1 + u
     report = verify(_forge(edit))
@@ -190,7 +190,7 @@ def test_larger_C0_C1_gamma_fails(name, u):
 @given(k=st.integers(min_value=-99, max_value=500).filter(lambda k: k != 0), consistent=st.booleans())
 def test_changed_T_fails(k, consistent):
     """Changing T FAILs: alone, against the noisy steps run; with them, because λ = 0 and
-    T = C0/(γ C1) minimises ε_R (THEORY.md §2), so any other T costs more ε."""
+    T = C0/(γ C1) minimises ε_R (docs/theory.md#gradient-clipping), so any other T costs more ε."""
     def edit(c):
         c["mechanism"]["T"] += k
         if consistent:

@@ -82,7 +82,8 @@ def test_fit_learns_a_separable_problem_and_accuracy_counts_correctly():
 @pytest.mark.parametrize("center", ["zero", "init", "public"])
 @pytest.mark.parametrize("quick", [False, True])
 def test_default_hyperparameters_follow_the_documented_rule(center, quick):
-    """C0 comes from the architecture's init norm, gamma·C1·T = C0 (T* of THEORY.md §2), T = 200 or 20."""
+    """C0 comes from the architecture's init norm, gamma·C1·T = C0 (T* of docs/theory.md#gradient-clipping), T = 200 or
+    20."""
     norm = parameter_norm(build_model("mlp", (1, 28, 28), 10, seed=0))
     config = DemoConfig.quick_defaults(center=center) if quick else DemoConfig(center=center)
     h = default_hyperparameters(config, norm)

@@ -1,4 +1,4 @@
-"""Monotonicity and round-trip laws of the accountant (THEORY.md §5), stated as hypothesis properties."""
+"""Monotonicity and round-trip laws of the accountant (docs/theory.md#laws), stated as hypothesis properties."""
 
 from __future__ import annotations
 
@@ -59,7 +59,7 @@ def test_gc_eps_increases_in_C1(C0, a, b, lam, gamma, T, sigma):
 
 @given(C0=strat.C0, C1=strat.C1, lam=strat.lam, gamma=strat.gamma, t1=st.integers(1, 5000), t2=st.integers(1, 5000))
 def test_gc_T_region(C0, C1, lam, gamma, t1, t2):
-    """ε_R(T) falls on [1, T*] and rises on [T*, ∞) with T* = gc.t_argmin (exact region of THEORY.md §5)."""
+    """ε_R(T) falls on [1, T*] and rises on [T*, ∞) with T* = gc.t_argmin (exact region of docs/theory.md#laws)."""
     assume(gamma * lam < 1)
     t_star = gc.t_argmin(C0, C1, lam, gamma)
     lo, hi = sorted((t1, t2))
@@ -148,7 +148,7 @@ def test_plan_T_for_sigma_round_trip(eps, delta, C0, C1, lam, gamma, sigma):
 @given(eps=st.floats(0.05, 2.5), delta=strat.delta, C0=strat.C0, C1=strat.C1, lam=strat.lam, gamma=strat.gamma,
        T=strat.T)
 def test_exact_never_needs_more_noise_than_closed_form(eps, delta, C0, C1, lam, gamma, T):
-    """The exact σ is never above the paper's closed-form σ (THEORY.md §5)."""
+    """The exact σ is never above the paper's closed-form σ (docs/theory.md#laws)."""
     assume(gamma * lam < 1)
     assume(lam > 0 or eps <= -math.log(delta) / 4)  # the λ = 0 closed form is valid only there
     exact = plan(eps, delta, C0, C1, lam, gamma=gamma, T=T)
@@ -156,7 +156,7 @@ def test_exact_never_needs_more_noise_than_closed_form(eps, delta, C0, C1, lam, 
     try:
         closed = plan(eps, delta, C0, C1, lam, gamma=gamma, T=T, method="closed_form")
     except InvalidParameterError:
-        # the λ > 0 closed form is sufficient only "up to constants" (THEORY.md §2): plan refuses it
+        # the λ > 0 closed form is sufficient only "up to constants" (docs/theory.md#gradient-clipping): plan refuses it
         # exactly when it misses the target, and then it is the closed form that is unsafe
         assert gc_eps(C0, C1, lam, gamma, raw, T, delta) > eps
         assert lam > 0

@@ -59,7 +59,7 @@ def test_every_certified_run_is_certified_at_its_true_eps(quick_run: Path) -> No
         assert info["certificate"] is True
         assert info["eps_true"] <= row["eps"] * (1 + 1e-9) or row["method"] == "gc_authors"
         if row["method"] == "gc_authors":
-            assert info["eps_true"] > 5 * row["eps"]  # THEORY.md §7.1: ε_R = 1 is really ε ≈ 7.08
+            assert info["eps_true"] > 5 * row["eps"]  # docs/theory.md#authors-code: ε_R = 1 is really ε ≈ 7.08
             assert info["certificate_eps"] >= info["eps_true"]
 
 

@@ -1,5 +1,6 @@
 """The torch backend's arithmetic and randomness: each step equals the formula, noise is fresh and of
-the planned scale, runs reproduce from a seed, and each variant does what THEORY.md §2-§4 say."""
+the planned scale, runs reproduce from a seed, and each variant does what docs/theory.md#gradient-clipping,
+#model-clipping, #output-perturbation say."""
 
 from __future__ import annotations
 
@@ -64,7 +65,8 @@ def _with_sigmas(schedule, sigmas):
 
 
 def _reference_gc(model, data, s, *, clip, center, noise):
-    """Slow oracle: per-sample gradients by a loop of single-sample backward passes, then THEORY.md §2."""
+    """Slow oracle: per-sample gradients by a loop of single-sample backward passes, then
+    docs/theory.md#gradient-clipping."""
     model = copy.deepcopy(model)
     params = list(model.parameters())
     sizes = [p.numel() for p in params]
@@ -136,7 +138,8 @@ FORMULA_CASES = [("mlp", "per_sample"), ("mlp", "ghost"), ("mlp", "batch"), ("in
 
 @pytest.mark.parametrize(("kind", "clip"), FORMULA_CASES)
 def test_each_noisy_step_equals_the_formula(kind, clip):
-    """Every iterate equals a slow single-sample-loop reference of THEORY.md §2 to float64 rounding."""
+    """Every iterate equals a slow single-sample-loop reference of docs/theory.md#gradient-clipping to float64
+    rounding."""
     torch.manual_seed(0)
     model, data = MODELS[kind](), _data()
     s = _gc(T=4)
@@ -255,7 +258,7 @@ def test_forget_ids_overlapping_retain_ids_are_refused():
 
 @pytest.mark.parametrize("mode", ["noise_after_projection", "clip_noise_before_projection"])
 def test_model_clipping_keeps_pre_noise_iterates_in_C2_ball(mode):
-    """Model clipping with zero injected noise: every iterate stays in B(c, C2) (THEORY.md §3)."""
+    """Model clipping with zero injected noise: every iterate stays in B(c, C2) (docs/theory.md#model-clipping)."""
     s = certun.plan(1.0, 1e-5, C0=3.0, C1=0.5, C2=0.4, gamma=0.5, lam=0.1, T=5, variant="model_clipping", mode=mode)
     d = 51
     c = torch.full((d,), 0.2, dtype=torch.float64)

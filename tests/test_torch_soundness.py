@@ -1,4 +1,4 @@
-"""The soundness rules of THEORY.md §1 in the torch backend, and its refusals of bad input.
+"""The soundness rules of docs/theory.md#soundness-rules in the torch backend, and its refusals of bad input.
 
 Global initial projection, unclipped weight decay, no reused training state, BatchNorm and other
 data-dependent buffers, frozen parameters, models Opacus cannot handle, and failed runs that must

@@ -137,7 +137,7 @@ def test_add_noise_uses_injected_noise_exactly():
 @given(seed=seeds, d=st.integers(1, 500), gamma=st.floats(1e-4, 0.5), lam=st.floats(0.0, 1.9),
        C1=radii, centred=st.booleans())
 def test_gc_step_equals_formula(seed, d, gamma, lam, C1, centred):
-    """``gc_step`` computes ``x − γ(clip(g, C1) + λ(x − c))`` (THEORY.md §2) to float64 rounding."""
+    """``gc_step`` computes ``x − γ(clip(g, C1) + λ(x − c))`` (docs/theory.md#gradient-clipping) to float64 rounding."""
     x = _vector(seed, d, 3.0, dtype=torch.float64)
     g = _vector(seed + 1, d, 3.0, dtype=torch.float64)
     c = _vector(seed + 2, d, 1.0, dtype=torch.float64) if centred else None
@@ -161,7 +161,8 @@ def test_weight_decay_is_not_clipped():
 @pytest.mark.parametrize("mode", ["noise_after_projection", "clip_noise_before_projection"])
 @given(seed=seeds, d=st.integers(1, 300), k=st.integers(1, 4), centred=st.booleans())
 def test_mc_step_matches_reference_batched(mode, seed, d, k, centred):
-    """``mc_step`` (both modes, K chains at once) equals the independent numpy reference (THEORY.md §3)."""
+    """``mc_step`` (both modes, K chains at once) equals the independent numpy reference
+    (docs/theory.md#model-clipping)."""
     x = _vector(seed, d, 2.0, dtype=torch.float64, k=k)
     g = _vector(seed + 1, d, 2.0, dtype=torch.float64, k=k)
     z = _vector(seed + 2, d, 1.0, dtype=torch.float64, k=k)
@@ -193,7 +194,7 @@ def test_mc_step_rejects_unknown_mode_and_missing_C1():
 
 
 def test_output_perturbation_projects_then_adds_noise():
-    """Output perturbation is ``Π_C0(x) + σ0 z`` (THEORY.md §4)."""
+    """Output perturbation is ``Π_C0(x) + σ0 z`` (docs/theory.md#output-perturbation)."""
     x = torch.full((4,), 10.0, dtype=torch.float64)
     z = torch.tensor([1.0, -1.0, 0.5, 0.0], dtype=torch.float64)
     out = ts.output_perturbation(x.clone(), C0=1.0, sigma0=3.0, noise=z)

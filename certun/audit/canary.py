@@ -7,7 +7,7 @@ highest scores and "out" for the ``k_out`` lowest, abstain on the rest; count th
 ``r = k_in + k_out`` guesses.
 
 Why Binomial(r, ½) is the right reference: (ε, δ)-unlearning says that for every S the output is
-(ε, δ)-close to ``Ā(retain)``, which never sees a canary (THEORY.md §1). Under ``Ā`` the output is
+(ε, δ)-close to ``Ā(retain)``, which never sees a canary (docs/theory.md#definition). Under ``Ā`` the output is
 independent of S, so ``W ~ Binomial(r, ½)`` exactly, whatever the scoring. For the event
 ``E = {P[Binomial(r, ½) ≥ W] ≤ p}`` this gives ``P[E] ≤ e^ε·p + δ``. Hence, with ``p_obs`` the
 observed tail probability and ``α = 1 − confidence``,

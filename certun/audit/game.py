@@ -1,7 +1,7 @@
 """The worst-case-start game: many noisy unlearning chains from two starts, scored along their gap.
 
-The proofs of THEORY.md §2-§3 bound the divergence between two runs of the same noisy procedure that
-start anywhere in the ball ``B(c, C0)``; the worst case pushes the two runs apart at every step. The
+The proofs of docs/theory.md#gradient-clipping, #model-clipping bound the divergence between two runs of the same noisy
+procedure that start anywhere in the ball ``B(c, C0)``; the worst case pushes the two runs apart at every step. The
 game plays exactly that case on the real step rule:
 
 - starts ``x_a = c + C0·u`` and ``x_b = c − C0·u`` (``‖x_a − x_b‖ = 2·C0``), ``u`` a unit vector;
@@ -44,7 +44,7 @@ __all__ = [
 ]
 
 #: ``fresh``: a new draw at every noisy step (what the proofs need). ``reuse_first_draw_UNSAFE``: the
-#: first draw of each chain is added again at every later step (the defect of THEORY.md §7 item 5);
+#: first draw of each chain is added again at every later step (the defect of docs/theory.md#authors-code);
 #: an audit control only.
 NOISE_MODES = ("fresh", "reuse_first_draw_UNSAFE")
 #: How the chains are run: all at once through the step functions, or one real backend run each.
@@ -57,7 +57,7 @@ DEFAULT_GRID_SIZE = 64
 def under_noised(schedule: Schedule) -> Schedule:
     """The authors' bug as a control: σ scaled so that the Rényi coefficient ε_R equals the claimed ε.
 
-    Their code reported ε_R as ε (THEORY.md §7 item 1). Every σ_t is multiplied by
+    Their code reported ε_R as ε (docs/theory.md#authors-code). Every σ_t is multiplied by
     ``sqrt(ε_R / ε)`` (ε_R ∝ 1/σ² for a common scale), so the result has ``ε_R = ε`` and still claims
     the original target; :func:`certun.accountant.guarantee` shows its true ε. Gradient clipping only.
     """
@@ -72,7 +72,7 @@ def under_noised(schedule: Schedule) -> Schedule:
         schedule,
         sigmas=tuple(s * scale for s in schedule.sigmas),
         notes=(*schedule.notes, f"AUDIT CONTROL: sigma x{scale:.4g} so that eps_R = {schedule.target.eps:g} "
-               "is claimed as eps (THEORY.md §7.1); the claim is false"),
+               "is claimed as eps (docs/theory.md#authors-code); the claim is false"),
     )
 
 
@@ -99,7 +99,7 @@ def default_thresholds(schedule: Schedule, size: int = DEFAULT_GRID_SIZE) -> np.
     """A threshold grid fixed by the schedule alone (before any run), for the Bonferroni rule.
 
     Uniform on ``[−R, R]`` where R is the farthest a fresh-noise run is expected to go along u:
-    the drift bound plus 4 noise standard deviations (THEORY.md §2's numerator for gradient
+    the drift bound plus 4 noise standard deviations (docs/theory.md#gradient-clipping's numerator for gradient
     clipping, ``C2`` plus 4σ for model clipping, ``C0`` plus 4σ0 for output perturbation).
     """
     if isinstance(size, bool) or not isinstance(size, int) or size < 1:
@@ -135,7 +135,7 @@ def run_chains(schedule: Schedule, starts, *, strength: float | None = None, noi
     backend's ``noise=`` argument). ``draw(index, shape)``, when given, supplies the standard-normal
     draws instead (noisy step ``t`` is draw ``t``, the σ0 draw is draw ``T``, as in the backends).
     ``starts`` is not modified; returns the final iterates.
-    Source: THEORY.md §2 (gradient clipping), §3 (model clipping, both modes), §4 (output perturbation).
+    Source: docs/theory.md#gradient-clipping, #model-clipping (both modes), #output-perturbation.
     """
     import torch
 

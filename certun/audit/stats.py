@@ -1,7 +1,7 @@
 """Statistics of the audit: one-sided Clopper–Pearson bounds and an ε lower bound from two samples.
 
 An (ε, δ) guarantee between two output distributions P (runs from start a) and Q (runs from start b)
-says ``P(S) ≤ e^ε·Q(S) + δ`` and ``Q(S) ≤ e^ε·P(S) + δ`` for every set of outcomes S (THEORY.md §1).
+says ``P(S) ≤ e^ε·Q(S) + δ`` and ``Q(S) ≤ e^ε·P(S) + δ`` for every set of outcomes S (docs/theory.md#definition).
 Any scoring of the outputs is post-processing, so the same holds for sets of scores. For a threshold t
 and ``S = {score > t}`` the first inequality gives ``ε ≥ ln((P(S) − δ) / Q(S))``, and the second on the
 complement ``S^c = {score ≤ t}`` gives ``ε ≥ ln((1 − Q(S) − δ) / (1 − P(S)))``. Both need only a *lower*

@@ -1,11 +1,11 @@
 """Which games an audit plays: the schedule under test, and controls that show the test has power.
 
-A control is the same setting with a known defect of the authors' released code (THEORY.md §7):
+A control is the same setting with a known defect of the authors' released code (docs/theory.md#authors-code):
 
 - ``under_noised`` (gradient clipping): σ chosen so that the Rényi coefficient ε_R equals the claimed
-  ε (§7 item 1; about 5.7× too little σ at (1, 1e-5), true ε ≈ 7.08);
+  ε (docs/theory.md#authors-code; about 5.7× too little σ at (1, 1e-5), true ε ≈ 7.08);
 - ``reuse_noise`` (model clipping, noise after projection): one noise draw added at every step
-  (§7 item 5).
+  (docs/theory.md#authors-code).
 
 A control must be *detected* (ε̂ > claimed ε); the schedule itself must *pass*. Reused noise is not a
 control for gradient clipping: with λ = 0 it multiplies the noise along the canary direction by
