@@ -73,12 +73,14 @@ class UnlearnResult:
 
     model: Any
     certificate: dict[str, Any] | None
-    history: Mapping[str, list[Any]]
+    # Private fields are left out of repr(): printing or logging a result must not leak the noise
+    # secret, the seed, the salt keys or pre-release statistics (docs/theory.md#soundness-rules).
+    history: Mapping[str, list[Any]] = field(repr=False)
     record: RunRecord
-    seed: int | None
-    seed_opening: Mapping[str, Any] | None = None
-    retain_tree: Any = None
-    forget_tree: Any = None
+    seed: int | None = field(repr=False)
+    seed_opening: Mapping[str, Any] | None = field(default=None, repr=False)
+    retain_tree: Any = field(default=None, repr=False)
+    forget_tree: Any = field(default=None, repr=False)
     certificate_path: Path | None = None
     extra: Mapping[str, Any] = field(default_factory=dict)
-    model_before_opening: Mapping[str, Any] | None = None
+    model_before_opening: Mapping[str, Any] | None = field(default=None, repr=False)

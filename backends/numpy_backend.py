@@ -12,7 +12,7 @@ vector is ``[W.ravel(), b]``, named ``"weight"`` and ``"bias"`` as in ``torch.nn
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,7 +23,7 @@ from certun.backends import certify
 from certun.backends.base import UnlearnResult
 from certun.backends.numpy_steps import SAFETY, add_noise, gc_step, mc_step, output_perturbation, project_ball
 from certun.backends.numpy_steps import clip as clip_vector
-from certun.backends.options import RunOptions, clipping_for, resolve_seed
+from certun.backends.options import RunOptions, clipping_for, opening_secret, resolve_seed
 from certun.backends.run_key import check_tail, draw_index, noise_record, run_context, run_key
 from certun.errors import InvalidParameterError, UnlearningRunError
 
@@ -172,7 +172,7 @@ class NumpyBackend:
         schedule: Schedule,
         /,
         *,
-        seed: int | None = None,
+        seed: int | Mapping[str, Any] | None = None,
         center: Any = None,
         clip: str = "per_sample",
         finetune_epochs: int = 0,
@@ -206,7 +206,9 @@ class NumpyBackend:
             raise InvalidParameterError("clip", clip, "'per_sample' or 'batch' for the numpy backend")
         if not isinstance(model, LinearModel):
             raise InvalidParameterError("model", type(model).__name__, "a certun.backends.numpy_backend.LinearModel")
-        if seed is not None:
+        if isinstance(seed, Mapping):
+            opening_secret(seed)  # refuse a bad opening before any work
+        elif seed is not None:
             resolve_seed(seed)  # refuse a bad seed before any work
         check_tail(schedule, model.d)
         clipping = clipping_for(schedule, clip)
@@ -341,7 +343,7 @@ class NumpyBackend:
             finished_at=certify.now_utc(),
             versions=certify.versions("numpy"),
             noise=noise_record(s, model.d, key),
-            extra={"noise_mode": noise_mode, "loss": model.loss},
+            extra={"noise_mode": opts.recorded_noise_mode, "loss": model.loss},
         )
         certificate, written = None, None
         if opts.issues_certificate:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import operator
 import secrets
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -42,6 +42,27 @@ def _choice(name: str, value: Any, valid: tuple[str, ...]) -> str:
     if value not in valid:
         raise InvalidParameterError(name, value, "one of " + ", ".join(repr(v) for v in valid))
     return value
+
+
+def opening_secret(opening: Any) -> tuple[bytes, str, int | None]:
+    """``(secret, origin, seed)`` of a run's key opening (``result.seed_opening``), for an audit replay.
+
+    The owner of a run, or a trusted auditor holding its opening, replays the committed run exactly by
+    passing the opening as ``seed``; the run key is still derived from every run input, so the replay
+    reproduces the noise only for the same inputs. Raises InvalidParameterError on anything else.
+    """
+    valid = "the seed_opening mapping of a previous run (keys scheme, secret, salt, origin)"
+    if not isinstance(opening, Mapping):
+        raise InvalidParameterError("seed", f"<{type(opening).__name__}>", valid)
+    secret_hex, origin = opening.get("secret"), opening.get("origin")
+    try:
+        secret = bytes.fromhex(secret_hex) if isinstance(secret_hex, str) else b""
+    except ValueError:
+        secret = b""
+    if len(secret) < 16 or origin not in ("os", "user_seed"):
+        raise InvalidParameterError("seed", "<opening>", valid)
+    seed = opening.get("seed")
+    return secret, origin, None if seed is None else resolve_seed(seed)
 
 
 def resolve_seed(seed: int | None) -> int:
@@ -87,6 +108,15 @@ class RunOptions:
     certificate_path: Path | None
     callback: Callable[[int, Any], None] | None
     noise_source: Callable[[int, int], Any] | None
+
+    @property
+    def recorded_noise_mode(self) -> str:
+        """What the run record says about its noise: ``"injected"`` when ``noise_source`` supplied it.
+
+        ``certificates.issue`` refuses every mode but ``"fresh"``, so a record of a run whose noise came
+        from a test hook (zeros, say) can never be certified, even by calling ``issue`` directly.
+        """
+        return "injected" if self.noise_source is not None else self.noise_mode
 
     @property
     def issues_certificate(self) -> bool:

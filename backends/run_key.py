@@ -24,7 +24,7 @@ from typing import Any
 
 from certun.accountant.schedule import Schedule, Variant
 from certun.backends import noise
-from certun.backends.options import resolve_seed
+from certun.backends.options import opening_secret, resolve_seed
 from certun.certificates.canonical import canonical_bytes
 from certun.certificates.noise_check import TAIL_SLACK, noise_draws, sampler_pairs
 from certun.errors import InvalidParameterError
@@ -74,10 +74,13 @@ def run_context(*, model_before: str, center: str | None, retain_fingerprint: by
     })
 
 
-def run_key(seed: int | None, context: bytes) -> RunKey:
-    """A fresh OS key (``seed=None``), or the key of a user seed (testing/audit only), bound to ``context``."""
+def run_key(seed: int | Mapping[str, Any] | None, context: bytes) -> RunKey:
+    """A fresh OS key (``seed=None``), the key of a user seed (testing/audit only), or the key of a previous
+    run's opening (an audit replay of that run), always bound to ``context``."""
     if seed is None:
         secret, origin, value = noise.fresh_key(), "os", None
+    elif isinstance(seed, Mapping):
+        secret, origin, value = opening_secret(seed)
     else:
         value = resolve_seed(seed)
         secret, origin = noise.seed_secret(value), "user_seed"

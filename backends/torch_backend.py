@@ -39,7 +39,7 @@ from torch import nn
 from certun.accountant.schedule import Mode, Schedule, Variant
 from certun.backends import certify
 from certun.backends.base import UnlearnResult
-from certun.backends.options import RunOptions, clipping_for, resolve_seed
+from certun.backends.options import RunOptions, clipping_for, opening_secret, resolve_seed
 from certun.backends.run_key import RunKey, check_tail, draw_index, noise_record, run_context, run_key
 from certun.backends.torch_attributes import digestible, unregistered_arrays
 from certun.backends.torch_grad import GradientComputer, batch_size
@@ -212,7 +212,7 @@ class TorchBackend:
         /,
         *,
         loss_fn: Callable[..., torch.Tensor],
-        seed: int | None = None,
+        seed: int | Mapping[str, Any] | None = None,
         params: Iterable[Any] | None = None,
         center: Any = None,
         clip: str = "per_sample",
@@ -254,7 +254,9 @@ class TorchBackend:
                 way the run key is derived from it and every run input (starting model, centre,
                 retain/forget identifiers, schedule, options, dtype), so a reused seed never repeats
                 noise across different runs; never reuse a seed all the same. The certificate holds
-                only a salted commitment; the opening goes back in ``result.seed_opening``.
+                only a salted commitment; the opening goes back in ``result.seed_opening``. Passing a
+                previous run's ``seed_opening`` replays that run exactly (an audit, or scoring a run
+                privately): same secret, same inputs, same noise -- never release both.
             params: which parameters are unlearned (names or parameter objects). Default: every
                 parameter with ``requires_grad``. If any parameter is left out (by ``params`` or by
                 ``requires_grad=False``) the run is refused unless ``frozen="public"`` says the left-out
@@ -325,7 +327,9 @@ class TorchBackend:
         if params is not None and not isinstance(params, str):
             params = list(params)  # iterated more than once below (e.g. model.parameters(), a generator)
         prev = certify.load_previous(previous)
-        if seed is not None:
+        if isinstance(seed, Mapping):
+            opening_secret(seed)  # refuse a bad opening before any work
+        elif seed is not None:
             resolve_seed(seed)  # refuse a bad seed before any work
         dev = resolve_device(device)
         variant = schedule.variant
@@ -388,9 +392,8 @@ class TorchBackend:
                      "attributes": attributes},
             unlearned_parameters=parts.names, dtype=str(dtype).replace("torch.", ""), backend=self.name))
         run.key = key
-        fork_devices = []
-        if dev.type == "cuda":
-            fork_devices = [dev.index if dev.index is not None else torch.cuda.current_device()]
+        # torch.manual_seed below reseeds every CUDA device: fork them all so the caller's RNGs are restored
+        fork_devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
         try:
             with torch.random.fork_rng(devices=fork_devices):
                 torch.manual_seed(key.aux_seed())
@@ -453,7 +456,7 @@ class TorchBackend:
                 "public_buffers": dict(public.tensors) if public is not None else {},
                 "attributes": "public" if public_attributes is not None else "none",
                 "public_attributes": dict(public_attributes.tensors) if public_attributes is not None else {},
-                "noise_mode": opts.noise_mode,
+                "noise_mode": opts.recorded_noise_mode,
             },
         )
         certificate, written = None, None
@@ -646,8 +649,9 @@ class _Run:
         finite = torch.isfinite(stats[:upto]).all(dim=1)
         if not bool(finite.all()):
             bad = int((~finite).nonzero()[0, 0])
-            raise UnlearningRunError(f"non-finite loss, gradient or iterate at noisy step {bad} "
-                                     f"(loss={stats[bad, 0].item()}); no certificate was issued")
+            # the step number only: a loss value at step 0 would be a statistic of the starting model
+            raise UnlearningRunError(f"non-finite loss, gradient or iterate at noisy step {bad}; no certificate "
+                                     "was issued (lower gamma, or check the data and the model for NaN/inf)")
 
     def _check_finite(self, x: torch.Tensor, where: str) -> None:
         if not bool(torch.isfinite(x).all()):

@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import io
 import math
-import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -430,14 +429,13 @@ def _unlearn(config: DemoConfig, data: Any, splits: Any, schedule: Any, original
     from certun.certificates import write_certificate
     from certun.report import atomic_write_bytes
 
-    noise_seed = config.noise_seed if config.noise_seed is not None else secrets.randbits(63)
     backend = get_backend("torch")
     common = dict(loss_fn=cross_entropy, center=center_state, clip=config.clip, finetune_lr=config.finetune_lr,
-                  postprocess="project_C0", seed=noise_seed, device=scorer.device, progress=progress,
-                  forget_ids=splits.forget.tolist())
+                  postprocess="project_C0", device=scorer.device, progress=progress, forget_ids=splits.forget.tolist())
     t0 = time.perf_counter()
+    # The released run's key is fresh from the OS (256 bits) unless --noise-seed asks for a reproducible demo.
     released = backend.unlearn(original, _retain_loader(config, data, splits), schedule,
-                               finetune_epochs=config.finetune_epochs, **common)
+                               finetune_epochs=config.finetune_epochs, seed=config.noise_seed, **common)
     seconds = time.perf_counter() - t0
     if released.certificate is None:
         raise UnlearningRunError("the backend issued no certificate for a fresh-noise run; nothing was written")
@@ -449,9 +447,11 @@ def _unlearn(config: DemoConfig, data: Any, splits: Any, schedule: Any, original
     echo(f"unlearned in {seconds:.1f} s ({schedule.T} noisy steps + {config.finetune_epochs} fine-tuning "
          f"epochs); wrote {model_path} and {cert_path}")
 
-    # The replay: same seed, same data order, no fine-tuning; then the backend's SGD epochs here.
+    # The replay (private, never written): the released run's own key opening, same data order, no
+    # fine-tuning; then the backend's SGD epochs here, scored after each epoch.
     replay_loader = _retain_loader(config, data, splits)
-    replay = backend.unlearn(original, replay_loader, schedule, finetune_epochs=0, **common)
+    replay = backend.unlearn(original, replay_loader, schedule, finetune_epochs=0, seed=released.seed_opening,
+                             **common)
     phases = [scorer.phase(replay.model, label=_noisy_label(schedule), kind="noisy")]
     curve = replay.model
     for epoch in range(1, config.finetune_epochs + 1):
@@ -461,10 +461,10 @@ def _unlearn(config: DemoConfig, data: Any, splits: Any, schedule: Any, original
     phases.append(scorer.phase(released.model, label=f"fine-tune epoch {config.finetune_epochs} (released)",
                                kind="finetune"))
     return {"released": released, "phases": phases, "model": model_path, "certificate": cert_path,
-            "seconds": seconds, "noise_seed": noise_seed, "replay_diff": _max_abs_diff(curve, released.model)}
+            "seconds": seconds, "noise_seed": config.noise_seed, "replay_diff": _max_abs_diff(curve, released.model)}
 
 
-def _retrain(config: DemoConfig, data: Any, splits: Any, original: Any, center_state: Any, noise_seed: int,
+def _retrain(config: DemoConfig, data: Any, splits: Any, original: Any, center_state: Any, noise_seed: int | None,
              progress: bool, device: Any) -> Any:
     """Exact unlearning: retrain on the retain set, from the centre or a fresh initialisation, same budget."""
     from torch.nn.functional import cross_entropy

@@ -76,6 +76,10 @@ def _markdown_table(phases: Sequence[Phase]) -> str:
     if any(p.forget is None for p in phases):
         rows += ["", "The original model's forget-set accuracy is not reported: it is not covered by the "
                  "guarantee (docs/theory.md#what-a-certificate-records)."]
+    if any(p.kind == "original" for p in phases):
+        rows += ["", "**Private:** the row of the original model holds statistics of the model trained on D, "
+                 "computed before any noise. They are for the model's owner: publishing them with the "
+                 "certificate is not covered by the guarantee (docs/theory.md#soundness-rules)."]
     return "\n".join(rows)
 
 

@@ -251,3 +251,15 @@ def test_a_phase_without_forget_accuracy_formats_as_not_reported(tmp_path):
     assert "| original (trained on D) | 0.9000 | not reported | 0.8600 |" in md.read_text()
     with pytest.raises(InvalidParameterError, match="forget"):
         Phase(label="x", kind="noisy", retain=0.5, forget=None, test=0.5)
+
+
+def test_demo_release_is_keyed_from_the_os_and_its_replay_uses_the_opening(tmp_path):
+    """Without --noise-seed the released run's key is fresh from the OS (not a 63-bit user seed), and the
+    private per-epoch replay reuses that run's opening, so it is still bit-identical. The original model's
+    row is marked private in the report."""
+    config = DemoConfig.quick_defaults(data="digits", batch_size=64)
+    result = run_demo(config, tmp_path, progress=False, echo=lambda line: None)
+    cert = json.loads((tmp_path / "certificate.json").read_text())
+    assert cert["execution"]["noise"]["key_origin"] == "os"
+    assert result.replay_max_abs_diff == 0.0
+    assert "**Private:**" in (tmp_path / "report.md").read_text()
