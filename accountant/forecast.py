@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 from certun.accountant.schedule import Mode, Schedule, Variant
 from certun.errors import InvalidParameterError
@@ -53,12 +54,15 @@ def _effective_sigma(s: Schedule) -> tuple[float, float, str]:
     return float(s.sigmas[-1]), float(s.C2), "C2"
 
 
-def forecast(schedule: Schedule, d: int) -> Forecast | None:
-    """Forecast for ``d`` unlearned parameters, or ``None`` for retraining (no noise).
+def forecast(schedule: Schedule, d: Any) -> Forecast | None:
+    """Forecast for ``d`` unlearned parameters (an integer, or a model whose trainable parameters are
+    counted), or ``None`` for retraining (no noise).
 
     Raises:
-        InvalidParameterError: ``d`` is not an integer >= 1, or ``schedule`` is not a Schedule.
+        InvalidParameterError: ``d`` is not an integer >= 1 or a model, or ``schedule`` is not a Schedule.
     """
+    if callable(getattr(d, "parameters", None)):  # a torch module, duck-typed (the accountant imports no torch)
+        d = sum(int(p.numel()) for p in d.parameters() if getattr(p, "requires_grad", True))
     if not isinstance(schedule, Schedule):
         raise InvalidParameterError("schedule", type(schedule).__name__, "a Schedule from certun.plan")
     if isinstance(d, bool) or not isinstance(d, int) or d < 1:

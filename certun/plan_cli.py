@@ -7,6 +7,7 @@ import json
 import math
 
 from certun.accountant import Method, Mode, Variant, plan
+from certun.accountant.forecast import forecast
 from certun.accountant.planner import DEFAULT_GAMMA
 from certun.accountant.schedule import MAX_DELTA, MAX_EPS, MAX_SCALE, MAX_STEPS, MIN_DELTA, MIN_SCALE
 from certun.errors import CertunError
@@ -47,6 +48,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="model_clipping step form (default noise_after_projection)")
     p.add_argument("--method", default=Method.EXACT.value, choices=[m.value for m in Method],
                    help="exact calibration (default) or the paper's closed form, for comparison")
+    p.add_argument("--d", type=int, help="number of unlearned parameters (an integer >= 1): also forecast whether "
+                   "the noise erases the model (docs/theory.md#utility-limit), from public numbers only")
     p.add_argument("--json", action="store_true", help="print schedule.to_dict() as JSON")
     p.set_defaults(func=run)
 
@@ -88,6 +91,10 @@ def run(args: argparse.Namespace) -> int:
         rows.append(other)
     for note in s.notes:
         rows.append(("note", note))
+    if args.d is not None:
+        f = forecast(s, args.d)
+        rows.append(("forecast", "retraining adds no noise: the model keeps what retraining learns" if f is None
+                     else f.text))
     width = max(len(k) for k, _ in rows)
     for k, v in rows:
         print(f"{k:<{width}}  {v}")
