@@ -57,6 +57,7 @@ from certun.backends.torch_model import (
     flat_center,
     select_parameters,
 )
+from certun.backends.torch_state import changed_attributes, state_fingerprint
 from certun.backends.torch_steps import add_noise, gc_step, mc_step, output_perturbation, project_ball
 from certun.errors import InvalidParameterError, UnlearningRunError, UnsupportedModelError
 
@@ -375,6 +376,7 @@ class TorchBackend:
         for p in parts.params:
             p.requires_grad_(True)
 
+        state_before = state_fingerprint(work)  # plain attributes; none may be written during the run
         run = _Run(work, data, schedule, parts, opts, loss_fn=loss_fn, device=dev, dtype=dtype,
                    center=center, clipping=clipping, buffers=buffers, model_factory=model_factory,
                    epoch_batches=epoch_batches,
@@ -401,6 +403,14 @@ class TorchBackend:
             clear_training_state(work)
             restore_training_flags(flags)
 
+        written_state = changed_attributes(state_before, state_fingerprint(work))
+        if written_state:
+            raise UnlearningRunError(
+                f"the model wrote plain attributes during the run: {written_state[:5]}"
+                f"{' ...' if len(written_state) > 5 else ''}; state computed at iterates the guarantee does not "
+                "cover (the pre-noise start among them) would ship with the model "
+                "(docs/theory.md#soundness-rules); no certificate was issued. Cache nothing in forward(), or "
+                "register the state as a buffer and pass buffers='recompute' or 'public'")
         after = certify.digest(_cpu_copy(dict(zip(parts.names, parts.params, strict=True))))
         if parts.frozen:
             frozen_after = certify.digest(_cpu_copy(dict(parts.frozen)))

@@ -385,3 +385,38 @@ def test_objects_walk_is_bounded_and_cycle_safe():
     model[0].act = F.relu
     model[0].deep = _Holder(_Holder(_Holder(_Holder(_Holder(_Holder(_Holder(_Holder(1))))))))
     assert unregistered_arrays(model) == {}
+
+
+# ------------------------------------------------------------------------------ state written during the run
+class _Cached(nn.Module):
+    """Caches its last output (a tensor) and a running maximum (a Python float) in forward."""
+
+    def __init__(self, what):
+        super().__init__()
+        self.fc = nn.Linear(4, 2)
+        self.what = what
+        self.last = None
+        self.peak = 0.0
+
+    def forward(self, x):
+        out = self.fc(x)
+        if self.what == "tensor":
+            self.last = out.detach()
+        elif self.what == "scalar":
+            self.peak = max(self.peak, float(out.detach().abs().max()))
+        elif self.what == "new":
+            self.fresh = 1
+        return out
+
+
+@pytest.mark.parametrize("attributes", ["reject", "public"])
+@pytest.mark.parametrize(("what", "name"), [("tensor", "last"), ("scalar", "peak"), ("new", "fresh")])
+def test_state_written_during_the_run_is_refused(what, name, attributes):
+    """With T = 1 a forward cache holds the output at the pre-noise start Pi_C0(A(D)): the released object
+    would carry it. Any attribute added or changed during the run is refused, in every attributes mode."""
+    with pytest.raises(UnlearningRunError, match=rf"plain attributes during the run: \['{name}'\]"):
+        _run(_Cached(what), attributes=attributes, schedule=small_gc(T=1))
+
+
+def test_a_model_writing_nothing_during_the_run_is_certified():
+    assert _run(_Cached("nothing")).certificate is not None
