@@ -96,8 +96,11 @@ def _feed(h: Any, value: Any, depth: int) -> None:
         if t.layout != torch.strided:
             t = t.to_dense()
         t = t.contiguous()
-        _array(h, str(t.dtype).replace("torch.", ""), tuple(t.shape),
-               t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        try:
+            data = t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b""
+        except (RuntimeError, TypeError):  # a quantized tensor: its values as text
+            data = repr(t.dequantize().tolist() if t.is_quantized else t.tolist()).encode()
+        _array(h, str(t.dtype).replace("torch.", ""), tuple(t.shape), data)
     elif isinstance(value, (np.ndarray, np.generic)) and np.asarray(value).dtype != object:
         a = np.ascontiguousarray(value)
         if a.dtype.byteorder == ">":

@@ -50,10 +50,13 @@ def _feed(h: Any, value: Any, registered: set[int], modules: set[int], seen: set
         if id(value) in registered:
             h.update(b"registered")
             return
-        t = value.detach().to("cpu").contiguous()
-        h.update(f"{t.dtype}{tuple(t.shape)}".encode())
-        if t.numel() and not t.is_sparse and t.layout == torch.strided:
-            h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+        t = value.detach().to("cpu")
+        h.update(f"{t.dtype}{tuple(t.shape)}{t.layout}".encode())
+        try:
+            h.update((t.to_dense() if t.layout != torch.strided else t).contiguous().reshape(-1)
+                     .view(torch.uint8).numpy().tobytes())
+        except (RuntimeError, TypeError):  # a quantized or otherwise unviewable tensor: its values as text
+            h.update(repr(t.tolist() if not t.is_quantized else t.dequantize().tolist()).encode())
         return
     if isinstance(value, np.ndarray) and value.dtype != object:
         h.update(f"{value.dtype.str}{value.shape}".encode() + np.ascontiguousarray(value).tobytes())
