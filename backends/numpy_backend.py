@@ -24,7 +24,15 @@ from certun.backends.base import UnlearnResult
 from certun.backends.numpy_steps import SAFETY, add_noise, gc_step, mc_step, output_perturbation, project_ball
 from certun.backends.numpy_steps import clip as clip_vector
 from certun.backends.options import RunOptions, clipping_for, opening_secret, resolve_seed
-from certun.backends.run_key import check_tail, draw_index, noise_record, run_context, run_key
+from certun.backends.run_key import (
+    RETAIN_PREFIX_START,
+    chain_batch,
+    check_tail,
+    draw_index,
+    noise_record,
+    run_context,
+    run_key,
+)
 from certun.errors import InvalidParameterError, UnlearningRunError
 
 __all__ = ["LOSSES", "LinearModel", "NumpyBackend", "batches"]
@@ -117,7 +125,7 @@ def batches(X: np.ndarray, y: np.ndarray, batch_size: int) -> list[tuple[np.ndar
 
 
 def _cycle(data: Iterable[Any],
-           on_pass: Callable[[int], None] | None = None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+           on_pass: Callable[[int], None] | None = None) -> Iterator[tuple[np.ndarray, np.ndarray, Any]]:
     passes = 0
     while True:
         count = samples = 0
@@ -129,7 +137,7 @@ def _cycle(data: Iterable[Any],
                 continue
             count += 1
             samples += len(X)
-            yield np.asarray(X, dtype=np.float64), np.asarray(y)
+            yield np.asarray(X, dtype=np.float64), np.asarray(y), (X, y)
         if count == 0:
             if passes:
                 raise UnlearningRunError(f"the retain data yielded no batch on pass {passes + 1}: a one-shot "
@@ -232,7 +240,7 @@ class NumpyBackend:
         draws = iter(range(2**62))
         first: list[np.ndarray] = []
 
-        def draw(d: int, step: int | None) -> np.ndarray:
+        def draw(d: int, step: int | None, retain_prefix: bytes = RETAIN_PREFIX_START) -> np.ndarray:
             k = next(draws)
             if noise_source is not None:
                 z = np.asarray(noise_source(k, d), dtype=np.float64)
@@ -241,7 +249,8 @@ class NumpyBackend:
                 return z
             if noise_mode != "fresh" and first:
                 return first[0]
-            z = np.asarray(generator.normal(draw_index(schedule, step), d), dtype=np.float64)
+            source = generator if step is None else key.step_generator(retain_prefix)
+            z = np.asarray(source.normal(draw_index(schedule, step), d), dtype=np.float64)
             if noise_mode != "fresh":
                 first.append(z)
             return z
@@ -262,13 +271,15 @@ class NumpyBackend:
             stream = _cycle(data, on_pass=on_pass)
             mode = (s.mode or Mode.NOISE_AFTER_PROJECTION).value
             start = time.perf_counter()
+            running = RETAIN_PREFIX_START
             for t in range(s.T):
-                X, y = next(stream)
+                X, y, raw = next(stream)
+                running = chain_batch(running, raw)  # the batch of step t keys draw t (as in the torch backend)
                 loss, g = gradient(model.with_flat(x), X, y, clip=clipping, C1=s.C1)
                 if not np.isfinite(loss):
                     raise UnlearningRunError(f"non-finite loss at noisy step {t}; no certificate was issued")
                 gamma, sigma = s.gammas[t], s.sigmas[t]
-                z = draw(model.d, t)
+                z = draw(model.d, t, running)
                 if s.variant is Variant.GRADIENT_CLIPPING:
                     used = clip_vector(g, s.C1)
                     x = add_noise(gc_step(x, g, gamma=gamma, lam=s.lam, C1=s.C1, center=c), sigma, noise=z)

@@ -40,7 +40,17 @@ from certun.accountant.schedule import Mode, Schedule, Variant
 from certun.backends import certify
 from certun.backends.base import UnlearnResult
 from certun.backends.options import RunOptions, clipping_for, opening_secret, resolve_seed
-from certun.backends.run_key import RunKey, check_tail, draw_index, noise_record, run_context, run_key
+from certun.backends.run_key import (
+    RETAIN_PREFIX_START,
+    RunKey,
+    chain_batch,
+    check_tail,
+    draw_index,
+    loss_name,
+    noise_record,
+    run_context,
+    run_key,
+)
 from certun.backends.torch_attributes import digestible, unregistered_arrays
 from certun.backends.torch_grad import GradientComputer, batch_size
 from certun.backends.torch_hygiene import (
@@ -57,6 +67,7 @@ from certun.backends.torch_model import (
     flat_center,
     select_parameters,
 )
+from certun.backends.torch_state import changed_attributes, state_fingerprint
 from certun.backends.torch_steps import add_noise, gc_step, mc_step, output_perturbation, project_ball
 from certun.errors import InvalidParameterError, UnlearningRunError, UnsupportedModelError
 
@@ -136,7 +147,9 @@ class _RetainStream:
     """Cycles through the retain data as ``(inputs, targets)`` on the device, one pass after another.
 
     Refuses empty data, tells a consumed one-shot iterator from empty data, and reports the number
-    of samples of each completed pass to ``on_pass`` (the retain-identifier count check).
+    of samples of each completed pass to ``on_pass`` (the retain-identifier count check). ``running``
+    is the running hash of the batches yielded so far (:func:`~certun.backends.run_key.chain_batch`),
+    which keys each step's noise.
     """
 
     def __init__(self, data: Iterable[Any], device: torch.device, *, batch_first: bool,
@@ -145,6 +158,7 @@ class _RetainStream:
         self.device = device
         self.batch_first = batch_first
         self.on_pass = on_pass
+        self.running = RETAIN_PREFIX_START
         self._iterator = self._cycle()
 
     def __next__(self) -> tuple[Any, Any]:
@@ -160,6 +174,7 @@ class _RetainStream:
                     continue
                 count += 1
                 samples += size
+                self.running = chain_batch(self.running, (inputs, targets))
                 yield _to_device(inputs, self.device), _to_device(targets, self.device)
             if count == 0:
                 if passes:
@@ -252,7 +267,8 @@ class TorchBackend:
                 An integer (``0 <= seed < 2**63``) is for tests and audits only: it is not a secret
                 key, the certificate records it as a user seed and ``certun verify`` WARNs. Either
                 way the run key is derived from it and every run input (starting model, centre,
-                retain/forget identifiers, schedule, options, dtype), so a reused seed never repeats
+                retain/forget identifiers, schedule, options, loss, frozen and public values, dtype; each step
+                also by the retain batches read so far), so a reused seed never repeats
                 noise across different runs; never reuse a seed all the same. The certificate holds
                 only a salted commitment; the opening goes back in ``result.seed_opening``. Passing a
                 previous run's ``seed_opening`` replays that run exactly (an audit, or scoring a run
@@ -379,6 +395,7 @@ class TorchBackend:
         for p in parts.params:
             p.requires_grad_(True)
 
+        state_before = state_fingerprint(work)  # plain attributes; none may be written during the run
         run = _Run(work, data, schedule, parts, opts, loss_fn=loss_fn, device=dev, dtype=dtype,
                    center=center, clipping=clipping, buffers=buffers, model_factory=model_factory,
                    epoch_batches=epoch_batches,
@@ -389,7 +406,10 @@ class TorchBackend:
             retain_fingerprint=ids.retain_fingerprint, forget_fingerprint=ids.forget_fingerprint, schedule=schedule,
             options={"clip": clipping, "postprocess": opts.postprocess, "noise_mode": opts.noise_mode,
                      "buffers": buffers, "frozen": frozen_mode, "frozen_parameters": sorted(parts.frozen),
-                     "attributes": attributes},
+                     "attributes": attributes, "loss": loss_name(loss_fn),
+                     "frozen_values": None if frozen_before is None else frozen_before.root,
+                     "public_buffers": None if public is None else public.root,
+                     "public_attributes": None if public_attributes is None else public_attributes.root},
             unlearned_parameters=parts.names, dtype=str(dtype).replace("torch.", ""), backend=self.name))
         run.key = key
         # torch.manual_seed below reseeds every CUDA device: fork them all so the caller's RNGs are restored
@@ -404,6 +424,14 @@ class TorchBackend:
             clear_training_state(work)
             restore_training_flags(flags)
 
+        written_state = changed_attributes(state_before, state_fingerprint(work))
+        if written_state:
+            raise UnlearningRunError(
+                f"the model wrote plain attributes during the run: {written_state[:5]}"
+                f"{' ...' if len(written_state) > 5 else ''}; state computed at iterates the guarantee does not "
+                "cover (the pre-noise start among them) would ship with the model "
+                "(docs/theory.md#soundness-rules); no certificate was issued. Cache nothing in forward(), or "
+                "register the state as a buffer and pass buffers='recompute' or 'public'")
         after = certify.digest(_cpu_copy(dict(zip(parts.names, parts.params, strict=True))))
         if parts.frozen:
             frozen_after = certify.digest(_cpu_copy(dict(parts.frozen)))
@@ -560,10 +588,11 @@ class _Run:
         finally:
             flat.release()
 
-    def _draw(self, x: torch.Tensor, step: int | None) -> torch.Tensor:
+    def _draw(self, x: torch.Tensor, step: int | None, retain_prefix: bytes | None = None) -> torch.Tensor:
         """The float64 standard-normal vector of noisy step ``step`` (``None``: the σ0 draw).
 
-        Fresh from the keyed generator (draw index :func:`~certun.backends.run_key.draw_index`),
+        Fresh from the keyed generator (draw index :func:`~certun.backends.run_key.draw_index`; a
+        noisy step's generator is also keyed by ``retain_prefix``, the running hash of its batches),
         injected by ``noise_source`` (called with the running draw count), or (audit only) reused.
         """
         k = self._draws
@@ -577,7 +606,9 @@ class _Run:
             return self._first_draw
         if self.key is None:  # set by unlearn() before execute(); never reached from the public API
             raise UnlearningRunError("internal error: the run's noise key was not derived; no certificate was issued")
-        z = self.key.generator().normal_torch(draw_index(self.schedule, step), x.numel(), device=x.device)
+        generator = self.key.generator() if step is None else self.key.step_generator(
+            RETAIN_PREFIX_START if retain_prefix is None else retain_prefix)
+        z = generator.normal_torch(draw_index(self.schedule, step), x.numel(), device=x.device)
         z = z.to(device=x.device, dtype=torch.float64).reshape(x.shape)
         if self.opts.noise_mode != "fresh":
             self._first_draw = z
@@ -613,7 +644,7 @@ class _Run:
                 g = g64.copy_(flat.g)
                 gamma, sigma = s.gammas[t], s.sigmas[t]
                 with torch.no_grad():
-                    z = self._draw(x, t)
+                    z = self._draw(x, t, batches.running)
                     if gc:
                         gc_step(x, g, gamma=gamma, lam=s.lam, C1=s.C1, center=c)
                         add_noise(x, sigma, noise=z)
