@@ -3,16 +3,19 @@
 Each certificate after the first records ``chain.previous``, the content digest of the certificate
 before it, and ``chain.sequence``, its position (0 for the first). :func:`check_chain` walks the links
 back through a folder of certificate files and passes only if the walk ends at sequence 0. Links use
-*recomputed* digests, so a modified predecessor breaks the chain. Every predecessor is itself checked:
-stored content digest, internal consistency, and its signature (by a pinned key when keys are pinned).
+*recomputed* digests, so a modified predecessor breaks the chain. Every predecessor is itself verified
+in full (:func:`certun.certificates.verify` without model or chain, with the same pinned keys,
+``require_signature`` and ``strict``): any FAIL, or a guarantee that does not recompute, breaks the link.
 Two certificates with the same predecessor are a fork: two histories of one ledger, reported as a
 FAIL. Only regular ``*.json`` files of at most :data:`~certun.certificates.parse.MAX_CERTIFICATE_BYTES`
-are read, at most :data:`MAX_CHAIN_FILES` of them and :data:`MAX_CHAIN_BYTES` in all.
+are read, at most :data:`MAX_CHAIN_FILES` of them and :data:`MAX_CHAIN_BYTES` in all; symbolic links
+are skipped, and a file (or identical bytes) reached twice is read, parsed and hashed once.
 See docs/theory.md#sequential-requests.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import stat
 from collections.abc import Collection, Mapping
@@ -20,28 +23,34 @@ from pathlib import Path
 from typing import Any
 
 from certun.certificates.canonical import content_digest
-from certun.certificates.consistency import consistency_problems
-from certun.certificates.parse import load_certificate
+from certun.certificates.parse import load_certificate, read_bytes
 from certun.certificates.report import Status, printable
-from certun.certificates.signing import verify_document
 
-__all__ = ["MAX_CHAIN_BYTES", "MAX_CHAIN_FILES", "check_chain", "index_certificates"]
+__all__ = ["MAX_CHAIN_BYTES", "MAX_CHAIN_FILES", "MAX_CHAIN_T", "check_chain", "index_certificates"]
 
 #: Most ``*.json`` files a chain folder may hold (bounds the work of one verification).
 MAX_CHAIN_FILES = 4096
 #: Most bytes the ``*.json`` files of a chain folder may hold together (a ledger of a thousand
-#: requests with constant schedules is a few MB).
-MAX_CHAIN_BYTES = 64 * 1024 * 1024
+#: requests with constant schedules is a few MB; each byte may cost parsing and hashing).
+MAX_CHAIN_BYTES = 16 * 1024 * 1024
+#: Most noisy steps the predecessors of one walk may record together: each predecessor's guarantee is
+#: recomputed (the exact accountant runs once per step), so this bounds the work of the walk the way
+#: ``MAX_VERIFY_T`` bounds one certificate's.
+MAX_CHAIN_T = 1_000_000
 
 
 def _json_files(folder: Path) -> tuple[list[Path], list[str]]:
     files, notes, total = [], [], 0
+    seen: set[tuple[int, int]] = set()
     with os.scandir(folder) as entries:
         for entry in entries:
             if not entry.name.endswith(".json"):
                 continue
             try:
-                info = os.stat(entry.path)  # follows links; never opens
+                if entry.is_symlink():
+                    notes.append(f"{printable(entry.name)}: a symbolic link, skipped (copy the certificate in)")
+                    continue
+                info = os.stat(entry.path, follow_symlinks=False)  # never opens
                 regular = stat.S_ISREG(info.st_mode)
             except OSError as exc:
                 notes.append(f"{printable(entry.name)}: cannot stat ({exc.strerror})")
@@ -49,6 +58,9 @@ def _json_files(folder: Path) -> tuple[list[Path], list[str]]:
             if not regular:
                 notes.append(f"{printable(entry.name)}: not a regular file, skipped")
                 continue
+            if (info.st_dev, info.st_ino) in seen:
+                continue  # a hard link to a file already listed: read it once
+            seen.add((info.st_dev, info.st_ino))
             files.append(Path(entry.path))
             total += info.st_size
             if total > MAX_CHAIN_BYTES:
@@ -72,9 +84,15 @@ def index_certificates(folder: str | os.PathLike) -> tuple[dict[str, tuple[Path,
         raise ValueError(f"the chain folder holds {len(files)} *.json files, more than the {MAX_CHAIN_FILES} "
                          "one verification reads")
     index: dict[str, tuple[Path, dict[str, Any]]] = {}
+    by_bytes: set[bytes] = set()
     for path in files:
         try:
-            cert = load_certificate(path)
+            data = read_bytes(path)
+            raw = hashlib.sha256(data).digest()
+            if raw in by_bytes:
+                continue  # identical bytes: the same certificate, parsed and hashed once
+            by_bytes.add(raw)
+            cert = load_certificate(data)
             digest = content_digest(cert)
         except Exception as exc:  # any unreadable file is a note, never an escape
             notes.append(f"{printable(path.name)}: not a valid certificate ({printable(str(exc))[:200]})")
@@ -84,23 +102,18 @@ def index_certificates(folder: str | os.PathLike) -> tuple[dict[str, tuple[Path,
 
 
 def _predecessor_problem(name: str, cert: Mapping[str, Any], link: str, trusted: Collection[str],
-                         require_signature: bool) -> str | None:
+                         require_signature: bool, strict: bool) -> str | None:
+    """Why a predecessor is not a valid link: its stored digest, or any FAIL of its own full verification."""
+    from certun.certificates.verify import verify
+
     if cert.get("content_digest") != link:
         return f"{name}: stored content_digest does not match its content {link}"
-    try:
-        problems = consistency_problems(cert)
-    except Exception as exc:  # a predecessor that breaks the checker is not a valid link
-        problems = [f"{type(exc).__name__}: {exc}"]
-    if problems:
-        return f"{name} is not internally consistent: {'; '.join(problems)}"
-    if "proof" in cert:
-        check = verify_document(cert)
-        if not check.valid:
-            return f"{name}: invalid signature: {check.detail}"
-        if trusted and check.key not in trusted:
-            return f"{name} is signed by {check.key}, which is not among the pinned keys"
-    elif trusted or require_signature:
-        return f"{name} is unsigned, but {'keys are pinned' if trusted else 'a signature is required'}"
+    report = verify(dict(cert), trusted_keys=tuple(trusted), require_signature=require_signature, strict=strict)
+    failed = [f"{c.name}: {c.detail}" for c in report.failures]
+    if failed:
+        return f"{name} does not verify: {'; '.join(failed)}"
+    if not report.ok:
+        return f"{name} does not verify: its guarantee was not recomputed"
     return None
 
 
@@ -123,7 +136,8 @@ def _forks(index: Mapping[str, tuple[Path, dict[str, Any]]], doc: Mapping[str, A
 
 
 def check_chain(doc: Mapping[str, Any], folder: str | os.PathLike, *,
-                trusted_keys: Collection[str] = (), require_signature: bool = False) -> tuple[Status, str]:
+                trusted_keys: Collection[str] = (), require_signature: bool = False,
+                strict: bool = False) -> tuple[Status, str]:
     """Follow ``chain.previous`` links from ``doc`` back to sequence 0; ``(Status, detail)``.
 
     Args:
@@ -131,6 +145,7 @@ def check_chain(doc: Mapping[str, Any], folder: str | os.PathLike, *,
         folder: the folder holding the ledger's earlier certificates.
         trusted_keys: pinned keys (``z6Mk...``); when given, every predecessor must be signed by one.
         require_signature: every predecessor must be signed (validly) even when no key is pinned.
+        strict: a predecessor's WARN fails its link too (as ``verify(strict=True)``).
     """
     name = printable(os.fspath(folder))
     if not Path(folder).is_dir():
@@ -141,7 +156,7 @@ def check_chain(doc: Mapping[str, Any], folder: str | os.PathLike, *,
         return Status.FAIL, printable(str(exc))
     warnings: list[str] = []
     doc_digest = content_digest(doc)
-    current, walked = doc, [doc_digest]
+    current, walked, steps = doc, [doc_digest], 0
     while current["chain"]["previous"] is not None:
         link, sequence = current["chain"]["previous"], current["chain"]["sequence"]
         if link in walked:
@@ -154,7 +169,11 @@ def check_chain(doc: Mapping[str, Any], folder: str | os.PathLike, *,
         label = printable(path.name)
         if previous["chain"]["sequence"] != sequence - 1:
             return Status.FAIL, f"{label} has sequence {previous['chain']['sequence']}, expected {sequence - 1}"
-        problem = _predecessor_problem(label, previous, link, trusted_keys, require_signature)
+        steps += previous["mechanism"]["T"]
+        if steps > MAX_CHAIN_T:
+            return Status.FAIL, (f"the predecessors up to {label} record {steps} noisy steps, more than the "
+                                 f"{MAX_CHAIN_T} one verification recomputes")
+        problem = _predecessor_problem(label, previous, link, trusted_keys, require_signature, strict)
         if problem:
             return Status.FAIL, problem
         if previous["issued_at"] > current["issued_at"]:

@@ -76,10 +76,15 @@ def _usable_inputs(args: argparse.Namespace, model: Any) -> tuple[bytes, list[st
 
 
 def _report(args: argparse.Namespace, model: Any = None) -> Any:
+    return _report_and_bytes(args, model)[0]
+
+
+def _report_and_bytes(args: argparse.Namespace, model: Any = None) -> tuple[Any, bytes]:
+    """The report and the very bytes it verified (read once: a file swapped after the read changes nothing)."""
     data, keys = _usable_inputs(args, model)
     return verify(data, model=model, trusted_keys=keys, chain_dir=args.chain, max_eps=args.max_eps,
                   max_delta=args.max_delta, require_signature=args.require_signature, strict=args.strict,
-                  allow_uncovered=getattr(args, "allow_uncovered", False))
+                  allow_uncovered=getattr(args, "allow_uncovered", False)), data
 
 
 def register(subparsers: Any) -> None:
@@ -176,12 +181,12 @@ def _inspect(args: argparse.Namespace) -> int:
 
 def _receipt_verify(args: argparse.Namespace) -> int:
     receipt = MerkleReceipt.from_dict(strict_loads(_read_bytes(args.receipt, what="receipt")))
-    report = _report(args)
+    report, data = _report_and_bytes(args)
     if not report.ok:
         print(report)
         print("FAILED: the certificate does not verify, so no receipt can be checked against it")
         return 1
-    cert = load_certificate(args.certificate)
+    cert = load_certificate(data)  # the bytes that were verified, never a second read of the file
     record = printable(repr(receipt.record_id))
     id_set = cert["artifacts"][f"{args.which}_set"]
     if id_set is None:

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from certun.certificates.digest import root_digest, tensor_digest
+from certun.certificates.npz_reader import read_npz
 from certun.certificates.report import Status, printable
 from certun.certificates.safetensors_reader import read_safetensors
 from certun.errors import CertificateFormatError
@@ -104,8 +105,7 @@ def load_model_tensors(path: str | os.PathLike) -> dict[str, Any]:
         if not stat.S_ISREG(os.stat(path).st_mode):
             raise CertificateFormatError(f"model file {printable(str(path))} is not a regular file")
         if suffix == ".npz":
-            with np.load(path, allow_pickle=False) as archive:
-                tensors = {name: archive[name] for name in archive.files}
+            tensors = read_npz(path)
         elif suffix == ".safetensors":
             tensors = read_safetensors(path)
         else:
@@ -135,6 +135,25 @@ def _compare(kind: str, recorded: Mapping[str, str], tensors: Mapping[str, Any])
         if got[name] != recorded[name]:
             return got, f"{_DIFFERS[kind].format(name=label)}: got {got[name]}, expected {recorded[name]}"
     return got, None
+
+
+def _dimension_problem(ex: Mapping[str, Any], tensors: Mapping[str, Any]) -> str | None:
+    """Why the model's unlearned tensors disagree with ``execution.parameter_shapes`` or ``execution.d``
+    (the noise residual and the accounting are computed from them), or ``None``."""
+    shapes = ex["parameter_shapes"]
+    d = 0
+    for name in ex["unlearned_parameters"]:
+        shape = [int(n) for n in tensors[name].shape]
+        if shapes and shapes.get(name) != shape:
+            return (f"tensor {printable(repr(name))} has shape {shape} but execution.parameter_shapes records "
+                    f"{shapes.get(name)}")
+        size = 1
+        for n in shape:
+            size *= n
+        d += size
+    if d != ex["d"]:
+        return f"the model's unlearned tensors hold {d} coordinates but execution.d is {ex['d']}"
+    return None
 
 
 def check_model(doc: Mapping[str, Any], model: str | os.PathLike | Mapping[str, Any], *,
@@ -167,6 +186,9 @@ def check_model(doc: Mapping[str, Any], model: str | os.PathLike | Mapping[str, 
     root = root_digest(got)
     if root != recorded["root"]:
         return Status.FAIL, f"unlearned-model root differs: got {root}, expected {recorded['root']}"
+    problem = _dimension_problem(doc["execution"], tensors)
+    if problem:
+        return Status.FAIL, problem
     frozen = doc["execution"]["frozen_parameters"]
     _, problem = _compare("frozen parameter", frozen, tensors)
     if problem:

@@ -72,7 +72,9 @@ class RunRecord:
         device, dtype: where and in which precision the noisy phase ran.
         started_at, finished_at: RFC 3339 UTC timestamps.
         versions: library versions (certun, torch, opacus, numpy, ...).
-        extra: anything else worth keeping (free-form, JSON-serialisable).
+        extra: backend details, only the keys certun's backends write
+            (:data:`certun.certificates.consistency.EXTRA_KEYS`): the section is closed so that no
+            seed or identifier list can ride along in it.
         noise: the noise source (``execution.noise``): generator, key bits, sampler, key origin
             (``"os"`` or ``"user_seed"``), draws, Box–Muller pairs and the sampler's tail residual
             (:mod:`certun.certificates.noise_check`); required for every variant that adds noise.

@@ -4,17 +4,24 @@ Order (a check whose prerequisite did not pass is SKIP; nothing is skipped silen
 
 1. ``strict_parse``   — strict JSON: no NaN/Infinity, duplicate keys, 1e400, unsafe integers
 2. ``format``         — ``format`` and a known ``format_version``
-3. ``no_raw_seed``    — no key anywhere looks like a raw seed (only its commitment is allowed)
+3. ``no_raw_seed``    — no key anywhere looks like a raw seed or key (``seed``, ``rng``, ``noise_key``,
+   ``secret``, ...), no value writes one out, no 64-hex string outside the hash fields (only the
+   key's commitment is allowed)
 4. ``schema``         — the shipped JSON Schema of that version (integers must be integers)
 5. ``content_digest`` — RFC 8785 digest of everything but the proof matches ``content_digest``
 6. ``signature``      — eddsa-jcs-2022 proof valid; PASS if the key is pinned, WARN if not (after the schema)
-7. ``consistency``    — the certificate agrees with itself (claim = target, T, d, clipping, ...)
-8. ``noise``          — the noise record: ≥ 128-bit key, draws and sampler tail residual ≤ 1e-13·δ
-   recomputed from d and T; WARN when the key came from a user seed (testing/audit only)
+7. ``consistency``    — the certificate agrees with itself (claim = target, T, d, clipping, ...),
+   ``execution.extra`` holds only the backends' keys, no record identifiers in free-form fields or notes
+8. ``noise``          — the noise record names a known source (generator, sampler, key derivation)
+   with that source's key bits and tail mass; draws and tail residual ≤ 1e-13·δ recomputed from d,
+   T and the known tail mass; a key commitment of the right scheme; WARN when the key came from a
+   user seed (testing/audit only)
 9. ``recompute``      — the accountant's guarantee of ``mechanism`` supports the claim
 10. ``stored_accounting`` — stored "achieved" numbers agree with the recomputation (WARN only)
-11. ``model``         — a model file's tensors hash to the recorded digests (with ``model=``)
-12. ``chain``         — links to previous certificates (with ``chain_dir=``)
+11. ``model``         — a model file's tensors hash to the recorded digests, and their shapes are
+   ``parameter_shapes`` and add up to ``d`` (with ``model=``)
+12. ``chain``         — links to previous certificates (with ``chain_dir=``), each predecessor
+   verified in full (every check above, same pinned keys, ``require_signature`` and ``strict``)
 13. ``policy``        — claimed ε, δ within the verifier's limits (with ``max_eps=``/``max_delta=``)
 
 ``Report.ok`` requires no FAIL **and** a ``recompute`` that actually PASSed, so a report of SKIPs
@@ -61,6 +68,7 @@ class _Context:
     max_delta: float | None
     require_signature: bool = False
     allow_uncovered: bool = False
+    strict: bool = False
     pinned: tuple[str, ...] = ()
     doc: Any = None
     decision: ClaimDecision | None = None
@@ -228,7 +236,8 @@ def _chain(ctx: _Context) -> tuple[Status, str]:
         return Status.SKIP, f"links to previous certificate {previous}; pass the ledger folder to check the chain"
     from certun.certificates.chain import check_chain
 
-    return check_chain(ctx.doc, ctx.chain_dir, trusted_keys=ctx.pinned, require_signature=ctx.require_signature)
+    return check_chain(ctx.doc, ctx.chain_dir, trusted_keys=ctx.pinned, require_signature=ctx.require_signature,
+                       strict=ctx.strict)
 
 
 def _policy(ctx: _Context) -> tuple[Status, str]:
@@ -336,7 +345,8 @@ def verify(cert: Mapping[str, Any] | bytes | str | os.PathLike, *,
     _validate_arguments(cert, model, trusted_keys, trusted_key_files, chain_dir, max_eps, max_delta)
     ctx = _Context(source=cert, model=model, trusted_keys=trusted_keys, trusted_key_files=trusted_key_files,
                    chain_dir=chain_dir, max_eps=max_eps, max_delta=max_delta,
-                   require_signature=bool(require_signature), allow_uncovered=bool(allow_uncovered))
+                   require_signature=bool(require_signature), allow_uncovered=bool(allow_uncovered),
+                   strict=bool(strict))
     results = []
     for name, requires, fn in _CHECKS:
         blocked = [r for r in requires if ctx.results[r] not in (Status.PASS, Status.WARN)]
