@@ -39,7 +39,7 @@ USER_SEED_NOTE = ("the noise key came from a user seed: testing/audit only, not 
 #: what is true of each: key bits, the sampler's misplaced mass per Box–Muller pair, the largest
 #: |z| it returns and whether coordinate values depend only on (key, draw, position).
 KNOWN_SOURCES: Mapping[tuple[str, str, str], Mapping[str, Any]] = {
-    ("chacha20-rfc8439", "box-muller-f64-u128", "hkdf-sha256 over certun.noise-key.v1"): {
+    ("chacha20-rfc8439", "box-muller-f64-u128", "hkdf-sha256 over certun.noise-key.v2"): {
         "key_bits": 8 * KEY_BYTES, "tail_mass_per_pair": TAIL_MASS_PER_PAIR, "max_abs_z": MAX_ABS_Z,
         "positional": True},
 }
