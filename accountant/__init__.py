@@ -7,10 +7,24 @@ docs/theory.md (docs/accountant.md).
 
 import math
 
+from certun.accountant._forecast import Forecast, forecast
 from certun.accountant._numerics import log_theta
-from certun.accountant.planner import DEFAULT_GAMMA, guarantee, plan
-from certun.accountant.rdp import eps_from_renyi, log_delta_from_renyi, max_renyi_for
-from certun.accountant.schedule import SCHEDULE_VERSION, Guarantee, Method, Mode, Schedule, Variant
+from certun.accountant._planner import DEFAULT_GAMMA, guarantee, plan
+from certun.accountant._rdp import eps_from_renyi, log_delta_from_renyi, max_renyi_for
+from certun.accountant._schedule import (
+    MAX_DELTA,
+    MAX_EPS,
+    MAX_SCALE,
+    MAX_STEPS,
+    MIN_DELTA,
+    MIN_SCALE,
+    SCHEDULE_VERSION,
+    Guarantee,
+    Method,
+    Mode,
+    Schedule,
+    Variant,
+)
 
 
 def theta(eps: float, r: float) -> float:
@@ -25,13 +39,21 @@ def theta(eps: float, r: float) -> float:
 
 __all__ = [
     "DEFAULT_GAMMA",
+    "MAX_DELTA",
+    "MAX_EPS",
+    "MAX_SCALE",
+    "MAX_STEPS",
+    "MIN_DELTA",
+    "MIN_SCALE",
     "SCHEDULE_VERSION",
+    "Forecast",
     "Guarantee",
     "Method",
     "Mode",
     "Schedule",
     "Variant",
     "eps_from_renyi",
+    "forecast",
     "guarantee",
     "log_delta_from_renyi",
     "log_theta",

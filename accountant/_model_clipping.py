@@ -19,7 +19,7 @@ from collections.abc import Iterable, Iterator
 import mpmath
 
 from certun.accountant._numerics import FLOAT_SLACK, log_add_exp, log_expm1, log_theta, log_theta_mp
-from certun.accountant.schedule import Mode
+from certun.accountant._schedule import Mode
 
 _LOG_HALF = math.log(0.5)
 _INV_SQRT2 = 1.0 / math.sqrt(2.0)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from certun.accountant.schedule import Mode, Schedule, Variant
+from certun.accountant._schedule import Mode, Schedule, Variant
 from certun.errors import InvalidParameterError
 
 __all__ = ["Forecast", "forecast"]
