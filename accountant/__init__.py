@@ -5,10 +5,8 @@ coefficient θ, Rényi conversion) are exported for verifiers and auditors. Sour
 docs/theory.md (docs/accountant.md).
 """
 
-import math
-
 from certun.accountant._forecast import Forecast, forecast
-from certun.accountant._numerics import log_theta
+from certun.accountant._numerics import delta_from_log, log_theta
 from certun.accountant._planner import DEFAULT_GAMMA, guarantee, plan
 from certun.accountant._rdp import eps_from_renyi, log_delta_from_renyi, max_renyi_for
 from certun.accountant._schedule import (
@@ -33,8 +31,7 @@ def theta(eps: float, r: float) -> float:
     Rounded up to the smallest positive float rather than underflowing to 0; use :func:`log_theta`
     for the exact log. Source: docs/theory.md#model-clipping.
     """
-    value = math.exp(log_theta(eps, r))
-    return value if value > 0.0 or r <= 0 else 5e-324
+    return 0.0 if r <= 0 else delta_from_log(log_theta(eps, r))
 
 
 __all__ = [

@@ -18,7 +18,14 @@ from collections.abc import Iterable, Iterator
 
 import mpmath
 
-from certun.accountant._numerics import FLOAT_SLACK, log_add_exp, log_expm1, log_theta, log_theta_mp
+from certun.accountant._numerics import (
+    FLOAT_SLACK,
+    log_add_exp,
+    log_expm1,
+    log_theta,
+    log_theta_from_tails,
+    log_theta_mp,
+)
 from certun.accountant._schedule import Mode
 
 _LOG_HALF = math.log(0.5)
@@ -85,7 +92,7 @@ def log_delta_steps(eps: float, radii: Iterable[float], log_delta0: float) -> It
     le = log_expm1(eps)
     log_delta = log_delta0
     shrink = 1.0 - FLOAT_SLACK
-    erfc, log, log1p, exp, expm1 = math.erfc, math.log, math.log1p, math.exp, math.expm1
+    erfc, log, log1p, exp, from_tails = math.erfc, math.log, math.log1p, math.exp, log_theta_from_tails
     for r in radii:
         if log_delta > LOG_DELTA_FLOOR:
             x = le - log_delta
@@ -96,9 +103,7 @@ def log_delta_steps(eps: float, radii: Iterable[float], log_delta0: float) -> It
             if -5.0 <= a and b <= 30.0:
                 la = _LOG_HALF + log(erfc(a * _INV_SQRT2))
                 lb = _LOG_HALF + log(erfc(b * _INV_SQRT2))
-                log_ratio = eps_tilde + lb - la
-                if log_ratio < -1e-5 * (eps_tilde - la - lb + 1.0):  # same criterion as log_theta
-                    step = la + log(-expm1(log_ratio))
+                step = from_tails(eps_tilde, la, lb)
             if step is None:
                 step = log_theta(eps_tilde, r)
             log_delta = max(log_delta + step * shrink, LOG_DELTA_FLOOR)

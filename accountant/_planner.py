@@ -14,7 +14,7 @@ from typing import Any
 
 from certun.accountant import _gradient_clipping as gc
 from certun.accountant import _model_clipping as mc
-from certun.accountant._numerics import FLOAT_SLACK, log_theta, log_theta_mp
+from certun.accountant._numerics import FLOAT_SLACK, delta_from_log, log_theta, log_theta_mp
 from certun.accountant._rdp import eps_at_alpha_mp, eps_from_renyi, max_renyi_for
 from certun.accountant._schedule import Guarantee, Method, Mode, Schedule, Variant, integer, real_number
 from certun.accountant._solver import round_up, solve_monotone
@@ -75,14 +75,6 @@ def _enum(enum_type, name: str, value: Any):
         raise InvalidParameterError(name, value, f"one of {valid}") from None
 
 
-def _delta_from_log(log_delta: float) -> float:
-    """δ = e^{ln δ}, rounded up to the smallest positive float instead of underflowing to 0."""
-    if log_delta >= 0.0:
-        return 1.0
-    d = math.exp(log_delta)
-    return d if d > 0.0 else 5e-324
-
-
 # ------------------------------------------------------------------------------------------ guarantee
 def guarantee(schedule: Schedule, *, exact: bool = False) -> Guarantee:
     """Recompute the (ε, δ) guarantee of a schedule from its inputs alone.
@@ -115,14 +107,14 @@ def guarantee(schedule: Schedule, *, exact: bool = False) -> Guarantee:
             ld = ld + 4 * math.ulp(ld)
         else:
             ld = log_theta(eps, r) * (1.0 - FLOAT_SLACK)
-        return Guarantee(eps, _delta_from_log(ld), log_delta=ld)
+        return Guarantee(eps, delta_from_log(ld), log_delta=ld)
     # model clipping
     radii = _mc_radii(schedule)
     if exact:
         ld = mc.log_delta_final_mp(eps, radii, schedule.C0, schedule.sigma0)
     else:
         ld = mc.log_delta_final(eps, radii, mc.log_delta_initial(eps, schedule.C0, schedule.sigma0))
-    return Guarantee(eps, _delta_from_log(ld), log_delta=ld)
+    return Guarantee(eps, delta_from_log(ld), log_delta=ld)
 
 
 def _gc_guarantee(s: Schedule, delta: float, *, exact: bool) -> Guarantee:
@@ -433,7 +425,7 @@ def _plan_model_clipping(eps, delta, C0, C1, C2, lam, gamma, T, sigma, sigma0, m
             break
         previous = last
     if not last <= log_delta:
-        best = Guarantee(eps, _delta_from_log(last), log_delta=last)
+        best = Guarantee(eps, delta_from_log(last), log_delta=last)
         raise InfeasibleError(
             f"model clipping with sigma={sigma} (r={r:.6g}) reaches only delta={best.delta:.3g} "
             + (f"after max_T={budget} steps" if steps >= budget else
