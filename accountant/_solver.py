@@ -52,23 +52,14 @@ def step_below(x: float, digits: int = SIG_DIGITS) -> float:
 
 @dataclass(frozen=True, slots=True)
 class Solution:
-    """Result of :func:`solve_monotone`.
+    """Result of :func:`solve_monotone`: the smallest feasible grid point ``x`` found and ``gap(x) ≤ 0``.
 
-    Attributes:
-        x: the smallest feasible grid point found (``gap(x) ≤ 0``).
-        gap: ``gap(x)``.
-        x_below: the next grid point below ``x`` (``None`` if ``x`` is the lower end of the domain).
-        gap_below: ``gap(x_below) > 0``, the evidence that ``x`` is tight.
-        evaluations: number of gap evaluations.
-        status: ``"converged"``.
+    The next grid point below ``x`` was evaluated and found infeasible (unless ``x`` is the lower end of
+    the domain); that is the solver's contract, so the value itself is not carried.
     """
 
     x: float
     gap: float
-    x_below: float | None
-    gap_below: float | None
-    evaluations: int
-    status: str = "converged"
 
 
 def solve_monotone(
@@ -93,8 +84,8 @@ def solve_monotone(
         maxiter: bound on evaluations; exceeding it raises :class:`SolverError`.
 
     Returns:
-        A :class:`Solution` with ``gap(x) ≤ 0`` and, unless ``x`` is the domain's lower end,
-        ``gap(x_below) > 0``.
+        A :class:`Solution` with ``gap(x) ≤ 0``; unless ``x`` is the domain's lower end, the gap at
+        the next grid point below was evaluated and is ``> 0``.
 
     Raises:
         SolverError: no feasible point could be bracketed, or the iteration limit was hit.
@@ -112,7 +103,7 @@ def solve_monotone(
         return value
 
     if integer:
-        return _solve_integer(g, guess, bracket, max(1, math.ceil(lower_limit)), lambda: count)
+        return _solve_integer(g, guess, bracket, max(1, math.ceil(lower_limit)))
 
     # ---- continuous: bracket in log space, bisect to a relative width far below the grid, round up
     if bracket is None:
@@ -153,11 +144,11 @@ def solve_monotone(
         x, gx = below, g_below
         below = step_below(x)
         g_below = g(below) if below > lower_limit else None
-    return Solution(x=x, gap=gx, x_below=below if g_below is not None else None,
-                    gap_below=g_below, evaluations=count)
+    return Solution(x=x, gap=gx)
 
 
-def _solve_integer(g, guess, bracket, first: int, counter) -> Solution:
+def _solve_integer(g: Callable[[float], float], guess: float | None, bracket: tuple[float, float] | None,
+                   first: int) -> Solution:
     if bracket is not None:
         lo, hi = int(bracket[0]), int(bracket[1])
     else:
@@ -173,7 +164,7 @@ def _solve_integer(g, guess, bracket, first: int, counter) -> Solution:
     # invariant: hi feasible; lo infeasible or below the domain
     if lo >= first and g(lo) <= 0:
         # the bracket's low end is feasible too: search downwards from it
-        return _solve_integer(g, None, (first - 1, lo), first, counter)
+        return _solve_integer(g, None, (first - 1, lo), first)
     while hi - lo > 1:
         mid = (lo + hi) // 2
         gm = g(mid)
@@ -181,7 +172,4 @@ def _solve_integer(g, guess, bracket, first: int, counter) -> Solution:
             hi, ghi = mid, gm
         else:
             lo = mid
-    below = hi - 1
-    g_below = g(below) if below >= first else None
-    return Solution(x=hi, gap=ghi, x_below=below if g_below is not None else None,
-                    gap_below=g_below, evaluations=counter())
+    return Solution(x=hi, gap=ghi)
