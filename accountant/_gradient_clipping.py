@@ -13,15 +13,29 @@ here is σ-free where it can be (``A(T) = eps_renyi·σ²``), so calibration is 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import mpmath
 import numpy as np
 
+from certun.accountant._mechanism import (
+    DEFAULT_MAX_T,
+    cost_note,
+    finish,
+    require,
+    require_steps,
+    require_target,
+    step_inputs,
+)
 from certun.accountant._numerics import FLOAT_SLACK
-from certun.errors import InvalidParameterError
+from certun.accountant._rdp import eps_at_alpha_mp, eps_from_renyi, max_renyi_for
+from certun.accountant._schedule import Guarantee, Method, Schedule, Variant, scale
+from certun.accountant._solver import round_up, solve_monotone
+from certun.errors import InfeasibleError, InvalidParameterError
 
 __all__ = [
+    "GradientClipping",
     "eps_renyi_schedule",
     "eps_renyi_schedule_mp",
     "noise_free_loss",
@@ -147,3 +161,130 @@ def closed_form_T(C0: float, C1: float, lam: float, gamma: float) -> tuple[int, 
     candidates = {max(1, math.floor(t_star)), max(1, math.ceil(t_star))}
     T = min(candidates, key=lambda t: (noise_free_loss(C0, C1, lam, gamma, t), t))
     return T, f"lam*C0 <= C1: T = argmin sigma = {t_star:.6g} -> {T} (docs/theory.md#gradient-clipping)"
+
+
+# ------------------------------------------------------------------------------------ the mechanism
+class GradientClipping:
+    """Noisy clipped-gradient steps from the projected model (docs/theory.md#gradient-clipping): ε at the target δ."""
+
+    inputs = frozenset({"C0", "C1", "lam", "gamma", "T", "sigma", "max_T"})
+    conversion = "renyi-shift-bound+cks2020-conversion"
+    exact = False
+
+    def validate(self, schedule: Schedule) -> Mapping[str, Any]:
+        """C0, C1 and T ≥ 1 steps; no model-clipping fields (``mode``, ``sigma0``)."""
+        require_target(schedule, math.inf)  # ε never enters the computation: any finite ε is fine
+        require(schedule, "C0")
+        require_steps(schedule)
+        require(schedule, "C1")
+        if schedule.mode is not None:
+            raise InvalidParameterError("mode", schedule.mode.value, "None for gradient_clipping")
+        if schedule.sigma0 is not None:
+            raise InvalidParameterError("sigma0", schedule.sigma0,
+                                        "None for gradient_clipping (docs/theory.md#gradient-clipping)")
+        return {}
+
+    def guarantee(self, schedule: Schedule, *, exact: bool) -> Guarantee:
+        """ε at the schedule's target δ, with the Rényi coefficient and the α of the conversion."""
+        s = schedule
+        delta = s.target.delta
+        log_delta = math.log(delta)
+        if s.sigma is not None and s.gamma is not None:
+            er = eps_renyi_constant(s.C0, s.C1, s.lam, s.gamma, s.sigma, s.T)
+        else:
+            er = eps_renyi_schedule(s.C0, s.C1, s.lam, s.gammas, s.sigmas)
+        eps, alpha = eps_from_renyi(er, log_delta)
+        if exact:
+            er = eps_renyi_schedule_mp(s.C0, s.C1, s.lam, s.gammas, s.sigmas)
+            if alpha is not None:
+                eps = max(eps_at_alpha_mp(alpha, er, log_delta), 0.0)
+        return Guarantee(eps, delta, log_delta=log_delta, eps_renyi=er, alpha=alpha)
+
+    def plan(self, target: Guarantee, method: Method, **inputs: Any) -> Schedule:
+        """σ for T (T from the paper's rule when not given), or the smallest T for σ."""
+        lam, gamma, T, sigma, max_T = step_inputs(inputs["lam"], inputs["gamma"], inputs["T"], inputs["sigma"],
+                                                  inputs["max_T"])
+        C0 = scale("C0", inputs["C0"], " (required for gradient_clipping)")
+        C1 = scale("C1", inputs["C1"], " (required for gradient_clipping)")
+        p = _Problem(target, method, C0, C1, lam, gamma, max_T)
+        return p.T_for(sigma) if sigma is not None else p.sigma_for(T)
+
+
+class _Problem:
+    """One calibration: the target and the fixed inputs, with ε as a function of (T, σ)."""
+
+    def __init__(self, target: Guarantee, method: Method, C0: float, C1: float, lam: float, gamma: float,
+                 max_T: int | None) -> None:
+        self.target, self.method, self.max_T = target, method, max_T
+        self.C0, self.C1, self.lam, self.gamma = C0, C1, lam, gamma
+        self.log_delta = math.log(target.delta)
+
+    def eps_of(self, T: int, sigma: float) -> float:
+        return eps_from_renyi(eps_renyi_constant(self.C0, self.C1, self.lam, self.gamma, sigma, T), self.log_delta)[0]
+
+    def closed_form(self, T: int) -> float:
+        return closed_form_sigma(self.target.eps, self.log_delta, self.C0, self.C1, self.lam, self.gamma, T)
+
+    def schedule(self, T: int, sigma: float, notes: list[str]) -> Schedule:
+        return finish(variant=Variant.GRADIENT_CLIPPING, T=T, C0=self.C0, C1=self.C1, lam=self.lam,
+                      gammas=(self.gamma,) * T, sigmas=(sigma,) * T, target=self.target, method=self.method,
+                      notes=tuple(notes))
+
+    def sigma_for(self, T: int | None) -> Schedule:
+        """The smallest σ for T; without T, T is the paper's rule capped at the budget."""
+        eps, notes = self.target.eps, []
+        chosen = T is None
+        if T is None:
+            T, reason = closed_form_T(self.C0, self.C1, self.lam, self.gamma)
+            cap = self.max_T if self.max_T is not None else DEFAULT_MAX_T
+            if T > cap:
+                reason += (f"; capped at the budget max_T={cap} (sigma is minimised within it)" if self.max_T
+                           is not None else f"; capped at DEFAULT_MAX_T={cap} (pass T or max_T to choose)")
+                T = cap
+            notes.append("T rule: " + reason)
+        else:
+            notes.append(f"T rule: T={T} given; sigma calibrated for it")
+        if self.method is Method.CLOSED_FORM:
+            raw = self.closed_form(T)
+            sigma = round_up(raw)
+            if self.eps_of(T, sigma) > eps:  # sufficient only within a range: re-check, refuse if it misses
+                raise InvalidParameterError("method", self.method.value, "'exact' for these parameters",
+                                            hint="the paper's closed form does not reach the target here")
+            notes.append(f"sigma from the paper's closed form: {raw:.10g} (docs/theory.md#gradient-clipping)")
+        else:
+            er_max, _ = max_renyi_for(eps, self.log_delta)
+            guess = math.sqrt(noise_free_loss(self.C0, self.C1, self.lam, self.gamma, T) / er_max)
+            # guess is the exact solution up to the conversion's float slack: a tight first bracket
+            sigma = solve_monotone(lambda s: self.eps_of(T, s) - eps, guess=guess, guess_rtol=1e-10).x
+        notes += cost_note(T, self.gamma, chosen=chosen)
+        return self.schedule(T, sigma, notes)
+
+    def T_for(self, sigma: float) -> Schedule:
+        """The smallest T for σ: ε(T) falls until T* and rises after (:func:`t_argmin`), so search the
+        falling branch [1, T_best] where T_best is the best integer within the budget."""
+        eps, delta = self.target.eps, self.target.delta
+        if self.method is Method.CLOSED_FORM:
+            def gap(t: float) -> float:
+                return self.closed_form(int(t)) - sigma
+        else:
+            def gap(t: float) -> float:
+                return self.eps_of(int(t), sigma) - eps
+
+        budget = self.max_T if self.max_T is not None else DEFAULT_MAX_T
+        t_star = t_argmin(self.C0, self.C1, self.lam, self.gamma)
+        if math.isfinite(t_star):
+            cands = {min(budget, max(1, math.floor(t_star))), min(budget, max(1, math.ceil(t_star)))}
+            T_best = min(cands, key=lambda t: (gap(t), t))
+        else:
+            T_best = budget
+        if gap(T_best) > 0:
+            best = Guarantee(max(self.eps_of(T_best, sigma), 0.0), delta)
+            raise InfeasibleError(
+                f"no T <= {budget} reaches eps={eps} at delta={delta} with sigma={sigma} "
+                f"(best: eps={best.eps:.6g} at T={T_best}); increase sigma"
+                + ("" if math.isfinite(t_star) else " or the budget max_T"),
+                best=best, best_T=T_best)
+        T = int(solve_monotone(gap, bracket=(0, T_best), integer=True).x)
+        notes = [f"T rule: smallest number of steps meeting the target with sigma={sigma!r}",
+                 *cost_note(T, self.gamma, chosen=True)]
+        return self.schedule(T, sigma, notes)

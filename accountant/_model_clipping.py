@@ -14,25 +14,41 @@ path evaluates each θ at high precision for verification.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from typing import Any
 
 import mpmath
 
+from certun._validation import choice
+from certun.accountant._mechanism import (
+    DEFAULT_MAX_T,
+    cost_note,
+    finish,
+    require,
+    require_steps,
+    require_target,
+    step_inputs,
+    steps_or_noise,
+)
 from certun.accountant._numerics import (
     FLOAT_SLACK,
+    delta_from_log,
     log_add_exp,
     log_expm1,
     log_theta,
     log_theta_from_tails,
     log_theta_mp,
 )
-from certun.accountant._schedule import Mode
+from certun.accountant._schedule import MAX_EPS, Guarantee, Method, Mode, Schedule, Variant, scale
+from certun.accountant._solver import solve_monotone
+from certun.errors import InfeasibleError, InvalidParameterError
 
 _LOG_HALF = math.log(0.5)
 _INV_SQRT2 = 1.0 / math.sqrt(2.0)
 
 __all__ = [
     "LOG_DELTA_FLOOR",
+    "ModelClipping",
     "contraction_radius",
     "radii",
     "log_delta_initial",
@@ -47,7 +63,8 @@ __all__ = [
 LOG_DELTA_FLOOR = -1e12
 
 
-def contraction_radius(C2: float, sigma: float, mode: Mode, gamma: float = 0.0, C1: float | None = None) -> float:
+def contraction_radius(C2: float, sigma: float, mode: Mode | None, gamma: float = 0.0,
+                       C1: float | None = None) -> float:
     """r_t of one noisy step *after the first* (docs/theory.md#model-clipping): the pre-noise diameter over σ."""
     if mode is Mode.CLIP_NOISE_BEFORE_PROJECTION:
         if C1 is None:
@@ -56,7 +73,8 @@ def contraction_radius(C2: float, sigma: float, mode: Mode, gamma: float = 0.0, 
     return 2.0 * C2 / sigma
 
 
-def radii(C0: float, C2: float, sigmas, gammas, mode: Mode, C1: float | None, sigma0: float | None) -> list[float]:
+def radii(C0: float, C2: float, sigmas: Sequence[float], gammas: Sequence[float], mode: Mode | None,
+          C1: float | None, sigma0: float | None) -> list[float]:
     """The contraction radius of every step, with the first step treated by what it starts from.
 
     ``noise_after_projection`` projects onto the C2 ball before its noise, so every step, the first
@@ -144,3 +162,145 @@ def _count(radii: Iterable[float]) -> int:
         return len(radii)  # type: ignore[arg-type]
     except TypeError:
         return 1
+
+
+# ------------------------------------------------------------------------------------ the mechanism
+class ModelClipping:
+    """Noisy steps projected onto the C2 ball (docs/theory.md#model-clipping): δ at the target ε by the recursion."""
+
+    inputs = frozenset({"C0", "C1", "C2", "lam", "gamma", "T", "sigma", "sigma0", "mode", "max_T"})
+    conversion = "hockey-stick-contraction-recursion"
+    exact = False
+
+    def validate(self, schedule: Schedule) -> Mapping[str, Any]:
+        """C0, C2 and T ≥ 1 steps; C1 for ``clip_noise_before_projection``; ``mode`` defaults to noise after."""
+        require_target(schedule, MAX_EPS)
+        require(schedule, "C0")
+        require_steps(schedule)
+        require(schedule, "C2")
+        mode = Mode.NOISE_AFTER_PROJECTION if schedule.mode is None else schedule.mode
+        if mode is Mode.CLIP_NOISE_BEFORE_PROJECTION:
+            require(schedule, "C1", "mode clip_noise_before_projection")
+        return {"mode": mode}
+
+    def guarantee(self, schedule: Schedule, *, exact: bool) -> Guarantee:
+        """δ at the target ε after the T steps, carried as ln δ."""
+        s = schedule
+        eps = s.target.eps
+        rs = radii(s.C0, s.C2, s.sigmas, s.gammas, s.mode, s.C1, s.sigma0)
+        if exact:
+            ld = log_delta_final_mp(eps, rs, s.C0, s.sigma0)
+        else:
+            ld = log_delta_final(eps, rs, log_delta_initial(eps, s.C0, s.sigma0))
+        return Guarantee(eps, delta_from_log(ld), log_delta=ld)
+
+    def plan(self, target: Guarantee, method: Method, **inputs: Any) -> Schedule:
+        """σ for a given T, or the first T at which the recursion reaches δ for a given σ."""
+        lam, gamma, T, sigma, max_T = step_inputs(inputs["lam"], inputs["gamma"], inputs["T"], inputs["sigma"],
+                                                  inputs["max_T"])
+        C0 = scale("C0", inputs["C0"], " (required for model_clipping)")
+        C2 = scale("C2", inputs["C2"], " (required for model_clipping)")
+        mode = Mode.NOISE_AFTER_PROJECTION if inputs["mode"] is None else choice("mode", inputs["mode"], Mode)
+        C1 = inputs["C1"]
+        if mode is Mode.CLIP_NOISE_BEFORE_PROJECTION:
+            C1 = scale("C1", C1, " (required for mode clip_noise_before_projection)")
+        elif C1 is not None:
+            C1 = scale("C1", C1)
+        sigma0 = None if inputs["sigma0"] is None else scale("sigma0", inputs["sigma0"])
+        if method is Method.CLOSED_FORM:
+            raise InvalidParameterError("method", method.value, "'exact' for model_clipping",
+                                        hint="docs/theory.md#model-clipping gives only the recursion, solved exactly")
+        steps_or_noise(T, sigma, "model_clipping")
+        p = _Problem(target, C0, C1, C2, lam, gamma, sigma0, mode)
+        return p.sigma_for(T) if sigma is None else p.T_for(sigma, max_T if max_T is not None else DEFAULT_MAX_T)
+
+
+class _Problem:
+    """One calibration: the target and the fixed inputs, with ln δ_0 computed once."""
+
+    def __init__(self, target: Guarantee, C0: float, C1: float | None, C2: float, lam: float, gamma: float,
+                 sigma0: float | None, mode: Mode) -> None:
+        self.target, self.C0, self.C1, self.C2, self.lam = target, C0, C1, C2, lam
+        self.gamma, self.sigma0, self.mode = gamma, sigma0, mode
+        self.log_delta = math.log(target.delta)
+        self.ld0 = log_delta_initial(target.eps, C0, sigma0)
+
+    def radii(self, sigmas: Sequence[float]) -> list[float]:
+        return radii(self.C0, self.C2, sigmas, (self.gamma,) * len(sigmas), self.mode, self.C1, self.sigma0)
+
+    def schedule(self, T: int, sigma: float, notes: tuple[str, ...]) -> Schedule:
+        return finish(variant=Variant.MODEL_CLIPPING, C0=self.C0, C1=self.C1, C2=self.C2, lam=self.lam,
+                      sigma0=self.sigma0, mode=self.mode, target=self.target, method=Method.EXACT, T=T,
+                      gammas=(self.gamma,) * T, sigmas=(sigma,) * T, notes=notes)
+
+    def sigma_for(self, T: int) -> Schedule:
+        """The smallest σ whose recursion reaches the target δ in T steps."""
+        if self.ld0 <= self.log_delta:
+            raise InvalidParameterError(
+                "sigma0", self.sigma0,
+                f"small enough that the initial noise alone does not already give delta <= {self.target.delta}",
+                hint="the noisy steps would need no noise: use variant='output_perturbation' and fine-tune")
+        if self.mode is Mode.CLIP_NOISE_BEFORE_PROJECTION and self.sigma0 is not None and T < 2:
+            raise InvalidParameterError(
+                "T", T, ">= 2 for clip_noise_before_projection with sigma0",
+                hint="its first step starts from the unbounded noisy x_0 and cannot contract")
+        r1 = contraction_radius(self.C2, 1.0, self.mode, self.gamma, self.C1)  # r = r1 / sigma after step 1
+
+        def gap(s: float) -> float:
+            return log_delta_final(self.target.eps, self.radii((s,) * T), self.ld0,
+                                   stop_below=self.log_delta) - self.log_delta
+
+        # start where one step of the Gaussian mechanism alone would suffice: a feasible upper guess
+        sigma = solve_monotone(gap, guess=r1 / 0.25).x
+        notes = (f"sigma: smallest noise meeting the target in T={T} steps (docs/theory.md#model-clipping recursion)",
+                 f"T rule: T={T} given; sigma calibrated for it", *cost_note(T, self.gamma, chosen=False))
+        return self.schedule(T, sigma, notes)
+
+    def T_for(self, sigma: float, budget: int) -> Schedule:
+        """The first T at which the recursion reaches the target δ with σ, refused up front when hopeless."""
+        eps = self.target.eps
+        r = contraction_radius(self.C2, sigma, self.mode, self.gamma, self.C1)
+        r_first = self.radii((sigma,))[0]
+        self._check_reachable(sigma, r, r_first, budget)
+        steps = 0
+        last = previous = self.ld0
+        for last in log_delta_steps(eps, _first_then_repeat(r_first, r, budget), self.ld0):
+            steps += 1
+            # equal after the first step (whose radius differs): the float recursion is stationary for ever
+            if last <= self.log_delta or (steps > 1 and last == previous):
+                break
+            previous = last
+        if not last <= self.log_delta:
+            best = Guarantee(eps, delta_from_log(last), log_delta=last)
+            raise InfeasibleError(
+                f"model clipping with sigma={sigma} (r={r:.6g}) reaches only delta={best.delta:.3g} "
+                + (f"after max_T={budget} steps" if steps >= budget else
+                   f"and stalls after {steps} steps (each step contracts delta by less than float precision)")
+                + f" at eps={eps}; increase sigma" + (" or the budget" if steps >= budget else ""),
+                best=best, best_T=budget)
+        T = max(1, steps)
+        notes = (f"T rule: first step at which the docs/theory.md#model-clipping recursion reaches delta with "
+                 f"sigma={sigma!r}", *cost_note(T, self.gamma, chosen=True))
+        return self.schedule(T, sigma, notes)
+
+    def _check_reachable(self, sigma: float, r: float, r_first: float, budget: int) -> None:
+        """While δ_t is above the target, ε̃_t ≤ ε̃(target), so every step contracts ln δ by at most
+        −ln θ_{ε̃(target)}(r): a lower bound on the steps needed, checked before iterating."""
+        eps, delta = self.target.eps, self.target.delta
+        eps_tilde_max = math.log1p(math.expm1(eps) / delta)
+        max_rate = -log_theta(eps_tilde_max, r)
+        first_rate = -log_theta(eps_tilde_max, r_first) if math.isfinite(r_first) else 0.0
+        remaining = self.ld0 - self.log_delta - first_rate  # what the steps after the first must still remove
+        if remaining > 0 and (max_rate <= 0.0 or 1 + remaining / max_rate > budget):
+            need = math.inf if max_rate <= 0.0 else 1 + remaining / max_rate
+            raise InfeasibleError(
+                f"model clipping with sigma={sigma} (r={r:.6g}) needs at least {need:.3g} steps to reach "
+                f"delta={delta} at eps={eps}, more than max_T={budget}; increase sigma",
+                best=None, best_T=None)
+
+
+def _first_then_repeat(first: float, value: float, n: int) -> Iterator[float]:
+    if n > 0:
+        yield first
+    for _ in range(n - 1):
+        yield value

@@ -16,7 +16,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import InitVar, dataclass, field
 from typing import Any
 
-from certun._validation import integer, real_number
+from certun._validation import choice, integer, real_number
 from certun.errors import CertificateFormatError, CertunError, InvalidParameterError
 
 __all__ = [
@@ -32,8 +32,7 @@ __all__ = [
     "Method",
     "Guarantee",
     "Schedule",
-    "integer",
-    "real_number",
+    "scale",
 ]
 
 SCHEDULE_VERSION = 1
@@ -86,26 +85,17 @@ class Method(str, enum.Enum):
         return self.value
 
 
-def _parse_enum(enum_type: type[enum.Enum], name: str, value: Any) -> Any:
-    if isinstance(value, enum_type):
-        return value
-    try:
-        return enum_type(value)
-    except ValueError:
-        valid = ", ".join(repr(m.value) for m in enum_type)  # built from the enum itself
-        raise InvalidParameterError(name, value, f"one of {valid}") from None
-
-
-def _finite_float(name: str, value: Any, *, positive: bool = False, nonneg: bool = False) -> float:
-    x = real_number(name, value, "a finite real number")
-    if positive and not x > 0:
-        raise InvalidParameterError(name, value, "> 0")
-    if nonneg and not x >= 0:
-        raise InvalidParameterError(name, value, ">= 0")
+def scale(name: str, value: Any, why: str = "", *, allow_zero: bool = False) -> float:
+    """A norm, step size or noise scale: a real number in [MIN_SCALE, MAX_SCALE] (far from under/overflow),
+    or 0 where ``allow_zero``; ``why`` is appended to the error's "valid" text."""
+    valid = f"a finite real number in [{MIN_SCALE:g}, {MAX_SCALE:g}]" + (" or 0" if allow_zero else "") + why
+    x = real_number(name, value, valid)
+    if not ((allow_zero and x == 0.0) or MIN_SCALE <= x <= MAX_SCALE):
+        raise InvalidParameterError(name, value, valid)
     return x
 
 
-def _finite_tuple(name: str, values: Any, *, positive: bool) -> tuple[float, ...]:
+def _scales(name: str, values: Any, *, positive: bool) -> tuple[float, ...]:
     """Validate a per-step list in one pass (T can be 1e4+, so no per-item Python calls on success)."""
     out = tuple(values)
     if out and all(type(v) is float for v in out):
@@ -113,14 +103,7 @@ def _finite_tuple(name: str, values: Any, *, positive: bool) -> tuple[float, ...
         if (lo >= MIN_SCALE if positive else lo >= 0) and hi <= MAX_SCALE:
             return out
     # slow path: find and name the offending value
-    return tuple(_scale_float(name, v, allow_zero=not positive) for v in out)
-
-
-def _scale_float(name: str, value: Any, *, allow_zero: bool = False) -> float:
-    x = _finite_float(name, value, nonneg=True)
-    if not ((allow_zero and x == 0.0) or MIN_SCALE <= x <= MAX_SCALE):
-        raise InvalidParameterError(name, value, f"in [{MIN_SCALE:g}, {MAX_SCALE:g}]" + (" or 0" if allow_zero else ""))
-    return x
+    return tuple(scale(name, v, allow_zero=not positive) for v in out)
 
 
 @dataclass(frozen=True, slots=True)
@@ -193,78 +176,36 @@ class Schedule:
 
     # ------------------------------------------------------------------ validation
     def __post_init__(self, achieved: Guarantee | None) -> None:
+        """Check the fields every variant shares, then the variant's own rules (its mechanism's ``validate``)."""
+        from certun.accountant._registry import mechanism, variant_of
+
         del achieved  # never trusted: derived from the fields on first use
         set_ = object.__setattr__
-        set_(self, "variant", _parse_enum(Variant, "variant", self.variant))
-        set_(self, "method", _parse_enum(Method, "method", self.method))
+        set_(self, "variant", variant_of(self.variant))
+        set_(self, "method", choice("method", self.method, Method))
         if self.mode is not None:
-            set_(self, "mode", _parse_enum(Mode, "mode", self.mode))
-        T = integer("T", self.T, f"an integer in [0, {MAX_STEPS}]")
-        if not 0 <= T <= MAX_STEPS:
-            raise InvalidParameterError("T", self.T, f"an integer in [0, {MAX_STEPS}]")
-        set_(self, "T", T)
-        set_(self, "gammas", _finite_tuple("gamma", self.gammas, positive=False))
-        set_(self, "sigmas", _finite_tuple("sigma", self.sigmas, positive=True))
+            set_(self, "mode", choice("mode", self.mode, Mode))
+        valid_T = f"an integer in [0, {MAX_STEPS}]"
+        set_(self, "T", integer("T", self.T, valid_T, low=0, high=MAX_STEPS))
+        set_(self, "gammas", _scales("gamma", self.gammas, positive=False))
+        set_(self, "sigmas", _scales("sigma", self.sigmas, positive=True))
         set_(self, "notes", tuple(str(n) for n in self.notes))
         for name in ("C0", "C1", "C2", "sigma0"):
             value = getattr(self, name)
             if value is not None:
-                set_(self, name, _scale_float(name, value))
-        set_(self, "lam", _scale_float("lam", self.lam, allow_zero=True))
-        v = self.variant
-        if v is not Variant.RETRAIN:
-            t = self.target
-            # ε enters the computation (e^ε) for model clipping and output perturbation only
-            eps_max = math.inf if v is Variant.GRADIENT_CLIPPING else MAX_EPS
-            if not (0 < t.eps <= eps_max and math.isfinite(t.eps)):
-                raise InvalidParameterError("eps", t.eps, f"finite and in (0, {eps_max:g}] for the target of {v.value}")
-            if not MIN_DELTA <= t.delta <= MAX_DELTA:
-                raise InvalidParameterError("delta", t.delta, f"in [{MIN_DELTA:g}, {MAX_DELTA:g}] for the target")
-        if v is Variant.RETRAIN:
-            if self.T != 0 or self.sigmas or self.gammas:
-                raise InvalidParameterError("T", self.T, "0 for retrain (no noisy steps)")
-            return
-        if self.C0 is None:
-            raise InvalidParameterError("C0", None, f"> 0 for {v.value}")
-        if v is Variant.OUTPUT_PERTURBATION:
-            if self.T != 0 or self.sigmas or self.gammas:
-                raise InvalidParameterError("T", self.T, "0 for output_perturbation (one noise draw)")
-            if self.sigma0 is None:
-                raise InvalidParameterError("sigma0", None, "> 0 for output_perturbation")
-            return
-        if self.T < 1:
-            raise InvalidParameterError("T", self.T, f"an integer >= 1 for {v.value}")
-        if len(self.sigmas) != self.T:
-            raise InvalidParameterError("sigmas", f"<{len(self.sigmas)} values>", f"exactly T={self.T} values")
-        if len(self.gammas) != self.T:
-            raise InvalidParameterError("gammas", f"<{len(self.gammas)} values>", f"exactly T={self.T} values")
-        for g in self.gammas:
-            if not g * self.lam < 1:
-                raise InvalidParameterError("gamma*lam", g * self.lam, "< 1 (contraction needs 1 - gamma*lam > 0)")
-        if v is Variant.GRADIENT_CLIPPING:
-            if self.C1 is None:
-                raise InvalidParameterError("C1", None, "> 0 for gradient_clipping")
-            if self.mode is not None:
-                raise InvalidParameterError("mode", self.mode.value, "None for gradient_clipping")
-            if self.sigma0 is not None:
-                raise InvalidParameterError("sigma0", self.sigma0, "None for gradient_clipping "
-                                                                   "(docs/theory.md#gradient-clipping)")
-        elif v is Variant.MODEL_CLIPPING:
-            if self.C2 is None:
-                raise InvalidParameterError("C2", None, "> 0 for model_clipping")
-            if self.mode is None:
-                set_(self, "mode", Mode.NOISE_AFTER_PROJECTION)
-            if self.mode is Mode.CLIP_NOISE_BEFORE_PROJECTION and self.C1 is None:
-                raise InvalidParameterError("C1", None, "> 0 for mode clip_noise_before_projection")
+                set_(self, name, scale(name, value))
+        set_(self, "lam", scale("lam", self.lam, allow_zero=True))
+        for name, value in mechanism(self.variant).validate(self).items():
+            set_(self, name, value)
 
     # ------------------------------------------------------------------ conveniences
     def _guarantee(self) -> Guarantee:
         """The guarantee recomputed from the fields, cached on the instance (the fields are frozen)."""
         cached = self.__dict__.get("_achieved")
         if cached is None:
-            from certun.accountant._planner import guarantee
+            from certun.accountant._registry import mechanism
 
-            cached = guarantee(self)
+            cached = mechanism(self.variant).guarantee(self, exact=False)
             object.__setattr__(self, "_achieved", cached)
         return cached
 
