@@ -1,14 +1,17 @@
 """Backend-agnostic accounting: derive σ and T for an (ε, δ) target and recompute guarantees.
 
-Public entry points are :func:`plan` and :func:`guarantee`; the lower-level functions (contraction
-coefficient θ, Rényi conversion) are exported for verifiers and auditors. Source of every formula:
-docs/theory.md (docs/accountant.md).
+Public entry points are :func:`plan` and :func:`guarantee`; both dispatch on the schedule's variant
+through one table of mechanisms (:func:`mechanism`, :func:`register_mechanism`). The lower-level
+functions (contraction coefficient θ, Rényi conversion) are exported for verifiers and auditors.
+Source of every formula: docs/theory.md (docs/accountant.md).
 """
 
 from certun.accountant._forecast import Forecast, forecast
+from certun.accountant._mechanism import Mechanism
 from certun.accountant._numerics import delta_from_log, log_theta
 from certun.accountant._planner import DEFAULT_GAMMA, guarantee, plan
 from certun.accountant._rdp import eps_from_renyi, log_delta_from_renyi, max_renyi_for
+from certun.accountant._registry import mechanism, register_mechanism, unregister_mechanism
 from certun.accountant._schedule import (
     MAX_DELTA,
     MAX_EPS,
@@ -45,6 +48,7 @@ __all__ = [
     "SCHEDULE_VERSION",
     "Forecast",
     "Guarantee",
+    "Mechanism",
     "Method",
     "Mode",
     "Schedule",
@@ -55,6 +59,9 @@ __all__ = [
     "log_delta_from_renyi",
     "log_theta",
     "max_renyi_for",
+    "mechanism",
     "plan",
+    "register_mechanism",
     "theta",
+    "unregister_mechanism",
 ]

@@ -104,21 +104,24 @@ def solve_monotone(
 
     if integer:
         return _solve_integer(g, guess, bracket, max(1, math.ceil(lower_limit)))
-
-    # ---- continuous: bracket in log space, bisect to a relative width far below the grid, round up
     if bracket is None:
         if guess is None or not guess > lower_limit:
             raise SolverError("need a bracket or a guess above the lower limit")
-        lo, hi = guess * (1 - guess_rtol), guess * (1 + guess_rtol)
-    else:
-        lo, hi = bracket
-    factor = guess_rtol
+        bracket = (guess * (1 - guess_rtol), guess * (1 + guess_rtol))
+    return _solve_continuous(g, bracket, guess_rtol, lower_limit)
+
+
+def _solve_continuous(g: Callable[[float], float], bracket: tuple[float, float], rtol: float,
+                      lower_limit: float) -> Solution:
+    """Bracket in log space, bisect to a relative width far below the grid, round up, walk the grid."""
+    lo, hi = bracket
+    factor = rtol
     while g(hi) > 0:
         factor = min(factor * 16.0, 1e3)
         hi = hi * (1 + factor)
         if not math.isfinite(hi):
             raise SolverError("no feasible value could be bracketed (gap > 0 up to overflow)")
-    factor = guess_rtol
+    factor = rtol
     while lo > lower_limit and g(lo) <= 0:
         hi = lo
         factor = min(factor * 16.0, 0.5)
@@ -139,11 +142,12 @@ def solve_monotone(
         x = round_up(x * (1 + 10.0 ** (-SIG_DIGITS)))
         gx = g(x)
     below = step_below(x)
-    g_below = g(below) if below > lower_limit else None
-    while g_below is not None and g_below <= 0:  # walk down while still feasible
+    while below > lower_limit:  # walk down while the point below is still feasible
+        g_below = g(below)
+        if g_below > 0:
+            break
         x, gx = below, g_below
         below = step_below(x)
-        g_below = g(below) if below > lower_limit else None
     return Solution(x=x, gap=gx)
 
 
