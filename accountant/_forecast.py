@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from certun.accountant._mechanism import present
 from certun.accountant._schedule import Mode, Schedule, Variant
 from certun.errors import InvalidParameterError
 
@@ -41,16 +42,16 @@ def _effective_sigma(s: Schedule) -> tuple[float, float, str]:
     """``(σ_eff, radius, radius name)``: per-coordinate noise left on the released iterate, and the signal radius."""
     v = s.variant
     if v is Variant.OUTPUT_PERTURBATION:
-        return float(s.sigma0), float(s.C0), "C0"
+        return present(s.sigma0), present(s.C0), "C0"
     if v is Variant.GRADIENT_CLIPPING:
         # noise of step t reaches the end contracted by the later steps' factors (1 - γλ)
         var, factor = 0.0, 1.0
         for gamma, sigma in zip(reversed(s.gammas), reversed(s.sigmas), strict=True):
             var += (factor * sigma) ** 2
             factor *= 1.0 - gamma * s.lam
-        return math.sqrt(var), float(s.C0), "C0"
+        return math.sqrt(var), present(s.C0), "C0"
     # model clipping: the last step's noise stays on the iterate (after or inside the C2 projection)
-    return float(s.sigmas[-1]), float(s.C2), "C2"
+    return s.sigmas[-1], present(s.C2), "C2"
 
 
 def forecast(schedule: Schedule, d: int) -> Forecast | None:

@@ -23,6 +23,7 @@ from certun.accountant._mechanism import (
     DEFAULT_MAX_T,
     cost_note,
     finish,
+    present,
     require,
     require_steps,
     require_target,
@@ -187,15 +188,16 @@ class GradientClipping:
     def guarantee(self, schedule: Schedule, *, exact: bool) -> Guarantee:
         """ε at the schedule's target δ, with the Rényi coefficient and the α of the conversion."""
         s = schedule
+        C0, C1 = present(s.C0), present(s.C1)
         delta = s.target.delta
         log_delta = math.log(delta)
         if s.sigma is not None and s.gamma is not None:
-            er = eps_renyi_constant(s.C0, s.C1, s.lam, s.gamma, s.sigma, s.T)
+            er = eps_renyi_constant(C0, C1, s.lam, s.gamma, s.sigma, s.T)
         else:
-            er = eps_renyi_schedule(s.C0, s.C1, s.lam, s.gammas, s.sigmas)
+            er = eps_renyi_schedule(C0, C1, s.lam, s.gammas, s.sigmas)
         eps, alpha = eps_from_renyi(er, log_delta)
         if exact:
-            er = eps_renyi_schedule_mp(s.C0, s.C1, s.lam, s.gammas, s.sigmas)
+            er = eps_renyi_schedule_mp(C0, C1, s.lam, s.gammas, s.sigmas)
             if alpha is not None:
                 eps = max(eps_at_alpha_mp(alpha, er, log_delta), 0.0)
         return Guarantee(eps, delta, log_delta=log_delta, eps_renyi=er, alpha=alpha)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from certun._validation import integer, real_in_range
 from certun.accountant._schedule import (
@@ -35,6 +35,7 @@ __all__ = [
     "Mechanism",
     "cost_note",
     "finish",
+    "present",
     "require",
     "require_no_steps",
     "require_steps",
@@ -53,6 +54,16 @@ LARGE_T = 1000
 #: as not given (so ``lam=0.0`` passed to output perturbation is not a mistake).
 PLAN_OPTIONS: Mapping[str, Any] = {"C0": None, "C1": None, "lam": 0.0, "gamma": DEFAULT_GAMMA, "T": None,
                                    "sigma": None, "C2": None, "mode": None, "sigma0": None, "max_T": None}
+
+
+_V = TypeVar("_V")
+
+
+def present(value: _V | None) -> _V:
+    """A field the mechanism's ``validate`` requires, so never None here; None is an internal error, not 0."""
+    if value is None:
+        raise NumericalError("internal: a schedule field its mechanism requires is None")
+    return value
 
 
 class Mechanism(Protocol):

@@ -24,6 +24,7 @@ from certun.accountant._mechanism import (
     DEFAULT_MAX_T,
     cost_note,
     finish,
+    present,
     require,
     require_steps,
     require_target,
@@ -87,7 +88,7 @@ def radii(C0: float, C2: float, sigmas: Sequence[float], gammas: Sequence[float]
     """
     out = [contraction_radius(C2, s, mode, g, C1) for s, g in zip(sigmas, gammas, strict=True)]
     if out and mode is Mode.CLIP_NOISE_BEFORE_PROJECTION:
-        out[0] = math.inf if sigma0 is not None else 2.0 * (C0 + gammas[0] * C1) / sigmas[0]
+        out[0] = math.inf if sigma0 is not None else 2.0 * (C0 + gammas[0] * present(C1)) / sigmas[0]
     return out
 
 
@@ -186,12 +187,12 @@ class ModelClipping:
     def guarantee(self, schedule: Schedule, *, exact: bool) -> Guarantee:
         """δ at the target ε after the T steps, carried as ln δ."""
         s = schedule
-        eps = s.target.eps
-        rs = radii(s.C0, s.C2, s.sigmas, s.gammas, s.mode, s.C1, s.sigma0)
+        eps, C0 = s.target.eps, present(s.C0)
+        rs = radii(C0, present(s.C2), s.sigmas, s.gammas, s.mode, s.C1, s.sigma0)
         if exact:
-            ld = log_delta_final_mp(eps, rs, s.C0, s.sigma0)
+            ld = log_delta_final_mp(eps, rs, C0, s.sigma0)
         else:
-            ld = log_delta_final(eps, rs, log_delta_initial(eps, s.C0, s.sigma0))
+            ld = log_delta_final(eps, rs, log_delta_initial(eps, C0, s.sigma0))
         return Guarantee(eps, delta_from_log(ld), log_delta=ld)
 
     def plan(self, target: Guarantee, method: Method, **inputs: Any) -> Schedule:
@@ -212,7 +213,9 @@ class ModelClipping:
                                         hint="docs/theory.md#model-clipping gives only the recursion, solved exactly")
         steps_or_noise(T, sigma, "model_clipping")
         p = _Problem(target, C0, C1, C2, lam, gamma, sigma0, mode)
-        return p.sigma_for(T) if sigma is None else p.T_for(sigma, max_T if max_T is not None else DEFAULT_MAX_T)
+        if sigma is not None:
+            return p.T_for(sigma, max_T if max_T is not None else DEFAULT_MAX_T)
+        return p.sigma_for(present(T))
 
 
 class _Problem:

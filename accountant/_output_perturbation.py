@@ -9,7 +9,7 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
-from certun.accountant._mechanism import finish, require, require_no_steps, require_target
+from certun.accountant._mechanism import finish, present, require, require_no_steps, require_target
 from certun.accountant._numerics import FLOAT_SLACK, delta_from_log, log_theta, log_theta_mp
 from certun.accountant._schedule import MAX_EPS, Guarantee, Method, Schedule, Variant, scale
 from certun.accountant._solver import round_up, solve_monotone
@@ -36,7 +36,7 @@ class OutputPerturbation:
     def guarantee(self, schedule: Schedule, *, exact: bool) -> Guarantee:
         """``θ_ε(2·C0/σ0)`` at the target ε, conservative in float64, rounded up in mpmath."""
         eps = schedule.target.eps
-        r = 2.0 * schedule.C0 / schedule.sigma0
+        r = 2.0 * present(schedule.C0) / present(schedule.sigma0)
         if exact:  # log_theta_mp rounds to nearest: step up a few ulps of the result itself
             ld = log_theta_mp(eps, r)
             ld = ld + 4 * math.ulp(ld)

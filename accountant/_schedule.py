@@ -14,7 +14,7 @@ import enum
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import InitVar, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from certun._validation import choice, integer, real_number
 from certun.errors import CertificateFormatError, CertunError, InvalidParameterError
@@ -169,17 +169,26 @@ class Schedule:
     sigma0: float | None = None
     mode: Mode | None = None
     target: Guarantee
-    #: ignored: the guarantee is recomputed from the fields (see :attr:`achieved`)
-    achieved: InitVar[Guarantee | None] = None
+    if TYPE_CHECKING:  # what a type checker sees: the derived, read-only guarantee
+
+        @property
+        def achieved(self) -> Guarantee:
+            """The (eps, delta) guarantee of this schedule, recomputed from the fields."""
+            ...
+    else:
+        #: ignored: the guarantee is recomputed from the fields (see :attr:`achieved`)
+        achieved: InitVar[Guarantee | None] = None
     method: Method = Method.EXACT
     notes: tuple[str, ...] = field(default=())
 
     # ------------------------------------------------------------------ validation
-    def __post_init__(self, achieved: Guarantee | None) -> None:
-        """Check the fields every variant shares, then the variant's own rules (its mechanism's ``validate``)."""
+    def __post_init__(self, *ignored: Any) -> None:
+        """Check the fields every variant shares, then the variant's own rules (its mechanism's ``validate``).
+
+        ``ignored`` receives the ``achieved=`` keyword, never trusted: the guarantee is derived on first use.
+        """
         from certun.accountant._registry import mechanism, variant_of
 
-        del achieved  # never trusted: derived from the fields on first use
         set_ = object.__setattr__
         set_(self, "variant", variant_of(self.variant))
         set_(self, "method", choice("method", self.method, Method))
@@ -301,8 +310,7 @@ class Schedule:
             raise CertificateFormatError(
                 f"unknown schedule_version {version!r}; this certun reads version {SCHEDULE_VERSION}"
             )
-        known = set(cls(variant=Variant.RETRAIN, T=0, target=Guarantee(0.0, 0.0),
-                        achieved=Guarantee(0.0, 0.0)).to_dict())
+        known = set(cls(variant=Variant.RETRAIN, T=0, target=Guarantee(0.0, 0.0)).to_dict())
         unknown = sorted(set(data) - known)
         if unknown:
             raise CertificateFormatError(f"unknown schedule keys {unknown}; valid keys are {sorted(known)}")
@@ -316,6 +324,13 @@ class Schedule:
         sigmas = _expand(data, "sigma", "sigmas", T)
         gammas = _expand(data, "gamma", "gammas", T)
         try:
+            Guarantee(  # the stored values must form a guarantee, though the schedule recomputes its own
+                float(data["achieved_eps"]),
+                float(data["achieved_delta"]),
+                log_delta=data.get("achieved_log_delta"),
+                eps_renyi=data.get("eps_renyi"),
+                alpha=data.get("alpha"),
+            )
             return cls(
                 variant=data["variant"],
                 mode=data.get("mode"),
@@ -329,22 +344,17 @@ class Schedule:
                 sigmas=sigmas,
                 sigma0=data.get("sigma0"),
                 target=Guarantee(float(data["eps"]), float(data["delta"])),
-                achieved=Guarantee(
-                    float(data["achieved_eps"]),
-                    float(data["achieved_delta"]),
-                    log_delta=data.get("achieved_log_delta"),
-                    eps_renyi=data.get("eps_renyi"),
-                    alpha=data.get("alpha"),
-                ),
                 notes=tuple(data.get("notes") or ()),
             )
         except (TypeError, InvalidParameterError) as exc:
             raise CertificateFormatError(f"invalid schedule: {exc}") from exc
 
 
-Schedule.achieved = property(  # type: ignore[assignment]  # after @dataclass, which read the InitVar above
-    Schedule._guarantee,
-    doc="The (eps, delta) guarantee of this schedule: ``guarantee(self)``, recomputed from the fields, never stored.")
+if not TYPE_CHECKING:  # after @dataclass, which read the InitVar above
+    Schedule.achieved = property(
+        Schedule._guarantee,
+        doc="The (eps, delta) guarantee of this schedule: ``guarantee(self)``, recomputed from the fields, "
+            "never stored.")
 
 
 def _constant(values: tuple[float, ...]) -> float | None:
