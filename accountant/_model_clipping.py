@@ -19,7 +19,6 @@ from typing import Any
 
 import mpmath
 
-from certun._validation import choice
 from certun.accountant._mechanism import (
     DEFAULT_MAX_T,
     cost_note,
@@ -40,7 +39,7 @@ from certun.accountant._numerics import (
     log_theta_from_tails,
     log_theta_mp,
 )
-from certun.accountant._schedule import MAX_EPS, Guarantee, Method, Mode, Schedule, Variant, scale
+from certun.accountant._schedule import MAX_EPS, Guarantee, Method, Mode, Schedule, Variant, option, scale
 from certun.accountant._solver import solve_monotone
 from certun.errors import InfeasibleError, InvalidParameterError
 
@@ -201,7 +200,7 @@ class ModelClipping:
                                                   inputs["max_T"])
         C0 = scale("C0", inputs["C0"], " (required for model_clipping)")
         C2 = scale("C2", inputs["C2"], " (required for model_clipping)")
-        mode = Mode.NOISE_AFTER_PROJECTION if inputs["mode"] is None else choice("mode", inputs["mode"], Mode)
+        mode = Mode.NOISE_AFTER_PROJECTION if inputs["mode"] is None else option("mode", inputs["mode"], Mode)
         C1 = inputs["C1"]
         if mode is Mode.CLIP_NOISE_BEFORE_PROJECTION:
             C1 = scale("C1", C1, " (required for mode clip_noise_before_projection)")

@@ -12,10 +12,20 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from certun._validation import choice, real_number
+from certun._validation import real_number
 from certun.accountant._mechanism import DEFAULT_GAMMA, PLAN_OPTIONS, Mechanism
 from certun.accountant._registry import mechanism, variant_of
-from certun.accountant._schedule import MAX_DELTA, MAX_EPS, MIN_DELTA, Guarantee, Method, Mode, Schedule, Variant
+from certun.accountant._schedule import (
+    MAX_DELTA,
+    MAX_EPS,
+    MIN_DELTA,
+    Guarantee,
+    Method,
+    Mode,
+    Schedule,
+    Variant,
+    option,
+)
 from certun.errors import InvalidParameterError
 
 __all__ = ["DEFAULT_GAMMA", "guarantee", "plan"]
@@ -97,7 +107,7 @@ def plan(
     eps = _target("eps", eps, f"(0, {MAX_EPS:g}]", lambda x: 0.0 < x <= MAX_EPS)
     delta = _target("delta", delta, f"[{MIN_DELTA:g}, {MAX_DELTA:g}]", lambda x: MIN_DELTA <= x <= MAX_DELTA)
     variant = variant_of(variant)
-    method = choice("method", method, Method)
+    method = option("method", method, Method)
     mech = mechanism(variant)
     given = dict(C0=C0, C1=C1, lam=lam, gamma=gamma, T=T, sigma=sigma, C2=C2, mode=mode, sigma0=sigma0,
                  max_T=max_T)

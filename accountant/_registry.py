@@ -10,13 +10,12 @@ from __future__ import annotations
 import enum
 from typing import Any
 
-from certun._validation import choice
 from certun.accountant._gradient_clipping import GradientClipping
 from certun.accountant._mechanism import Mechanism
 from certun.accountant._model_clipping import ModelClipping
 from certun.accountant._output_perturbation import OutputPerturbation
 from certun.accountant._retrain import Retrain
-from certun.accountant._schedule import Variant
+from certun.accountant._schedule import Variant, option
 from certun.errors import InvalidParameterError
 
 __all__ = ["MECHANISMS", "mechanism", "register_mechanism", "unregister_mechanism", "variant_of"]
@@ -33,7 +32,7 @@ _BUILT_IN = frozenset(MECHANISMS)
 
 def variant_of(value: Any) -> Variant:
     """The registered variant ``value`` names (a member or its string value); else an error listing them."""
-    return choice("variant", value, MECHANISMS)
+    return option("variant", value, MECHANISMS)
 
 
 def mechanism(variant: Variant | str) -> Mechanism:

@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import enum
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import InitVar, dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from certun._validation import choice, integer, real_number
 from certun.errors import CertificateFormatError, CertunError, InvalidParameterError
@@ -32,10 +32,13 @@ __all__ = [
     "Method",
     "Guarantee",
     "Schedule",
+    "option",
     "scale",
 ]
 
 SCHEDULE_VERSION = 1
+
+E = TypeVar("E")
 
 #: Domain of the accounting inputs (see docs/accountant.md "Numerics"): norms, step sizes and noise
 #: scales in [MIN_SCALE, MAX_SCALE]; ε in (0, MAX_EPS]; δ in [MIN_DELTA, MAX_DELTA]; T ≤ MAX_STEPS.
@@ -93,6 +96,16 @@ def scale(name: str, value: Any, why: str = "", *, allow_zero: bool = False) -> 
     if not ((allow_zero and x == 0.0) or MIN_SCALE <= x <= MAX_SCALE):
         raise InvalidParameterError(name, value, valid)
     return x
+
+
+def option(name: str, value: Any, options: Iterable[E]) -> E:
+    """:func:`~certun._validation.choice` for option names (members of ``str`` enums): anything but a string,
+    such as a numpy array whose ``==`` is element-wise and ambiguous, is refused like an unknown name."""
+    opts = list(options)
+    if not isinstance(value, str):
+        shown = ", ".join(repr(getattr(o, "value", o)) for o in opts)
+        raise InvalidParameterError(name, value, f"one of {shown}")
+    return choice(name, value, opts)
 
 
 def _scales(name: str, values: Any, *, positive: bool) -> tuple[float, ...]:
@@ -191,9 +204,9 @@ class Schedule:
 
         set_ = object.__setattr__
         set_(self, "variant", variant_of(self.variant))
-        set_(self, "method", choice("method", self.method, Method))
+        set_(self, "method", option("method", self.method, Method))
         if self.mode is not None:
-            set_(self, "mode", choice("mode", self.mode, Mode))
+            set_(self, "mode", option("mode", self.mode, Mode))
         valid_T = f"an integer in [0, {MAX_STEPS}]"
         set_(self, "T", integer("T", self.T, valid_T, low=0, high=MAX_STEPS))
         set_(self, "gammas", _scales("gamma", self.gammas, positive=False))

@@ -151,3 +151,18 @@ def test_schedule_cannot_carry_a_guarantee_other_than_its_fields():
     assert forged.achieved == s.achieved
     louder = dataclasses.replace(s, sigmas=tuple(x / 2 for x in s.sigmas))
     assert louder.achieved.eps > 1.0 and math.isfinite(louder.achieved.eps)
+
+
+@pytest.mark.parametrize("name", ["variant", "method", "mode"])
+def test_an_array_where_an_option_goes_is_a_named_error(name):
+    """An array compared with an option name is ambiguous in numpy; it must still be a typed, named refusal."""
+    np = pytest.importorskip("numpy")
+    bad = np.array(["exact", "exact"])
+    kwargs = {"variant": "model_clipping", "C2": 1.0, "T": 5, name: bad}
+    with pytest.raises(InvalidParameterError) as info:
+        plan(1.0, 1e-5, 1.0, **kwargs)
+    assert info.value.name == name and "one of" in str(info.value) and info.value.value is bad
+    fields = {"variant": "retrain", "T": 0, "target": Guarantee(1.0, 1e-5), name: bad}
+    with pytest.raises(InvalidParameterError) as info:
+        Schedule(**fields)
+    assert info.value.name == name
