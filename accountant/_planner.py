@@ -26,7 +26,7 @@ from certun.accountant._schedule import (
     Variant,
     option,
 )
-from certun.errors import InvalidParameterError
+from certun.errors import InvalidParameterError, NumericalError
 
 __all__ = ["DEFAULT_GAMMA", "guarantee", "plan"]
 
@@ -112,7 +112,20 @@ def plan(
     given = dict(C0=C0, C1=C1, lam=lam, gamma=gamma, T=T, sigma=sigma, C2=C2, mode=mode, sigma0=sigma0,
                  max_T=max_T)
     _refuse_unused(variant, mech, given)
-    return mech.plan(Guarantee(eps, delta), method, **{name: given[name] for name in mech.inputs})
+    target = Guarantee(eps, delta)
+    return _checked(variant, target, mech.plan(target, method, **{name: given[name] for name in mech.inputs}))
+
+
+def _checked(variant: Variant, target: Guarantee, schedule: Schedule) -> Schedule:
+    """Hand out only a schedule of the requested variant whose derived guarantee meets the target,
+    whatever the mechanism did (the built-in ones check too; a registered one may not)."""
+    if not isinstance(schedule, Schedule) or schedule.variant is not variant:
+        got = schedule.variant.value if isinstance(schedule, Schedule) else type(schedule).__name__
+        raise NumericalError(f"internal: the {variant.value} mechanism planned a {got} schedule")
+    achieved = schedule.achieved  # cached on the instance: free when the mechanism checked already
+    if achieved.eps > target.eps or achieved.delta > target.delta:
+        raise NumericalError(f"internal: planned schedule misses its target: achieved {achieved} vs {target}")
+    return schedule
 
 
 def _target(name: str, value: Any, interval: str, inside: Callable[[float], bool]) -> float:

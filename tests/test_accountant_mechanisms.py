@@ -166,3 +166,18 @@ def test_an_array_where_an_option_goes_is_a_named_error(name):
     with pytest.raises(InvalidParameterError) as info:
         Schedule(**fields)
     assert info.value.name == name
+
+
+def test_plan_never_hands_out_a_schedule_that_misses_its_target(toy, monkeypatch):
+    """A mechanism whose plan under-noises (a plug-in bug, or an attack) is caught by the dispatcher."""
+    honest = LaplaceRelease.plan
+
+    def cheat(self, target, method, **inputs):
+        return dataclasses.replace(honest(self, target, method, **inputs), sigma0=1e-3)
+
+    monkeypatch.setattr(LaplaceRelease, "plan", cheat)
+    with pytest.raises(certun.NumericalError, match="misses its target"):
+        plan(0.5, 1e-6, 2.0, variant="laplace_release")
+    monkeypatch.setattr(LaplaceRelease, "plan", lambda self, target, method, **inputs: plan(0.5, 1e-6, 2.0, 1.0))
+    with pytest.raises(certun.NumericalError, match="gradient_clipping"):
+        plan(0.5, 1e-6, 2.0, variant="laplace_release")  # a schedule of another variant
