@@ -7,7 +7,7 @@ Source of every formula: docs/theory.md (docs/accountant.md).
 """
 
 from certun.accountant._forecast import Forecast, forecast
-from certun.accountant._mechanism import Mechanism
+from certun.accountant._mechanism import Mechanism, NoiseLeft
 from certun.accountant._numerics import delta_from_log, log_theta
 from certun.accountant._planner import DEFAULT_GAMMA, guarantee, plan
 from certun.accountant._rdp import eps_from_renyi, log_delta_from_renyi, max_renyi_for
@@ -51,6 +51,7 @@ __all__ = [
     "Mechanism",
     "Method",
     "Mode",
+    "NoiseLeft",
     "Schedule",
     "Variant",
     "eps_from_renyi",

@@ -21,6 +21,7 @@ import numpy as np
 
 from certun.accountant._mechanism import (
     DEFAULT_MAX_T,
+    NoiseLeft,
     cost_note,
     finish,
     present,
@@ -201,6 +202,14 @@ class GradientClipping:
             if alpha is not None:
                 eps = max(eps_at_alpha_mp(alpha, er, log_delta), 0.0)
         return Guarantee(eps, delta, log_delta=log_delta, eps_renyi=er, alpha=alpha)
+
+    def noise_left(self, schedule: Schedule) -> NoiseLeft:
+        """Every step's noise, contracted by the later steps' factors (1 − γλ), on the released iterate."""
+        var, factor = 0.0, 1.0
+        for gamma, sigma in zip(reversed(schedule.gammas), reversed(schedule.sigmas), strict=True):
+            var += (factor * sigma) ** 2
+            factor *= 1.0 - gamma * schedule.lam
+        return NoiseLeft(math.sqrt(var), present(schedule.C0), "C0", "on the released iterate")
 
     def plan(self, target: Guarantee, method: Method, **inputs: Any) -> Schedule:
         """σ for T (T from the paper's rule when not given), or the smallest T for σ."""

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from typing import Any, Protocol, TypeVar
+from typing import Any, NamedTuple, Protocol, TypeVar
 
 from certun._validation import integer, real_in_range
 from certun.accountant._schedule import (
@@ -33,6 +33,7 @@ __all__ = [
     "LARGE_T",
     "PLAN_OPTIONS",
     "Mechanism",
+    "NoiseLeft",
     "cost_note",
     "finish",
     "present",
@@ -66,6 +67,16 @@ def present(value: _V | None) -> _V:
     return value
 
 
+class NoiseLeft(NamedTuple):
+    """The noise a run leaves on what it releases, against the ball radius that bounds the model's signal
+    (the input of :func:`~certun.accountant.forecast`; docs/theory.md#utility-limit)."""
+
+    sigma_eff: float  #: per-coordinate standard deviation of the noise left
+    radius: float  #: radius of the ball the signal lives in
+    radius_name: str  #: its name in the schedule ("C0", "C2")
+    where: str  #: where the noise sits, in words ("on the released iterate")
+
+
 class Mechanism(Protocol):
     """One unlearning mechanism: its schedule's rules, its guarantee and its calibration.
 
@@ -91,6 +102,10 @@ class Mechanism(Protocol):
 
     def plan(self, target: Guarantee, method: Method, **inputs: Any) -> Schedule:
         """The cheapest schedule meeting ``target``; ``inputs`` holds exactly the names in ``inputs``."""
+        ...
+
+    def noise_left(self, schedule: Schedule) -> NoiseLeft | None:
+        """The noise a valid ``schedule`` leaves on the released model; None when it adds none."""
         ...
 
 

@@ -21,6 +21,7 @@ import mpmath
 
 from certun.accountant._mechanism import (
     DEFAULT_MAX_T,
+    NoiseLeft,
     cost_note,
     finish,
     present,
@@ -193,6 +194,12 @@ class ModelClipping:
         else:
             ld = log_delta_final(eps, rs, log_delta_initial(eps, C0, s.sigma0))
         return Guarantee(eps, delta_from_log(ld), log_delta=ld)
+
+    def noise_left(self, schedule: Schedule) -> NoiseLeft:
+        """The last step's noise stays on the iterate (after the C2 projection, or inside it)."""
+        inside = schedule.mode is Mode.CLIP_NOISE_BEFORE_PROJECTION
+        return NoiseLeft(schedule.sigmas[-1], present(schedule.C2), "C2",
+                         "inside the C2 projection" if inside else "on the released iterate")
 
     def plan(self, target: Guarantee, method: Method, **inputs: Any) -> Schedule:
         """σ for a given T, or the first T at which the recursion reaches δ for a given σ."""

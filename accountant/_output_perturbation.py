@@ -9,7 +9,7 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
-from certun.accountant._mechanism import finish, present, require, require_no_steps, require_target
+from certun.accountant._mechanism import NoiseLeft, finish, present, require, require_no_steps, require_target
 from certun.accountant._numerics import FLOAT_SLACK, delta_from_log, log_theta, log_theta_mp
 from certun.accountant._schedule import MAX_EPS, Guarantee, Method, Schedule, Variant, scale
 from certun.accountant._solver import round_up, solve_monotone
@@ -43,6 +43,10 @@ class OutputPerturbation:
         else:
             ld = log_theta(eps, r) * (1.0 - FLOAT_SLACK)
         return Guarantee(eps, delta_from_log(ld), log_delta=ld)
+
+    def noise_left(self, schedule: Schedule) -> NoiseLeft:
+        """The one draw σ0, on the released iterate."""
+        return NoiseLeft(present(schedule.sigma0), present(schedule.C0), "C0", "on the released iterate")
 
     def plan(self, target: Guarantee, method: Method, **inputs: Any) -> Schedule:
         """The smallest σ0 (exact), or the classic ``2·C0·√(2 ln(1.25/δ))/ε`` (closed form, ε < 1 only)."""

@@ -51,7 +51,7 @@ def register_mechanism(variant: Variant, mech: Mechanism) -> None:
     if any(variant == known for known in MECHANISMS):
         raise InvalidParameterError("variant", variant.value, "a variant not registered yet",
                                     hint="unregister_mechanism() it first to replace it")
-    for name in ("inputs", "conversion", "exact", "validate", "guarantee", "plan"):
+    for name in ("inputs", "conversion", "exact", "validate", "guarantee", "plan", "noise_left"):
         if not hasattr(mech, name):
             raise InvalidParameterError("mechanism", type(mech).__name__, f"an object with {name!r} (see Mechanism)")
     MECHANISMS[variant] = mech

@@ -30,6 +30,10 @@ class Retrain:
         """(0, 0): retraining never saw the forget set."""
         return Guarantee(0.0, 0.0)
 
+    def noise_left(self, schedule: Schedule) -> None:
+        """None: retraining adds no noise."""
+        return None
+
     def plan(self, target: Guarantee, method: Method, **inputs: Any) -> Schedule:
         """The one schedule: T = 0, nothing to calibrate."""
         return Schedule(variant=Variant.RETRAIN, T=0, target=target, method=method,

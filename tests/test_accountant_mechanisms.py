@@ -15,8 +15,10 @@ import certun
 from certun.accountant import (
     Guarantee,
     Method,
+    NoiseLeft,
     Schedule,
     Variant,
+    forecast,
     guarantee,
     mechanism,
     plan,
@@ -52,6 +54,9 @@ class LaplaceRelease:
 
     def guarantee(self, schedule: Schedule, *, exact: bool) -> Guarantee:
         return Guarantee(2.0 * schedule.C0 / schedule.sigma0, 0.0)
+
+    def noise_left(self, schedule: Schedule) -> NoiseLeft:
+        return NoiseLeft(math.sqrt(2.0) * schedule.sigma0, schedule.C0, "C0", "on the released model")
 
     def plan(self, target: Guarantee, method: Method, **inputs: Any) -> Schedule:
         C0 = float(inputs["C0"])
@@ -181,3 +186,10 @@ def test_plan_never_hands_out_a_schedule_that_misses_its_target(toy, monkeypatch
     monkeypatch.setattr(LaplaceRelease, "plan", lambda self, target, method, **inputs: plan(0.5, 1e-6, 2.0, 1.0))
     with pytest.raises(certun.NumericalError, match="gradient_clipping"):
         plan(0.5, 1e-6, 2.0, variant="laplace_release")  # a schedule of another variant
+
+
+def test_forecast_asks_the_mechanism_what_noise_it_leaves(toy):
+    """The utility forecast of a registered mechanism uses its own noise (Laplace: std b·√2), not a guess."""
+    s = plan(0.5, 1e-6, 2.0, variant="laplace_release")
+    f = forecast(s, 100)
+    assert f.sigma_eff == math.sqrt(2.0) * s.sigma0 and f.radius == 2.0 and "on the released model" in f.text

@@ -20,7 +20,7 @@ PUBLIC = {
     # the domain of the accounting inputs
     "MIN_SCALE", "MAX_SCALE", "MAX_EPS", "MIN_DELTA", "MAX_DELTA", "MAX_STEPS",
     # one mechanism per variant, one table
-    "Mechanism", "mechanism", "register_mechanism", "unregister_mechanism",
+    "Mechanism", "NoiseLeft", "mechanism", "register_mechanism", "unregister_mechanism",
     # what a schedule does to a model of d parameters
     "forecast", "Forecast",
     # lower-level maths for verifiers and auditors
