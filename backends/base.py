@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
-from certun.accountant.schedule import Schedule
+from certun.accountant import Schedule
 from certun.certificates.record import RunRecord
 
 __all__ = ["Backend", "UnlearnResult"]

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from certun.accountant.schedule import Schedule
+from certun.accountant import Schedule
 from certun.certificates.record import ModelDigest, RunRecord
 from certun.errors import InvalidParameterError
 

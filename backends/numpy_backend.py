@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from certun.accountant.schedule import Mode, Schedule, Variant
+from certun.accountant import Mode, Schedule, Variant
 from certun.backends import certify
 from certun.backends.base import UnlearnResult
 from certun.backends.numpy_steps import SAFETY, add_noise, gc_step, mc_step, output_perturbation, project_ball

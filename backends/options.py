@@ -14,7 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from certun.accountant.schedule import Mode, Schedule, Variant, integer, real_number
+from certun._validation import integer, real_number
+from certun.accountant import Mode, Schedule, Variant
 from certun.errors import InvalidParameterError
 
 __all__ = [

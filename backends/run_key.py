@@ -30,7 +30,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from certun.accountant.schedule import Schedule, Variant
+from certun.accountant import Schedule, Variant
 from certun.backends import noise
 from certun.backends.options import opening_secret, resolve_seed
 from certun.certificates.canonical import canonical_bytes

@@ -36,7 +36,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from certun.accountant.schedule import Mode, Schedule, Variant
+from certun.accountant import Mode, Schedule, Variant
 from certun.backends import certify
 from certun.backends.base import UnlearnResult
 from certun.backends.options import RunOptions, clipping_for, opening_secret, resolve_seed

@@ -31,7 +31,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from certun.accountant.schedule import MAX_DELTA, MAX_EPS, MAX_SCALE, MIN_DELTA, MIN_SCALE, real_number
+from certun._validation import real_number
+from certun.accountant import MAX_DELTA, MAX_EPS, MAX_SCALE, MIN_DELTA, MIN_SCALE
 from certun.errors import InvalidParameterError, UnlearningRunError
 
 __all__ = ["CENTERS", "DemoConfig", "DemoResult", "default_hyperparameters", "prepare_out_dir", "register",

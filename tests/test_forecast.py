@@ -7,7 +7,7 @@ import math
 import pytest
 
 import certun
-from certun.accountant.forecast import forecast
+from certun.accountant import forecast
 from certun.errors import InvalidParameterError
 
 

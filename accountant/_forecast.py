@@ -15,7 +15,8 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from certun.accountant.schedule import Mode, Schedule, Variant
+from certun.accountant._registry import mechanism
+from certun.accountant._schedule import Schedule
 from certun.errors import InvalidParameterError
 
 __all__ = ["Forecast", "forecast"]
@@ -38,25 +39,11 @@ class Forecast:
     text: str
 
 
-def _effective_sigma(s: Schedule) -> tuple[float, float, str]:
-    """``(σ_eff, radius, radius name)``: per-coordinate noise left on the released iterate, and the signal radius."""
-    v = s.variant
-    if v is Variant.OUTPUT_PERTURBATION:
-        return float(s.sigma0), float(s.C0), "C0"
-    if v is Variant.GRADIENT_CLIPPING:
-        # noise of step t reaches the end contracted by the later steps' factors (1 - γλ)
-        var, factor = 0.0, 1.0
-        for gamma, sigma in zip(reversed(s.gammas), reversed(s.sigmas), strict=True):
-            var += (factor * sigma) ** 2
-            factor *= 1.0 - gamma * s.lam
-        return math.sqrt(var), float(s.C0), "C0"
-    # model clipping: the last step's noise stays on the iterate (after or inside the C2 projection)
-    return float(s.sigmas[-1]), float(s.C2), "C2"
-
-
 def forecast(schedule: Schedule, d: Any) -> Forecast | None:
     """Forecast for ``d`` unlearned parameters (an integer, or a model whose trainable parameters are
     counted), or ``None`` for retraining (no noise).
+
+    The noise left is the schedule's mechanism's (``noise_left``), so a registered mechanism is forecast too.
 
     Raises:
         InvalidParameterError: ``d`` is not an integer >= 1 or a model, or ``schedule`` is not a Schedule.
@@ -67,14 +54,13 @@ def forecast(schedule: Schedule, d: Any) -> Forecast | None:
         raise InvalidParameterError("schedule", type(schedule).__name__, "a Schedule from certun.plan")
     if isinstance(d, bool) or not isinstance(d, int) or d < 1:
         raise InvalidParameterError("d", d, "the number of unlearned parameters, an integer >= 1")
-    if schedule.variant is Variant.RETRAIN:
+    left = mechanism(schedule.variant).noise_left(schedule)
+    if left is None:
         return None
-    sigma_eff, radius, name = _effective_sigma(schedule)
+    sigma_eff, radius, name, where = left
     noise_norm = sigma_eff * math.sqrt(d)
     ratio = noise_norm / radius
     erases = ratio >= ERASE_RATIO
-    inside = schedule.variant is Variant.MODEL_CLIPPING and schedule.mode is Mode.CLIP_NOISE_BEFORE_PROJECTION
-    where = "inside the C2 projection" if inside else "on the released iterate"
     verdict = ("expect the noisy phase to erase what the model learned beyond the centre; fine-tuning afterwards "
                "amounts to retraining from the centre, so compare the exact routes (docs/choosing.md)"
                if erases else

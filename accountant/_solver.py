@@ -52,23 +52,14 @@ def step_below(x: float, digits: int = SIG_DIGITS) -> float:
 
 @dataclass(frozen=True, slots=True)
 class Solution:
-    """Result of :func:`solve_monotone`.
+    """Result of :func:`solve_monotone`: the smallest feasible grid point ``x`` found and ``gap(x) ≤ 0``.
 
-    Attributes:
-        x: the smallest feasible grid point found (``gap(x) ≤ 0``).
-        gap: ``gap(x)``.
-        x_below: the next grid point below ``x`` (``None`` if ``x`` is the lower end of the domain).
-        gap_below: ``gap(x_below) > 0``, the evidence that ``x`` is tight.
-        evaluations: number of gap evaluations.
-        status: ``"converged"``.
+    The next grid point below ``x`` was evaluated and found infeasible (unless ``x`` is the lower end of
+    the domain); that is the solver's contract, so the value itself is not carried.
     """
 
     x: float
     gap: float
-    x_below: float | None
-    gap_below: float | None
-    evaluations: int
-    status: str = "converged"
 
 
 def solve_monotone(
@@ -93,8 +84,8 @@ def solve_monotone(
         maxiter: bound on evaluations; exceeding it raises :class:`SolverError`.
 
     Returns:
-        A :class:`Solution` with ``gap(x) ≤ 0`` and, unless ``x`` is the domain's lower end,
-        ``gap(x_below) > 0``.
+        A :class:`Solution` with ``gap(x) ≤ 0``; unless ``x`` is the domain's lower end, the gap at
+        the next grid point below was evaluated and is ``> 0``.
 
     Raises:
         SolverError: no feasible point could be bracketed, or the iteration limit was hit.
@@ -112,22 +103,25 @@ def solve_monotone(
         return value
 
     if integer:
-        return _solve_integer(g, guess, bracket, max(1, math.ceil(lower_limit)), lambda: count)
-
-    # ---- continuous: bracket in log space, bisect to a relative width far below the grid, round up
+        return _solve_integer(g, guess, bracket, max(1, math.ceil(lower_limit)))
     if bracket is None:
         if guess is None or not guess > lower_limit:
             raise SolverError("need a bracket or a guess above the lower limit")
-        lo, hi = guess * (1 - guess_rtol), guess * (1 + guess_rtol)
-    else:
-        lo, hi = bracket
-    factor = guess_rtol
+        bracket = (guess * (1 - guess_rtol), guess * (1 + guess_rtol))
+    return _solve_continuous(g, bracket, guess_rtol, lower_limit)
+
+
+def _solve_continuous(g: Callable[[float], float], bracket: tuple[float, float], rtol: float,
+                      lower_limit: float) -> Solution:
+    """Bracket in log space, bisect to a relative width far below the grid, round up, walk the grid."""
+    lo, hi = bracket
+    factor = rtol
     while g(hi) > 0:
         factor = min(factor * 16.0, 1e3)
         hi = hi * (1 + factor)
         if not math.isfinite(hi):
             raise SolverError("no feasible value could be bracketed (gap > 0 up to overflow)")
-    factor = guess_rtol
+    factor = rtol
     while lo > lower_limit and g(lo) <= 0:
         hi = lo
         factor = min(factor * 16.0, 0.5)
@@ -148,16 +142,17 @@ def solve_monotone(
         x = round_up(x * (1 + 10.0 ** (-SIG_DIGITS)))
         gx = g(x)
     below = step_below(x)
-    g_below = g(below) if below > lower_limit else None
-    while g_below is not None and g_below <= 0:  # walk down while still feasible
+    while below > lower_limit:  # walk down while the point below is still feasible
+        g_below = g(below)
+        if g_below > 0:
+            break
         x, gx = below, g_below
         below = step_below(x)
-        g_below = g(below) if below > lower_limit else None
-    return Solution(x=x, gap=gx, x_below=below if g_below is not None else None,
-                    gap_below=g_below, evaluations=count)
+    return Solution(x=x, gap=gx)
 
 
-def _solve_integer(g, guess, bracket, first: int, counter) -> Solution:
+def _solve_integer(g: Callable[[float], float], guess: float | None, bracket: tuple[float, float] | None,
+                   first: int) -> Solution:
     if bracket is not None:
         lo, hi = int(bracket[0]), int(bracket[1])
     else:
@@ -173,7 +168,7 @@ def _solve_integer(g, guess, bracket, first: int, counter) -> Solution:
     # invariant: hi feasible; lo infeasible or below the domain
     if lo >= first and g(lo) <= 0:
         # the bracket's low end is feasible too: search downwards from it
-        return _solve_integer(g, None, (first - 1, lo), first, counter)
+        return _solve_integer(g, None, (first - 1, lo), first)
     while hi - lo > 1:
         mid = (lo + hi) // 2
         gm = g(mid)
@@ -181,7 +176,4 @@ def _solve_integer(g, guess, bracket, first: int, counter) -> Solution:
             hi, ghi = mid, gm
         else:
             lo = mid
-    below = hi - 1
-    g_below = g(below) if below >= first else None
-    return Solution(x=hi, gap=ghi, x_below=below if g_below is not None else None,
-                    gap_below=g_below, evaluations=counter())
+    return Solution(x=hi, gap=ghi)
