@@ -19,13 +19,14 @@ from certun.certificates.commitment import (
 from certun.certificates.digest import model_digest, tensor_digest
 from certun.certificates.issue import issue, write_certificate
 from certun.certificates.merkle import MerkleReceipt, MerkleTree, merkle_tree, verify_receipt
-from certun.certificates.parse import load_certificate
+from certun.certificates.parse import load_certificate, read_bytes, strict_loads
 from certun.certificates.record import ModelDigest, RunRecord
-from certun.certificates.report import CheckResult, Report, Status
+from certun.certificates.report import CheckResult, Report, Status, printable
 from certun.certificates.schema import FORMAT_VERSION, SUPPORTED_FORMAT_VERSIONS
 from certun.certificates.signing import (
     generate_signing_key,
     load_public_key,
+    load_public_key_file,
     load_signing_key,
     public_key_multibase,
     signing_key_multibase,
@@ -48,6 +49,7 @@ __all__ = [
     "issue",
     "load_certificate",
     "load_public_key",
+    "load_public_key_file",
     "load_signing_key",
     "merkle_tree",
     "model_commitment",
@@ -55,9 +57,12 @@ __all__ = [
     "open_model_commitment",
     "key_commitment",
     "open_seed_commitment",
+    "printable",
     "public_key_multibase",
+    "read_bytes",
     "seed_commitment",
     "signing_key_multibase",
+    "strict_loads",
     "tensor_digest",
     "verify",
     "verify_receipt",

@@ -283,7 +283,7 @@ def test_a_fifo_in_the_chain_folder_does_not_hang(tmp_path):
 
 def test_cli_never_shows_a_traceback(tmp_path, capsys, monkeypatch):
     """An unexpected exception in a subcommand is one line on stderr and exit 2."""
-    import certun.certificates.cli as cli
+    import certun.cli.verify as cli
 
     def boom(*a, **k):
         raise RuntimeError("unexpected")

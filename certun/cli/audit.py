@@ -11,8 +11,7 @@ import argparse
 import json
 from pathlib import Path
 
-from certun.accountant import Schedule, Variant, plan
-from certun.accountant.planner import DEFAULT_GAMMA
+from certun.accountant import DEFAULT_GAMMA, Schedule, Variant, plan
 from certun.audit.game import RUNNERS
 from certun.audit.stats import SELECTIONS
 from certun.audit.suite import QUICK_N_RUNS, AuditReport
