@@ -40,7 +40,7 @@ _SEED_TAG = b"certun.sisa.seed.v1\x00"
 
 
 def _encode(record_id: Any) -> bytes:
-    from certun.certificates.merkle import encode_id
+    from certun.certificates import encode_id
 
     return encode_id(record_id)
 

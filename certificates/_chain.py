@@ -6,7 +6,7 @@ back through a folder of certificate files and passes only if the walk ends at s
 *recomputed* digests, so a modified predecessor breaks the chain. Every predecessor is itself checked:
 stored content digest, internal consistency, and its signature (by a pinned key when keys are pinned).
 Two certificates with the same predecessor are a fork: two histories of one ledger, reported as a
-FAIL. Only regular ``*.json`` files of at most :data:`~certun.certificates.parse.MAX_CERTIFICATE_BYTES`
+FAIL. Only regular ``*.json`` files of at most :data:`~certun.certificates._parse.MAX_CERTIFICATE_BYTES`
 are read, at most :data:`MAX_CHAIN_FILES` of them and :data:`MAX_CHAIN_BYTES` in all.
 See docs/theory.md#sequential-requests.
 """
@@ -19,11 +19,11 @@ from collections.abc import Collection, Mapping
 from pathlib import Path
 from typing import Any
 
-from certun.certificates.canonical import content_digest
-from certun.certificates.consistency import consistency_problems
-from certun.certificates.parse import load_certificate
-from certun.certificates.report import Status, printable
-from certun.certificates.signing import verify_document
+from certun.certificates._canonical import content_digest
+from certun.certificates._consistency import consistency_problems
+from certun.certificates._parse import load_certificate
+from certun.certificates._signing import verify_document
+from certun.certificates._verification_report import Status, printable
 
 __all__ = ["MAX_CHAIN_BYTES", "MAX_CHAIN_FILES", "check_chain", "index_certificates"]
 

@@ -33,14 +33,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from certun.accountant import Schedule
-from certun.certificates.canonical import content_digest
-from certun.certificates.consistency import consistency_problems, raw_seed_paths
+from certun.certificates._canonical import content_digest
+from certun.certificates._consistency import consistency_problems, raw_seed_paths
+from certun.certificates._parse import format_problem, json_value_problems, read_bytes, strict_loads
+from certun.certificates._recompute import ClaimDecision, decide_claim
+from certun.certificates._schema import schema_errors
+from certun.certificates._signing import load_public_key, load_public_key_file, verify_document
+from certun.certificates._verification_report import CheckResult, Report, Status, printable
 from certun.certificates.noise_check import TAIL_SLACK, USER_SEED_NOTE, noise_problems
-from certun.certificates.parse import format_problem, json_value_problems, read_bytes, strict_loads
-from certun.certificates.recompute import ClaimDecision, decide_claim
-from certun.certificates.report import CheckResult, Report, Status, printable
-from certun.certificates.schema import schema_errors
-from certun.certificates.signing import load_public_key, load_public_key_file, verify_document
 from certun.errors import CertificateFormatError, CertunError, InvalidParameterError
 
 __all__ = ["CHECK_NAMES", "MAX_VERIFY_T", "CheckResult", "Report", "Status", "verify"]
@@ -215,7 +215,7 @@ def _stored_accounting(ctx: _Context) -> tuple[Status, str]:
 def _model(ctx: _Context) -> tuple[Status, str]:
     if ctx.model is None:
         return Status.SKIP, "no model given (pass the model file to check its digests)"
-    from certun.certificates.modelfile import check_model
+    from certun.certificates._modelfile import check_model
 
     return check_model(ctx.doc, ctx.model, allow_uncovered=ctx.allow_uncovered)
 
@@ -226,7 +226,7 @@ def _chain(ctx: _Context) -> tuple[Status, str]:
         if previous is None:
             return Status.PASS, "first certificate of its ledger (no previous link)"
         return Status.SKIP, f"links to previous certificate {previous}; pass the ledger folder to check the chain"
-    from certun.certificates.chain import check_chain
+    from certun.certificates._chain import check_chain
 
     return check_chain(ctx.doc, ctx.chain_dir, trusted_keys=ctx.pinned, require_signature=ctx.require_signature)
 

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from certun.certificates import public_key_multibase, write_certificate
-from certun.certificates.verify import CHECK_NAMES
+from certun.certificates._verify import CHECK_NAMES
 from certun.cli import main
 
 DATA = Path(__file__).parent / "data"
