@@ -3,15 +3,15 @@
 The whole product on real data in a few minutes on a laptop CPU (GPU when present):
 
 1. load Fashion-MNIST (Debian package ``dataset-fashion-mnist``; scikit-learn's digits otherwise) and
-   split it with a seed (:mod:`certun.data`); the forget set is a random 10% of train (or one class);
-2. train the *original* model on all of D for a few epochs (:func:`certun.models.fit`);
+   split it with a seed (:mod:`certun.demo.data`); the forget set is a random 10% of train (or one class);
+2. train the *original* model on all of D for a few epochs (:func:`certun.demo.models.fit`);
 3. plan the noisy phase with :func:`certun.plan` at (ε, δ) from hyperparameters fixed in advance
    (:func:`default_hyperparameters`; they depend on the architecture, never on the data);
 4. unlearn with ``get_backend("torch").unlearn``: the noisy phase, projection back onto the C0 ball,
    noiseless fine-tuning on retain data; write ``unlearned.pt`` and ``certificate.json``;
 5. retrain from scratch on the retain data with the same fine-tuning budget (exact unlearning);
 6. verify the certificate against ``unlearned.pt`` with :func:`certun.certificates.verify`, write
-   ``report.md`` and ``report.png`` (:mod:`certun.report`) and print a summary table.
+   ``report.md`` and ``report.png`` (:mod:`certun.demo.run_report`) and print a summary table.
 
 The accuracy after each fine-tuning epoch is measured on a replay: a second backend call with the
 same noise seed and the same data order and no fine-tuning, then the same SGD epochs run here; its
@@ -269,14 +269,14 @@ class _Scorer:
         self.device = device
 
     def accuracy(self, model: Any, name: str) -> float:
-        from certun.models import accuracy
+        from certun.demo.models import accuracy
 
         x, y = self.sets[name]
         return accuracy(model, x, y, device=self.device)
 
     def phase(self, model: Any, *, label: str, kind: str) -> Any:
         """The model's accuracies; the original model's forget accuracy is left out (private, not covered)."""
-        from certun.report import Phase
+        from certun.demo.run_report import Phase
 
         scores = {name: self.accuracy(model, name) for name in ("retain", "test")}
         forget = None if kind == "original" else self.accuracy(model, "forget")
@@ -303,8 +303,8 @@ def run_demo(config: DemoConfig, out_dir: str | Path, *, progress: bool = True,
         InvalidParameterError, DatasetFormatError, UnlearningRunError: bad options, data or run.
     """
     from certun.certificates import verify
-    from certun.data import load_data, make_splits
-    from certun.report import phase_table, write_report
+    from certun.demo.data import load_data, make_splits
+    from certun.demo.run_report import phase_table, write_report
 
     started = time.perf_counter()
     device = _resolve_device(config.device)
@@ -382,8 +382,8 @@ def _train_original(config: DemoConfig, data: Any, splits: Any, scorer: _Scorer,
     Returns ``(original model, centre state dict or None, centre description, reference norm)``; the
     reference norm is that of an initialisation with a public seed, from which C0 is set.
     """
-    from certun.data import make_loader
-    from certun.models import build_model, fit, parameter_norm
+    from certun.demo.data import make_loader
+    from certun.demo.models import build_model, fit, parameter_norm
 
     device = scorer.device
     model = build_model(config.model, data.input_shape, data.num_classes, seed=config.seed)
@@ -413,7 +413,7 @@ def _train_original(config: DemoConfig, data: Any, splits: Any, scorer: _Scorer,
 
 def _retain_loader(config: DemoConfig, data: Any, splits: Any) -> Any:
     """A fresh loader over the retain set; every call gives the same batches in the same order."""
-    from certun.data import make_loader
+    from certun.demo.data import make_loader
 
     return make_loader(data.pool_x, data.pool_y, splits.retain, batch_size=config.batch_size, shuffle=True,
                        seed=config.seed + 2)
@@ -427,7 +427,7 @@ def _unlearn(config: DemoConfig, data: Any, splits: Any, schedule: Any, original
 
     from certun.backends import get_backend
     from certun.certificates import write_certificate
-    from certun.report import atomic_write_bytes
+    from certun.demo.run_report import atomic_write_bytes
 
     backend = get_backend("torch")
     common = dict(loss_fn=cross_entropy, center=center_state, clip=config.clip, finetune_lr=config.finetune_lr,
@@ -471,7 +471,7 @@ def _retrain(config: DemoConfig, data: Any, splits: Any, original: Any, center_s
 
     from certun.accountant import plan
     from certun.backends import get_backend
-    from certun.models import build_model
+    from certun.demo.models import build_model
 
     def factory() -> Any:
         return build_model(config.model, data.input_shape, data.num_classes, seed=config.seed + 4)
