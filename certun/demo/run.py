@@ -484,24 +484,11 @@ def _retrain(config: DemoConfig, data: Any, splits: Any, original: Any, center_s
 
 
 def _sgd_epoch(model: Any, loader: Any, *, lr: float, device: Any) -> None:
-    """One epoch of the backend's noiseless fine-tuning: plain SGD on the minibatch-mean cross-entropy."""
-    import torch
-    from torch.nn.functional import cross_entropy
+    """One epoch of the backend's noiseless fine-tuning (:func:`certun.demo.models.sgd_epoch`; imported on
+    call so that importing the demo does not import torch)."""
+    from certun.demo.models import sgd_epoch
 
-    params = [p for p in model.parameters() if p.requires_grad]
-    model.train()
-    for inputs, targets in loader:
-        if len(targets) == 0:
-            continue
-        for p in params:
-            p.grad = None
-        loss = cross_entropy(model(inputs.to(device)), targets.to(device), reduction="none").mean()
-        loss.backward()
-        with torch.no_grad():
-            for p in params:
-                p.add_(p.grad, alpha=-lr)
-    for p in params:
-        p.grad = None
+    sgd_epoch(model, loader, lr=lr, device=device)
 
 
 def _max_abs_diff(a: Any, b: Any) -> float:
