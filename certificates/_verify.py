@@ -200,6 +200,7 @@ def _differs(stored: Any, recomputed: float | None) -> bool:
 
 
 def _stored_accounting(ctx: _Context) -> tuple[Status, str]:
+    assert ctx.decision is not None, "runs only after the recompute check decided the claim"
     rec = ctx.decision.recomputed
     m, acc = ctx.doc["mechanism"], ctx.doc["accounting"]
     pairs = [("mechanism.achieved_eps", m["achieved_eps"], rec.eps),
@@ -334,7 +335,8 @@ def verify(cert: Mapping[str, Any] | bytes | str | os.PathLike, *,
     trusted_key_files = tuple(trusted_key_files) if isinstance(trusted_key_files, Iterable) and not isinstance(
         trusted_key_files, (str, bytes, bytearray, os.PathLike)) else trusted_key_files
     _validate_arguments(cert, model, trusted_keys, trusted_key_files, chain_dir, max_eps, max_delta)
-    ctx = _Context(source=cert, model=model, trusted_keys=trusted_keys, trusted_key_files=trusted_key_files,
+    ctx = _Context(source=cert, model=model, trusted_keys=tuple(trusted_keys),
+                   trusted_key_files=tuple(trusted_key_files),
                    chain_dir=chain_dir, max_eps=max_eps, max_delta=max_delta,
                    require_signature=bool(require_signature), allow_uncovered=bool(allow_uncovered))
     results = []
