@@ -23,166 +23,21 @@ fine-tuning, which is post-processing on retain data (docs/theory.md#definition)
 from __future__ import annotations
 
 import io
-import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from certun.accountant.schedule import MAX_DELTA, MAX_EPS, MAX_SCALE, MIN_DELTA, MIN_SCALE, real_number
+from certun.demo import findings
+from certun.demo.config import QUICK_MAX_TEST, QUICK_MAX_TRAIN, DemoConfig, default_hyperparameters, plan_schedule
+from certun.demo.findings import noisy_label as _noisy_label
 from certun.errors import InvalidParameterError, UnlearningRunError
 
-__all__ = ["CENTERS", "CLIPS", "OUTPUTS", "VARIANTS", "DemoConfig", "DemoResult", "default_hyperparameters",
-           "prepare_out_dir", "run_demo"]
+__all__ = ["OUTPUTS", "DemoResult", "prepare_out_dir", "run_demo"]
 
-VARIANTS = ("gradient_clipping", "model_clipping", "output_perturbation")
-CENTERS = ("zero", "init", "public")
-DEVICES = ("auto", "cpu", "cuda")
-CLIPS = ("per_sample", "ghost", "batch")
-#: Noisy steps of the default and the ``--quick`` run (a compute budget, fixed in advance).
-DEFAULT_T, QUICK_T = 200, 20
-#: ``--quick``: at most this many training records and test records.
-QUICK_MAX_TRAIN, QUICK_MAX_TEST = 2000, 1000
 #: Seed of the architecture-only initialisation whose norm sets C0 (a public constant).
 _C0_REFERENCE_SEED = 0
-
-
-@dataclass(frozen=True, kw_only=True)
-class DemoConfig:
-    """Everything ``certun demo`` does, fixed before any data is read.
-
-    Hyperparameters left ``None`` (``C0``, ``T``) follow :func:`default_hyperparameters`. ``quick``
-    also caps the data at :data:`QUICK_MAX_TRAIN` / :data:`QUICK_MAX_TEST` records; build it with
-    :meth:`quick_defaults` to get the small epoch counts as well.
-    """
-
-    variant: str = "gradient_clipping"
-    eps: float = 1.0
-    delta: float = 1e-5
-    forget_fraction: float = 0.1
-    forget_class: int | None = None
-    data: str = "auto"
-    model: str = "mlp"
-    center: str = "zero"
-    clip: str = "per_sample"
-    seed: int = 0
-    noise_seed: int | None = None
-    device: str = "auto"
-    quick: bool = False
-    C0: float | None = None
-    C1: float = 1.0
-    lam: float = 0.0
-    T: int | None = None
-    batch_size: int = 128
-    train_epochs: int = 5
-    train_lr: float = 0.05
-    finetune_epochs: int = 3
-    finetune_lr: float = 0.05
-    public_epochs: int = 3
-
-    @classmethod
-    def quick_defaults(cls, **overrides: Any) -> DemoConfig:
-        """The ``--quick`` configuration (CI smoke test, well under a minute on one CPU core)."""
-        base = dict(quick=True, train_epochs=2, finetune_epochs=1, public_epochs=1)
-        base.update(overrides)
-        return cls(**base)
-
-    def __post_init__(self) -> None:
-        def choice(name: str, value: Any, valid: tuple[str, ...]) -> None:
-            if value not in valid:
-                raise InvalidParameterError(name, value, "one of " + ", ".join(valid))
-
-        choice("variant", self.variant, VARIANTS)
-        choice("center", self.center, CENTERS)
-        choice("clip", self.clip, CLIPS)
-        choice("model", self.model, ("mlp", "cnn"))
-        choice("data", self.data, ("auto", "fashion-mnist", "digits"))
-        if self.device not in DEVICES and not str(self.device).startswith("cuda:"):
-            raise InvalidParameterError("device", self.device, "auto, cpu, cuda or cuda:N")
-        # the accountant's own ranges, checked here so that a bad target fails before any training
-        _in_range("eps", self.eps, 0.0, MAX_EPS, f"(0, {MAX_EPS:g}]", lower_open=True)
-        _in_range("delta", self.delta, MIN_DELTA, MAX_DELTA, f"[{MIN_DELTA:g}, {MAX_DELTA:g}]")
-        _in_range("C1", self.C1, MIN_SCALE, MAX_SCALE, f"[{MIN_SCALE:g}, {MAX_SCALE:g}]")
-        if self.C0 is not None:
-            _in_range("C0", self.C0, MIN_SCALE, MAX_SCALE, f"[{MIN_SCALE:g}, {MAX_SCALE:g}]")
-        for name in ("train_lr", "finetune_lr"):
-            _positive(name, getattr(self, name))
-        _in_range("lam", self.lam, 0.0, MAX_SCALE, f"[0, {MAX_SCALE:g}]")
-        _in_range("forget_fraction", self.forget_fraction, 0.0, 1.0, "(0, 1)", lower_open=True, upper_open=True)
-        if self.forget_class is not None:
-            _integer("forget_class", self.forget_class, 0)
-        _integer("seed", self.seed, 0)
-        if self.noise_seed is not None:
-            _integer("noise_seed", self.noise_seed, 0)
-            if self.noise_seed >= 2**63:
-                raise InvalidParameterError("noise_seed", self.noise_seed, "in [0, 2**63)")
-        if self.T is not None:
-            _integer("T", self.T, 1)
-            if self.variant == "output_perturbation":
-                raise InvalidParameterError("T", self.T, "omitted for output_perturbation",
-                                            hint="output perturbation is one noise draw, no noisy steps")
-        _integer("batch_size", self.batch_size, 1)
-        _integer("train_epochs", self.train_epochs, 1)
-        _integer("finetune_epochs", self.finetune_epochs, 1)
-        _integer("public_epochs", self.public_epochs, 1)
-
-
-def _positive(name: str, value: Any) -> None:
-    if not real_number(name, value, "a finite number > 0") > 0:
-        raise InvalidParameterError(name, value, "a finite number > 0")
-
-
-def _in_range(name: str, value: Any, lower: float, upper: float, text: str, *, lower_open: bool = False,
-              upper_open: bool = False) -> None:
-    """A real number (numpy scalars too) in ``text``'s interval, or a typed error quoting it."""
-    x = real_number(name, value, f"a real number in {text}")
-    if x < lower or x > upper or (lower_open and x == lower) or (upper_open and x == upper):
-        raise InvalidParameterError(name, value, f"in {text}")
-
-
-def _integer(name: str, value: Any, lower: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < lower:
-        raise InvalidParameterError(name, value, f"an integer >= {lower}")
-
-
-def default_hyperparameters(config: DemoConfig, reference_norm: float) -> dict[str, float | int]:
-    """The demo's planning hyperparameters, chosen before training from public information only.
-
-    * ``C0``: centred at 0, the L2 norm of a default PyTorch initialisation of the architecture
-      (``reference_norm``, seed 0), rounded up: the noise then leaves, after the projection, a
-      random point of the size of a fresh initialisation, a reasonable start for fine-tuning.
-      Centred at a data-independent point (``init``, ``public``), a trust radius of a tenth of that
-      norm: the projection keeps the centre's quality and the noise is ten times smaller.
-    * ``C1 = 1`` (gradient clipping norm), ``lam = 0``, ``T = 200`` noisy steps (20 with ``--quick``).
-    * ``gamma = C0 / (C1·T)``, so that ``T`` is the paper's optimal number of steps ``T* = C0/(γ C1)``
-      for λ = 0 (docs/theory.md#gradient-clipping).
-    * Model clipping: ``C2 = C0`` and the same γ and T. Output perturbation: only ``C0``.
-
-    Nothing here looks at the data, let alone at the forget set (docs/theory.md#soundness-rules).
-    """
-    if config.C0 is not None:
-        C0 = float(config.C0)
-    elif config.center == "zero":
-        C0 = float(math.ceil(reference_norm))
-    else:
-        C0 = math.ceil(reference_norm) / 10.0
-    T = config.T if config.T is not None else (QUICK_T if config.quick else DEFAULT_T)
-    return {"C0": C0, "C1": float(config.C1), "lam": float(config.lam), "T": int(T),
-            "gamma": C0 / (float(config.C1) * T)}
-
-
-def plan_schedule(config: DemoConfig, hyper: dict[str, float | int]) -> Any:
-    """The :class:`~certun.Schedule` of the chosen variant at (ε, δ) (exact calibration of σ)."""
-    from certun.accountant import plan
-
-    if config.variant == "output_perturbation":
-        return plan(config.eps, config.delta, hyper["C0"], variant="output_perturbation")
-    if config.variant == "model_clipping":
-        return plan(config.eps, config.delta, hyper["C0"], None, hyper["lam"], gamma=hyper["gamma"],
-                    T=hyper["T"], variant="model_clipping", C2=hyper["C0"])
-    return plan(config.eps, config.delta, hyper["C0"], hyper["C1"], hyper["lam"], gamma=hyper["gamma"],
-                T=hyper["T"], variant="gradient_clipping")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -303,14 +158,54 @@ def run_demo(config: DemoConfig, out_dir: str | Path, *, progress: bool = True,
         InvalidParameterError, DatasetFormatError, UnlearningRunError: bad options, data or run.
     """
     from certun.certificates import verify
-    from certun.demo.data import load_data, make_splits
-    from certun.demo.run_report import phase_table, write_report
 
     started = time.perf_counter()
     device = _resolve_device(config.device)
     out = prepare_out_dir(out_dir)  # before any work: a bad --out must not cost a training run
 
     # 1. data and splits
+    data, splits, test_x, test_y = _load(config, device, echo)
+    scorer = _Scorer(data, splits, test_x, test_y, device)
+
+    # 2. the centre and the original model; 3. the plan
+    original, center_state, center_label, reference_norm = _train_original(config, data, splits, scorer, echo)
+    phases = [scorer.phase(original, label="original (trained on D)", kind="original")]
+    private = {"original model forget-set accuracy": scorer.accuracy(original, "forget")}
+    hyper = default_hyperparameters(config, reference_norm)
+    schedule = plan_schedule(config, hyper)
+    steps = "" if schedule.T == 0 else f", T = {schedule.T}, gamma = {hyper['gamma']:g}"
+    echo(f"plan: {schedule.variant.value} at (eps, delta) = ({config.eps:g}, {config.delta:g}): C0 = {hyper['C0']:g}"
+         f"{steps}, {findings.noise_description(schedule)}; achieved eps = {schedule.achieved.eps:.6g}, "
+         f"delta = {schedule.achieved.delta:.3g}")
+
+    # 4. unlearn (released run, then the per-epoch replay); 5. retrain
+    runs = _unlearn(config, data, splits, schedule, original, center_state, scorer, out, progress, echo)
+    phases += runs["phases"]
+    retrained = _retrain(config, data, splits, original, center_state, runs["noise_seed"], progress, device)
+    start_label = "a fresh initialisation" if center_state is None else "the centre"
+    phases.append(scorer.phase(retrained.model, label=f"retrained from {start_label}", kind="retrain"))
+
+    # 6. verify and report
+    report = verify(runs["certificate"], model=runs["model"], max_eps=config.eps, max_delta=config.delta)
+    seconds = time.perf_counter() - started
+    d = sum(p.numel() for p in original.parameters())
+    facts = findings.facts(config, data, splits, len(test_y), d, hyper, schedule, center_label, device,
+                           noise_seed_given=config.noise_seed is not None, seconds=seconds,
+                           unlearn_seconds=runs["seconds"])
+    notes = findings.notes(config, data, phases, schedule, hyper, d, runs["replay_diff"])
+    files = _write_report(config, out, data.name, schedule, phases, facts, notes, report, runs, retrained, echo)
+    echo(f"\ncertificate {'verifies' if report.ok else 'DOES NOT verify'}: claims (eps, delta) = "
+         f"({schedule.target.eps:g}, {schedule.target.delta:g}); files in {out}: {', '.join(OUTPUTS)} "
+         f"({seconds:.0f} s in all)")
+    return DemoResult(out_dir=out, data_name=data.name, data_source=data.source, phases=tuple(phases),
+                      schedule=schedule, verification=report, files=files, replay_max_abs_diff=runs["replay_diff"],
+                      seconds=seconds, facts=tuple(facts), private=private)
+
+
+def _load(config: DemoConfig, device: Any, echo: Callable[[str], None]) -> tuple[Any, Any, Any, Any]:
+    """The data set, its seeded splits and the test arrays (capped with ``--quick``), announced on ``echo``."""
+    from certun.demo.data import load_data, make_splits
+
     data = load_data(config.data)
     if config.forget_class is not None and config.forget_class >= data.num_classes:
         raise InvalidParameterError("forget_class", config.forget_class, f"a label in 0..{data.num_classes - 1}")
@@ -328,35 +223,16 @@ def run_demo(config: DemoConfig, out_dir: str | Path, *, progress: bool = True,
          f"{splits.forget.size}{'' if config.forget_class is None else f' = class {config.forget_class}'}), "
          f"validation {splits.validation.size}, public {splits.public.size}"
          f"{' (used)' if config.center == 'public' else ' (unused)'}, test {len(test_y)}; device {device}")
-    scorer = _Scorer(data, splits, test_x, test_y, device)
+    return data, splits, test_x, test_y
 
-    # 2. the centre and the original model; 3. the plan
-    original, center_state, center_label, reference_norm = _train_original(config, data, splits, scorer, echo)
-    phases = [scorer.phase(original, label="original (trained on D)", kind="original")]
-    private = {"original model forget-set accuracy": scorer.accuracy(original, "forget")}
-    hyper = default_hyperparameters(config, reference_norm)
-    schedule = plan_schedule(config, hyper)
-    steps = "" if schedule.T == 0 else f", T = {schedule.T}, gamma = {hyper['gamma']:g}"
-    echo(f"plan: {schedule.variant.value} at (eps, delta) = ({config.eps:g}, {config.delta:g}): C0 = {hyper['C0']:g}"
-         f"{steps}, {_noise_description(schedule)}; achieved eps = {schedule.achieved.eps:.6g}, "
-         f"delta = {schedule.achieved.delta:.3g}")
 
-    # 4. unlearn (released run, then the per-epoch replay); 5. retrain
-    runs = _unlearn(config, data, splits, schedule, original, center_state, scorer, out, progress, echo)
-    phases += runs["phases"]
-    retrained = _retrain(config, data, splits, original, center_state, runs["noise_seed"], progress, device)
-    start_label = "a fresh initialisation" if center_state is None else "the centre"
-    phases.append(scorer.phase(retrained.model, label=f"retrained from {start_label}", kind="retrain"))
+def _write_report(config: DemoConfig, out: Path, data_name: str, schedule: Any, phases: list[Any],
+                  facts: list[tuple[str, str]], notes: list[str], report: Any, runs: dict[str, Any], retrained: Any,
+                  echo: Callable[[str], None]) -> dict[str, Path]:
+    """Write ``report.md`` and ``report.png``, print the phase table and the verification; the files written."""
+    from certun.demo.run_report import phase_table, write_report
 
-    # 6. verify and report
-    report = verify(runs["certificate"], model=runs["model"], max_eps=config.eps, max_delta=config.delta)
-    seconds = time.perf_counter() - started
-    d = sum(p.numel() for p in original.parameters())
-    facts = _facts(config, data, splits, len(test_y), d, hyper, schedule, center_label, device,
-                   noise_seed_given=config.noise_seed is not None, seconds=seconds,
-                   unlearn_seconds=runs["seconds"])
-    notes = _notes(config, data, phases, schedule, hyper, d, runs["replay_diff"])
-    title = (f"certun demo: {data.name}, {config.model.upper()}, {schedule.variant.value} at "
+    title = (f"certun demo: {data_name}, {config.model.upper()}, {schedule.variant.value} at "
              f"(eps, delta) = ({config.eps:g}, {config.delta:g})")
     md_path, png_path = write_report(out, title=title, phases=phases, facts=facts, verification=str(report),
                                      notes=notes, finetune_loss=runs["released"].history.get("ft_loss", []),
@@ -365,14 +241,8 @@ def run_demo(config: DemoConfig, out_dir: str | Path, *, progress: bool = True,
     echo(phase_table(phases))
     echo("")
     echo(str(report))
-    echo(f"\ncertificate {'verifies' if report.ok else 'DOES NOT verify'}: claims (eps, delta) = "
-         f"({schedule.target.eps:g}, {schedule.target.delta:g}); files in {out}: {', '.join(OUTPUTS)} "
-         f"({seconds:.0f} s in all)")
-    files = {"model": runs["model"], "certificate": runs["certificate"], "report_md": md_path,
-             "report_png": png_path}
-    return DemoResult(out_dir=out, data_name=data.name, data_source=data.source, phases=tuple(phases),
-                      schedule=schedule, verification=report, files=files, replay_max_abs_diff=runs["replay_diff"],
-                      seconds=seconds, facts=tuple(facts), private=private)
+    return {"model": runs["model"], "certificate": runs["certificate"], "report_md": md_path,
+            "report_png": png_path}
 
 
 def _train_original(config: DemoConfig, data: Any, splits: Any, scorer: _Scorer,
@@ -497,96 +367,3 @@ def _max_abs_diff(a: Any, b: Any) -> float:
     sa, sb = a.state_dict(), b.state_dict()
     with torch.no_grad():
         return max(float((sa[k].float() - sb[k].float().to(sa[k].device)).abs().max()) for k in sa)
-
-
-def _noise_description(schedule: Any) -> str:
-    if schedule.T == 0:
-        return f"sigma = {schedule.sigma0:.6g} (output noise)"
-    return f"sigma = {schedule.sigma:.6g} per step"
-
-
-def _noisy_label(schedule: Any) -> str:
-    if schedule.T == 0:
-        return "after output noise + projection"
-    return f"after {schedule.T} noisy steps + projection"
-
-
-def _accumulated_noise(schedule: Any) -> float:
-    """Standard deviation per coordinate of all the noise the run adds (before any projection)."""
-    if schedule.T == 0:
-        return float(schedule.sigma0)
-    extra = float(schedule.sigma0) ** 2 if schedule.sigma0 else 0.0
-    return math.sqrt(sum(float(s) ** 2 for s in schedule.sigmas) + extra)
-
-
-def _facts(config: DemoConfig, data: Any, splits: Any, n_test: int, d: int, hyper: dict[str, Any], schedule: Any,
-           center_label: str, device: Any, *, noise_seed_given: bool, seconds: float,
-           unlearn_seconds: float) -> list[tuple[str, str]]:
-    noise_label = _noise_description(schedule)
-    a = schedule.achieved
-    facts = [
-        ("data", data.source),
-        ("splits", f"seed {config.seed}: train {splits.train.size} = retain {splits.retain.size} + forget "
-                   f"{splits.forget.size}; validation {splits.validation.size}; test {n_test}"),
-        ("forget set", f"class {config.forget_class} ({data.classes[config.forget_class]})"
-         if config.forget_class is not None else f"random {config.forget_fraction:g} of train"),
-        ("model", f"{config.model.upper()}, d = {d:,} unlearned parameters (all of them)"),
-        ("original training", f"{config.train_epochs} epochs of SGD (lr {config.train_lr:g}, momentum 0.9, "
-                              f"batch {config.batch_size}) on all of D"),
-        ("variant", schedule.variant.value + (f" ({schedule.mode.value})" if schedule.mode is not None else "")),
-        ("target (eps, delta)", f"({config.eps:g}, {config.delta:g})"),
-        ("achieved (eps, delta)", f"({a.eps:.6g}, {a.delta:.3g})"),
-        ("centre of the balls", center_label),
-        ("C0", f"{hyper['C0']:g}"),
-    ]
-    if schedule.T:
-        gc = schedule.variant.value == "gradient_clipping"
-        facts += [("C1" if gc else "C2", f"{schedule.C1 if gc else schedule.C2:g}"),
-                  ("lam, gamma, T", f"{hyper['lam']:g}, {hyper['gamma']:g}, {schedule.T}"),
-                  ("clipping", config.clip if gc else "none (model clipping, noise after projection)")]
-    facts += [
-        ("noise", f"{noise_label}; accumulated std per coordinate {_accumulated_noise(schedule):.4g}"),
-        ("post-processing", f"projection onto the C0 ball, then {config.finetune_epochs} epochs of plain SGD "
-                            f"(lr {config.finetune_lr:g}) on retain data"),
-        ("noise seed", "given on the command line (reproducible; a known seed lets anyone remove the noise: demo only)"
-         if noise_seed_given else "drawn from the OS's secure source; only a salted commitment is in the certificate"),
-        ("device", str(device)),
-        ("time", f"{seconds:.0f} s in all, of which the certified unlearning run {unlearn_seconds:.1f} s"),
-    ]
-    return facts
-
-
-def _notes(config: DemoConfig, data: Any, phases: list[Any], schedule: Any, hyper: dict[str, Any], d: int,
-           replay_diff: float) -> list[str]:
-    by_kind = {p.kind: p for p in phases}
-    noisy, original, retrain = by_kind["noisy"], by_kind["original"], by_kind["retrain"]
-    released = [p for p in phases if p.kind == "finetune"][-1]
-    chance = 1.0 / data.num_classes
-    notes = [
-        f"Right after the noisy phase the test accuracy is {noisy.test:.3f} (chance is {chance:.2f}, the original "
-        f"model had {original.test:.3f}). The noise must hide the difference between any two starting points of "
-        f"the C0 ball (and the clipped steps' drift) in every direction: its accumulated standard deviation per "
-        f"coordinate is {_accumulated_noise(schedule):.3g}, while a model in the ball carries about C0/sqrt(d) = "
-        f"{hyper['C0'] / math.sqrt(d):.3g} per coordinate (docs/theory.md#utility-limit).",
-        f"The released model's accuracy comes from the noiseless fine-tuning on retain data, which is "
-        f"post-processing and keeps the guarantee (docs/theory.md#definition): test {released.test:.3f} after "
-        f"{config.finetune_epochs} epoch(s), against {retrain.test:.3f} for retraining with the same budget "
-        f"({released.test - retrain.test:+.3f}).",
-        f"Forget-set accuracy {released.forget:.3f} against retain {released.retain:.3f} and test "
-        f"{released.test:.3f} (retrained: forget {retrain.forget:.3f}, test {retrain.test:.3f}). A forget "
-        f"accuracy close to the test accuracy is what a model that never saw the forget set shows; the "
-        f"certificate, not this number, is the guarantee. The original model's forget accuracy is not reported: "
-        f"it is not covered by the guarantee.",
-    ]
-    if config.center == "zero":
-        notes.append("The balls are centred at 0 because this demo has no public data by default. A centre "
-                     "independent of D is the main utility lever (docs/theory.md#utility-limit): --center public "
-                     "anchors them at "
-                     "weights pretrained on a public split disjoint from D, which the noise then leaves intact.")
-    notes.append("Hyperparameters (C0, C1, lam, gamma, T, the centre, the fine-tuning budget) were fixed from the "
-                 "architecture and a compute budget before reading the data; none depends on the forget set "
-                 "(docs/theory.md#definition; docs/tutorial.md).")
-    notes.append(f"Per-epoch points were measured on a replay (same noise seed and data order, fine-tuned here); its "
-                 f"last epoch differs from the released model by at most {replay_diff:.2e} per parameter. The row "
-                 f"marked 'released' scores unlearned.pt itself, the model the certificate covers.")
-    return notes
