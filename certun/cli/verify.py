@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 from typing import Any
 
+from certun._validation import real_in_range
 from certun.certificates import Report, load_public_key, load_public_key_file, printable, read_bytes, verify
 from certun.cli._exit_codes import EXIT_CODES
 from certun.errors import CertificateFormatError, InvalidParameterError
@@ -22,16 +22,14 @@ from certun.errors import CertificateFormatError, InvalidParameterError
 __all__ = ["add_verification_options", "register", "verified_report"]
 
 
-def _limit(name: str, top: float = math.inf) -> Any:
+def _limit(name: str, top: float | None = None) -> Any:
+    """An argparse type for a policy limit: a finite number in [0, ``top``] (a bad one is a usage error)."""
     def parse(text: str) -> float:
         try:
-            value = float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{name} must be a number, got {text!r}") from None
-        if not math.isfinite(value) or value < 0 or value > top:
-            valid = "finite and >= 0" if top == math.inf else f"in [0, {top:g}]"
-            raise argparse.ArgumentTypeError(f"{name} must be {valid}, got {text!r}")
-        return value
+            return real_in_range(name, float(text), low=0.0, high=top)
+        except (ValueError, InvalidParameterError):
+            valid = "a finite number >= 0" if top is None else f"a number in [0, {top:g}]"
+            raise argparse.ArgumentTypeError(f"{name} must be {valid}, got {text!r}") from None
 
     return parse
 
