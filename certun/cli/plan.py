@@ -6,7 +6,8 @@ import argparse
 import json
 import math
 
-from certun.accountant import DEFAULT_GAMMA, Method, Mode, Variant, plan
+from certun.accountant import Method, Mode, Variant, plan
+from certun.accountant.planner import DEFAULT_GAMMA
 from certun.accountant.schedule import MAX_DELTA, MAX_EPS, MAX_SCALE, MAX_STEPS, MIN_DELTA, MIN_SCALE
 from certun.errors import CertunError
 
