@@ -19,6 +19,7 @@ from repro_data import Split
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from certun.demo.models import accuracy as demo_accuracy
 from certun.demo.models import sgd_epoch as demo_sgd_epoch
 
 __all__ = ["Curve", "accuracy", "evaluate", "loader", "sgd_epoch", "train_curve"]
@@ -32,21 +33,10 @@ def loader(split: Split, *, batch_size: int, seed: int, shuffle: bool = True) ->
     return DataLoader(ds, batch_size=batch_size, shuffle=shuffle, generator=gen, drop_last=False)
 
 
-@torch.no_grad()
 def accuracy(model: nn.Module, split: Split, *, batch_size: int = 2048) -> float:
-    """Fraction of ``split`` the model classifies correctly (``nan`` never: empty splits raise)."""
-    if len(split) == 0:
-        raise ValueError("accuracy of an empty split is undefined")
-    was = model.training
-    model.eval()
-    device = next(model.parameters()).device
-    correct = 0
-    for i in range(0, len(split), batch_size):
-        x = torch.from_numpy(split.x[i:i + batch_size]).to(device)
-        y = torch.from_numpy(split.y[i:i + batch_size]).to(device)
-        correct += int((model(x).argmax(1) == y).sum())
-    model.train(was)
-    return correct / len(split)
+    """Fraction of ``split`` the model classifies correctly (the demo's scorer; an empty split raises)."""
+    return demo_accuracy(model, torch.from_numpy(split.x), torch.from_numpy(split.y),
+                         device=next(model.parameters()).device, batch_size=batch_size)
 
 
 def evaluate(model: nn.Module, parts: dict[str, Split]) -> dict[str, float]:
