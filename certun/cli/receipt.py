@@ -11,7 +11,7 @@ from typing import Any
 
 from certun.certificates import MerkleReceipt, load_certificate, printable, read_bytes, strict_loads, verify_receipt
 from certun.cli._exit_codes import EXIT_CODES
-from certun.cli.verify import add_verification_options, verified_report
+from certun.cli.verify import add_verification_options, verified_report_and_bytes
 from certun.errors import InvalidParameterError
 
 __all__ = ["register"]
@@ -37,12 +37,12 @@ def register(subparsers: Any) -> None:
 
 def _receipt_verify(args: argparse.Namespace) -> int:
     receipt = MerkleReceipt.from_dict(strict_loads(read_bytes(args.receipt, what="receipt")))
-    report = verified_report(args)
+    report, data = verified_report_and_bytes(args)
     if not report.ok:
         print(report)
         print("FAILED: the certificate does not verify, so no receipt can be checked against it")
         return 1
-    cert = load_certificate(args.certificate)
+    cert = load_certificate(data)  # the bytes that were verified, never a second read of the file
     record = printable(repr(receipt.record_id))
     id_set = cert["artifacts"][f"{args.which}_set"]
     if id_set is None:

@@ -19,7 +19,7 @@ from certun.certificates import Report, load_public_key, load_public_key_file, p
 from certun.cli._exit_codes import EXIT_CODES
 from certun.errors import CertificateFormatError, InvalidParameterError
 
-__all__ = ["add_verification_options", "register", "verified_report"]
+__all__ = ["add_verification_options", "register", "verified_report", "verified_report_and_bytes"]
 
 
 def _limit(name: str, top: float | None = None) -> Any:
@@ -70,10 +70,15 @@ def _usable_inputs(args: argparse.Namespace, model: Any) -> tuple[bytes, list[st
 def verified_report(args: argparse.Namespace, model: Any = None) -> Report:
     """Verify ``args.certificate`` with the options of :func:`add_verification_options`; an unusable input
     (missing file, bad key, a chain folder that is not one) raises a typed error (exit 2)."""
+    return verified_report_and_bytes(args, model)[0]
+
+
+def verified_report_and_bytes(args: argparse.Namespace, model: Any = None) -> tuple[Report, bytes]:
+    """The report and the very bytes it verified (read once: a file swapped after the read changes nothing)."""
     data, keys = _usable_inputs(args, model)
     return verify(data, model=model, trusted_keys=keys, chain_dir=args.chain, max_eps=args.max_eps,
                   max_delta=args.max_delta, require_signature=args.require_signature, strict=args.strict,
-                  allow_uncovered=getattr(args, "allow_uncovered", False))
+                  allow_uncovered=getattr(args, "allow_uncovered", False)), data
 
 
 def register(subparsers: Any) -> None:
