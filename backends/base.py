@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 from certun.accountant import Schedule
-from certun.certificates.record import RunRecord
+from certun.certificates import RunRecord
 
 __all__ = ["Backend", "UnlearnResult"]
 

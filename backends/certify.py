@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from certun.accountant import Schedule
-from certun.certificates.record import ModelDigest, RunRecord
+from certun.certificates import ModelDigest, RunRecord
 from certun.errors import InvalidParameterError
 
 __all__ = [
@@ -222,7 +222,7 @@ def identifiers(data: Any, retain_ids: Iterable[Any] | None, forget_ids: Iterabl
 
 
 def _fingerprint(ids: Iterable[int | str]) -> bytes:
-    from certun.certificates.merkle import encode_id
+    from certun.certificates import encode_id
 
     h = hashlib.sha256(b"certun.id-set.v1\x00")
     for encoded in sorted(encode_id(i) for i in ids):

@@ -40,7 +40,7 @@ _SEED_TAG = b"certun.sisa.seed.v1\x00"
 
 
 def _encode(record_id: Any) -> bytes:
-    from certun.certificates.merkle import encode_id
+    from certun.certificates import encode_id
 
     return encode_id(record_id)
 
@@ -213,7 +213,7 @@ class Sisa:
 
     def _train_from(self, shard: int, stage: int, model: nn.Module) -> int:
         """Train ``model`` of ``shard`` through stages ``stage..R−1``, checkpointing each; returns sample gradients."""
-        from certun.models import fit
+        from certun.demo.models import fit
 
         assert self._x is not None and self._y is not None
         c = self.config

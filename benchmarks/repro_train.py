@@ -17,8 +17,10 @@ import numpy as np
 import torch
 from repro_data import Split
 from torch import nn
-from torch.nn import functional as F  # noqa: N812 (the conventional name)
 from torch.utils.data import DataLoader, TensorDataset
+
+from certun.demo.models import accuracy as demo_accuracy
+from certun.demo.models import sgd_epoch as demo_sgd_epoch
 
 __all__ = ["Curve", "accuracy", "evaluate", "loader", "sgd_epoch", "train_curve"]
 
@@ -31,21 +33,10 @@ def loader(split: Split, *, batch_size: int, seed: int, shuffle: bool = True) ->
     return DataLoader(ds, batch_size=batch_size, shuffle=shuffle, generator=gen, drop_last=False)
 
 
-@torch.no_grad()
 def accuracy(model: nn.Module, split: Split, *, batch_size: int = 2048) -> float:
-    """Fraction of ``split`` the model classifies correctly (``nan`` never: empty splits raise)."""
-    if len(split) == 0:
-        raise ValueError("accuracy of an empty split is undefined")
-    was = model.training
-    model.eval()
-    device = next(model.parameters()).device
-    correct = 0
-    for i in range(0, len(split), batch_size):
-        x = torch.from_numpy(split.x[i:i + batch_size]).to(device)
-        y = torch.from_numpy(split.y[i:i + batch_size]).to(device)
-        correct += int((model(x).argmax(1) == y).sum())
-    model.train(was)
-    return correct / len(split)
+    """Fraction of ``split`` the model classifies correctly (the demo's scorer; an empty split raises)."""
+    return demo_accuracy(model, torch.from_numpy(split.x), torch.from_numpy(split.y),
+                         device=next(model.parameters()).device, batch_size=batch_size)
 
 
 def evaluate(model: nn.Module, parts: dict[str, Split]) -> dict[str, float]:
@@ -54,22 +45,9 @@ def evaluate(model: nn.Module, parts: dict[str, Split]) -> dict[str, float]:
 
 
 def sgd_epoch(model: nn.Module, data: DataLoader, lr: float) -> int:
-    """One epoch of plain SGD (``x ← x − lr·∇``, mean cross-entropy); returns the samples processed."""
-    model.train()
-    n = 0
-    params = [p for p in model.parameters() if p.requires_grad]
-    device = params[0].device
-    for x, y in data:
-        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-        loss = F.cross_entropy(model(x), y)
-        grads = torch.autograd.grad(loss, params)
-        with torch.no_grad():
-            for p, g in zip(params, grads, strict=True):
-                p.add_(g, alpha=-lr)
-        n += len(y)
-    if not all(bool(torch.isfinite(p).all()) for p in params):
-        raise FloatingPointError(f"SGD diverged (lr={lr}): non-finite parameters")
-    return n
+    """One epoch of plain SGD (``x ← x − lr·∇``, mean cross-entropy): the demo's loop, which is the backends'
+    fine-tuning rule; returns the samples processed."""
+    return demo_sgd_epoch(model, data, lr=lr, device=next(model.parameters()).device)
 
 
 @dataclass

@@ -19,8 +19,7 @@ from collections.abc import Mapping
 from fractions import Fraction
 from typing import Any
 
-from certun.backends.noise import KEY_BYTES, MAX_ABS_Z, TAIL_MASS_PER_PAIR
-from certun.certificates.commitment import COMMITMENT_SCHEME, KEY_COMMITMENT_SCHEME
+from certun.certificates._commitment import COMMITMENT_SCHEME, KEY_COMMITMENT_SCHEME
 
 __all__ = ["KNOWN_SOURCES", "MIN_KEY_BITS", "TAIL_SLACK", "USER_SEED_NOTE", "noise_draws", "noise_problems",
            "sampler_pairs", "table_residual"]
@@ -38,9 +37,15 @@ USER_SEED_NOTE = ("the noise key came from a user seed: testing/audit only, not 
 #: them (:func:`certun.backends.noise.describe` and ``certun.backends.run_key.noise_record``), with
 #: what is true of each: key bits, the sampler's misplaced mass per Box–Muller pair, the largest
 #: |z| it returns and whether coordinate values depend only on (key, draw, position).
+#: The shipped sampler's constants, written out here so that certificates never import the backends (the
+#: backends import certificates; tests/test_verify_review.py checks them against ``noise.describe()``).
+_KEY_BITS = 256
+_TAIL_MASS_PER_PAIR = 2.0**-111
+_MAX_ABS_Z = math.sqrt(258 * math.log(2)) * (1 + 2.0**-40)
+
 KNOWN_SOURCES: Mapping[tuple[str, str, str], Mapping[str, Any]] = {
     ("chacha20-rfc8439", "box-muller-f64-u128", "hkdf-sha256 over certun.noise-key.v2"): {
-        "key_bits": 8 * KEY_BYTES, "tail_mass_per_pair": TAIL_MASS_PER_PAIR, "max_abs_z": MAX_ABS_Z,
+        "key_bits": _KEY_BITS, "tail_mass_per_pair": _TAIL_MASS_PER_PAIR, "max_abs_z": _MAX_ABS_Z,
         "positional": True},
 }
 

@@ -1,11 +1,13 @@
 """certun: certified machine unlearning for neural networks.
 
 ``plan`` derives the noise σ and the number of noisy steps T for an (ε, δ) target, ``guarantee``
-recomputes (ε, δ) from any schedule, ``get_backend`` runs the unlearning, and ``certun verify``
-checks the certificate. Source of every formula: docs/theory.md (docs/accountant.md).
+recomputes (ε, δ) from any schedule, ``get_backend`` runs the unlearning, and ``verify`` (the
+function, or ``certun verify`` on the command line) checks the certificate. How the parts fit:
+docs/architecture.md. Source of every formula: docs/theory.md (docs/accountant.md).
 """
 
 from certun.accountant import Guarantee, Method, Mode, Schedule, Variant, guarantee, plan
+from certun.certificates import verify
 from certun.errors import (
     CertificateFormatError,
     CertunError,
@@ -33,6 +35,7 @@ __all__ = [
     "plan",
     "guarantee",
     "get_backend",
+    "verify",
     "Schedule",
     "Guarantee",
     "Variant",

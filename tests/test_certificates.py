@@ -24,8 +24,8 @@ from certun.certificates import (
     verify,
     write_certificate,
 )
-from certun.certificates import recompute as recompute_module
-from certun.certificates.verify import CHECK_NAMES
+from certun.certificates import _recompute as recompute_module
+from certun.certificates._verify import CHECK_NAMES
 from certun.errors import CertificateFormatError, InvalidParameterError
 
 

@@ -147,7 +147,7 @@ def test_bad_attributes_option_is_refused():
 
 
 def _common_layers():
-    from certun.models import build_model
+    from certun.demo.models import build_model
 
     yield build_model("mlp", (1, 8, 8), 10, seed=0)
     yield build_model("cnn", (1, 8, 8), 10, seed=0)

@@ -1,7 +1,7 @@
 """Check a released model against the digests in its certificate (``certun verify --model FILE``).
 
 The file is read as tensors, never hashed as bytes: an ``.npz`` archive (numpy, no pickles), a
-``.safetensors`` file (read with numpy by :mod:`certun.certificates.safetensors_reader`, no extra
+``.safetensors`` file (read with numpy by :mod:`certun.certificates._safetensors_reader`, no extra
 package), or a ``.pt``/``.pth`` state_dict (torch, imported only here and loaded with
 ``weights_only=True``). Every tensor in the file must be
 covered by the certificate: unlearned parameters by ``artifacts.unlearned_model``, frozen parameters
@@ -22,10 +22,10 @@ from typing import Any
 
 import numpy as np
 
-from certun.certificates.digest import root_digest, tensor_digest
-from certun.certificates.npz_reader import read_npz
-from certun.certificates.report import Status, printable
-from certun.certificates.safetensors_reader import read_safetensors
+from certun.certificates._digest import root_digest, tensor_digest
+from certun.certificates._npz_reader import read_npz
+from certun.certificates._safetensors_reader import read_safetensors
+from certun.certificates._verification_report import Status, printable
 from certun.errors import CertificateFormatError
 
 __all__ = ["check_model", "load_model_tensors"]

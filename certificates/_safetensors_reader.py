@@ -14,8 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from certun.certificates.parse import strict_loads
-from certun.certificates.report import printable
+from certun.certificates._parse import strict_loads
+from certun.certificates._verification_report import printable
 from certun.errors import CertificateFormatError
 
 __all__ = ["read_safetensors"]

@@ -1,34 +1,29 @@
-"""The ``certun`` command line: one subcommand per job, each defined next to the code it runs.
+"""The ``certun`` command line: one module of this package per subcommand.
 
-Each module in ``_COMMAND_MODULES`` exposes ``register(subparsers)``, which adds its subcommand and
-sets ``func`` (taking the parsed args, returning an exit code). Exit codes are the same for every
-subcommand: 0 ok, 1 failed verification, 2 usage error or unreadable input. Bad input prints the
-error's message on one line and exits 2; no traceback reaches the user (set ``CERTUN_DEBUG=1`` to see
-one for an unexpected error).
+Each module in ``COMMANDS`` exposes ``register(subparsers)``, which adds its subcommand and sets
+``func`` (taking the parsed args, returning an exit code); the imports are static, so the command
+line is what this file lists. A new subcommand is one new module here and one line in ``COMMANDS``.
+Exit codes are the same for every subcommand: 0 ok, 1 failed verification, 2 usage error or unreadable
+input. Bad input prints the error's message on one line and exits 2; no traceback reaches the user (set
+``CERTUN_DEBUG=1`` to see one for an unexpected error).
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import os
 import sys
 from collections.abc import Sequence
 
+from certun.certificates import printable
+from certun.cli import audit, demo, inspect, plan, receipt, verify
+from certun.cli._exit_codes import AUDIT_EXIT_CODES, EXIT_CODES
 from certun.errors import CertunError
 
-_COMMAND_MODULES = (
-    "certun.plan_cli",
-    "certun.audit.cli",
-    "certun.certificates.cli",
-    "certun.demo",
-)
+__all__ = ["COMMANDS", "EXIT_CODES", "build_parser", "main"]
 
-
-#: The exit codes of every subcommand (docs/certificates.md#exit-codes).
-EXIT_CODES = "exit codes: 0 ok, 1 failed verification, 2 usage error or unreadable input"
-_AUDIT_EXIT_CODES = ("exit codes: 0 ok, 1 a claim was refuted, 2 usage error or unreadable input, "
-                     "3 inconclusive (a control went undetected)")
+#: The subcommand modules, in the order ``certun --help`` lists them.
+COMMANDS = (plan, audit, verify, inspect, receipt, demo)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -41,11 +36,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"certun {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name in _COMMAND_MODULES:
-        importlib.import_module(name).register(sub)
+    for command in COMMANDS:
+        command.register(sub)
     for name, subparser in sub.choices.items():
         if not subparser.epilog:
-            subparser.epilog = _AUDIT_EXIT_CODES if name == "audit" else EXIT_CODES
+            subparser.epilog = AUDIT_EXIT_CODES if name == "audit" else EXIT_CODES
     parser.epilog = EXIT_CODES
     return parser
 
@@ -72,8 +67,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _one_line(text: str) -> str:
     """``text`` on one line with non-printable characters escaped (it may quote a file's content)."""
-    from certun.certificates.report import printable
-
     return printable(" ".join(text.split("\n")))
 
 

@@ -7,7 +7,7 @@ back through a folder of certificate files and passes only if the walk ends at s
 in full (:func:`certun.certificates.verify` without model or chain, with the same pinned keys,
 ``require_signature`` and ``strict``): any FAIL, or a guarantee that does not recompute, breaks the link.
 Two certificates with the same predecessor are a fork: two histories of one ledger, reported as a
-FAIL. Only regular ``*.json`` files of at most :data:`~certun.certificates.parse.MAX_CERTIFICATE_BYTES`
+FAIL. Only regular ``*.json`` files of at most :data:`~certun.certificates._parse.MAX_CERTIFICATE_BYTES`
 are read, at most :data:`MAX_CHAIN_FILES` of them and :data:`MAX_CHAIN_BYTES` in all; symbolic links
 are skipped, and a file (or identical bytes) reached twice is read, parsed and hashed once.
 See docs/theory.md#sequential-requests.
@@ -22,9 +22,9 @@ from collections.abc import Collection, Mapping
 from pathlib import Path
 from typing import Any
 
-from certun.certificates.canonical import content_digest
-from certun.certificates.parse import load_certificate, read_bytes
-from certun.certificates.report import Status, printable
+from certun.certificates._canonical import content_digest
+from certun.certificates._parse import load_certificate, read_bytes
+from certun.certificates._verification_report import Status, printable
 
 __all__ = ["MAX_CHAIN_BYTES", "MAX_CHAIN_FILES", "MAX_CHAIN_T", "check_chain", "index_certificates"]
 
@@ -104,7 +104,7 @@ def index_certificates(folder: str | os.PathLike) -> tuple[dict[str, tuple[Path,
 def _predecessor_problem(name: str, cert: Mapping[str, Any], link: str, trusted: Collection[str],
                          require_signature: bool, strict: bool) -> str | None:
     """Why a predecessor is not a valid link: its stored digest, or any FAIL of its own full verification."""
-    from certun.certificates.verify import verify
+    from certun.certificates._verify import verify
 
     if cert.get("content_digest") != link:
         return f"{name}: stored content_digest does not match its content {link}"

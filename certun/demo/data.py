@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from certun._validation import integer, real_in_range
 from certun.errors import DatasetFormatError, InvalidParameterError
 
 __all__ = [
@@ -259,13 +260,6 @@ class Splits:
     test: np.ndarray | None = None
 
 
-def _fraction(name: str, value: float, *, upper_open: bool = True) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or not (
-            0.0 < value < 1.0 if upper_open else 0.0 <= value < 1.0):
-        raise InvalidParameterError(name, value, "in (0, 1)" if upper_open else "in [0, 1)")
-    return float(value)
-
-
 def make_splits(
     labels: np.ndarray,
     *,
@@ -302,14 +296,14 @@ def make_splits(
     """
     labels = np.asarray(labels)
     n = int(labels.shape[0])
-    validation_fraction = _fraction("validation_fraction", validation_fraction, upper_open=False)
-    public_fraction = _fraction("public_fraction", public_fraction, upper_open=False)
+    validation_fraction = real_in_range("validation_fraction", validation_fraction, low=0.0, high=1.0, high_open=True)
+    public_fraction = real_in_range("public_fraction", public_fraction, low=0.0, high=1.0, high_open=True)
     rng = np.random.default_rng(seed)
     order = rng.permutation(n)
     cut = 0
     test = None
     if not has_test:
-        test_fraction = _fraction("test_fraction", test_fraction)
+        test_fraction = real_in_range("test_fraction", test_fraction, low=0.0, high=1.0, low_open=True, high_open=True)
         n_test = max(1, round(test_fraction * n))
         test, cut = np.sort(order[:n_test]), n_test
     n_val = round(validation_fraction * n)
@@ -318,28 +312,12 @@ def make_splits(
     public = np.sort(order[cut + n_val:cut + n_val + n_pub])
     train_order = order[cut + n_val + n_pub:]
     if max_train is not None:
-        if isinstance(max_train, bool) or not isinstance(max_train, int) or max_train < 2:
-            raise InvalidParameterError("max_train", max_train, "an integer >= 2 or None")
-        train_order = train_order[:max_train]
+        train_order = train_order[:integer("max_train", max_train, "an integer >= 2 or None", low=2)]
     if train_order.size < 2:
         raise InvalidParameterError("validation_fraction + public_fraction", validation_fraction + public_fraction,
                                     f"small enough to leave at least 2 training records of {n}")
     train = np.sort(train_order)
-    if forget_class is not None:
-        if isinstance(forget_class, bool) or not isinstance(forget_class, (int, np.integer)):
-            raise InvalidParameterError("forget_class", forget_class, "an integer class label")
-        forget = train[labels[train] == int(forget_class)]
-        if forget.size == 0:
-            present = sorted(int(c) for c in np.unique(labels[train]))
-            raise InvalidParameterError("forget_class", forget_class, f"a class present in train: {present}")
-    else:
-        if forget_fraction is None:
-            raise InvalidParameterError("forget_fraction", None, "in (0, 1) when no forget_class is given")
-        forget_fraction = _fraction("forget_fraction", forget_fraction)
-        n_forget = max(1, round(forget_fraction * train.size))
-        # a second, independent stream so that changing the fraction does not reshuffle train
-        chooser = np.random.default_rng([seed, 1])
-        forget = np.sort(chooser.choice(train, size=n_forget, replace=False))
+    forget = _forget_set(labels, train, seed, forget_fraction, forget_class)
     retain = np.setdiff1d(train, forget, assume_unique=True)
     if retain.size == 0:
         raise InvalidParameterError("forget set", f"{forget.size} of {train.size} training records",
@@ -347,6 +325,27 @@ def make_splits(
     return Splits(train=train.astype(np.int64), validation=validation.astype(np.int64),
                   public=public.astype(np.int64), forget=forget.astype(np.int64), retain=retain.astype(np.int64),
                   test=None if test is None else test.astype(np.int64))
+
+
+def _forget_set(labels: np.ndarray, train: np.ndarray, seed: int, forget_fraction: float | None,
+                forget_class: int | None) -> np.ndarray:
+    """Every training record of ``forget_class``, or a random ``forget_fraction`` of train (at least one)."""
+    if forget_class is not None:
+        if isinstance(forget_class, bool) or not isinstance(forget_class, (int, np.integer)):
+            raise InvalidParameterError("forget_class", forget_class, "an integer class label")
+        forget = train[labels[train] == int(forget_class)]
+        if forget.size == 0:
+            present = sorted(int(c) for c in np.unique(labels[train]))
+            raise InvalidParameterError("forget_class", forget_class, f"a class present in train: {present}")
+        return forget
+    if forget_fraction is None:
+        raise InvalidParameterError("forget_fraction", None, "in (0, 1) when no forget_class is given")
+    forget_fraction = real_in_range("forget_fraction", forget_fraction, low=0.0, high=1.0, low_open=True,
+                                    high_open=True)
+    n_forget = max(1, round(forget_fraction * train.size))
+    # a second, independent stream so that changing the fraction does not reshuffle train
+    chooser = np.random.default_rng([seed, 1])
+    return np.sort(chooser.choice(train, size=n_forget, replace=False))
 
 
 # ----------------------------------------------------------------------------------------- loaders
@@ -362,8 +361,7 @@ def make_loader(x: np.ndarray, y: np.ndarray, indices: np.ndarray | None = None,
     import torch
     from torch.utils.data import DataLoader, Subset, TensorDataset
 
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise InvalidParameterError("batch_size", batch_size, "an integer >= 1")
+    batch_size = integer("batch_size", batch_size, "an integer >= 1", low=1)
     dataset: Any = TensorDataset(torch.from_numpy(np.ascontiguousarray(x)), torch.from_numpy(np.asarray(y)))
     if indices is not None:
         dataset = Subset(dataset, [int(i) for i in indices])

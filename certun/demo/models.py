@@ -13,7 +13,7 @@ have before any deletion request. Unlearning itself runs in the backend (:mod:`c
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -21,7 +21,7 @@ from torch import nn
 
 from certun.errors import InvalidParameterError
 
-__all__ = ["MODEL_CHOICES", "MLP", "SmallCNN", "accuracy", "build_model", "fit", "parameter_norm"]
+__all__ = ["MODEL_CHOICES", "MLP", "SmallCNN", "accuracy", "build_model", "fit", "parameter_norm", "sgd_epoch"]
 
 MODEL_CHOICES = ("mlp", "cnn")
 
@@ -93,10 +93,12 @@ def build_model(name: str, input_shape: Sequence[int], num_classes: int, *, seed
         return SmallCNN(shape[0], num_classes, (shape[1], shape[2]))
 
 
-def parameter_norm(model: nn.Module) -> float:
-    """Global L2 norm over every trainable parameter (the ``‖x‖`` of docs/theory.md's notation)."""
+def parameter_norm(model: nn.Module, center: Mapping[str, torch.Tensor] | None = None) -> float:
+    """Global L2 norm over every trainable parameter (the ``‖x‖`` of docs/theory.md's notation), or of its
+    distance ``‖x − center‖`` from a centre given by parameter name."""
     with torch.no_grad():
-        squares = [p.detach().double().pow(2).sum() for p in model.parameters() if p.requires_grad]
+        squares = [(p.detach() if center is None else p.detach() - center[name]).double().pow(2).sum()
+                   for name, p in model.named_parameters() if p.requires_grad]
         return math.sqrt(float(torch.stack(squares).sum())) if squares else 0.0
 
 
@@ -135,6 +137,35 @@ def fit(model: nn.Module, loader: Iterable[Any], *, epochs: int, lr: float, mome
             on_epoch(epoch, mean)
     optimizer.zero_grad(set_to_none=True)
     return model
+
+
+def sgd_epoch(model: nn.Module, loader: Iterable[Any], *, lr: float, device: torch.device | str = "cpu") -> int:
+    """One epoch of plain SGD (``x ← x − lr·∇``, constant ``lr``, no momentum) on the minibatch-mean
+    cross-entropy: the backends' noiseless fine-tuning rule, so a replay here matches a released model and
+    retraining costs what fine-tuning costs. Returns the number of samples processed.
+
+    Raises:
+        FloatingPointError: a parameter became NaN or infinite (``lr`` too large).
+    """
+    params = [p for p in model.parameters() if p.requires_grad]
+    model.train()
+    seen = 0
+    for inputs, targets in loader:
+        if len(targets) == 0:
+            continue
+        for p in params:
+            p.grad = None
+        loss = nn.functional.cross_entropy(model(inputs.to(device)), targets.to(device), reduction="none").mean()
+        loss.backward()
+        with torch.no_grad():
+            for p in params:
+                p.add_(p.grad, alpha=-lr)
+        seen += len(targets)
+    for p in params:
+        p.grad = None
+    if not all(bool(torch.isfinite(p).all()) for p in params):
+        raise FloatingPointError(f"SGD diverged (lr={lr}): non-finite parameters")
+    return seen
 
 
 def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, device: torch.device | str = "cpu",

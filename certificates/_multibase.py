@@ -53,8 +53,8 @@ def multibase_encode(data: bytes) -> str:
     return "z" + b58encode(data)
 
 
-def multibase_decode(text: str) -> bytes:
-    """Decode a base58-btc multibase string (it must start with ``"z"``)."""
+def multibase_decode(text: object) -> bytes:
+    """Decode a base58-btc multibase string (it must start with ``"z"``; anything else is refused)."""
     if not isinstance(text, str) or not text.startswith("z"):
         raise CertificateFormatError(f"expected a base58-btc multibase string starting with 'z', got {text!r}")
     return b58decode(text[1:])

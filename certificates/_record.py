@@ -51,7 +51,7 @@ class RunRecord:
             A plain ``model_before`` is allowed only for a chained request that starts from the
             model the previous certificate released (public already); see next field.
         model_before_commitment: salted commitment to ``model_before``'s root
-            (:func:`certun.certificates.commitment.model_commitment`), used instead of a plain
+            (:func:`certun.certificates._commitment.model_commitment`), used instead of a plain
             ``model_before`` whenever the starting model is not public, in particular for the first
             request, whose starting model was trained on the forget set: a plain digest of it would
             reveal membership. At most one of the two is set.
@@ -73,7 +73,7 @@ class RunRecord:
         started_at, finished_at: RFC 3339 UTC timestamps.
         versions: library versions (certun, torch, opacus, numpy, ...).
         extra: backend details, only the keys certun's backends write
-            (:data:`certun.certificates.consistency.EXTRA_KEYS`): the section is closed so that no
+            (:data:`certun.certificates._consistency.EXTRA_KEYS`): the section is closed so that no
             seed or identifier list can ride along in it.
         noise: the noise source (``execution.noise``): generator, key bits, sampler, key origin
             (``"os"`` or ``"user_seed"``), draws, Box–Muller pairs and the sampler's tail residual

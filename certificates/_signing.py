@@ -30,8 +30,8 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from certun.certificates.canonical import canonical_bytes
-from certun.certificates.multibase import (
+from certun.certificates._canonical import canonical_bytes
+from certun.certificates._multibase import (
     ED25519_PRIV_PREFIX,
     ED25519_PUB_PREFIX,
     multibase_decode,

@@ -16,7 +16,7 @@ import stat
 from collections.abc import Mapping
 from typing import Any
 
-from certun.certificates.schema import CERTIFICATE_FORMAT, SUPPORTED_FORMAT_VERSIONS, schema_errors
+from certun.certificates._schema import CERTIFICATE_FORMAT, SUPPORTED_FORMAT_VERSIONS, schema_errors
 from certun.errors import CertificateFormatError
 
 __all__ = [

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from certun.certificates.report import printable
+from certun.certificates._verification_report import printable
 from certun.errors import CertificateFormatError
 
 __all__ = ["EXPANSION_ALLOWANCE", "MAX_EXPANSION", "read_npz"]

@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from certun.certificates.record import ModelDigest
+from certun.certificates._record import ModelDigest
 from certun.errors import InvalidParameterError
 
 __all__ = ["DIGEST_ALGORITHM", "model_digest", "root_digest", "tensor_digest", "to_numpy"]

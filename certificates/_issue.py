@@ -21,16 +21,16 @@ from pathlib import Path
 from typing import Any
 
 from certun.accountant import Schedule, Variant
-from certun.certificates.canonical import content_digest
-from certun.certificates.consistency import consistency_problems, raw_seed_paths
-from certun.certificates.digest import DIGEST_ALGORITHM
-from certun.certificates.merkle import TREE_SCHEMES
+from certun.certificates._canonical import content_digest
+from certun.certificates._consistency import consistency_problems, raw_seed_paths
+from certun.certificates._digest import DIGEST_ALGORITHM
+from certun.certificates._merkle import TREE_SCHEMES
+from certun.certificates._parse import format_problem, json_value_problems, load_certificate
+from certun.certificates._recompute import decide_claim
+from certun.certificates._record import ModelDigest, RunRecord
+from certun.certificates._schema import CERTIFICATE_FORMAT, FORMAT_VERSION, schema_errors
+from certun.certificates._signing import KeySource, sign_document
 from certun.certificates.noise_check import noise_problems
-from certun.certificates.parse import format_problem, json_value_problems, load_certificate
-from certun.certificates.recompute import decide_claim
-from certun.certificates.record import ModelDigest, RunRecord
-from certun.certificates.schema import CERTIFICATE_FORMAT, FORMAT_VERSION, schema_errors
-from certun.certificates.signing import KeySource, sign_document
 from certun.errors import CertificateFormatError, InvalidParameterError
 
 __all__ = ["CLAIM_DEFINITION", "CONVERSIONS", "issue", "utc_timestamp", "write_certificate"]
@@ -137,7 +137,7 @@ def _model_before(record: RunRecord, prev: Mapping[str, Any] | None) -> dict[str
             "record.model_before", plain.root, "a salted commitment (record.model_before_commitment) unless it is "
             "the model the previous certificate released",
             hint=f"{where}, and a plain digest of it reveals whether a record was in the training data; build "
-                 "one with certun.certificates.commitment.model_commitment(digest) and keep the opening private")
+                 "one with certun.certificates._commitment.model_commitment(digest) and keep the opening private")
     return _model(plain)
 
 
@@ -151,7 +151,7 @@ def issue(schedule: Schedule, record: RunRecord, *, previous: Mapping[str, Any] 
         record: what the backend reports about the run.
         previous: the previous certificate of this model's request ledger (dict, bytes or path);
             the new certificate links to its content digest.
-        signing_key: Ed25519 key (see :func:`certun.certificates.signing.load_signing_key`) for an
+        signing_key: Ed25519 key (see :func:`certun.certificates._signing.load_signing_key`) for an
             ``eddsa-jcs-2022`` proof; unsigned when omitted.
         created: issue time (datetime, RFC 3339 string, default now).
 

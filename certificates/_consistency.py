@@ -17,7 +17,7 @@ from collections import Counter
 from collections.abc import Mapping
 from typing import Any
 
-from certun.certificates.digest import root_digest
+from certun.certificates._digest import root_digest
 from certun.errors import InvalidParameterError
 
 __all__ = [

@@ -40,14 +40,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from certun.accountant import Schedule
-from certun.certificates.canonical import content_digest
-from certun.certificates.consistency import consistency_problems, raw_seed_paths
+from certun.certificates._canonical import content_digest
+from certun.certificates._consistency import consistency_problems, raw_seed_paths
+from certun.certificates._parse import format_problem, json_value_problems, read_bytes, strict_loads
+from certun.certificates._recompute import ClaimDecision, decide_claim
+from certun.certificates._schema import schema_errors
+from certun.certificates._signing import load_public_key, load_public_key_file, verify_document
+from certun.certificates._verification_report import CheckResult, Report, Status, printable
 from certun.certificates.noise_check import TAIL_SLACK, USER_SEED_NOTE, noise_problems
-from certun.certificates.parse import format_problem, json_value_problems, read_bytes, strict_loads
-from certun.certificates.recompute import ClaimDecision, decide_claim
-from certun.certificates.report import CheckResult, Report, Status, printable
-from certun.certificates.schema import schema_errors
-from certun.certificates.signing import load_public_key, load_public_key_file, verify_document
 from certun.errors import CertificateFormatError, CertunError, InvalidParameterError
 
 __all__ = ["CHECK_NAMES", "MAX_VERIFY_T", "CheckResult", "Report", "Status", "verify"]
@@ -208,6 +208,7 @@ def _differs(stored: Any, recomputed: float | None) -> bool:
 
 
 def _stored_accounting(ctx: _Context) -> tuple[Status, str]:
+    assert ctx.decision is not None, "runs only after the recompute check decided the claim"
     rec = ctx.decision.recomputed
     m, acc = ctx.doc["mechanism"], ctx.doc["accounting"]
     pairs = [("mechanism.achieved_eps", m["achieved_eps"], rec.eps),
@@ -223,7 +224,7 @@ def _stored_accounting(ctx: _Context) -> tuple[Status, str]:
 def _model(ctx: _Context) -> tuple[Status, str]:
     if ctx.model is None:
         return Status.SKIP, "no model given (pass the model file to check its digests)"
-    from certun.certificates.modelfile import check_model
+    from certun.certificates._modelfile import check_model
 
     return check_model(ctx.doc, ctx.model, allow_uncovered=ctx.allow_uncovered)
 
@@ -234,7 +235,7 @@ def _chain(ctx: _Context) -> tuple[Status, str]:
         if previous is None:
             return Status.PASS, "first certificate of its ledger (no previous link)"
         return Status.SKIP, f"links to previous certificate {previous}; pass the ledger folder to check the chain"
-    from certun.certificates.chain import check_chain
+    from certun.certificates._chain import check_chain
 
     return check_chain(ctx.doc, ctx.chain_dir, trusted_keys=ctx.pinned, require_signature=ctx.require_signature,
                        strict=ctx.strict)
@@ -343,7 +344,8 @@ def verify(cert: Mapping[str, Any] | bytes | str | os.PathLike, *,
     trusted_key_files = tuple(trusted_key_files) if isinstance(trusted_key_files, Iterable) and not isinstance(
         trusted_key_files, (str, bytes, bytearray, os.PathLike)) else trusted_key_files
     _validate_arguments(cert, model, trusted_keys, trusted_key_files, chain_dir, max_eps, max_delta)
-    ctx = _Context(source=cert, model=model, trusted_keys=trusted_keys, trusted_key_files=trusted_key_files,
+    ctx = _Context(source=cert, model=model, trusted_keys=tuple(trusted_keys),
+                   trusted_key_files=tuple(trusted_key_files),
                    chain_dir=chain_dir, max_eps=max_eps, max_delta=max_delta,
                    require_signature=bool(require_signature), allow_uncovered=bool(allow_uncovered),
                    strict=bool(strict))
