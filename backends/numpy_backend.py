@@ -216,6 +216,7 @@ class NumpyBackend:
             raise InvalidParameterError("model", type(model).__name__, "a certun.backends.numpy_backend.LinearModel")
         if isinstance(seed, Mapping):
             opening_secret(seed)  # refuse a bad opening before any work
+            opts = opts.with_seed(seed)
         elif seed is not None:
             resolve_seed(seed)  # refuse a bad seed before any work
         check_tail(schedule, model.d)
@@ -300,7 +301,7 @@ class NumpyBackend:
                 history["dist"].append(float(np.linalg.norm(x if c is None else x - c)))
                 history["time_s"].append(time.perf_counter() - start)
                 if callback is not None:
-                    callback(t, x)
+                    callback(t, x.copy())  # a copy: the callback can read the iterate, never change it
         if s.variant is not Variant.RETRAIN and opts.postprocess == "project_C0":
             x = project_ball(x, s.C0, c)
         if not np.isfinite(x).all():

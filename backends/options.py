@@ -6,6 +6,7 @@ names the value and what is valid (no misspelt option falls back to a default).
 
 from __future__ import annotations
 
+import dataclasses
 import operator
 import secrets
 import warnings
@@ -109,6 +110,8 @@ class RunOptions:
     certificate_path: Path | None
     callback: Callable[[int, Any], None] | None
     noise_source: Callable[[int, int], Any] | None
+    #: the run replays a previous run's key opening (an audit): same key, so never a second certificate
+    replay: bool = False
 
     @property
     def recorded_noise_mode(self) -> str:
@@ -117,12 +120,27 @@ class RunOptions:
         ``certificates.issue`` refuses every mode but ``"fresh"``, so a record of a run whose noise came
         from a test hook (zeros, say) can never be certified, even by calling ``issue`` directly.
         """
-        return "injected" if self.noise_source is not None else self.noise_mode
+        if self.noise_source is not None:
+            return "injected"
+        return "replay" if self.replay else self.noise_mode
 
     @property
     def issues_certificate(self) -> bool:
-        """False for audit controls (reused noise) and injected noise: the seed does not describe the run."""
-        return self.noise_mode == "fresh" and self.noise_source is None
+        """False for audit controls (reused noise), injected noise and replays of an opening: a replay adds the
+        noise of an earlier release again, so a second certificate would certify a release whose noise cancels
+        against the first (docs/theory.md#soundness-rules)."""
+        return self.noise_mode == "fresh" and self.noise_source is None and not self.replay
+
+    def with_seed(self, seed: Any) -> RunOptions:
+        """These options for a run given ``seed``: a mapping (a previous run's opening) marks a replay, which
+        gets no certificate and may not write one."""
+        if not isinstance(seed, Mapping):
+            return self
+        if self.certificate_path is not None:
+            raise InvalidParameterError("certificate_path", str(self.certificate_path), "None for a replay of a "
+                                        "previous run's opening (a replay repeats that run's noise and is never "
+                                        "certified)")
+        return dataclasses.replace(self, replay=True)
 
     @classmethod
     def check(cls, schedule: Any, *, clip: str, postprocess: str, finetune_epochs: int, finetune_lr: float,

@@ -312,7 +312,7 @@ class TorchBackend:
                 architecture; default re-initialises with each module's ``reset_parameters()``,
                 refused if that leaves any unlearned parameter untouched.
             callback: called as ``callback(step, x)`` after each noisy step with the flat float64
-                master iterate (a live view: copy it to keep it, never modify it). Intermediate iterates are not
+                master iterate (a copy: changing it changes nothing). Intermediate iterates are not
                 covered by the guarantee: never publish them.
             noise_source: testing hook: ``noise_source(k, d)`` returns the k-th standard-normal draw;
                 no certificate is issued.
@@ -345,6 +345,7 @@ class TorchBackend:
         prev = certify.load_previous(previous)
         if isinstance(seed, Mapping):
             opening_secret(seed)  # refuse a bad opening before any work
+            opts = opts.with_seed(seed)
         elif seed is not None:
             resolve_seed(seed)  # refuse a bad seed before any work
         dev = resolve_device(device)
@@ -657,7 +658,7 @@ class _Run:
                 self.noisy_steps = t + 1
                 times.append(time.perf_counter() - start)
                 if self.opts.callback is not None:
-                    self.opts.callback(t, x)
+                    self.opts.callback(t, x.clone())  # a copy: the callback can read the iterate, never change it
                 if (t + 1) % _CHECK_EVERY == 0 or t + 1 == s.T:
                     self._check_stats(stats, t + 1)
         finally:

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from certun.certificates._canonical import content_digest
+from certun.certificates._consistency import EXACT_VARIANTS
 from certun.certificates._parse import load_certificate, read_bytes
 from certun.certificates._verification_report import Status, printable
 
@@ -135,6 +136,21 @@ def _forks(index: Mapping[str, tuple[Path, dict[str, Any]]], doc: Mapping[str, A
     return out
 
 
+def _start_problem(current: dict[str, Any], previous: dict[str, Any], sequence: int) -> str | None:
+    """Why ``current`` did not start from the model ``previous`` released, or ``None`` if it did."""
+    before, after = current["artifacts"]["model_before"], previous["artifacts"]["unlearned_model"]
+    if after is None:
+        return f"sequence {sequence - 1} records no released model to start from"
+    if before is None:
+        return f"sequence {sequence} records no starting model"
+    if "commitment" in before:
+        return (f"sequence {sequence} did not start from the model released at sequence {sequence - 1} (it commits "
+                "to its starting model; certun publishes that digest only when it is the previously released one)")
+    if before["root"] != after["root"]:
+        return f"sequence {sequence} did not start from the model released at sequence {sequence - 1}"
+    return None
+
+
 def check_chain(doc: Mapping[str, Any], folder: str | os.PathLike, *,
                 trusted_keys: Collection[str] = (), require_signature: bool = False,
                 strict: bool = False) -> tuple[Status, str]:
@@ -179,13 +195,13 @@ def check_chain(doc: Mapping[str, Any], folder: str | os.PathLike, *,
         if previous["issued_at"] > current["issued_at"]:
             warnings.append(f"{label} was issued after its successor ({previous['issued_at']} > "
                             f"{current['issued_at']})")
-        before, after = current["artifacts"]["model_before"], previous["artifacts"]["unlearned_model"]
-        if before is not None and after is not None and "commitment" in before:
-            warnings.append(f"sequence {sequence} did not start from the model released at sequence {sequence - 1} "
-                            "(it commits to its starting model; certun publishes that model's digest only when it is "
-                            "the previously released one)")
-        elif before is not None and after is not None and before["root"] != after["root"]:
-            warnings.append(f"sequence {sequence} did not start from the model released at sequence {sequence - 1}")
+        problem = _start_problem(current, previous, sequence)
+        if problem and current["mechanism"]["variant"] in EXACT_VARIANTS:
+            warnings.append(problem)  # an exact route does not start from its model: nothing composes
+        elif problem:
+            return Status.FAIL, problem + (" — a noisy request must start from the model the ledger released "
+                                           "before it, or the two releases compose and the later certificate "
+                                           "understates the privacy loss (docs/theory.md#sequential-requests)")
         walked.append(link)
         current = previous
     if current["chain"]["sequence"] != 0:

@@ -325,3 +325,16 @@ def test_the_walk_bounds_the_predecessors_accountant_work(tmp_path, monkeypatch)
     monkeypatch.setattr(chain_module, "MAX_CHAIN_T", prev["mechanism"]["T"] - 1)
     report = verify(_successor(prev), chain_dir=_ledger(tmp_path, prev), trusted_keys=[PINNED])
     assert _check(report, "chain").status is Status.FAIL and "noisy steps" in _check(report, "chain").detail
+
+
+# ------------------------------------------------------------------------- round 2: who was deleted, in plain fields
+@pytest.mark.parametrize("mutate", [
+    lambda c: c["execution"].__setitem__("device", "cpu forget_ids=[3, 17, 42]"),
+    lambda c: c["execution"].__setitem__("dtype", "float32 #3 #17"),
+    lambda c: c["execution"]["versions"].__setitem__("forget_ids", "3,17,42"),
+    lambda c: c["accounting"]["versions"].__setitem__("deleted", "alice@example.com"),
+], ids=["device", "dtype", "execution-versions", "accounting-versions"])
+def test_identifiers_cannot_ride_in_plain_execution_fields(mutate):
+    """device, dtype and versions are closed by the schema, so they cannot carry who was deleted."""
+    report = verify(_forge(mutate))
+    assert _check(report, "schema").status is Status.FAIL and not report.ok
