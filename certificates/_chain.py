@@ -136,7 +136,7 @@ def _forks(index: Mapping[str, tuple[Path, dict[str, Any]]], doc: Mapping[str, A
     return out
 
 
-def _start_problem(current: dict[str, Any], previous: dict[str, Any], sequence: int) -> str | None:
+def _start_problem(current: Mapping[str, Any], previous: Mapping[str, Any], sequence: int) -> str | None:
     """Why ``current`` did not start from the model ``previous`` released, or ``None`` if it did."""
     before, after = current["artifacts"]["model_before"], previous["artifacts"]["unlearned_model"]
     if after is None:
@@ -148,6 +148,29 @@ def _start_problem(current: dict[str, Any], previous: dict[str, Any], sequence: 
                 "to its starting model; certun publishes that digest only when it is the previously released one)")
     if before["root"] != after["root"]:
         return f"sequence {sequence} did not start from the model released at sequence {sequence - 1}"
+    return None
+
+
+def _untouched_problem(current: Mapping[str, Any], previous: Mapping[str, Any], sequence: int) -> str | None:
+    """Why a SISA certificate changed a shard it calls untouched since its predecessor, or ``None``.
+
+    Only when both carry ``execution.sisa`` with the same number of shards: every tensor of an untouched
+    shard ``s`` (named ``shards.{s}.…``) must keep its digest, since serving a deletion never trains it.
+    """
+    now, before = current["execution"].get("sisa"), previous["execution"].get("sisa")
+    if now is None or before is None or now["shards"] != before["shards"]:
+        return None
+    after_now = (current["artifacts"]["unlearned_model"] or {}).get("tensors", {})
+    after_before = (previous["artifacts"]["unlearned_model"] or {}).get("tensors", {})
+    for state in now["shard_states"]:
+        if state["status"] != "untouched":
+            continue
+        prefix = f"shards.{state['shard']}."
+        names = {n for n in (*after_now, *after_before) if n.startswith(prefix)}
+        changed = sorted(n for n in names if after_now.get(n) != after_before.get(n))
+        if changed:
+            return (f"untouched shard {state['shard']} changed between sequence {sequence - 1} and {sequence} "
+                    f"(tensors {changed[:5]}): a SISA deletion never trains a shard that held none of its records")
     return None
 
 
@@ -202,6 +225,9 @@ def check_chain(doc: Mapping[str, Any], folder: str | os.PathLike, *,
             return Status.FAIL, problem + (" — a noisy request must start from the model the ledger released "
                                            "before it, or the two releases compose and the later certificate "
                                            "understates the privacy loss (docs/theory.md#sequential-requests)")
+        problem = _untouched_problem(current, previous, sequence)
+        if problem:
+            return Status.FAIL, problem
         walked.append(link)
         current = previous
     if current["chain"]["sequence"] != 0:

@@ -32,6 +32,7 @@ __all__ = [
     "extra_problems",
     "raw_seed_paths",
     "record_id_paths",
+    "sisa_problems",
 ]
 
 #: Key names that look like a raw seed or generator state (case-insensitive). ``seed_commitment``
@@ -45,7 +46,9 @@ _ALLOWED_SEED_KEYS = frozenset({"seed_commitment", "key_bits", "key_origin", "ke
 _HEX_SECRET = re.compile(r"(?<![0-9a-f:])[0-9a-f]{64,}(?![0-9a-f])", re.I)
 #: The fields that hold a bare hex hash (subject digests, Merkle roots), by path with list indices dropped.
 _HASH_PATHS = frozenset({"subject[].digest.sha256", "artifacts.retain_set.merkle_root",
-                         "artifacts.forget_set.merkle_root"})
+                         "artifacts.forget_set.merkle_root", "execution.sisa.shard_states[].retain_root_before",
+                         "execution.sisa.shard_states[].retain_root_after",
+                         "execution.sisa.shard_states[].restarted_from"})
 #: The objects whose keys are tensor names (a module may be called "seed"), by exact path: only
 #: there a seed-like key is allowed, and only as a key (its value is still searched). The same key
 #: name anywhere else (say ``execution.extra.tensors``) gets no exemption.
@@ -277,6 +280,52 @@ def exact_claim_problems(doc: Mapping[str, Any]) -> list[str]:
     return problems
 
 
+def sisa_problems(doc: Mapping[str, Any]) -> list[str]:
+    """Why ``execution.sisa`` does not describe one exact SISA deletion (``[]`` if it does or is absent).
+
+    A SISA deletion is an exact route (docs/theory.md#exact-routes): retraining from a checkpoint that
+    never saw the records, so it must be a noiseless ``retrain`` run of the ``sisa`` backend, and its
+    shard states must account for every shard once, with a shard retrained exactly when its identifiers
+    changed.
+    """
+    ex = doc["execution"]
+    sisa = ex.get("sisa")
+    if sisa is None:
+        return []
+    problems = []
+    if doc["mechanism"]["variant"] not in EXACT_VARIANTS:
+        problems.append(f"execution.sisa records an exact SISA deletion, but mechanism.variant is "
+                        f"{doc['mechanism']['variant']!r}, not 'retrain'")
+    if ex["backend"] != "sisa":
+        problems.append(f"execution.sisa is recorded by backend {ex['backend']!r}; only the 'sisa' backend writes it")
+    if ex["noisy_steps"] != 0:
+        problems.append(f"a SISA deletion runs no noisy steps, but execution.noisy_steps is {ex['noisy_steps']}")
+    if ex.get("noise") is not None:
+        problems.append("a SISA deletion draws no noise, but the certificate carries an execution.noise record")
+    S, R = sisa["shards"], sisa["slices"]
+    listed = Counter(state["shard"] for state in sisa["shard_states"])
+    missing = [s for s in range(S) if s not in listed]
+    twice = sorted(s for s, n in listed.items() if n > 1)
+    outside = sorted(s for s in listed if s >= S)
+    if missing or twice or outside:
+        problems.append(f"execution.sisa.shard_states must list every shard 0..{S - 1} exactly once: missing "
+                        f"{missing[:10]}, repeated {twice[:10]}, out of range {outside[:10]}")
+    for state in sisa["shard_states"]:
+        s, status = state["shard"], state["status"]
+        changed = state["retain_root_before"] != state["retain_root_after"]
+        if changed != (status == "retrained"):
+            why = "its identifiers changed" if changed else "its identifiers did not change"
+            problems.append(f"shard {s} is {status!r} but {why}: a shard is retrained exactly when a deletion "
+                            "removed its records")
+        if status == "untouched" and (state["restart_stage"] is not None or state["restarted_from"] is not None):
+            problems.append(f"untouched shard {s} records a restart (restart_stage {state['restart_stage']}, "
+                            f"restarted_from {state['restarted_from']}); both must be null")
+        if state["restart_stage"] is not None and state["restart_stage"] >= R:
+            problems.append(f"shard {s} restarts at stage {state['restart_stage']}, but there are only {R} slices "
+                            f"(stages 0..{R - 1})")
+    return problems
+
+
 def _implied_d(shapes: Any, d: int) -> int:
     """The number of coordinates the shapes imply, or ``d + 1`` as soon as it exceeds ``d``: a
     product of thousands of huge dimensions is never computed in full."""
@@ -339,6 +388,7 @@ def consistency_problems(doc: Mapping[str, Any]) -> list[str]:
     if overlap:
         problems.append(f"tensors {overlap} are listed as public and also as unlearned or frozen")
     problems.extend(exact_claim_problems(doc))
+    problems.extend(sisa_problems(doc))
     problems.extend(extra_problems(ex["extra"]))
     ids = record_id_paths(doc)
     if ids:

@@ -225,6 +225,7 @@ def issue(schedule: Schedule, record: RunRecord, *, previous: Mapping[str, Any] 
             "versions": dict(record.versions),
             "extra": dict(record.extra),
             **({} if record.noise is None else {"noise": dict(record.noise)}),
+            **({} if record.sisa is None else {"sisa": dict(record.sisa)}),
         },
         "artifacts": {
             "unlearned_model": _model(after),

@@ -78,6 +78,9 @@ class RunRecord:
         noise: the noise source (``execution.noise``): generator, key bits, sampler, key origin
             (``"os"`` or ``"user_seed"``), draws, Box–Muller pairs and the sampler's tail residual
             (:mod:`certun.certificates.noise_check`); required for every variant that adds noise.
+        sisa: ``execution.sisa`` of a SISA deletion (exact route): shards, slices, the assignment
+            scheme and one state per shard (retrained or untouched, restart stage, salted Merkle roots
+            of its identifiers before and after); docs/certificates.md, "SISA certificates".
     """
 
     backend: str
@@ -107,3 +110,4 @@ class RunRecord:
     noise: Mapping[str, Any] | None = None
     public_tensors: Mapping[str, str] = field(default_factory=dict)
     tree_scheme: str = "rfc9162-sha256-salted.v2"
+    sisa: Mapping[str, Any] | None = None
