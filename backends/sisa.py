@@ -25,7 +25,7 @@ import math
 import secrets
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -33,7 +33,13 @@ from torch import nn
 
 from certun.errors import InvalidParameterError
 
-__all__ = ["Sisa", "SisaConfig", "SisaEnsemble", "SisaUnlearning", "assign"]
+if TYPE_CHECKING:
+    from os import PathLike
+
+    from certun.backends.sisa_certificate import SisaCertificate
+    from certun.certificates import ModelDigest
+
+__all__ = ["Sisa", "SisaConfig", "SisaEnsemble", "SisaUnlearning", "assign", "ensemble_digest"]
 
 _ASSIGN_TAG = b"certun.sisa.assign.v1\x00"
 _SEED_TAG = b"certun.sisa.seed.v1\x00"
@@ -120,6 +126,12 @@ class SisaUnlearning:
     full_retraining_evaluations: int
     retain_roots_before: Mapping[int, str] = field(default_factory=dict)
     retain_roots_after: Mapping[int, str] = field(default_factory=dict)
+    #: identifiers of each shard before and after the deletion (owner-private: they feed the salted
+    #: per-shard Merkle roots of the certificate, never the certificate itself).
+    shard_ids_before: Mapping[int, tuple[Any, ...]] = field(default_factory=dict, repr=False)
+    shard_ids_after: Mapping[int, tuple[Any, ...]] = field(default_factory=dict, repr=False)
+    #: digest of the ensemble's state before the deletion (``shards.{s}.…`` names).
+    model_before: ModelDigest | None = field(default=None, repr=False)
 
     @property
     def cost_ratio(self) -> float:
@@ -160,6 +172,7 @@ class Sisa:
         self._shard = np.zeros(0, dtype=np.int64)
         self._slice = np.zeros(0, dtype=np.int64)
         self.gradient_evaluations = 0
+        self._last_unlearning: SisaUnlearning | None = None
 
     # ----------------------------------------------------------------------------------- training
     def fit(self, x: torch.Tensor, y: torch.Tensor, ids: Sequence[Any]) -> SisaEnsemble:
@@ -176,6 +189,7 @@ class Sisa:
         self._alive = np.ones(len(self._ids), dtype=bool)
         self.models, self.checkpoints = [], []
         self.gradient_evaluations = 0
+        self._last_unlearning = None
         for s in range(self.config.shards):
             model = self._fresh_model(s)
             self.models.append(model)
@@ -255,6 +269,8 @@ class Sisa:
         rows_arr = np.asarray(sorted(set(rows)), dtype=np.int64)
         full = self._full_cost()
         before = {s: self._shard_root(s) for s in range(self.config.shards)}
+        ids_before = {s: tuple(self.shard_ids(s)) for s in range(self.config.shards)}
+        model_before = ensemble_digest(self.ensemble)
         restart: dict[int, int] = {}
         for row in rows_arr:
             s, r = int(self._shard[row]), int(self._slice[row])
@@ -274,12 +290,37 @@ class Sisa:
             spent += self._train_from(s, r, model)
         self.gradient_evaluations += spent
         after = {s: self._shard_root(s) for s in range(self.config.shards)}
+        ids_after = {s: tuple(self.shard_ids(s)) for s in range(self.config.shards)}
         touched = tuple(sorted(restart))
-        return SisaUnlearning(
+        self._last_unlearning = SisaUnlearning(
             forgotten=len(rows_arr), retrained_shards=touched,
             untouched_shards=tuple(s for s in range(self.config.shards) if s not in restart),
             restart_stage=dict(restart), restarted_from=restarted_from, gradient_evaluations=spent,
-            full_retraining_evaluations=full, retain_roots_before=before, retain_roots_after=after)
+            full_retraining_evaluations=full, retain_roots_before=before, retain_roots_after=after,
+            shard_ids_before=ids_before, shard_ids_after=ids_after,
+            model_before=model_before)
+        return self._last_unlearning
+
+    def retained_ids(self) -> list[Any]:
+        """Identifiers of every record still in the training set (owner-private)."""
+        return [self._ids[r] for r in np.flatnonzero(self._alive)]
+
+    def certify(self, report: SisaUnlearning, forget_ids: Iterable[Any], *, eps: float, delta: float,
+                previous: Mapping[str, Any] | bytes | str | PathLike[str] | None = None,
+                certificate_path: str | PathLike[str] | None = None) -> SisaCertificate:
+        """Issue the certificate of the deletion ``report`` describes (the latest one served).
+
+        Returns a :class:`certun.backends.sisa_certificate.SisaCertificate`: the certificate, the
+        private opening of ``model_before`` when it is committed, and the Merkle trees for receipts.
+        See :func:`certun.backends.sisa_certificate.certify`.
+        """
+        from certun.backends.sisa_certificate import certify
+
+        if report is not self._last_unlearning:
+            raise InvalidParameterError("report", "<SisaUnlearning>", "the report of the latest unlearn() call",
+                                        hint="the ensemble has moved on since; certify each deletion right after it")
+        return certify(self, report, forget_ids, eps=eps, delta=delta, previous=previous,
+                       certificate_path=certificate_path)
 
     def _full_cost(self) -> int:
         """Sample gradients of training every shard from scratch on the current data."""
@@ -291,6 +332,13 @@ class Sisa:
         for encoded in sorted(_encode(i) for i in self.shard_ids(shard)):
             h.update(len(encoded).to_bytes(8, "little") + encoded)
         return h.hexdigest()
+
+
+def ensemble_digest(ensemble: nn.Module) -> ModelDigest:
+    """:class:`certun.certificates.ModelDigest` of the ensemble's state dict (``shards.{s}.…`` names)."""
+    from certun.certificates import model_digest
+
+    return model_digest({k: v.detach().cpu() for k, v in ensemble.state_dict().items()})
 
 
 def _state_root(state: Mapping[str, torch.Tensor]) -> str:
