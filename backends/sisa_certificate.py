@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -53,6 +53,9 @@ class SisaCertificate:
     shard_trees_before: Mapping[int, Any]
     shard_trees_after: Mapping[int, Any]
     salt_key: bytes
+    #: shard -> opening of the salted commitment in ``restarted_from`` (private): the checkpoint was trained
+    #: on records a later request may delete, so a plain digest of it would let anyone test membership.
+    checkpoint_openings: Mapping[int, Mapping[str, str]] = field(default_factory=dict)
 
 
 def _encoded(ids: Iterable[Any]) -> set[bytes]:
@@ -74,8 +77,20 @@ def _forget_list(report: SisaUnlearning, forget_ids: Iterable[Any]) -> list[Any]
     return forget
 
 
+def _checkpoint_commitments(report: SisaUnlearning) -> tuple[dict[int, str], dict[int, Mapping[str, str]]]:
+    """Salted commitments to the checkpoints restarted from, and their private openings."""
+    from certun.certificates import model_commitment
+
+    public, private = {}, {}
+    for s, root in report.restarted_from.items():
+        if root is not None:
+            commitment, opening = model_commitment(root)
+            public[s], private[s] = commitment["commitment"], opening
+    return public, private
+
+
 def _shard_states(report: SisaUnlearning, shards: int, trees_before: Mapping[int, Any],
-                  trees_after: Mapping[int, Any]) -> list[dict[str, Any]]:
+                  trees_after: Mapping[int, Any], checkpoints: Mapping[int, str]) -> list[dict[str, Any]]:
     states = []
     for s in range(shards):
         retrained = s in report.restart_stage
@@ -83,7 +98,7 @@ def _shard_states(report: SisaUnlearning, shards: int, trees_before: Mapping[int
             "shard": s,
             "status": "retrained" if retrained else "untouched",
             "restart_stage": int(report.restart_stage[s]) if retrained else None,
-            "restarted_from": report.restarted_from.get(s) if retrained else None,
+            "restarted_from": checkpoints.get(s) if retrained else None,
             "retain_root_before": trees_before[s].root,
             "retain_root_after": trees_after[s].root,
         })
@@ -124,6 +139,7 @@ def certify(sisa: Sisa, report: SisaUnlearning, forget_ids: Iterable[Any], *, ep
     forget_tree = merkle_tree(forget, salt_key=salt_key)
     after = ensemble_digest(sisa.ensemble)
     names = tuple(sorted(after.tensors))
+    checkpoints, checkpoint_openings = _checkpoint_commitments(report)
     record = RunRecord(
         backend="sisa", clipping=None, unlearned_parameters=names,
         d=sum(_numel(after.shapes[n]) for n in names), noisy_steps=0,
@@ -133,12 +149,13 @@ def certify(sisa: Sisa, report: SisaUnlearning, forget_ids: Iterable[Any], *, ep
         dtype=_dtype(after), finished_at=now_utc(), versions=versions("torch", "numpy"),
         sisa={"shards": S, "slices": sisa.config.slices, "cumulative": sisa.config.cumulative,
               "assignment": ASSIGNMENT_SCHEME,
-              "shard_states": _shard_states(report, S, trees_before, trees_after)})
+              "shard_states": _shard_states(report, S, trees_before, trees_after, checkpoints)})
     path = None if certificate_path is None else Path(certificate_path)
     certificate, written = issue_and_write(schedule, record, path, previous=prev)
     return SisaCertificate(certificate=certificate, path=written, model_before_opening=start.opening,
                            retain_tree=retain_tree, forget_tree=forget_tree, shard_trees_before=trees_before,
-                           shard_trees_after=trees_after, salt_key=salt_key)
+                           shard_trees_after=trees_after, salt_key=salt_key,
+                           checkpoint_openings=checkpoint_openings)
 
 
 def _numel(shape: Iterable[int]) -> int:

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import certificates_fixtures as fx
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -250,3 +251,27 @@ def test_a_failed_certify_writes_nothing(tmp_path) -> None:
     with pytest.raises(InvalidParameterError):
         sisa.certify(report, [ids[0]], eps=float("nan"), delta=DELTA, certificate_path=target)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_the_checkpoint_restarted_from_is_only_committed_to():
+    """A checkpoint was trained on records a later request may delete: the certificate holds a salted
+    commitment to it (the opening stays with the owner), never its plain digest."""
+    from certun.backends.sisa import assign
+    from certun.certificates._commitment import open_model_commitment
+
+    sisa, ids = _trained()
+    _, slices = assign(ids, shards=3, slices=3, salt=SALT)
+    forget = [ids[int(np.flatnonzero(slices > 0)[0])]]
+    report = sisa.unlearn(forget)
+    result = sisa.certify(report, forget, eps=1.0, delta=1e-5)
+    states = result.certificate["execution"]["sisa"]["shard_states"]
+    restarted = {st["shard"]: st["restarted_from"] for st in states if st["restarted_from"] is not None}
+    assert restarted
+    for s, commitment in restarted.items():
+        plain = report.restarted_from[s]
+        assert commitment != plain
+        opening = result.checkpoint_openings[s]
+        assert opening["root"] == plain
+        assert open_model_commitment({"scheme": opening["scheme"], "commitment": commitment}, opening)
+    text = str(result.certificate)
+    assert not any(root in text for root in report.restarted_from.values() if root)
