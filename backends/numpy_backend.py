@@ -19,12 +19,13 @@ from typing import Any
 import numpy as np
 
 from certun.accountant.schedule import Mode, Schedule, Variant
-from certun.backends import certify
-from certun.backends.base import UnlearnResult
+from certun.backends.base import RunResult
 from certun.backends.numpy_steps import SAFETY, add_noise, gc_step, mc_step, output_perturbation, project_ball
 from certun.backends.numpy_steps import clip as clip_vector
 from certun.backends.options import RunOptions, clipping_for, opening_secret, resolve_seed
 from certun.backends.run_key import check_tail, draw_index, noise_record, run_context, run_key
+from certun.certificates import provenance
+from certun.certificates.record import RunRecord
 from certun.errors import InvalidParameterError, UnlearningRunError
 
 __all__ = ["LOSSES", "LinearModel", "NumpyBackend", "batches"]
@@ -181,13 +182,12 @@ class NumpyBackend:
         progress: bool = False,
         retain_ids: Iterable[Any] | None = None,
         forget_ids: Iterable[Any] | None = None,
-        certificate_path: Any = None,
         noise_mode: str = "fresh",
         model_factory: Callable[[], LinearModel] | None = None,
         callback: Callable[[int, np.ndarray], None] | None = None,
         noise_source: Callable[[int, int], Any] | None = None,
         previous: Any = None,
-    ) -> UnlearnResult:
+    ) -> RunResult:
         """Unlearn ``model`` as ``schedule`` says; the options mean what they mean for the torch backend.
 
         ``data`` is a re-iterable of ``(X, y)`` numpy batches (see :func:`batches`). ``clip="ghost"`` is
@@ -197,11 +197,11 @@ class NumpyBackend:
         float64 generator of :mod:`certun.backends.noise` per step, keyed from a fresh OS key
         (``seed=None``) or a user seed (testing/audit only) and every run input
         (:mod:`certun.backends.run_key`). ``previous``: the previous certificate of this model's
-        ledger (dict or path); the new one is chained onto it.
+        ledger (dict or path); when the model is the one it released, the starting model is recorded in plain.
         """
         opts = RunOptions.check(schedule, clip=clip, postprocess=postprocess, finetune_epochs=finetune_epochs,
                                 finetune_lr=finetune_lr, noise_mode=noise_mode, progress=progress,
-                                certificate_path=certificate_path, callback=callback, noise_source=noise_source)
+                                callback=callback, noise_source=noise_source)
         if clip == "ghost":
             raise InvalidParameterError("clip", clip, "'per_sample' or 'batch' for the numpy backend")
         if not isinstance(model, LinearModel):
@@ -212,15 +212,15 @@ class NumpyBackend:
             resolve_seed(seed)  # refuse a bad seed before any work
         check_tail(schedule, model.d)
         clipping = clipping_for(schedule, clip)
-        prev = certify.load_previous(previous)
-        started = certify.now_utc()
-        ids = certify.identifiers(data, retain_ids, forget_ids)
-        count_pass = certify.check_retain_count(ids, data)
-        on_pass = (lambda n: certify.check_pass_count(ids, n)) if count_pass else None
+        prev = provenance.load_previous(previous)
+        started = provenance.now_utc()
+        ids = provenance.identifiers(data, retain_ids, forget_ids)
+        count_pass = provenance.check_retain_count(ids, data)
+        on_pass = (lambda n: provenance.check_pass_count(ids, n)) if count_pass else None
         c = self._center(center, model)
-        before = certify.digest(model.named())
-        start_model = certify.starting_model(before, prev)
-        center_digest = None if c is None else certify.digest(model.with_flat(c).named())
+        before = provenance.model_digest(model.named())
+        start_model = provenance.starting_model(before, prev)
+        center_digest = None if c is None else provenance.model_digest(model.with_flat(c).named())
         key = run_key(seed, run_context(
             model_before=before.root, center=None if center_digest is None else center_digest.root,
             retain_fingerprint=ids.retain_fingerprint, forget_fingerprint=ids.forget_fingerprint, schedule=schedule,
@@ -318,8 +318,8 @@ class NumpyBackend:
             raise UnlearningRunError("the unlearned parameters are not finite after fine-tuning")
 
         result_model = model.with_flat(x)
-        commitment, opening = certify.key_commitment(key)
-        record = certify.make_record(
+        commitment, opening = provenance.key_commitment(key)
+        record = RunRecord(
             backend=self.name,
             clipping=clipping,
             unlearned_parameters=PARAMETER_NAMES,
@@ -327,7 +327,7 @@ class NumpyBackend:
             noisy_steps=s.T,
             model_before=start_model.plain,
             model_before_commitment=start_model.commitment,
-            model_after=certify.digest(result_model.named()),
+            model_after=provenance.model_digest(result_model.named()),
             center=center_digest,
             retain_root=ids.retain_root,
             forget_root=ids.forget_root,
@@ -340,17 +340,14 @@ class NumpyBackend:
             device="cpu",
             dtype="float64",
             started_at=started,
-            finished_at=certify.now_utc(),
-            versions=certify.versions("numpy"),
+            finished_at=provenance.now_utc(),
+            versions=provenance.versions("numpy"),
             noise=noise_record(s, model.d, key),
             extra={"noise_mode": opts.recorded_noise_mode, "loss": model.loss},
         )
-        certificate, written = None, None
-        if opts.issues_certificate:
-            certificate, written = certify.issue_and_write(s, record, opts.certificate_path, previous=prev)
-        return UnlearnResult(model=result_model, certificate=certificate, history=history, record=record, seed=key.seed,
+        return RunResult(model=result_model, history=history, record=record, seed=key.seed,
                              seed_opening=opening, retain_tree=ids.retain_tree, forget_tree=ids.forget_tree,
-                             certificate_path=written, model_before_opening=start_model.opening)
+                             model_before_opening=start_model.opening)
 
     @staticmethod
     def _center(center: Any, model: LinearModel) -> np.ndarray | None:

@@ -11,7 +11,6 @@ import secrets
 import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from certun.accountant.schedule import Mode, Schedule, Variant, integer, real_number
@@ -105,7 +104,6 @@ class RunOptions:
     finetune_lr: float
     noise_mode: str
     progress: bool
-    certificate_path: Path | None
     callback: Callable[[int, Any], None] | None
     noise_source: Callable[[int, int], Any] | None
 
@@ -118,14 +116,9 @@ class RunOptions:
         """
         return "injected" if self.noise_source is not None else self.noise_mode
 
-    @property
-    def issues_certificate(self) -> bool:
-        """False for audit controls (reused noise) and injected noise: the seed does not describe the run."""
-        return self.noise_mode == "fresh" and self.noise_source is None
-
     @classmethod
     def check(cls, schedule: Any, *, clip: str, postprocess: str, finetune_epochs: int, finetune_lr: float,
-              noise_mode: str, progress: bool, certificate_path: Any, callback: Any,
+              noise_mode: str, progress: bool, callback: Any,
               noise_source: Any) -> RunOptions:
         """Validate every option against each other and the schedule; warn for unsafe noise."""
         if not isinstance(schedule, Schedule):
@@ -148,14 +141,6 @@ class RunOptions:
         if noise_source is not None and not callable(noise_source):
             raise InvalidParameterError("noise_source", type(noise_source).__name__,
                                         "a callable (draw_index, d) -> standard normal vector, or None")
-        path = None
-        if certificate_path is not None:
-            path = Path(certificate_path)
-            if path.exists() and path.is_dir():
-                raise InvalidParameterError("certificate_path", str(path), "a file path, not a directory")
-        if path is not None and (noise_mode != "fresh" or noise_source is not None):
-            raise InvalidParameterError("certificate_path", str(path),
-                                        "None for audit controls (reused or injected noise get no certificate)")
         if noise_mode == UNSAFE_NOISE:
             warnings.warn(
                 "noise_mode='reuse_first_draw_UNSAFE' adds the SAME noise vector at every step. This voids "
@@ -166,4 +151,4 @@ class RunOptions:
                           "will be issued.", UnsafeNoiseWarning, stacklevel=3)
         return cls(clip=clip, postprocess=postprocess, finetune_epochs=finetune_epochs,
                    finetune_lr=float(finetune_lr), noise_mode=noise_mode, progress=bool(progress),
-                   certificate_path=path, callback=callback, noise_source=noise_source)
+                   callback=callback, noise_source=noise_source)

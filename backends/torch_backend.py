@@ -1,4 +1,4 @@
-"""The PyTorch backend: runs a schedule's noisy phase on an ``nn.Module`` and issues the certificate.
+"""The PyTorch backend: runs a schedule's noisy phase on an ``nn.Module`` and records the run.
 
 The run, in order (each step's formula is in :mod:`certun.backends.torch_steps`):
 
@@ -19,8 +19,8 @@ The run, in order (each step's formula is in :mod:`certun.backends.torch_steps`)
 4. post-process (project back onto the C0 ball; noiseless fine-tuning; BatchNorm statistics
    recomputed from retain data when asked) -- all post-processing of the unlearned parameters and
    retain data only (docs/theory.md#definition, #utility-limit);
-5. check frozen parameters are bit-identical, digest the result, commit to the key, issue the
-   certificate and write it atomically.
+5. check frozen parameters are bit-identical, digest the result, commit to the key and return the
+   :class:`~certun.certificates.RunRecord` (:func:`certun.unlearn` issues and writes the certificate).
 
 A failure at any point raises and writes nothing.
 """
@@ -37,8 +37,7 @@ import torch
 from torch import nn
 
 from certun.accountant.schedule import Mode, Schedule, Variant
-from certun.backends import certify
-from certun.backends.base import UnlearnResult
+from certun.backends.base import RunResult
 from certun.backends.options import RunOptions, clipping_for, opening_secret, resolve_seed
 from certun.backends.run_key import RunKey, check_tail, draw_index, noise_record, run_context, run_key
 from certun.backends.torch_attributes import digestible, unregistered_arrays
@@ -58,6 +57,8 @@ from certun.backends.torch_model import (
     select_parameters,
 )
 from certun.backends.torch_steps import add_noise, gc_step, mc_step, output_perturbation, project_ball
+from certun.certificates import provenance
+from certun.certificates.record import RunRecord
 from certun.errors import InvalidParameterError, UnlearningRunError, UnsupportedModelError
 
 __all__ = ["TorchBackend"]
@@ -223,7 +224,6 @@ class TorchBackend:
         progress: bool = True,
         retain_ids: Iterable[Any] | None = None,
         forget_ids: Iterable[Any] | None = None,
-        certificate_path: Any = None,
         noise_mode: str = "fresh",
         buffers: str = "reject",
         frozen: str = "reject",
@@ -233,7 +233,7 @@ class TorchBackend:
         noise_source: Callable[[int, int], Any] | None = None,
         inplace: bool = False,
         previous: Any = None,
-    ) -> UnlearnResult:
+    ) -> RunResult:
         """Unlearn: run ``schedule``'s noisy phase on ``model`` with retain data only, then post-process.
 
         Args:
@@ -280,7 +280,6 @@ class TorchBackend:
             retain_ids, forget_ids: record identifiers for the certificate's Merkle roots; retain ids
                 default to the loader's dataset indices. Explicit retain ids must number the records
                 of the loader's dataset (or, for unsized data, the samples of one pass).
-            certificate_path: write the certificate there (atomically) as well as returning it.
             noise_mode: ``"fresh"``; ``"reuse_first_draw_UNSAFE"`` is an audit control only (adds one
                 draw at every step, warns, issues no certificate).
             buffers: ``"reject"`` data-dependent buffers (default), ``"recompute"`` BatchNorm running
@@ -301,12 +300,12 @@ class TorchBackend:
             noise_source: testing hook: ``noise_source(k, d)`` returns the k-th standard-normal draw;
                 no certificate is issued.
             inplace: modify ``model`` itself instead of a copy.
-            previous: the previous certificate of this model's ledger (dict or path). The new
-                certificate is chained onto it, and when the model is the one it released, the
+            previous: the previous certificate of this model's ledger (dict or path). When the
+                model is the one it released, the
                 starting model is recorded as a plain digest (it is public) instead of a commitment.
 
         Returns:
-            An :class:`~certun.backends.UnlearnResult`.
+            A :class:`~certun.backends.RunResult`.
 
         Raises:
             InvalidParameterError: a bad option or schedule.
@@ -315,7 +314,7 @@ class TorchBackend:
         """
         opts = RunOptions.check(schedule, clip=clip, postprocess=postprocess, finetune_epochs=finetune_epochs,
                                 finetune_lr=finetune_lr, noise_mode=noise_mode, progress=progress,
-                                certificate_path=certificate_path, callback=callback, noise_source=noise_source)
+                                callback=callback, noise_source=noise_source)
         if not isinstance(model, nn.Module):
             raise InvalidParameterError("model", type(model).__name__, "a torch.nn.Module")
         if not callable(loss_fn):
@@ -326,7 +325,7 @@ class TorchBackend:
             raise InvalidParameterError("frozen", frozen, "one of " + ", ".join(repr(f) for f in _FROZEN_MODES))
         if params is not None and not isinstance(params, str):
             params = list(params)  # iterated more than once below (e.g. model.parameters(), a generator)
-        prev = certify.load_previous(previous)
+        prev = provenance.load_previous(previous)
         if isinstance(seed, Mapping):
             opening_secret(seed)  # refuse a bad opening before any work
         elif seed is not None:
@@ -339,7 +338,7 @@ class TorchBackend:
         if opts.finetune_epochs or buffers == "recompute":
             epoch_batches = _epoch_length(data, "fine-tuning" if opts.finetune_epochs else "buffers='recompute'")
 
-        started = certify.now_utc()
+        started = provenance.now_utc()
         problems = stale_state_problems(model)
         if problems:
             raise UnsupportedModelError(problems)
@@ -361,18 +360,18 @@ class TorchBackend:
         if params is not None and center is not None and not isinstance(center, Mapping):
             _check_params_order(params, parts)
         check_model(work, parts, hooks=hooks, buffers=buffers, attributes=attributes)
-        ids = certify.identifiers(data, retain_ids, forget_ids)
-        count_pass = certify.check_retain_count(ids, data)
+        ids = provenance.identifiers(data, retain_ids, forget_ids)
+        count_pass = provenance.check_retain_count(ids, data)
         dtype = parts.params[0].dtype
         named_unlearned = dict(zip(parts.names, parts.params, strict=True))
-        before = certify.digest(_cpu_copy(named_unlearned))
-        start_model = certify.starting_model(before, prev)
+        before = provenance.model_digest(_cpu_copy(named_unlearned))
+        start_model = provenance.starting_model(before, prev)
         flat_d = sum(p.numel() for p in parts.params)
         check_tail(schedule, flat_d)
-        frozen_before = certify.digest(_cpu_copy(dict(parts.frozen))) if parts.frozen else None
-        public = (certify.digest(_cpu_copy(parts.buffers)) if (buffers == "public" and parts.buffers) else None)
+        frozen_before = provenance.model_digest(_cpu_copy(dict(parts.frozen))) if parts.frozen else None
+        public = provenance.model_digest(_cpu_copy(parts.buffers)) if (buffers == "public" and parts.buffers) else None
         loose = unregistered_arrays(work) if attributes == "public" else {}
-        public_attributes = certify.digest(digestible(loose)) if loose else None
+        public_attributes = provenance.model_digest(digestible(loose)) if loose else None
         requires_grad = {n: p.requires_grad for n, p in work.named_parameters()}
         for p in parts.frozen.values():
             p.requires_grad_(False)
@@ -382,7 +381,7 @@ class TorchBackend:
         run = _Run(work, data, schedule, parts, opts, loss_fn=loss_fn, device=dev, dtype=dtype,
                    center=center, clipping=clipping, buffers=buffers, model_factory=model_factory,
                    epoch_batches=epoch_batches,
-                   on_pass=(lambda n: certify.check_pass_count(ids, n)) if count_pass else None)
+                   on_pass=(lambda n: provenance.check_pass_count(ids, n)) if count_pass else None)
         frozen_mode = "none" if not parts.frozen else frozen
         key = run_key(seed, run_context(
             model_before=before.root, center=None if run.center_digest is None else run.center_digest.root,
@@ -404,26 +403,26 @@ class TorchBackend:
             clear_training_state(work)
             restore_training_flags(flags)
 
-        after = certify.digest(_cpu_copy(dict(zip(parts.names, parts.params, strict=True))))
+        after = provenance.model_digest(_cpu_copy(dict(zip(parts.names, parts.params, strict=True))))
         if parts.frozen:
-            frozen_after = certify.digest(_cpu_copy(dict(parts.frozen)))
+            frozen_after = provenance.model_digest(_cpu_copy(dict(parts.frozen)))
             if frozen_after.root != frozen_before.root:
                 changed = [n for n in frozen_before.tensors if frozen_before.tensors[n] != frozen_after.tensors[n]]
                 raise UnlearningRunError(f"frozen parameters changed during the run: {changed[:5]}")
         if public is not None:
-            public_after = certify.digest(_cpu_copy(parts.buffers))
+            public_after = provenance.model_digest(_cpu_copy(parts.buffers))
             if public_after.root != public.root:
                 raise UnlearningRunError("buffers declared public changed during the run; they must stay fixed")
         if public_attributes is not None:
-            now = certify.digest(digestible(unregistered_arrays(work)))
+            now = provenance.model_digest(digestible(unregistered_arrays(work)))
             if now.root != public_attributes.root:
                 changed = sorted(set(now.tensors) ^ set(public_attributes.tensors)
                                  | {n for n in now.tensors.keys() & public_attributes.tensors.keys()
                                     if now.tensors[n] != public_attributes.tensors[n]})
                 raise UnlearningRunError(f"attributes declared public changed during the run: {changed[:5]}; they "
                                          "must stay fixed (state updated from the data belongs in the parameters)")
-        commitment, opening = certify.key_commitment(key)
-        record = certify.make_record(
+        commitment, opening = provenance.key_commitment(key)
+        record = RunRecord(
             backend=self.name,
             clipping="per_sample" if clipping == "ghost" else clipping,  # ghost clipping is per-sample clipping
             unlearned_parameters=parts.names,
@@ -445,8 +444,8 @@ class TorchBackend:
             device=str(dev),
             dtype=str(dtype).replace("torch.", ""),
             started_at=started,
-            finished_at=certify.now_utc(),
-            versions=certify.versions("torch", "opacus", "numpy"),
+            finished_at=provenance.now_utc(),
+            versions=provenance.versions("torch", "opacus", "numpy"),
             noise=noise_record(schedule, run.flat_d, key),
             extra={
                 "buffers": buffers,
@@ -459,12 +458,9 @@ class TorchBackend:
                 "noise_mode": opts.recorded_noise_mode,
             },
         )
-        certificate, written = None, None
-        if opts.issues_certificate:
-            certificate, written = certify.issue_and_write(schedule, record, opts.certificate_path, previous=prev)
-        return UnlearnResult(model=work, certificate=certificate, history=run.history, record=record, seed=key.seed,
+        return RunResult(model=work, history=run.history, record=record, seed=key.seed,
                              seed_opening=opening, retain_tree=ids.retain_tree, forget_tree=ids.forget_tree,
-                             certificate_path=written, model_before_opening=start_model.opening)
+                             model_before_opening=start_model.opening)
 
 
 def _deepcopy(model: nn.Module) -> nn.Module:
@@ -513,7 +509,7 @@ class _Run:
         self.center_digest = None
         if self.center is not None:
             pieces = torch.split(self.center.detach().cpu(), [p.numel() for p in parts.params])
-            self.center_digest = certify.digest({n: t.view_as(p) for n, t, p in
+            self.center_digest = provenance.model_digest({n: t.view_as(p) for n, t, p in
                                                  zip(parts.names, pieces, parts.params, strict=True)})
         self.key: RunKey | None = None  # set before execute()
         self.flat_d = sum(p.numel() for p in parts.params)

@@ -1,10 +1,11 @@
 """certun: certified machine unlearning for neural networks.
 
 ``plan`` derives the noise σ and the number of noisy steps T for an (ε, δ) target, ``guarantee``
-recomputes (ε, δ) from any schedule, ``get_backend`` runs the unlearning, and ``certun verify``
-checks the certificate. Source of every formula: docs/theory.md (docs/accountant.md).
+recomputes (ε, δ) from any schedule, ``unlearn`` runs a backend and issues the certificate, and
+``certun verify`` checks the certificate. Source of every formula: docs/theory.md (docs/accountant.md).
 """
 
+from certun._unlearn import UnlearnResult, unlearn
 from certun.accountant import Guarantee, Method, Mode, Schedule, Variant, guarantee, plan
 from certun.errors import (
     CertificateFormatError,
@@ -33,6 +34,8 @@ __all__ = [
     "plan",
     "guarantee",
     "get_backend",
+    "unlearn",
+    "UnlearnResult",
     "Schedule",
     "Guarantee",
     "Variant",

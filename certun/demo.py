@@ -425,25 +425,25 @@ def _unlearn(config: DemoConfig, data: Any, splits: Any, schedule: Any, original
     import torch
     from torch.nn.functional import cross_entropy
 
+    from certun._unlearn import unlearn
     from certun.backends import get_backend
-    from certun.certificates import write_certificate
     from certun.report import atomic_write_bytes
 
     backend = get_backend("torch")
     common = dict(loss_fn=cross_entropy, center=center_state, clip=config.clip, finetune_lr=config.finetune_lr,
                   postprocess="project_C0", device=scorer.device, progress=progress, forget_ids=splits.forget.tolist())
+    model_path, cert_path = out / "unlearned.pt", out / "certificate.json"
     t0 = time.perf_counter()
     # The released run's key is fresh from the OS (256 bits) unless --noise-seed asks for a reproducible demo.
-    released = backend.unlearn(original, _retain_loader(config, data, splits), schedule,
-                               finetune_epochs=config.finetune_epochs, seed=config.noise_seed, **common)
+    released = unlearn(original, _retain_loader(config, data, splits), schedule, backend="torch",
+                       certificate_path=cert_path, finetune_epochs=config.finetune_epochs, seed=config.noise_seed,
+                       **common)
     seconds = time.perf_counter() - t0
     if released.certificate is None:
-        raise UnlearningRunError("the backend issued no certificate for a fresh-noise run; nothing was written")
-    model_path, cert_path = out / "unlearned.pt", out / "certificate.json"
+        raise UnlearningRunError("no certificate was issued for a fresh-noise run; nothing was written")
     buffer = io.BytesIO()
     torch.save({k: v.detach().cpu() for k, v in released.model.state_dict().items()}, buffer)
     atomic_write_bytes(model_path, buffer.getvalue())
-    write_certificate(released.certificate, cert_path)
     echo(f"unlearned in {seconds:.1f} s ({schedule.T} noisy steps + {config.finetune_epochs} fine-tuning "
          f"epochs); wrote {model_path} and {cert_path}")
 

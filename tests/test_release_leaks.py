@@ -13,7 +13,6 @@ import torch.nn.functional as F  # noqa: N812
 from torch import nn
 
 import certun
-from certun.backends import get_backend
 from certun.backends.numpy_backend import LinearModel, batches
 from certun.certificates import issue
 from certun.errors import InvalidParameterError, UnlearningRunError
@@ -30,7 +29,7 @@ def _torch_run(**kw):
     schedule = certun.plan(1.0, 1e-5, C0=1.0, C1=1.0, lam=0.0, gamma=0.1, T=3)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return get_backend("torch").unlearn(model, data, schedule, loss_fn=F.cross_entropy, clip="batch",
+        return certun.unlearn(model, data, schedule, backend="torch", loss_fn=F.cross_entropy, clip="batch",
                                             progress=False, **kw), schedule, model, data
 
 
@@ -49,7 +48,7 @@ def test_the_numpy_backend_records_injected_noise_too():
     schedule = certun.plan(1.0, 1e-5, C0=1.0, C1=1.0, lam=0.0, gamma=0.1, T=2)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        result = get_backend("numpy").unlearn(model, batches(x, y, 4), schedule, progress=False,
+        result = certun.unlearn(model, batches(x, y, 4), schedule, backend="numpy", progress=False,
                                               noise_source=lambda k, d: np.zeros(d))
     with pytest.raises(InvalidParameterError, match="noise_mode"):
         issue(schedule, result.record)
@@ -65,7 +64,7 @@ def test_printing_a_result_reveals_no_secret():
 def test_the_opening_replays_the_run_exactly_and_nothing_else_does():
     first, schedule, model, data = _torch_run()
     assert first.record.noise["key_origin"] == "os"
-    replay = get_backend("torch").unlearn(model, data, schedule, loss_fn=F.cross_entropy, clip="batch",
+    replay = certun.unlearn(model, data, schedule, backend="torch", loss_fn=F.cross_entropy, clip="batch",
                                           progress=False, seed=first.seed_opening)
     for a, b in zip(first.model.parameters(), replay.model.parameters(), strict=True):
         assert torch.equal(a, b)
@@ -73,7 +72,7 @@ def test_the_opening_replays_the_run_exactly_and_nothing_else_does():
     assert not torch.equal(first.model.weight, fresh.model.weight)
     for bad in ({"secret": "00"}, {"secret": "zz" * 32, "origin": "os"}, {"secret": "ab" * 32, "origin": "moon"}):
         with pytest.raises(InvalidParameterError, match="seed"):
-            get_backend("torch").unlearn(model, data, schedule, loss_fn=F.cross_entropy, progress=False, seed=bad)
+            certun.unlearn(model, data, schedule, backend="torch", loss_fn=F.cross_entropy, progress=False, seed=bad)
 
 
 class _Reuse(nn.Module):
@@ -93,7 +92,7 @@ def test_refusals_at_the_start_print_no_statistic_of_the_starting_model():
     data = [(x[i:i + 4], y[i:i + 4]) for i in range(0, 16, 4)]
     schedule = certun.plan(1.0, 1e-5, C0=1.0, C1=1.0, lam=0.0, gamma=0.1, T=3)
     with pytest.raises(certun.errors.UnsupportedModelError) as info:
-        get_backend("torch").unlearn(_Reuse(), data, schedule, loss_fn=F.cross_entropy, clip="per_sample",
+        certun.unlearn(_Reuse(), data, schedule, backend="torch", loss_fn=F.cross_entropy, clip="per_sample",
                                      progress=False)
     assert not re.search(r"\d\.\d|\de-\d", str(info.value)), str(info.value)
 
@@ -106,5 +105,5 @@ def test_refusals_at_the_start_print_no_statistic_of_the_starting_model():
             return self.fc(x) * float("nan")
 
     with pytest.raises(UnlearningRunError) as nan_info:
-        get_backend("torch").unlearn(_Nan(), data, schedule, loss_fn=F.cross_entropy, clip="batch", progress=False)
+        certun.unlearn(_Nan(), data, schedule, backend="torch", loss_fn=F.cross_entropy, clip="batch", progress=False)
     assert "loss=" not in str(nan_info.value) and "step 0" in str(nan_info.value)

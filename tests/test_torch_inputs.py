@@ -17,6 +17,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 from torch_fixtures import small_batches, small_gc
 
+import certun
 from certun.backends import get_backend
 from certun.backends.options import UnsafeNoiseWarning
 from certun.errors import InvalidParameterError, UnlearningRunError, UnsupportedModelError
@@ -40,7 +41,7 @@ def _run(data, **kw):
     kw.setdefault("loss_fn", F.cross_entropy)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UnsafeNoiseWarning)
-        return BACKEND.unlearn(model, data, schedule, progress=False, seed=0, **kw)
+        return certun.unlearn(model, data, schedule, backend=BACKEND, progress=False, seed=0, **kw)
 
 
 # ------------------------------------------------------------------------------ W1, W2: per-sample path

@@ -16,6 +16,7 @@ import torch.nn.functional as F  # noqa: N812 (the conventional name)
 from torch import nn
 from torch_fixtures import small_batches, small_gc
 
+import certun
 from certun.backends import get_backend
 from certun.backends.numpy_backend import LinearModel, batches
 from certun.backends.options import UnsafeNoiseWarning
@@ -36,7 +37,8 @@ def _run(model, **kw):
     data = kw.pop("data", None) or small_batches()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UnsafeNoiseWarning)
-        return BACKEND.unlearn(model, data, kw.pop("schedule", None) or small_gc(), progress=False, seed=0, **kw)
+        return certun.unlearn(model, data, kw.pop("schedule", None) or small_gc(), backend=BACKEND, progress=False,
+                              seed=0, **kw)
 
 
 # ------------------------------------------------------------------------------ params= and frozen
@@ -325,5 +327,6 @@ def test_numpy_backend_refuses_the_trained_model_as_the_centre():
     backend = get_backend("numpy")
     for center in (model, model.named(), model.flat(), {"weight": model.weight, "bias": np.zeros(2) + 0.3}):
         with pytest.raises(InvalidParameterError, match="center"):
-            backend.unlearn(model, batches(X, y, 4), small_gc(), center=center, seed=0)
-    assert backend.unlearn(model, batches(X, y, 4), small_gc(), center=np.zeros(8) + 0.1, seed=0).certificate
+            certun.unlearn(model, batches(X, y, 4), small_gc(), backend=backend, center=center, seed=0)
+    assert certun.unlearn(model, batches(X, y, 4), small_gc(), backend=backend, center=np.zeros(8) + 0.1,
+                          seed=0).certificate
