@@ -8,7 +8,7 @@ Each backend reads a :class:`~certun.accountant.Schedule` and runs exactly its n
 (docs/theory.md#gradient-clipping, #model-clipping, #output-perturbation), then optional post-processing on retain
 data, and returns a :class:`RunResult` with the run record (:func:`certun.unlearn` issues the certificate from it).
 The noisy step itself lives in
-:mod:`certun.backends.torch_steps` and :mod:`certun.backends.numpy_steps` as small functions on flat
+:mod:`certun.backends.torch` and :mod:`certun.backends.numpy_steps` as small functions on flat
 parameter vectors. Importing this package does not import torch. See docs/backends.md.
 """
 

@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader, Subset, TensorDataset
 import certun
 from certun.backends import get_backend
 from certun.backends.options import UnsafeNoiseWarning
-from certun.backends.torch_steps import SAFETY
+from certun.backends.torch._steps import SAFETY
 from certun.certificates import load_certificate, open_seed_commitment, verify
 from certun.errors import InvalidParameterError
 

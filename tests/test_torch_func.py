@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F  # noqa: N812
 from torch import nn
 
-from certun.backends.torch_func import FuncPerSample, per_sample_grad_norms
+from certun.backends.torch._func import FuncPerSample, per_sample_grad_norms
 
 
 class TinyTransformer(nn.Module):

@@ -182,7 +182,7 @@ def test_ordinary_torch_layers_hold_no_unregistered_arrays():
     deep copies and after moving dtype."""
     import copy
 
-    from certun.backends.torch_attributes import unregistered_arrays
+    from certun.backends.torch._attributes import unregistered_arrays
 
     for model in _common_layers():
         assert unregistered_arrays(model) == {}, type(model).__name__
@@ -196,7 +196,7 @@ def test_ordinary_torch_layers_hold_no_unregistered_arrays():
 
 def test_unregistered_module_with_tensors_in_a_plain_list_is_found():
     """A layer kept in a plain list (not nn.ModuleList) holds weights outside the model's parameters."""
-    from certun.backends.torch_attributes import unregistered_arrays
+    from certun.backends.torch._attributes import unregistered_arrays
 
     model = nn.Sequential(nn.Linear(4, 2))
     model[0].helpers = [nn.Linear(4, 4)]
@@ -233,7 +233,7 @@ def test_a_weight_reused_functionally_is_caught_by_the_per_sample_sum_check(norm
 
 def test_per_sample_sum_check_accepts_rounding_and_refuses_a_real_gap():
     """The check's tolerance is float32 rounding, scaled by the per-sample gradients' size."""
-    from certun.backends.torch_sumcheck import check_per_sample_sum
+    from certun.backends.torch._sumcheck import check_per_sample_sum
 
     torch.manual_seed(1)
     per = torch.randn(64, 10)
@@ -256,7 +256,7 @@ def test_ghost_probe_leaves_the_run_unchanged(monkeypatch):
     on the clip mode, so ghost is compared with ghost)."""
     from opacus.grad_sample import GradSampleHooksFastGradientClipping
 
-    from certun.backends import torch_grad
+    from certun.backends.torch import _grad as torch_grad
 
     def model():
         torch.manual_seed(3)

@@ -15,7 +15,7 @@ The two score samples go to :func:`certun.audit.stats.eps_lower_bound`. A correc
 a correct schedule yields ``ε̂ > ε`` with probability at most ``1 − confidence``.
 
 Runs are batched: each chain is one row of an ``(n, d)`` tensor and all rows step together through
-the torch backend's step functions (:mod:`certun.backends.torch_steps`), on the GPU when one is given.
+the torch backend's step functions (:mod:`certun.backends.torch`), on the GPU when one is given.
 """
 
 from __future__ import annotations
@@ -127,7 +127,7 @@ def run_chains(schedule: Schedule, starts, *, strength: float | None = None, noi
                generator=None, draw=None):
     """Run one chain per row of ``starts`` (an ``(n, d)`` tensor, centre at 0) through ``schedule``.
 
-    Every step is the torch backend's own step function (:mod:`certun.backends.torch_steps`:
+    Every step is the torch backend's own step function (:mod:`certun.backends.torch`:
     ``project_ball``, ``gc_step``, ``mc_step``, ``add_noise``, ``output_perturbation``) applied to the
     whole batch, so the audit exercises the code a real run executes. The canary direction is the
     first coordinate axis ``u = e_1``. Noise comes from ``generator``, one ``N(0, σ_t² I)`` draw per
@@ -139,7 +139,7 @@ def run_chains(schedule: Schedule, starts, *, strength: float | None = None, noi
     """
     import torch
 
-    from certun.backends import torch_steps as steps
+    import certun.backends.torch as steps
 
     if noise_mode not in NOISE_MODES:
         raise InvalidParameterError("noise_mode", noise_mode, f"one of {', '.join(map(repr, NOISE_MODES))}")

@@ -5,7 +5,7 @@ Three ways, one interface (``compute(inputs, targets) -> loss``, result in ``fla
 * ``"batch"``: the gradient of the minibatch-mean loss (clipped later, globally, by the step
   function; docs/theory.md#gradient-clipping allows clipping the mean).
 * ``"per_sample"``: for models whose unlearned parameters are all in ``nn.Linear`` layers, certun's
-  own one-backward path (:mod:`certun.backends.torch_linear`); otherwise Opacus ``GradSampleHooks``
+  own one-backward path (:mod:`certun.backends.torch._linear`); otherwise Opacus ``GradSampleHooks``
   (non-wrapping, state-dict keys unchanged) compute each sample's gradient, and certun clips each to
   ``C1`` and averages them itself into ``g``. No ``DPOptimizer``: its traps (``expected_batch_size``
   instead of the real batch, loss-reduction mismatches) are avoided by construction, since certun
@@ -30,10 +30,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from certun.backends.torch_linear import LinearPerSample
-from certun.backends.torch_model import FlatParameters
-from certun.backends.torch_steps import SAFETY
-from certun.backends.torch_sumcheck import check_per_sample_sum, linear_sums, opacus_sums, tf32_possible
+from certun.backends.torch._linear import LinearPerSample
+from certun.backends.torch._model import FlatParameters
+from certun.backends.torch._steps import SAFETY
+from certun.backends.torch._sumcheck import check_per_sample_sum, linear_sums, opacus_sums, tf32_possible
 from certun.errors import CertunError, UnlearningRunError, UnsupportedModelError
 
 __all__ = ["GradientComputer", "batch_size", "per_sample_loss"]

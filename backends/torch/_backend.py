@@ -1,11 +1,11 @@
 """The PyTorch backend: runs a schedule's noisy phase on an ``nn.Module`` and records the run.
 
-The run, in order (each step's formula is in :mod:`certun.backends.torch_steps`):
+The run, in order (each step's formula is in :mod:`certun.backends.torch._steps`):
 
 1. refuse training machinery left on the model (Opacus hooks, old-style weight_norm caches), copy it
    (unless ``inplace=True``), drop every stale gradient and Opacus attribute, select the unlearned
    parameters, refuse anything that would make the guarantee false
-   (:func:`~certun.backends.torch_model.check_model`);
+   (:func:`~certun.backends.torch._model.check_model`);
 2. digest the unlearned parameters (published only as a salted commitment for a first request), the
    frozen ones and the centre; derive the run's noise key from a fresh OS key (or a user seed, for
    tests and audits) and every run input (:mod:`certun.backends.run_key`); refuse a run whose
@@ -40,15 +40,15 @@ from certun.accountant.schedule import Mode, Schedule, Variant
 from certun.backends.base import RunResult
 from certun.backends.options import RunOptions, clipping_for, opening_secret, resolve_seed
 from certun.backends.run_key import RunKey, check_tail, draw_index, noise_record, run_context, run_key
-from certun.backends.torch_attributes import digestible, unregistered_arrays
-from certun.backends.torch_grad import GradientComputer, batch_size
-from certun.backends.torch_hygiene import (
+from certun.backends.torch._attributes import digestible, unregistered_arrays
+from certun.backends.torch._grad import GradientComputer, batch_size
+from certun.backends.torch._hygiene import (
     clear_training_state,
     restore_training_flags,
     stale_state_problems,
     training_flags,
 )
-from certun.backends.torch_model import (
+from certun.backends.torch._model import (
     FlatParameters,
     ModelParts,
     check_center,
@@ -56,7 +56,7 @@ from certun.backends.torch_model import (
     flat_center,
     select_parameters,
 )
-from certun.backends.torch_steps import add_noise, gc_step, mc_step, output_perturbation, project_ball
+from certun.backends.torch._steps import add_noise, gc_step, mc_step, output_perturbation, project_ball
 from certun.certificates import provenance
 from certun.certificates.record import RunRecord
 from certun.errors import InvalidParameterError, UnlearningRunError, UnsupportedModelError

@@ -157,7 +157,7 @@ def check_model(model: nn.Module, parts: ModelParts, *, hooks: bool, buffers: st
                              "parameters", "if it is independent of the training data pass buffers='public' "
                              "(its digest is recorded and checked unchanged); otherwise make it a parameter"))
     if attributes != "public":
-        from certun.backends.torch_attributes import unregistered_arrays
+        from certun.backends.torch._attributes import unregistered_arrays
 
         for path in unregistered_arrays(model):
             problems.append((path, "array kept as a plain attribute, outside the parameters and buffers: if it "
