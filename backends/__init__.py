@@ -12,7 +12,29 @@ The noisy step itself lives in
 parameter vectors. Importing this package does not import torch. See docs/backends.md.
 """
 
+from certun.backends._options import (
+    AttributesMode,
+    BufferMode,
+    ClipMode,
+    FrozenMode,
+    NoiseMode,
+    Postprocess,
+    UnsafeNoiseWarning,
+)
 from certun.backends.base import Backend, RunResult
 from certun.backends.registry import available_backends, get_backend, register_backend
 
-__all__ = ["Backend", "RunResult", "available_backends", "get_backend", "register_backend"]
+__all__ = [
+    "AttributesMode",
+    "Backend",
+    "BufferMode",
+    "ClipMode",
+    "FrozenMode",
+    "NoiseMode",
+    "Postprocess",
+    "RunResult",
+    "UnsafeNoiseWarning",
+    "available_backends",
+    "get_backend",
+    "register_backend",
+]

@@ -19,10 +19,10 @@ from typing import Any
 import numpy as np
 
 from certun.accountant.schedule import Mode, Schedule, Variant
+from certun.backends._options import RunOptions, clipping_for, opening_secret, resolve_seed
 from certun.backends.base import RunResult
 from certun.backends.numpy_steps import SAFETY, add_noise, gc_step, mc_step, output_perturbation, project_ball
 from certun.backends.numpy_steps import clip as clip_vector
-from certun.backends.options import RunOptions, clipping_for, opening_secret, resolve_seed
 from certun.backends.run_key import check_tail, draw_index, noise_record, run_context, run_key
 from certun.certificates import provenance
 from certun.certificates.record import RunRecord
@@ -202,6 +202,7 @@ class NumpyBackend:
         opts = RunOptions.check(schedule, clip=clip, postprocess=postprocess, finetune_epochs=finetune_epochs,
                                 finetune_lr=finetune_lr, noise_mode=noise_mode, progress=progress,
                                 callback=callback, noise_source=noise_source)
+        clip, noise_mode = opts.clip, opts.noise_mode
         if clip == "ghost":
             raise InvalidParameterError("clip", clip, "'per_sample' or 'batch' for the numpy backend")
         if not isinstance(model, LinearModel):

@@ -24,7 +24,7 @@ from typing import Any
 
 from certun.accountant.schedule import Schedule, Variant
 from certun.backends import noise
-from certun.backends.options import opening_secret, resolve_seed
+from certun.backends._options import opening_secret, resolve_seed
 from certun.certificates.canonical import canonical_bytes
 from certun.certificates.noise_check import TAIL_SLACK, noise_draws, sampler_pairs
 from certun.errors import InvalidParameterError

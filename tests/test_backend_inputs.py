@@ -90,7 +90,7 @@ def test_torch_backend_refuses_before_running():
 
 def test_run_options_take_numpy_scalars():
     """``finetune_lr=np.float32(0.05)`` and ``finetune_epochs=np.int64(1)`` are numbers like Python's."""
-    from certun.backends.options import RunOptions
+    from certun.backends._options import RunOptions
 
     schedule = certun.plan(1.0, 1e-5, C0=10.0, C1=1.0, gamma=1.0, T=2)
     common = dict(clip="per_sample", postprocess="project_C0", noise_mode="fresh", progress=False,

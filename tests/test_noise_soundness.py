@@ -18,8 +18,7 @@ from torch import nn
 
 import certun
 from certun.accountant import Guarantee, Schedule, Variant
-from certun.backends import get_backend
-from certun.backends.options import UnsafeNoiseWarning
+from certun.backends import UnsafeNoiseWarning, get_backend
 from certun.certificates import Status, open_seed_commitment, verify
 from certun.errors import InvalidParameterError
 

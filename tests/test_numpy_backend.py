@@ -12,10 +12,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import certun
-from certun.backends import get_backend
+from certun.backends import UnsafeNoiseWarning, get_backend
 from certun.backends import numpy_steps as ns
 from certun.backends.numpy_backend import LinearModel, batches, gradient
-from certun.backends.options import UnsafeNoiseWarning
 from certun.certificates import open_seed_commitment, verify
 from certun.errors import InvalidParameterError, UnlearningRunError
 

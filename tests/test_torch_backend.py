@@ -18,8 +18,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Subset, TensorDataset
 
 import certun
-from certun.backends import get_backend
-from certun.backends.options import UnsafeNoiseWarning
+from certun.backends import UnsafeNoiseWarning, get_backend
 from certun.backends.torch._steps import SAFETY
 from certun.certificates import load_certificate, open_seed_commitment, verify
 from certun.errors import InvalidParameterError

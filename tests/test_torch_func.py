@@ -87,8 +87,7 @@ def _backend_clipped_gradient(model: nn.Module, x: torch.Tensor, y: torch.Tensor
     import warnings
 
     import certun
-    from certun.backends import get_backend
-    from certun.backends.options import UnsafeNoiseWarning
+    from certun.backends import UnsafeNoiseWarning, get_backend
 
     s = certun.plan(1.0, 1e-5, C0=1e6, C1=C1, gamma=1e-3, T=1)
     x0 = torch.cat([p.detach().reshape(-1).double() for p in model.parameters()])

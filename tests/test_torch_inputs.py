@@ -18,8 +18,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from torch_fixtures import small_batches, small_gc
 
 import certun
-from certun.backends import get_backend
-from certun.backends.options import UnsafeNoiseWarning
+from certun.backends import UnsafeNoiseWarning, get_backend
 from certun.errors import InvalidParameterError, UnlearningRunError, UnsupportedModelError
 
 torch.set_num_threads(1)

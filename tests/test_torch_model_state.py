@@ -17,9 +17,8 @@ from torch import nn
 from torch_fixtures import small_batches, small_gc
 
 import certun
-from certun.backends import get_backend
+from certun.backends import UnsafeNoiseWarning, get_backend
 from certun.backends.numpy_backend import LinearModel, batches
-from certun.backends.options import UnsafeNoiseWarning
 from certun.errors import InvalidParameterError, UnlearningRunError, UnsupportedModelError
 
 torch.set_num_threads(1)

@@ -16,8 +16,7 @@ from torch import nn
 from torch_fixtures import small_batches, small_gc
 
 import certun
-from certun.backends import get_backend
-from certun.backends.options import UnsafeNoiseWarning
+from certun.backends import UnsafeNoiseWarning, get_backend
 from certun.backends.torch._steps import SAFETY
 from certun.certificates import tensor_digest
 from certun.errors import InvalidParameterError, UnlearningRunError, UnsupportedModelError

@@ -37,8 +37,8 @@ import torch
 from torch import nn
 
 from certun.accountant.schedule import Mode, Schedule, Variant
+from certun.backends._options import RunOptions, clipping_for, opening_secret, resolve_seed
 from certun.backends.base import RunResult
-from certun.backends.options import RunOptions, clipping_for, opening_secret, resolve_seed
 from certun.backends.run_key import RunKey, check_tail, draw_index, noise_record, run_context, run_key
 from certun.backends.torch._attributes import digestible, unregistered_arrays
 from certun.backends.torch._grad import GradientComputer, batch_size
@@ -193,9 +193,6 @@ def _epoch_length(data: Iterable[Any], why: str) -> int:
     return n
 
 
-_FROZEN_MODES = ("reject", "public")
-
-
 def _cpu_copy(named: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {n: t.detach().to("cpu", copy=True) for n, t in named.items()}
 
@@ -314,15 +311,15 @@ class TorchBackend:
         """
         opts = RunOptions.check(schedule, clip=clip, postprocess=postprocess, finetune_epochs=finetune_epochs,
                                 finetune_lr=finetune_lr, noise_mode=noise_mode, progress=progress,
-                                callback=callback, noise_source=noise_source)
+                                callback=callback, noise_source=noise_source, buffers=buffers, frozen=frozen,
+                                attributes=attributes)
+        buffers, frozen, attributes = opts.buffers, opts.frozen, opts.attributes
         if not isinstance(model, nn.Module):
             raise InvalidParameterError("model", type(model).__name__, "a torch.nn.Module")
         if not callable(loss_fn):
             raise InvalidParameterError("loss_fn", type(loss_fn).__name__, "a callable loss")
         if model_factory is not None and not callable(model_factory):
             raise InvalidParameterError("model_factory", type(model_factory).__name__, "a callable or None")
-        if frozen not in _FROZEN_MODES:
-            raise InvalidParameterError("frozen", frozen, "one of " + ", ".join(repr(f) for f in _FROZEN_MODES))
         if params is not None and not isinstance(params, str):
             params = list(params)  # iterated more than once below (e.g. model.parameters(), a generator)
         prev = provenance.load_previous(previous)

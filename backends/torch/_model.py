@@ -30,8 +30,6 @@ __all__ = [
 ]
 
 _WIDE_DTYPES = (torch.float32, torch.float64)
-_BUFFER_MODES = ("reject", "recompute", "public")
-_ATTRIBUTE_MODES = ("reject", "public")
 
 
 @dataclass
@@ -117,11 +115,6 @@ def check_model(model: nn.Module, parts: ModelParts, *, hooks: bool, buffers: st
     Raises:
         UnsupportedModelError: with one ``(path, reason, remedy)`` per problem.
     """
-    if buffers not in _BUFFER_MODES:
-        raise InvalidParameterError("buffers", buffers, "one of " + ", ".join(repr(b) for b in _BUFFER_MODES))
-    if attributes not in _ATTRIBUTE_MODES:
-        raise InvalidParameterError("attributes", attributes,
-                                    "one of " + ", ".join(repr(a) for a in _ATTRIBUTE_MODES))
     problems: list[tuple[str, str, str]] = []
     for name, p in zip(parts.names, parts.params, strict=True):
         if p.dtype not in _WIDE_DTYPES:

@@ -29,6 +29,7 @@ import numpy as np
 
 from certun.accountant import Guarantee, Mode, Schedule, Variant, guarantee
 from certun.audit.stats import EpsilonBound, eps_lower_bound
+from certun.backends import NoiseMode
 from certun.errors import InvalidParameterError
 
 __all__ = [
@@ -46,7 +47,7 @@ __all__ = [
 #: ``fresh``: a new draw at every noisy step (what the proofs need). ``reuse_first_draw_UNSAFE``: the
 #: first draw of each chain is added again at every later step (the defect of docs/theory.md#authors-code);
 #: an audit control only.
-NOISE_MODES = ("fresh", "reuse_first_draw_UNSAFE")
+NOISE_MODES = tuple(m.value for m in NoiseMode)
 #: How the chains are run: all at once through the step functions, or one real backend run each.
 RUNNERS = ("batched", "backend")
 #: Bonferroni grid size for :func:`default_thresholds`.

@@ -1,11 +1,13 @@
-"""Validation of the run options both backends share, done once before any work starts.
+"""The run options: every option set an enum defined once here, every option validated once, here.
 
-Every option is checked here and refused with an :class:`~certun.errors.InvalidParameterError` that
-names the value and what is valid (no misspelt option falls back to a default).
+Every option is checked before any work starts and refused with an
+:class:`~certun.errors.InvalidParameterError` that names the value and what is valid (no misspelt option
+falls back to a default). Options are accepted as enum members or as their string values.
 """
 
 from __future__ import annotations
 
+import enum
 import operator
 import secrets
 import warnings
@@ -13,23 +15,67 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from certun._validation import choice
 from certun.accountant.schedule import Mode, Schedule, Variant, integer, real_number
 from certun.errors import InvalidParameterError
 
 __all__ = [
-    "CLIP_MODES",
-    "NOISE_MODES",
-    "POSTPROCESS",
+    "AttributesMode",
+    "BufferMode",
+    "ClipMode",
+    "FrozenMode",
+    "NoiseMode",
+    "Postprocess",
     "RunOptions",
     "UnsafeNoiseWarning",
     "clipping_for",
     "resolve_seed",
 ]
 
-CLIP_MODES = ("per_sample", "ghost", "batch")
-POSTPROCESS = ("project_C0", "none")
-NOISE_MODES = ("fresh", "reuse_first_draw_UNSAFE")
-UNSAFE_NOISE = "reuse_first_draw_UNSAFE"
+
+class ClipMode(str, enum.Enum):
+    """How gradients are clipped where the variant clips: each sample's (Opacus hooks, certun's
+    ``nn.Linear`` path or ``torch.func``), each sample's by ghost clipping, or the minibatch mean."""
+
+    PER_SAMPLE = "per_sample"
+    GHOST = "ghost"
+    BATCH = "batch"
+
+
+class Postprocess(str, enum.Enum):
+    """After the noisy phase: project back onto the C0 ball (free, docs/theory.md#utility-limit), or not."""
+
+    PROJECT_C0 = "project_C0"
+    NONE = "none"
+
+
+class NoiseMode(str, enum.Enum):
+    """Fresh noise at every step; the reused draw is an audit control that voids the guarantee."""
+
+    FRESH = "fresh"
+    REUSE_FIRST_DRAW_UNSAFE = "reuse_first_draw_UNSAFE"
+
+
+class BufferMode(str, enum.Enum):
+    """Model buffers: refuse data-dependent ones, recompute norm statistics from retain data, or assert public."""
+
+    REJECT = "reject"
+    RECOMPUTE = "recompute"
+    PUBLIC = "public"
+
+
+class FrozenMode(str, enum.Enum):
+    """Parameters left out of the unlearned set: refuse them, or assert they are independent of D."""
+
+    REJECT = "reject"
+    PUBLIC = "public"
+
+
+class AttributesMode(str, enum.Enum):
+    """Arrays kept as plain module attributes: refuse them, or assert they are independent of D."""
+
+    REJECT = "reject"
+    PUBLIC = "public"
 
 
 class UnsafeNoiseWarning(UserWarning):
@@ -37,10 +83,9 @@ class UnsafeNoiseWarning(UserWarning):
     certificate."""
 
 
-def _choice(name: str, value: Any, valid: tuple[str, ...]) -> str:
-    if value not in valid:
-        raise InvalidParameterError(name, value, "one of " + ", ".join(repr(v) for v in valid))
-    return value
+def _mode(name: str, value: Any, options: type[enum.Enum]) -> str:
+    """The string value of the option ``value`` (an enum member or its value) of ``options``."""
+    return choice(name, value, options).value
 
 
 def opening_secret(opening: Any) -> tuple[bytes, str, int | None]:
@@ -96,7 +141,11 @@ def clipping_for(schedule: Schedule, clip: str) -> str | None:
 
 @dataclass(frozen=True, kw_only=True)
 class RunOptions:
-    """The validated options of one run (both backends)."""
+    """The validated options of one run (both backends); modes are stored as their string values.
+
+    ``buffers``, ``frozen`` and ``attributes`` are the torch backend's (``None`` for a backend whose models
+    have no buffers, frozen parameters or module attributes).
+    """
 
     clip: str
     postprocess: str
@@ -106,6 +155,9 @@ class RunOptions:
     progress: bool
     callback: Callable[[int, Any], None] | None
     noise_source: Callable[[int, int], Any] | None
+    buffers: str | None = None
+    frozen: str | None = None
+    attributes: str | None = None
 
     @property
     def recorded_noise_mode(self) -> str:
@@ -118,15 +170,17 @@ class RunOptions:
 
     @classmethod
     def check(cls, schedule: Any, *, clip: str, postprocess: str, finetune_epochs: int, finetune_lr: float,
-              noise_mode: str, progress: bool, callback: Any,
-              noise_source: Any) -> RunOptions:
+              noise_mode: str, progress: bool, callback: Any, noise_source: Any, buffers: Any = None,
+              frozen: Any = None, attributes: Any = None) -> RunOptions:
         """Validate every option against each other and the schedule; warn for unsafe noise."""
         if not isinstance(schedule, Schedule):
             raise InvalidParameterError("schedule", type(schedule).__name__,
                                         "a certun Schedule (from certun.plan or Schedule.from_dict)")
-        _choice("clip", clip, CLIP_MODES)
-        _choice("postprocess", postprocess, POSTPROCESS)
-        _choice("noise_mode", noise_mode, NOISE_MODES)
+        clip, postprocess = _mode("clip", clip, ClipMode), _mode("postprocess", postprocess, Postprocess)
+        noise_mode = _mode("noise_mode", noise_mode, NoiseMode)
+        buffers = None if buffers is None else _mode("buffers", buffers, BufferMode)
+        frozen = None if frozen is None else _mode("frozen", frozen, FrozenMode)
+        attributes = None if attributes is None else _mode("attributes", attributes, AttributesMode)
         # numpy scalars and 0-d tensors count as numbers, as everywhere in certun
         finetune_epochs = integer("finetune_epochs", finetune_epochs, "an integer >= 0")
         if finetune_epochs < 0:
@@ -141,7 +195,7 @@ class RunOptions:
         if noise_source is not None and not callable(noise_source):
             raise InvalidParameterError("noise_source", type(noise_source).__name__,
                                         "a callable (draw_index, d) -> standard normal vector, or None")
-        if noise_mode == UNSAFE_NOISE:
+        if noise_mode == NoiseMode.REUSE_FIRST_DRAW_UNSAFE:
             warnings.warn(
                 "noise_mode='reuse_first_draw_UNSAFE' adds the SAME noise vector at every step. This voids "
                 "the unlearning guarantee (docs/theory.md#authors-code) and exists only as an audit control; no "
@@ -151,4 +205,5 @@ class RunOptions:
                           "will be issued.", UnsafeNoiseWarning, stacklevel=3)
         return cls(clip=clip, postprocess=postprocess, finetune_epochs=finetune_epochs,
                    finetune_lr=float(finetune_lr), noise_mode=noise_mode, progress=bool(progress),
-                   callback=callback, noise_source=noise_source)
+                   callback=callback, noise_source=noise_source, buffers=buffers, frozen=frozen,
+                   attributes=attributes)
