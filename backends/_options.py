@@ -8,8 +8,6 @@ falls back to a default). Options are accepted as enum members or as their strin
 from __future__ import annotations
 
 import enum
-import operator
-import secrets
 import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -17,6 +15,7 @@ from typing import Any
 
 from certun._validation import choice
 from certun.accountant.schedule import Mode, Schedule, Variant, integer, real_number
+from certun.certificates.provenance import resolve_seed
 from certun.errors import InvalidParameterError
 
 __all__ = [
@@ -29,7 +28,6 @@ __all__ = [
     "RunOptions",
     "UnsafeNoiseWarning",
     "clipping_for",
-    "resolve_seed",
 ]
 
 
@@ -107,21 +105,6 @@ def opening_secret(opening: Any) -> tuple[bytes, str, int | None]:
         raise InvalidParameterError("seed", "<opening>", valid)
     seed = opening.get("seed")
     return secret, origin, None if seed is None else resolve_seed(seed)
-
-
-def resolve_seed(seed: int | None) -> int:
-    """``seed`` checked to be an integer in ``[0, 2**63)``, or a fresh one from the OS's secure source."""
-    if seed is None:
-        return secrets.randbits(63)
-    if isinstance(seed, bool):
-        raise InvalidParameterError("seed", seed, "an integer in [0, 2**63) or None")
-    try:
-        value = operator.index(seed)
-    except TypeError:
-        raise InvalidParameterError("seed", seed, "an integer in [0, 2**63) or None") from None
-    if not 0 <= value < 2**63:
-        raise InvalidParameterError("seed", seed, "an integer in [0, 2**63) or None")
-    return value
 
 
 def clipping_for(schedule: Schedule, clip: str) -> str | None:

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from certun.accountant.schedule import Mode, Schedule, Variant
-from certun.backends._options import RunOptions, clipping_for, opening_secret, resolve_seed
+from certun.backends._options import RunOptions, clipping_for, opening_secret
 from certun.backends.base import RunResult
 from certun.backends.numpy_steps import SAFETY, add_noise, gc_step, mc_step, output_perturbation, project_ball
 from certun.backends.numpy_steps import clip as clip_vector
@@ -210,7 +210,7 @@ class NumpyBackend:
         if isinstance(seed, Mapping):
             opening_secret(seed)  # refuse a bad opening before any work
         elif seed is not None:
-            resolve_seed(seed)  # refuse a bad seed before any work
+            provenance.resolve_seed(seed)  # refuse a bad seed before any work
         check_tail(schedule, model.d)
         clipping = clipping_for(schedule, clip)
         prev = provenance.load_previous(previous)

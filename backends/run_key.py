@@ -24,9 +24,10 @@ from typing import Any
 
 from certun.accountant.schedule import Schedule, Variant
 from certun.backends import noise
-from certun.backends._options import opening_secret, resolve_seed
+from certun.backends._options import opening_secret
 from certun.certificates.canonical import canonical_bytes
 from certun.certificates.noise_check import TAIL_SLACK, noise_draws, sampler_pairs
+from certun.certificates.provenance import resolve_seed
 from certun.errors import InvalidParameterError
 
 __all__ = ["KEY_DERIVATION", "RunKey", "check_tail", "draw_index", "noise_record", "run_context", "run_key"]

@@ -17,8 +17,9 @@ import numpy as np
 import torch
 from repro_data import Split
 from torch import nn
-from torch.nn import functional as F  # noqa: N812 (the conventional name)
 from torch.utils.data import DataLoader, TensorDataset
+
+from certun.models import sgd_epoch
 
 __all__ = ["Curve", "accuracy", "evaluate", "loader", "sgd_epoch", "train_curve"]
 
@@ -51,25 +52,6 @@ def accuracy(model: nn.Module, split: Split, *, batch_size: int = 2048) -> float
 def evaluate(model: nn.Module, parts: dict[str, Split]) -> dict[str, float]:
     """Accuracy on each named split (e.g. ``test``, ``retain``, ``forget``, ``val``)."""
     return {name: accuracy(model, split) for name, split in parts.items() if len(split)}
-
-
-def sgd_epoch(model: nn.Module, data: DataLoader, lr: float) -> int:
-    """One epoch of plain SGD (``x ← x − lr·∇``, mean cross-entropy); returns the samples processed."""
-    model.train()
-    n = 0
-    params = [p for p in model.parameters() if p.requires_grad]
-    device = params[0].device
-    for x, y in data:
-        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-        loss = F.cross_entropy(model(x), y)
-        grads = torch.autograd.grad(loss, params)
-        with torch.no_grad():
-            for p, g in zip(params, grads, strict=True):
-                p.add_(g, alpha=-lr)
-        n += len(y)
-    if not all(bool(torch.isfinite(p).all()) for p in params):
-        raise FloatingPointError(f"SGD diverged (lr={lr}): non-finite parameters")
-    return n
 
 
 @dataclass
@@ -105,7 +87,7 @@ def train_curve(model: nn.Module, data: DataLoader, *, epochs: int, lr: float,
         curve.add(grads, seconds, eval_fn(model))
     for _ in range(epochs):
         t0 = time.perf_counter()
-        grads += sgd_epoch(model, data, lr)
+        grads += sgd_epoch(model, data, lr=lr)
         seconds += time.perf_counter() - t0
         curve.add(grads, seconds, eval_fn(model))
     return curve

@@ -48,6 +48,7 @@ __all__ = [
     "model_digest",
     "now_utc",
     "released_root",
+    "resolve_seed",
     "starting_model",
     "utc_timestamp",
     "versions",
@@ -337,6 +338,21 @@ def starting_model(before: ModelDigest, previous: Mapping[str, Any] | None) -> S
         return StartingModel(plain=before, commitment=None, opening=None)
     public, private = model_commitment(before)
     return StartingModel(plain=None, commitment=public, opening=private)
+
+
+def resolve_seed(seed: int | None) -> int:
+    """``seed`` checked to be an integer in ``[0, 2**63)``, or a fresh one from the OS's secure source."""
+    if seed is None:
+        return secrets.randbits(63)
+    if isinstance(seed, bool):
+        raise InvalidParameterError("seed", seed, "an integer in [0, 2**63) or None")
+    try:
+        value = operator.index(seed)
+    except TypeError:
+        raise InvalidParameterError("seed", seed, "an integer in [0, 2**63) or None") from None
+    if not 0 <= value < 2**63:
+        raise InvalidParameterError("seed", seed, "an integer in [0, 2**63) or None")
+    return value
 
 
 def key_commitment(key: Any) -> tuple[dict[str, str], dict[str, Any]]:

@@ -427,6 +427,7 @@ def _unlearn(config: DemoConfig, data: Any, splits: Any, schedule: Any, original
 
     from certun._unlearn import unlearn
     from certun.backends import get_backend
+    from certun.models import sgd_epoch
     from certun.report import atomic_write_bytes
 
     backend = get_backend("torch")
@@ -455,7 +456,7 @@ def _unlearn(config: DemoConfig, data: Any, splits: Any, schedule: Any, original
     phases = [scorer.phase(replay.model, label=_noisy_label(schedule), kind="noisy")]
     curve = replay.model
     for epoch in range(1, config.finetune_epochs + 1):
-        _sgd_epoch(curve, replay_loader, lr=config.finetune_lr, device=scorer.device)
+        sgd_epoch(curve, replay_loader, lr=config.finetune_lr, device=scorer.device)
         if epoch < config.finetune_epochs:
             phases.append(scorer.phase(curve, label=f"fine-tune epoch {epoch}", kind="finetune"))
     phases.append(scorer.phase(released.model, label=f"fine-tune epoch {config.finetune_epochs} (released)",
@@ -481,27 +482,6 @@ def _retrain(config: DemoConfig, data: Any, splits: Any, original: Any, center_s
         loss_fn=cross_entropy, center=center_state, finetune_epochs=config.finetune_epochs,
         finetune_lr=config.finetune_lr, seed=noise_seed, device=device, progress=progress,
         forget_ids=splits.forget.tolist(), model_factory=factory if center_state is None else None)
-
-
-def _sgd_epoch(model: Any, loader: Any, *, lr: float, device: Any) -> None:
-    """One epoch of the backend's noiseless fine-tuning: plain SGD on the minibatch-mean cross-entropy."""
-    import torch
-    from torch.nn.functional import cross_entropy
-
-    params = [p for p in model.parameters() if p.requires_grad]
-    model.train()
-    for inputs, targets in loader:
-        if len(targets) == 0:
-            continue
-        for p in params:
-            p.grad = None
-        loss = cross_entropy(model(inputs.to(device)), targets.to(device), reduction="none").mean()
-        loss.backward()
-        with torch.no_grad():
-            for p in params:
-                p.add_(p.grad, alpha=-lr)
-    for p in params:
-        p.grad = None
 
 
 def _max_abs_diff(a: Any, b: Any) -> float:

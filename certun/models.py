@@ -21,7 +21,7 @@ from torch import nn
 
 from certun.errors import InvalidParameterError
 
-__all__ = ["MODEL_CHOICES", "MLP", "SmallCNN", "accuracy", "build_model", "fit", "parameter_norm"]
+__all__ = ["MODEL_CHOICES", "MLP", "SmallCNN", "accuracy", "build_model", "fit", "parameter_norm", "sgd_epoch"]
 
 MODEL_CHOICES = ("mlp", "cnn")
 
@@ -135,6 +135,35 @@ def fit(model: nn.Module, loader: Iterable[Any], *, epochs: int, lr: float, mome
             on_epoch(epoch, mean)
     optimizer.zero_grad(set_to_none=True)
     return model
+
+
+def sgd_epoch(model: nn.Module, loader: Iterable[Any], *, lr: float, device: torch.device | str | None = None) -> int:
+    """One epoch of plain SGD (``x ← x − lr·∇``, no momentum) on the minibatch-mean cross-entropy; returns the
+    samples processed.
+
+    The same update as the backends' noiseless fine-tuning (per-sample losses averaged over the real
+    batch size, empty batches skipped), so a replay of a run without fine-tuning followed by these
+    epochs reproduces the released model; the demo and the benchmarks use it to score each epoch.
+
+    Raises:
+        FloatingPointError: the parameters became NaN or infinite.
+    """
+    params = [p for p in model.parameters() if p.requires_grad]
+    device = params[0].device if device is None else device
+    model.train()
+    n = 0
+    for inputs, targets in loader:
+        if len(targets) == 0:
+            continue
+        loss = nn.functional.cross_entropy(model(inputs.to(device)), targets.to(device), reduction="none").mean()
+        grads = torch.autograd.grad(loss, params)
+        with torch.no_grad():
+            for p, g in zip(params, grads, strict=True):
+                p.add_(g, alpha=-lr)
+        n += len(targets)
+    if not all(bool(torch.isfinite(p).all()) for p in params):
+        raise FloatingPointError(f"SGD diverged (lr={lr}): non-finite parameters")
+    return n
 
 
 def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, device: torch.device | str = "cpu",

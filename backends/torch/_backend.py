@@ -37,7 +37,7 @@ import torch
 from torch import nn
 
 from certun.accountant.schedule import Mode, Schedule, Variant
-from certun.backends._options import RunOptions, clipping_for, opening_secret, resolve_seed
+from certun.backends._options import RunOptions, clipping_for, opening_secret
 from certun.backends.base import RunResult
 from certun.backends.run_key import RunKey, check_tail, draw_index, noise_record, run_context, run_key
 from certun.backends.torch._attributes import digestible, unregistered_arrays
@@ -326,7 +326,7 @@ class TorchBackend:
         if isinstance(seed, Mapping):
             opening_secret(seed)  # refuse a bad opening before any work
         elif seed is not None:
-            resolve_seed(seed)  # refuse a bad seed before any work
+            provenance.resolve_seed(seed)  # refuse a bad seed before any work
         dev = resolve_device(device)
         variant = schedule.variant
         clipping = clipping_for(schedule, opts.clip)

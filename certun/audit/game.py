@@ -30,6 +30,7 @@ import numpy as np
 from certun.accountant import Guarantee, Mode, Schedule, Variant, guarantee
 from certun.audit.stats import EpsilonBound, eps_lower_bound
 from certun.backends import NoiseMode
+from certun.certificates.provenance import resolve_seed
 from certun.errors import InvalidParameterError
 
 __all__ = [
@@ -279,16 +280,6 @@ def _check_int(name: str, value: Any, lower: int) -> int:
 def derive_seed(seed: int, index: int) -> int:
     """The ``index``-th child seed of ``seed`` (``numpy.random.SeedSequence([seed, index])``), in ``[0, 2**63)``."""
     return int(np.random.SeedSequence([seed, index]).generate_state(1, dtype=np.uint64)[0] % (2**63))
-
-
-def resolve_seed(seed: int | None) -> int:
-    """``seed`` checked to be an integer in ``[0, 2**63)``, or a fresh one from the OS's entropy when ``None``."""
-    if seed is None:
-        return int(np.random.SeedSequence().entropy % (2**63))
-    seed = _check_int("seed", seed, 0)
-    if seed >= 2**63:
-        raise InvalidParameterError("seed", seed, "an integer in [0, 2**63)")
-    return seed
 
 
 def play(
