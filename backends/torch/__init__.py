@@ -8,7 +8,8 @@ fallback ``_func`` for modules Opacus cannot handle), the model checks (``_model
 are public here because the audit replays the backend's own steps with them.
 """
 
-from certun.backends.torch._backend import TorchBackend, resolve_device
+from certun.backends.torch._backend import TorchBackend
+from certun.backends.torch._data import resolve_device
 from certun.backends.torch._steps import SAFETY, add_noise, clip, gc_step, mc_step, output_perturbation, project_ball
 
 __all__ = [
