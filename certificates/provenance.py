@@ -26,6 +26,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from certun._validation import integer
 from certun.certificates.canonical import content_digest
 from certun.certificates.commitment import key_commitment as _key_commitment
 from certun.certificates.commitment import model_commitment
@@ -344,15 +345,7 @@ def resolve_seed(seed: int | None) -> int:
     """``seed`` checked to be an integer in ``[0, 2**63)``, or a fresh one from the OS's secure source."""
     if seed is None:
         return secrets.randbits(63)
-    if isinstance(seed, bool):
-        raise InvalidParameterError("seed", seed, "an integer in [0, 2**63) or None")
-    try:
-        value = operator.index(seed)
-    except TypeError:
-        raise InvalidParameterError("seed", seed, "an integer in [0, 2**63) or None") from None
-    if not 0 <= value < 2**63:
-        raise InvalidParameterError("seed", seed, "an integer in [0, 2**63) or None")
-    return value
+    return integer("seed", seed, "an integer in [0, 2**63) or None", low=0, high=2**63 - 1)
 
 
 def key_commitment(key: Any) -> tuple[dict[str, str], dict[str, Any]]:
