@@ -86,9 +86,9 @@ def versions(*packages: str, missing: str | None = None) -> dict[str, str]:
     """
     out = {"certun": _version("certun") or "unknown", "python": platform.python_version()}
     for name in packages:
-        v = _version(name)
-        if v is not None or missing is not None:
-            out[name] = v if v is not None else missing
+        v = _version(name) or missing
+        if v is not None:
+            out[name] = v
     return out
 
 
@@ -152,8 +152,8 @@ def _id_list(name: str, ids: Iterable[Any]) -> list[int | str]:
             out.append(str(i))
         elif isinstance(i, bool) or "bool" in str(getattr(i, "dtype", "")):
             raise InvalidParameterError(name, i, "integers or strings (record identifiers), not booleans")
-        elif _index(i) is not None:
-            out.append(_index(i))
+        elif (index := _index(i)) is not None:
+            out.append(index)
         elif callable(getattr(i, "item", None)) and type(_item(i)) is int:
             out.append(int(_item(i)))  # one-element integer arrays / tensors
         else:
@@ -178,7 +178,7 @@ def _item(value: Any) -> Any:
 
 def _index_space(data: Any) -> tuple[int | None, bool]:
     """``(size of the dataset that dataset-index identifiers index, whether the loader holds a Subset of it)``."""
-    dataset = getattr(data, "dataset", None)
+    dataset: Any = getattr(data, "dataset", None)
     if getattr(dataset, "indices", None) is not None and hasattr(dataset, "dataset"):  # torch.utils.data.Subset
         dataset, subset = dataset.dataset, True
     else:
@@ -227,8 +227,9 @@ def identifiers(data: Any, retain_ids: Iterable[Any] | None, forget_ids: Iterabl
     ``retain_ids`` the scheme is ``"user"`` (integers or strings). A record that appears in both sets is
     refused: the forget set must be disjoint from the data the run touched.
     """
+    retain: list[int | str] | None
     if retain_ids is None:
-        retain = default_ids(data)
+        retain = default_ids(data)  # type: ignore[assignment]  # list[int] is a list[int | str] here
         # forget ids are then taken to be indices of the same dataset (the caller's responsibility)
         scheme = "dataset-index" if retain is not None else ("user" if forget_ids is not None else None)
     else:
