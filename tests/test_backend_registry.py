@@ -92,3 +92,22 @@ def test_unlearn_result_is_frozen():
                    certun.UnlearnResult(model=None, certificate=None, history={}, record=record, seed=1)):
         with pytest.raises(dataclasses.FrozenInstanceError):
             result.seed = 2
+
+
+def test_the_public_names_of_the_backends_are_pinned():
+    """Adding a public name is a deliberate act: the backends' __all__ (and the torch sub-package's) are pinned."""
+    import certun.backends
+
+    assert sorted(certun.backends.__all__) == sorted([
+        "AttributesMode", "Backend", "BufferMode", "ClipMode", "FrozenMode", "NoiseMode", "Postprocess", "RunResult",
+        "UnsafeNoiseWarning", "available_backends", "get_backend", "register_backend"])
+    assert {"unlearn", "UnlearnResult"} <= set(certun.__all__)
+
+
+def test_the_public_names_of_the_torch_backend_are_pinned():
+    pytest.importorskip("torch")
+    import certun.backends.torch
+
+    assert sorted(certun.backends.torch.__all__) == sorted([
+        "SAFETY", "TorchBackend", "add_noise", "clip", "gc_step", "mc_step", "output_perturbation", "project_ball",
+        "resolve_device"])
