@@ -13,8 +13,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from certun._validation import choice
-from certun.accountant.schedule import Mode, Schedule, Variant, integer, real_number
+from certun._validation import choice, integer, real_number
+from certun.accountant import Mode, Schedule, Variant
 from certun.certificates.provenance import resolve_seed
 from certun.errors import InvalidParameterError
 

@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from certun.accountant.schedule import Mode, Schedule, Variant
+from certun.accountant import Mode, Schedule, Variant
 from certun.backends._options import RunOptions, opening_secret
 from certun.backends.base import RunResult
 from certun.backends.run_key import RunKey, check_tail, draw_index, noise_record, run_context, run_key

@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
-from certun.accountant.schedule import Schedule
+from certun.accountant import Schedule
 from certun.certificates.record import RunRecord
 
 __all__ = ["Backend", "RunResult"]

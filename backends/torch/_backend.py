@@ -35,7 +35,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from certun.accountant.schedule import Schedule
+from certun.accountant import Schedule
 from certun.backends import _skeleton as skeleton
 from certun.backends._options import RunOptions
 from certun.backends.base import RunResult

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from certun.accountant.schedule import Schedule, Variant
+from certun.accountant import Schedule, Variant
 from certun.backends import _skeleton as skeleton
 from certun.backends._options import RunOptions, clipping_for
 from certun.backends.run_key import RunKey
