@@ -13,26 +13,34 @@ parameter vectors. Importing this package does not import torch. See docs/backen
 """
 
 from certun.backends._options import (
+    After,
     AttributesMode,
     BufferMode,
     ClipMode,
+    Clipping,
     FrozenMode,
+    Noise,
     NoiseMode,
     Postprocess,
+    Unlearned,
     UnsafeNoiseWarning,
 )
 from certun.backends.base import Backend, RunResult
 from certun.backends.registry import available_backends, get_backend, register_backend
 
 __all__ = [
+    "After",
     "AttributesMode",
     "Backend",
     "BufferMode",
     "ClipMode",
+    "Clipping",
     "FrozenMode",
+    "Noise",
     "NoiseMode",
     "Postprocess",
     "RunResult",
+    "Unlearned",
     "UnsafeNoiseWarning",
     "available_backends",
     "get_backend",

@@ -19,15 +19,20 @@ from certun.certificates.provenance import resolve_seed
 from certun.errors import InvalidParameterError
 
 __all__ = [
+    "After",
     "AttributesMode",
     "BufferMode",
     "ClipMode",
+    "Clipping",
     "FrozenMode",
+    "Noise",
     "NoiseMode",
     "Postprocess",
     "RunOptions",
+    "Unlearned",
     "UnsafeNoiseWarning",
     "clipping_for",
+    "expand_groups",
 ]
 
 
@@ -74,6 +79,74 @@ class AttributesMode(str, enum.Enum):
 
     REJECT = "reject"
     PUBLIC = "public"
+
+
+@dataclass(frozen=True, kw_only=True)
+class Unlearned:
+    """What is unlearned, and what the caller declares independent of D (the torch backend's model options)."""
+
+    params: Any = None
+    frozen: FrozenMode | str = FrozenMode.REJECT
+    attributes: AttributesMode | str = AttributesMode.REJECT
+    buffers: BufferMode | str = BufferMode.REJECT
+
+
+@dataclass(frozen=True, kw_only=True)
+class Clipping:
+    """How gradients are clipped where the variant clips."""
+
+    mode: ClipMode | str = ClipMode.PER_SAMPLE
+
+
+@dataclass(frozen=True, kw_only=True)
+class After:
+    """What runs after the noisy phase, on retain data only (post-processing, docs/theory.md#definition)."""
+
+    postprocess: Postprocess | str = Postprocess.PROJECT_C0
+    finetune_epochs: int = 0
+    finetune_lr: float = 0.05
+
+
+@dataclass(frozen=True, kw_only=True)
+class Noise:
+    """Where the noise comes from: the key's seed (``None``: fresh from the OS), the mode, a test source."""
+
+    mode: NoiseMode | str = NoiseMode.FRESH
+    seed: int | Mapping[str, Any] | None = None
+    source: Callable[[int, int], Any] | None = None
+
+
+#: option group -> (its type, {field: the backend keyword it stands for})
+_GROUPS: dict[str, tuple[type, dict[str, str]]] = {
+    "unlearned": (Unlearned, {"params": "params", "frozen": "frozen", "attributes": "attributes",
+                              "buffers": "buffers"}),
+    "clipping": (Clipping, {"mode": "clip"}),
+    "after": (After, {"postprocess": "postprocess", "finetune_epochs": "finetune_epochs",
+                      "finetune_lr": "finetune_lr"}),
+    "noise": (Noise, {"mode": "noise_mode", "seed": "seed", "source": "noise_source"}),
+}
+
+
+def expand_groups(options: Mapping[str, Any]) -> dict[str, Any]:
+    """``options`` with the typed groups (``unlearned=``, ``clipping=``, ``after=``, ``noise=``) expanded into the
+    backends' keywords; a field left at its default is not passed. A group together with one of its own
+    keywords is refused (which one would hold is ambiguous)."""
+    out = {k: v for k, v in options.items() if k not in _GROUPS}
+    for name, (kind, fields) in _GROUPS.items():
+        group = options.get(name)
+        if group is None:
+            continue
+        if not isinstance(group, kind):
+            raise InvalidParameterError(name, type(group).__name__, f"a certun.backends.{kind.__name__} or None")
+        default = kind()
+        for field_name, keyword in fields.items():
+            if keyword in out:
+                raise InvalidParameterError(keyword, out[keyword], f"not given together with {name}=",
+                                            hint=f"set it in {kind.__name__}(...) or pass it alone")
+            value = getattr(group, field_name)
+            if value is not getattr(default, field_name) and value != getattr(default, field_name):
+                out[keyword] = value
+    return out
 
 
 class UnsafeNoiseWarning(UserWarning):

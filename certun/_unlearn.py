@@ -16,6 +16,7 @@ from typing import Any
 
 from certun.accountant import Schedule
 from certun.backends import Backend, RunResult, get_backend
+from certun.backends._options import expand_groups
 from certun.certificates import issue, provenance, write_certificate
 from certun.errors import InvalidParameterError
 
@@ -49,7 +50,9 @@ def unlearn(model: Any, retain_data: Any, schedule: Schedule, *, backend: str | 
         previous: the previous certificate of this model's ledger (dict, bytes or path); the new one is
             chained onto it. A previous certificate whose content digest does not match is refused.
         signing_key: an Ed25519 key for an ``eddsa-jcs-2022`` proof (see :mod:`certun.certificates`).
-        **options: the backend's options (``seed``, ``clip``, ``center``, ``loss_fn``, ...).
+        **options: the backend's options (``seed``, ``clip``, ``center``, ``loss_fn``, ...), or typed groups of
+            them: ``unlearned=Unlearned(...)``, ``clipping=Clipping(...)``, ``after=After(...)``,
+            ``noise=Noise(...)`` (:mod:`certun.backends`).
 
     Returns:
         An :class:`UnlearnResult`; its ``certificate`` is ``None`` for audit controls (reused or injected
@@ -59,6 +62,7 @@ def unlearn(model: Any, retain_data: Any, schedule: Schedule, *, backend: str | 
         InvalidParameterError: a bad option, schedule or path, or a path given for an audit control.
         UnsupportedModelError, UnlearningRunError: from the backend; nothing is written.
     """
+    options = expand_groups(options)
     runner = get_backend(backend) if isinstance(backend, str) else backend
     if not callable(getattr(runner, "unlearn", None)):
         raise InvalidParameterError("backend", type(backend).__name__, "a backend name or a certun Backend")

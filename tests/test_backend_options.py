@@ -69,3 +69,28 @@ def test_torch_modes_are_validated_with_the_shared_options(name, enum):
     run = get_backend("torch").unlearn(torch.nn.Linear(3, 2), data, _gc(), loss_fn=F.cross_entropy, progress=False,
                                        seed=1, **{name: next(iter(enum))})
     assert run.record.extra["noise_mode"] == "fresh"
+
+
+def test_typed_groups_give_the_same_run_as_the_keywords():
+    """certun.unlearn(after=After(...), noise=Noise(...), clipping=Clipping(...)) is the keyword call."""
+    from certun.backends import After, Clipping, Noise
+
+    model, data = _data()
+    a = certun.unlearn(model, data, _gc(), backend="numpy", clipping=Clipping(mode=ClipMode.BATCH),
+                       after=After(postprocess="none", finetune_epochs=1, finetune_lr=0.1), noise=Noise(seed=4))
+    b = certun.unlearn(model, data, _gc(), backend="numpy", clip="batch", postprocess="none", finetune_epochs=1,
+                       finetune_lr=0.1, seed=4)
+    assert np.array_equal(a.model.flat(), b.model.flat())
+    assert a.record.finetune == b.record.finetune == {"epochs": 1, "lr": 0.1, "steps": 2}
+
+
+def test_a_group_and_its_own_keyword_together_are_refused():
+    from certun.backends import After, Noise
+
+    model, data = _data()
+    with pytest.raises(InvalidParameterError, match="finetune_epochs"):
+        certun.unlearn(model, data, _gc(), backend="numpy", after=After(finetune_epochs=1), finetune_epochs=2)
+    with pytest.raises(InvalidParameterError, match="seed"):
+        certun.unlearn(model, data, _gc(), backend="numpy", noise=Noise(seed=1), seed=2)
+    with pytest.raises(InvalidParameterError, match="after"):
+        certun.unlearn(model, data, _gc(), backend="numpy", after={"finetune_epochs": 1})

@@ -99,8 +99,9 @@ def test_the_public_names_of_the_backends_are_pinned():
     import certun.backends
 
     assert sorted(certun.backends.__all__) == sorted([
-        "AttributesMode", "Backend", "BufferMode", "ClipMode", "FrozenMode", "NoiseMode", "Postprocess", "RunResult",
-        "UnsafeNoiseWarning", "available_backends", "get_backend", "register_backend"])
+        "After", "AttributesMode", "Backend", "BufferMode", "ClipMode", "Clipping", "FrozenMode", "Noise", "NoiseMode",
+        "Postprocess", "RunResult", "Unlearned", "UnsafeNoiseWarning", "available_backends", "get_backend",
+        "register_backend"])
     assert {"unlearn", "UnlearnResult"} <= set(certun.__all__)
 
 
