@@ -1,16 +1,31 @@
 """Backend-agnostic accounting: derive σ and T for an (ε, δ) target and recompute guarantees.
 
-Public entry points are :func:`plan` and :func:`guarantee`; the lower-level functions (contraction
-coefficient θ, Rényi conversion) are exported for verifiers and auditors. Source of every formula:
-docs/theory.md (docs/accountant.md).
+Public entry points are :func:`plan` and :func:`guarantee`; both dispatch on the schedule's variant
+through one table of mechanisms (:func:`mechanism`, :func:`register_mechanism`). The lower-level
+functions (contraction coefficient θ, Rényi conversion) are exported for verifiers and auditors.
+Source of every formula: docs/theory.md (docs/accountant.md).
 """
 
-import math
-
-from certun.accountant._numerics import log_theta
-from certun.accountant.planner import DEFAULT_GAMMA, guarantee, plan
-from certun.accountant.rdp import eps_from_renyi, log_delta_from_renyi, max_renyi_for
-from certun.accountant.schedule import SCHEDULE_VERSION, Guarantee, Method, Mode, Schedule, Variant
+from certun.accountant._forecast import Forecast, forecast
+from certun.accountant._mechanism import Mechanism, NoiseLeft
+from certun.accountant._numerics import delta_from_log, log_theta
+from certun.accountant._planner import DEFAULT_GAMMA, guarantee, plan
+from certun.accountant._rdp import eps_from_renyi, log_delta_from_renyi, max_renyi_for
+from certun.accountant._registry import mechanism, register_mechanism, unregister_mechanism
+from certun.accountant._schedule import (
+    MAX_DELTA,
+    MAX_EPS,
+    MAX_SCALE,
+    MAX_STEPS,
+    MIN_DELTA,
+    MIN_SCALE,
+    SCHEDULE_VERSION,
+    Guarantee,
+    Method,
+    Mode,
+    Schedule,
+    Variant,
+)
 
 
 def theta(eps: float, r: float) -> float:
@@ -19,23 +34,35 @@ def theta(eps: float, r: float) -> float:
     Rounded up to the smallest positive float rather than underflowing to 0; use :func:`log_theta`
     for the exact log. Source: docs/theory.md#model-clipping.
     """
-    value = math.exp(log_theta(eps, r))
-    return value if value > 0.0 or r <= 0 else 5e-324
+    return 0.0 if r <= 0 else delta_from_log(log_theta(eps, r))
 
 
 __all__ = [
     "DEFAULT_GAMMA",
+    "MAX_DELTA",
+    "MAX_EPS",
+    "MAX_SCALE",
+    "MAX_STEPS",
+    "MIN_DELTA",
+    "MIN_SCALE",
     "SCHEDULE_VERSION",
+    "Forecast",
     "Guarantee",
+    "Mechanism",
     "Method",
     "Mode",
+    "NoiseLeft",
     "Schedule",
     "Variant",
     "eps_from_renyi",
+    "forecast",
     "guarantee",
     "log_delta_from_renyi",
     "log_theta",
     "max_renyi_for",
+    "mechanism",
     "plan",
+    "register_mechanism",
     "theta",
+    "unregister_mechanism",
 ]

@@ -23,6 +23,13 @@ _LOG_HALF = math.log(0.5)
 #: the exact value. It is far below the 1e-9 grid on which σ is rounded.
 FLOAT_SLACK = 1e-12
 
+#: The smallest positive float64 (a subnormal): a δ that underflows is reported as this, never as 0.
+TINY = math.ulp(0.0)
+
+#: Relative size, against the largest term, below which ``log(e^ε Q(b)/Q(a))`` is too close to 0 for
+#: float64 to resolve ``Q(a) − e^ε Q(b)``; :func:`log_theta_from_tails` then declines and mpmath decides.
+CANCELLATION = 1e-5
+
 
 def log_q(x: float) -> float:
     """log Q(x) = log(1 − Φ(x)), the log standard-normal upper tail, without cancellation.
@@ -94,14 +101,30 @@ def log_theta(eps: float, r: float) -> float:
     lb = log_q(b)
     if lb == -math.inf:  # b > ~1e154 while a ≤ 1e4: e^ε·Q(b) is nothing next to Q(a)
         return la
+    value = log_theta_from_tails(eps, la, lb)
+    return value if value is not None else log_theta_mp(eps, r)
+
+
+def log_theta_from_tails(eps: float, la: float, lb: float) -> float | None:
+    """log(Q(a) − e^ε·Q(b)) from ``la = log Q(a)`` and ``lb = log Q(b)``, or ``None`` when float64 cannot tell.
+
+    The absolute error of ``log_ratio = ε + lb − la`` is a few ulps of its largest term (~1e-15·scale),
+    so the relative error of θ = Q(a)·(1 − e^{log_ratio}) is about 1e-15·scale/(−log_ratio): float64 is
+    used only while that stays below 1e-10 (:data:`CANCELLATION`); otherwise the caller resolves the
+    difference in mpmath. The one criterion for :func:`log_theta` and the model-clipping hot loop.
+    """
     log_ratio = eps + lb - la  # log(e^ε Q(b) / Q(a)) ≤ 0 mathematically
-    # The absolute error of log_ratio is a few ulps of its largest term (~1e-15·scale), so the relative
-    # error of θ = Q(a)·(1 − e^{log_ratio}) is about 1e-15·scale/(−log_ratio). Use float64 only while
-    # that stays below 1e-10; otherwise resolve the difference in mpmath.
-    scale = abs(eps) + abs(la) + abs(lb) + 1.0
-    if log_ratio < -1e-5 * scale:
+    if log_ratio < -CANCELLATION * (abs(eps) + abs(la) + abs(lb) + 1.0):
         return la + math.log(-math.expm1(log_ratio))
-    return log_theta_mp(eps, r)
+    return None
+
+
+def delta_from_log(log_delta: float) -> float:
+    """δ = e^{ln δ} capped at 1, rounded up to :data:`TINY` instead of underflowing to 0 (a bound stays a bound)."""
+    if log_delta >= 0.0:
+        return 1.0
+    d = math.exp(log_delta)
+    return d if d > 0.0 else TINY
 
 
 _ASYMPTOTIC_FROM = 1e4

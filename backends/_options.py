@@ -7,11 +7,12 @@ falls back to a default). Options are accepted as enum members or as their strin
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 from certun._validation import choice, integer, real_number
 from certun.accountant import Mode, Schedule, Variant
@@ -32,7 +33,6 @@ __all__ = [
     "Unlearned",
     "UnsafeNoiseWarning",
     "clipping_for",
-    "expand_groups",
 ]
 
 
@@ -81,8 +81,22 @@ class AttributesMode(str, enum.Enum):
     PUBLIC = "public"
 
 
+class _Group:
+    """A typed group of backend keywords: ``keywords()`` gives the fields set away from their defaults."""
+
+    #: field -> the backend keyword it stands for (where the names differ)
+    _KEYWORDS: ClassVar[dict[str, str]] = {}
+
+    def keywords(self) -> dict[str, Any]:
+        """The backend keywords this group sets (fields left at their default are not passed)."""
+        default = type(self)()
+        return {self._KEYWORDS.get(f.name, f.name): getattr(self, f.name) for f in dataclasses.fields(self)
+                if getattr(self, f.name) is not getattr(default, f.name)
+                and getattr(self, f.name) != getattr(default, f.name)}
+
+
 @dataclass(frozen=True, kw_only=True)
-class Unlearned:
+class Unlearned(_Group):
     """What is unlearned, and what the caller declares independent of D (the torch backend's model options)."""
 
     params: Any = None
@@ -92,14 +106,16 @@ class Unlearned:
 
 
 @dataclass(frozen=True, kw_only=True)
-class Clipping:
+class Clipping(_Group):
     """How gradients are clipped where the variant clips."""
+
+    _KEYWORDS: ClassVar[dict[str, str]] = {"mode": "clip"}
 
     mode: ClipMode | str = ClipMode.PER_SAMPLE
 
 
 @dataclass(frozen=True, kw_only=True)
-class After:
+class After(_Group):
     """What runs after the noisy phase, on retain data only (post-processing, docs/theory.md#definition)."""
 
     postprocess: Postprocess | str = Postprocess.PROJECT_C0
@@ -108,45 +124,14 @@ class After:
 
 
 @dataclass(frozen=True, kw_only=True)
-class Noise:
+class Noise(_Group):
     """Where the noise comes from: the key's seed (``None``: fresh from the OS), the mode, a test source."""
+
+    _KEYWORDS: ClassVar[dict[str, str]] = {"mode": "noise_mode", "source": "noise_source"}
 
     mode: NoiseMode | str = NoiseMode.FRESH
     seed: int | Mapping[str, Any] | None = None
     source: Callable[[int, int], Any] | None = None
-
-
-#: option group -> (its type, {field: the backend keyword it stands for})
-_GROUPS: dict[str, tuple[type, dict[str, str]]] = {
-    "unlearned": (Unlearned, {"params": "params", "frozen": "frozen", "attributes": "attributes",
-                              "buffers": "buffers"}),
-    "clipping": (Clipping, {"mode": "clip"}),
-    "after": (After, {"postprocess": "postprocess", "finetune_epochs": "finetune_epochs",
-                      "finetune_lr": "finetune_lr"}),
-    "noise": (Noise, {"mode": "noise_mode", "seed": "seed", "source": "noise_source"}),
-}
-
-
-def expand_groups(options: Mapping[str, Any]) -> dict[str, Any]:
-    """``options`` with the typed groups (``unlearned=``, ``clipping=``, ``after=``, ``noise=``) expanded into the
-    backends' keywords; a field left at its default is not passed. A group together with one of its own
-    keywords is refused (which one would hold is ambiguous)."""
-    out = {k: v for k, v in options.items() if k not in _GROUPS}
-    for name, (kind, fields) in _GROUPS.items():
-        group = options.get(name)
-        if group is None:
-            continue
-        if not isinstance(group, kind):
-            raise InvalidParameterError(name, type(group).__name__, f"a certun.backends.{kind.__name__} or None")
-        default = kind()
-        for field_name, keyword in fields.items():
-            if keyword in out:
-                raise InvalidParameterError(keyword, out[keyword], f"not given together with {name}=",
-                                            hint=f"set it in {kind.__name__}(...) or pass it alone")
-            value = getattr(group, field_name)
-            if value is not getattr(default, field_name) and value != getattr(default, field_name):
-                out[keyword] = value
-    return out
 
 
 class UnsafeNoiseWarning(UserWarning):
@@ -214,6 +199,8 @@ class RunOptions:
     buffers: str | None = None
     frozen: str | None = None
     attributes: str | None = None
+    #: the run replays a previous run's key opening (an audit): same key, so never a second certificate
+    replay: bool = False
 
     @property
     def recorded_noise_mode(self) -> str:
@@ -222,7 +209,9 @@ class RunOptions:
         ``certificates.issue`` refuses every mode but ``"fresh"``, so a record of a run whose noise came
         from a test hook (zeros, say) can never be certified, even by calling ``issue`` directly.
         """
-        return "injected" if self.noise_source is not None else self.noise_mode
+        if self.noise_source is not None:
+            return "injected"
+        return "replay" if self.replay else self.noise_mode
 
     @classmethod
     def check(cls, schedule: Any, *, clip: str, postprocess: str, finetune_epochs: int, finetune_lr: float,

@@ -19,6 +19,7 @@ injected by a test hook). Nothing here issues a certificate: :func:`certun.unlea
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -27,9 +28,17 @@ from typing import Any
 from certun.accountant import Mode, Schedule, Variant
 from certun.backends._options import RunOptions, opening_secret
 from certun.backends.base import RunResult
-from certun.backends.run_key import RunKey, check_tail, draw_index, noise_record, run_context, run_key
-from certun.certificates import provenance
-from certun.certificates.record import RunRecord
+from certun.backends.run_key import (
+    RETAIN_PREFIX_START,
+    RunKey,
+    chain_batch,
+    check_tail,
+    draw_index,
+    noise_record,
+    run_context,
+    run_key,
+)
+from certun.certificates import RunRecord, provenance
 from certun.errors import UnlearningRunError
 
 __all__ = ["HISTORY_KEYS", "Finished", "Hooks", "NoiseSource", "Prepared", "check_seed", "cycle", "mc_mode", "run"]
@@ -174,7 +183,9 @@ class NoiseSource:
         return z
 
     def _generator(self, step: int | None, retain_prefix: bytes | None) -> Any:
-        return self.key.generator()
+        if step is None:
+            return self.key.generator()
+        return self.key.step_generator(RETAIN_PREFIX_START if retain_prefix is None else retain_prefix)
 
 
 def cycle(data: Iterable[Any], pair: Callable[[Any], tuple[Any, int]],
@@ -227,6 +238,10 @@ def run(hooks: Hooks, data: Any, schedule: Schedule, opts: RunOptions, *, seed: 
     """Run ``hooks``' backend on ``data`` as ``schedule`` says and describe the run; see the module docstring."""
     prev = provenance.load_previous(previous)
     check_seed(seed)
+    if isinstance(seed, Mapping):
+        # a replay adds the noise of an earlier release again: never a second certificate
+        # (docs/theory.md#soundness-rules)
+        opts = dataclasses.replace(opts, replay=True)
     started = provenance.now_utc()
     prep = hooks.prepare()
     ids = provenance.identifiers(data, retain_ids, forget_ids)
@@ -289,15 +304,17 @@ def _noisy_steps(hooks: Hooks, ctx: _Context, noise: NoiseSource, x: Any, histor
     """``T`` noisy steps; the history keeps no statistic of the pre-noise start (step 0 unless σ0 came first)."""
     s, stats, times = ctx.schedule, [], []
     batches = hooks.batches(ctx.on_pass)
-    start, checked = time.perf_counter(), 0
+    start, checked, running = time.perf_counter(), 0, RETAIN_PREFIX_START
     with hooks.noisy_steps():
         for t in hooks.progress(range(s.T), "certun noisy steps"):
-            batch, _ = next(batches)
-            x, step_stats = hooks.noisy_step(x, t, batch, lambda t=t: noise.draw(t))
+            batch, raw = next(batches)
+            running = chain_batch(running, raw)  # the batches read so far key this step's draw
+            x, step_stats = hooks.noisy_step(x, t, batch, lambda t=t, prefix=running: noise.draw(t, prefix))
             stats.append(step_stats)
             times.append(time.perf_counter() - start)
             if ctx.opts.callback is not None:
-                ctx.opts.callback(t, x)
+                # a copy: the callback can read the iterate, never change it
+                ctx.opts.callback(t, x.clone() if hasattr(x, "clone") else x.copy())
             if (t + 1) % _CHECK_EVERY == 0 or t + 1 == s.T:
                 hooks.check_steps(stats, checked, t + 1)
                 checked = t + 1

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
 from certun.accountant import Schedule
-from certun.certificates.record import RunRecord
+from certun.certificates import RunRecord
 
 __all__ = ["Backend", "RunResult"]
 

@@ -2,14 +2,21 @@
 
 ``key = derive_key(secret, context)`` where ``context`` is the RFC 8785 canonical JSON of every input
 of the noisy phase (starting-model digest, centre digest, retain/forget fingerprints, schedule, clip
-mode, post-processing mode, noise mode, buffers/frozen modes, unlearned parameter names, dtype,
+mode, post-processing mode, noise mode, buffers/frozen/attributes modes, the loss's qualified name, the
+digests of frozen parameters, public buffers and public attributes, unlearned parameter names, dtype,
 backend). The same secret with any other input gives independent noise, so two released models never
 share a draw that their difference would cancel. The noiseless fine-tuning options are left out on
 purpose: fine-tuning runs after the single rounding, on retain data only, so two releases that differ
 only in it are jointly a post-processing of one noisy iterate (nothing cancels), and leaving them out
 lets an owner replay the noisy phase of a fine-tuned release (the demo's per-epoch curve does).
-Draw ``t`` of the generator is noisy step ``t``; the σ0 draw (model clipping's initial noise, output
-perturbation) is draw ``T``. Before any work the run is refused if the sampler's tail residual could
+The retain data itself (contents and order, which identifier fingerprints miss when batches come
+without ids) keys each step: noisy step ``t`` is draw ``t`` of the generator keyed by
+``derive_key(key, "certun.retain-prefix.v1" || h_t)``, where ``h_t`` is a running SHA-256 over the
+retain batches consumed up to and including step ``t`` (read before its draw, :func:`chain_batch`),
+so a seed never repeats noise across runs whose data differ, draws stay positional within a step,
+and the same inputs reproduce the run. The σ0 draw (model clipping's initial noise, output
+perturbation) comes before any batch: draw ``T`` of the run key's own generator.
+Before any work the run is refused if the sampler's tail residual could
 exceed ``TAIL_SLACK · δ``.
 Source: docs/theory.md#floating-point-and-randomness.
 """
@@ -18,22 +25,28 @@ from __future__ import annotations
 
 import hashlib
 import math
+import struct
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from certun.accountant.schedule import Schedule, Variant
+from certun.accountant import Schedule, Variant
 from certun.backends import noise
 from certun.backends._options import opening_secret
-from certun.certificates.canonical import canonical_bytes
+from certun.certificates import canonical_bytes
 from certun.certificates.noise_check import TAIL_SLACK, noise_draws, sampler_pairs
 from certun.certificates.provenance import resolve_seed
 from certun.errors import InvalidParameterError
 
-__all__ = ["KEY_DERIVATION", "RunKey", "check_tail", "draw_index", "noise_record", "run_context", "run_key"]
+__all__ = ["KEY_DERIVATION", "RETAIN_PREFIX_START", "RunKey", "chain_batch", "check_tail", "draw_index",
+           "loss_name", "noise_record", "run_context", "run_key"]
 
-#: Name of the context encoding, recorded in the certificate (``execution.noise.key_derivation``).
-KEY_DERIVATION = "certun.noise-key.v1"
+#: Name of the context encoding and per-step keying, recorded in the certificate
+#: (``execution.noise.key_derivation``). v2: each step's draw is also keyed by the retain batches read so far.
+KEY_DERIVATION = "certun.noise-key.v2"
+_STEP_DOMAIN = b"certun.retain-prefix.v1\x00"
+#: The running retain hash before any batch.
+RETAIN_PREFIX_START = hashlib.sha256(_STEP_DOMAIN).digest()
 
 
 @dataclass(frozen=True, repr=False)
@@ -53,8 +66,72 @@ class RunKey:
         return int.from_bytes(hashlib.sha256(b"certun.aux-seed.v2\x00" + self.key).digest()[:8], "little") >> 1
 
     def generator(self) -> noise.NoiseGenerator:
-        """The run's noise generator."""
+        """The run's noise generator (the σ0 draw, before any batch)."""
         return noise.NoiseGenerator(self.key)
+
+    def step_generator(self, retain_prefix: bytes) -> noise.NoiseGenerator:
+        """The generator of a noisy step, keyed by the running hash of the retain batches read so far."""
+        return noise.NoiseGenerator(noise.derive_key(self.key, _STEP_DOMAIN + bytes(retain_prefix)))
+
+
+def chain_batch(running: bytes, batch: Any) -> bytes:
+    """The running retain hash after ``batch``: ``SHA-256(running || digest(batch))``.
+
+    Tensors and numpy arrays digest alike (dtype name, shape, little-endian C-order bytes), so the
+    torch and numpy backends key the same data the same way.
+    """
+    h = hashlib.sha256(bytes(running))
+    _feed(h, batch, 0)
+    return h.digest()
+
+
+def _feed(h: Any, value: Any, depth: int) -> None:
+    import numpy as np
+
+    if depth > 32:
+        raise InvalidParameterError("data", "<batch nested more than 32 levels>", "a batch of tensors or arrays")
+    if hasattr(value, "detach") and hasattr(value, "dtype") and hasattr(value, "shape"):  # a torch tensor
+        import torch
+
+        t = value.detach().to("cpu")
+        if t.layout != torch.strided:
+            t = t.to_dense()
+        t = t.contiguous()
+        try:
+            data = t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b""
+        except (RuntimeError, TypeError):  # a quantized tensor: its values as text
+            data = repr(t.dequantize().tolist() if t.is_quantized else t.tolist()).encode()
+        _array(h, str(t.dtype).replace("torch.", ""), tuple(t.shape), data)
+    elif isinstance(value, (np.ndarray, np.generic)) and np.asarray(value).dtype != object:
+        a = np.ascontiguousarray(value)
+        if a.dtype.byteorder == ">":
+            a = a.astype(a.dtype.newbyteorder("<"))
+        _array(h, a.dtype.name, a.shape, a.tobytes())
+    elif isinstance(value, (list, tuple)) or (isinstance(value, np.ndarray)):
+        items = list(value)
+        h.update(b"L" + struct.pack("<Q", len(items)))
+        for item in items:
+            _feed(h, item, depth + 1)
+    elif isinstance(value, Mapping):
+        items = sorted(value.items(), key=lambda kv: repr(kv[0]))
+        h.update(b"D" + struct.pack("<Q", len(items)))
+        for k, v in items:
+            _feed(h, repr(k), depth + 1)
+            _feed(h, v, depth + 1)
+    else:
+        text = f"{type(value).__qualname__}:{value!r}".encode("utf-8", "surrogatepass")
+        h.update(b"S" + struct.pack("<Q", len(text)) + text)
+
+
+def _array(h: Any, dtype: str, shape: tuple[int, ...], data: bytes) -> None:
+    head = f"{dtype}{list(shape)}".encode()
+    h.update(b"A" + struct.pack("<Q", len(head)) + head + struct.pack("<Q", len(data)) + data)
+
+
+def loss_name(loss_fn: Any) -> str:
+    """The loss's qualified name (``torch.nn.functional.cross_entropy``; a loss module's class), for the key."""
+    target = loss_fn if hasattr(loss_fn, "__qualname__") else type(loss_fn)
+    return f"{getattr(target, '__module__', None)}.{getattr(target, '__qualname__', type(loss_fn).__name__)}"
 
 
 def run_context(*, model_before: str, center: str | None, retain_fingerprint: bytes, forget_fingerprint: bytes,

@@ -213,7 +213,7 @@ class Sisa:
 
     def _train_from(self, shard: int, stage: int, model: nn.Module) -> int:
         """Train ``model`` of ``shard`` through stages ``stage..R−1``, checkpointing each; returns sample gradients."""
-        from certun.models import fit
+        from certun.demo.models import fit
 
         assert self._x is not None and self._y is not None
         c = self.config

@@ -2,7 +2,7 @@
 
 Two sources, neither downloads anything: scikit-learn's bundled ``digits`` (8×8 images, 1797 samples)
 and Fashion-MNIST from the Debian package's IDX files (``/usr/share/datasets/fashion-mnist/``), both read
-through ``certun.data`` when that module exists, else by the minimal readers below (same scaling).
+by the demo's loaders (:mod:`certun.demo.data`: one IDX reader, one scaling to [-1, 1]).
 
 The split of the pooled data into train / validation / test is fixed (seed 0) so that every seed of
 the benchmark is scored on the same test set; what varies per seed is the forget set, the model
@@ -11,94 +11,37 @@ initialisation and the noise. Hyperparameters are chosen on validation only (doc
 
 from __future__ import annotations
 
-import gzip
-import importlib
-import struct
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
+from certun.demo.data import load_digits_data, load_fashion_mnist
+
 __all__ = [
     "DATASETS",
-    "FASHION_DIR",
     "FORGET_SCENARIOS",
     "Split",
     "Splits",
     "forget_mask",
     "load_arrays",
     "make_splits",
-    "read_idx",
 ]
 
 DATASETS = ("digits", "fashion-mnist")
 FORGET_SCENARIOS = ("random10", "class")
-FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
 
 
-def read_idx(path: Path) -> np.ndarray:
-    """Read one (gzipped) IDX file as a numpy array: the MNIST container format (magic, dims, data)."""
-    opener = gzip.open if str(path).endswith(".gz") else open
-    with opener(path, "rb") as fh:
-        raw = fh.read()
-    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0:
-        raise ValueError(f"{path} is not an IDX file (bad magic {raw[:4]!r})")
-    dtype_code, ndim = raw[2], raw[3]
-    dtypes = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
-    if dtype_code not in dtypes:
-        raise ValueError(f"{path}: unknown IDX element type 0x{dtype_code:02x}")
-    shape = struct.unpack(f">{ndim}I", raw[4:4 + 4 * ndim])
-    data = np.frombuffer(raw, dtype=dtypes[dtype_code], offset=4 + 4 * ndim)
-    if data.size != int(np.prod(shape)):
-        raise ValueError(f"{path}: header says {shape} but holds {data.size} values")
-    return data.reshape(shape)
-
-
-def _scale(images: np.ndarray, maximum: float) -> np.ndarray:
-    """Pixels ``[0, maximum]`` -> float32 ``[-1, 1]`` with a channel axis (the scaling certun.data uses)."""
-    x = np.asarray(images).astype(np.float32) * np.float32(2.0 / maximum) - np.float32(1.0)
-    return x.reshape(len(x), 1, *x.shape[-2:])
-
-
-def _from_certun_data(name: str) -> tuple[np.ndarray, np.ndarray] | None:
-    """The pooled arrays from ``certun.data`` (pool and test set together), or ``None`` if it is absent."""
-    try:
-        data_module = importlib.import_module("certun.data")
-    except ModuleNotFoundError:
-        return None
-    loader = getattr(data_module, "load_fashion_mnist" if name == "fashion-mnist" else "load_digits_data", None)
-    if loader is None:
-        return None
-    data = loader()
+def load_arrays(name: str) -> tuple[np.ndarray, np.ndarray]:
+    """All samples of a data set pooled (the demo's pool, then its test set): images ``(n, 1, h, w)``
+    float32 in [-1, 1] and int64 labels."""
+    if name not in DATASETS:
+        raise ValueError(f"unknown data set {name!r}; valid: {', '.join(DATASETS)}")
+    data = load_fashion_mnist() if name == "fashion-mnist" else load_digits_data()
     xs, ys = [data.pool_x], [data.pool_y]
     if data.test_x is not None:
         xs.append(data.test_x)
         ys.append(data.test_y)
     return np.concatenate(xs).astype(np.float32), np.concatenate(ys).astype(np.int64)
-
-
-def load_arrays(name: str) -> tuple[np.ndarray, np.ndarray]:
-    """All samples of a data set pooled: images ``(n, 1, h, w)`` float32 in [-1, 1] and int64 labels.
-
-    Uses ``certun.data`` when it is installed, else the minimal readers here (same scaling).
-    """
-    if name not in DATASETS:
-        raise ValueError(f"unknown data set {name!r}; valid: {', '.join(DATASETS)}")
-    pooled = _from_certun_data(name)
-    if pooled is not None:
-        return pooled
-    if name == "digits":
-        from sklearn.datasets import load_digits
-
-        bunch = load_digits()
-        return _scale(bunch.images, 16.0), bunch.target.astype(np.int64)
-    if not FASHION_DIR.is_dir():
-        raise FileNotFoundError(f"Fashion-MNIST not found in {FASHION_DIR}; install the Debian package "
-                                "(dataset-fashion-mnist) or use --data digits")
-    parts = [(read_idx(FASHION_DIR / f"{p}-images-idx3-ubyte.gz"), read_idx(FASHION_DIR / f"{p}-labels-idx1-ubyte.gz"))
-             for p in ("train", "t10k")]
-    return (np.concatenate([_scale(x, 255.0) for x, _ in parts]),
-            np.concatenate([y.astype(np.int64) for _, y in parts]))
 
 
 @dataclass(frozen=True)

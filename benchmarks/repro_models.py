@@ -3,6 +3,10 @@
 BatchNorm running statistics are data-dependent state outside the unlearned parameters
 (docs/theory.md#definition), so the models use none; the CNN is plain conv/ReLU/max-pool. Every parameter is
 unlearned (``d`` is the full parameter count).
+
+The MLP and the norm are the demo's (:mod:`certun.demo.models`). The CNN is the reproduction's own on
+purpose: docs/results.md was measured with this plain conv/ReLU/max-pool network (no padding, no
+normalisation), while the demo's CNN adds GroupNorm; replacing it would change the published numbers.
 """
 
 from __future__ import annotations
@@ -11,6 +15,9 @@ import math
 
 import torch
 from torch import nn
+
+from certun.demo.models import MLP
+from certun.demo.models import parameter_norm as param_norm
 
 __all__ = ["ARCHITECTURES", "init_norms", "make_model", "param_norm"]
 
@@ -25,8 +32,7 @@ def make_model(arch: str, input_shape: tuple[int, ...], n_classes: int, *, seed:
         channels, height, width = input_shape
         if arch == "mlp":
             hidden = 128 if height * width > 100 else 64
-            model = nn.Sequential(nn.Flatten(), nn.Linear(channels * height * width, hidden), nn.ReLU(),
-                                  nn.Linear(hidden, n_classes))
+            model = MLP(channels * height * width, n_classes, hidden=hidden)
         elif arch == "cnn":
             k = 3
             h1, w1 = (height - k + 1) // 2, (width - k + 1) // 2
@@ -43,15 +49,6 @@ def make_model(arch: str, input_shape: tuple[int, ...], n_classes: int, *, seed:
     finally:
         torch.random.set_rng_state(gen_state)
     return model
-
-
-def param_norm(model: nn.Module, center: dict[str, torch.Tensor] | None = None) -> float:
-    """Global L2 norm of all parameters, or of their difference from ``center``."""
-    total = 0.0
-    for name, p in model.named_parameters():
-        diff = p.detach() if center is None else p.detach() - center[name]
-        total += float(diff.double().pow(2).sum())
-    return math.sqrt(total)
 
 
 def init_norms(arch: str, input_shape: tuple[int, ...], n_classes: int) -> tuple[float, dict[str, float]]:

@@ -19,7 +19,8 @@ from repro_data import Split
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from certun.models import sgd_epoch
+from certun.demo.models import accuracy as demo_accuracy
+from certun.demo.models import sgd_epoch as demo_sgd_epoch
 
 __all__ = ["Curve", "accuracy", "evaluate", "loader", "sgd_epoch", "train_curve"]
 
@@ -32,26 +33,21 @@ def loader(split: Split, *, batch_size: int, seed: int, shuffle: bool = True) ->
     return DataLoader(ds, batch_size=batch_size, shuffle=shuffle, generator=gen, drop_last=False)
 
 
-@torch.no_grad()
 def accuracy(model: nn.Module, split: Split, *, batch_size: int = 2048) -> float:
-    """Fraction of ``split`` the model classifies correctly (``nan`` never: empty splits raise)."""
-    if len(split) == 0:
-        raise ValueError("accuracy of an empty split is undefined")
-    was = model.training
-    model.eval()
-    device = next(model.parameters()).device
-    correct = 0
-    for i in range(0, len(split), batch_size):
-        x = torch.from_numpy(split.x[i:i + batch_size]).to(device)
-        y = torch.from_numpy(split.y[i:i + batch_size]).to(device)
-        correct += int((model(x).argmax(1) == y).sum())
-    model.train(was)
-    return correct / len(split)
+    """Fraction of ``split`` the model classifies correctly (the demo's scorer; an empty split raises)."""
+    return demo_accuracy(model, torch.from_numpy(split.x), torch.from_numpy(split.y),
+                         device=next(model.parameters()).device, batch_size=batch_size)
 
 
 def evaluate(model: nn.Module, parts: dict[str, Split]) -> dict[str, float]:
     """Accuracy on each named split (e.g. ``test``, ``retain``, ``forget``, ``val``)."""
     return {name: accuracy(model, split) for name, split in parts.items() if len(split)}
+
+
+def sgd_epoch(model: nn.Module, data: DataLoader, lr: float) -> int:
+    """One epoch of plain SGD (``x ← x − lr·∇``, mean cross-entropy): the demo's loop, which is the backends'
+    fine-tuning rule; returns the samples processed."""
+    return demo_sgd_epoch(model, data, lr=lr, device=next(model.parameters()).device)
 
 
 @dataclass
@@ -87,7 +83,7 @@ def train_curve(model: nn.Module, data: DataLoader, *, epochs: int, lr: float,
         curve.add(grads, seconds, eval_fn(model))
     for _ in range(epochs):
         t0 = time.perf_counter()
-        grads += sgd_epoch(model, data, lr=lr)
+        grads += sgd_epoch(model, data, lr)
         seconds += time.perf_counter() - t0
         curve.add(grads, seconds, eval_fn(model))
     return curve

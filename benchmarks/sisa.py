@@ -24,8 +24,8 @@ import numpy as np
 import torch
 
 from certun.backends.sisa import Sisa, SisaConfig
-from certun.data import load_data
-from certun.models import accuracy, build_model, fit
+from certun.demo.data import load_data
+from certun.demo.models import accuracy, build_model, fit
 
 
 def _cpu() -> float:

@@ -17,9 +17,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 import certificates_fixtures as fx
 
 from certun.accountant import Guarantee, Schedule, Variant, guarantee
-from certun.certificates import verify
-from certun.certificates.canonical import canonical_bytes
-from certun.certificates.verify import MAX_VERIFY_T
+from certun.certificates import canonical_bytes, verify
+from certun.certificates._verify import MAX_VERIFY_T
 
 
 def _near_tie(T: int, per_step: bool) -> dict:

@@ -27,13 +27,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from certun._validation import integer
-from certun.certificates.canonical import content_digest
-from certun.certificates.commitment import key_commitment as _key_commitment
-from certun.certificates.commitment import model_commitment
-from certun.certificates.digest import model_digest
-from certun.certificates.merkle import encode_id, merkle_tree
-from certun.certificates.parse import load_certificate
-from certun.certificates.record import ModelDigest
+from certun.certificates._canonical import content_digest
+from certun.certificates._commitment import key_commitment as _key_commitment
+from certun.certificates._commitment import model_commitment
+from certun.certificates._digest import model_digest
+from certun.certificates._merkle import encode_id, merkle_tree
+from certun.certificates._parse import load_certificate
+from certun.certificates._record import ModelDigest
 from certun.errors import CertificateFormatError, InvalidParameterError, UnlearningRunError
 
 __all__ = [

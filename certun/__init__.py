@@ -1,12 +1,14 @@
 """certun: certified machine unlearning for neural networks.
 
 ``plan`` derives the noise σ and the number of noisy steps T for an (ε, δ) target, ``guarantee``
-recomputes (ε, δ) from any schedule, ``unlearn`` runs a backend and issues the certificate, and
-``certun verify`` checks the certificate. Source of every formula: docs/theory.md (docs/accountant.md).
+recomputes (ε, δ) from any schedule, ``unlearn`` runs a backend and issues the certificate, and ``verify``
+(the function, or ``certun verify`` on the command line) checks the certificate. How the parts fit:
+docs/architecture.md. Source of every formula: docs/theory.md (docs/accountant.md).
 """
 
 from certun._unlearn import UnlearnResult, unlearn
 from certun.accountant import Guarantee, Method, Mode, Schedule, Variant, guarantee, plan
+from certun.certificates import verify
 from certun.errors import (
     CertificateFormatError,
     CertunError,
@@ -36,6 +38,7 @@ __all__ = [
     "get_backend",
     "unlearn",
     "UnlearnResult",
+    "verify",
     "Schedule",
     "Guarantee",
     "Variant",

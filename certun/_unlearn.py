@@ -8,6 +8,7 @@ only runs (it returns a :class:`~certun.backends.RunResult` holding the
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
@@ -15,8 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from certun.accountant import Schedule
-from certun.backends import Backend, RunResult, get_backend
-from certun.backends._options import expand_groups
+from certun.backends import After, Backend, Clipping, Noise, RunResult, Unlearned, get_backend
 from certun.certificates import issue, provenance, write_certificate
 from certun.errors import InvalidParameterError
 
@@ -78,6 +78,28 @@ def unlearn(model: Any, retain_data: Any, schedule: Schedule, *, backend: str | 
     return UnlearnResult(**values, certificate=certificate, certificate_path=written)
 
 
+#: the typed option groups certun.unlearn accepts, by keyword
+_GROUPS: dict[str, type] = {"unlearned": Unlearned, "clipping": Clipping, "after": After, "noise": Noise}
+
+
+def expand_groups(options: Mapping[str, Any]) -> dict[str, Any]:
+    """``options`` with the typed groups (``unlearned=``, ``clipping=``, ``after=``, ``noise=``) expanded into the
+    backends' keywords. A group together with one of its own keywords is refused (which would hold is ambiguous)."""
+    out = {k: v for k, v in options.items() if k not in _GROUPS}
+    for name, kind in _GROUPS.items():
+        group = options.get(name)
+        if group is None:
+            continue
+        if not isinstance(group, kind):
+            raise InvalidParameterError(name, type(group).__name__, f"a certun.backends.{kind.__name__} or None")
+        owned = {kind._KEYWORDS.get(f.name, f.name) for f in dataclasses.fields(group)}
+        for keyword in sorted(owned & out.keys()):
+            raise InvalidParameterError(keyword, out[keyword], f"not given together with {name}=",
+                                        hint=f"set it in {kind.__name__}(...) or pass it alone")
+        out.update(group.keywords())
+    return out
+
+
 def _certificate_path(certificate_path: Any, options: Mapping[str, Any]) -> Path | None:
     """``certificate_path`` checked before the run: a file path, and none for an audit control."""
     if certificate_path is None:
@@ -91,4 +113,7 @@ def _certificate_path(certificate_path: Any, options: Mapping[str, Any]) -> Path
     if options.get("noise_mode", "fresh") != "fresh" or options.get("noise_source") is not None:
         raise InvalidParameterError("certificate_path", str(path),
                                     "None for audit controls (reused or injected noise get no certificate)")
+    if isinstance(options.get("seed"), Mapping):
+        raise InvalidParameterError("certificate_path", str(path), "None for a replay of a previous run's opening "
+                                    "(a replay repeats that run's noise and is never certified)")
     return path

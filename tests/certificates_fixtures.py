@@ -79,15 +79,15 @@ def fixed_schedule(variant: str) -> Schedule:
 
 
 def noise_record(schedule: Schedule, d: int, *, key_origin: str = "os") -> dict[str, Any]:
-    """A fixed ``execution.noise`` record (frozen values, so golden files do not move with the generator)."""
-    from certun.certificates.noise_check import noise_draws, sampler_pairs
+    """The ``execution.noise`` record certun's backends write (the one known source), for ``schedule`` and d."""
+    from certun.certificates.noise_check import KNOWN_SOURCES, noise_draws, sampler_pairs, table_residual
 
     sigma0 = schedule.sigma0 if schedule.variant.value in ("model_clipping", "output_perturbation") else None
-    pairs = sampler_pairs(d, noise_draws(schedule.variant.value, schedule.T, sigma0))
-    return {"generator": "chacha20", "key_bits": 256, "sampler": "box-muller-float64", "max_abs_z": 13.3,
-            "tail_mass_per_pair": 2.0 ** -128, "positional": True, "key_origin": key_origin,
-            "key_derivation": "certun.noise-key.v1", "draws": noise_draws(schedule.variant.value, schedule.T, sigma0),
-            "pairs": pairs, "tail_residual": pairs * 2.0 ** -128}
+    draws = noise_draws(schedule.variant.value, schedule.T, sigma0)
+    pairs = sampler_pairs(d, draws)
+    (generator, sampler, kdf), known = next(iter(KNOWN_SOURCES.items()))
+    return {"generator": generator, "sampler": sampler, "key_derivation": kdf, **known, "key_origin": key_origin,
+            "draws": draws, "pairs": pairs, "tail_residual": table_residual(pairs, known["tail_mass_per_pair"])}
 
 
 def record(schedule: Schedule, *, model_seed: int = 0, tree_scheme: str | None = None,

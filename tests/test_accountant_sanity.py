@@ -11,7 +11,7 @@ import pytest
 
 from certun import guarantee, plan
 from certun.accountant._numerics import log_theta
-from certun.accountant.rdp import eps_from_renyi, max_renyi_for
+from certun.accountant._rdp import eps_from_renyi, max_renyi_for
 
 SANITY = json.loads((Path(__file__).parent / "assets" / "theory_sanity.json").read_text())
 DELTA = SANITY["delta"]

@@ -70,8 +70,8 @@ def test_canary_mode(capsys):
 def test_a_control_the_backend_refused_is_not_run_and_not_detected():
     """A control the backend refused to run showed nothing about the audit's power: its verdict is 'not run',
     it never counts as detected, and the report is inconclusive (exit 3), saying so."""
-    from certun.audit.cli import format_report
     from certun.audit.suite import AuditReport, Case, CaseResult
+    from certun.cli.audit import format_report
 
     gc = plan(1.0, 1e-5, 1.0, 1.0, gamma=0.1, T=10)
     control = Case("gc/under-noised", under_noised(gc), control="sigma from eps_R = eps")

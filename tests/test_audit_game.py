@@ -17,7 +17,6 @@ from certun.accountant import Guarantee, Schedule, guarantee, plan
 from certun.audit import audit
 from certun.audit.game import backend_chains, default_thresholds, play, run_chains, under_noised
 from certun.audit.suite import quick_cases
-from certun.backends import noise
 from certun.errors import InvalidParameterError
 
 torch.set_num_threads(1)
@@ -162,22 +161,35 @@ def test_batched_chains_equal_real_backend_runs(schedule, noise_mode):
     """
     starts = torch.tensor([[1.0, 0.0, 0.0], [-1.0, 0.0, 0.0]], dtype=torch.float64)
     clip = "batch" if schedule is MC_CLIP else "per_sample"
-    keys = []
-    real_init = noise.NoiseGenerator.__init__
+    from certun.backends.run_key import RunKey
 
-    def spy(self, key):  # the backend keys its generator from the seed and every run input
-        keys.append(key)
-        real_init(self, key)
+    per_run: dict[bytes, dict[str, list]] = {}  # run key -> its sigma0 generator and its step generators in order
+    real_generator, real_step = RunKey.generator, RunKey.step_generator
+
+    def spy_generator(self):  # the sigma0 draw: the run key's own generator
+        g = real_generator(self)
+        per_run.setdefault(self.key, {"sigma0": [], "steps": []})["sigma0"].append(g)
+        return g
+
+    def spy_step(self, prefix):  # noisy step t: keyed also by the retain batches read so far
+        g = real_step(self, prefix)
+        per_run.setdefault(self.key, {"sigma0": [], "steps": []})["steps"].append(g)
+        return g
 
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(noise.NoiseGenerator, "__init__", spy)
+        mp.setattr(RunKey, "generator", spy_generator)
+        mp.setattr(RunKey, "step_generator", spy_step)
         real = backend_chains(schedule, starts, noise_mode=noise_mode, seed=5, clip=clip)
-    run_keys = list(dict.fromkeys(keys))
-    assert len(run_keys) == 2  # one key per run, never shared
+    runs = list(per_run.values())
+    assert len(runs) == 2  # one key per run, never shared
     for i in range(2):
-        gen = noise.NoiseGenerator(run_keys[i])
-        batched = run_chains(schedule, starts[i:i + 1], noise_mode=noise_mode,
-                             draw=lambda k, shape, gen=gen: gen.normal_torch(k, shape[-1]).reshape(shape))
+        gens = runs[i]
+
+        def draw(k, shape, gens=gens):
+            gen = gens["sigma0"][0] if k == schedule.T else gens["steps"][k]
+            return gen.normal_torch(k, shape[-1]).reshape(shape)
+
+        batched = run_chains(schedule, starts[i:i + 1], noise_mode=noise_mode, draw=draw)
         assert torch.equal(batched[0], real[i])
 
 

@@ -17,9 +17,9 @@ import pytest
 from scipy.stats import norm
 
 from certun import guarantee, plan
-from certun.accountant import gradient_clipping as gc
-from certun.accountant.model_clipping import log_delta_final
-from certun.accountant.rdp import log_delta_from_renyi, max_renyi_for
+from certun.accountant import _gradient_clipping as gc
+from certun.accountant._model_clipping import log_delta_final
+from certun.accountant._rdp import log_delta_from_renyi, max_renyi_for
 
 
 def gc_densities(C0, C1, lam, gamma, sigma, T, n_sd=9.0, per_sigma=24):
@@ -190,7 +190,7 @@ def test_model_clipping_mode2_true_delta_below_certified(C0, C2, T, sigma0):
 def test_model_clipping_mode2_old_radius_would_fail():
     """With the first-step radius of the later steps, the C0 = 10 > C2 = 1 case breaks (teeth of the test)."""
     from certun.accountant import Mode
-    from certun.accountant.model_clipping import contraction_radius
+    from certun.accountant._model_clipping import contraction_radius
 
     r_later = contraction_radius(1.0, 1.0, Mode.CLIP_NOISE_BEFORE_PROJECTION, 1e-3, 1.0)
     # σ that the old accounting would have certified for T = 1: θ_1(r_later) = 1e-5 → r ≈ 0.268

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from certun.certificates import public_key_multibase, write_certificate
-from certun.certificates.verify import CHECK_NAMES
+from certun.certificates._verify import CHECK_NAMES
 from certun.cli import main
 
 DATA = Path(__file__).parent / "data"
@@ -124,3 +124,5 @@ def test_console_entry_point(tmp_path):
                           check=False)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert proc.stdout.strip().endswith("OK")
+
+

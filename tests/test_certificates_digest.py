@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from certun.certificates import model_digest, open_seed_commitment, seed_commitment, tensor_digest
-from certun.certificates.digest import root_digest
+from certun.certificates._digest import root_digest
 from certun.errors import InvalidParameterError
 
 

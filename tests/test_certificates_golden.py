@@ -26,7 +26,7 @@ from certun.certificates import (
     verify,
     write_certificate,
 )
-from certun.certificates.merkle import TREE_SCHEME_V1
+from certun.certificates._merkle import TREE_SCHEME_V1
 
 DATA = Path(__file__).parent / "data"
 PINNED = [public_key_multibase(fx.TEST_KEY)]

@@ -26,7 +26,7 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from certun.certificates import model_digest, public_key_multibase, verify
-from certun.certificates.digest import root_digest
+from certun.certificates._digest import root_digest
 
 Path = tuple[Any, ...]
 

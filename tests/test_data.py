@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from certun.data import (
+from certun.demo.data import (
     DatasetFormatError,
     load_data,
     load_fashion_mnist,

@@ -12,11 +12,11 @@ from torch import nn
 
 from certun.certificates import load_certificate, verify
 from certun.cli import main
-from certun.data import fashion_mnist_available
 from certun.demo import DemoConfig, default_hyperparameters, plan_schedule, run_demo
+from certun.demo.data import fashion_mnist_available
+from certun.demo.models import accuracy, build_model, fit, parameter_norm
+from certun.demo.run_report import Phase, phase_table, write_report
 from certun.errors import InvalidParameterError
-from certun.models import accuracy, build_model, fit, parameter_norm
-from certun.report import Phase, phase_table, write_report
 
 torch.set_num_threads(1)
 
@@ -61,7 +61,7 @@ def test_bad_model_arguments_are_refused():
 
 def test_fit_learns_a_separable_problem_and_accuracy_counts_correctly():
     """A few SGD epochs separate two well-separated blobs; accuracy is the share of correct predictions."""
-    from certun.data import make_loader
+    from certun.demo.data import make_loader
 
     rng = np.random.default_rng(0)
     x = np.concatenate([rng.normal(-2, 0.3, (64, 1, 2, 2)), rng.normal(2, 0.3, (64, 1, 2, 2))]).astype(np.float32)

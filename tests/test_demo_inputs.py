@@ -7,8 +7,8 @@ import argparse
 import numpy as np
 import pytest
 
-import certun.data
 import certun.demo as demo
+import certun.demo.data
 from certun.cli import build_parser, main
 from certun.demo import DemoConfig
 from certun.errors import InvalidParameterError
@@ -20,8 +20,8 @@ def no_training(monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("the demo started working before refusing its options")
 
-    monkeypatch.setattr(certun.data, "load_data", refuse)
-    monkeypatch.setattr(certun.data, "make_splits", refuse)
+    monkeypatch.setattr(certun.demo.data, "load_data", refuse)
+    monkeypatch.setattr(certun.demo.data, "make_splits", refuse)
 
 
 def _run(capsys, *argv: str) -> tuple[int, str]:

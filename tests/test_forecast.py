@@ -7,7 +7,7 @@ import math
 import pytest
 
 import certun
-from certun.accountant.forecast import forecast
+from certun.accountant import forecast
 from certun.errors import InvalidParameterError
 
 
@@ -44,3 +44,22 @@ def test_bad_d_is_refused(d: object) -> None:
     s = certun.plan(1.0, 1e-5, 1.0, None, 0.0, variant="output_perturbation")
     with pytest.raises(InvalidParameterError, match="d"):
         forecast(s, d)  # type: ignore[arg-type]
+
+
+def test_a_model_counts_its_trainable_parameters() -> None:
+    torch = pytest.importorskip("torch")
+    model = torch.nn.Linear(10, 3)
+    model.bias.requires_grad_(False)
+    s = certun.plan(1.0, 1e-5, 1.0, None, 0.0, variant="output_perturbation")
+    assert forecast(s, model).d == 30
+
+
+def test_plan_cli_prints_the_forecast(capsys) -> None:
+    from certun.cli import main
+
+    assert main(["plan", "--eps", "1", "--delta", "1e-5", "--C0", "1", "--variant", "output_perturbation",
+                 "--d", "100000"]) == 0
+    out = capsys.readouterr().out
+    assert "forecast" in out and "erase" in out
+    assert main(["plan", "--eps", "1", "--delta", "1e-5", "--C0", "1", "--variant", "output_perturbation",
+                 "--d", "0"]) == 2

@@ -12,11 +12,11 @@ from hypothesis import assume, given
 from hypothesis import strategies as st
 
 from certun import InfeasibleError, InvalidParameterError, Schedule, guarantee, plan
-from certun.accountant import gradient_clipping as gc
+from certun.accountant import _gradient_clipping as gc
+from certun.accountant._model_clipping import log_delta_final, log_delta_steps
 from certun.accountant._numerics import log_theta
-from certun.accountant.model_clipping import log_delta_final, log_delta_steps
-from certun.accountant.rdp import eps_from_renyi
-from certun.accountant.solver import step_below
+from certun.accountant._rdp import eps_from_renyi
+from certun.accountant._solver import step_below
 
 
 def gc_eps(C0, C1, lam, gamma, sigma, T, delta=1e-5):

@@ -12,7 +12,7 @@ from hypothesis import assume, given
 from hypothesis import strategies as st
 
 from certun.certificates import MerkleReceipt, merkle_tree, verify_receipt
-from certun.certificates.merkle import inclusion_path, leaf_hash, node_hash, tree_root, verify_inclusion
+from certun.certificates._merkle import inclusion_path, leaf_hash, node_hash, tree_root, verify_inclusion
 from certun.errors import CertificateFormatError, InvalidParameterError
 
 ASSETS = Path(__file__).parent / "assets" / "merkle"

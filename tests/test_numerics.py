@@ -9,9 +9,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from certun.accountant._model_clipping import LOG_DELTA_FLOOR, log_delta_final, log_delta_final_mp
 from certun.accountant._numerics import log_q, log_sub_exp, log_theta, log_theta_mp
-from certun.accountant.model_clipping import LOG_DELTA_FLOOR, log_delta_final, log_delta_final_mp
-from certun.accountant.rdp import eps_at_alpha, eps_from_renyi, log_delta_from_renyi, max_renyi_for
+from certun.accountant._rdp import eps_at_alpha, eps_from_renyi, log_delta_from_renyi, max_renyi_for
 from certun.errors import NumericalError
 
 

@@ -23,7 +23,7 @@ def test_wheel_contents(tmp_path):
     assert proc.returncode == 0, proc.stderr
     wheel = next(tmp_path.glob("certun-*.whl"))
     names = zipfile.ZipFile(wheel).namelist()
-    for module in ("certun/__init__.py", "certun/cli.py", "certun/accountant/planner.py",
+    for module in ("certun/__init__.py", "certun/cli/__init__.py", "certun/accountant/planner.py",
                    "certun/backends/__init__.py", "certun/certificates/__init__.py"):
         assert module in names
     top = {n.split("/")[0] for n in names}

@@ -169,7 +169,7 @@ def test_no_foreign_exceptions_at_the_edges_of_the_domain():
 
 def test_closed_form_sigma_given_that_misses_is_refused():
     """T-for-σ with the λ > 0 closed form refuses (InvalidParameterError on method) when it would miss."""
-    from certun.accountant import gradient_clipping as gc
+    from certun.accountant import _gradient_clipping as gc
 
     raw = gc.closed_form_sigma(1.0, math.log(1e-3), 3.0, 1.0, 1.0, 1 / 32, 1)
     with pytest.raises(InvalidParameterError) as info:

@@ -62,12 +62,24 @@ def test_printing_a_result_reveals_no_secret():
 
 
 def test_the_opening_replays_the_run_exactly_and_nothing_else_does():
+    """A replay repeats the release's noise, so it is never certified: with another loss (not all of whose
+    settings enter the key) a second certified release would cancel the first one's noise."""
     first, schedule, model, data = _torch_run()
     assert first.record.noise["key_origin"] == "os"
     replay = certun.unlearn(model, data, schedule, backend="torch", loss_fn=F.cross_entropy, clip="batch",
                                           progress=False, seed=first.seed_opening)
     for a, b in zip(first.model.parameters(), replay.model.parameters(), strict=True):
         assert torch.equal(a, b)
+    assert replay.certificate is None and replay.record.extra["noise_mode"] == "replay"
+    with pytest.raises(InvalidParameterError, match="noise_mode"):
+        issue(schedule, replay.record)
+    made_up = {"secret": "00" * 32, "origin": "os", "salt": "00" * 32}
+    forged = certun.unlearn(model, data, schedule, backend="torch", loss_fn=F.cross_entropy, clip="batch",
+                                          progress=False, seed=made_up)
+    assert forged.certificate is None
+    with pytest.raises(InvalidParameterError, match="certificate_path"):
+        certun.unlearn(model, data, schedule, backend="torch", loss_fn=F.cross_entropy, progress=False,
+                                     seed=first.seed_opening, certificate_path="c.json")
     fresh, _, _, _ = _torch_run()
     assert not torch.equal(first.model.weight, fresh.model.weight)
     for bad in ({"secret": "00"}, {"secret": "zz" * 32, "origin": "os"}, {"secret": "ab" * 32, "origin": "moon"}):
@@ -107,3 +119,28 @@ def test_refusals_at_the_start_print_no_statistic_of_the_starting_model():
     with pytest.raises(UnlearningRunError) as nan_info:
         certun.unlearn(_Nan(), data, schedule, backend="torch", loss_fn=F.cross_entropy, clip="batch", progress=False)
     assert "loss=" not in str(nan_info.value) and "step 0" in str(nan_info.value)
+
+
+@pytest.mark.parametrize("backend", ["torch", "numpy"])
+def test_a_callback_cannot_change_the_released_model(backend):
+    """The callback gets a copy of the iterate: overwriting it (with a noise-free model, say) changes nothing."""
+    if backend == "torch":
+        def plant(t, x):
+            x.zero_()
+
+        first, _, _, _ = _torch_run(seed=5)
+        second, _, _, _ = _torch_run(seed=5, callback=plant)
+        assert torch.equal(first.model.weight, second.model.weight) and second.certificate is not None
+        return
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(16, 3)), rng.integers(0, 2, 16)
+    schedule = certun.plan(1.0, 1e-5, C0=1.0, C1=1.0, lam=0.0, gamma=0.1, T=2)
+
+    def run(**kw):
+        model = LinearModel(np.ones((2, 3)), np.zeros(2), "cross_entropy")
+        return certun.unlearn(model, batches(x, y, 4), schedule, backend="numpy", progress=False, seed=5, **kw)
+
+    def plant_np(t, v):
+        v[...] = 0.0
+
+    assert np.array_equal(run().model.weight, run(callback=plant_np).model.weight)

@@ -12,8 +12,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from certun.certificates import canonical_bytes, generate_signing_key, load_public_key, load_signing_key
-from certun.certificates.multibase import b58decode, b58encode
-from certun.certificates.signing import (
+from certun.certificates._multibase import b58decode, b58encode
+from certun.certificates._signing import (
     load_public_key_file,
     public_key_multibase,
     sign_document,

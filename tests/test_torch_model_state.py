@@ -148,7 +148,7 @@ def test_bad_attributes_option_is_refused():
 
 
 def _common_layers():
-    from certun.models import build_model
+    from certun.demo.models import build_model
 
     yield build_model("mlp", (1, 8, 8), 10, seed=0)
     yield build_model("cnn", (1, 8, 8), 10, seed=0)
@@ -329,3 +329,96 @@ def test_numpy_backend_refuses_the_trained_model_as_the_centre():
             certun.unlearn(model, batches(X, y, 4), small_gc(), backend=backend, center=center, seed=0)
     assert certun.unlearn(model, batches(X, y, 4), small_gc(), backend=backend, center=np.zeros(8) + 0.1,
                           seed=0).certificate
+
+
+# ------------------------------------------------------------------------------ tensors hidden inside objects
+class _Holder:
+    def __init__(self, t):
+        self.t = t
+
+
+class _Slotted:
+    __slots__ = ("t",)
+
+    def __init__(self, t):
+        self.t = t
+
+
+class _Hidden(nn.Module):
+    """D-dependent tensors inside a partial, a plain object, a slotted object, a closure and a default."""
+
+    def __init__(self, mu):
+        super().__init__()
+        import functools
+
+        self.fc = nn.Linear(4, 2)
+        self.center_inputs = functools.partial(torch.sub, other=mu)
+        self.stats = _Holder(mu.clone())
+        self.slotted = _Slotted(mu.clone())
+        shift = mu.clone()
+        self.shift = lambda x: x - shift
+        self.scale = lambda x, s=shift: x * s
+        self.bound = _Holder(mu.clone()).__init__
+
+    def forward(self, x):
+        return self.fc(self.center_inputs(x))
+
+
+def test_tensors_hidden_in_partials_objects_and_closures_are_refused():
+    """torch.save(model) pickles a partial, an object and its slots, so tensors there ship with the model;
+    closures and defaults too (cloudpickle, or just kept in memory): every path is listed, nothing certified."""
+    with pytest.raises(UnsupportedModelError) as info:
+        _run(_Hidden(_X().mean(0)))
+    text = str(info.value)
+    for path in ("center_inputs.keywords['other']", "stats.t", "slotted.t", "shift.<closure shift>",
+                 "scale.__defaults__[0]", "bound.__self__.t"):
+        assert path in text, path
+
+
+def test_objects_walk_is_bounded_and_cycle_safe():
+    """A self-referencing object and a method bound to the module itself terminate without a false alarm."""
+    from certun.backends.torch._attributes import unregistered_arrays
+
+    model = nn.Sequential(nn.Linear(4, 2))
+    loop = _Holder(None)
+    loop.t = loop
+    model[0].loop = loop
+    model[0].own = model[0].forward
+    model[0].act = F.relu
+    model[0].deep = _Holder(_Holder(_Holder(_Holder(_Holder(_Holder(_Holder(_Holder(1))))))))
+    assert unregistered_arrays(model) == {}
+
+
+# ------------------------------------------------------------------------------ state written during the run
+class _Cached(nn.Module):
+    """Caches its last output (a tensor) and a running maximum (a Python float) in forward."""
+
+    def __init__(self, what):
+        super().__init__()
+        self.fc = nn.Linear(4, 2)
+        self.what = what
+        self.last = None
+        self.peak = 0.0
+
+    def forward(self, x):
+        out = self.fc(x)
+        if self.what == "tensor":
+            self.last = out.detach()
+        elif self.what == "scalar":
+            self.peak = max(self.peak, float(out.detach().abs().max()))
+        elif self.what == "new":
+            self.fresh = 1
+        return out
+
+
+@pytest.mark.parametrize("attributes", ["reject", "public"])
+@pytest.mark.parametrize(("what", "name"), [("tensor", "last"), ("scalar", "peak"), ("new", "fresh")])
+def test_state_written_during_the_run_is_refused(what, name, attributes):
+    """With T = 1 a forward cache holds the output at the pre-noise start Pi_C0(A(D)): the released object
+    would carry it. Any attribute added or changed during the run is refused, in every attributes mode."""
+    with pytest.raises(UnlearningRunError, match=rf"plain attributes during the run: \['{name}'\]"):
+        _run(_Cached(what), attributes=attributes, schedule=small_gc(T=1))
+
+
+def test_a_model_writing_nothing_during_the_run_is_certified():
+    assert _run(_Cached("nothing")).certificate is not None

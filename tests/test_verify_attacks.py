@@ -43,7 +43,7 @@ def _model_file(tmp_path: Path, **extra: np.ndarray) -> Path:
 def test_a_key_that_parses_is_never_read_as_a_file(tmp_path, monkeypatch, capsys, spelling):
     """A file named like the published key, holding the attacker's key, must not replace the key."""
     forged = fx.certificate(signed=False)
-    from certun.certificates.signing import sign_document
+    from certun.certificates._signing import sign_document
     forged = sign_document(forged, fx.OTHER_KEY, created=fx.CREATED)
     monkeypatch.chdir(tmp_path)
     write_certificate(forged, tmp_path / "cert.json")
@@ -201,7 +201,7 @@ def test_every_predecessor_is_checked(tmp_path):
     report = verify(fx.reseal(second), chain_dir=tmp_path)
     assert "chain" in fx.failed(report) and "noisy_steps" in report["chain"].detail
     # a predecessor signed by a key that is not pinned
-    from certun.certificates.signing import sign_document
+    from certun.certificates._signing import sign_document
     other = sign_document(certs[0], fx.OTHER_KEY, created=fx.CREATED)
     (tmp_path / "00.json").write_text(json.dumps(other))
     report = verify(certs[1], chain_dir=tmp_path, trusted_keys=[PINNED])
@@ -238,7 +238,7 @@ def test_receipt_with_a_lone_surrogate_is_a_usage_error(tmp_path, capsys):
 def test_a_check_that_raises_becomes_its_fail(monkeypatch):
     """Any exception inside a check is that check's FAIL, never an exception out of ``verify``."""
     import importlib
-    v = importlib.import_module("certun.certificates.verify")
+    v = importlib.import_module("certun.certificates._verify")
 
     def boom(ctx):
         raise KeyError("surprise")
@@ -283,7 +283,7 @@ def test_a_fifo_in_the_chain_folder_does_not_hang(tmp_path):
 
 def test_cli_never_shows_a_traceback(tmp_path, capsys, monkeypatch):
     """An unexpected exception in a subcommand is one line on stderr and exit 2."""
-    import certun.certificates.cli as cli
+    import certun.cli.verify as cli
 
     def boom(*a, **k):
         raise RuntimeError("unexpected")
@@ -363,7 +363,7 @@ def test_safetensors_files_are_read(tmp_path):
 # ------------------------------------------------------------------------------- 9. cost attacks
 def test_a_huge_T_is_refused_before_any_work():
     """A 3.5 kB certificate with T = 10**7 and a constant schedule must not run 10**7 accountant steps."""
-    from certun.certificates.verify import MAX_VERIFY_T
+    from certun.certificates._verify import MAX_VERIFY_T
     cert = fx.certificate()
     T = 10**7
     assert T > MAX_VERIFY_T
@@ -380,7 +380,7 @@ def test_a_huge_proof_value_is_refused_by_length():
     """A 100 kB proofValue is not decoded (base58 is quadratic): the signature check refuses its length."""
     cert = fx.certificate(signed=True)
     cert["proof"]["proofValue"] = "z" + "2" * 100_000
-    from certun.certificates.signing import verify_document
+    from certun.certificates._signing import verify_document
     check = verify_document(cert)
     assert not check.valid and "characters" in check.detail
 
@@ -395,7 +395,7 @@ def test_the_signature_check_runs_only_after_the_schema():
 
 def test_a_certificate_over_the_size_limit_is_not_read(tmp_path):
     """Files above the size limit are refused before reading; so are FIFOs given as the certificate."""
-    from certun.certificates.parse import MAX_CERTIFICATE_BYTES
+    from certun.certificates._parse import MAX_CERTIFICATE_BYTES
     big = tmp_path / "big.json"
     big.write_bytes(b" " * (MAX_CERTIFICATE_BYTES + 1))
     report = verify(big)
@@ -568,7 +568,7 @@ def test_issue_refuses_a_centre_equal_to_the_starting_model():
 def test_a_chain_folder_over_the_byte_budget_fails(tmp_path, monkeypatch):
     """The chain walk reads a bounded number of bytes in all, not 4096 files of 1 MiB each."""
     import importlib
-    chain = importlib.import_module("certun.certificates.chain")
+    chain = importlib.import_module("certun.certificates._chain")
     certs = _ledger(tmp_path, 2)
     monkeypatch.setattr(chain, "MAX_CHAIN_BYTES", 1000)
     report = verify(certs[1], chain_dir=tmp_path)
@@ -599,7 +599,7 @@ def test_leaf_index_does_not_reveal_rank():
 def test_v1_trees_stay_buildable_and_verifiable():
     """Identifier-ordered (v1) trees, as in older certificates, are still built on request and verify."""
     from certun.certificates import verify_receipt
-    from certun.certificates.merkle import TREE_SCHEME_V1
+    from certun.certificates._merkle import TREE_SCHEME_V1
     tree = merkle_tree(range(8), salt_key=fx.MERKLE_SALT_KEY, scheme=TREE_SCHEME_V1)
     assert [tree.receipt_for(i).leaf_index for i in range(8)] == list(range(8))
     assert verify_receipt(tree.receipt_for(3).to_dict(), root=tree.root, record_id=3)

@@ -5,13 +5,20 @@ released model still carries D and no guarantee holds (docs/theory.md#definition
 refuses a model holding any unless ``attributes="public"`` declares it independent of D; then it is
 digested and checked unchanged like public buffers. Found: torch tensors, numpy arrays, and
 lists/tuples/sets/dicts holding them, in any module's ``__dict__``; modules kept in a plain container
-(not registered, so their weights are not parameters of the model). Not found: Python scalars
-(``self.scale = float(X.std())``) and objects of other classes; those cannot be told from configuration.
+(not registered, so their weights are not parameters of the model); and tensors hidden inside objects:
+``functools.partial`` arguments, a function's closure cells and defaults, a bound method's object,
+any other object's ``__dict__``/``__slots__``, and (for opaque objects) whatever the garbage collector
+says they reference. Not found: Python scalars (``self.scale = float(X.std())``), which cannot be
+told from configuration; those written during the run are refused by :mod:`certun.backends.torch._state`.
 """
 
 from __future__ import annotations
 
+import functools
+import gc
 import itertools
+import types
+import weakref
 from typing import Any
 
 import numpy as np
@@ -72,6 +79,60 @@ def _walk(path: str, value: Any, registered: set[int], modules: set[int], found:
         seen.add(id(value))
         for i, v in enumerate(sorted(value, key=repr)):
             _walk(f"{path}{{{i}}}", v, registered, modules, found, seen, depth + 1)
+    else:
+        seen.add(id(value))
+        for suffix, v in _members(value):
+            _walk(f"{path}{suffix}", v, registered, modules, found, seen, depth + 1)
+
+
+#: Values that cannot hold a tensor (or whose contents are never user state): not walked.
+_LEAVES = (str, bytes, bytearray, int, float, complex, bool, type(None), type, types.ModuleType,
+           types.BuiltinFunctionType, types.BuiltinMethodType, weakref.ref, torch.dtype, torch.device,
+           torch.Size, np.dtype, range, slice, type(Ellipsis), type(NotImplemented))
+
+
+def _members(value: Any) -> list[tuple[str, Any]]:
+    """The named values an object holds: partial arguments, closure cells and defaults, a bound method's
+    object, ``__dict__``/``__slots__``; for an opaque object, what the garbage collector says it references."""
+    if isinstance(value, _LEAVES):
+        return []
+    if isinstance(value, functools.partial):
+        return [(".func", value.func), *((f".args[{i}]", a) for i, a in enumerate(value.args)),
+                *((f".keywords[{k!r}]", v) for k, v in value.keywords.items())]
+    if isinstance(value, types.MethodType):
+        return [(".__self__", value.__self__), (".__func__", value.__func__)]
+    if isinstance(value, types.FunctionType):
+        out: list[tuple[str, Any]] = []
+        names = value.__code__.co_freevars
+        for i, cell in enumerate(value.__closure__ or ()):
+            try:
+                out.append((f".<closure {names[i] if i < len(names) else i}>", cell.cell_contents))
+            except ValueError:  # an empty cell
+                continue
+        out += [(f".__defaults__[{i}]", v) for i, v in enumerate(value.__defaults__ or ())]
+        out += [(f".__kwdefaults__[{k!r}]", v) for k, v in (value.__kwdefaults__ or {}).items()]
+        return out
+    members: list[tuple[str, Any]] = []
+    named = False
+    attrs = getattr(value, "__dict__", None)
+    if isinstance(attrs, dict):
+        named = True
+        members += [(f".{k}", v) for k, v in attrs.items()]
+    for cls in type(value).__mro__:
+        slots = cls.__dict__.get("__slots__", ())
+        for slot in (slots,) if isinstance(slots, str) else slots:
+            if slot in ("__dict__", "__weakref__"):
+                continue
+            named = True
+            try:
+                members.append((f".{slot}", object.__getattribute__(value, slot)))
+            except AttributeError:
+                continue
+    if named:
+        return members
+    # opaque (implemented in C, no __dict__ or __slots__): a tensor it references is refused all the same
+    return [(f".<ref {i}>", v) for i, v in enumerate(gc.get_referents(value))
+            if isinstance(v, (torch.Tensor, np.ndarray, nn.Module, list, tuple, dict))]
 
 
 def digestible(found: dict[str, Any]) -> dict[str, Any]:

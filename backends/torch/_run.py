@@ -20,7 +20,7 @@ from torch import nn
 from certun.accountant import Schedule, Variant
 from certun.backends import _skeleton as skeleton
 from certun.backends._options import RunOptions, clipping_for
-from certun.backends.run_key import RunKey
+from certun.backends.run_key import RunKey, loss_name
 from certun.backends.torch._attributes import digestible, unregistered_arrays
 from certun.backends.torch._data import cpu_copy, epoch_length, pair, to_device, tqdm_bar
 from certun.backends.torch._grad import GradientComputer
@@ -28,6 +28,7 @@ from certun.backends.torch._hygiene import clear_training_state, restore_trainin
 from certun.backends.torch._model import FlatParameters, check_center, check_model, flat_center, select_parameters
 from certun.backends.torch._prepare import check_frozen, check_params_order, copy_model
 from certun.backends.torch._retrain import reinitialise
+from certun.backends.torch._state import changed_attributes, state_fingerprint
 from certun.backends.torch._steps import add_noise, gc_step, mc_step, output_perturbation, project_ball
 from certun.certificates import provenance
 from certun.errors import UnlearningRunError
@@ -85,7 +86,11 @@ class TorchRun(skeleton.Hooks):
             before=cpu_copy(dict(zip(parts.names, parts.params, strict=True))), center=center,
             clipping=self.clipping, dtype=str(self.dtype).replace("torch.", ""), device=str(self.device),
             key_options={"buffers": opts.buffers, "frozen": self.frozen_mode,
-                         "frozen_parameters": sorted(parts.frozen), "attributes": opts.attributes})
+                         "frozen_parameters": sorted(parts.frozen), "attributes": opts.attributes,
+                         "loss": loss_name(self.loss_fn),
+                         "frozen_values": None if self.frozen_before is None else self.frozen_before.root,
+                         "public_buffers": None if self.public is None else self.public.root,
+                         "public_attributes": None if self.public_attributes is None else self.public_attributes.root})
 
     @contextlib.contextmanager
     def session(self, key: RunKey) -> Iterator[None]:
@@ -97,6 +102,7 @@ class TorchRun(skeleton.Hooks):
             p.requires_grad_(False)
         for p in parts.params:
             p.requires_grad_(True)
+        self.state_before = state_fingerprint(work)  # plain attributes; none may be written during the run
         # torch.manual_seed below reseeds every CUDA device: fork them all so the caller's RNGs are restored
         fork_devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
         try:
@@ -281,6 +287,14 @@ class TorchRun(skeleton.Hooks):
 
     def finish(self) -> skeleton.Finished:
         parts, opts = self.parts, self.opts
+        written = changed_attributes(self.state_before, state_fingerprint(self.model))
+        if written:
+            raise UnlearningRunError(
+                f"the model wrote plain attributes during the run: {written[:5]}"
+                f"{' ...' if len(written) > 5 else ''}; state computed at iterates the guarantee does not "
+                "cover (the pre-noise start among them) would ship with the model "
+                "(docs/theory.md#soundness-rules); no certificate was issued. Cache nothing in forward(), or "
+                "register the state as a buffer and pass buffers='recompute' or 'public'")
         after = cpu_copy(dict(zip(parts.names, parts.params, strict=True)))
         if parts.frozen:
             frozen_after = provenance.model_digest(cpu_copy(dict(parts.frozen)))
