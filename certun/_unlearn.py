@@ -17,7 +17,9 @@ from typing import Any
 
 from certun.accountant import Schedule
 from certun.backends import After, Backend, Clipping, Noise, RunResult, Unlearned, get_backend
-from certun.certificates import issue, provenance, write_certificate
+
+# RunRecord: pdoc resolves the field annotations UnlearnResult inherits in this module
+from certun.certificates import RunRecord, issue, provenance, write_certificate  # noqa: F401
 from certun.errors import InvalidParameterError
 
 __all__ = ["UnlearnResult", "unlearn"]
