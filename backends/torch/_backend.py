@@ -82,81 +82,20 @@ class TorchBackend:
     ) -> RunResult:
         """Unlearn: run ``schedule``'s noisy phase on ``model`` with retain data only, then post-process.
 
-        Args:
-            model: the trained model. It is deep-copied unless ``inplace=True``. Models still carrying
-                Opacus hooks or old-style ``weight_norm``/``spectral_norm`` caches are refused; stale
-                ``.grad`` tensors and Opacus attributes are dropped from the model that is run.
-            data: the retain data ``D∖D_f``: a re-iterable of ``(inputs, targets)`` batches (a
-                ``DataLoader``). The noisy phase cycles through it for exactly ``schedule.T`` batches
-                (an endless stream is fine there); fine-tuning and ``buffers="recompute"`` need a
-                sized re-iterable (``len()``), one pass per epoch. Pass a loader with its own seeded
-                ``generator`` (or no shuffling) for runs that reproduce bit for bit.
-            schedule: from :func:`certun.plan`; the backend runs it and computes no privacy itself.
-            loss_fn: a loss accepting ``reduction="none"`` (``torch.nn.functional.cross_entropy``) or a
-                loss module; per-sample losses are averaged over the real batch size.
-            seed: ``None`` (default): the noise key is fresh from the OS's secure source (256 bits).
-                An integer (``0 <= seed < 2**63``) is for tests and audits only: it is not a secret
-                key, the certificate records it as a user seed and ``certun verify`` WARNs. Either
-                way the run key is derived from it and every run input (starting model, centre,
-                retain/forget identifiers, schedule, options, dtype), so a reused seed never repeats
-                noise across different runs; never reuse a seed all the same. The certificate holds
-                only a salted commitment; the opening goes back in ``result.seed_opening``. Passing a
-                previous run's ``seed_opening`` replays that run exactly (an audit, or scoring a run
-                privately): same secret, same inputs, same noise -- never release both.
-            params: which parameters are unlearned (names or parameter objects). Default: every
-                parameter with ``requires_grad``. If any parameter is left out (by ``params`` or by
-                ``requires_grad=False``) the run is refused unless ``frozen="public"`` says the left-out
-                ones are independent of D. The rest are frozen:
-                left bit-identical and recorded, and the user asserts they are independent of the
-                training data (docs/theory.md#definition). The unlearned vector ``x`` always follows the model's
-                ``named_parameters()`` order, whatever the order of ``params``.
-            center: the balls' centre (docs/theory.md#anchored-balls): a state dict, or a flat vector in
-                ``named_parameters()`` order of the unlearned parameters (the order of
-                ``result.record.unlearned_parameters``), independent of the training data (e.g.
-                public pretrained weights); default 0. A centre equal to the starting model, whole or in
-                any non-constant tensor, is refused (docs/theory.md#anchored-balls).
-            clip: ``"per_sample"`` (Opacus hooks), ``"ghost"`` (Opacus ghost clipping) or
-                ``"batch"`` (clip the minibatch-mean gradient); used where the variant clips.
-            finetune_epochs, finetune_lr: noiseless SGD on retain data after the noisy phase
-                (post-processing); for ``retrain`` these are the training epochs.
-            postprocess: ``"project_C0"`` (project back onto the C0 ball first; free, docs/theory.md#utility-limit) or
-                ``"none"``.
-            device: where to run; CUDA when available, else CPU.
-            progress: show tqdm bars for the noisy phase and the fine-tuning.
-            retain_ids, forget_ids: record identifiers for the certificate's Merkle roots; retain ids
-                default to the loader's dataset indices. Explicit retain ids must number the records
-                of the loader's dataset (or, for unsized data, the samples of one pass).
-            noise_mode: ``"fresh"``; ``"reuse_first_draw_UNSAFE"`` is an audit control only (adds one
-                draw at every step, warns, issues no certificate).
-            buffers: ``"reject"`` data-dependent buffers (default), ``"recompute"`` BatchNorm running
-                statistics from retain data (needs ``clip="batch"`` where gradients are clipped), or
-                ``"public"`` (the user asserts the model's non-norm buffers are independent of D).
-            frozen: ``"reject"`` (default) refuses any parameter that is not unlearned (left out of
-                ``params``, or with ``requires_grad=False`` when ``params`` is not given); ``"public"``
-                asserts they are independent of D (e.g. a public backbone) and leaves them frozen.
-            attributes: ``"reject"`` (default) refuses tensors and arrays a module keeps as plain
-                attributes (``self.mu = X.mean(0)``), which the run would neither unlearn nor record;
-                ``"public"`` asserts they are independent of D: digested, recorded, checked unchanged.
-            model_factory: for ``retrain``: builds a freshly initialised model of the same
-                architecture; default re-initialises with each module's ``reset_parameters()``,
-                refused if that leaves any unlearned parameter untouched.
-            callback: called as ``callback(step, x)`` after each noisy step with the flat float64
-                master iterate (a live view: copy it to keep it, never modify it). Intermediate iterates are not
-                covered by the guarantee: never publish them.
-            noise_source: testing hook: ``noise_source(k, d)`` returns the k-th standard-normal draw;
-                no certificate is issued.
-            inplace: modify ``model`` itself instead of a copy.
-            previous: the previous certificate of this model's ledger (dict or path). When the
-                model is the one it released, the
-                starting model is recorded as a plain digest (it is public) instead of a commitment.
+        ``model`` is deep-copied unless ``inplace=True``; ``data`` is a re-iterable of ``(inputs, targets)``
+        retain batches (a ``DataLoader``); ``loss_fn`` accepts ``reduction="none"``. ``seed=None`` (default)
+        keys the noise from the OS; an integer seed is for tests and audits only, and a previous run's
+        ``seed_opening`` replays that run (never certified). Every option, its default and why it exists:
+        docs/backends.md ("Options of the torch backend"); the modes are the enums of
+        :mod:`certun.backends`, accepted as members or strings.
 
         Returns:
-            A :class:`~certun.backends.RunResult`.
+            A :class:`~certun.backends.RunResult` (no certificate: :func:`certun.unlearn` issues it).
 
         Raises:
             InvalidParameterError: a bad option or schedule.
             UnsupportedModelError: the model cannot be unlearned soundly as asked (every problem listed).
-            UnlearningRunError: the run failed (empty data, NaN loss, wrong shapes); nothing is written.
+            UnlearningRunError: the run failed (empty data, NaN loss, wrong shapes).
         """
         opts = RunOptions.check(schedule, clip=clip, postprocess=postprocess, finetune_epochs=finetune_epochs,
                                 finetune_lr=finetune_lr, noise_mode=noise_mode, progress=progress,
