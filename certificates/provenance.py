@@ -1,15 +1,17 @@
-"""Provenance shared by backends and certificates: timestamps, versions, digests, identifiers, commitments.
+"""Provenance shared by backends and certificates: timestamps, versions, digests, identifiers, commitments,
+seeds and the noise key's context.
 
-The one place for the rules both sides apply to a run: backends describe their runs with it (and import
-nothing else from :mod:`certun.certificates` but the :class:`RunRecord` and :class:`ModelDigest` types),
-and :func:`certun.certificates.issue` uses the same functions, so the two sides cannot drift apart.
-Nothing here touches torch.
+The one place for the rules both sides apply to a run: backends describe their runs with it (and take
+nothing else from :mod:`certun.certificates` but the :class:`RunRecord` and :class:`ModelDigest` types,
+``canonical_bytes`` and the public noise checks), and :func:`certun.certificates.issue` uses the same
+functions, so the two sides cannot drift apart. Nothing here touches torch.
 Record identifiers default to dataset indices (``id_scheme="dataset-index"``): stable only as long as
 the dataset's order is, which docs/certificates.md spells out. The noise key's secret enters the certificate
 only as a salted commitment; its opening and the Merkle salt key go back to the caller. So does
 the model a first request starts from (:func:`starting_model`): it was trained on the forget set,
 and a plain digest of it would reveal membership. The noise key is derived from the run's secret and
-every run input (:mod:`certun.backends.run_key`), so a seed reused across requests never cancels noise.
+every run input (:func:`run_context`; the derivation itself, which needs the noise generator, is
+:mod:`certun.backends.run_key`), so a seed reused across requests never cancels noise.
 """
 
 from __future__ import annotations
@@ -27,7 +29,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from certun._validation import integer
-from certun.certificates._canonical import content_digest
+from certun.accountant import Schedule
+from certun.certificates._canonical import canonical_bytes, content_digest
 from certun.certificates._commitment import key_commitment as _key_commitment
 from certun.certificates._commitment import model_commitment
 from certun.certificates._digest import model_digest
@@ -37,6 +40,7 @@ from certun.certificates._record import ModelDigest
 from certun.errors import CertificateFormatError, InvalidParameterError, UnlearningRunError
 
 __all__ = [
+    "KEY_DERIVATION",
     "Identifiers",
     "StartingModel",
     "check_pass_count",
@@ -50,10 +54,15 @@ __all__ = [
     "now_utc",
     "released_root",
     "resolve_seed",
+    "run_context",
     "starting_model",
     "utc_timestamp",
     "versions",
 ]
+
+#: Name of the context encoding and per-step keying, recorded in the certificate
+#: (``execution.noise.key_derivation``). v2: each step's draw is also keyed by the retain batches read so far.
+KEY_DERIVATION = "certun.noise-key.v2"
 
 _TIMESTAMP = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?(Z|[+-]\d{2}:\d{2})")
 
@@ -347,6 +356,24 @@ def resolve_seed(seed: int | None) -> int:
     if seed is None:
         return secrets.randbits(63)
     return integer("seed", seed, "an integer in [0, 2**63) or None", low=0, high=2**63 - 1)
+
+
+def run_context(*, model_before: str, center: str | None, retain_fingerprint: bytes, forget_fingerprint: bytes,
+                schedule: Schedule, options: Mapping[str, Any], unlearned_parameters: tuple[str, ...] | list[str],
+                dtype: str, backend: str) -> bytes:
+    """Canonical bytes (RFC 8785) of every input of the run, the context the key is derived with."""
+    return canonical_bytes({
+        "derivation": KEY_DERIVATION,
+        "backend": backend,
+        "model_before": model_before,
+        "center": center,
+        "retain": retain_fingerprint.hex(),
+        "forget": forget_fingerprint.hex(),
+        "schedule": schedule.to_dict(),
+        "options": dict(options),
+        "unlearned_parameters": list(unlearned_parameters),
+        "dtype": dtype,
+    })
 
 
 def key_commitment(key: Any) -> tuple[dict[str, str], dict[str, Any]]:
