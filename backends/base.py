@@ -1,22 +1,21 @@
 """The backend interface: what every backend takes and what it hands back.
 
 A backend reads a :class:`~certun.accountant.Schedule` and runs exactly that noisy procedure on a
-model; it never computes privacy. It returns an :class:`UnlearnResult`: the model,
-the per-step history, the :class:`~certun.certificates.RunRecord` describing the run, and the
-certificate issued from schedule and record.
+model; it never computes privacy and never issues a certificate. It returns a :class:`RunResult`: the
+model, the per-step history, the :class:`~certun.certificates.RunRecord` describing the run and the
+private openings; :func:`certun.unlearn` issues the certificate from the schedule and that record.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 from certun.accountant import Schedule
 from certun.certificates import RunRecord
 
-__all__ = ["Backend", "UnlearnResult"]
+__all__ = ["Backend", "RunResult"]
 
 
 @runtime_checkable
@@ -24,27 +23,26 @@ class Backend(Protocol):
     """A way to run certified unlearning on some kind of model.
 
     ``name`` is the registry key. ``unlearn`` runs the schedule's noisy phase on ``model`` using only
-    the retain data ``data``, then the optional post-processing, and returns an
-    :class:`UnlearnResult`. Options beyond ``seed`` are backend-specific keywords; unknown keywords
-    must raise rather than be ignored.
+    the retain data ``data``, then the optional post-processing, and returns a
+    :class:`RunResult`. Options beyond ``seed`` and ``previous`` (the parsed previous certificate of the
+    model's ledger, or ``None``) are backend-specific keywords; unknown keywords must raise rather than
+    be ignored.
     """
 
     name: str
 
     def unlearn(self, model: Any, data: Any, schedule: Schedule, /, *, seed: int | None = None,
-                **opts: Any) -> UnlearnResult:
+                **opts: Any) -> RunResult:
         """Run the unlearning described by ``schedule``; see the backend's own docstring."""
         ...
 
 
 @dataclass(frozen=True, kw_only=True)
-class UnlearnResult:
-    """What a backend hands back after a run.
+class RunResult:
+    """What a backend hands back after a run (no certificate: :func:`certun.unlearn` issues it).
 
     Attributes:
         model: the unlearned model (a new object unless the backend was asked to work in place).
-        certificate: the issued certificate (a dict), or ``None`` when none may be issued
-            (``noise_mode="reuse_first_draw_UNSAFE"``, injected noise).
         history: per-step lists: ``step``, ``loss``, ``sigma``, ``gamma``, ``grad_norm`` (norm of the
             gradient term actually used, after clipping), ``dist`` (``‖x − c‖`` after the step),
             ``time_s`` (wall time since the noisy phase began); and ``ft_step``/``ft_loss`` for the
@@ -53,7 +51,7 @@ class UnlearnResult:
             (publishing pre-noise statistics voids the guarantee). **Private**: the losses and norms
             are functions of the intermediate iterates, which the guarantee does not cover (only the
             released model is certified); publishing the history weakens the guarantee.
-        record: the :class:`~certun.certificates.RunRecord` the certificate was issued from.
+        record: the :class:`~certun.certificates.RunRecord` the certificate is issued from.
         seed: the integer seed the caller gave (testing/audit only), or ``None`` when the noise key
             came fresh from the OS (the default). The run key is derived from the secret and every
             run input (docs/theory.md#floating-point-and-randomness), so the same seed never gives two
@@ -68,11 +66,9 @@ class UnlearnResult:
             that model in plain (a chained request starting from the previous released model).
         retain_tree / forget_tree: the salted Merkle trees over record identifiers, from which
             receipts are issued (``tree.receipt(i)``); they hold the private salt key.
-        certificate_path: where the certificate was written, if it was.
     """
 
     model: Any
-    certificate: dict[str, Any] | None
     # Private fields are left out of repr(): printing or logging a result must not leak the noise
     # secret, the seed, the salt keys or pre-release statistics (docs/theory.md#soundness-rules).
     history: Mapping[str, list[Any]] = field(repr=False)
@@ -81,6 +77,4 @@ class UnlearnResult:
     seed_opening: Mapping[str, Any] | None = field(default=None, repr=False)
     retain_tree: Any = field(default=None, repr=False)
     forget_tree: Any = field(default=None, repr=False)
-    certificate_path: Path | None = None
-    extra: Mapping[str, Any] = field(default_factory=dict)
     model_before_opening: Mapping[str, Any] | None = field(default=None, repr=False)

@@ -190,10 +190,28 @@ def _fill_pairs(w: np.ndarray, out: np.ndarray, ws: _Workspace) -> None:
     int64 -> float64 conversion is exact); signs and swaps are bit operations, hence exact.
     """
     m = w.shape[0]
-    wi = w.view(np.int64)
     i, j, o = ws.i[:m], ws.j[:m], ws.o[:m]
     r, t, s, c = ws.r[:m], ws.t[:m], ws.s[:m], ws.c[:m]
-    iu = i.view(np.uint64)
+    _radius(w, i, r, t)
+    _sin_cos(w, i, j, o, t, s, c)
+    np.multiply(r, c, out=out[:, 0])
+    np.multiply(r, s, out=out[:, 1])
+    # cos theta < 0 in octants 2..5, sin theta < 0 in octants 4..7: flip the sign bit.
+    oi = out.view(np.int64)
+    np.add(o, 2, out=j)
+    j >>= 2
+    j &= 1
+    j <<= 63
+    oi[:, 0] ^= j
+    np.right_shift(o, 2, out=j)
+    j &= 1
+    j <<= 63
+    oi[:, 1] ^= j
+
+
+def _radius(w: np.ndarray, i: np.ndarray, r: np.ndarray, t: np.ndarray) -> None:
+    """``r = sqrt(-2 ln u1)`` from words 0 and 1 (``i``, ``t`` are scratch)."""
+    wi, iu = w.view(np.int64), i.view(np.uint64)
     # u1 = (w0·2^64 + w1 + 1/2)·2^-128 as four exact terms, largest first: 2^-129 <= u1 <= 1.
     np.right_shift(w[:, 0], np.uint64(11), out=iu)
     np.multiply(i, 2.0**-53, out=r)
@@ -207,10 +225,15 @@ def _fill_pairs(w: np.ndarray, out: np.ndarray, ws: _Workspace) -> None:
     np.add(i, 0.5, out=t)
     t *= 2.0**-128
     r += t
-    # r = sqrt(-2 ln u1)
     np.log(r, out=r)
     r *= -2.0
     np.sqrt(r, out=r)
+
+
+def _sin_cos(w: np.ndarray, i: np.ndarray, j: np.ndarray, o: np.ndarray, t: np.ndarray, s: np.ndarray,
+             c: np.ndarray) -> None:
+    """``(s, c) = (sin, cos)`` of the angle in word 2 within its octant ``o``, swapped where the octant says."""
+    iu = i.view(np.uint64)
     # 53 angle bits: octant o (top 3), position f (low 50), mirrored in odd octants.
     np.right_shift(w[:, 2], np.uint64(11), out=iu)
     np.right_shift(i, 50, out=o)
@@ -243,19 +266,6 @@ def _fill_pairs(w: np.ndarray, out: np.ndarray, ws: _Workspace) -> None:
     ti &= j
     si ^= ti
     ci ^= ti
-    np.multiply(r, c, out=out[:, 0])
-    np.multiply(r, s, out=out[:, 1])
-    # cos theta < 0 in octants 2..5, sin theta < 0 in octants 4..7: flip the sign bit.
-    oi = out.view(np.int64)
-    np.add(o, 2, out=j)
-    j >>= 2
-    j &= 1
-    j <<= 63
-    oi[:, 0] ^= j
-    np.right_shift(o, 2, out=j)
-    j &= 1
-    j <<= 63
-    oi[:, 1] ^= j
 
 
 def pairs_from_words(words: np.ndarray) -> np.ndarray:

@@ -11,28 +11,18 @@ vector is ``[W.ravel(), b]``, named ``"weight"`` and ``"bias"`` as in ``torch.nn
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from certun.accountant import Mode, Schedule, Variant
-from certun.backends import certify
-from certun.backends.base import UnlearnResult
+from certun.accountant import Schedule, Variant
+from certun.backends import _skeleton as skeleton
+from certun.backends._options import RunOptions, clipping_for
+from certun.backends.base import RunResult
 from certun.backends.numpy_steps import SAFETY, add_noise, gc_step, mc_step, output_perturbation, project_ball
 from certun.backends.numpy_steps import clip as clip_vector
-from certun.backends.options import RunOptions, clipping_for, opening_secret, resolve_seed
-from certun.backends.run_key import (
-    RETAIN_PREFIX_START,
-    chain_batch,
-    check_tail,
-    draw_index,
-    noise_record,
-    run_context,
-    run_key,
-)
 from certun.errors import InvalidParameterError, UnlearningRunError
 
 __all__ = ["LOSSES", "LinearModel", "NumpyBackend", "batches"]
@@ -124,30 +114,6 @@ def batches(X: np.ndarray, y: np.ndarray, batch_size: int) -> list[tuple[np.ndar
     return [(X[i:i + batch_size], y[i:i + batch_size]) for i in range(0, len(X), batch_size)]
 
 
-def _cycle(data: Iterable[Any],
-           on_pass: Callable[[int], None] | None = None) -> Iterator[tuple[np.ndarray, np.ndarray, Any]]:
-    passes = 0
-    while True:
-        count = samples = 0
-        for batch in data:
-            if not (isinstance(batch, (list, tuple)) and len(batch) == 2):
-                raise UnlearningRunError("each retain batch must be an (X, y) pair")
-            X, y = batch
-            if len(X) == 0:
-                continue
-            count += 1
-            samples += len(X)
-            yield np.asarray(X, dtype=np.float64), np.asarray(y), (X, y)
-        if count == 0:
-            if passes:
-                raise UnlearningRunError(f"the retain data yielded no batch on pass {passes + 1}: a one-shot "
-                                         "iterator or generator was consumed; pass a re-iterable (a list of batches)")
-            raise UnlearningRunError("the retain data is empty: no batch with at least one sample")
-        passes += 1
-        if on_pass is not None:
-            on_pass(samples)
-
-
 def gradient(model: LinearModel, X: np.ndarray, y: np.ndarray, *, clip: str | None,
              C1: float | None) -> tuple[float, np.ndarray]:
     """Mean loss and the flat minibatch gradient; with ``clip="per_sample"`` each sample's gradient is clipped.
@@ -189,13 +155,12 @@ class NumpyBackend:
         progress: bool = False,
         retain_ids: Iterable[Any] | None = None,
         forget_ids: Iterable[Any] | None = None,
-        certificate_path: Any = None,
         noise_mode: str = "fresh",
         model_factory: Callable[[], LinearModel] | None = None,
         callback: Callable[[int, np.ndarray], None] | None = None,
         noise_source: Callable[[int, int], Any] | None = None,
         previous: Any = None,
-    ) -> UnlearnResult:
+    ) -> RunResult:
         """Unlearn ``model`` as ``schedule`` says; the options mean what they mean for the torch backend.
 
         ``data`` is a re-iterable of ``(X, y)`` numpy batches (see :func:`batches`). ``clip="ghost"`` is
@@ -205,189 +170,156 @@ class NumpyBackend:
         float64 generator of :mod:`certun.backends.noise` per step, keyed from a fresh OS key
         (``seed=None``) or a user seed (testing/audit only) and every run input
         (:mod:`certun.backends.run_key`). ``previous``: the previous certificate of this model's
-        ledger (dict or path); the new one is chained onto it.
+        ledger (dict or path); when the model is the one it released, the starting model is recorded in plain.
         """
         opts = RunOptions.check(schedule, clip=clip, postprocess=postprocess, finetune_epochs=finetune_epochs,
                                 finetune_lr=finetune_lr, noise_mode=noise_mode, progress=progress,
-                                certificate_path=certificate_path, callback=callback, noise_source=noise_source)
-        if clip == "ghost":
+                                callback=callback, noise_source=noise_source)
+        if opts.clip == "ghost":
             raise InvalidParameterError("clip", clip, "'per_sample' or 'batch' for the numpy backend")
         if not isinstance(model, LinearModel):
             raise InvalidParameterError("model", type(model).__name__, "a certun.backends.numpy_backend.LinearModel")
-        if isinstance(seed, Mapping):
-            opening_secret(seed)  # refuse a bad opening before any work
-            opts = opts.with_seed(seed)
-        elif seed is not None:
-            resolve_seed(seed)  # refuse a bad seed before any work
-        check_tail(schedule, model.d)
-        clipping = clipping_for(schedule, clip)
-        prev = certify.load_previous(previous)
-        started = certify.now_utc()
-        ids = certify.identifiers(data, retain_ids, forget_ids)
-        count_pass = certify.check_retain_count(ids, data)
-        on_pass = (lambda n: certify.check_pass_count(ids, n)) if count_pass else None
-        c = self._center(center, model)
-        before = certify.digest(model.named())
-        start_model = certify.starting_model(before, prev)
-        center_digest = None if c is None else certify.digest(model.with_flat(c).named())
-        key = run_key(seed, run_context(
-            model_before=before.root, center=None if center_digest is None else center_digest.root,
-            retain_fingerprint=ids.retain_fingerprint, forget_fingerprint=ids.forget_fingerprint, schedule=schedule,
-            options={"clip": clipping, "postprocess": opts.postprocess, "noise_mode": noise_mode, "loss": model.loss},
-            unlearned_parameters=PARAMETER_NAMES, dtype="float64", backend=self.name))
-        generator = key.generator()
-        history: dict[str, list[Any]] = {k: [] for k in ("step", "loss", "sigma", "gamma", "grad_norm", "dist",
-                                                         "time_s", "ft_step", "ft_loss")}
-        draws = iter(range(2**62))
-        first: list[np.ndarray] = []
+        hooks = _NumpyRun(model, data, schedule, opts, center=center, model_factory=model_factory)
+        return skeleton.run(hooks, data, schedule, opts, seed=seed, previous=previous, retain_ids=retain_ids,
+                            forget_ids=forget_ids)
 
-        def draw(d: int, step: int | None, retain_prefix: bytes = RETAIN_PREFIX_START) -> np.ndarray:
-            k = next(draws)
-            if noise_source is not None:
-                z = np.asarray(noise_source(k, d), dtype=np.float64)
-                if z.shape != (d,):
-                    raise UnlearningRunError(f"noise_source returned shape {z.shape}, expected ({d},)")
-                return z
-            if noise_mode != "fresh" and first:
-                return first[0]
-            source = generator if step is None else key.step_generator(retain_prefix)
-            z = np.asarray(source.normal(draw_index(schedule, step), d), dtype=np.float64)
-            if noise_mode != "fresh":
-                first.append(z)
-            return z
 
-        s = schedule
-        x = model.flat()
-        if s.variant is Variant.RETRAIN:
-            x = (model_factory().flat() if model_factory is not None else
-                 (c.copy() if c is not None else np.zeros_like(x)))
-            if x.shape != (model.d,):
+class _NumpyRun(skeleton.Hooks):
+    """The numpy backend's array operations on the run skeleton (:mod:`certun.backends._skeleton`)."""
+
+    name = "numpy"
+    packages = ("numpy",)
+
+    def __init__(self, model: LinearModel, data: Iterable[Any], schedule: Schedule, opts: RunOptions, *,
+                 center: Any, model_factory: Callable[[], LinearModel] | None) -> None:
+        self.model, self.data, self.s, self.opts = model, data, schedule, opts
+        self.center_arg, self.model_factory = center, model_factory
+        self.c: np.ndarray | None = None
+        self.clipping = clipping_for(schedule, opts.clip)
+        self.x: np.ndarray | None = None
+
+    def prepare(self) -> skeleton.Prepared:
+        model = self.model
+        self.c = _center(self.center_arg, model)
+        return skeleton.Prepared(
+            model=model, names=PARAMETER_NAMES, d=model.d, before=model.named(),
+            center=None if self.c is None else model.with_flat(self.c).named(), clipping=self.clipping,
+            key_options={"loss": model.loss}, dtype="float64", device="cpu")
+
+    def start(self) -> np.ndarray:
+        x = self.model.flat()
+        if self.s.variant is Variant.RETRAIN:
+            x = (self.model_factory().flat() if self.model_factory is not None else
+                 (self.c.copy() if self.c is not None else np.zeros_like(x)))
+            if x.shape != (self.model.d,):
                 raise InvalidParameterError("model_factory", "<model of another shape>", "the same architecture")
-        elif s.variant is Variant.OUTPUT_PERTURBATION:
-            x = output_perturbation(x, C0=s.C0, sigma0=s.sigma0, center=c, noise=draw(model.d, None))
+        return x
+
+    def normal(self, generator: Any, index: int, d: int) -> np.ndarray:
+        return np.asarray(generator.normal(index, d), dtype=np.float64)
+
+    def as_noise(self, z: Any, d: int) -> np.ndarray:
+        z = np.asarray(z, dtype=np.float64)
+        if z.shape != (d,):
+            raise UnlearningRunError(f"noise_source returned shape {z.shape}, expected ({d},)")
+        return z
+
+    def project(self, x: np.ndarray) -> np.ndarray:
+        return project_ball(x, self.s.C0, self.c)
+
+    def add_noise(self, x: np.ndarray, sigma: float, z: np.ndarray) -> np.ndarray:
+        return add_noise(x, sigma, noise=z)
+
+    def output_perturbation(self, x: np.ndarray, z: np.ndarray) -> np.ndarray:
+        return output_perturbation(x, C0=self.s.C0, sigma0=self.s.sigma0, center=self.c, noise=z)
+
+    def batches(self, on_pass: Callable[[int], None] | None) -> Iterator[tuple[Any, Any]]:
+        return skeleton.cycle(self.data, _pair, on_pass)
+
+    def noisy_step(self, x: np.ndarray, t: int, batch: Any,
+                   draw: Callable[[], Any]) -> tuple[np.ndarray, tuple[float, float, float]]:
+        s, c = self.s, self.c
+        loss, g = gradient(self.model.with_flat(x), *batch, clip=self.clipping, C1=s.C1)
+        if not np.isfinite(loss):
+            raise UnlearningRunError(f"non-finite loss at noisy step {t}; no certificate was issued")
+        gamma, sigma, z = s.gammas[t], s.sigmas[t], draw()
+        if s.variant is Variant.GRADIENT_CLIPPING:
+            used = clip_vector(g, s.C1)
+            x = add_noise(gc_step(x, g, gamma=gamma, lam=s.lam, C1=s.C1, center=c), sigma, noise=z)
         else:
-            x = project_ball(x, s.C0, c)
-            if s.variant is Variant.MODEL_CLIPPING and s.sigma0 is not None:
-                x = add_noise(x, s.sigma0, noise=draw(model.d, None))
-            stream = _cycle(data, on_pass=on_pass)
-            mode = (s.mode or Mode.NOISE_AFTER_PROJECTION).value
-            start = time.perf_counter()
-            running = RETAIN_PREFIX_START
-            for t in range(s.T):
-                X, y, raw = next(stream)
-                running = chain_batch(running, raw)  # the batch of step t keys draw t (as in the torch backend)
-                loss, g = gradient(model.with_flat(x), X, y, clip=clipping, C1=s.C1)
-                if not np.isfinite(loss):
-                    raise UnlearningRunError(f"non-finite loss at noisy step {t}; no certificate was issued")
-                gamma, sigma = s.gammas[t], s.sigmas[t]
-                z = draw(model.d, t, running)
-                if s.variant is Variant.GRADIENT_CLIPPING:
-                    used = clip_vector(g, s.C1)
-                    x = add_noise(gc_step(x, g, gamma=gamma, lam=s.lam, C1=s.C1, center=c), sigma, noise=z)
-                else:
-                    if mode == "noise_after_projection":
-                        used = g
-                    else:
-                        used = clip_vector(g + s.lam * (x if c is None else x - c), s.C1)
-                    x = mc_step(x, g, gamma=gamma, lam=s.lam, C2=s.C2, sigma=sigma, mode=mode, C1=s.C1,
-                                center=c, noise=z)
-                # before any noise (step 0 without sigma0) the loss and gradient identify the starting model
-                pre_noise = t == 0 and not (s.variant is Variant.MODEL_CLIPPING and s.sigma0 is not None)
-                history["step"].append(t)
-                history["loss"].append(None if pre_noise else loss)
-                history["sigma"].append(sigma)
-                history["gamma"].append(gamma)
-                history["grad_norm"].append(None if pre_noise else float(np.linalg.norm(used)))
-                history["dist"].append(float(np.linalg.norm(x if c is None else x - c)))
-                history["time_s"].append(time.perf_counter() - start)
-                if callback is not None:
-                    callback(t, x.copy())  # a copy: the callback can read the iterate, never change it
-        if s.variant is not Variant.RETRAIN and opts.postprocess == "project_C0":
-            x = project_ball(x, s.C0, c)
-        if not np.isfinite(x).all():
+            mode = skeleton.mc_mode(s)
+            used = g if mode == "noise_after_projection" else clip_vector(g + s.lam * (x if c is None else x - c), s.C1)
+            x = mc_step(x, g, gamma=gamma, lam=s.lam, C2=s.C2, sigma=sigma, mode=mode, C1=s.C1, center=c, noise=z)
+        return x, (loss, float(np.linalg.norm(used)), float(np.linalg.norm(x if c is None else x - c)))
+
+    def release(self, x: np.ndarray, *, project: bool) -> None:
+        self.x = project_ball(x, self.s.C0, self.c) if project else x
+        if not np.isfinite(self.x).all():
             raise UnlearningRunError("the unlearned parameters are not finite after the noisy phase")
-        steps = 0
-        for epoch in range(opts.finetune_epochs):
+
+    def finetune(self, history: dict[str, list[Any]], on_pass: Callable[[int], None] | None) -> int:
+        """Plain SGD on retain data, one pass per epoch (post-processing, docs/theory.md#definition)."""
+        steps, x = 0, self.x
+        for epoch in range(self.opts.finetune_epochs):
             count = samples = 0
-            for X, y in data:
+            for X, y in self.data:
                 if len(X) == 0:
                     continue
                 samples += len(X)
-                loss, g = gradient(model.with_flat(x), np.asarray(X, dtype=np.float64), np.asarray(y),
+                loss, g = gradient(self.model.with_flat(x), np.asarray(X, dtype=np.float64), np.asarray(y),
                                    clip=None, C1=None)
                 if not np.isfinite(loss):
                     raise UnlearningRunError(f"non-finite loss during fine-tuning epoch {epoch}")
-                x = x - opts.finetune_lr * g
+                x = x - self.opts.finetune_lr * g
                 history["ft_step"].append(steps)
                 history["ft_loss"].append(loss)
-                steps += 1
-                count += 1
+                steps, count = steps + 1, count + 1
             if count == 0:
                 raise UnlearningRunError("the retain data is empty: nothing to fine-tune on")
             if on_pass is not None:
                 on_pass(samples)
         if not np.isfinite(x).all():
             raise UnlearningRunError("the unlearned parameters are not finite after fine-tuning")
+        self.x = x
+        return steps
 
-        result_model = model.with_flat(x)
-        commitment, opening = certify.key_commitment(key)
-        record = certify.make_record(
-            backend=self.name,
-            clipping=clipping,
-            unlearned_parameters=PARAMETER_NAMES,
-            d=model.d,
-            noisy_steps=s.T,
-            model_before=start_model.plain,
-            model_before_commitment=start_model.commitment,
-            model_after=certify.digest(result_model.named()),
-            center=center_digest,
-            retain_root=ids.retain_root,
-            forget_root=ids.forget_root,
-            retain_count=None if ids.retain_tree is None else ids.retain_tree.size,
-            forget_count=None if ids.forget_tree is None else ids.forget_tree.size,
-            id_scheme=ids.id_scheme,
-            seed_commitment=commitment,
-            postprocess=opts.postprocess if s.variant is not Variant.RETRAIN else "none",
-            finetune={"epochs": opts.finetune_epochs, "lr": opts.finetune_lr, "steps": steps},
-            device="cpu",
-            dtype="float64",
-            started_at=started,
-            finished_at=certify.now_utc(),
-            versions=certify.versions("numpy"),
-            noise=noise_record(s, model.d, key),
-            extra={"noise_mode": opts.recorded_noise_mode, "loss": model.loss},
-        )
-        certificate, written = None, None
-        if opts.issues_certificate:
-            certificate, written = certify.issue_and_write(s, record, opts.certificate_path, previous=prev)
-        return UnlearnResult(model=result_model, certificate=certificate, history=history, record=record, seed=key.seed,
-                             seed_opening=opening, retain_tree=ids.retain_tree, forget_tree=ids.forget_tree,
-                             certificate_path=written, model_before_opening=start_model.opening)
+    def finish(self) -> skeleton.Finished:
+        released = self.model.with_flat(self.x)
+        return skeleton.Finished(model=released, after=released.named(), extra={"loss": self.model.loss})
 
-    @staticmethod
-    def _center(center: Any, model: LinearModel) -> np.ndarray | None:
-        if center is None:
-            return None
-        if isinstance(center, LinearModel):
-            c = center.flat()
-        elif isinstance(center, dict):
-            missing = [n for n in PARAMETER_NAMES if n not in center]
-            if missing:
-                raise InvalidParameterError("center", f"<mapping missing {missing}>", "a mapping with weight and bias")
-            c = LinearModel(center["weight"], center["bias"], model.loss).flat()
-        else:
-            c = np.asarray(center, dtype=np.float64)
-        if c.shape != (model.d,):
-            raise InvalidParameterError("center", f"<shape {c.shape}>", f"a flat vector of length d={model.d}")
-        if not np.isfinite(c).all():
-            raise InvalidParameterError("center", "<non-finite values>", "finite everywhere")
-        n = model.weight.size
-        same = [name for name, piece, start in (("weight", c[:n], model.weight.ravel()), ("bias", c[n:], model.bias))
-                if np.array_equal(piece, start) and not (start.size and np.all(start == start[0]))]
-        if same:
-            raise InvalidParameterError(
-                "center", f"<equal to the starting model in {same}>",
-                "independent of the training data (docs/theory.md#anchored-balls): the certificate publishes the "
-                "centre's digest, so the trained parameters as the centre would publish the model the run hides",
-                hint="use public pretrained weights, the initialisation drawn before training, or the origin")
-        return c
+
+def _pair(batch: Any) -> tuple[tuple[np.ndarray, np.ndarray], int]:
+    """One retain batch as float64 inputs and labels, with its size; refuses anything but an ``(X, y)`` pair."""
+    if not (isinstance(batch, (list, tuple)) and len(batch) == 2):
+        raise UnlearningRunError("each retain batch must be an (X, y) pair")
+    X, y = batch
+    return (np.asarray(X, dtype=np.float64), np.asarray(y)), len(X)
+
+
+def _center(center: Any, model: LinearModel) -> np.ndarray | None:
+    """The ``center`` option as a flat float64 vector (``None``: the origin); refuses one equal to the model."""
+    if center is None:
+        return None
+    if isinstance(center, LinearModel):
+        c = center.flat()
+    elif isinstance(center, dict):
+        missing = [n for n in PARAMETER_NAMES if n not in center]
+        if missing:
+            raise InvalidParameterError("center", f"<mapping missing {missing}>", "a mapping with weight and bias")
+        c = LinearModel(center["weight"], center["bias"], model.loss).flat()
+    else:
+        c = np.asarray(center, dtype=np.float64)
+    if c.shape != (model.d,):
+        raise InvalidParameterError("center", f"<shape {c.shape}>", f"a flat vector of length d={model.d}")
+    if not np.isfinite(c).all():
+        raise InvalidParameterError("center", "<non-finite values>", "finite everywhere")
+    n = model.weight.size
+    same = [name for name, piece, start in (("weight", c[:n], model.weight.ravel()), ("bias", c[n:], model.bias))
+            if np.array_equal(piece, start) and not (start.size and np.all(start == start[0]))]
+    if same:
+        raise InvalidParameterError(
+            "center", f"<equal to the starting model in {same}>",
+            "independent of the training data (docs/theory.md#anchored-balls): the certificate publishes the "
+            "centre's digest, so the trained parameters as the centre would publish the model the run hides",
+            hint="use public pretrained weights, the initialisation drawn before training, or the origin")
+    return c

@@ -1,6 +1,6 @@
 """The noisy step in numpy: the reference the torch backend is checked against.
 
-Same functions and meaning as :mod:`certun.backends.torch_steps`, written independently and kept
+Same functions and meaning as :mod:`certun.backends.torch._steps`, written independently and kept
 plain: every function is *functional* (returns a new array, never modifies its input), works on
 ``(d,)`` or ``(K, d)`` arrays along the last axis, and computes in the input's dtype (the numpy
 backend uses float64). Clipping and projection keep the same relative ``SAFETY`` margin so that the
@@ -26,7 +26,7 @@ __all__ = [
     "project_ball",
 ]
 
-#: Same margin as :data:`certun.backends.torch_steps.SAFETY`.
+#: Same margin as :data:`certun.backends.torch._steps.SAFETY`.
 SAFETY = 1e-5
 
 

@@ -19,7 +19,7 @@ __all__ = ["available_backends", "get_backend", "register_backend"]
 # name -> "module:attribute" of a zero-argument factory; loaded lazily by get_backend.
 _BUILTIN = {
     "numpy": "certun.backends.numpy_backend:NumpyBackend",
-    "torch": "certun.backends.torch_backend:TorchBackend",
+    "torch": "certun.backends.torch:TorchBackend",
 }
 _EXTRAS = {"torch": "pip install 'certun[torch]' (needs torch, opacus and tqdm)"}
 

@@ -32,17 +32,14 @@ from typing import Any
 
 from certun.accountant import Schedule, Variant
 from certun.backends import noise
-from certun.backends.options import opening_secret, resolve_seed
-from certun.certificates import canonical_bytes
+from certun.backends._options import opening_secret
 from certun.certificates.noise_check import TAIL_SLACK, noise_draws, sampler_pairs
+from certun.certificates.provenance import KEY_DERIVATION, resolve_seed, run_context
 from certun.errors import InvalidParameterError
 
 __all__ = ["KEY_DERIVATION", "RETAIN_PREFIX_START", "RunKey", "chain_batch", "check_tail", "draw_index",
            "loss_name", "noise_record", "run_context", "run_key"]
 
-#: Name of the context encoding and per-step keying, recorded in the certificate
-#: (``execution.noise.key_derivation``). v2: each step's draw is also keyed by the retain batches read so far.
-KEY_DERIVATION = "certun.noise-key.v2"
 _STEP_DOMAIN = b"certun.retain-prefix.v1\x00"
 #: The running retain hash before any batch.
 RETAIN_PREFIX_START = hashlib.sha256(_STEP_DOMAIN).digest()
@@ -131,24 +128,6 @@ def loss_name(loss_fn: Any) -> str:
     """The loss's qualified name (``torch.nn.functional.cross_entropy``; a loss module's class), for the key."""
     target = loss_fn if hasattr(loss_fn, "__qualname__") else type(loss_fn)
     return f"{getattr(target, '__module__', None)}.{getattr(target, '__qualname__', type(loss_fn).__name__)}"
-
-
-def run_context(*, model_before: str, center: str | None, retain_fingerprint: bytes, forget_fingerprint: bytes,
-                schedule: Schedule, options: Mapping[str, Any], unlearned_parameters: tuple[str, ...] | list[str],
-                dtype: str, backend: str) -> bytes:
-    """Canonical bytes (RFC 8785) of every input of the run, the context the key is derived with."""
-    return canonical_bytes({
-        "derivation": KEY_DERIVATION,
-        "backend": backend,
-        "model_before": model_before,
-        "center": center,
-        "retain": retain_fingerprint.hex(),
-        "forget": forget_fingerprint.hex(),
-        "schedule": schedule.to_dict(),
-        "options": dict(options),
-        "unlearned_parameters": list(unlearned_parameters),
-        "dtype": dtype,
-    })
 
 
 def run_key(seed: int | Mapping[str, Any] | None, context: bytes) -> RunKey:

@@ -46,7 +46,7 @@ _SEED_TAG = b"certun.sisa.seed.v1\x00"
 
 
 def _encode(record_id: Any) -> bytes:
-    from certun.certificates import encode_id
+    from certun.certificates.provenance import encode_id
 
     return encode_id(record_id)
 
@@ -342,6 +342,6 @@ def ensemble_digest(ensemble: nn.Module) -> ModelDigest:
 
 
 def _state_root(state: Mapping[str, torch.Tensor]) -> str:
-    from certun.certificates import model_digest
+    from certun.certificates.provenance import model_digest
 
     return model_digest({k: v.detach().cpu() for k, v in state.items()}).root

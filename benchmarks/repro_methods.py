@@ -1,7 +1,7 @@
 """The unlearning methods of the reproduction benchmark: schedules from the accountant, runs on the backend.
 
 Every certified run goes through ``certun.plan`` (exact calibration) and
-``certun.backends.get_backend("torch").unlearn``; the backend returns the noisy-phase output (already
+``certun.unlearn(..., backend="torch")``; it returns the noisy-phase output (already
 projected back onto the C0 ball unless ``postprocess="none"``) and a certificate. The noiseless
 fine-tuning is then done epoch by epoch by the benchmark itself (:mod:`repro_train`, the same plain SGD
 as the backend's ``finetune_epochs``) so that accuracy can be recorded after every epoch; it uses the
@@ -25,8 +25,8 @@ from torch import nn
 from torch.nn import functional as F  # noqa: N812 (the conventional name)
 from torch.utils.data import DataLoader
 
+import certun
 from certun.accountant import Guarantee, Schedule, Variant, guarantee, plan
-from certun.backends import get_backend
 
 __all__ = ["METHODS", "NoisyConfig", "authors_schedule", "make_schedule", "noise_summary", "run_noisy"]
 
@@ -175,9 +175,9 @@ def run_noisy(model: nn.Module, retain: DataLoader, cfg: NoisyConfig, *, seed: i
     schedule = make_schedule(cfg)
     backend_pp = "project_C0" if cfg.postprocess == "project_C0" else "none"
     t0 = time.perf_counter()
-    result = get_backend("torch").unlearn(model, retain, schedule, loss_fn=F.cross_entropy, center=center,
-                                          clip=cfg.clip, finetune_epochs=0, postprocess=backend_pp, seed=seed,
-                                          progress=False, device=device)
+    result = certun.unlearn(model, retain, schedule, backend="torch", loss_fn=F.cross_entropy, center=center,
+                            clip=cfg.clip, finetune_epochs=0, postprocess=backend_pp, seed=seed, progress=False,
+                            device=device)
     seconds = time.perf_counter() - t0
     out = result.model
     if cfg.postprocess == "rescale_layers":

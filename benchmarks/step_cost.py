@@ -29,8 +29,7 @@ import torch.nn.functional as F  # noqa: N812 (the conventional name)
 from torch import nn
 
 import certun
-from certun.backends import get_backend
-from certun.backends.options import UnsafeNoiseWarning
+from certun.backends import UnsafeNoiseWarning, get_backend
 
 # ------------------------------------------------------------------ models
 

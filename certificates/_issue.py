@@ -12,11 +12,8 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import os
-import platform
-import re
 import tempfile
 from collections.abc import Mapping
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -25,12 +22,13 @@ from certun.certificates._canonical import content_digest
 from certun.certificates._consistency import consistency_problems, raw_seed_paths
 from certun.certificates._digest import DIGEST_ALGORITHM
 from certun.certificates._merkle import TREE_SCHEMES
-from certun.certificates._parse import format_problem, json_value_problems, load_certificate
+from certun.certificates._parse import format_problem, json_value_problems
 from certun.certificates._recompute import decide_claim
 from certun.certificates._record import ModelDigest, RunRecord
 from certun.certificates._schema import CERTIFICATE_FORMAT, FORMAT_VERSION, schema_errors
 from certun.certificates._signing import KeySource, sign_document
 from certun.certificates.noise_check import noise_problems
+from certun.certificates.provenance import load_previous, released_root, utc_timestamp, versions
 from certun.errors import CertificateFormatError, InvalidParameterError
 
 __all__ = ["CLAIM_DEFINITION", "CONVERSIONS", "issue", "utc_timestamp", "write_certificate"]
@@ -46,34 +44,6 @@ CONVERSIONS = {
     Variant.OUTPUT_PERTURBATION: "analytic-gaussian-mechanism",
     Variant.RETRAIN: "exact-retraining",
 }
-
-_TIMESTAMP = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?(Z|[+-]\d{2}:\d{2})")
-
-
-def utc_timestamp(when: _dt.datetime | str | None = None) -> str:
-    """RFC 3339 UTC timestamp (``2025-01-31T12:00:00Z``) of ``when`` (default: now)."""
-    if when is None:
-        when = _dt.datetime.now(_dt.timezone.utc)
-    if isinstance(when, str):
-        if not _TIMESTAMP.fullmatch(when):
-            raise InvalidParameterError("created", when, "an RFC 3339 timestamp like 2025-01-31T12:00:00Z")
-        return when
-    if not isinstance(when, _dt.datetime):
-        raise InvalidParameterError("created", when, "a datetime, an RFC 3339 string or None")
-    if when.tzinfo is None:
-        raise InvalidParameterError("created", when, "a timezone-aware datetime")
-    return when.astimezone(_dt.timezone.utc).replace(microsecond=0).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def _versions() -> dict[str, str]:
-    out = {"python": platform.python_version()}
-    for dist in ("certun", "numpy", "scipy", "mpmath"):
-        try:
-            out[dist] = metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            out[dist] = "unknown"
-    return out
-
 
 def _model(digest: ModelDigest | None) -> dict[str, Any] | None:
     if digest is None:
@@ -94,18 +64,6 @@ def _shapes(record: RunRecord) -> dict[str, list[int]]:
         if digest is not None and set(record.unlearned_parameters) <= set(digest.shapes):
             return {n: [int(d) for d in digest.shapes[n]] for n in sorted(record.unlearned_parameters)}
     return {}
-
-
-def _load_previous(previous: Mapping[str, Any] | bytes | str | os.PathLike | None) -> Mapping[str, Any] | None:
-    if previous is None:
-        return None
-    prev = previous if isinstance(previous, Mapping) else load_certificate(previous)
-    digest = content_digest(prev)
-    if prev.get("content_digest") != digest:
-        raise CertificateFormatError(
-            f"previous certificate's content_digest {prev.get('content_digest')!r} does not match its content "
-            f"({digest}); refusing to chain onto a modified certificate")
-    return prev
 
 
 def _previous_link(prev: Mapping[str, Any] | None) -> dict[str, Any]:
@@ -129,8 +87,7 @@ def _model_before(record: RunRecord, prev: Mapping[str, Any] | None) -> dict[str
         return dict(commitment)
     if plain is None:
         return None
-    released = None if prev is None else (prev.get("artifacts") or {}).get("unlearned_model")
-    if released is None or released.get("root") != plain.root:
+    if released_root(prev) != plain.root:
         where = ("this is the first request: its starting model was trained on the forget set"
                  if prev is None else "it is not the model the previous certificate released")
         raise InvalidParameterError(
@@ -183,7 +140,7 @@ def issue(schedule: Schedule, record: RunRecord, *, previous: Mapping[str, Any] 
                                     "a target the recomputed guarantee meets", hint=decision.detail)
     rec = decision.recomputed
     issued_at = utc_timestamp(created)
-    prev = _load_previous(previous)
+    prev = load_previous(previous)
     model_before = _model_before(record, prev)
     after = record.model_after
     document: dict[str, Any] = {
@@ -206,7 +163,7 @@ def issue(schedule: Schedule, record: RunRecord, *, previous: Mapping[str, Any] 
             "log_delta": rec.log_delta,
             "eps_renyi": rec.eps_renyi,
             "alpha": rec.alpha,
-            "versions": _versions(),
+            "versions": versions("numpy", "scipy", "mpmath", missing="unknown"),
         },
         "execution": {
             "backend": record.backend,

@@ -1,11 +1,12 @@
 """certun: certified machine unlearning for neural networks.
 
 ``plan`` derives the noise σ and the number of noisy steps T for an (ε, δ) target, ``guarantee``
-recomputes (ε, δ) from any schedule, ``get_backend`` runs the unlearning, and ``verify`` (the
-function, or ``certun verify`` on the command line) checks the certificate. How the parts fit:
+recomputes (ε, δ) from any schedule, ``unlearn`` runs a backend and issues the certificate, and ``verify``
+(the function, or ``certun verify`` on the command line) checks the certificate. How the parts fit:
 docs/architecture.md. Source of every formula: docs/theory.md (docs/accountant.md).
 """
 
+from certun._unlearn import UnlearnResult, unlearn
 from certun.accountant import Guarantee, Method, Mode, Schedule, Variant, guarantee, plan
 from certun.certificates import verify
 from certun.errors import (
@@ -35,6 +36,8 @@ __all__ = [
     "plan",
     "guarantee",
     "get_backend",
+    "unlearn",
+    "UnlearnResult",
     "verify",
     "Schedule",
     "Guarantee",

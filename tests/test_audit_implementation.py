@@ -17,7 +17,7 @@ from noise_fixtures import TorchSeeded
 
 from certun.audit import implementation as impl
 from certun.backends.noise import NoiseGenerator, seed_secret
-from certun.backends.torch_steps import clip, project_ball
+from certun.backends.torch._steps import clip, project_ball
 from certun.cli import main
 
 torch.set_num_threads(1)

@@ -16,9 +16,8 @@ import torch.nn.functional as F  # noqa: N812 (the conventional name)
 from torch import nn
 
 import certun
-from certun.backends import get_backend
+from certun.backends import UnsafeNoiseWarning, get_backend
 from certun.backends.numpy_backend import LinearModel, batches
-from certun.backends.options import UnsafeNoiseWarning
 
 torch.set_num_threads(1)
 

@@ -10,7 +10,8 @@ from torch import nn
 from torch.utils.data import DataLoader, Subset, TensorDataset
 
 import certun
-from certun.backends import certify, get_backend
+from certun.backends import get_backend
+from certun.certificates import provenance as certify
 from certun.errors import InvalidParameterError
 
 ORIGINAL = TensorDataset(torch.randn(10, 4, dtype=torch.float64), torch.randint(0, 3, (10,)))
@@ -89,11 +90,11 @@ def test_torch_backend_refuses_before_running():
 
 def test_run_options_take_numpy_scalars():
     """``finetune_lr=np.float32(0.05)`` and ``finetune_epochs=np.int64(1)`` are numbers like Python's."""
-    from certun.backends.options import RunOptions
+    from certun.backends._options import RunOptions
 
     schedule = certun.plan(1.0, 1e-5, C0=10.0, C1=1.0, gamma=1.0, T=2)
     common = dict(clip="per_sample", postprocess="project_C0", noise_mode="fresh", progress=False,
-                  certificate_path=None, callback=None, noise_source=None)
+                  callback=None, noise_source=None)
     opts = RunOptions.check(schedule, finetune_epochs=np.int64(1), finetune_lr=np.float32(0.5), **common)
     assert (opts.finetune_epochs, opts.finetune_lr) == (1, 0.5) and type(opts.finetune_epochs) is int
     for kwargs in (dict(finetune_epochs=1.0, finetune_lr=0.5), dict(finetune_epochs=1, finetune_lr=np.nan),

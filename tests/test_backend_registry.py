@@ -7,7 +7,8 @@ import sys
 
 import pytest
 
-from certun.backends import Backend, UnlearnResult, available_backends, get_backend, register_backend, registry
+import certun
+from certun.backends import Backend, RunResult, available_backends, get_backend, register_backend, registry
 from certun.errors import InvalidParameterError
 
 
@@ -81,12 +82,22 @@ def test_importing_backends_does_not_import_torch():
 
 
 def test_unlearn_result_is_frozen():
-    """UnlearnResult cannot be mutated after the run."""
+    """RunResult and certun.UnlearnResult cannot be mutated after the run."""
     import dataclasses
 
     from certun.certificates import RunRecord
 
     record = RunRecord(backend="x", clipping=None, unlearned_parameters=("w",), d=1, noisy_steps=0)
-    result = UnlearnResult(model=None, certificate=None, history={}, record=record, seed=1)
-    with pytest.raises(dataclasses.FrozenInstanceError):
-        result.seed = 2
+    for result in (RunResult(model=None, history={}, record=record, seed=1),
+                   certun.UnlearnResult(model=None, certificate=None, history={}, record=record, seed=1)):
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            result.seed = 2
+
+
+def test_the_public_names_of_the_torch_backend_are_pinned():
+    pytest.importorskip("torch")
+    import certun.backends.torch
+
+    assert sorted(certun.backends.torch.__all__) == sorted([
+        "SAFETY", "TorchBackend", "add_noise", "clip", "gc_step", "mc_step", "output_perturbation", "project_ball",
+        "resolve_device"])

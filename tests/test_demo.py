@@ -41,7 +41,7 @@ def test_build_model_is_seeded_and_leaves_the_global_rng_alone(name):
 @pytest.mark.parametrize("name", ["mlp", "cnn"])
 def test_models_have_no_batchnorm_buffers_or_inplace_ops(name):
     """Both models pass the torch backend's model check for per-sample clipping (no BatchNorm, no in-place)."""
-    from certun.backends.torch_model import check_model, select_parameters
+    from certun.backends.torch._model import check_model, select_parameters
 
     model = build_model(name, (1, 28, 28), 10, seed=0)
     assert not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())

@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from certun.backends import torch_steps as ts
+from certun.backends.torch import _steps as ts
 
 
 def _norm64(x: torch.Tensor, c: torch.Tensor | None = None) -> float:

@@ -18,8 +18,7 @@ from torch import nn
 
 import certun
 from certun.accountant import Guarantee, Schedule, Variant
-from certun.backends import get_backend
-from certun.backends.options import UnsafeNoiseWarning
+from certun.backends import UnsafeNoiseWarning, get_backend
 from certun.certificates import Status, open_seed_commitment, verify
 from certun.errors import InvalidParameterError
 
@@ -54,7 +53,8 @@ def _gc(T=3, **kw):
 
 def _increment(d, *, seed, center=None, clip="batch", start=0.1):
     """The noise a torch run added (zero gradient, λ = 0, start inside the ball): released − start."""
-    r = TORCH.unlearn(_linear(d, start, torch.float64), _data(d, torch.float64), _gc(), loss_fn=_zero_loss,
+    r = certun.unlearn(_linear(d, start, torch.float64), _data(d, torch.float64), _gc(), backend=TORCH,
+                       loss_fn=_zero_loss,
                       seed=seed, center=center, clip=clip, postprocess="none", progress=False, retain_ids=[0])
     return r.model.weight.detach().reshape(-1) - start
 
@@ -100,7 +100,8 @@ def test_noise_is_never_drawn_from_torch_generators(monkeypatch):
 def test_os_keys_are_fresh_per_run_and_recorded():
     """seed=None: a fresh ≥128-bit OS key per run; the certificate records generator, sampler and origin."""
     d = 32
-    runs = [TORCH.unlearn(_linear(d, 0.1, torch.float64), _data(d, torch.float64), _gc(), loss_fn=_zero_loss,
+    runs = [certun.unlearn(_linear(d, 0.1, torch.float64), _data(d, torch.float64), _gc(), backend=TORCH,
+                           loss_fn=_zero_loss,
                           postprocess="none", progress=False, retain_ids=[0]) for _ in range(2)]
     a, b = (r.model.weight.detach() for r in runs)
     assert not torch.equal(a, b)
@@ -116,7 +117,7 @@ def test_user_seed_key_warns_in_verify():
     X = np.random.default_rng(0).normal(size=(12, 3))
     y = (X[:, 0] > 0).astype(int)
     model = certun.backends.numpy_backend.LinearModel(np.zeros((2, 3)), np.zeros(2))
-    r = NUMPY.unlearn(model, certun.backends.numpy_backend.batches(X, y, 4), _gc(), seed=3)
+    r = certun.unlearn(model, certun.backends.numpy_backend.batches(X, y, 4), _gc(), backend=NUMPY, seed=3)
     report = verify(r.certificate)
     assert report["noise"].status is Status.WARN and "user seed" in report["noise"].detail
     assert report.ok and r.seed == 3 and r.seed_opening["seed"] == 3
@@ -132,7 +133,8 @@ def _box_muller_pairs(z: torch.Tensor) -> torch.Tensor:
 def _op_release(d: int, seed: int) -> tuple[torch.Tensor, float]:
     """(y − Π(b))/σ0 of an output-perturbation release with postprocess='none' from b = 0 (so Π(b) = 0)."""
     s = certun.plan(1.0, 1e-5, C0=1.0, variant="output_perturbation")
-    r = TORCH.unlearn(_linear(d), _data(d), s, loss_fn=_zero_loss, seed=seed, postprocess="none", progress=False,
+    r = certun.unlearn(_linear(d), _data(d), s, backend=TORCH, loss_fn=_zero_loss, seed=seed, postprocess="none",
+                       progress=False,
                       retain_ids=[0], device="cpu")
     return r.model.weight.detach().reshape(-1) / s.sigma0, s.sigma0
 
@@ -175,7 +177,8 @@ def test_noise_below_one_float32_rounding_still_accumulates():
     noise = torch.randn(T, d, generator=g, dtype=torch.float64).clamp(-9.0, 9.0)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UnsafeNoiseWarning)
-        r = TORCH.unlearn(_linear(d, start), _data(d), s, loss_fn=_zero_loss, clip="batch", postprocess="none",
+        r = certun.unlearn(_linear(d, start), _data(d), s, backend=TORCH, loss_fn=_zero_loss, clip="batch",
+                           postprocess="none",
                           progress=False, noise_source=lambda k, n: noise[k])
     released = r.model.weight.detach().reshape(-1)
     expected = (start + 0.05 * ulp * noise.sum(dim=0)).to(torch.float32)  # one rounding, at the end
@@ -199,7 +202,8 @@ def test_history_holds_nothing_from_before_the_first_noise(backend):
             warnings.simplefilter("ignore", UnsafeNoiseWarning)
             if backend == "numpy":
                 model = certun.backends.numpy_backend.LinearModel(np.full((1, d), start), np.zeros(1), "logistic")
-                r = NUMPY.unlearn(model, certun.backends.numpy_backend.batches(X, y, 4), s, clip="batch",
+                r = certun.unlearn(model, certun.backends.numpy_backend.batches(X, y, 4), s, backend=NUMPY,
+                                   clip="batch",
                                   noise_source=lambda k, n: noise[k][:n])
             else:
                 model = nn.Linear(d, 1).double()
@@ -212,7 +216,7 @@ def test_history_holds_nothing_from_before_the_first_noise(backend):
                 def bce(out, t, reduction="mean"):
                     return nn.functional.binary_cross_entropy_with_logits(out, t, reduction=reduction)
 
-                r = TORCH.unlearn(model, data, s, loss_fn=bce, clip="batch", progress=False,
+                r = certun.unlearn(model, data, s, backend=TORCH, loss_fn=bce, clip="batch", progress=False,
                                   noise_source=lambda k, n: noise[k][:n])
         histories.append(r.history)
     a, b = histories
@@ -229,7 +233,7 @@ def test_backend_refuses_a_run_whose_sampler_residual_exceeds_the_delta_slack(tm
     before = model.weight.detach().clone()
     path = tmp_path / "c.json"
     with pytest.raises(InvalidParameterError, match=r"tail residual|Box-Muller"):
-        TORCH.unlearn(model, _data(64), s, loss_fn=_zero_loss, progress=False, certificate_path=path)
+        certun.unlearn(model, _data(64), s, backend=TORCH, loss_fn=_zero_loss, progress=False, certificate_path=path)
     assert torch.equal(model.weight, before) and not path.exists()
 
 

@@ -12,10 +12,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import certun
-from certun.backends import get_backend
+from certun.backends import UnsafeNoiseWarning, get_backend
 from certun.backends import numpy_steps as ns
 from certun.backends.numpy_backend import LinearModel, batches, gradient
-from certun.backends.options import UnsafeNoiseWarning
 from certun.certificates import open_seed_commitment, verify
 from certun.errors import InvalidParameterError, UnlearningRunError
 
@@ -101,7 +100,7 @@ def test_run_issues_a_verifiable_certificate_without_the_seed():
     """A numpy run returns a certificate that verifies, holds only a seed commitment, and opens with it."""
     model, data = _data()
     seed = 987654321123
-    result = get_backend("numpy").unlearn(model, data, _gc(), seed=seed, forget_ids=["a", "b"],
+    result = certun.unlearn(model, data, _gc(), backend="numpy", seed=seed, forget_ids=["a", "b"],
                                           retain_ids=range(48))
     report = verify(result.certificate, model=result.model.named())
     assert report.ok, [c for c in report.checks if c.status.value == "FAIL"]
@@ -115,9 +114,9 @@ def test_same_seed_reproduces_and_other_seed_differs():
     """Runs with one seed are bit-identical; another seed gives other noise."""
     model, data = _data()
     s = _gc()
-    a = get_backend("numpy").unlearn(model, data, s, seed=5)
-    b = get_backend("numpy").unlearn(model, data, s, seed=5)
-    c = get_backend("numpy").unlearn(model, data, s, seed=6)
+    a = certun.unlearn(model, data, s, backend="numpy", seed=5)
+    b = certun.unlearn(model, data, s, backend="numpy", seed=5)
+    c = certun.unlearn(model, data, s, backend="numpy", seed=6)
     assert np.array_equal(a.model.flat(), b.model.flat())
     assert not np.array_equal(a.model.flat(), c.model.flat())
 
@@ -131,11 +130,12 @@ def test_starting_model_is_committed_and_a_reused_seed_repeats_no_noise():
     model = LinearModel(rng.normal(size=(3, 4)), rng.normal(size=3))
     data = batches(rng.normal(size=(8, 4)), np.zeros(8, dtype=int), 8)
     s = certun.plan(1.0, 1e-5, C0=1e6, C1=1.0, gamma=1e-9, T=1)
-    first = get_backend("numpy").unlearn(model, data, s, seed=5, postprocess="none")
+    first = certun.unlearn(model, data, s, backend="numpy", seed=5, postprocess="none")
     before = first.certificate["artifacts"]["model_before"]
     assert "root" not in before and open_model_commitment(before, first.model_before_opening)
     assert first.model_before_opening["root"] == model_digest(model.named()).root
-    second = get_backend("numpy").unlearn(first.model, data, s, seed=5, postprocess="none", previous=first.certificate)
+    second = certun.unlearn(first.model, data, s, backend="numpy", seed=5, postprocess="none",
+                            previous=first.certificate)
     released = first.certificate["artifacts"]["unlearned_model"]["root"]
     assert second.certificate["artifacts"]["model_before"]["root"] == released
     n1, n2 = first.model.flat() - model.flat(), second.model.flat() - first.model.flat()
@@ -145,8 +145,8 @@ def test_starting_model_is_committed_and_a_reused_seed_repeats_no_noise():
 def test_no_seed_draws_a_fresh_os_key():
     """Without a seed the key comes from the OS, fresh per run: no seed is returned, the openings differ."""
     model, data = _data()
-    r1 = get_backend("numpy").unlearn(model, data, _gc(T=1))
-    r2 = get_backend("numpy").unlearn(model, data, _gc(T=1))
+    r1 = certun.unlearn(model, data, _gc(T=1), backend="numpy")
+    r2 = certun.unlearn(model, data, _gc(T=1), backend="numpy")
     assert r1.seed is None and r1.seed_opening["origin"] == "os"
     assert r1.seed_opening["secret"] != r2.seed_opening["secret"]
     assert r1.record.noise["key_origin"] == "os" and r1.record.noise["key_bits"] >= 128
@@ -157,8 +157,8 @@ def test_postprocess_projects_back_into_C0_ball():
     model, data = _data()
     s = _gc()
     c = np.full(model.d, 0.25)
-    inside = get_backend("numpy").unlearn(model, data, s, seed=1, center=c)
-    outside = get_backend("numpy").unlearn(model, data, s, seed=1, center=c, postprocess="none")
+    inside = certun.unlearn(model, data, s, backend="numpy", seed=1, center=c)
+    outside = certun.unlearn(model, data, s, backend="numpy", seed=1, center=c, postprocess="none")
     assert np.linalg.norm(inside.model.flat() - c) <= s.C0
     assert np.linalg.norm(outside.model.flat() - c) > s.C0
 
@@ -168,7 +168,7 @@ def test_output_perturbation_noise_has_planned_scale():
     rng = np.random.default_rng(0)
     model = LinearModel(rng.normal(size=(50, 100)), rng.normal(size=50))
     s = certun.plan(1.0, 1e-5, C0=1.0, variant="output_perturbation")
-    r = get_backend("numpy").unlearn(model, [(np.zeros((1, 100)), np.zeros(1, int))], s, seed=3,
+    r = certun.unlearn(model, [(np.zeros((1, 100)), np.zeros(1, int))], s, backend="numpy", seed=3,
                                      postprocess="none")
     dev = r.model.flat() - ns.project_ball(model.flat(), 1.0)
     d = dev.size
@@ -180,14 +180,14 @@ def test_retrain_starts_from_zero_or_center_and_claims_exactness():
     model, data = _data()
     s = certun.Schedule(variant="retrain", T=0, target=certun.Guarantee(0.0, 0.0),
                         achieved=certun.Guarantee(0.0, 0.0))
-    r = get_backend("numpy").unlearn(model, data, s, finetune_epochs=1, finetune_lr=0.1)
+    r = certun.unlearn(model, data, s, backend="numpy", finetune_epochs=1, finetune_lr=0.1)
     manual = np.zeros(model.d)
     for X, y in data:
         manual = manual - 0.1 * gradient(model.with_flat(manual), X, y, clip=None, C1=None)[1]
     np.testing.assert_allclose(r.model.flat(), manual, rtol=1e-12, atol=1e-15)
     assert r.certificate["claim"]["eps"] == 0.0 and r.certificate["claim"]["delta"] == 0.0
     with pytest.raises(InvalidParameterError, match="finetune_epochs"):
-        get_backend("numpy").unlearn(model, data, s)
+        certun.unlearn(model, data, s, backend="numpy")
 
 
 def _recovered_noise(model, data, s, iterates):
@@ -210,7 +210,7 @@ def test_unsafe_noise_mode_warns_reuses_one_draw_and_issues_no_certificate():
         iterates: list[np.ndarray] = []
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            r = get_backend("numpy").unlearn(model, data, s, seed=1, noise_mode=mode,
+            r = certun.unlearn(model, data, s, backend="numpy", seed=1, noise_mode=mode,
                                              callback=lambda t, x, acc=iterates: acc.append(x.copy()))
         z = _recovered_noise(model, data, s, iterates)
         same = all(np.allclose(z[0], zt, atol=1e-9) for zt in z[1:])
@@ -227,24 +227,24 @@ def test_bad_inputs_raise_clear_errors(tmp_path):
     path = tmp_path / "c.json"
     backend = get_backend("numpy")
     with pytest.raises(UnlearningRunError, match="empty"):
-        backend.unlearn(model, [], s, certificate_path=path)
+        certun.unlearn(model, [], s, backend=backend, certificate_path=path)
     with pytest.raises(UnlearningRunError, match="inputs of shape"):
-        backend.unlearn(model, [(np.zeros((4, 9)), np.zeros(4, int))], s, certificate_path=path)
+        certun.unlearn(model, [(np.zeros((4, 9)), np.zeros(4, int))], s, backend=backend, certificate_path=path)
     nan_data = [(np.full((4, 4), np.nan), np.zeros(4, int))]
     with pytest.raises(UnlearningRunError, match="non-finite"):
-        backend.unlearn(model, nan_data, s, certificate_path=path)
+        certun.unlearn(model, nan_data, s, backend=backend, certificate_path=path)
     assert not path.exists()
     for kwargs, name in [({"clip": "ghost"}, "clip"), ({"clip": "sample"}, "clip"), ({"seed": -1}, "seed"),
                          ({"finetune_lr": 0.0}, "finetune_lr"), ({"postprocess": "project"}, "postprocess"),
                          ({"center": np.zeros(3)}, "center")]:
         with pytest.raises(InvalidParameterError, match=name):
-            backend.unlearn(model, data, s, **kwargs)
+            certun.unlearn(model, data, s, backend=backend, **kwargs)
     with pytest.raises(InvalidParameterError, match="schedule"):
-        backend.unlearn(model, data, s.to_dict())
+        certun.unlearn(model, data, s.to_dict(), backend=backend)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UnsafeNoiseWarning)
         with pytest.raises(InvalidParameterError, match="certificate_path"):
-            backend.unlearn(model, data, s, noise_mode="reuse_first_draw_UNSAFE", certificate_path=path)
+            certun.unlearn(model, data, s, backend=backend, noise_mode="reuse_first_draw_UNSAFE", certificate_path=path)
 
 
 def test_certificate_written_atomically_and_matches(tmp_path):
@@ -253,7 +253,7 @@ def test_certificate_written_atomically_and_matches(tmp_path):
 
     model, data = _data()
     path = tmp_path / "cert.json"
-    r = get_backend("numpy").unlearn(model, data, _gc(), seed=2, certificate_path=path)
+    r = certun.unlearn(model, data, _gc(), backend="numpy", seed=2, certificate_path=path)
     assert r.certificate_path == path
     assert load_certificate(path) == r.certificate
     assert [p.name for p in tmp_path.iterdir()] == ["cert.json"]
@@ -265,5 +265,5 @@ def test_varying_schedule_uses_each_steps_sigma_and_gamma():
     s = _gc(T=3)
     s = dataclasses.replace(s, sigmas=(1.0, 2.0, 3.0), gammas=(0.01, 0.02, 0.03))
     s = dataclasses.replace(s, achieved=certun.guarantee(s), target=certun.guarantee(s))
-    r = get_backend("numpy").unlearn(model, data, s, seed=0)
+    r = certun.unlearn(model, data, s, backend="numpy", seed=0)
     assert r.history["sigma"] == [1.0, 2.0, 3.0] and r.history["gamma"] == [0.01, 0.02, 0.03]

@@ -20,7 +20,8 @@ ROOT = Path(__file__).resolve().parents[1]
 CERTUN_ALL = {
     "__version__", "plan", "guarantee", "get_backend", "verify", "Schedule", "Guarantee", "Variant", "Mode",
     "Method", "CertunError", "InvalidParameterError", "InfeasibleError", "SolverError", "NumericalError",
-    "UnsupportedModelError", "CertificateFormatError", "DatasetFormatError", "UnlearningRunError",
+    "UnsupportedModelError", "CertificateFormatError", "DatasetFormatError", "UnlearningRunError", "unlearn",
+    "UnlearnResult",
 }
 CERTIFICATES_ALL = {
     "FORMAT_VERSION", "SUPPORTED_FORMAT_VERSIONS", "CheckResult", "MerkleReceipt", "MerkleTree", "ModelDigest",
@@ -30,7 +31,11 @@ CERTIFICATES_ALL = {
     "printable", "public_key_multibase", "read_bytes", "seed_commitment", "signing_key_multibase", "strict_loads",
     "tensor_digest", "verify", "verify_receipt", "write_certificate",
 }
-BACKENDS_ALL = {"Backend", "UnlearnResult", "available_backends", "get_backend", "register_backend"}
+BACKENDS_ALL = {
+    "After", "AttributesMode", "Backend", "BufferMode", "ClipMode", "Clipping", "FrozenMode", "Noise", "NoiseMode",
+    "Postprocess", "RunResult", "Unlearned", "UnsafeNoiseWarning", "available_backends", "get_backend",
+    "register_backend",
+}
 
 #: Library folders -> the dotted part their modules belong to (certun/ splits into sub-parts).
 PART_FOLDERS = {

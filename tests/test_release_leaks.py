@@ -13,7 +13,6 @@ import torch.nn.functional as F  # noqa: N812
 from torch import nn
 
 import certun
-from certun.backends import get_backend
 from certun.backends.numpy_backend import LinearModel, batches
 from certun.certificates import issue
 from certun.errors import InvalidParameterError, UnlearningRunError
@@ -30,7 +29,7 @@ def _torch_run(**kw):
     schedule = certun.plan(1.0, 1e-5, C0=1.0, C1=1.0, lam=0.0, gamma=0.1, T=3)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return get_backend("torch").unlearn(model, data, schedule, loss_fn=F.cross_entropy, clip="batch",
+        return certun.unlearn(model, data, schedule, backend="torch", loss_fn=F.cross_entropy, clip="batch",
                                             progress=False, **kw), schedule, model, data
 
 
@@ -49,7 +48,7 @@ def test_the_numpy_backend_records_injected_noise_too():
     schedule = certun.plan(1.0, 1e-5, C0=1.0, C1=1.0, lam=0.0, gamma=0.1, T=2)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        result = get_backend("numpy").unlearn(model, batches(x, y, 4), schedule, progress=False,
+        result = certun.unlearn(model, batches(x, y, 4), schedule, backend="numpy", progress=False,
                                               noise_source=lambda k, d: np.zeros(d))
     with pytest.raises(InvalidParameterError, match="noise_mode"):
         issue(schedule, result.record)
@@ -67,7 +66,7 @@ def test_the_opening_replays_the_run_exactly_and_nothing_else_does():
     settings enter the key) a second certified release would cancel the first one's noise."""
     first, schedule, model, data = _torch_run()
     assert first.record.noise["key_origin"] == "os"
-    replay = get_backend("torch").unlearn(model, data, schedule, loss_fn=F.cross_entropy, clip="batch",
+    replay = certun.unlearn(model, data, schedule, backend="torch", loss_fn=F.cross_entropy, clip="batch",
                                           progress=False, seed=first.seed_opening)
     for a, b in zip(first.model.parameters(), replay.model.parameters(), strict=True):
         assert torch.equal(a, b)
@@ -75,17 +74,17 @@ def test_the_opening_replays_the_run_exactly_and_nothing_else_does():
     with pytest.raises(InvalidParameterError, match="noise_mode"):
         issue(schedule, replay.record)
     made_up = {"secret": "00" * 32, "origin": "os", "salt": "00" * 32}
-    forged = get_backend("torch").unlearn(model, data, schedule, loss_fn=F.cross_entropy, clip="batch",
+    forged = certun.unlearn(model, data, schedule, backend="torch", loss_fn=F.cross_entropy, clip="batch",
                                           progress=False, seed=made_up)
     assert forged.certificate is None
     with pytest.raises(InvalidParameterError, match="certificate_path"):
-        get_backend("torch").unlearn(model, data, schedule, loss_fn=F.cross_entropy, progress=False,
+        certun.unlearn(model, data, schedule, backend="torch", loss_fn=F.cross_entropy, progress=False,
                                      seed=first.seed_opening, certificate_path="c.json")
     fresh, _, _, _ = _torch_run()
     assert not torch.equal(first.model.weight, fresh.model.weight)
     for bad in ({"secret": "00"}, {"secret": "zz" * 32, "origin": "os"}, {"secret": "ab" * 32, "origin": "moon"}):
         with pytest.raises(InvalidParameterError, match="seed"):
-            get_backend("torch").unlearn(model, data, schedule, loss_fn=F.cross_entropy, progress=False, seed=bad)
+            certun.unlearn(model, data, schedule, backend="torch", loss_fn=F.cross_entropy, progress=False, seed=bad)
 
 
 class _Reuse(nn.Module):
@@ -105,7 +104,7 @@ def test_refusals_at_the_start_print_no_statistic_of_the_starting_model():
     data = [(x[i:i + 4], y[i:i + 4]) for i in range(0, 16, 4)]
     schedule = certun.plan(1.0, 1e-5, C0=1.0, C1=1.0, lam=0.0, gamma=0.1, T=3)
     with pytest.raises(certun.errors.UnsupportedModelError) as info:
-        get_backend("torch").unlearn(_Reuse(), data, schedule, loss_fn=F.cross_entropy, clip="per_sample",
+        certun.unlearn(_Reuse(), data, schedule, backend="torch", loss_fn=F.cross_entropy, clip="per_sample",
                                      progress=False)
     assert not re.search(r"\d\.\d|\de-\d", str(info.value)), str(info.value)
 
@@ -118,7 +117,7 @@ def test_refusals_at_the_start_print_no_statistic_of_the_starting_model():
             return self.fc(x) * float("nan")
 
     with pytest.raises(UnlearningRunError) as nan_info:
-        get_backend("torch").unlearn(_Nan(), data, schedule, loss_fn=F.cross_entropy, clip="batch", progress=False)
+        certun.unlearn(_Nan(), data, schedule, backend="torch", loss_fn=F.cross_entropy, clip="batch", progress=False)
     assert "loss=" not in str(nan_info.value) and "step 0" in str(nan_info.value)
 
 
@@ -139,7 +138,7 @@ def test_a_callback_cannot_change_the_released_model(backend):
 
     def run(**kw):
         model = LinearModel(np.ones((2, 3)), np.zeros(2), "cross_entropy")
-        return get_backend("numpy").unlearn(model, batches(x, y, 4), schedule, progress=False, seed=5, **kw)
+        return certun.unlearn(model, batches(x, y, 4), schedule, backend="numpy", progress=False, seed=5, **kw)
 
     def plant_np(t, v):
         v[...] = 0.0

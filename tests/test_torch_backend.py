@@ -18,9 +18,8 @@ from torch import nn
 from torch.utils.data import DataLoader, Subset, TensorDataset
 
 import certun
-from certun.backends import get_backend
-from certun.backends.options import UnsafeNoiseWarning
-from certun.backends.torch_steps import SAFETY
+from certun.backends import UnsafeNoiseWarning, get_backend
+from certun.backends.torch._steps import SAFETY
 from certun.certificates import load_certificate, open_seed_commitment, verify
 from certun.errors import InvalidParameterError
 
@@ -149,7 +148,8 @@ def test_each_noisy_step_equals_the_formula(kind, clip):
     got = []
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UnsafeNoiseWarning)
-        r = BACKEND.unlearn(model, data, s, loss_fn=F.cross_entropy, clip=clip, center=center, progress=False,
+        r = certun.unlearn(model, data, s, backend=BACKEND, loss_fn=F.cross_entropy, clip=clip, center=center,
+                           progress=False,
                             noise_source=lambda k, n: noise[k], callback=lambda t, x: got.append(x.clone()))
     expected = _reference_gc(model, data, s, clip=clip, center=center, noise=noise)
     assert len(got) == s.T
@@ -165,7 +165,7 @@ def test_per_sample_clipping_differs_from_batch_clipping():
     s = _gc(T=2)
     out = {}
     for clip in ("per_sample", "batch"):
-        out[clip] = _flat(BACKEND.unlearn(model, data, s, loss_fn=F.cross_entropy, clip=clip, seed=3,
+        out[clip] = _flat(certun.unlearn(model, data, s, backend=BACKEND, loss_fn=F.cross_entropy, clip=clip, seed=3,
                                           progress=False).model)
     assert not torch.allclose(out["per_sample"], out["batch"])
 
@@ -178,7 +178,8 @@ def _noise_increments(noise_mode="fresh", sigmas=(0.5, 1.0, 2.0), seed=11):
     xs = [_flat(model).double()]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UnsafeNoiseWarning)
-        BACKEND.unlearn(model, data, s, loss_fn=_zero_grad_loss, clip="batch", seed=seed, progress=False,
+        certun.unlearn(model, data, s, backend=BACKEND, loss_fn=_zero_grad_loss, clip="batch", seed=seed,
+                       progress=False,
                         noise_mode=noise_mode, callback=lambda t, x: xs.append(x.double().clone()))
     return [(b - a).numpy() for a, b in itertools.pairwise(xs)], s
 
@@ -208,7 +209,7 @@ def test_noise_check_detects_a_reused_draw():
 def test_unsafe_mode_warns_and_issues_no_certificate():
     """noise_mode='reuse_first_draw_UNSAFE' warns loudly and returns no certificate."""
     with pytest.warns(UnsafeNoiseWarning, match="voids"):
-        r = BACKEND.unlearn(_mlp(), _data(), _gc(T=1), loss_fn=F.cross_entropy, progress=False,
+        r = certun.unlearn(_mlp(), _data(), _gc(T=1), backend=BACKEND, loss_fn=F.cross_entropy, progress=False,
                             noise_mode="reuse_first_draw_UNSAFE")
     assert r.certificate is None
 
@@ -220,7 +221,8 @@ def test_seed_reproduces_bit_for_bit_and_leaves_global_rng_alone():
     model = _mlp()
     s = _gc(T=6)
     state = torch.random.get_rng_state()
-    runs = [BACKEND.unlearn(model, loader, s, loss_fn=F.cross_entropy, seed=seed, progress=False, finetune_epochs=1)
+    runs = [certun.unlearn(model, loader, s, backend=BACKEND, loss_fn=F.cross_entropy, seed=seed, progress=False,
+                           finetune_epochs=1)
             for seed in (21, 21, 22)]
     assert torch.equal(torch.random.get_rng_state(), state)
     assert torch.equal(_flat(runs[0].model), _flat(runs[1].model))
@@ -234,7 +236,8 @@ def test_certificate_verifies_and_keeps_the_seed_private(tmp_path):
     ds = TensorDataset(torch.randn(30, 4, dtype=torch.float64), torch.randint(0, 3, (30,)))
     retain = Subset(ds, list(range(25)))
     path = tmp_path / "certificate.json"
-    r = BACKEND.unlearn(_mlp(), DataLoader(retain, batch_size=5), _gc(T=3), loss_fn=F.cross_entropy, seed=seed,
+    r = certun.unlearn(_mlp(), DataLoader(retain, batch_size=5), _gc(T=3), backend=BACKEND, loss_fn=F.cross_entropy,
+                       seed=seed,
                         progress=False, forget_ids=range(25, 30), certificate_path=path)
     report = verify(r.certificate, model=dict(r.model.named_parameters()))
     assert report.ok, [c for c in report.checks if c.status.value == "FAIL"]
@@ -252,7 +255,8 @@ def test_forget_ids_overlapping_retain_ids_are_refused():
     """A forget identifier that is also a retain index is refused before any work."""
     ds = TensorDataset(torch.randn(10, 4, dtype=torch.float64), torch.randint(0, 3, (10,)))
     with pytest.raises(InvalidParameterError, match="forget_ids"):
-        BACKEND.unlearn(_mlp(), DataLoader(Subset(ds, range(8)), batch_size=4), _gc(T=1), loss_fn=F.cross_entropy,
+        certun.unlearn(_mlp(), DataLoader(Subset(ds, range(8)), batch_size=4), _gc(T=1), backend=BACKEND,
+                       loss_fn=F.cross_entropy,
                         forget_ids=[7, 8, 9], progress=False)
 
 
@@ -265,7 +269,8 @@ def test_model_clipping_keeps_pre_noise_iterates_in_C2_ball(mode):
     dists = []
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UnsafeNoiseWarning)
-        r = BACKEND.unlearn(_mlp(), _data(), s, loss_fn=F.cross_entropy, clip="batch", center=c, progress=False,
+        r = certun.unlearn(_mlp(), _data(), s, backend=BACKEND, loss_fn=F.cross_entropy, clip="batch", center=c,
+                           progress=False,
                             noise_source=lambda k, n: torch.zeros(n), postprocess="none",
                             callback=lambda t, x: dists.append((x - c).norm().item()))
     assert len(dists) == 5 and max(dists) <= s.C2
@@ -278,7 +283,7 @@ def test_output_perturbation_is_projection_plus_planned_noise():
     model = nn.Linear(100, 100)
     x_hat = _flat(model).double()
     s = certun.plan(1.0, 1e-5, C0=1.0, variant="output_perturbation")
-    r = BACKEND.unlearn(model, [(torch.randn(2, 100), torch.zeros(2, dtype=torch.long))], s,
+    r = certun.unlearn(model, [(torch.randn(2, 100), torch.zeros(2, dtype=torch.long))], s, backend=BACKEND,
                         loss_fn=F.cross_entropy, seed=4, postprocess="none", progress=False)
     projected = x_hat * min(1.0, (1 - SAFETY) * s.C0 / x_hat.norm().item())
     dev = (_flat(r.model).double() - projected).numpy()
@@ -290,9 +295,10 @@ def test_postprocess_projection_and_finetuning_are_recorded():
     """project_C0 puts the noisy iterate back in the C0 ball; fine-tuning runs epochs × batches SGD steps."""
     model, data = _mlp(), _data()
     s = _gc(T=3, C1=1.0, gamma=1.0)
-    r = BACKEND.unlearn(model, data, s, loss_fn=F.cross_entropy, seed=2, progress=False)
+    r = certun.unlearn(model, data, s, backend=BACKEND, loss_fn=F.cross_entropy, seed=2, progress=False)
     assert _flat(r.model).norm().item() <= s.C0
-    r2 = BACKEND.unlearn(model, data, s, loss_fn=F.cross_entropy, seed=2, progress=False, finetune_epochs=2,
+    r2 = certun.unlearn(model, data, s, backend=BACKEND, loss_fn=F.cross_entropy, seed=2, progress=False,
+                        finetune_epochs=2,
                          finetune_lr=0.1)
     assert r2.record.finetune == {"epochs": 2, "lr": 0.1, "steps": 8}
     assert len(r2.history["ft_loss"]) == 8 and len(r2.history["loss"]) == 3
@@ -304,17 +310,20 @@ def test_retrain_reinitialises_and_claims_exactness():
     model, data = _mlp(), _data()
     s = certun.Schedule(variant="retrain", T=0, target=certun.Guarantee(0.0, 0.0),
                         achieved=certun.Guarantee(0.0, 0.0))
-    r = BACKEND.unlearn(model, data, s, loss_fn=F.cross_entropy, seed=1, finetune_epochs=1, progress=False)
+    r = certun.unlearn(model, data, s, backend=BACKEND, loss_fn=F.cross_entropy, seed=1, finetune_epochs=1,
+                       progress=False)
     assert r.certificate["claim"]["eps"] == 0.0
     assert not torch.allclose(_flat(r.model), _flat(model))
     tiny = dict(finetune_epochs=1, finetune_lr=1e-300, progress=False, seed=1)
     factory_model = _mlp(seed=5)
-    r2 = BACKEND.unlearn(model, data, s, loss_fn=F.cross_entropy, model_factory=lambda: factory_model, **tiny)
+    r2 = certun.unlearn(model, data, s, backend=BACKEND, loss_fn=F.cross_entropy, model_factory=lambda: factory_model,
+                        **tiny)
     torch.testing.assert_close(_flat(r2.model), _flat(factory_model), rtol=0, atol=0)
 
 
 def test_progress_false_is_silent(capsys):
     """progress=False writes nothing to stdout or stderr."""
-    BACKEND.unlearn(_mlp(), _data(), _gc(T=2), loss_fn=F.cross_entropy, progress=False, finetune_epochs=1)
+    certun.unlearn(_mlp(), _data(), _gc(T=2), backend=BACKEND, loss_fn=F.cross_entropy, progress=False,
+                   finetune_epochs=1)
     captured = capsys.readouterr()
     assert captured.out == "" and captured.err == ""

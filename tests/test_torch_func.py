@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F  # noqa: N812
 from torch import nn
 
-from certun.backends.torch_func import FuncPerSample, per_sample_grad_norms
+from certun.backends.torch._func import FuncPerSample, per_sample_grad_norms
 
 
 class TinyTransformer(nn.Module):
@@ -79,3 +79,60 @@ def test_norms_accumulate_in_float64() -> None:
     exact = float(g[0, 0]) * 2000.0  # float32(1e-3) squared is exact in float64
     assert abs(float(norms[0]) - exact) / exact < 1e-9
     assert abs(float(torch.linalg.vector_norm(g[0])) - exact) / exact > 1e-4  # a float32 norm is this far off
+
+
+# ------------------------------------------------------------------ wired into the backend
+def _backend_clipped_gradient(model: nn.Module, x: torch.Tensor, y: torch.Tensor, C1: float, clip: str):
+    """The clipped minibatch gradient a one-step backend run used: (x0 − x1)/γ with λ = 0, zero noise, no projection."""
+    import warnings
+
+    import certun
+    from certun.backends import UnsafeNoiseWarning, get_backend
+
+    s = certun.plan(1.0, 1e-5, C0=1e6, C1=C1, gamma=1e-3, T=1)
+    x0 = torch.cat([p.detach().reshape(-1).double() for p in model.parameters()])
+    seen = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UnsafeNoiseWarning)
+        run = get_backend("torch").unlearn(model, [(x, y)], s, loss_fn=F.cross_entropy, clip=clip, progress=False,
+                                           postprocess="none", noise_source=lambda k, n: torch.zeros(n),
+                                           callback=lambda t, v: seen.append(v.clone()), device="cpu")
+    assert s.lam == 0.0 and len(seen) == 1
+    return (x0 - seen[0]) / s.gammas[0], run
+
+
+@pytest.mark.parametrize("clip", ["per_sample", "ghost"])
+def test_a_transformer_runs_per_sample_through_torch_func(clip: str) -> None:
+    """A 2-layer TransformerEncoder classifier (Opacus refuses its attention) runs with per-sample clipping via
+    torch.func, and the clipped gradient the step used is the naive per-example loop's."""
+    torch.manual_seed(0)
+    model = TinyTransformer().double()
+    x, y = torch.randint(0, 20, (8, 5)), torch.randint(0, 3, (8,))
+    C1 = 1e-2
+    used, run = _backend_clipped_gradient(model, x, y, C1, clip)
+    want = torch.cat([g.reshape(-1) for g in _naive(model, list(model.parameters()), x, y, C1)])
+    assert torch.allclose(used, want, rtol=1e-7, atol=1e-12)
+    assert run.record.clipping == "per_sample"
+    assert run.record.extra["clip_implementation"].startswith("torch.func")
+
+
+def test_a_forward_that_mixes_the_batch_is_refused_on_the_torch_func_path() -> None:
+    """Attack: a forward that subtracts the batch mean makes one sample's gradient depend on the others; the
+    first-step sum check (Σ_i g_i against autograd's batch gradient) refuses it instead of clipping the wrong
+    gradients."""
+    from certun.errors import UnsupportedModelError
+
+    class Mixer(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.attention = nn.MultiheadAttention(4, 1, batch_first=True)
+            self.head = nn.Linear(4, 2)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            h = (x - x.mean(dim=0, keepdim=True) + 0.5 * x).unsqueeze(1)
+            return self.head(self.attention(h, h, h)[0][:, 0])
+
+    torch.manual_seed(0)
+    x, y = torch.randn(6, 4, dtype=torch.float64), torch.randint(0, 2, (6,))
+    with pytest.raises(UnsupportedModelError, match="sum to autograd's batch gradient"):
+        _backend_clipped_gradient(Mixer().double(), x, y, 1e-2, "per_sample")

@@ -17,8 +17,8 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 from torch_fixtures import small_batches, small_gc
 
-from certun.backends import get_backend
-from certun.backends.options import UnsafeNoiseWarning
+import certun
+from certun.backends import UnsafeNoiseWarning, get_backend
 from certun.errors import InvalidParameterError, UnlearningRunError, UnsupportedModelError
 
 torch.set_num_threads(1)
@@ -40,7 +40,7 @@ def _run(data, **kw):
     kw.setdefault("loss_fn", F.cross_entropy)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UnsafeNoiseWarning)
-        return BACKEND.unlearn(model, data, schedule, progress=False, seed=0, **kw)
+        return certun.unlearn(model, data, schedule, backend=BACKEND, progress=False, seed=0, **kw)
 
 
 # ------------------------------------------------------------------------------ W1, W2: per-sample path

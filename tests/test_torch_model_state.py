@@ -16,9 +16,9 @@ import torch.nn.functional as F  # noqa: N812 (the conventional name)
 from torch import nn
 from torch_fixtures import small_batches, small_gc
 
-from certun.backends import get_backend
+import certun
+from certun.backends import UnsafeNoiseWarning, get_backend
 from certun.backends.numpy_backend import LinearModel, batches
-from certun.backends.options import UnsafeNoiseWarning
 from certun.errors import InvalidParameterError, UnlearningRunError, UnsupportedModelError
 
 torch.set_num_threads(1)
@@ -36,7 +36,8 @@ def _run(model, **kw):
     data = kw.pop("data", None) or small_batches()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UnsafeNoiseWarning)
-        return BACKEND.unlearn(model, data, kw.pop("schedule", None) or small_gc(), progress=False, seed=0, **kw)
+        return certun.unlearn(model, data, kw.pop("schedule", None) or small_gc(), backend=BACKEND, progress=False,
+                              seed=0, **kw)
 
 
 # ------------------------------------------------------------------------------ params= and frozen
@@ -180,7 +181,7 @@ def test_ordinary_torch_layers_hold_no_unregistered_arrays():
     deep copies and after moving dtype."""
     import copy
 
-    from certun.backends.torch_attributes import unregistered_arrays
+    from certun.backends.torch._attributes import unregistered_arrays
 
     for model in _common_layers():
         assert unregistered_arrays(model) == {}, type(model).__name__
@@ -194,7 +195,7 @@ def test_ordinary_torch_layers_hold_no_unregistered_arrays():
 
 def test_unregistered_module_with_tensors_in_a_plain_list_is_found():
     """A layer kept in a plain list (not nn.ModuleList) holds weights outside the model's parameters."""
-    from certun.backends.torch_attributes import unregistered_arrays
+    from certun.backends.torch._attributes import unregistered_arrays
 
     model = nn.Sequential(nn.Linear(4, 2))
     model[0].helpers = [nn.Linear(4, 4)]
@@ -231,7 +232,7 @@ def test_a_weight_reused_functionally_is_caught_by_the_per_sample_sum_check(norm
 
 def test_per_sample_sum_check_accepts_rounding_and_refuses_a_real_gap():
     """The check's tolerance is float32 rounding, scaled by the per-sample gradients' size."""
-    from certun.backends.torch_sumcheck import check_per_sample_sum
+    from certun.backends.torch._sumcheck import check_per_sample_sum
 
     torch.manual_seed(1)
     per = torch.randn(64, 10)
@@ -254,7 +255,7 @@ def test_ghost_probe_leaves_the_run_unchanged(monkeypatch):
     on the clip mode, so ghost is compared with ghost)."""
     from opacus.grad_sample import GradSampleHooksFastGradientClipping
 
-    from certun.backends import torch_grad
+    from certun.backends.torch import _grad as torch_grad
 
     def model():
         torch.manual_seed(3)
@@ -325,8 +326,9 @@ def test_numpy_backend_refuses_the_trained_model_as_the_centre():
     backend = get_backend("numpy")
     for center in (model, model.named(), model.flat(), {"weight": model.weight, "bias": np.zeros(2) + 0.3}):
         with pytest.raises(InvalidParameterError, match="center"):
-            backend.unlearn(model, batches(X, y, 4), small_gc(), center=center, seed=0)
-    assert backend.unlearn(model, batches(X, y, 4), small_gc(), center=np.zeros(8) + 0.1, seed=0).certificate
+            certun.unlearn(model, batches(X, y, 4), small_gc(), backend=backend, center=center, seed=0)
+    assert certun.unlearn(model, batches(X, y, 4), small_gc(), backend=backend, center=np.zeros(8) + 0.1,
+                          seed=0).certificate
 
 
 # ------------------------------------------------------------------------------ tensors hidden inside objects
@@ -375,7 +377,7 @@ def test_tensors_hidden_in_partials_objects_and_closures_are_refused():
 
 def test_objects_walk_is_bounded_and_cycle_safe():
     """A self-referencing object and a method bound to the module itself terminate without a false alarm."""
-    from certun.backends.torch_attributes import unregistered_arrays
+    from certun.backends.torch._attributes import unregistered_arrays
 
     model = nn.Sequential(nn.Linear(4, 2))
     loop = _Holder(None)

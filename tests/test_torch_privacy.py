@@ -60,7 +60,8 @@ def test_first_certificate_commits_to_the_trained_model_without_publishing_it():
     the returned private opening opens; verify --model still checks the released model."""
     retain, forget = _data(seed=5), [(torch.randn(1, 4), torch.tensor([1]))]
     trained = _train(retain + forget)
-    r = BACKEND.unlearn(trained, retain, _gc(T=3), loss_fn=F.cross_entropy, clip="batch", progress=False)
+    r = certun.unlearn(trained, retain, _gc(T=3), backend=BACKEND, loss_fn=F.cross_entropy, clip="batch",
+                       progress=False)
     published = r.certificate["artifacts"]["model_before"]
     secret = model_digest(dict(trained.named_parameters()))
     text = json.dumps(r.certificate)
@@ -74,8 +75,8 @@ def test_first_certificate_commits_to_the_trained_model_without_publishing_it():
 def test_chained_request_records_the_previous_released_model_in_plain(tmp_path):
     """With previous= and the model it released, model_before is a plain digest of that (public) model, the
     certificate links to its predecessor, and the ledger verifies; another starting model is committed to."""
-    r1 = BACKEND.unlearn(_train(_data()), _data(seed=1), _gc(), loss_fn=F.cross_entropy, progress=False)
-    r2 = BACKEND.unlearn(r1.model, _data(seed=2), _gc(), loss_fn=F.cross_entropy, progress=False,
+    r1 = certun.unlearn(_train(_data()), _data(seed=1), _gc(), backend=BACKEND, loss_fn=F.cross_entropy, progress=False)
+    r2 = certun.unlearn(r1.model, _data(seed=2), _gc(), backend=BACKEND, loss_fn=F.cross_entropy, progress=False,
                          previous=r1.certificate)
     before = r2.certificate["artifacts"]["model_before"]
     assert before["root"] == r1.certificate["artifacts"]["unlearned_model"]["root"]
@@ -84,7 +85,7 @@ def test_chained_request_records_the_previous_released_model_in_plain(tmp_path):
     write_certificate(r1.certificate, tmp_path / "000.json")
     report = verify(r2.certificate, chain_dir=tmp_path)
     assert report.ok and report["chain"].status.value == "PASS"
-    other = BACKEND.unlearn(_train(_data(), seed=3), _data(seed=2), _gc(), loss_fn=F.cross_entropy,
+    other = certun.unlearn(_train(_data(), seed=3), _data(seed=2), _gc(), backend=BACKEND, loss_fn=F.cross_entropy,
                             progress=False, previous=r1.certificate)
     assert "commitment" in other.certificate["artifacts"]["model_before"]
 
@@ -96,8 +97,8 @@ def _noise_of_two_requests(seed_1, seed_2):
     s = dataclasses.replace(certun.plan(1.0, 1e-5, C0=1e6, C1=1.0, gamma=0.01, T=1), sigmas=(0.5,))
     s = dataclasses.replace(s, target=certun.guarantee(s), achieved=certun.guarantee(s))  # ‖x‖ << C0: no projection
     kw = dict(loss_fn=_zero_grad_loss, clip="batch", postprocess="none", progress=False)
-    r1 = BACKEND.unlearn(model, _data(d_in=100, seed=1), s, seed=seed_1, **kw)
-    r2 = BACKEND.unlearn(r1.model, _data(d_in=100, seed=2), s, seed=seed_2, **kw)
+    r1 = certun.unlearn(model, _data(d_in=100, seed=1), s, backend=BACKEND, seed=seed_1, **kw)
+    r2 = certun.unlearn(r1.model, _data(d_in=100, seed=2), s, backend=BACKEND, seed=seed_2, **kw)
     x0, x1, x2 = _flat(model).double(), _flat(r1.model).double(), _flat(r2.model).double()
     return (x1 - x0).numpy(), (x2 - x1).numpy(), r1
 
@@ -132,10 +133,10 @@ def test_retrain_refuses_parameters_that_reset_parameters_leaves_trained():
     s = certun.plan(1.0, 1e-5, variant="retrain")
     kw = dict(loss_fn=F.cross_entropy, clip="batch", finetune_epochs=1, progress=False, seed=0)
     with pytest.raises(UnsupportedModelError, match="model_factory") as info:
-        BACKEND.unlearn(model, _data(), s, **kw)
+        certun.unlearn(model, _data(), s, backend=BACKEND, **kw)
     assert [p[0] for p in info.value.problems] == ["0.scale"]
     fresh = nn.Sequential(_ScaledLinear(4, 8), nn.ReLU(), nn.Linear(8, 2))
-    r = BACKEND.unlearn(model, _data(), s, model_factory=lambda: fresh, **kw)
+    r = certun.unlearn(model, _data(), s, backend=BACKEND, model_factory=lambda: fresh, **kw)
     assert r.certificate is not None and r.certificate["claim"]["variant"] == "retrain"
     assert float(r.model[0].scale.detach().max()) < 40
 
@@ -159,7 +160,8 @@ def test_training_state_does_not_survive_into_the_released_model(inplace, clip):
     """Gradients of frozen and unlearned parameters and every Opacus attribute on parameters and modules are
     gone from the returned model, copied or in place."""
     model = _with_training_leftovers()
-    r = BACKEND.unlearn(model, _data(seed=2), _gc(), loss_fn=F.cross_entropy, params=["2.weight", "2.bias"],
+    r = certun.unlearn(model, _data(seed=2), _gc(), backend=BACKEND, loss_fn=F.cross_entropy, params=["2.weight",
+                       "2.bias"],
                         frozen="public", clip=clip, progress=False, seed=1, inplace=inplace)
     for p in r.model.parameters():
         assert p.grad is None
@@ -176,11 +178,12 @@ def test_leftover_opacus_hooks_are_refused():
     model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
     hooks = GradSampleHooks(model)
     with pytest.raises(UnsupportedModelError, match="Opacus"):
-        BACKEND.unlearn(model, _data(), _gc(), loss_fn=F.cross_entropy, clip="batch", progress=False)
+        certun.unlearn(model, _data(), _gc(), backend=BACKEND, loss_fn=F.cross_entropy, clip="batch", progress=False)
     hooks.cleanup()
-    BACKEND.unlearn(model, _data(), _gc(), loss_fn=F.cross_entropy, clip="batch", progress=False)
+    certun.unlearn(model, _data(), _gc(), backend=BACKEND, loss_fn=F.cross_entropy, clip="batch", progress=False)
     with pytest.raises(UnsupportedModelError, match="_module"):
-        BACKEND.unlearn(GradSampleModule(nn.Linear(4, 2)), _data(), _gc(), loss_fn=F.cross_entropy, clip="batch",
+        certun.unlearn(GradSampleModule(nn.Linear(4, 2)), _data(), _gc(), backend=BACKEND, loss_fn=F.cross_entropy,
+                       clip="batch",
                         progress=False)
 
 
@@ -193,9 +196,10 @@ def test_old_style_weight_norm_is_refused_and_the_new_style_runs():
         warnings.simplefilter("ignore", FutureWarning)
         old = nn.Sequential(nn.utils.weight_norm(nn.Linear(4, 8)), nn.ReLU(), nn.Linear(8, 2))
     with pytest.raises(UnsupportedModelError, match=r"parametrizations\.weight_norm"):
-        BACKEND.unlearn(old, _data(), _gc(), loss_fn=F.cross_entropy, clip="batch", progress=False, inplace=True)
+        certun.unlearn(old, _data(), _gc(), backend=BACKEND, loss_fn=F.cross_entropy, clip="batch", progress=False,
+                       inplace=True)
     new = nn.Sequential(parametrizations.weight_norm(nn.Linear(4, 8)), nn.ReLU(), nn.Linear(8, 2))
-    r = BACKEND.unlearn(new, _data(), _gc(), loss_fn=F.cross_entropy, clip="batch", progress=False)
+    r = certun.unlearn(new, _data(), _gc(), backend=BACKEND, loss_fn=F.cross_entropy, clip="batch", progress=False)
     assert "0.parametrizations.weight.original0" in r.record.unlearned_parameters
 
 
@@ -207,15 +211,15 @@ def test_parameters_frozen_by_requires_grad_must_be_declared_public():
     model[0].requires_grad_(False)
     kw = dict(loss_fn=F.cross_entropy, clip="batch", progress=False)
     with pytest.raises(InvalidParameterError, match="frozen"):
-        BACKEND.unlearn(model, _data(), _gc(), **kw)
-    r = BACKEND.unlearn(model, _data(), _gc(), frozen="public", **kw)
+        certun.unlearn(model, _data(), _gc(), backend=BACKEND, **kw)
+    r = certun.unlearn(model, _data(), _gc(), backend=BACKEND, frozen="public", **kw)
     assert r.record.extra["frozen"] == "public" and set(r.record.frozen_parameters) == {"0.weight", "0.bias"}
     with pytest.raises(InvalidParameterError, match="frozen"):
-        BACKEND.unlearn(model, _data(), _gc(), params=["2.weight", "2.bias"], **kw)
-    r = BACKEND.unlearn(model, _data(), _gc(), params=["2.weight", "2.bias"], frozen="public", **kw)
+        certun.unlearn(model, _data(), _gc(), backend=BACKEND, params=["2.weight", "2.bias"], **kw)
+    r = certun.unlearn(model, _data(), _gc(), backend=BACKEND, params=["2.weight", "2.bias"], frozen="public", **kw)
     assert r.record.extra["frozen"] == "public"
     with pytest.raises(InvalidParameterError, match="frozen"):
-        BACKEND.unlearn(model, _data(), _gc(), frozen="yes", **kw)
+        certun.unlearn(model, _data(), _gc(), backend=BACKEND, frozen="yes", **kw)
 
 
 def test_noise_key_depends_on_every_run_input():

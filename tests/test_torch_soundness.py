@@ -16,9 +16,8 @@ from torch import nn
 from torch_fixtures import small_batches, small_gc
 
 import certun
-from certun.backends import get_backend
-from certun.backends.options import UnsafeNoiseWarning
-from certun.backends.torch_steps import SAFETY
+from certun.backends import UnsafeNoiseWarning, get_backend
+from certun.backends.torch._steps import SAFETY
 from certun.certificates import tensor_digest
 from certun.errors import InvalidParameterError, UnlearningRunError, UnsupportedModelError
 
@@ -233,7 +232,8 @@ def test_failed_runs_raise_and_write_nothing(tmp_path):
     for data, message in cases:
         for clip in ("per_sample", "batch"):
             with pytest.raises(UnlearningRunError, match=message):
-                BACKEND.unlearn(model, data, s, loss_fn=F.cross_entropy, clip=clip, certificate_path=path,
+                certun.unlearn(model, data, s, backend=BACKEND, loss_fn=F.cross_entropy, clip=clip,
+                               certificate_path=path,
                                 progress=False)
     with pytest.raises(UnlearningRunError, match="reduction"):
         BACKEND.unlearn(model, _data(), s, loss_fn=lambda out, y: F.cross_entropy(out, y), progress=False)

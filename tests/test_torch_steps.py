@@ -13,7 +13,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from certun.backends import numpy_steps as ref
-from certun.backends import torch_steps as ts
+from certun.backends.torch import _steps as ts
 from certun.errors import InvalidParameterError
 
 torch.set_num_threads(1)

@@ -15,7 +15,7 @@ The two score samples go to :func:`certun.audit.stats.eps_lower_bound`. A correc
 a correct schedule yields ``ε̂ > ε`` with probability at most ``1 − confidence``.
 
 Runs are batched: each chain is one row of an ``(n, d)`` tensor and all rows step together through
-the torch backend's step functions (:mod:`certun.backends.torch_steps`), on the GPU when one is given.
+the torch backend's step functions (:mod:`certun.backends.torch`), on the GPU when one is given.
 """
 
 from __future__ import annotations
@@ -29,6 +29,8 @@ import numpy as np
 
 from certun.accountant import Guarantee, Mode, Schedule, Variant, guarantee
 from certun.audit.stats import EpsilonBound, eps_lower_bound
+from certun.backends import NoiseMode
+from certun.certificates.provenance import resolve_seed
 from certun.errors import InvalidParameterError
 
 __all__ = [
@@ -46,7 +48,7 @@ __all__ = [
 #: ``fresh``: a new draw at every noisy step (what the proofs need). ``reuse_first_draw_UNSAFE``: the
 #: first draw of each chain is added again at every later step (the defect of docs/theory.md#authors-code);
 #: an audit control only.
-NOISE_MODES = ("fresh", "reuse_first_draw_UNSAFE")
+NOISE_MODES = tuple(m.value for m in NoiseMode)
 #: How the chains are run: all at once through the step functions, or one real backend run each.
 RUNNERS = ("batched", "backend")
 #: Bonferroni grid size for :func:`default_thresholds`.
@@ -127,7 +129,7 @@ def run_chains(schedule: Schedule, starts, *, strength: float | None = None, noi
                generator=None, draw=None):
     """Run one chain per row of ``starts`` (an ``(n, d)`` tensor, centre at 0) through ``schedule``.
 
-    Every step is the torch backend's own step function (:mod:`certun.backends.torch_steps`:
+    Every step is the torch backend's own step function (:mod:`certun.backends.torch`:
     ``project_ball``, ``gc_step``, ``mc_step``, ``add_noise``, ``output_perturbation``) applied to the
     whole batch, so the audit exercises the code a real run executes. The canary direction is the
     first coordinate axis ``u = e_1``. Noise comes from ``generator``, one ``N(0, σ_t² I)`` draw per
@@ -139,7 +141,7 @@ def run_chains(schedule: Schedule, starts, *, strength: float | None = None, noi
     """
     import torch
 
-    from certun.backends import torch_steps as steps
+    import certun.backends.torch as steps
 
     if noise_mode not in NOISE_MODES:
         raise InvalidParameterError("noise_mode", noise_mode, f"one of {', '.join(map(repr, NOISE_MODES))}")
@@ -278,16 +280,6 @@ def _check_int(name: str, value: Any, lower: int) -> int:
 def derive_seed(seed: int, index: int) -> int:
     """The ``index``-th child seed of ``seed`` (``numpy.random.SeedSequence([seed, index])``), in ``[0, 2**63)``."""
     return int(np.random.SeedSequence([seed, index]).generate_state(1, dtype=np.uint64)[0] % (2**63))
-
-
-def resolve_seed(seed: int | None) -> int:
-    """``seed`` checked to be an integer in ``[0, 2**63)``, or a fresh one from the OS's entropy when ``None``."""
-    if seed is None:
-        return int(np.random.SeedSequence().entropy % (2**63))
-    seed = _check_int("seed", seed, 0)
-    if seed >= 2**63:
-        raise InvalidParameterError("seed", seed, "an integer in [0, 2**63)")
-    return seed
 
 
 def play(

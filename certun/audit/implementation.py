@@ -262,7 +262,7 @@ def check_norm_overshoot(fn: Callable[[Any, float], Any], name: str, d: int, dev
 def audit_implementation(device: str = "cpu", quick: bool = False, *, source: NormalSource | None = None,
                          sizes: dict[str, int] | None = None) -> ImplementationReport:
     """Run every check on ``device``; ``sizes`` overrides the quick or full sizes (tests)."""
-    from certun.backends.torch_steps import clip, project_ball
+    from certun.backends.torch import clip, project_ball
 
     size = {**(QUICK if quick else FULL), **(sizes or {})}
     src = source if source is not None else NoiseGenerator(_key(2))

@@ -7,8 +7,9 @@ The whole product on real data in a few minutes on a laptop CPU (GPU when presen
 2. train the *original* model on all of D for a few epochs (:func:`certun.demo.models.fit`);
 3. plan the noisy phase with :func:`certun.plan` at (ε, δ) from hyperparameters fixed in advance
    (:func:`default_hyperparameters`; they depend on the architecture, never on the data);
-4. unlearn with ``get_backend("torch").unlearn``: the noisy phase, projection back onto the C0 ball,
-   noiseless fine-tuning on retain data; write ``unlearned.pt`` and ``certificate.json``;
+4. unlearn with ``certun.unlearn(..., backend="torch")``: the noisy phase, projection back onto the C0
+   ball, noiseless fine-tuning on retain data; it issues and writes ``certificate.json``, then the demo
+   writes ``unlearned.pt``;
 5. retrain from scratch on the retain data with the same fine-tuning budget (exact unlearning);
 6. verify the certificate against ``unlearned.pt`` with :func:`certun.certificates.verify`, write
    ``report.md`` and ``report.png`` (:mod:`certun.demo.run_report`) and print a summary table.
@@ -295,25 +296,26 @@ def _unlearn(config: DemoConfig, data: Any, splits: Any, schedule: Any, original
     import torch
     from torch.nn.functional import cross_entropy
 
+    import certun
     from certun.backends import get_backend
-    from certun.certificates import write_certificate
     from certun.demo.run_report import atomic_write_bytes
 
     backend = get_backend("torch")
     common = dict(loss_fn=cross_entropy, center=center_state, clip=config.clip, finetune_lr=config.finetune_lr,
                   postprocess="project_C0", device=scorer.device, progress=progress, forget_ids=splits.forget.tolist())
+    model_path, cert_path = out / "unlearned.pt", out / "certificate.json"
     t0 = time.perf_counter()
-    # The released run's key is fresh from the OS (256 bits) unless --noise-seed asks for a reproducible demo.
-    released = backend.unlearn(original, _retain_loader(config, data, splits), schedule,
-                               finetune_epochs=config.finetune_epochs, seed=config.noise_seed, **common)
+    # The released run's key is fresh from the OS (256 bits) unless --noise-seed asks for a reproducible demo;
+    # certun.unlearn runs the backend, issues the certificate and writes it atomically.
+    released = certun.unlearn(original, _retain_loader(config, data, splits), schedule, backend=backend,
+                              certificate_path=cert_path, finetune_epochs=config.finetune_epochs,
+                              seed=config.noise_seed, **common)
     seconds = time.perf_counter() - t0
     if released.certificate is None:
-        raise UnlearningRunError("the backend issued no certificate for a fresh-noise run; nothing was written")
-    model_path, cert_path = out / "unlearned.pt", out / "certificate.json"
+        raise UnlearningRunError("no certificate was issued for a fresh-noise run; nothing was written")
     buffer = io.BytesIO()
     torch.save({k: v.detach().cpu() for k, v in released.model.state_dict().items()}, buffer)
     atomic_write_bytes(model_path, buffer.getvalue())
-    write_certificate(released.certificate, cert_path)
     echo(f"unlearned in {seconds:.1f} s ({schedule.T} noisy steps + {config.finetune_epochs} fine-tuning "
          f"epochs); wrote {model_path} and {cert_path}")
 

@@ -1,12 +1,17 @@
-"""From a finished run to a certificate: identifiers, commitments, the RunRecord, issue and write.
+"""Provenance shared by backends and certificates: timestamps, versions, digests, identifiers, commitments,
+seeds and the noise key's context.
 
-Shared by every backend so that they describe runs the same way. Nothing here touches torch.
+The one place for the rules both sides apply to a run: backends describe their runs with it (and take
+nothing else from :mod:`certun.certificates` but the :class:`RunRecord` and :class:`ModelDigest` types,
+``canonical_bytes`` and the public noise checks), and :func:`certun.certificates.issue` uses the same
+functions, so the two sides cannot drift apart. Nothing here touches torch.
 Record identifiers default to dataset indices (``id_scheme="dataset-index"``): stable only as long as
 the dataset's order is, which docs/certificates.md spells out. The noise key's secret enters the certificate
 only as a salted commitment; its opening and the Merkle salt key go back to the caller. So does
 the model a first request starts from (:func:`starting_model`): it was trained on the forget set,
 and a plain digest of it would reveal membership. The noise key is derived from the run's secret and
-every run input (:mod:`certun.backends.run_key`), so a seed reused across requests never cancels noise.
+every run input (:func:`run_context`; the derivation itself, which needs the noise generator, is
+:mod:`certun.backends.run_key`), so a seed reused across requests never cancels noise.
 """
 
 from __future__ import annotations
@@ -15,43 +20,82 @@ import datetime as _dt
 import hashlib
 import importlib.metadata
 import operator
+import os
 import platform
+import re
 import secrets
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
+from certun._validation import integer
 from certun.accountant import Schedule
-from certun.certificates import ModelDigest, RunRecord
-from certun.errors import InvalidParameterError
+from certun.certificates._canonical import canonical_bytes, content_digest
+from certun.certificates._commitment import key_commitment as _key_commitment
+from certun.certificates._commitment import model_commitment
+from certun.certificates._digest import model_digest
+from certun.certificates._merkle import encode_id, merkle_tree
+from certun.certificates._parse import load_certificate
+from certun.certificates._record import ModelDigest
+from certun.errors import CertificateFormatError, InvalidParameterError, UnlearningRunError
 
 __all__ = [
+    "KEY_DERIVATION",
     "Identifiers",
     "StartingModel",
     "check_pass_count",
     "check_retain_count",
     "default_ids",
+    "encode_id",
     "identifiers",
-    "issue_and_write",
-    "load_previous",
     "key_commitment",
+    "load_previous",
+    "model_digest",
     "now_utc",
+    "released_root",
+    "resolve_seed",
+    "run_context",
     "starting_model",
+    "utc_timestamp",
     "versions",
 ]
+
+#: Name of the context encoding and per-step keying, recorded in the certificate
+#: (``execution.noise.key_derivation``). v2: each step's draw is also keyed by the retain batches read so far.
+KEY_DERIVATION = "certun.noise-key.v2"
+
+_TIMESTAMP = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?(Z|[+-]\d{2}:\d{2})")
+
+
+def utc_timestamp(when: _dt.datetime | str | None = None) -> str:
+    """RFC 3339 UTC timestamp with seconds (``2025-01-31T12:00:00Z``) of ``when`` (default: now)."""
+    if when is None:
+        when = _dt.datetime.now(_dt.timezone.utc)
+    if isinstance(when, str):
+        if not _TIMESTAMP.fullmatch(when):
+            raise InvalidParameterError("created", when, "an RFC 3339 timestamp like 2025-01-31T12:00:00Z")
+        return when
+    if not isinstance(when, _dt.datetime):
+        raise InvalidParameterError("created", when, "a datetime, an RFC 3339 string or None")
+    if when.tzinfo is None:
+        raise InvalidParameterError("created", when, "a timezone-aware datetime")
+    return when.astimezone(_dt.timezone.utc).replace(microsecond=0).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def now_utc() -> str:
     """The current time as an RFC 3339 UTC timestamp with seconds (``2025-01-31T12:00:00Z``)."""
-    return _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat().replace("+00:00", "Z")
+    return utc_timestamp(None)
 
 
-def versions(*packages: str) -> dict[str, str]:
-    """Installed versions of certun, python and the named packages (those installed)."""
+def versions(*packages: str, missing: str | None = None) -> dict[str, str]:
+    """Installed versions of certun, python and the named packages.
+
+    A package that is not installed is left out, or recorded as ``missing`` when that is given (the
+    accounting side records ``"unknown"`` so that its key set is fixed).
+    """
     out = {"certun": _version("certun") or "unknown", "python": platform.python_version()}
     for name in packages:
-        v = _version(name)
+        v = _version(name) or missing
         if v is not None:
             out[name] = v
     return out
@@ -117,8 +161,8 @@ def _id_list(name: str, ids: Iterable[Any]) -> list[int | str]:
             out.append(str(i))
         elif isinstance(i, bool) or "bool" in str(getattr(i, "dtype", "")):
             raise InvalidParameterError(name, i, "integers or strings (record identifiers), not booleans")
-        elif _index(i) is not None:
-            out.append(_index(i))
+        elif (index := _index(i)) is not None:
+            out.append(index)
         elif callable(getattr(i, "item", None)) and type(_item(i)) is int:
             out.append(int(_item(i)))  # one-element integer arrays / tensors
         else:
@@ -143,7 +187,7 @@ def _item(value: Any) -> Any:
 
 def _index_space(data: Any) -> tuple[int | None, bool]:
     """``(size of the dataset that dataset-index identifiers index, whether the loader holds a Subset of it)``."""
-    dataset = getattr(data, "dataset", None)
+    dataset: Any = getattr(data, "dataset", None)
     if getattr(dataset, "indices", None) is not None and hasattr(dataset, "dataset"):  # torch.utils.data.Subset
         dataset, subset = dataset.dataset, True
     else:
@@ -192,10 +236,9 @@ def identifiers(data: Any, retain_ids: Iterable[Any] | None, forget_ids: Iterabl
     ``retain_ids`` the scheme is ``"user"`` (integers or strings). A record that appears in both sets is
     refused: the forget set must be disjoint from the data the run touched.
     """
-    from certun.certificates import merkle_tree
-
+    retain: list[int | str] | None
     if retain_ids is None:
-        retain = default_ids(data)
+        retain = default_ids(data)  # type: ignore[assignment]  # list[int] is a list[int | str] here
         # forget ids are then taken to be indices of the same dataset (the caller's responsibility)
         scheme = "dataset-index" if retain is not None else ("user" if forget_ids is not None else None)
     else:
@@ -222,8 +265,6 @@ def identifiers(data: Any, retain_ids: Iterable[Any] | None, forget_ids: Iterabl
 
 
 def _fingerprint(ids: Iterable[int | str]) -> bytes:
-    from certun.certificates import encode_id
-
     h = hashlib.sha256(b"certun.id-set.v1\x00")
     for encoded in sorted(encode_id(i) for i in ids):
         h.update(len(encoded).to_bytes(8, "little") + encoded)
@@ -258,8 +299,6 @@ def check_pass_count(ids: Identifiers, samples: int | None) -> None:
     Only for explicit identifiers of data without a sized dataset (:func:`check_retain_count` says
     when); a loader that drops its last partial batch (``drop_last=True``) then fails this check.
     """
-    from certun.errors import UnlearningRunError
-
     if ids.retain_size is None or samples is None or samples == ids.retain_size:
         return
     raise UnlearningRunError(f"one pass over the retain data yielded {samples} samples, but {ids.retain_size} "
@@ -276,13 +315,27 @@ class StartingModel:
     opening: Mapping[str, str] | None
 
 
-def load_previous(previous: Any) -> Mapping[str, Any] | None:
-    """The previous certificate of this model's ledger (dict, bytes or path), parsed, or ``None``."""
+def load_previous(previous: Mapping[str, Any] | bytes | str | os.PathLike | None) -> Mapping[str, Any] | None:
+    """The previous certificate of this model's ledger (dict, bytes or path), parsed, or ``None``.
+
+    Refuses a certificate whose ``content_digest`` does not match its content: a chain must never be
+    extended from a modified certificate.
+    """
     if previous is None:
         return None
-    from certun.certificates import load_certificate
+    prev = previous if isinstance(previous, Mapping) else load_certificate(previous)
+    digest = content_digest(prev)
+    if prev.get("content_digest") != digest:
+        raise CertificateFormatError(
+            f"previous certificate's content_digest {prev.get('content_digest')!r} does not match its content "
+            f"({digest}); refusing to chain onto a modified certificate")
+    return prev
 
-    return previous if isinstance(previous, Mapping) else load_certificate(previous)
+
+def released_root(previous: Mapping[str, Any] | None) -> str | None:
+    """Root of the model ``previous`` released (public already), or ``None`` for a first request."""
+    released = None if previous is None else (previous.get("artifacts") or {}).get("unlearned_model")
+    return None if not isinstance(released, Mapping) else released.get("root")
 
 
 def starting_model(before: ModelDigest, previous: Mapping[str, Any] | None) -> StartingModel:
@@ -290,47 +343,44 @@ def starting_model(before: ModelDigest, previous: Mapping[str, Any] | None) -> S
 
     The first request starts from ``A(D)``, trained on the forget set: a plain digest of it would let
     anyone who can retrain test whether a record was in D (docs/certificates.md). The opening goes
-    back to the caller (``UnlearnResult.model_before_opening``), private, for a trusted auditor.
+    back to the caller (``RunResult.model_before_opening``), private, for a trusted auditor.
     """
-    from certun.certificates import model_commitment
-
-    released = None if previous is None else (previous.get("artifacts") or {}).get("unlearned_model")
-    if released is not None and released.get("root") == before.root:
+    if released_root(previous) == before.root:
         return StartingModel(plain=before, commitment=None, opening=None)
     public, private = model_commitment(before)
     return StartingModel(plain=None, commitment=public, opening=private)
 
 
-def make_record(**fields: Any) -> RunRecord:
-    """A :class:`RunRecord` (thin wrapper so backends fill it by keyword in one place)."""
-    return RunRecord(**fields)
+def resolve_seed(seed: int | None) -> int:
+    """``seed`` checked to be an integer in ``[0, 2**63)``, or a fresh one from the OS's secure source."""
+    if seed is None:
+        return secrets.randbits(63)
+    return integer("seed", seed, "an integer in [0, 2**63) or None", low=0, high=2**63 - 1)
+
+
+def run_context(*, model_before: str, center: str | None, retain_fingerprint: bytes, forget_fingerprint: bytes,
+                schedule: Schedule, options: Mapping[str, Any], unlearned_parameters: tuple[str, ...] | list[str],
+                dtype: str, backend: str) -> bytes:
+    """Canonical bytes (RFC 8785) of every input of the run, the context the key is derived with."""
+    return canonical_bytes({
+        "derivation": KEY_DERIVATION,
+        "backend": backend,
+        "model_before": model_before,
+        "center": center,
+        "retain": retain_fingerprint.hex(),
+        "forget": forget_fingerprint.hex(),
+        "schedule": schedule.to_dict(),
+        "options": dict(options),
+        "unlearned_parameters": list(unlearned_parameters),
+        "dtype": dtype,
+    })
 
 
 def key_commitment(key: Any) -> tuple[dict[str, str], dict[str, Any]]:
     """``(public commitment, private opening)`` of a run's secret key material
     (:func:`certun.certificates.key_commitment`); the opening records where the secret came from
     (``origin``: ``"os"`` or ``"user_seed"``, with the ``seed``) and is private to the run's owner."""
-    from certun.certificates import key_commitment as _commit
-
     extra: dict[str, Any] = {"origin": key.origin}
     if key.seed is not None:
         extra["seed"] = key.seed
-    return _commit(key.secret, **extra)
-
-
-def digest(named: Mapping[str, Any]) -> ModelDigest:
-    """:func:`certun.certificates.model_digest` of a name -> tensor mapping."""
-    from certun.certificates import model_digest
-
-    return model_digest(named)
-
-
-def issue_and_write(schedule: Schedule, record: RunRecord, path: Path | None, *,
-                    previous: Mapping[str, Any] | None = None) -> tuple[dict[str, Any], Path | None]:
-    """Issue the certificate for ``record`` under ``schedule`` (chained onto ``previous`` when given);
-    write it atomically when ``path`` is given."""
-    from certun.certificates import issue, write_certificate
-
-    certificate = issue(schedule, record, previous=previous)
-    written = None if path is None else Path(write_certificate(certificate, path))
-    return certificate, written
+    return _key_commitment(key.secret, **extra)

@@ -1,8 +1,11 @@
 """Per-sample clipping for any ``torch.nn`` model, by ``torch.func`` (``vmap`` over ``grad``).
 
 The generic path for layers that neither certun's fused ``nn.Linear`` code nor Opacus' hooks cover
-(``nn.MultiheadAttention``, so ``nn.TransformerEncoder``; custom modules): each sample's gradient of
-the unlearned parameters is computed by one vectorised call, its norm is accumulated in float64 over
+(``nn.MultiheadAttention``, so ``nn.TransformerEncoder``; any non-recurrent module an Opacus validator
+refuses): the gradient computer falls back to it under ``clip="per_sample"`` and ``"ghost"``, and checks
+on the first step that the per-sample gradients sum to autograd's batch gradient
+(:meth:`FuncPerSample.sums`). Each sample's gradient of the unlearned parameters is computed by one
+vectorised call, its norm is accumulated in float64 over
 all parameters (a float32 norm undershoots at large d: docs/theory.md#floating-point-and-randomness),
 each is scaled to at most ``C1·(1 − SAFETY)`` and the mean is written into the flat gradient buffer.
 The step function still clips that mean globally, so ``‖g‖ ≤ C1`` holds however the sum rounded.
@@ -15,7 +18,7 @@ training mode) cannot be vectorised per sample and are refused by the model chec
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import torch
 from torch import nn
@@ -57,26 +60,10 @@ class FuncPerSample:
     def clipped_mean(self, loss_fn: Callable[..., torch.Tensor], inputs: torch.Tensor, targets: torch.Tensor,
                      C1: float, out: Sequence[torch.Tensor]) -> torch.Tensor:
         """Write ``(1/B) Σ_i clip(g_i, C1)`` into ``out`` (one tensor per parameter); return the mean loss."""
-        from torch.func import grad_and_value, vmap
-
         batch = int(targets.shape[0])
-        if not isinstance(inputs, torch.Tensor) or inputs.shape[0] != batch:
-            raise UnlearningRunError("per-sample clipping by torch.func needs batch-first tensor inputs with the "
-                                     "targets' batch size on the first axis; use clip='batch' otherwise")
-        own = {id(p) for p in self.params}
-        buffers = {n: b for n, b in self.model.named_buffers()}
-        frozen = {n: p.detach() for n, p in self.model.named_parameters() if id(p) not in own}
-        buffers.update(frozen)
-        step = vmap(grad_and_value(_one_sample_loss(self.model, loss_fn, self.names, buffers)),
-                    in_dims=(None, 0, 0), randomness="different")
-        detached = tuple(p.detach() for p in self.params)
         sums = [torch.zeros(p.shape, dtype=torch.float64, device=p.device) for p in self.params]
         total_loss = torch.zeros((), dtype=torch.float64, device=targets.device)
-        for start in range(0, batch, self.chunk):
-            with warnings.catch_warnings():
-                # functorch falls back to a loop for CPU flash attention: slower, same values
-                warnings.filterwarnings("ignore", message="There is a performance drop", category=UserWarning)
-                grads, losses = step(detached, inputs[start:start + self.chunk], targets[start:start + self.chunk])
+        for grads, losses in self._chunks(loss_fn, inputs, targets):
             norms = per_sample_grad_norms(grads)
             coef = torch.clamp(C1 * (1.0 - _SAFETY) / norms, max=1.0)
             for acc, g in zip(sums, grads, strict=True):
@@ -85,6 +72,40 @@ class FuncPerSample:
         for target, acc in zip(out, sums, strict=True):
             target.copy_(acc.div_(batch).view_as(target))
         return (total_loss / batch).to(self.params[0].dtype)
+
+    def sums(self, loss_fn: Callable[..., torch.Tensor], inputs: torch.Tensor,
+             targets: torch.Tensor) -> tuple[dict[str, torch.Tensor], float]:
+        """``({name: Σ_i g_i}, Σ_i ‖g_i‖)`` before clipping, in float64: what the per-sample sum check compares
+        with autograd's batch gradient (a model whose forward mixes the samples of a batch fails it)."""
+        sums = {n: torch.zeros(p.shape, dtype=torch.float64, device=p.device)
+                for n, p in zip(self.names, self.params, strict=True)}
+        scale = 0.0
+        for grads, _ in self._chunks(loss_fn, inputs, targets):
+            scale += float(per_sample_grad_norms(grads).sum())
+            for acc, g in zip(sums.values(), grads, strict=True):
+                acc.add_(g.double().sum(dim=0))
+        return sums, scale
+
+    def _chunks(self, loss_fn: Callable[..., torch.Tensor], inputs: torch.Tensor,
+                targets: torch.Tensor) -> Iterator[tuple[tuple[torch.Tensor, ...], torch.Tensor]]:
+        """``(per-sample gradients, per-sample losses)`` of ``chunk`` samples at a time."""
+        from torch.func import grad_and_value, vmap
+
+        batch = int(targets.shape[0])
+        if not isinstance(inputs, torch.Tensor) or inputs.shape[0] != batch:
+            raise UnlearningRunError("per-sample clipping by torch.func needs batch-first tensor inputs with the "
+                                     "targets' batch size on the first axis; use clip='batch' otherwise")
+        own = {id(p) for p in self.params}
+        buffers = {n: b for n, b in self.model.named_buffers()}
+        buffers.update({n: p.detach() for n, p in self.model.named_parameters() if id(p) not in own})
+        step = vmap(grad_and_value(_one_sample_loss(self.model, loss_fn, self.names, buffers)),
+                    in_dims=(None, 0, 0), randomness="different")
+        detached = tuple(p.detach() for p in self.params)
+        for start in range(0, batch, self.chunk):
+            with warnings.catch_warnings():
+                # functorch falls back to a loop for CPU flash attention: slower, same values
+                warnings.filterwarnings("ignore", message="There is a performance drop", category=UserWarning)
+                yield step(detached, inputs[start:start + self.chunk], targets[start:start + self.chunk])
 
 
 def per_sample_grad_norms(grads: Sequence[torch.Tensor]) -> torch.Tensor:

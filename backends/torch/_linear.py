@@ -21,8 +21,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from certun.backends.torch_model import FlatParameters
-from certun.backends.torch_steps import SAFETY
+from certun.backends.torch._model import FlatParameters
+from certun.backends.torch._steps import SAFETY
 from certun.errors import UnlearningRunError, UnsupportedModelError
 
 __all__ = ["LinearPerSample"]

@@ -1,38 +1,137 @@
-"""Validation of the run options both backends share, done once before any work starts.
+"""The run options: every option set an enum defined once here, every option validated once, here.
 
-Every option is checked here and refused with an :class:`~certun.errors.InvalidParameterError` that
-names the value and what is valid (no misspelt option falls back to a default).
+Every option is checked before any work starts and refused with an
+:class:`~certun.errors.InvalidParameterError` that names the value and what is valid (no misspelt option
+falls back to a default). Options are accepted as enum members or as their string values.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import operator
-import secrets
+import enum
 import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
-from certun._validation import integer, real_number
+from certun._validation import choice, integer, real_number
 from certun.accountant import Mode, Schedule, Variant
+from certun.certificates.provenance import resolve_seed
 from certun.errors import InvalidParameterError
 
 __all__ = [
-    "CLIP_MODES",
-    "NOISE_MODES",
-    "POSTPROCESS",
+    "After",
+    "AttributesMode",
+    "BufferMode",
+    "ClipMode",
+    "Clipping",
+    "FrozenMode",
+    "Noise",
+    "NoiseMode",
+    "Postprocess",
     "RunOptions",
+    "Unlearned",
     "UnsafeNoiseWarning",
     "clipping_for",
-    "resolve_seed",
 ]
 
-CLIP_MODES = ("per_sample", "ghost", "batch")
-POSTPROCESS = ("project_C0", "none")
-NOISE_MODES = ("fresh", "reuse_first_draw_UNSAFE")
-UNSAFE_NOISE = "reuse_first_draw_UNSAFE"
+
+class ClipMode(str, enum.Enum):
+    """How gradients are clipped where the variant clips: each sample's (Opacus hooks, certun's
+    ``nn.Linear`` path or ``torch.func``), each sample's by ghost clipping, or the minibatch mean."""
+
+    PER_SAMPLE = "per_sample"
+    GHOST = "ghost"
+    BATCH = "batch"
+
+
+class Postprocess(str, enum.Enum):
+    """After the noisy phase: project back onto the C0 ball (free, docs/theory.md#utility-limit), or not."""
+
+    PROJECT_C0 = "project_C0"
+    NONE = "none"
+
+
+class NoiseMode(str, enum.Enum):
+    """Fresh noise at every step; the reused draw is an audit control that voids the guarantee."""
+
+    FRESH = "fresh"
+    REUSE_FIRST_DRAW_UNSAFE = "reuse_first_draw_UNSAFE"
+
+
+class BufferMode(str, enum.Enum):
+    """Model buffers: refuse data-dependent ones, recompute norm statistics from retain data, or assert public."""
+
+    REJECT = "reject"
+    RECOMPUTE = "recompute"
+    PUBLIC = "public"
+
+
+class FrozenMode(str, enum.Enum):
+    """Parameters left out of the unlearned set: refuse them, or assert they are independent of D."""
+
+    REJECT = "reject"
+    PUBLIC = "public"
+
+
+class AttributesMode(str, enum.Enum):
+    """Arrays kept as plain module attributes: refuse them, or assert they are independent of D."""
+
+    REJECT = "reject"
+    PUBLIC = "public"
+
+
+class _Group:
+    """A typed group of backend keywords: ``keywords()`` gives the fields set away from their defaults."""
+
+    #: field -> the backend keyword it stands for (where the names differ)
+    _KEYWORDS: ClassVar[dict[str, str]] = {}
+
+    def keywords(self) -> dict[str, Any]:
+        """The backend keywords this group sets (fields left at their default are not passed)."""
+        default = type(self)()
+        return {self._KEYWORDS.get(f.name, f.name): getattr(self, f.name) for f in dataclasses.fields(self)
+                if getattr(self, f.name) is not getattr(default, f.name)
+                and getattr(self, f.name) != getattr(default, f.name)}
+
+
+@dataclass(frozen=True, kw_only=True)
+class Unlearned(_Group):
+    """What is unlearned, and what the caller declares independent of D (the torch backend's model options)."""
+
+    params: Any = None
+    frozen: FrozenMode | str = FrozenMode.REJECT
+    attributes: AttributesMode | str = AttributesMode.REJECT
+    buffers: BufferMode | str = BufferMode.REJECT
+
+
+@dataclass(frozen=True, kw_only=True)
+class Clipping(_Group):
+    """How gradients are clipped where the variant clips."""
+
+    _KEYWORDS: ClassVar[dict[str, str]] = {"mode": "clip"}
+
+    mode: ClipMode | str = ClipMode.PER_SAMPLE
+
+
+@dataclass(frozen=True, kw_only=True)
+class After(_Group):
+    """What runs after the noisy phase, on retain data only (post-processing, docs/theory.md#definition)."""
+
+    postprocess: Postprocess | str = Postprocess.PROJECT_C0
+    finetune_epochs: int = 0
+    finetune_lr: float = 0.05
+
+
+@dataclass(frozen=True, kw_only=True)
+class Noise(_Group):
+    """Where the noise comes from: the key's seed (``None``: fresh from the OS), the mode, a test source."""
+
+    _KEYWORDS: ClassVar[dict[str, str]] = {"mode": "noise_mode", "source": "noise_source"}
+
+    mode: NoiseMode | str = NoiseMode.FRESH
+    seed: int | Mapping[str, Any] | None = None
+    source: Callable[[int, int], Any] | None = None
 
 
 class UnsafeNoiseWarning(UserWarning):
@@ -40,10 +139,9 @@ class UnsafeNoiseWarning(UserWarning):
     certificate."""
 
 
-def _choice(name: str, value: Any, valid: tuple[str, ...]) -> str:
-    if value not in valid:
-        raise InvalidParameterError(name, value, "one of " + ", ".join(repr(v) for v in valid))
-    return value
+def _mode(name: str, value: Any, options: type[enum.Enum]) -> str:
+    """The string value of the option ``value`` (an enum member or its value) of ``options``."""
+    return choice(name, value, options).value
 
 
 def opening_secret(opening: Any) -> tuple[bytes, str, int | None]:
@@ -67,21 +165,6 @@ def opening_secret(opening: Any) -> tuple[bytes, str, int | None]:
     return secret, origin, None if seed is None else resolve_seed(seed)
 
 
-def resolve_seed(seed: int | None) -> int:
-    """``seed`` checked to be an integer in ``[0, 2**63)``, or a fresh one from the OS's secure source."""
-    if seed is None:
-        return secrets.randbits(63)
-    if isinstance(seed, bool):
-        raise InvalidParameterError("seed", seed, "an integer in [0, 2**63) or None")
-    try:
-        value = operator.index(seed)
-    except TypeError:
-        raise InvalidParameterError("seed", seed, "an integer in [0, 2**63) or None") from None
-    if not 0 <= value < 2**63:
-        raise InvalidParameterError("seed", seed, "an integer in [0, 2**63) or None")
-    return value
-
-
 def clipping_for(schedule: Schedule, clip: str) -> str | None:
     """The gradient clipping a run actually does: ``clip`` where the variant clips gradients, else ``None``.
 
@@ -99,7 +182,11 @@ def clipping_for(schedule: Schedule, clip: str) -> str | None:
 
 @dataclass(frozen=True, kw_only=True)
 class RunOptions:
-    """The validated options of one run (both backends)."""
+    """The validated options of one run (both backends); modes are stored as their string values.
+
+    ``buffers``, ``frozen`` and ``attributes`` are the torch backend's (``None`` for a backend whose models
+    have no buffers, frozen parameters or module attributes).
+    """
 
     clip: str
     postprocess: str
@@ -107,9 +194,11 @@ class RunOptions:
     finetune_lr: float
     noise_mode: str
     progress: bool
-    certificate_path: Path | None
     callback: Callable[[int, Any], None] | None
     noise_source: Callable[[int, int], Any] | None
+    buffers: str | None = None
+    frozen: str | None = None
+    attributes: str | None = None
     #: the run replays a previous run's key opening (an audit): same key, so never a second certificate
     replay: bool = False
 
@@ -124,35 +213,19 @@ class RunOptions:
             return "injected"
         return "replay" if self.replay else self.noise_mode
 
-    @property
-    def issues_certificate(self) -> bool:
-        """False for audit controls (reused noise), injected noise and replays of an opening: a replay adds the
-        noise of an earlier release again, so a second certificate would certify a release whose noise cancels
-        against the first (docs/theory.md#soundness-rules)."""
-        return self.noise_mode == "fresh" and self.noise_source is None and not self.replay
-
-    def with_seed(self, seed: Any) -> RunOptions:
-        """These options for a run given ``seed``: a mapping (a previous run's opening) marks a replay, which
-        gets no certificate and may not write one."""
-        if not isinstance(seed, Mapping):
-            return self
-        if self.certificate_path is not None:
-            raise InvalidParameterError("certificate_path", str(self.certificate_path), "None for a replay of a "
-                                        "previous run's opening (a replay repeats that run's noise and is never "
-                                        "certified)")
-        return dataclasses.replace(self, replay=True)
-
     @classmethod
     def check(cls, schedule: Any, *, clip: str, postprocess: str, finetune_epochs: int, finetune_lr: float,
-              noise_mode: str, progress: bool, certificate_path: Any, callback: Any,
-              noise_source: Any) -> RunOptions:
+              noise_mode: str, progress: bool, callback: Any, noise_source: Any, buffers: Any = None,
+              frozen: Any = None, attributes: Any = None) -> RunOptions:
         """Validate every option against each other and the schedule; warn for unsafe noise."""
         if not isinstance(schedule, Schedule):
             raise InvalidParameterError("schedule", type(schedule).__name__,
                                         "a certun Schedule (from certun.plan or Schedule.from_dict)")
-        _choice("clip", clip, CLIP_MODES)
-        _choice("postprocess", postprocess, POSTPROCESS)
-        _choice("noise_mode", noise_mode, NOISE_MODES)
+        clip, postprocess = _mode("clip", clip, ClipMode), _mode("postprocess", postprocess, Postprocess)
+        noise_mode = _mode("noise_mode", noise_mode, NoiseMode)
+        buffers = None if buffers is None else _mode("buffers", buffers, BufferMode)
+        frozen = None if frozen is None else _mode("frozen", frozen, FrozenMode)
+        attributes = None if attributes is None else _mode("attributes", attributes, AttributesMode)
         # numpy scalars and 0-d tensors count as numbers, as everywhere in certun
         finetune_epochs = integer("finetune_epochs", finetune_epochs, "an integer >= 0")
         if finetune_epochs < 0:
@@ -167,15 +240,7 @@ class RunOptions:
         if noise_source is not None and not callable(noise_source):
             raise InvalidParameterError("noise_source", type(noise_source).__name__,
                                         "a callable (draw_index, d) -> standard normal vector, or None")
-        path = None
-        if certificate_path is not None:
-            path = Path(certificate_path)
-            if path.exists() and path.is_dir():
-                raise InvalidParameterError("certificate_path", str(path), "a file path, not a directory")
-        if path is not None and (noise_mode != "fresh" or noise_source is not None):
-            raise InvalidParameterError("certificate_path", str(path),
-                                        "None for audit controls (reused or injected noise get no certificate)")
-        if noise_mode == UNSAFE_NOISE:
+        if noise_mode == NoiseMode.REUSE_FIRST_DRAW_UNSAFE:
             warnings.warn(
                 "noise_mode='reuse_first_draw_UNSAFE' adds the SAME noise vector at every step. This voids "
                 "the unlearning guarantee (docs/theory.md#authors-code) and exists only as an audit control; no "
@@ -185,4 +250,5 @@ class RunOptions:
                           "will be issued.", UnsafeNoiseWarning, stacklevel=3)
         return cls(clip=clip, postprocess=postprocess, finetune_epochs=finetune_epochs,
                    finetune_lr=float(finetune_lr), noise_mode=noise_mode, progress=bool(progress),
-                   certificate_path=path, callback=callback, noise_source=noise_source)
+                   callback=callback, noise_source=noise_source, buffers=buffers, frozen=frozen,
+                   attributes=attributes)

@@ -78,7 +78,7 @@ def linear_sums(layers: list[tuple[str, Any, torch.Tensor | None, torch.Tensor |
                 ) -> tuple[dict[str, torch.Tensor], float]:
     """``(Σ_i g_i per parameter, Σ over rows of ‖row's gradient‖)`` from certun's ``nn.Linear`` captures.
 
-    ``layers`` and ``records`` are :class:`~certun.backends.torch_linear.LinearPerSample`'s; ``names``
+    ``layers`` and ``records`` are :class:`~certun.backends.torch._linear.LinearPerSample`'s; ``names``
     maps ``id(parameter)`` to its name. Layers whose forward never ran are left to that class' own check.
     """
     sums: dict[str, torch.Tensor] = {}

@@ -30,8 +30,6 @@ __all__ = [
 ]
 
 _WIDE_DTYPES = (torch.float32, torch.float64)
-_BUFFER_MODES = ("reject", "recompute", "public")
-_ATTRIBUTE_MODES = ("reject", "public")
 
 
 @dataclass
@@ -117,11 +115,6 @@ def check_model(model: nn.Module, parts: ModelParts, *, hooks: bool, buffers: st
     Raises:
         UnsupportedModelError: with one ``(path, reason, remedy)`` per problem.
     """
-    if buffers not in _BUFFER_MODES:
-        raise InvalidParameterError("buffers", buffers, "one of " + ", ".join(repr(b) for b in _BUFFER_MODES))
-    if attributes not in _ATTRIBUTE_MODES:
-        raise InvalidParameterError("attributes", attributes,
-                                    "one of " + ", ".join(repr(a) for a in _ATTRIBUTE_MODES))
     problems: list[tuple[str, str, str]] = []
     for name, p in zip(parts.names, parts.params, strict=True):
         if p.dtype not in _WIDE_DTYPES:
@@ -150,14 +143,16 @@ def check_model(model: nn.Module, parts: ModelParts, *, hooks: bool, buffers: st
             if isinstance(module, nn.modules.batchnorm._BatchNorm) and not module.track_running_stats:
                 problems.append((path, "BatchNorm in training mode mixes the samples of a batch, so per-sample "
                                  "gradients (and per-sample clipping) are undefined", "use clip='batch'"))
-        problems.extend(_opacus_problems(model))
+        # Opacus' other refusals (attention, custom layers) fall back to torch.func; recurrent layers do not
+        # vectorise reliably there (their flattened weights), so they keep Opacus' refusal and remedy
+        problems.extend(p for p in opacus_problems(model) if isinstance(model.get_submodule(p[0]), nn.RNNBase))
     if parts.buffers and buffers != "public":
         for name in parts.buffers:
             problems.append((name, "buffer may depend on the training data and is not among the unlearned "
                              "parameters", "if it is independent of the training data pass buffers='public' "
                              "(its digest is recorded and checked unchanged); otherwise make it a parameter"))
     if attributes != "public":
-        from certun.backends.torch_attributes import unregistered_arrays
+        from certun.backends.torch._attributes import unregistered_arrays
 
         for path in unregistered_arrays(model):
             problems.append((path, "array kept as a plain attribute, outside the parameters and buffers: if it "
@@ -198,8 +193,11 @@ def check_center(center: Any, parts: ModelParts) -> None:
                  "(center=None); a tensor never trained on D belongs in the frozen part (params=..., frozen='public')")
 
 
-def _opacus_problems(model: nn.Module) -> list[tuple[str, str, str]]:
-    """Opacus' own per-module validators (LSTM/GRU/attention need Opacus' DP layers), with module paths."""
+def opacus_problems(model: nn.Module) -> list[tuple[str, str, str]]:
+    """Opacus' own per-module validators (LSTM/GRU/attention need Opacus' DP layers), with module paths.
+
+    Not a refusal: the gradient computer falls back to ``torch.func`` for such models.
+    """
     from opacus.validators import ModuleValidator
 
     out = []

@@ -3,7 +3,7 @@
 A forward pass that caches something (``self.last = out.detach()``, a running maximum kept as a
 Python float) writes state computed at an iterate the guarantee does not cover -- with ``T = 1`` at
 the pre-noise start -- into the released object (docs/theory.md#soundness-rules). The attribute scan
-of :func:`certun.backends.torch_model.check_model` runs before the run, when such a cache is still
+of :func:`certun.backends.torch._model.check_model` runs before the run, when such a cache is still
 empty, so the torch backend fingerprints every module's non-internal ``vars()`` before the run and
 refuses, after it, any attribute that was added or whose value changed, whatever ``attributes`` says.
 What torch itself manages (parameters, buffers, submodules, hook dictionaries, ``training``) is left
@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from certun.backends.torch_attributes import _MAX_DEPTH, _MODULE_INTERNALS, _members
+from certun.backends.torch._attributes import _MAX_DEPTH, _MODULE_INTERNALS, _members
 
 __all__ = ["changed_attributes", "state_fingerprint"]
 

@@ -9,7 +9,7 @@ lists/tuples/sets/dicts holding them, in any module's ``__dict__``; modules kept
 ``functools.partial`` arguments, a function's closure cells and defaults, a bound method's object,
 any other object's ``__dict__``/``__slots__``, and (for opaque objects) whatever the garbage collector
 says they reference. Not found: Python scalars (``self.scale = float(X.std())``), which cannot be
-told from configuration; those written during the run are refused by :mod:`certun.backends.torch_state`.
+told from configuration; those written during the run are refused by :mod:`certun.backends.torch._state`.
 """
 
 from __future__ import annotations

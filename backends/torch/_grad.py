@@ -5,9 +5,11 @@ Three ways, one interface (``compute(inputs, targets) -> loss``, result in ``fla
 * ``"batch"``: the gradient of the minibatch-mean loss (clipped later, globally, by the step
   function; docs/theory.md#gradient-clipping allows clipping the mean).
 * ``"per_sample"``: for models whose unlearned parameters are all in ``nn.Linear`` layers, certun's
-  own one-backward path (:mod:`certun.backends.torch_linear`); otherwise Opacus ``GradSampleHooks``
+  own one-backward path (:mod:`certun.backends.torch._linear`); otherwise Opacus ``GradSampleHooks``
   (non-wrapping, state-dict keys unchanged) compute each sample's gradient, and certun clips each to
-  ``C1`` and averages them itself into ``g``. No ``DPOptimizer``: its traps (``expected_batch_size``
+  ``C1`` and averages them itself into ``g``. Modules Opacus cannot handle (attention, anything its
+  validators refuse but recurrent layers, which stay refused) fall back to ``torch.func``
+  (:mod:`certun.backends.torch._func`), for ``"ghost"`` too. No ``DPOptimizer``: its traps (``expected_batch_size``
   instead of the real batch, loss-reduction mismatches) are avoided by construction, since certun
   divides by the real batch size and asks the loss for per-sample values (``reduction="none"``).
 * ``"ghost"``: Opacus' ghost clipping hooks compute per-sample gradient *norms* without
@@ -30,10 +32,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from certun.backends.torch_linear import LinearPerSample
-from certun.backends.torch_model import FlatParameters
-from certun.backends.torch_steps import SAFETY
-from certun.backends.torch_sumcheck import check_per_sample_sum, linear_sums, opacus_sums, tf32_possible
+from certun.backends.torch._func import FuncPerSample
+from certun.backends.torch._linear import LinearPerSample
+from certun.backends.torch._model import FlatParameters, opacus_problems
+from certun.backends.torch._steps import SAFETY
+from certun.backends.torch._sumcheck import check_per_sample_sum, linear_sums, opacus_sums, tf32_possible
 from certun.errors import CertunError, UnlearningRunError, UnsupportedModelError
 
 __all__ = ["GradientComputer", "batch_size", "per_sample_loss"]
@@ -131,9 +134,12 @@ class GradientComputer:
         self.C1 = C1
         self.hooks: Any = None
         self.linear: LinearPerSample | None = None
+        self.func: FuncPerSample | None = None
         self.sums_checked = False
         if mode == "per_sample" and LinearPerSample.applies(model, flat):
             self.linear = LinearPerSample(model, flat)
+        elif mode in ("per_sample", "ghost") and opacus_problems(model):
+            self.func = FuncPerSample(model, flat.names, flat.params)
         elif mode == "per_sample":
             from opacus.grad_sample import GradSampleHooks
 
@@ -148,6 +154,8 @@ class GradientComputer:
         """Which code computes the gradient (recorded in the certificate's execution extras)."""
         if self.linear is not None:
             return "certun fused per-sample clipping for nn.Linear (one backward)"
+        if self.func is not None:
+            return "torch.func per-sample clipping (vmap over grad)"
         return {"per_sample": "opacus GradSampleHooks", "ghost": "opacus ghost clipping",
                 "batch": "minibatch-mean gradient"}[self.mode]
 
@@ -166,6 +174,8 @@ class GradientComputer:
 
     def compute(self, inputs: Any, targets: Any) -> torch.Tensor:
         """Forward and backward on one minibatch; ``flat.g`` then holds the gradient. Returns the mean loss."""
+        if self.func is not None:
+            return self._compute_func(inputs, targets)
         if self.mode == "ghost" and self.hooks is None:
             self._probe_then_hook(inputs, targets)
         self.flat.point_grads()
@@ -187,6 +197,38 @@ class GradientComputer:
             except Exception as exc:  # autograd or hooks failing: re-raised as a certun error naming the cause
                 raise self._pass_error("backward", exc) from exc
         return losses.detach().mean()
+
+    def _sample_loss(self, output: Any, targets: Any, reduction: str = "none") -> torch.Tensor:
+        """The per-sample loss as torch.func calls it (``reduction="none"``), through :func:`per_sample_loss`."""
+        return per_sample_loss(self.loss_fn, output, targets)
+
+    def _compute_func(self, inputs: Any, targets: Any) -> torch.Tensor:
+        """The torch.func path: per-sample sums checked on the first batch, then the clipped mean into ``flat.g``."""
+        try:
+            if not self.sums_checked:
+                self._check_func_sums(inputs, targets)
+            return self.func.clipped_mean(self._sample_loss, inputs, targets, self.C1, self.flat.g_views)
+        except CertunError:
+            raise
+        except Exception as exc:  # user code under vmap: re-raised as a certun error naming the cause
+            raise self._pass_error("forward", exc) from exc
+
+    def _check_func_sums(self, inputs: Any, targets: Any) -> None:
+        """Σ_i g_i by torch.func against autograd's batch gradient (random state restored: the run is unchanged)."""
+        device = self.flat.g.device
+        devices = [device.index if device.index is not None else torch.cuda.current_device()] \
+            if device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            sums, scale = self.func.sums(self._sample_loss, inputs, targets)
+        self.flat.point_grads()
+        try:
+            with torch.random.fork_rng(devices=devices):
+                per_sample_loss(self.loss_fn, self.model(inputs), targets).sum().backward()
+            batch = {n: p.grad for n, p in zip(self.flat.names, self.flat.params, strict=True)}
+            self.sums_checked = check_per_sample_sum(sums, batch, scale=scale, dtype=self.flat.g.dtype,
+                                                     tf32=tf32_possible(device))
+        finally:
+            self.flat.clear_grads()
 
     def _backward(self, losses: torch.Tensor) -> None:
         if self.mode == "batch":

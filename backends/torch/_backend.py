@@ -1,0 +1,116 @@
+"""The PyTorch backend: runs a schedule's noisy phase on an ``nn.Module`` and records the run.
+
+The run, in order (the order is the run skeleton's, :mod:`certun.backends._skeleton`; the torch
+operations are :class:`~certun.backends.torch._run.TorchRun`'s; each step's formula is in
+:mod:`certun.backends.torch._steps`):
+
+1. refuse training machinery left on the model (Opacus hooks, old-style weight_norm caches), copy it
+   (unless ``inplace=True``), drop every stale gradient and Opacus attribute, select the unlearned
+   parameters, refuse anything that would make the guarantee false
+   (:func:`~certun.backends.torch._model.check_model`);
+2. digest the unlearned parameters (published only as a salted commitment for a first request), the
+   frozen ones and the centre; derive the run's noise key from a fresh OS key (or a user seed, for
+   tests and audits) and every run input (:mod:`certun.backends.run_key`); refuse a run whose
+   sampler tail residual could exceed 1e-13·δ (no optimizer state from training exists here: certun
+   runs its own update);
+3. in a float64 master copy of the unlearned vector: project globally onto the C0 ball around the
+   centre, then run exactly ``schedule.T`` noisy steps of the variant on retain minibatches (the
+   gradient is evaluated at the master rounded to the parameters' dtype; clipping, weight decay,
+   projection and the float64 noise draw ``t`` of the keyed generator are applied in float64), and
+   round to the parameters' dtype once at the end (docs/theory.md#floating-point-and-randomness);
+4. post-process (project back onto the C0 ball; noiseless fine-tuning; BatchNorm statistics
+   recomputed from retain data when asked) -- all post-processing of the unlearned parameters and
+   retain data only (docs/theory.md#definition, #utility-limit);
+5. check frozen parameters are bit-identical, digest the result, commit to the key and return the
+   :class:`~certun.certificates.RunRecord` (:func:`certun.unlearn` issues and writes the certificate).
+
+A failure at any point raises and writes nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+import torch
+from torch import nn
+
+from certun.accountant import Schedule
+from certun.backends import _skeleton as skeleton
+from certun.backends._options import RunOptions
+from certun.backends.base import RunResult
+from certun.backends.torch._data import resolve_device
+from certun.backends.torch._run import TorchRun
+from certun.errors import InvalidParameterError
+
+__all__ = ["TorchBackend", "resolve_device"]
+
+
+class TorchBackend:
+    """Certified unlearning for ``torch.nn.Module`` models (registered as ``"torch"``)."""
+
+    name = "torch"
+
+    def unlearn(
+        self,
+        model: nn.Module,
+        data: Iterable[Any],
+        schedule: Schedule,
+        /,
+        *,
+        loss_fn: Callable[..., torch.Tensor],
+        seed: int | Mapping[str, Any] | None = None,
+        params: Iterable[Any] | None = None,
+        center: Any = None,
+        clip: str = "per_sample",
+        finetune_epochs: int = 0,
+        finetune_lr: float = 0.05,
+        postprocess: str = "project_C0",
+        device: Any = None,
+        progress: bool = True,
+        retain_ids: Iterable[Any] | None = None,
+        forget_ids: Iterable[Any] | None = None,
+        noise_mode: str = "fresh",
+        buffers: str = "reject",
+        frozen: str = "reject",
+        attributes: str = "reject",
+        model_factory: Callable[[], nn.Module] | None = None,
+        callback: Callable[[int, torch.Tensor], None] | None = None,
+        noise_source: Callable[[int, int], Any] | None = None,
+        inplace: bool = False,
+        previous: Any = None,
+    ) -> RunResult:
+        """Unlearn: run ``schedule``'s noisy phase on ``model`` with retain data only, then post-process.
+
+        ``model`` is deep-copied unless ``inplace=True``; ``data`` is a re-iterable of ``(inputs, targets)``
+        retain batches (a ``DataLoader``); ``loss_fn`` accepts ``reduction="none"``. ``seed=None`` (default)
+        keys the noise from the OS; an integer seed is for tests and audits only, and a previous run's
+        ``seed_opening`` replays that run (never certified). Every option, its default and why it exists:
+        docs/backends.md ("Options of the torch backend"); the modes are the enums of
+        :mod:`certun.backends`, accepted as members or strings.
+
+        Returns:
+            A :class:`~certun.backends.RunResult` (no certificate: :func:`certun.unlearn` issues it).
+
+        Raises:
+            InvalidParameterError: a bad option or schedule.
+            UnsupportedModelError: the model cannot be unlearned soundly as asked (every problem listed).
+            UnlearningRunError: the run failed (empty data, NaN loss, wrong shapes).
+        """
+        opts = RunOptions.check(schedule, clip=clip, postprocess=postprocess, finetune_epochs=finetune_epochs,
+                                finetune_lr=finetune_lr, noise_mode=noise_mode, progress=progress,
+                                callback=callback, noise_source=noise_source, buffers=buffers, frozen=frozen,
+                                attributes=attributes)
+        if not isinstance(model, nn.Module):
+            raise InvalidParameterError("model", type(model).__name__, "a torch.nn.Module")
+        if not callable(loss_fn):
+            raise InvalidParameterError("loss_fn", type(loss_fn).__name__, "a callable loss")
+        if model_factory is not None and not callable(model_factory):
+            raise InvalidParameterError("model_factory", type(model_factory).__name__, "a callable or None")
+        if params is not None and not isinstance(params, str):
+            params = list(params)  # iterated more than once (e.g. model.parameters(), a generator)
+        skeleton.check_seed(seed)
+        hooks = TorchRun(model, data, schedule, opts, loss_fn=loss_fn, params=params, center=center,
+                         device=resolve_device(device), model_factory=model_factory, inplace=inplace)
+        return skeleton.run(hooks, data, schedule, opts, seed=seed, previous=previous, retain_ids=retain_ids,
+                            forget_ids=forget_ids)
