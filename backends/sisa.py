@@ -36,8 +36,8 @@ from certun.errors import InvalidParameterError
 if TYPE_CHECKING:
     from os import PathLike
 
-    from certun.backends.sisa_certificate import SisaCertificate
     from certun.certificates import ModelDigest
+    from certun.sisa_certificate import SisaCertificate
 
 __all__ = ["Sisa", "SisaConfig", "SisaEnsemble", "SisaUnlearning", "assign", "ensemble_digest"]
 
@@ -310,11 +310,11 @@ class Sisa:
                 certificate_path: str | PathLike[str] | None = None) -> SisaCertificate:
         """Issue the certificate of the deletion ``report`` describes (the latest one served).
 
-        Returns a :class:`certun.backends.sisa_certificate.SisaCertificate`: the certificate, the
+        Returns a :class:`certun.sisa_certificate.SisaCertificate`: the certificate, the
         private opening of ``model_before`` when it is committed, and the Merkle trees for receipts.
-        See :func:`certun.backends.sisa_certificate.certify`.
+        See :func:`certun.sisa_certificate.certify`.
         """
-        from certun.backends.sisa_certificate import certify
+        from certun.sisa_certificate import certify
 
         if report is not self._last_unlearning:
             raise InvalidParameterError("report", "<SisaUnlearning>", "the report of the latest unlearn() call",
@@ -336,7 +336,7 @@ class Sisa:
 
 def ensemble_digest(ensemble: nn.Module) -> ModelDigest:
     """:class:`certun.certificates.ModelDigest` of the ensemble's state dict (``shards.{s}.…`` names)."""
-    from certun.certificates import model_digest
+    from certun.certificates.provenance import model_digest
 
     return model_digest({k: v.detach().cpu() for k, v in ensemble.state_dict().items()})
 

@@ -120,9 +120,9 @@ def certify(sisa: Sisa, report: SisaUnlearning, forget_ids: Iterable[Any], *, ep
             target is invalid; CertificateFormatError: ``previous`` was modified.
     """
     import certun
-    from certun.backends.certify import issue_and_write, load_previous, now_utc, starting_model, versions
     from certun.backends.sisa import ensemble_digest
-    from certun.certificates import RunRecord, merkle_tree
+    from certun.certificates import RunRecord, issue, merkle_tree, write_certificate
+    from certun.certificates.provenance import load_previous, now_utc, starting_model, versions
 
     forget = _forget_list(report, forget_ids)
     schedule = certun.plan(eps, delta, None, None, 0.0, variant="retrain")
@@ -151,7 +151,8 @@ def certify(sisa: Sisa, report: SisaUnlearning, forget_ids: Iterable[Any], *, ep
               "assignment": ASSIGNMENT_SCHEME,
               "shard_states": _shard_states(report, S, trees_before, trees_after, checkpoints)})
     path = None if certificate_path is None else Path(certificate_path)
-    certificate, written = issue_and_write(schedule, record, path, previous=prev)
+    certificate = issue(schedule, record, previous=prev)
+    written = None if path is None else Path(write_certificate(certificate, path))
     return SisaCertificate(certificate=certificate, path=written, model_before_opening=start.opening,
                            retain_tree=retain_tree, forget_tree=forget_tree, shard_trees_before=trees_before,
                            shard_trees_after=trees_after, salt_key=salt_key,
