@@ -104,16 +104,20 @@ def plan(
 
     Source: docs/theory.md#gradient-clipping (calibration), #model-clipping, #output-perturbation (baselines).
     """
-    eps = _target("eps", eps, f"(0, {MAX_EPS:g}]", lambda x: 0.0 < x <= MAX_EPS)
-    delta = _target("delta", delta, f"[{MIN_DELTA:g}, {MAX_DELTA:g}]", lambda x: MIN_DELTA <= x <= MAX_DELTA)
-    variant = variant_of(variant)
-    method = option("method", method, Method)
+    target = _plan_target(eps, delta)
+    variant, method = variant_of(variant), option("method", method, Method)
     mech = mechanism(variant)
     given = dict(C0=C0, C1=C1, lam=lam, gamma=gamma, T=T, sigma=sigma, C2=C2, mode=mode, sigma0=sigma0,
                  max_T=max_T)
     _refuse_unused(variant, mech, given)
-    target = Guarantee(eps, delta)
     return _checked(variant, target, mech.plan(target, method, **{name: given[name] for name in mech.inputs}))
+
+
+def _plan_target(eps: float, delta: float) -> Guarantee:
+    """The target (ε, δ) of :func:`plan`, each checked against the range the accountant supports."""
+    eps = _target("eps", eps, f"(0, {MAX_EPS:g}]", lambda x: 0.0 < x <= MAX_EPS)
+    delta = _target("delta", delta, f"[{MIN_DELTA:g}, {MAX_DELTA:g}]", lambda x: MIN_DELTA <= x <= MAX_DELTA)
+    return Guarantee(eps, delta)
 
 
 def _checked(variant: Variant, target: Guarantee, schedule: Schedule) -> Schedule:

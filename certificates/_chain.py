@@ -218,18 +218,30 @@ def check_chain(doc: Mapping[str, Any], folder: str | os.PathLike, *,
         if previous["issued_at"] > current["issued_at"]:
             warnings.append(f"{label} was issued after its successor ({previous['issued_at']} > "
                             f"{current['issued_at']})")
-        problem = _start_problem(current, previous, sequence)
-        if problem and current["mechanism"]["variant"] in EXACT_VARIANTS:
-            warnings.append(problem)  # an exact route does not start from its model: nothing composes
-        elif problem:
-            return Status.FAIL, problem + (" — a noisy request must start from the model the ledger released "
-                                           "before it, or the two releases compose and the later certificate "
-                                           "understates the privacy loss (docs/theory.md#sequential-requests)")
-        problem = _untouched_problem(current, previous, sequence)
+        problem = _successor_problem(current, previous, sequence, warnings)
         if problem:
             return Status.FAIL, problem
         walked.append(link)
         current = previous
+    return _walk_end(index, doc, doc_digest, walked, current, warnings)
+
+
+def _successor_problem(current: Mapping[str, Any], previous: Mapping[str, Any], sequence: int,
+                       warnings: list[str]) -> str | None:
+    """Why ``current`` does not follow on from ``previous`` (a start mismatch of an exact route only warns)."""
+    problem = _start_problem(current, previous, sequence)
+    if problem and current["mechanism"]["variant"] in EXACT_VARIANTS:
+        warnings.append(problem)  # an exact route does not start from its model: nothing composes
+    elif problem:
+        return problem + (" — a noisy request must start from the model the ledger released "
+                          "before it, or the two releases compose and the later certificate "
+                          "understates the privacy loss (docs/theory.md#sequential-requests)")
+    return _untouched_problem(current, previous, sequence)
+
+
+def _walk_end(index: Mapping[str, tuple[Path, dict[str, Any]]], doc: Mapping[str, Any], doc_digest: str,
+              walked: list[str], current: Mapping[str, Any], warnings: list[str]) -> tuple[Status, str]:
+    """The verdict once the walk stops: it must stop at sequence 0, with no fork in the folder."""
     if current["chain"]["sequence"] != 0:
         return Status.FAIL, (f"the walk stops at sequence {current['chain']['sequence']} (a certificate with no "
                              f"previous link but not the first of its ledger): the ledger is truncated")

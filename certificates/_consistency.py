@@ -11,13 +11,21 @@ collected, none is silently skipped. Source: docs/theory.md#definition, #gradien
 
 from __future__ import annotations
 
-import re
-import unicodedata
 from collections import Counter
 from collections.abc import Mapping
 from typing import Any
 
 from certun.certificates._digest import root_digest
+from certun.certificates._disclosure import (
+    EXTRA_KEYS,
+    RAW_SEED_KEY,
+    RAW_SEED_VALUE,
+    RECORD_ID_KEY,
+    RECORD_ID_STEM,
+    extra_problems,
+    raw_seed_paths,
+    record_id_paths,
+)
 from certun.errors import InvalidParameterError
 
 __all__ = [
@@ -35,163 +43,10 @@ __all__ = [
     "sisa_problems",
 ]
 
-#: Key names that look like a raw seed or generator state (case-insensitive). ``seed_commitment``
-#: and the noise record's ``key_*`` fields are the allowed exceptions.
-RAW_SEED_KEY = re.compile(r"seed|rng[_-]?state|random[_-]?state|generator[_-]?state|prng[_-]?key", re.I)
-#: Words that name the noise secret itself, matched as whole words of a key (``rng``, ``rng_key``,
-#: ``noise_key``, ``runKey``, ``secret``, ``entropy``): JAX, numpy and certun's own names for it.
-_SECRET_WORDS = frozenset({"rng", "prng", "key", "keys", "secret", "secrets", "entropy"})
-_ALLOWED_SEED_KEYS = frozenset({"seed_commitment", "key_bits", "key_origin", "key_derivation"})
-#: A string of 64 or more hex digits (a 256-bit key written out) that is not a ``sha256:`` digest.
-_HEX_SECRET = re.compile(r"(?<![0-9a-f:])[0-9a-f]{64,}(?![0-9a-f])", re.I)
-#: The fields that hold a bare hex hash (subject digests, Merkle roots), by path with list indices dropped.
-_HASH_PATHS = frozenset({"subject[].digest.sha256", "artifacts.retain_set.merkle_root",
-                         "artifacts.forget_set.merkle_root", "execution.sisa.shard_states[].retain_root_before",
-                         "execution.sisa.shard_states[].retain_root_after",
-                         "execution.sisa.shard_states[].restarted_from"})
-#: The objects whose keys are tensor names (a module may be called "seed"), by exact path: only
-#: there a seed-like key is allowed, and only as a key (its value is still searched). The same key
-#: name anywhere else (say ``execution.extra.tensors``) gets no exemption.
-_NAME_MAP_PATHS = frozenset({
-    "execution.frozen_parameters", "execution.parameter_shapes", "artifacts.public_tensors",
-    "artifacts.unlearned_model.tensors", "artifacts.model_before.tensors", "artifacts.center.tensors"})
-#: A string value that writes a seed out (``"seed=1234"``, ``"rng_state: 99"``).
-RAW_SEED_VALUE = re.compile(r"(seed|rng[_-]?state|random[_-]?state|generator[_-]?state|prng[_-]?key|"
-                            r"(?<![\w:])(?:rng|key|secret|entropy))\s*[:=]\s*\S", re.I)
-#: Letters of other scripts that look like Latin ones (Unicode confusables, the subset that can
-#: spell the seed words): a key ``sеed`` with a Cyrillic ``е`` must not hide a seed.
-_CONFUSABLES = str.maketrans({
-    "\u0430": "a", "\u0435": "e", "\u043e": "o", "\u0440": "p", "\u0441": "c", "\u0443": "y", "\u0445": "x",
-    "\u0456": "i", "\u0455": "s", "\u0501": "d", "\u0261": "g", "\u0578": "n", "\u043d": "h", "\u0442": "t",
-    "\u043a": "k", "\u043c": "m", "\u0432": "b", "\u0458": "j", "\u04bb": "h", "\u051b": "q", "\u051d": "w",
-    "\u03bf": "o", "\u03b5": "e", "\u03b1": "a", "\u03c1": "p", "\u03ba": "k", "\u03bd": "v", "\u03c4": "t",
-    "\u03b9": "i", "\u0391": "a", "\u0395": "e", "\u039f": "o", "\u03a1": "p", "\u0405": "s", "\u0415": "e",
-    "\u041e": "o", "\u0420": "p", "\u0421": "c", "\u0410": "a", "\u0406": "i", "\u0131": "i", "\u017f": "s",
-})
-
-
 #: Clipping granularities that satisfy the gradient-clipping proofs (docs/theory.md#gradient-clipping).
 _GRADIENT_CLIPS = frozenset({"per_sample", "batch"})
 #: Variants whose certifying algorithm is the route itself, so (0, 0) (docs/theory.md#exact-routes).
 EXACT_VARIANTS = frozenset({"retrain"})
-
-
-def _skeleton(text: str) -> str:
-    """``text`` with compatibility forms folded (NFKC: fullwidth, ligatures), case folded, confusable
-    letters mapped to Latin and invisible format characters removed."""
-    folded = unicodedata.normalize("NFKC", text).casefold().translate(_CONFUSABLES)
-    return "".join(c for c in folded if unicodedata.category(c) != "Cf")
-
-
-#: A key that names record identifiers (``forget_ids``, ``deleted_indices``, ``retainIds``).
-RECORD_ID_KEY = re.compile(r"(forget|forgotten|retain|retained|delete|deleted|remove|removed|erase|erased)"
-                           r"[_-]?(ids?|identifiers?|indices|index|idx|records?|rows?|samples?|examples?)$", re.I)
-#: Word stems that name who or what was unlearned: a free-form key holding one (``forget``,
-#: ``forget_set``, ``deleted``, ``unlearned_ids``, ``requests``, ``user``) is refused outright.
-RECORD_ID_STEM = re.compile(r"forget|forgot|retain|delet|remov|eras|unlearn|request|user", re.I)
-#: Free text that writes such a set out (``"forget_ids=[3, 17]"``, ``"deleted: 42"``).
-_RECORD_ID_TEXT = re.compile(r"(forget|forgot|retain|delet|remov|eras|unlearn|request|user)\w*\s*[:=]\s*[\[({\d]",
-                             re.I)
-#: The free-form sections, where a backend or user may write anything, and the free-text notes.
-_FREE_FORM = ("execution.extra", "execution.finetune", "execution.noise", "mechanism.notes")
-#: The keys certun's backends write into ``execution.extra`` (torch: buffers, frozen, clipping
-#: implementation, public buffers/attributes; numpy: loss; both: noise_mode), with their JSON types:
-#: the section is closed, so nothing else (a seed, an identifier list) can ride along in it.
-EXTRA_KEYS: Mapping[str, tuple[type, ...]] = {
-    "buffers": (str,), "frozen": (str,), "clip_implementation": (str, type(None)), "recomputed_buffers": (list,),
-    "public_buffers": (dict,), "attributes": (str,), "public_attributes": (dict,), "noise_mode": (str,),
-    "loss": (str,),
-}
-
-
-def extra_problems(extra: Mapping[str, Any]) -> list[str]:
-    """Why ``execution.extra`` holds something certun's backends never write (``[]`` if nothing)."""
-    problems = []
-    unknown = sorted(k for k in extra if k not in EXTRA_KEYS)
-    if unknown:
-        problems.append(f"execution.extra holds keys {unknown} that certun's backends never write; it may hold "
-                        f"only {sorted(EXTRA_KEYS)}")
-    for key, value in extra.items():
-        kinds = EXTRA_KEYS.get(key)
-        if kinds is not None and not isinstance(value, kinds):
-            problems.append(f"execution.extra.{key} is a {type(value).__name__}, expected "
-                            f"{' or '.join(k.__name__ for k in kinds)}")
-        elif isinstance(value, list) and not all(isinstance(v, str) for v in value):
-            problems.append(f"execution.extra.{key} must list names (strings) only")
-        elif isinstance(value, dict) and not all(isinstance(v, str) for v in value.values()):
-            problems.append(f"execution.extra.{key} must map names to digests (strings) only")
-    return problems
-
-
-def _is_int_list(value: list[Any]) -> bool:
-    return sum(1 for v in value if isinstance(v, int) and not isinstance(v, bool)) >= 2
-
-
-def record_id_paths(doc: Mapping[str, Any]) -> list[str]:
-    """Paths in the free-form sections and notes that look like record identifiers: a key naming
-    them (spelled with look-alike letters too), text writing them out, or a list of integers. A
-    certificate publishes the sets only as salted Merkle roots."""
-    found: list[str] = []
-    stack: list[tuple[Any, str]] = []
-    for section in _FREE_FORM:
-        top, _, name = section.partition(".")
-        value = doc.get(top, {}).get(name) if isinstance(doc.get(top), Mapping) else None
-        stack.append((value, section))
-    while stack:
-        value, where = stack.pop()
-        if isinstance(value, Mapping):
-            for key, item in value.items():
-                here = f"{where}.{key}"
-                if isinstance(key, str):
-                    word = _skeleton(key).replace(" ", "")
-                    if RECORD_ID_KEY.search(word) or RECORD_ID_STEM.search(word):
-                        found.append(here)
-                stack.append((item, here))
-        elif isinstance(value, list):
-            if _is_int_list(value):
-                found.append(where)
-            stack.extend((item, f"{where}[{i}]") for i, item in enumerate(value))
-        elif isinstance(value, str) and _RECORD_ID_TEXT.search(_skeleton(value)):
-            found.append(where)
-    return sorted(set(found))
-
-
-def _words(key: str) -> list[str]:
-    """The words of a key: split at ``_``, ``-``, spaces, dots and camelCase humps, folded."""
-    spaced = re.sub(r"([a-z0-9])([A-Z])", r"\1 \2", key)
-    return [w for w in re.split(r"[^0-9a-z]+", _skeleton(spaced)) if w]
-
-
-def _seed_key(key: str) -> bool:
-    return bool(RAW_SEED_KEY.search(_skeleton(key))) or any(w in _SECRET_WORDS for w in _words(key))
-
-
-def raw_seed_paths(document: Any, path: str = "") -> list[str]:
-    """Paths anywhere in ``document`` that look like a raw seed or key: a seed-like key (e.g.
-    ``execution.extra.seed``, ``rng``, ``noise_key``, ``secret``, ``entropy``, also spelled with
-    look-alike letters), a string value that writes one out (``"seed=1234"``, ``"rng: 1234"``), or
-    64+ hex digits outside the fields that hold hashes (a 256-bit key written out).
-
-    Anyone holding the seed, the retain data and the model can regenerate and strip the noise, so a
-    certificate must hold only the seed's commitment.
-    """
-    found: list[str] = []
-    if isinstance(document, Mapping):
-        names_only = path in _NAME_MAP_PATHS
-        for key, value in document.items():
-            here = f"{path}.{key}" if path else str(key)
-            if isinstance(key, str) and not names_only and key not in _ALLOWED_SEED_KEYS and _seed_key(key):
-                found.append(here)
-            found.extend(raw_seed_paths(value, here))
-    elif isinstance(document, list):
-        for i, value in enumerate(document):
-            found.extend(raw_seed_paths(value, f"{path}[{i}]"))
-    elif isinstance(document, str):
-        text = _skeleton(document)
-        if RAW_SEED_VALUE.search(text) or (
-                re.sub(r"\[\d+\]", "[]", path) not in _HASH_PATHS and _HEX_SECRET.search(text)):
-            found.append(path)
-    return found
 
 
 def _steps(mechanism: Mapping[str, Any], scalar: str, plural: str) -> tuple[str, int | None]:
@@ -344,31 +199,63 @@ def _implied_d(shapes: Any, d: int) -> int:
 
 def consistency_problems(doc: Mapping[str, Any]) -> list[str]:
     """Every internal inconsistency of a schema-valid certificate, one sentence each (``[]`` if none)."""
-    claim, m, acc = doc["claim"], doc["mechanism"], doc["accounting"]
-    ex, art, chain = doc["execution"], doc["artifacts"], doc["chain"]
-    problems: list[str] = []
+    m, ex, art = doc["mechanism"], doc["execution"], doc["artifacts"]
+    problems = _claim_problems(doc["claim"], m, doc["accounting"])
+    problems.extend(_step_problems(m, ex))
+    problems.extend(_parameter_problems(m["variant"], ex, art))
+    problems.extend(exact_claim_problems(doc))
+    problems.extend(sisa_problems(doc))
+    problems.extend(extra_problems(ex["extra"]))
+    problems.extend(_record_id_problems(doc))
+    problems.extend(_clipping_problems(m, ex))
+    problems.extend(_digest_problems(doc, ex["unlearned_parameters"]))
+    problems.extend(_chain_problems(doc["chain"]))
+    return problems
 
-    # the claim is the mechanism's target (docs/theory.md#what-a-certificate-records)
+
+def _claim_problems(claim: Mapping[str, Any], m: Mapping[str, Any], acc: Mapping[str, Any]) -> list[str]:
+    """The claim is the mechanism's target (docs/theory.md#what-a-certificate-records)."""
+    problems: list[str] = []
     for key in ("variant", "eps", "delta"):
         if claim[key] != m[key]:
             problems.append(f"claim.{key} is {claim[key]!r} but mechanism.{key} is {m[key]!r}")
     if acc["method"] != m["method"]:
         problems.append(f"accounting.method is {acc['method']!r} but mechanism.method is {m['method']!r}")
+    return problems
 
-    # T, the per-step schedules and the steps actually run
-    problems.extend(_mechanism_problems(m))
+
+def _step_problems(m: Mapping[str, Any], ex: Mapping[str, Any]) -> list[str]:
+    """T, the per-step schedules and the steps actually run agree."""
+    problems = _mechanism_problems(m)
     if ex["noisy_steps"] != m["T"]:
         problems.append(f"execution.noisy_steps is {ex['noisy_steps']} but mechanism.T is {m['T']}")
+    return problems
 
-    # the unlearned parameters x and their count d
+
+def _parameter_problems(variant: str, ex: Mapping[str, Any], art: Mapping[str, Any]) -> list[str]:
+    """The unlearned parameters x, their shapes and count d, and the frozen and public tensors agree."""
+    problems: list[str] = []
     unlearned = ex["unlearned_parameters"]
     if len(set(unlearned)) != len(unlearned):
         dupes = sorted(n for n, count in Counter(unlearned).items() if count > 1)
         problems.append(f"execution.unlearned_parameters lists {dupes} more than once")
-    variant = m["variant"]
     if variant != "retrain" and (not unlearned or ex["d"] < 1):
         problems.append(f"{variant} needs unlearned parameters: got {len(unlearned)} names and d={ex['d']}")
-    shapes = ex["parameter_shapes"]
+    problems.extend(_shape_problems(variant, ex))
+    overlap = sorted(set(unlearned) & set(ex["frozen_parameters"]))
+    if overlap:
+        problems.append(f"parameters {overlap} are listed both as unlearned and as frozen")
+    public = art.get("public_tensors") or {}
+    overlap = sorted(set(public) & (set(unlearned) | set(ex["frozen_parameters"])))
+    if overlap:
+        problems.append(f"tensors {overlap} are listed as public and also as unlearned or frozen")
+    return problems
+
+
+def _shape_problems(variant: str, ex: Mapping[str, Any]) -> list[str]:
+    """The recorded parameter shapes name the unlearned tensors and imply d."""
+    problems: list[str] = []
+    unlearned, shapes = ex["unlearned_parameters"], ex["parameter_shapes"]
     if variant != "retrain" and not shapes:
         problems.append(f"{variant} adds noise over d={ex['d']} coordinates but execution.parameter_shapes is empty: "
                         "nothing ties d (and so the sampler's residual) to the unlearned tensors")
@@ -380,30 +267,34 @@ def consistency_problems(doc: Mapping[str, Any]) -> list[str]:
         if implied != ex["d"]:
             shown = implied if implied <= ex["d"] else f"more than {ex['d']}"
             problems.append(f"execution.d is {ex['d']} but the recorded parameter shapes imply d={shown}")
-    overlap = sorted(set(unlearned) & set(ex["frozen_parameters"]))
-    if overlap:
-        problems.append(f"parameters {overlap} are listed both as unlearned and as frozen")
-    public = art.get("public_tensors") or {}
-    overlap = sorted(set(public) & (set(unlearned) | set(ex["frozen_parameters"])))
-    if overlap:
-        problems.append(f"tensors {overlap} are listed as public and also as unlearned or frozen")
-    problems.extend(exact_claim_problems(doc))
-    problems.extend(sisa_problems(doc))
-    problems.extend(extra_problems(ex["extra"]))
+    return problems
+
+
+def _record_id_problems(doc: Mapping[str, Any]) -> list[str]:
+    """The free-form sections publish no record identifiers."""
     ids = record_id_paths(doc)
     if ids:
-        problems.append(f"{ids} look like record identifiers: a certificate names the retain and forget sets only "
-                        "by salted Merkle roots (published identifiers say who was forgotten)")
+        return [f"{ids} look like record identifiers: a certificate names the retain and forget sets only "
+                "by salted Merkle roots (published identifiers say who was forgotten)"]
+    return []
 
-    # clipping granularity vs variant (docs/theory.md#gradient-clipping, #model-clipping)
+
+def _clipping_problems(m: Mapping[str, Any], ex: Mapping[str, Any]) -> list[str]:
+    """Clipping granularity vs variant (docs/theory.md#gradient-clipping, #model-clipping)."""
+    variant = m["variant"]
     needs_clip = variant == "gradient_clipping" or (
         variant == "model_clipping" and m["mode"] == "clip_noise_before_projection")
     if needs_clip and ex["clipping"] not in _GRADIENT_CLIPS:
         label = variant if variant == "gradient_clipping" else f"{variant} ({m['mode']})"
-        problems.append(f"{label} needs gradient clipping per_sample or batch, "
-                        f"but execution.clipping is {ex['clipping']!r}")
+        return [f"{label} needs gradient clipping per_sample or batch, "
+                f"but execution.clipping is {ex['clipping']!r}"]
+    return []
 
-    # digests of the model; model_before may be a salted commitment instead (docs/certificates.md)
+
+def _digest_problems(doc: Mapping[str, Any], unlearned: list[str]) -> list[str]:
+    """Digests of the model; model_before may be a salted commitment instead (docs/certificates.md)."""
+    art, chain = doc["artifacts"], doc["chain"]
+    problems: list[str] = []
     for name in ("unlearned_model", "model_before", "center"):
         if name == "model_before" and isinstance(art[name], Mapping) and "commitment" in art[name]:
             continue
@@ -424,10 +315,13 @@ def consistency_problems(doc: Mapping[str, Any]) -> list[str]:
                         [{"name": "unlearned_model", "digest": {"sha256": after["root"][len("sha256:"):]}}])
     if doc["subject"] != expected_subject:
         problems.append(f"subject is {doc['subject']!r} but artifacts.unlearned_model implies {expected_subject!r}")
-
-    # the chain link
-    if (chain["sequence"] == 0) != (chain["previous"] is None):
-        problems.append(f"chain.sequence is {chain['sequence']} but chain.previous is "
-                        f"{'absent' if chain['previous'] is None else 'set'}: the first certificate "
-                        f"(sequence 0) and only it has no previous")
     return problems
+
+
+def _chain_problems(chain: Mapping[str, Any]) -> list[str]:
+    """The chain link: the first certificate (sequence 0) and only it has no previous."""
+    if (chain["sequence"] == 0) != (chain["previous"] is None):
+        return [f"chain.sequence is {chain['sequence']} but chain.previous is "
+                f"{'absent' if chain['previous'] is None else 'set'}: the first certificate "
+                f"(sequence 0) and only it has no previous"]
+    return []

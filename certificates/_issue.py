@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from certun.accountant import Schedule, Variant
+from certun.accountant import Guarantee, Schedule, Variant
 from certun.certificates._canonical import content_digest
 from certun.certificates._consistency import consistency_problems, raw_seed_paths
 from certun.certificates._digest import DIGEST_ALGORITHM
@@ -121,6 +121,21 @@ def issue(schedule: Schedule, record: RunRecord, *, previous: Mapping[str, Any] 
             digest of a starting model that is not the previous certificate's released model.
         CertificateFormatError: the record does not fit the certificate schema.
     """
+    _check_inputs(schedule, record)
+    rec = _recomputed(schedule)
+    issued_at = utc_timestamp(created)
+    prev = load_previous(previous)
+    document = _document(schedule, record, rec, _model_before(record, prev), prev, issued_at)
+    document = _json_round_trip(document)
+    _check_document(document)
+    document["content_digest"] = content_digest(document)
+    if signing_key is not None:
+        document = sign_document(document, signing_key, created=issued_at)
+    return document
+
+
+def _check_inputs(schedule: Schedule, record: RunRecord) -> None:
+    """Reject a non-Schedule, a non-RunRecord, reused noise, or a record that names no released model."""
     if not isinstance(schedule, Schedule):
         raise InvalidParameterError("schedule", type(schedule).__name__, "a certun Schedule")
     if not isinstance(record, RunRecord):
@@ -134,14 +149,20 @@ def issue(schedule: Schedule, record: RunRecord, *, previous: Mapping[str, Any] 
         raise InvalidParameterError("record.model_after", None, "the digest of the released (unlearned) model",
                                     hint="a certificate that names no model certifies nothing a verifier can check; "
                                          "build it with certun.certificates.model_digest(unlearned parameters)")
+
+
+def _recomputed(schedule: Schedule) -> Guarantee:
+    """The recomputed guarantee of ``schedule``; raises when it does not meet the schedule's own target."""
     decision = decide_claim(schedule, schedule.target.eps, schedule.target.delta)
     if not decision.holds:
         raise InvalidParameterError("schedule", f"target ({schedule.target.eps}, {schedule.target.delta})",
                                     "a target the recomputed guarantee meets", hint=decision.detail)
-    rec = decision.recomputed
-    issued_at = utc_timestamp(created)
-    prev = load_previous(previous)
-    model_before = _model_before(record, prev)
+    return decision.recomputed
+
+
+def _document(schedule: Schedule, record: RunRecord, rec: Guarantee, model_before: dict[str, Any] | None,
+              prev: Mapping[str, Any] | None, issued_at: str) -> dict[str, Any]:
+    """The unsigned certificate document, before its JSON round trip and content digest."""
     after = record.model_after
     document: dict[str, Any] = {
         "format": CERTIFICATE_FORMAT,
@@ -155,35 +176,8 @@ def issue(schedule: Schedule, record: RunRecord, *, previous: Mapping[str, Any] 
             "definition": CLAIM_DEFINITION,
         },
         "mechanism": schedule.to_dict(),
-        "accounting": {
-            "method": schedule.method.value,
-            "conversion": CONVERSIONS[schedule.variant],
-            "eps": rec.eps,
-            "delta": rec.delta,
-            "log_delta": rec.log_delta,
-            "eps_renyi": rec.eps_renyi,
-            "alpha": rec.alpha,
-            "versions": versions("numpy", "scipy", "mpmath", missing="unknown"),
-        },
-        "execution": {
-            "backend": record.backend,
-            "clipping": record.clipping,
-            "unlearned_parameters": list(record.unlearned_parameters),
-            "parameter_shapes": _shapes(record),
-            "d": record.d,
-            "frozen_parameters": dict(sorted(record.frozen_parameters.items())),
-            "noisy_steps": record.noisy_steps,
-            "postprocess": record.postprocess,
-            "finetune": dict(record.finetune),
-            "device": record.device,
-            "dtype": record.dtype,
-            "started_at": record.started_at,
-            "finished_at": record.finished_at,
-            "versions": dict(record.versions),
-            "extra": dict(record.extra),
-            **({} if record.noise is None else {"noise": dict(record.noise)}),
-            **({} if record.sisa is None else {"sisa": dict(record.sisa)}),
-        },
+        "accounting": _accounting(schedule, rec),
+        "execution": _execution(record),
         "artifacts": {
             "unlearned_model": _model(after),
             "model_before": model_before,
@@ -200,11 +194,56 @@ def issue(schedule: Schedule, record: RunRecord, *, previous: Mapping[str, Any] 
     }
     if record.public_tensors:
         document["artifacts"]["public_tensors"] = dict(sorted(record.public_tensors.items()))
-    # JSON round trip: tuples become lists, and anything not JSON fails here rather than in a file
+    return document
+
+
+def _accounting(schedule: Schedule, rec: Guarantee) -> dict[str, Any]:
+    """The certificate's ``accounting`` section: the recomputed guarantee and the accountant's versions."""
+    return {
+        "method": schedule.method.value,
+        "conversion": CONVERSIONS[schedule.variant],
+        "eps": rec.eps,
+        "delta": rec.delta,
+        "log_delta": rec.log_delta,
+        "eps_renyi": rec.eps_renyi,
+        "alpha": rec.alpha,
+        "versions": versions("numpy", "scipy", "mpmath", missing="unknown"),
+    }
+
+
+def _execution(record: RunRecord) -> dict[str, Any]:
+    """The certificate's ``execution`` section, copied from the run record."""
+    return {
+        "backend": record.backend,
+        "clipping": record.clipping,
+        "unlearned_parameters": list(record.unlearned_parameters),
+        "parameter_shapes": _shapes(record),
+        "d": record.d,
+        "frozen_parameters": dict(sorted(record.frozen_parameters.items())),
+        "noisy_steps": record.noisy_steps,
+        "postprocess": record.postprocess,
+        "finetune": dict(record.finetune),
+        "device": record.device,
+        "dtype": record.dtype,
+        "started_at": record.started_at,
+        "finished_at": record.finished_at,
+        "versions": dict(record.versions),
+        "extra": dict(record.extra),
+        **({} if record.noise is None else {"noise": dict(record.noise)}),
+        **({} if record.sisa is None else {"sisa": dict(record.sisa)}),
+    }
+
+
+def _json_round_trip(document: dict[str, Any]) -> dict[str, Any]:
+    """JSON round trip: tuples become lists, and anything not JSON fails here rather than in a file."""
     problems = json_value_problems(document)
     if problems:
         raise CertificateFormatError("the run record is not JSON-serialisable: " + "; ".join(problems))
-    document = json.loads(json.dumps(document, allow_nan=False))
+    return json.loads(json.dumps(document, allow_nan=False))
+
+
+def _check_document(document: dict[str, Any]) -> None:
+    """Reject raw seeds, schema misfits and inconsistencies; leaves a placeholder ``content_digest``."""
     seeds = raw_seed_paths(document)
     if seeds:
         raise InvalidParameterError("record", f"keys {seeds}", "free of raw seeds (record only the seed commitment)")
@@ -216,10 +255,6 @@ def issue(schedule: Schedule, record: RunRecord, *, previous: Mapping[str, Any] 
     if problems:
         raise InvalidParameterError("record", "inconsistent with the schedule", "consistent",
                                     hint="; ".join(problems))
-    document["content_digest"] = content_digest(document)
-    if signing_key is not None:
-        document = sign_document(document, signing_key, created=issued_at)
-    return document
 
 
 def write_certificate(cert: Mapping[str, Any], path: str | os.PathLike) -> Path:

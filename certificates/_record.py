@@ -73,7 +73,7 @@ class RunRecord:
         started_at, finished_at: RFC 3339 UTC timestamps.
         versions: library versions (certun, torch, opacus, numpy, ...).
         extra: backend details, only the keys certun's backends write
-            (:data:`certun.certificates._consistency.EXTRA_KEYS`): the section is closed so that no
+            (:data:`certun.certificates._disclosure.EXTRA_KEYS`): the section is closed so that no
             seed or identifier list can ride along in it.
         noise: the noise source (``execution.noise``): generator, key bits, sampler, key origin
             (``"os"`` or ``"user_seed"``), draws, Box–Muller pairs and the sampler's tail residual

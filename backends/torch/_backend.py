@@ -46,6 +46,16 @@ from certun.errors import InvalidParameterError
 __all__ = ["TorchBackend", "resolve_device"]
 
 
+def _check_callables(model: Any, loss_fn: Any, model_factory: Any) -> None:
+    """Reject a model that is not a ``torch.nn.Module``, a loss that is not callable, or a bad model factory."""
+    if not isinstance(model, nn.Module):
+        raise InvalidParameterError("model", type(model).__name__, "a torch.nn.Module")
+    if not callable(loss_fn):
+        raise InvalidParameterError("loss_fn", type(loss_fn).__name__, "a callable loss")
+    if model_factory is not None and not callable(model_factory):
+        raise InvalidParameterError("model_factory", type(model_factory).__name__, "a callable or None")
+
+
 class TorchBackend:
     """Certified unlearning for ``torch.nn.Module`` models (registered as ``"torch"``)."""
 
@@ -101,12 +111,7 @@ class TorchBackend:
                                 finetune_lr=finetune_lr, noise_mode=noise_mode, progress=progress,
                                 callback=callback, noise_source=noise_source, buffers=buffers, frozen=frozen,
                                 attributes=attributes)
-        if not isinstance(model, nn.Module):
-            raise InvalidParameterError("model", type(model).__name__, "a torch.nn.Module")
-        if not callable(loss_fn):
-            raise InvalidParameterError("loss_fn", type(loss_fn).__name__, "a callable loss")
-        if model_factory is not None and not callable(model_factory):
-            raise InvalidParameterError("model_factory", type(model_factory).__name__, "a callable or None")
+        _check_callables(model, loss_fn, model_factory)
         if params is not None and not isinstance(params, str):
             params = list(params)  # iterated more than once (e.g. model.parameters(), a generator)
         skeleton.check_seed(seed)

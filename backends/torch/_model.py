@@ -127,25 +127,9 @@ def check_model(model: nn.Module, parts: ModelParts, *, hooks: bool, buffers: st
     if len(dtypes) > 1:
         problems.append(("<model>", "unlearned parameters mix float32 and float64",
                          "convert the model to one dtype (model.float() or model.double())"))
-    for path, module in parts.norms:
-        if hooks:
-            problems.append((path, f"{type(module).__name__} keeps running statistics computed from the training "
-                             "data, and per-sample clipping cannot run it (it mixes the samples of a batch)",
-                             "use clip='batch' with buffers='recompute', or replace it with GroupNorm/LayerNorm "
-                             "before training (never swapped silently in a trained model)"))
-        elif buffers != "recompute":
-            problems.append((path, f"{type(module).__name__} running statistics were computed from the training "
-                             "data, including the forget set, and are not part of the unlearned parameters",
-                             "pass buffers='recompute' to reset them and recompute them from retain data, or "
-                             "replace the layer with GroupNorm/LayerNorm before training"))
+    problems.extend(_norm_problems(parts, hooks, buffers))
     if hooks:
-        for path, module in model.named_modules():
-            if isinstance(module, nn.modules.batchnorm._BatchNorm) and not module.track_running_stats:
-                problems.append((path, "BatchNorm in training mode mixes the samples of a batch, so per-sample "
-                                 "gradients (and per-sample clipping) are undefined", "use clip='batch'"))
-        # Opacus' other refusals (attention, custom layers) fall back to torch.func; recurrent layers do not
-        # vectorise reliably there (their flattened weights), so they keep Opacus' refusal and remedy
-        problems.extend(p for p in opacus_problems(model) if isinstance(model.get_submodule(p[0]), nn.RNNBase))
+        problems.extend(_per_sample_problems(model))
     if parts.buffers and buffers != "public":
         for name in parts.buffers:
             problems.append((name, "buffer may depend on the training data and is not among the unlearned "
@@ -162,6 +146,36 @@ def check_model(model: nn.Module, parts: ModelParts, *, hooks: bool, buffers: st
                              "is recorded and checked unchanged)"))
     if problems:
         raise UnsupportedModelError(problems)
+
+
+def _norm_problems(parts: ModelParts, hooks: bool, buffers: str) -> list[tuple[str, str, str]]:
+    """The norm layers whose running statistics per-sample clipping cannot run or nothing recomputes."""
+    problems: list[tuple[str, str, str]] = []
+    for path, module in parts.norms:
+        if hooks:
+            problems.append((path, f"{type(module).__name__} keeps running statistics computed from the training "
+                             "data, and per-sample clipping cannot run it (it mixes the samples of a batch)",
+                             "use clip='batch' with buffers='recompute', or replace it with GroupNorm/LayerNorm "
+                             "before training (never swapped silently in a trained model)"))
+        elif buffers != "recompute":
+            problems.append((path, f"{type(module).__name__} running statistics were computed from the training "
+                             "data, including the forget set, and are not part of the unlearned parameters",
+                             "pass buffers='recompute' to reset them and recompute them from retain data, or "
+                             "replace the layer with GroupNorm/LayerNorm before training"))
+    return problems
+
+
+def _per_sample_problems(model: nn.Module) -> list[tuple[str, str, str]]:
+    """The modules whose per-sample gradients are undefined (batch-mixing BatchNorm) or unreliable (RNNs)."""
+    problems: list[tuple[str, str, str]] = []
+    for path, module in model.named_modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm) and not module.track_running_stats:
+            problems.append((path, "BatchNorm in training mode mixes the samples of a batch, so per-sample "
+                             "gradients (and per-sample clipping) are undefined", "use clip='batch'"))
+    # Opacus' other refusals (attention, custom layers) fall back to torch.func; recurrent layers do not
+    # vectorise reliably there (their flattened weights), so they keep Opacus' refusal and remedy
+    problems.extend(p for p in opacus_problems(model) if isinstance(model.get_submodule(p[0]), nn.RNNBase))
+    return problems
 
 
 def check_center(center: Any, parts: ModelParts) -> None:

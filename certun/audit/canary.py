@@ -175,6 +175,26 @@ def canary_audit(
 
 
 # ------------------------------------------------------------------------------------ a tiny end-to-end pipeline
+def _train_linear(x_train: Any, y_train: Any, dim: int, seed: int, train_steps: int, train_lr: float) -> Any:
+    """``nn.Linear(dim, 2)``, initialised from ``seed`` and trained by full-batch gradient descent."""
+    import torch
+    from torch import nn
+    from torch.nn import functional
+
+    torch_gen = torch.Generator().manual_seed(seed % (2**63))
+    model = nn.Linear(dim, 2)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(0.01 * torch.randn(p.shape, generator=torch_gen))
+    for _ in range(train_steps):
+        model.zero_grad()
+        functional.cross_entropy(model(x_train), y_train).backward()
+        with torch.no_grad():
+            for p in model.parameters():
+                p.sub_(train_lr * p.grad)
+    return model
+
+
 def tiny_torch_pipeline(
     schedule,
     *,
@@ -198,7 +218,6 @@ def tiny_torch_pipeline(
     Data depend only on a fixed data seed; the run's seed drives training order and the noise.
     """
     import torch
-    from torch import nn
     from torch.nn import functional
 
     from certun.audit.game import derive_seed
@@ -215,17 +234,7 @@ def tiny_torch_pipeline(
         mask = torch.as_tensor(np.asarray(included, dtype=bool))
         x_train = torch.cat([x_retain, x_canary[mask]])
         y_train = torch.cat([y_retain, y_canary[mask]])
-        torch_gen = torch.Generator().manual_seed(derive_seed(seed, 0) % (2**63))
-        model = nn.Linear(dim, 2)
-        with torch.no_grad():
-            for p in model.parameters():
-                p.copy_(0.01 * torch.randn(p.shape, generator=torch_gen))
-        for _ in range(train_steps):
-            model.zero_grad()
-            functional.cross_entropy(model(x_train), y_train).backward()
-            with torch.no_grad():
-                for p in model.parameters():
-                    p.sub_(train_lr * p.grad)
+        model = _train_linear(x_train, y_train, dim, derive_seed(seed, 0), train_steps, train_lr)
         if unlearn:
             loader = [(x_retain[i:i + 50], y_retain[i:i + 50]) for i in range(0, n_retain, 50)]
             result = get_backend("torch").unlearn(model, loader, schedule, loss_fn=functional.cross_entropy,

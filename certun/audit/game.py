@@ -282,6 +282,31 @@ def derive_seed(seed: int, index: int) -> int:
     return int(np.random.SeedSequence([seed, index]).generate_state(1, dtype=np.uint64)[0] % (2**63))
 
 
+def _check_play(schedule: Schedule, noise_mode: str, confidence: float, runner: str) -> None:
+    """Reject a non-Schedule or retrain schedule, an unknown noise mode or runner, and a bad confidence."""
+    if not isinstance(schedule, Schedule):
+        raise InvalidParameterError("schedule", type(schedule).__name__, "a certun Schedule")
+    if schedule.variant is Variant.RETRAIN:
+        raise InvalidParameterError("schedule.variant", schedule.variant.value,
+                                    "a noisy variant (retrain has nothing to audit)")
+    if noise_mode not in NOISE_MODES:
+        raise InvalidParameterError("noise_mode", noise_mode, f"one of {', '.join(map(repr, NOISE_MODES))}")
+    if isinstance(confidence, bool) or not isinstance(confidence, (int, float)) or not 0 < confidence < 1:
+        raise InvalidParameterError("confidence", confidence, "a number in (0, 1)")
+    if runner not in RUNNERS:
+        raise InvalidParameterError("runner", runner, f"one of {', '.join(map(repr, RUNNERS))}")
+
+
+def _starts(schedule: Schedule, n_runs: int, d: int, dev: Any) -> Any:
+    """The ``2 * n_runs`` chain starts: ``n_runs`` at ``+C0 e_1`` (start a), then ``n_runs`` at ``-C0 e_1`` (b)."""
+    import torch
+
+    starts = torch.zeros((2 * n_runs, d), dtype=torch.float64, device=dev)
+    starts[:n_runs, 0] = float(schedule.C0)
+    starts[n_runs:, 0] = -float(schedule.C0)
+    return starts
+
+
 def play(
     schedule: Schedule,
     *,
@@ -316,26 +341,14 @@ def play(
     """
     import torch
 
-    if not isinstance(schedule, Schedule):
-        raise InvalidParameterError("schedule", type(schedule).__name__, "a certun Schedule")
-    if schedule.variant is Variant.RETRAIN:
-        raise InvalidParameterError("schedule.variant", schedule.variant.value,
-                                    "a noisy variant (retrain has nothing to audit)")
-    if noise_mode not in NOISE_MODES:
-        raise InvalidParameterError("noise_mode", noise_mode, f"one of {', '.join(map(repr, NOISE_MODES))}")
-    if isinstance(confidence, bool) or not isinstance(confidence, (int, float)) or not 0 < confidence < 1:
-        raise InvalidParameterError("confidence", confidence, "a number in (0, 1)")
-    if runner not in RUNNERS:
-        raise InvalidParameterError("runner", runner, f"one of {', '.join(map(repr, RUNNERS))}")
+    _check_play(schedule, noise_mode, confidence, runner)
     n_runs = _check_int("n_runs", n_runs, 2)
     d = _check_int("d", d, 1)
     seed = resolve_seed(seed)
     dev = torch.device(device or "cpu")
     gen = torch.Generator(device=dev)
     gen.manual_seed(seed)
-    starts = torch.zeros((2 * n_runs, d), dtype=torch.float64, device=dev)
-    starts[:n_runs, 0] = float(schedule.C0)
-    starts[n_runs:, 0] = -float(schedule.C0)
+    starts = _starts(schedule, n_runs, d, dev)
     G = default_strength(schedule) if strength is None else float(strength)
     if runner == "batched":
         final = run_chains(schedule, starts, strength=G, noise_mode=noise_mode, generator=gen)

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from scipy import stats as _st
@@ -175,6 +176,46 @@ def _candidate_thresholds(a: np.ndarray, b: np.ndarray) -> np.ndarray:
         return pooled - 1.0
     return np.concatenate([[pooled[0] - 1.0], 0.5 * (pooled[1:] + pooled[:-1])])
 
+def _check_scores(name: str, s: np.ndarray) -> None:
+    """Raise unless ``s`` holds at least 2 scores, all finite."""
+    if s.size < 2:
+        raise InvalidParameterError(name, f"<{s.size} scores>", "at least 2 scores")
+    if not np.all(np.isfinite(s)):
+        raise InvalidParameterError(name, "<non-finite score>", "finite scores only")
+
+
+def _bonferroni(a: np.ndarray, b: np.ndarray, thresholds: Sequence[float] | np.ndarray | None, delta: float,
+                alpha: float) -> tuple[Any, ...]:
+    """The best of the ``2K`` tests on a fixed grid, each CP bound at ``1 − α/(2K)``, and the sample sizes."""
+    if thresholds is None:
+        raise InvalidParameterError("thresholds", None, "a grid fixed before the runs, for select='bonferroni'")
+    grid = np.unique(np.asarray(thresholds, dtype=np.float64).ravel())
+    if grid.size == 0 or not np.all(np.isfinite(grid)):
+        raise InvalidParameterError("thresholds", "<grid>", "a non-empty grid of finite values")
+    level = 1.0 - alpha / (2 * grid.size)
+    value, t, tail, p_hat, q_hat, p_lo, q_up = _best(a, b, grid, delta=delta, level=level)
+    return value, t, tail, p_hat, q_hat, p_lo, q_up, a.size, b.size, int(grid.size)
+
+
+def _holdout(a: np.ndarray, b: np.ndarray, thresholds: Sequence[float] | np.ndarray | None, delta: float,
+             alpha: float, holdout_fraction: float) -> tuple[Any, ...]:
+    """The test selected on the first share of each sample, evaluated on the rest at ``1 − α/2``."""
+    if not (isinstance(holdout_fraction, (int, float)) and 0 < holdout_fraction < 1):
+        raise InvalidParameterError("holdout_fraction", holdout_fraction, "a number in (0, 1)")
+    m_a, m_b = int(a.size * holdout_fraction), int(b.size * holdout_fraction)
+    if min(m_a, m_b) < 1 or min(a.size - m_a, b.size - m_b) < 1:
+        raise InvalidParameterError("holdout_fraction", holdout_fraction,
+                                    "a share leaving at least one score on each side of the split")
+    sel_a, sel_b, ev_a, ev_b = a[:m_a], b[:m_b], a[m_a:], b[m_b:]
+    grid = (_candidate_thresholds(sel_a, sel_b) if thresholds is None
+            else np.unique(np.asarray(thresholds, dtype=np.float64).ravel()))
+    level = 1.0 - alpha / 2
+    _, t, tail, *_ = _best(sel_a, sel_b, grid, delta=delta, level=level)
+    up, lo, p_lo_arr, q_up_arr, p_arr, q_arr = eps_bounds_at(ev_a, ev_b, [t], delta=delta, level=level)
+    value = float(up[0] if tail == "upper" else lo[0])
+    p_hat, q_hat, p_lo, q_up = float(p_arr[0]), float(q_arr[0]), float(p_lo_arr[0]), float(q_up_arr[0])
+    return value, t, tail, p_hat, q_hat, p_lo, q_up, ev_a.size, ev_b.size, 1
+
 
 def eps_lower_bound(
     scores_a: Sequence[float] | np.ndarray,
@@ -217,36 +258,13 @@ def eps_lower_bound(
     a = np.asarray(scores_a, dtype=np.float64).ravel()
     b = np.asarray(scores_b, dtype=np.float64).ravel()
     for name, s in (("scores_a", a), ("scores_b", b)):
-        if s.size < 2:
-            raise InvalidParameterError(name, f"<{s.size} scores>", "at least 2 scores")
-        if not np.all(np.isfinite(s)):
-            raise InvalidParameterError(name, "<non-finite score>", "finite scores only")
+        _check_scores(name, s)
     alpha = 1.0 - confidence
     if select == "bonferroni":
-        if thresholds is None:
-            raise InvalidParameterError("thresholds", None, "a grid fixed before the runs, for select='bonferroni'")
-        grid = np.unique(np.asarray(thresholds, dtype=np.float64).ravel())
-        if grid.size == 0 or not np.all(np.isfinite(grid)):
-            raise InvalidParameterError("thresholds", "<grid>", "a non-empty grid of finite values")
-        level = 1.0 - alpha / (2 * grid.size)
-        value, t, tail, p_hat, q_hat, p_lo, q_up = _best(a, b, grid, delta=delta, level=level)
-        n_a, n_b, n_tests = a.size, b.size, int(grid.size)
+        value, t, tail, p_hat, q_hat, p_lo, q_up, n_a, n_b, n_tests = _bonferroni(a, b, thresholds, delta, alpha)
     elif select == "holdout":
-        if not (isinstance(holdout_fraction, (int, float)) and 0 < holdout_fraction < 1):
-            raise InvalidParameterError("holdout_fraction", holdout_fraction, "a number in (0, 1)")
-        m_a, m_b = int(a.size * holdout_fraction), int(b.size * holdout_fraction)
-        if min(m_a, m_b) < 1 or min(a.size - m_a, b.size - m_b) < 1:
-            raise InvalidParameterError("holdout_fraction", holdout_fraction,
-                                        "a share leaving at least one score on each side of the split")
-        sel_a, sel_b, ev_a, ev_b = a[:m_a], b[:m_b], a[m_a:], b[m_b:]
-        grid = (_candidate_thresholds(sel_a, sel_b) if thresholds is None
-                else np.unique(np.asarray(thresholds, dtype=np.float64).ravel()))
-        level = 1.0 - alpha / 2
-        _, t, tail, *_ = _best(sel_a, sel_b, grid, delta=delta, level=level)
-        up, lo, p_lo_arr, q_up_arr, p_arr, q_arr = eps_bounds_at(ev_a, ev_b, [t], delta=delta, level=level)
-        value = float(up[0] if tail == "upper" else lo[0])
-        p_hat, q_hat, p_lo, q_up = float(p_arr[0]), float(q_arr[0]), float(p_lo_arr[0]), float(q_up_arr[0])
-        n_a, n_b, n_tests = ev_a.size, ev_b.size, 1
+        value, t, tail, p_hat, q_hat, p_lo, q_up, n_a, n_b, n_tests = _holdout(
+            a, b, thresholds, delta, alpha, holdout_fraction)
     else:
         raise InvalidParameterError("select", select, f"one of {', '.join(map(repr, SELECTIONS))}")
     eps_hat = max(0.0, value)  # −inf (no usable test) and negative values both mean "no evidence"

@@ -260,6 +260,23 @@ class Splits:
     test: np.ndarray | None = None
 
 
+def _test_cut(order: np.ndarray, test_fraction: float) -> tuple[np.ndarray, int]:
+    """The test split (the first ``max(1, round(test_fraction · n))`` of ``order``, sorted) and its size."""
+    test_fraction = real_in_range("test_fraction", test_fraction, low=0.0, high=1.0, low_open=True, high_open=True)
+    n_test = max(1, round(test_fraction * order.size))
+    return np.sort(order[:n_test]), n_test
+
+
+def _train(train_order: np.ndarray, max_train: int | None, held_out: float, n: int) -> np.ndarray:
+    """The training records (at most ``max_train``, sorted); raises when fewer than 2 are left."""
+    if max_train is not None:
+        train_order = train_order[:integer("max_train", max_train, "an integer >= 2 or None", low=2)]
+    if train_order.size < 2:
+        raise InvalidParameterError("validation_fraction + public_fraction", held_out,
+                                    f"small enough to leave at least 2 training records of {n}")
+    return np.sort(train_order)
+
+
 def make_splits(
     labels: np.ndarray,
     *,
@@ -300,23 +317,12 @@ def make_splits(
     public_fraction = real_in_range("public_fraction", public_fraction, low=0.0, high=1.0, high_open=True)
     rng = np.random.default_rng(seed)
     order = rng.permutation(n)
-    cut = 0
-    test = None
-    if not has_test:
-        test_fraction = real_in_range("test_fraction", test_fraction, low=0.0, high=1.0, low_open=True, high_open=True)
-        n_test = max(1, round(test_fraction * n))
-        test, cut = np.sort(order[:n_test]), n_test
+    test, cut = (None, 0) if has_test else _test_cut(order, test_fraction)
     n_val = round(validation_fraction * n)
     n_pub = round(public_fraction * n)
     validation = np.sort(order[cut:cut + n_val])
     public = np.sort(order[cut + n_val:cut + n_val + n_pub])
-    train_order = order[cut + n_val + n_pub:]
-    if max_train is not None:
-        train_order = train_order[:integer("max_train", max_train, "an integer >= 2 or None", low=2)]
-    if train_order.size < 2:
-        raise InvalidParameterError("validation_fraction + public_fraction", validation_fraction + public_fraction,
-                                    f"small enough to leave at least 2 training records of {n}")
-    train = np.sort(train_order)
+    train = _train(order[cut + n_val + n_pub:], max_train, validation_fraction + public_fraction, n)
     forget = _forget_set(labels, train, seed, forget_fraction, forget_class)
     retain = np.setdiff1d(train, forget, assume_unique=True)
     if retain.size == 0:

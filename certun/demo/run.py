@@ -174,10 +174,7 @@ def run_demo(config: DemoConfig, out_dir: str | Path, *, progress: bool = True,
     private = {"original model forget-set accuracy": scorer.accuracy(original, "forget")}
     hyper = default_hyperparameters(config, reference_norm)
     schedule = plan_schedule(config, hyper)
-    steps = "" if schedule.T == 0 else f", T = {schedule.T}, gamma = {hyper['gamma']:g}"
-    echo(f"plan: {schedule.variant.value} at (eps, delta) = ({config.eps:g}, {config.delta:g}): C0 = {hyper['C0']:g}"
-         f"{steps}, {findings.noise_description(schedule)}; achieved eps = {schedule.achieved.eps:.6g}, "
-         f"delta = {schedule.achieved.delta:.3g}")
+    _echo_plan(config, schedule, hyper, echo)
 
     # 4. unlearn (released run, then the per-epoch replay); 5. retrain
     runs = _unlearn(config, data, splits, schedule, original, center_state, scorer, out, progress, echo)
@@ -201,6 +198,14 @@ def run_demo(config: DemoConfig, out_dir: str | Path, *, progress: bool = True,
     return DemoResult(out_dir=out, data_name=data.name, data_source=data.source, phases=tuple(phases),
                       schedule=schedule, verification=report, files=files, replay_max_abs_diff=runs["replay_diff"],
                       seconds=seconds, facts=tuple(facts), private=private)
+
+
+def _echo_plan(config: DemoConfig, schedule: Any, hyper: Any, echo: Callable[[str], None]) -> None:
+    """Announce the planned schedule (variant, target, C0, T and γ, the noise, the achieved (ε, δ)) on ``echo``."""
+    steps = "" if schedule.T == 0 else f", T = {schedule.T}, gamma = {hyper['gamma']:g}"
+    echo(f"plan: {schedule.variant.value} at (eps, delta) = ({config.eps:g}, {config.delta:g}): C0 = {hyper['C0']:g}"
+         f"{steps}, {findings.noise_description(schedule)}; achieved eps = {schedule.achieved.eps:.6g}, "
+         f"delta = {schedule.achieved.delta:.3g}")
 
 
 def _load(config: DemoConfig, device: Any, echo: Callable[[str], None]) -> tuple[Any, Any, Any, Any]:
