@@ -15,6 +15,7 @@ from collections import Counter
 from collections.abc import Mapping
 from typing import Any
 
+from certun.accountant import Variant, mechanism
 from certun.certificates._digest import root_digest
 from certun.certificates._disclosure import (
     EXTRA_KEYS,
@@ -46,7 +47,7 @@ __all__ = [
 #: Clipping granularities that satisfy the gradient-clipping proofs (docs/theory.md#gradient-clipping).
 _GRADIENT_CLIPS = frozenset({"per_sample", "batch"})
 #: Variants whose certifying algorithm is the route itself, so (0, 0) (docs/theory.md#exact-routes).
-EXACT_VARIANTS = frozenset({"retrain"})
+EXACT_VARIANTS = frozenset(v.value for v in Variant if mechanism(v).exact)
 
 
 def _steps(mechanism: Mapping[str, Any], scalar: str, plural: str) -> tuple[str, int | None]:

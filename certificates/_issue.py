@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from certun.accountant import Guarantee, Schedule, Variant
+from certun.accountant import Guarantee, Schedule, Variant, mechanism
 from certun.certificates._canonical import content_digest
 from certun.certificates._consistency import consistency_problems, raw_seed_paths
 from certun.certificates._digest import DIGEST_ALGORITHM
@@ -36,14 +36,9 @@ __all__ = ["CLAIM_DEFINITION", "CONVERSIONS", "issue", "utc_timestamp", "write_c
 #: What the claim means: (ε, δ)-unlearning in both directions, docs/theory.md#definition.
 CLAIM_DEFINITION = "certun:eps-delta-unlearning:v1"
 
-#: How the accountant turns each variant's mechanism into (ε, δ) (docs/theory.md#gradient-clipping, #model-clipping,
-#: #output-perturbation).
-CONVERSIONS = {
-    Variant.GRADIENT_CLIPPING: "renyi-shift-bound+cks2020-conversion",
-    Variant.MODEL_CLIPPING: "hockey-stick-contraction-recursion",
-    Variant.OUTPUT_PERTURBATION: "analytic-gaussian-mechanism",
-    Variant.RETRAIN: "exact-retraining",
-}
+#: How the accountant turns each variant's mechanism into (ε, δ), as the mechanism's registry entry says
+#: (docs/theory.md#gradient-clipping, #model-clipping, #output-perturbation): one table, the accountant's.
+CONVERSIONS = {v: mechanism(v).conversion for v in Variant}
 
 def _model(digest: ModelDigest | None) -> dict[str, Any] | None:
     if digest is None:
@@ -201,7 +196,7 @@ def _accounting(schedule: Schedule, rec: Guarantee) -> dict[str, Any]:
     """The certificate's ``accounting`` section: the recomputed guarantee and the accountant's versions."""
     return {
         "method": schedule.method.value,
-        "conversion": CONVERSIONS[schedule.variant],
+        "conversion": mechanism(schedule.variant).conversion,
         "eps": rec.eps,
         "delta": rec.delta,
         "log_delta": rec.log_delta,
