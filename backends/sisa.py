@@ -22,15 +22,19 @@ from __future__ import annotations
 import hashlib
 import hmac
 import math
+import os
 import secrets
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from torch import nn
 
+from certun.backends import _sisa_checkpoints as ckpt
+from certun.backends._sisa_checkpoints import SisaCheckpointError
 from certun.errors import InvalidParameterError
 
 if TYPE_CHECKING:
@@ -39,7 +43,7 @@ if TYPE_CHECKING:
     from certun.certificates import ModelDigest
     from certun.sisa_certificate import SisaCertificate
 
-__all__ = ["Sisa", "SisaConfig", "SisaEnsemble", "SisaUnlearning", "assign", "ensemble_digest"]
+__all__ = ["Sisa", "SisaCheckpointError", "SisaConfig", "SisaEnsemble", "SisaUnlearning", "assign", "ensemble_digest"]
 
 _ASSIGN_TAG = b"certun.sisa.assign.v1\x00"
 _SEED_TAG = b"certun.sisa.seed.v1\x00"
@@ -149,10 +153,15 @@ class Sisa:
         salt: the assignment key (≥ 16 bytes, private); fresh from the OS when ``None``.
         seed: the training randomness (initialisation, shuffling); fresh when ``None``.
         device: where to train.
+        checkpoint_dir: when given, each stage's checkpoint is written there as
+            ``shard-{s}-stage-{r}.safetensors`` (mode 0o600) with an owner-private ``manifest.json`` of
+            their ``model_digest`` roots, instead of being kept in memory; ``unlearn`` restarts from
+            the file and refuses one whose digest differs from the manifest.
     """
 
     def __init__(self, model_factory: Callable[[], nn.Module], config: SisaConfig, *, salt: bytes | None = None,
-                 seed: int | None = None, device: str | torch.device = "cpu") -> None:
+                 seed: int | None = None, device: str | torch.device = "cpu",
+                 checkpoint_dir: str | PathLike[str] | None = None) -> None:
         if not callable(model_factory):
             raise InvalidParameterError("model_factory", type(model_factory).__name__, "a callable building a model")
         if not isinstance(config, SisaConfig):
@@ -162,6 +171,11 @@ class Sisa:
         self.salt = secrets.token_bytes(32) if salt is None else salt
         self.seed = secrets.randbits(63) if seed is None else _check_int("seed", seed, 0)
         self.device = torch.device(device)
+        if checkpoint_dir is not None and not isinstance(checkpoint_dir, (str, os.PathLike)):
+            raise InvalidParameterError("checkpoint_dir", type(checkpoint_dir).__name__, "a folder path or None")
+        self.checkpoint_dir = None if checkpoint_dir is None else Path(checkpoint_dir)
+        #: checkpoint_roots[s][r]: model_digest root of checkpoint (s, r) as written (disk mode only).
+        self.checkpoint_roots: list[list[str]] = []
         self.models: list[nn.Module] = []
         #: checkpoints[s][r]: state dict after stage r of shard s (kept privately by the owner).
         self.checkpoints: list[list[dict[str, torch.Tensor]]] = []
@@ -187,13 +201,18 @@ class Sisa:
         self._shard, self._slice = assign(self._ids, shards=self.config.shards, slices=self.config.slices,
                                           salt=self.salt)
         self._alive = np.ones(len(self._ids), dtype=bool)
-        self.models, self.checkpoints = [], []
+        self.models, self.checkpoints, self.checkpoint_roots = [], [], []
         self.gradient_evaluations = 0
         self._last_unlearning = None
+        if self.checkpoint_dir is not None:
+            self.checkpoint_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+            for path in ckpt.stale_files(self.checkpoint_dir):
+                path.unlink()
         for s in range(self.config.shards):
             model = self._fresh_model(s)
             self.models.append(model)
             self.checkpoints.append([])
+            self.checkpoint_roots.append([])
             self.gradient_evaluations += self._train_from(s, 0, model)
         return self.ensemble
 
@@ -233,6 +252,12 @@ class Sisa:
         c = self.config
         spent = 0
         del self.checkpoints[shard][stage:]
+        if self.checkpoint_dir is not None:
+            # the checkpoints of the stages about to be retrained saw the deleted records: remove them first
+            for r in range(stage, len(self.checkpoint_roots[shard])):
+                ckpt.remove_checkpoint(self.checkpoint_dir, shard, r)
+            del self.checkpoint_roots[shard][stage:]
+            self._write_manifest()
         for r in range(stage, c.slices):
             rows = self._stage_rows(shard, r)
             if len(rows):
@@ -246,8 +271,42 @@ class Sisa:
                     torch.manual_seed(self._key("train", shard, r))
                     fit(model, loader, epochs=c.epochs_per_stage, lr=c.lr, momentum=c.momentum, device=self.device)
                 spent += len(rows) * c.epochs_per_stage
-            self.checkpoints[shard].append({k: v.detach().clone() for k, v in model.state_dict().items()})
+            state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            if self.checkpoint_dir is None:
+                self.checkpoints[shard].append(state)
+            else:
+                self.checkpoint_roots[shard].append(ckpt.write_checkpoint(self.checkpoint_dir, shard, r, state))
+                self._write_manifest()
         return spent
+
+    def _write_manifest(self) -> None:
+        assert self.checkpoint_dir is not None
+        c = self.config
+        ckpt.write_manifest(self.checkpoint_dir, {"shards": c.shards, "slices": c.slices,
+                                                  "cumulative": c.cumulative,
+                                                  "seed_commitment": self._seed_commitment()},
+                            self.checkpoint_roots)
+
+    def _seed_commitment(self) -> str:
+        """Binds the manifest to this salt and seed without revealing either (keyed by the secret salt)."""
+        data = b"certun.sisa.seed-commitment.v1\x00" + str(self.seed).encode()
+        return "hmac-sha256:" + hmac.new(self.salt, data, hashlib.sha256).hexdigest()
+
+    def _restart_state(self, shard: int, stage: int) -> dict[str, torch.Tensor]:
+        """The verified checkpoint after ``stage`` of ``shard`` (from disk in checkpoint_dir mode)."""
+        if self.checkpoint_dir is None:
+            return self.checkpoints[shard][stage]
+        manifest = ckpt.read_manifest(self.checkpoint_dir)
+        if manifest.get("seed_commitment") != self._seed_commitment():
+            raise ckpt.SisaCheckpointError(f"SISA manifest in {self.checkpoint_dir} belongs to another salt or "
+                                           "seed; nothing was retrained")
+        expected = self.checkpoint_roots[shard][stage]
+        if ckpt.manifest_root(manifest, shard, stage) != expected:
+            raise ckpt.SisaCheckpointError(
+                f"SISA manifest in {self.checkpoint_dir} does not record checkpoint "
+                f"{ckpt.checkpoint_name(shard, stage)} with root {expected} (modified); nothing was retrained")
+        state = ckpt.load_checkpoint(self.checkpoint_dir, shard, stage, expected)
+        return {k: v.to(self.device) for k, v in state.items()}
 
     # ----------------------------------------------------------------------------------- unlearning
     def unlearn(self, forget_ids: Iterable[Any]) -> SisaUnlearning:
@@ -275,6 +334,8 @@ class Sisa:
         for row in rows_arr:
             s, r = int(self._shard[row]), int(self._slice[row])
             restart[s] = min(restart.get(s, r), r)
+        # read and verify every restart checkpoint before touching anything, so a refusal changes nothing
+        restart_states = {s: self._restart_state(s, r - 1) for s, r in restart.items() if r > 0}
         self._alive[rows_arr] = False
         spent = 0
         restarted_from: dict[int, str | None] = {}
@@ -285,8 +346,8 @@ class Sisa:
                 self.models[s] = model
                 restarted_from[s] = None
             else:
-                model.load_state_dict(self.checkpoints[s][r - 1])
-                restarted_from[s] = _state_root(self.checkpoints[s][r - 1])
+                model.load_state_dict(restart_states[s])
+                restarted_from[s] = _state_root(restart_states[s])
             spent += self._train_from(s, r, model)
         self.gradient_evaluations += spent
         after = {s: self._shard_root(s) for s in range(self.config.shards)}

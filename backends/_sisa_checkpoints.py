@@ -1,0 +1,170 @@
+"""SISA stage checkpoints on disk: ``.safetensors`` files plus an owner-private ``manifest.json``.
+
+Each checkpoint is written in the safetensors layout (8-byte little-endian header length, a JSON
+header ``name -> {dtype, shape, data_offsets}``, raw little-endian bytes) by hand, so no new
+dependency is needed, and read back with certun's own strict reader. Files are written atomically
+(temporary file, fsync, rename) with mode ``0o600``: a checkpoint saw training data. The manifest
+records, per checkpoint, its file name and ``certun.certificates.model_digest`` root, so a
+tampered or swapped file is refused before any work is done.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import struct
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from certun.errors import InvalidParameterError, UnlearningRunError
+
+__all__ = ["MANIFEST", "SisaCheckpointError", "checkpoint_name", "load_checkpoint", "read_manifest",
+           "remove_checkpoint", "state_root", "write_checkpoint", "write_manifest"]
+
+MANIFEST = "manifest.json"
+MANIFEST_FORMAT = "certun.sisa.checkpoints.v1"
+_NAME_RE = re.compile(r"shard-(\d+)-stage-(\d+)\.safetensors")
+
+_TORCH_TO_SAFETENSORS = {torch.float64: "F64", torch.float32: "F32", torch.float16: "F16", torch.int64: "I64",
+                         torch.int32: "I32", torch.int16: "I16", torch.int8: "I8", torch.uint8: "U8",
+                         torch.bool: "BOOL"}
+
+
+class SisaCheckpointError(UnlearningRunError):
+    """A SISA checkpoint on disk is missing, unreadable, or does not match its manifest digest.
+
+    Raised before any record is marked deleted or any shard retrained, so the ensemble is unchanged.
+    """
+
+
+def checkpoint_name(shard: int, stage: int) -> str:
+    """File name of the checkpoint after ``stage`` of ``shard``."""
+    return f"shard-{shard}-stage-{stage}.safetensors"
+
+
+def state_root(state: Mapping[str, Any]) -> str:
+    """``model_digest`` root of a state dict (torch tensors or numpy arrays digest alike)."""
+    from certun.certificates import model_digest
+
+    return model_digest({k: v.detach().cpu() if isinstance(v, torch.Tensor) else v
+                         for k, v in state.items()}).root
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` via a private temporary file in the same folder and a rename."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        os.fchmod(fd, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def safetensors_bytes(state: Mapping[str, torch.Tensor]) -> bytes:
+    """The safetensors encoding of a state dict (tensors in name order, little-endian, no padding gaps)."""
+    header: dict[str, Any] = {}
+    chunks: list[bytes] = []
+    offset = 0
+    for name in sorted(state):
+        tensor = state[name].detach().cpu().contiguous()
+        dtype = _TORCH_TO_SAFETENSORS.get(tensor.dtype)
+        if dtype is None:
+            raise InvalidParameterError(f"state_dict[{name!r}].dtype", str(tensor.dtype),
+                                        "one of " + ", ".join(sorted(str(d) for d in _TORCH_TO_SAFETENSORS)))
+        array = tensor.numpy()
+        raw = array.astype(array.dtype.newbyteorder("<"), copy=False).tobytes(order="C")
+        header[name] = {"dtype": dtype, "shape": list(array.shape), "data_offsets": [offset, offset + len(raw)]}
+        chunks.append(raw)
+        offset += len(raw)
+    text = json.dumps(header, separators=(",", ":"), sort_keys=True).encode("utf-8")
+    text += b" " * (-len(text) % 8)  # align the data to 8 bytes, as the reference writer does
+    return struct.pack("<Q", len(text)) + text + b"".join(chunks)
+
+
+def write_checkpoint(directory: Path, shard: int, stage: int, state: Mapping[str, torch.Tensor]) -> str:
+    """Write the checkpoint atomically (mode 0o600) and return its ``model_digest`` root."""
+    _atomic_write(directory / checkpoint_name(shard, stage), safetensors_bytes(state))
+    return state_root(state)
+
+
+def remove_checkpoint(directory: Path, shard: int, stage: int) -> None:
+    """Delete a stale checkpoint file (absent is fine)."""
+    with contextlib.suppress(FileNotFoundError):
+        (directory / checkpoint_name(shard, stage)).unlink()
+
+
+def load_checkpoint(directory: Path, shard: int, stage: int, expected_root: str) -> dict[str, torch.Tensor]:
+    """Read a checkpoint with certun's strict reader and refuse it unless its root is ``expected_root``.
+
+    Raises:
+        SisaCheckpointError: the file is missing or malformed, or its digest differs (tampered or swapped).
+    """
+    from certun.certificates._safetensors_reader import read_safetensors
+    from certun.errors import CertificateFormatError
+
+    path = directory / checkpoint_name(shard, stage)
+    try:
+        arrays = read_safetensors(path)
+    except (OSError, CertificateFormatError) as exc:
+        raise SisaCheckpointError(f"SISA checkpoint {path} cannot be read: {exc}") from exc
+    root = state_root(arrays)
+    if root != expected_root:
+        raise SisaCheckpointError(f"SISA checkpoint {path} has digest {root}, but the manifest records "
+                                  f"{expected_root}: the file was modified or swapped; nothing was retrained")
+    return {k: torch.from_numpy(np.array(v)) for k, v in arrays.items()}
+
+
+def write_manifest(directory: Path, header: Mapping[str, Any], roots: list[list[str]]) -> None:
+    """Write ``manifest.json`` atomically (mode 0o600): ``header`` plus one entry per checkpoint."""
+    entries = [{"shard": s, "stage": r, "file": checkpoint_name(s, r), "root": root}
+               for s, shard_roots in enumerate(roots) for r, root in enumerate(shard_roots)]
+    body = {"format": MANIFEST_FORMAT, **header, "checkpoints": entries}
+    _atomic_write(directory / MANIFEST, (json.dumps(body, indent=2, sort_keys=True) + "\n").encode("utf-8"))
+
+
+def read_manifest(directory: Path) -> dict[str, Any]:
+    """The parsed manifest, strictly (no duplicate keys, no NaN).
+
+    Raises:
+        SisaCheckpointError: missing or malformed manifest.
+    """
+    from certun.certificates._parse import strict_loads
+    from certun.errors import CertificateFormatError
+
+    path = directory / MANIFEST
+    try:
+        body = strict_loads(path.read_bytes())
+    except (OSError, CertificateFormatError) as exc:
+        raise SisaCheckpointError(f"SISA manifest {path} cannot be read: {exc}") from exc
+    if not isinstance(body, dict) or body.get("format") != MANIFEST_FORMAT or not isinstance(
+            body.get("checkpoints"), list):
+        raise SisaCheckpointError(f"SISA manifest {path} is not a {MANIFEST_FORMAT} manifest")
+    return body
+
+
+def manifest_root(manifest: Mapping[str, Any], shard: int, stage: int) -> str | None:
+    """Root the manifest records for ``(shard, stage)``, or ``None`` when it lists none."""
+    for entry in manifest["checkpoints"]:
+        if (isinstance(entry, dict) and entry.get("shard") == shard and entry.get("stage") == stage
+                and entry.get("file") == checkpoint_name(shard, stage)):
+            root = entry.get("root")
+            return root if isinstance(root, str) else None
+    return None
+
+
+def stale_files(directory: Path) -> list[Path]:
+    """Checkpoint files in ``directory`` (by name), e.g. left by an earlier ``fit``."""
+    return [p for p in directory.iterdir() if _NAME_RE.fullmatch(p.name)]
