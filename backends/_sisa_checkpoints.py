@@ -2,16 +2,18 @@
 
 Each checkpoint is written in the safetensors layout (8-byte little-endian header length, a JSON
 header ``name -> {dtype, shape, data_offsets}``, raw little-endian bytes) by hand, so no new
-dependency is needed, and read back with certun's own strict reader. Files are written atomically
-(temporary file, fsync, rename) with mode ``0o600``: a checkpoint saw training data. The manifest
-records, per checkpoint, its file name and ``certun.certificates.model_digest`` root, so a
-tampered or swapped file is refused before any work is done.
+dependency is needed; the files also read back with certun's ``verify --model`` safetensors reader
+(tested). Reading here is strict (every offset checked) and any malformation is one typed error.
+Files are written atomically (temporary file, fsync, rename) with mode ``0o600``: a checkpoint saw
+training data. The manifest records, per checkpoint, its file name and
+``certun.certificates.model_digest`` root, so a tampered or swapped file is refused before any work.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import re
 import struct
@@ -32,6 +34,8 @@ MANIFEST = "manifest.json"
 MANIFEST_FORMAT = "certun.sisa.checkpoints.v1"
 _NAME_RE = re.compile(r"shard-(\d+)-stage-(\d+)\.safetensors")
 
+_SAFETENSORS_TO_NUMPY = {"F64": "<f8", "F32": "<f4", "F16": "<f2", "I64": "<i8", "I32": "<i4", "I16": "<i2",
+                         "I8": "i1", "U8": "u1", "BOOL": "?"}
 _TORCH_TO_SAFETENSORS = {torch.float64: "F64", torch.float32: "F32", torch.float16: "F16", torch.int64: "I64",
                          torch.int32: "I32", torch.int16: "I16", torch.int8: "I8", torch.uint8: "U8",
                          torch.bool: "BOOL"}
@@ -112,19 +116,49 @@ def load_checkpoint(directory: Path, shard: int, stage: int, expected_root: str)
     Raises:
         SisaCheckpointError: the file is missing or malformed, or its digest differs (tampered or swapped).
     """
-    from certun.certificates._safetensors_reader import read_safetensors
-    from certun.errors import CertificateFormatError
-
     path = directory / checkpoint_name(shard, stage)
     try:
-        arrays = read_safetensors(path)
-    except (OSError, CertificateFormatError) as exc:
+        arrays = _read_safetensors(path.read_bytes())
+    except (OSError, ValueError) as exc:
         raise SisaCheckpointError(f"SISA checkpoint {path} cannot be read: {exc}") from exc
     root = state_root(arrays)
     if root != expected_root:
         raise SisaCheckpointError(f"SISA checkpoint {path} has digest {root}, but the manifest records "
                                   f"{expected_root}: the file was modified or swapped; nothing was retrained")
-    return {k: torch.from_numpy(np.array(v)) for k, v in arrays.items()}
+    return {k: torch.from_numpy(v) for k, v in arrays.items()}
+
+
+def _read_safetensors(data: bytes) -> dict[str, np.ndarray]:
+    """``name -> array`` of safetensors bytes; raises ValueError on any malformation."""
+    from certun.certificates import strict_loads
+
+    if len(data) < 8:
+        raise ValueError("too short to be a safetensors file")
+    (size,) = struct.unpack("<Q", data[:8])
+    if size > len(data) - 8:
+        raise ValueError(f"header of {size} bytes does not fit")
+    header = strict_loads(data[8:8 + size])
+    buffer = memoryview(data)[8 + size:]
+    if not isinstance(header, dict):
+        raise ValueError("header is not a JSON object")
+    out: dict[str, np.ndarray] = {}
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        if not isinstance(info, dict) or set(info) != {"dtype", "shape", "data_offsets"}:
+            raise ValueError(f"entry {name!r} is malformed")
+        dtype, shape, offsets = info["dtype"], info["shape"], info["data_offsets"]
+        if dtype not in _SAFETENSORS_TO_NUMPY:
+            raise ValueError(f"tensor {name!r} has dtype {dtype!r}")
+        np_dtype = np.dtype(_SAFETENSORS_TO_NUMPY[dtype])
+        ok_shape = isinstance(shape, list) and all(isinstance(d, int) and not isinstance(d, bool) and 0 <= d
+                                                   for d in shape)
+        ok_offsets = (isinstance(offsets, list) and len(offsets) == 2 and all(isinstance(o, int) for o in offsets)
+                      and 0 <= offsets[0] <= offsets[1] <= len(buffer))
+        if not (ok_shape and ok_offsets) or offsets[1] - offsets[0] != math.prod(shape) * np_dtype.itemsize:
+            raise ValueError(f"tensor {name!r} has a shape or data offsets that do not match the file")
+        out[name] = np.frombuffer(buffer[offsets[0]:offsets[1]], dtype=np_dtype).reshape(shape).copy()
+    return out
 
 
 def write_manifest(directory: Path, header: Mapping[str, Any], roots: list[list[str]]) -> None:
@@ -141,13 +175,12 @@ def read_manifest(directory: Path) -> dict[str, Any]:
     Raises:
         SisaCheckpointError: missing or malformed manifest.
     """
-    from certun.certificates._parse import strict_loads
-    from certun.errors import CertificateFormatError
+    from certun.certificates import strict_loads
 
     path = directory / MANIFEST
     try:
         body = strict_loads(path.read_bytes())
-    except (OSError, CertificateFormatError) as exc:
+    except (OSError, ValueError) as exc:
         raise SisaCheckpointError(f"SISA manifest {path} cannot be read: {exc}") from exc
     if not isinstance(body, dict) or body.get("format") != MANIFEST_FORMAT or not isinstance(
             body.get("checkpoints"), list):

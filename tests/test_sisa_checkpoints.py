@@ -194,12 +194,14 @@ def test_a_manifest_from_another_seed_is_refused(tmp_path: Path) -> None:
     assert len(sisa.retained_ids()) == len(ids)
 
 
-@pytest.mark.parametrize("damage", ["delete", "truncate", "manifest"])
+@pytest.mark.parametrize("damage", ["delete", "truncate", "truncate-data", "manifest"])
 def test_a_missing_or_malformed_file_is_a_typed_error(tmp_path: Path, damage: str) -> None:
     sisa, ids = _fitted(tmp_path)
     target = tmp_path / ("manifest.json" if damage == "manifest" else ckpt.checkpoint_name(0, 1))
     if damage == "delete":
         target.unlink()
+    elif damage == "truncate-data":  # header intact, last tensor's offsets now outside the file
+        target.write_bytes(target.read_bytes()[:-4])
     else:
         target.write_bytes(target.read_bytes()[:5])
     with pytest.raises(SisaCheckpointError):
