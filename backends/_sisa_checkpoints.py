@@ -55,7 +55,7 @@ def checkpoint_name(shard: int, stage: int) -> str:
 
 def state_root(state: Mapping[str, Any]) -> str:
     """``model_digest`` root of a state dict (torch tensors or numpy arrays digest alike)."""
-    from certun.certificates import model_digest
+    from certun.certificates.provenance import model_digest
 
     return model_digest({k: v.detach().cpu() if isinstance(v, torch.Tensor) else v
                          for k, v in state.items()}).root
@@ -119,7 +119,7 @@ def load_checkpoint(directory: Path, shard: int, stage: int, expected_root: str)
     path = directory / checkpoint_name(shard, stage)
     try:
         arrays = _read_safetensors(path.read_bytes())
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, RecursionError) as exc:
         raise SisaCheckpointError(f"SISA checkpoint {path} cannot be read: {exc}") from exc
     root = state_root(arrays)
     if root != expected_root:
@@ -128,10 +128,27 @@ def load_checkpoint(directory: Path, shard: int, stage: int, expected_root: str)
     return {k: torch.from_numpy(v) for k, v in arrays.items()}
 
 
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    keys = [k for k, _ in pairs]
+    if len(set(keys)) != len(keys):
+        raise ValueError("duplicate JSON key")
+    return dict(pairs)
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"non-finite JSON number {name}")
+
+
+def strict_loads(data: bytes) -> Any:
+    """Parse UTF-8 JSON refusing duplicate keys and NaN/Infinity (raises ValueError).
+
+    Backends import only provenance from certun.certificates, so the verifier's parser is not reused.
+    """
+    return json.loads(data.decode("utf-8"), object_pairs_hook=_no_duplicates, parse_constant=_no_constant)
+
+
 def _read_safetensors(data: bytes) -> dict[str, np.ndarray]:
     """``name -> array`` of safetensors bytes; raises ValueError on any malformation."""
-    from certun.certificates import strict_loads
-
     if len(data) < 8:
         raise ValueError("too short to be a safetensors file")
     (size,) = struct.unpack("<Q", data[:8])
@@ -175,12 +192,10 @@ def read_manifest(directory: Path) -> dict[str, Any]:
     Raises:
         SisaCheckpointError: missing or malformed manifest.
     """
-    from certun.certificates import strict_loads
-
     path = directory / MANIFEST
     try:
         body = strict_loads(path.read_bytes())
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, RecursionError) as exc:
         raise SisaCheckpointError(f"SISA manifest {path} cannot be read: {exc}") from exc
     if not isinstance(body, dict) or body.get("format") != MANIFEST_FORMAT or not isinstance(
             body.get("checkpoints"), list):
