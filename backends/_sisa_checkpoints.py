@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import math
 import os
 import re
 import struct
@@ -22,10 +21,10 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
-from certun.errors import InvalidParameterError, UnlearningRunError
+from certun.certificates.provenance import read_safetensors, strict_loads
+from certun.errors import CertificateFormatError, InvalidParameterError, UnlearningRunError
 
 __all__ = ["MANIFEST", "SisaCheckpointError", "checkpoint_name", "load_checkpoint", "read_manifest",
            "remove_checkpoint", "state_root", "write_checkpoint", "write_manifest"]
@@ -34,8 +33,6 @@ MANIFEST = "manifest.json"
 MANIFEST_FORMAT = "certun.sisa.checkpoints.v1"
 _NAME_RE = re.compile(r"shard-(\d+)-stage-(\d+)\.safetensors")
 
-_SAFETENSORS_TO_NUMPY = {"F64": "<f8", "F32": "<f4", "F16": "<f2", "I64": "<i8", "I32": "<i4", "I16": "<i2",
-                         "I8": "i1", "U8": "u1", "BOOL": "?"}
 _TORCH_TO_SAFETENSORS = {torch.float64: "F64", torch.float32: "F32", torch.float16: "F16", torch.int64: "I64",
                          torch.int32: "I32", torch.int16: "I16", torch.int8: "I8", torch.uint8: "U8",
                          torch.bool: "BOOL"}
@@ -118,64 +115,14 @@ def load_checkpoint(directory: Path, shard: int, stage: int, expected_root: str)
     """
     path = directory / checkpoint_name(shard, stage)
     try:
-        arrays = _read_safetensors(path.read_bytes())
-    except (OSError, ValueError, RecursionError) as exc:
+        arrays = read_safetensors(path)  # the verifier's own strict reader
+    except (OSError, ValueError, RecursionError, CertificateFormatError) as exc:
         raise SisaCheckpointError(f"SISA checkpoint {path} cannot be read: {exc}") from exc
     root = state_root(arrays)
     if root != expected_root:
         raise SisaCheckpointError(f"SISA checkpoint {path} has digest {root}, but the manifest records "
                                   f"{expected_root}: the file was modified or swapped; nothing was retrained")
-    return {k: torch.from_numpy(v) for k, v in arrays.items()}
-
-
-def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    keys = [k for k, _ in pairs]
-    if len(set(keys)) != len(keys):
-        raise ValueError("duplicate JSON key")
-    return dict(pairs)
-
-
-def _no_constant(name: str) -> Any:
-    raise ValueError(f"non-finite JSON number {name}")
-
-
-def strict_loads(data: bytes) -> Any:
-    """Parse UTF-8 JSON refusing duplicate keys and NaN/Infinity (raises ValueError).
-
-    Backends import only provenance from certun.certificates, so the verifier's parser is not reused.
-    """
-    return json.loads(data.decode("utf-8"), object_pairs_hook=_no_duplicates, parse_constant=_no_constant)
-
-
-def _read_safetensors(data: bytes) -> dict[str, np.ndarray]:
-    """``name -> array`` of safetensors bytes; raises ValueError on any malformation."""
-    if len(data) < 8:
-        raise ValueError("too short to be a safetensors file")
-    (size,) = struct.unpack("<Q", data[:8])
-    if size > len(data) - 8:
-        raise ValueError(f"header of {size} bytes does not fit")
-    header = strict_loads(data[8:8 + size])
-    buffer = memoryview(data)[8 + size:]
-    if not isinstance(header, dict):
-        raise ValueError("header is not a JSON object")
-    out: dict[str, np.ndarray] = {}
-    for name, info in header.items():
-        if name == "__metadata__":
-            continue
-        if not isinstance(info, dict) or set(info) != {"dtype", "shape", "data_offsets"}:
-            raise ValueError(f"entry {name!r} is malformed")
-        dtype, shape, offsets = info["dtype"], info["shape"], info["data_offsets"]
-        if dtype not in _SAFETENSORS_TO_NUMPY:
-            raise ValueError(f"tensor {name!r} has dtype {dtype!r}")
-        np_dtype = np.dtype(_SAFETENSORS_TO_NUMPY[dtype])
-        ok_shape = isinstance(shape, list) and all(isinstance(d, int) and not isinstance(d, bool) and 0 <= d
-                                                   for d in shape)
-        ok_offsets = (isinstance(offsets, list) and len(offsets) == 2 and all(isinstance(o, int) for o in offsets)
-                      and 0 <= offsets[0] <= offsets[1] <= len(buffer))
-        if not (ok_shape and ok_offsets) or offsets[1] - offsets[0] != math.prod(shape) * np_dtype.itemsize:
-            raise ValueError(f"tensor {name!r} has a shape or data offsets that do not match the file")
-        out[name] = np.frombuffer(buffer[offsets[0]:offsets[1]], dtype=np_dtype).reshape(shape).copy()
-    return out
+    return {k: torch.from_numpy(np.array(v)) for k, v in arrays.items()}  # writable copies
 
 
 def write_manifest(directory: Path, header: Mapping[str, Any], roots: list[list[str]]) -> None:
@@ -195,7 +142,7 @@ def read_manifest(directory: Path) -> dict[str, Any]:
     path = directory / MANIFEST
     try:
         body = strict_loads(path.read_bytes())
-    except (OSError, ValueError, RecursionError) as exc:
+    except (OSError, ValueError, RecursionError, CertificateFormatError) as exc:
         raise SisaCheckpointError(f"SISA manifest {path} cannot be read: {exc}") from exc
     if not isinstance(body, dict) or body.get("format") != MANIFEST_FORMAT or not isinstance(
             body.get("checkpoints"), list):

@@ -35,8 +35,9 @@ from certun.certificates._commitment import key_commitment as _key_commitment
 from certun.certificates._commitment import model_commitment
 from certun.certificates._digest import model_digest
 from certun.certificates._merkle import encode_id, merkle_tree
-from certun.certificates._parse import load_certificate
+from certun.certificates._parse import load_certificate, strict_loads
 from certun.certificates._record import ModelDigest
+from certun.certificates._safetensors_reader import read_safetensors
 from certun.errors import CertificateFormatError, InvalidParameterError, UnlearningRunError
 
 __all__ = [
@@ -52,10 +53,12 @@ __all__ = [
     "load_previous",
     "model_digest",
     "now_utc",
+    "read_safetensors",
     "released_root",
     "resolve_seed",
     "run_context",
     "starting_model",
+    "strict_loads",
     "utc_timestamp",
     "versions",
 ]
