@@ -112,3 +112,20 @@ def test_the_default_route_is_noisy():
     from certun.cli import build_parser
 
     assert build_parser().parse_args(["demo"]).route == "noisy"
+
+
+def test_retrain_public_report_labels_its_loss_curve_as_retraining_from_the_public_weights(tmp_path, monkeypatch):
+    """The report's loss panel must not call a retraining from public weights one 'from scratch'."""
+    import certun.demo.run_report as run_report
+
+    seen: dict = {}
+    original = run_report.plot_report
+
+    def spy(phases, **kwargs):
+        seen.update(kwargs)
+        return original(phases, **kwargs)
+
+    monkeypatch.setattr(run_report, "plot_report", spy)
+    config = DemoConfig.quick_defaults(data="digits", route="retrain-public", batch_size=64)
+    run_demo(config, tmp_path, progress=False, echo=lambda line: None)
+    assert seen["retrain_loss"] and seen.get("retrain_label") == "retraining from the public weights"

@@ -81,7 +81,8 @@ def _retrain_public(config: DemoConfig, load_config: DemoConfig, data: Any, spli
              ("retraining", f"{config.finetune_epochs} epochs of SGD (lr {config.finetune_lr:g}) on the retain "
               "data, from the public weights")]
     return {"phases": phases, "private": private, "facts": facts, "model": model_path, "certificate": cert_path,
-            "loss": released.history.get("ft_loss", []), "notes": []}
+            "loss": released.history.get("ft_loss", []), "loss_label": "retraining from the public weights",
+            "notes": []}
 
 
 def _sisa(config: DemoConfig, load_config: DemoConfig, data: Any, splits: Any, scorer: Any, out: Path,
@@ -132,7 +133,7 @@ def _sisa(config: DemoConfig, load_config: DemoConfig, data: Any, splits: Any, s
         notes.append("This forget set touched every shard, so SISA saved only the stages before each shard's "
                      "earliest deleted slice: it pays off for deletions that touch few shards.")
     return {"phases": phases, "private": private, "facts": facts, "model": model_path, "certificate": cert_path,
-            "loss": [], "notes": notes, "sisa": report}
+            "loss": [], "loss_label": "", "notes": notes, "sisa": report}
 
 
 _ROUTES: dict[str, Callable[..., dict[str, Any]]] = {"retrain-public": _retrain_public, "sisa": _sisa}
@@ -171,7 +172,7 @@ def _finish(config: DemoConfig, out: Path, data: Any, schedule: Any, run: dict[s
              "so the certificate's (0, 0) holds with no noise (docs/theory.md#exact-routes).", *run["notes"]]
     title = f"certun demo: {data.name}, {config.model.upper()}, route {config.route}"
     md, png = write_report(out, title=title, phases=run["phases"], facts=facts, verification=str(report),
-                           notes=notes, retrain_loss=run["loss"])
+                           notes=notes, retrain_loss=run["loss"], retrain_label=run["loss_label"])
     echo("")
     echo(phase_table(run["phases"]))
     echo("")
