@@ -10,7 +10,7 @@ import argparse
 from typing import Any
 
 from certun.accountant import MAX_DELTA, MAX_EPS, MAX_SCALE, MIN_DELTA, MIN_SCALE
-from certun.demo import CENTERS, CLIPS, OUTPUTS, VARIANTS, DemoConfig, run_demo
+from certun.demo import CENTERS, CLIPS, OUTPUTS, ROUTES, VARIANTS, DemoConfig, run_demo
 from certun.errors import InvalidParameterError
 
 __all__ = ["register"]
@@ -24,8 +24,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "retrain from scratch for comparison, write unlearned.pt, certificate.json, report.md and report.png, "
         "verify the certificate and print a summary. See docs/tutorial.md.",
     )
-    p.add_argument("--variant", choices=VARIANTS, default="gradient_clipping",
-                   help="unlearning algorithm (default gradient_clipping)")
+    p.add_argument("--route", choices=ROUTES, default="noisy",
+                   help="noisy (default: the paper's noisy fine-tuning, certified (eps, delta)); retrain-public "
+                   "(exact retraining on the retain data from weights pretrained on the public split); sisa "
+                   "(a SISA ensemble that retrains only the shards holding the forget set); the exact routes "
+                   "achieve (0, 0) and refuse the noisy route's options (--variant, --clip, --C0, --T, "
+                   "--noise-seed)")
+    p.add_argument("--variant", choices=VARIANTS,
+                   help="unlearning algorithm (default gradient_clipping; noisy route only)")
     p.add_argument("--eps", type=float, default=1.0, help=f"target epsilon, in (0, {MAX_EPS:g}] (default 1)")
     p.add_argument("--delta", type=float, default=1e-5,
                    help=f"target delta, in [{MIN_DELTA:g}, {MAX_DELTA:g}] (default 1e-5)")
@@ -49,11 +55,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="auto",
                    help="auto, cpu, cuda or cuda:N (default auto: CUDA when available)")
     p.add_argument("--model", choices=("mlp", "cnn"), default="mlp", help="small MLP (default) or CNN with GroupNorm")
-    p.add_argument("--center", choices=CENTERS, default="zero",
+    p.add_argument("--center", choices=CENTERS,
                    help="centre of the balls: zero (default, the paper's), init (the original's initialisation), "
                    "public (weights pretrained on a public split disjoint from D)")
-    p.add_argument("--clip", choices=CLIPS, default="per_sample",
-                   help="gradient clipping granularity (default per_sample)")
+    p.add_argument("--clip", choices=CLIPS,
+                   help="gradient clipping granularity (default per_sample; noisy route only)")
     p.add_argument("--C0", type=float, help=f"override the starting-ball radius, in [{MIN_SCALE:g}, {MAX_SCALE:g}] "
                    "(default: see docs/tutorial.md)")
     p.add_argument("--T", type=int, help="override the number of noisy steps, an integer >= 1 (default 200; "
@@ -61,6 +67,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--finetune-epochs", type=int, dest="finetune_epochs",
                    help="noiseless fine-tuning epochs, an integer >= 1, also the retraining budget (default 3; "
                    "--quick 1)")
+    p.add_argument("--shards", type=int, help="SISA shards S, an integer >= 1 (default 5; --route sisa only)")
+    p.add_argument("--slices", type=int, help="SISA slices R per shard, an integer >= 1 (default 5; --route sisa only)")
     p.add_argument("--threads", type=int, default=1,
                    help="torch CPU threads, an integer >= 1 (default 1: these small models gain little from more, "
                    "and a busy "
@@ -71,13 +79,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def _run_cli(args: argparse.Namespace) -> int:
     """Build the configuration from the arguments, run the demo, exit 0 only if the certificate verifies."""
-    options: dict[str, Any] = dict(variant=args.variant, eps=args.eps, delta=args.delta,
+    _refuse_options_of_other_routes(args)
+    center = args.center or ("public" if args.route == "retrain-public" else "zero")
+    options: dict[str, Any] = dict(variant=args.variant or "gradient_clipping", eps=args.eps, delta=args.delta,
                                    forget_fraction=args.forget_fraction, forget_class=args.forget_class,
-                                   data=args.data, model=args.model, center=args.center, clip=args.clip,
-                                   seed=args.seed, noise_seed=args.noise_seed, device=args.device,
-                                   C0=args.C0, T=args.T)
-    if args.finetune_epochs is not None:
-        options["finetune_epochs"] = args.finetune_epochs
+                                   data=args.data, model=args.model, center=center,
+                                   clip=args.clip or "per_sample", seed=args.seed, noise_seed=args.noise_seed,
+                                   device=args.device, C0=args.C0, T=args.T, route=args.route)
+    for name in ("finetune_epochs", "shards", "slices"):
+        if getattr(args, name) is not None:
+            options[name] = getattr(args, name)
     config = DemoConfig.quick_defaults(**options) if args.quick else DemoConfig(**options)
     if isinstance(args.threads, bool) or args.threads < 1:
         raise InvalidParameterError("threads", args.threads, "an integer >= 1")
@@ -87,3 +98,20 @@ def _run_cli(args: argparse.Namespace) -> int:
     result = run_demo(config, args.out, progress=args.progress,
                       echo=lambda line: print(line, flush=True))
     return 0 if result.verification.ok else 1
+
+
+#: Options given on the command line that a route does not read; DemoConfig refuses the rest.
+_NOT_READ = {"noisy": ("shards", "slices"), "retrain-public": ("variant", "clip", "shards", "slices"),
+             "sisa": ("variant", "clip", "center", "finetune_epochs")}
+
+
+def _refuse_options_of_other_routes(args: argparse.Namespace) -> None:
+    """An option the route does not read is refused (even at its default value), never silently dropped."""
+    for name in _NOT_READ[args.route]:
+        value = getattr(args, name)
+        if value is not None:
+            raise InvalidParameterError(name, value, f"omitted with --route {args.route}",
+                                        hint="this route does not read it; see certun demo --help")
+    if args.route == "retrain-public" and args.center not in (None, "public"):
+        raise InvalidParameterError("center", args.center, "omitted (or public) with --route retrain-public",
+                                    hint="this route always starts from the public weights")

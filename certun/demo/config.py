@@ -12,13 +12,18 @@ from certun._validation import choice, integer, real_in_range
 from certun.accountant import MAX_DELTA, MAX_EPS, MAX_SCALE, MIN_DELTA, MIN_SCALE
 from certun.errors import InvalidParameterError
 
-__all__ = ["CENTERS", "CLIPS", "DEFAULT_T", "QUICK_MAX_TEST", "QUICK_MAX_TRAIN", "QUICK_T", "VARIANTS", "DemoConfig",
-           "default_hyperparameters", "plan_schedule"]
+__all__ = ["CENTERS", "CLIPS", "DEFAULT_T", "QUICK_MAX_TEST", "QUICK_MAX_TRAIN", "QUICK_T", "ROUTES", "VARIANTS",
+           "DemoConfig", "default_hyperparameters", "plan_schedule"]
 
 VARIANTS = ("gradient_clipping", "model_clipping", "output_perturbation")
 CENTERS = ("zero", "init", "public")
 DEVICES = ("auto", "cpu", "cuda")
 CLIPS = ("per_sample", "ghost", "batch")
+#: How the demo unlearns: the paper's noisy fine-tuning (certified (eps, delta)), or an exact route
+#: (retraining from public weights, SISA) whose certificates achieve (0, 0) (docs/theory.md#exact-routes).
+ROUTES = ("noisy", "retrain-public", "sisa")
+#: Options that only the noisy route reads, with their defaults: an exact route refuses any other value.
+NOISY_ONLY = {"variant": "gradient_clipping", "clip": "per_sample", "C0": None, "T": None, "noise_seed": None}
 #: Noisy steps of the default and the ``--quick`` run (a compute budget, fixed in advance).
 DEFAULT_T, QUICK_T = 200, 20
 #: ``--quick``: at most this many training records and test records.
@@ -57,6 +62,10 @@ class DemoConfig:
     finetune_epochs: int = 3
     finetune_lr: float = 0.05
     public_epochs: int = 3
+    route: str = "noisy"
+    #: SISA's shards (S) and slices (R); read by ``route="sisa"`` only.
+    shards: int = 5
+    slices: int = 5
 
     @classmethod
     def quick_defaults(cls, **overrides: Any) -> DemoConfig:
@@ -93,8 +102,24 @@ class DemoConfig:
             if self.variant == "output_perturbation":
                 raise InvalidParameterError("T", self.T, "omitted for output_perturbation",
                                             hint="output perturbation is one noise draw, no noisy steps")
-        for name in ("batch_size", "train_epochs", "finetune_epochs", "public_epochs"):
+        for name in ("batch_size", "train_epochs", "finetune_epochs", "public_epochs", "shards", "slices"):
             integer(name, getattr(self, name), "an integer >= 1", low=1)
+        self._check_route()
+
+    def _check_route(self) -> None:
+        """Refuse options the chosen route does not read (they would be silently dropped otherwise)."""
+        choice("route", self.route, ROUTES)
+        if self.route == "noisy":
+            return
+        for name, default in NOISY_ONLY.items():
+            if getattr(self, name) != default:
+                raise InvalidParameterError(name, getattr(self, name), f"omitted with route {self.route}",
+                                            hint="only the noisy route reads it: an exact route adds no noise")
+        allowed = ("zero", "public") if self.route == "retrain-public" else ("zero",)
+        if self.center not in allowed:
+            raise InvalidParameterError("center", self.center, f"omitted with route {self.route}",
+                                        hint="retrain-public always starts from the public weights; sisa "
+                                        "trains each shard from a fresh initialisation")
 
 
 def default_hyperparameters(config: DemoConfig, reference_norm: float) -> dict[str, float | int]:

@@ -55,6 +55,8 @@ class DemoResult:
     replay_max_abs_diff: float
     seconds: float
     facts: tuple[tuple[str, str], ...] = field(default_factory=tuple)
+    #: which route ran (``noisy``, ``retrain-public`` or ``sisa``; :data:`certun.demo.ROUTES`).
+    route: str = "noisy"
     #: Diagnostics not covered by the guarantee (the original model's forget-set accuracy): kept here,
     #: never written to the report or printed. See :attr:`private_note`.
     private: dict[str, float] = field(default_factory=dict)
@@ -143,6 +145,9 @@ def run_demo(config: DemoConfig, out_dir: str | Path, *, progress: bool = True,
              echo: Callable[[str], None] = print) -> DemoResult:
     """Run the whole demo (module docstring) and write its files into ``out_dir``.
 
+    ``config.route`` other than ``"noisy"`` runs an exact route instead (:mod:`certun.demo.routes`),
+    which writes the same four files.
+
     Args:
         config: what to run (validated on construction).
         out_dir: created if missing (:func:`prepare_out_dir`: an existing file or an unwritable path
@@ -160,6 +165,10 @@ def run_demo(config: DemoConfig, out_dir: str | Path, *, progress: bool = True,
     """
     from certun.certificates import verify
 
+    if config.route != "noisy":  # the exact routes live apart; the noisy route below is the paper's
+        from certun.demo.routes import run_exact_route
+
+        return run_exact_route(config, out_dir, progress=progress, echo=echo)
     started = time.perf_counter()
     device = _resolve_device(config.device)
     out = prepare_out_dir(out_dir)  # before any work: a bad --out must not cost a training run

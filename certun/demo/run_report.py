@@ -104,13 +104,14 @@ def markdown_report(*, title: str, phases: Sequence[Phase], facts: Sequence[tupl
 
 
 def plot_report(phases: Sequence[Phase], *, title: str, finetune_loss: Sequence[float] = (),
-                retrain_loss: Sequence[float] = ()) -> bytes:
+                retrain_loss: Sequence[float] = (), retrain_label: str = "retraining from scratch") -> bytes:
     """PNG bytes: accuracy on retain / forget / test over the phases, and the fine-tuning losses.
 
     Left panel: one line per data split across the phases of the unlearned model (original, after
     the noisy phase, after each fine-tuning epoch); the retrained baseline is drawn as dashed
     horizontal lines of the same colours. Right panel (when losses are given): the training loss
-    per step of the noiseless fine-tuning and of the retraining, which ran the same budget.
+    per step of the noiseless fine-tuning and of the retraining, which ran the same budget
+    (``retrain_label`` names the retraining's start in the legend).
     """
     from matplotlib.figure import Figure
 
@@ -141,7 +142,7 @@ def plot_report(phases: Sequence[Phase], *, title: str, finetune_loss: Sequence[
                     label="fine-tuning after the noisy phase")
         if retrain_loss:
             lx.plot(range(1, len(retrain_loss) + 1), retrain_loss, color="tab:gray", linewidth=0.8,
-                    label="retraining from scratch")
+                    label=retrain_label)
         lx.set_xlabel("SGD step on retain data")
         lx.set_ylabel("training loss (minibatch mean)")
         lx.set_title("same noiseless budget", fontsize=10)
@@ -172,11 +173,12 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
 
 def write_report(out_dir: str | os.PathLike[str], *, title: str, phases: Sequence[Phase],
                  facts: Sequence[tuple[str, str]], verification: str, notes: Sequence[str],
-                 finetune_loss: Sequence[float] = (), retrain_loss: Sequence[float] = ()) -> tuple[Path, Path]:
+                 finetune_loss: Sequence[float] = (), retrain_loss: Sequence[float] = (),
+                 retrain_label: str = "retraining from scratch") -> tuple[Path, Path]:
     """Write ``report.png`` and ``report.md`` into ``out_dir``; returns their paths."""
     out = Path(out_dir)
     png = atomic_write_bytes(out / "report.png", plot_report(phases, title=title, finetune_loss=finetune_loss,
-                                                             retrain_loss=retrain_loss))
+                                                             retrain_loss=retrain_loss, retrain_label=retrain_label))
     text = markdown_report(title=title, phases=phases, facts=facts, verification=verification, notes=notes,
                            image=png.name)
     md = atomic_write_bytes(out / "report.md", text.encode("utf-8"))
