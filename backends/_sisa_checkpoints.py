@@ -122,7 +122,7 @@ def load_checkpoint(directory: Path, shard: int, stage: int, expected_root: str)
     if root != expected_root:
         raise SisaCheckpointError(f"SISA checkpoint {path} has digest {root}, but the manifest records "
                                   f"{expected_root}: the file was modified or swapped; nothing was retrained")
-    return {k: torch.from_numpy(np.array(v)) for k, v in arrays.items()}  # writable copies
+    return {k: torch.from_numpy(v.copy()) for k, v in arrays.items()}  # writable copies
 
 
 def write_manifest(directory: Path, header: Mapping[str, Any], roots: list[list[str]]) -> None:
