@@ -21,11 +21,9 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import math
 import os
 import secrets
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -35,6 +33,7 @@ from torch import nn
 
 from certun.backends import _sisa_checkpoints as ckpt
 from certun.backends._sisa_checkpoints import SisaCheckpointError
+from certun.backends._sisa_parts import SisaConfig, SisaEnsemble, SisaUnlearning, _check_int, _encode, assign
 from certun.errors import InvalidParameterError
 
 if TYPE_CHECKING:
@@ -45,102 +44,7 @@ if TYPE_CHECKING:
 
 __all__ = ["Sisa", "SisaCheckpointError", "SisaConfig", "SisaEnsemble", "SisaUnlearning", "assign", "ensemble_digest"]
 
-_ASSIGN_TAG = b"certun.sisa.assign.v1\x00"
 _SEED_TAG = b"certun.sisa.seed.v1\x00"
-
-
-def _encode(record_id: Any) -> bytes:
-    from certun.certificates.provenance import encode_id
-
-    return encode_id(record_id)
-
-
-def assign(ids: Iterable[Any], *, shards: int, slices: int, salt: bytes) -> tuple[np.ndarray, np.ndarray]:
-    """Shard and slice of each identifier: ``HMAC-SHA256(salt, tag || id)`` read as two 64-bit integers.
-
-    The assignment of an identifier depends only on the identifier and the salt, so deleting other
-    records never moves it (a deletion touches exactly the shards that held the deleted records).
-    """
-    _check_int("shards", shards, 1)
-    _check_int("slices", slices, 1)
-    if not isinstance(salt, bytes) or len(salt) < 16:
-        raise InvalidParameterError("salt", f"<{type(salt).__name__}>", "at least 16 random bytes")
-    shard, slice_ = [], []
-    for record_id in ids:
-        digest = hmac.new(salt, _ASSIGN_TAG + _encode(record_id), hashlib.sha256).digest()
-        shard.append(int.from_bytes(digest[:8], "little") % shards)
-        slice_.append(int.from_bytes(digest[8:16], "little") % slices)
-    return np.asarray(shard, dtype=np.int64), np.asarray(slice_, dtype=np.int64)
-
-
-def _check_int(name: str, value: Any, lower: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < lower:
-        raise InvalidParameterError(name, value, f"an integer >= {lower}")
-    return int(value)
-
-
-@dataclass(frozen=True, kw_only=True)
-class SisaConfig:
-    """How SISA trains: ``shards`` (S), ``slices`` (R), and the plain SGD of each stage."""
-
-    shards: int
-    slices: int
-    epochs_per_stage: int = 1
-    lr: float = 0.05
-    momentum: float = 0.9
-    batch_size: int = 128
-    cumulative: bool = True
-
-    def __post_init__(self) -> None:
-        _check_int("shards", self.shards, 1)
-        _check_int("slices", self.slices, 1)
-        _check_int("epochs_per_stage", self.epochs_per_stage, 1)
-        _check_int("batch_size", self.batch_size, 1)
-        for name in ("lr", "momentum"):
-            value = getattr(self, name)
-            ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-            if not ok or value < 0 or (name == "lr" and value == 0) or (name == "momentum" and value >= 1):
-                raise InvalidParameterError(name, value, "a finite number, lr > 0 and 0 <= momentum < 1")
-        if not isinstance(self.cumulative, bool):
-            raise InvalidParameterError("cumulative", self.cumulative, "True or False")
-
-
-class SisaEnsemble(nn.Module):
-    """The shard models as one module: the mean of their softmax outputs (class probabilities)."""
-
-    def __init__(self, models: Sequence[nn.Module]) -> None:
-        super().__init__()
-        self.shards = nn.ModuleList(models)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        probs = [torch.softmax(m(x), dim=-1) for m in self.shards]
-        return torch.stack(probs).mean(dim=0)
-
-
-@dataclass(frozen=True)
-class SisaUnlearning:
-    """What serving one deletion request did: shards retrained and untouched, stages rerun, work spent."""
-
-    forgotten: int
-    retrained_shards: tuple[int, ...]
-    untouched_shards: tuple[int, ...]
-    restart_stage: Mapping[int, int]
-    restarted_from: Mapping[int, str | None]
-    gradient_evaluations: int
-    full_retraining_evaluations: int
-    retain_roots_before: Mapping[int, str] = field(default_factory=dict)
-    retain_roots_after: Mapping[int, str] = field(default_factory=dict)
-    #: identifiers of each shard before and after the deletion (owner-private: they feed the salted
-    #: per-shard Merkle roots of the certificate, never the certificate itself).
-    shard_ids_before: Mapping[int, tuple[Any, ...]] = field(default_factory=dict, repr=False)
-    shard_ids_after: Mapping[int, tuple[Any, ...]] = field(default_factory=dict, repr=False)
-    #: digest of the ensemble's state before the deletion (``shards.{s}.…`` names).
-    model_before: ModelDigest | None = field(default=None, repr=False)
-
-    @property
-    def cost_ratio(self) -> float:
-        """Gradient evaluations spent against a full SISA retraining (0 when nothing was touched)."""
-        return self.gradient_evaluations / max(self.full_retraining_evaluations, 1)
 
 
 class Sisa:

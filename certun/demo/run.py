@@ -163,12 +163,17 @@ def run_demo(config: DemoConfig, out_dir: str | Path, *, progress: bool = True,
     Raises:
         InvalidParameterError, DatasetFormatError, UnlearningRunError: bad options, data or run.
     """
-    from certun.certificates import verify
-
-    if config.route != "noisy":  # the exact routes live apart; the noisy route below is the paper's
+    if config.route != "noisy":  # the exact routes live apart; the noisy route is the paper's
         from certun.demo.routes import run_exact_route
 
         return run_exact_route(config, out_dir, progress=progress, echo=echo)
+    return _run_noisy(config, out_dir, progress=progress, echo=echo)
+
+
+def _run_noisy(config: DemoConfig, out_dir: str | Path, *, progress: bool, echo: Callable[[str], None]) -> DemoResult:
+    """The noisy route of the paper: train, plan, unlearn, retrain, verify, report (:func:`run_demo`)."""
+    from certun.certificates import verify
+
     started = time.perf_counter()
     device = _resolve_device(config.device)
     out = prepare_out_dir(out_dir)  # before any work: a bad --out must not cost a training run
