@@ -27,7 +27,7 @@ from certun.certificates._recompute import decide_claim
 from certun.certificates._record import ModelDigest, RunRecord
 from certun.certificates._schema import CERTIFICATE_FORMAT, FORMAT_VERSION, schema_errors
 from certun.certificates._signing import KeySource, sign_document
-from certun.certificates.noise_check import noise_problems
+from certun.certificates.noise_check import TAIL_SLACK, noise_problems
 from certun.certificates.provenance import load_previous, released_root, utc_timestamp, versions
 from certun.errors import CertificateFormatError, InvalidParameterError
 
@@ -117,7 +117,7 @@ def issue(schedule: Schedule, record: RunRecord, *, previous: Mapping[str, Any] 
         CertificateFormatError: the record does not fit the certificate schema.
     """
     _check_inputs(schedule, record)
-    rec = _recomputed(schedule)
+    rec = _recomputed(schedule, noisy=record.noise is not None)
     issued_at = utc_timestamp(created)
     prev = load_previous(previous)
     document = _document(schedule, record, rec, _model_before(record, prev), prev, issued_at)
@@ -146,9 +146,11 @@ def _check_inputs(schedule: Schedule, record: RunRecord) -> None:
                                          "build it with certun.certificates.model_digest(unlearned parameters)")
 
 
-def _recomputed(schedule: Schedule) -> Guarantee:
-    """The recomputed guarantee of ``schedule``; raises when it does not meet the schedule's own target."""
-    decision = decide_claim(schedule, schedule.target.eps, schedule.target.delta)
+def _recomputed(schedule: Schedule, *, noisy: bool) -> Guarantee:
+    """The recomputed guarantee of ``schedule``; raises unless it meets the schedule's own target with the
+    noise sampler's share of δ (``TAIL_SLACK·δ``, when the run drew noise) set aside."""
+    reserved = TAIL_SLACK * schedule.target.delta if noisy else 0.0
+    decision = decide_claim(schedule, schedule.target.eps, schedule.target.delta, reserved_delta=reserved)
     if not decision.holds:
         raise InvalidParameterError("schedule", f"target ({schedule.target.eps}, {schedule.target.delta})",
                                     "a target the recomputed guarantee meets", hint=decision.detail)

@@ -9,6 +9,7 @@ however slightly. Source: docs/theory.md#what-a-certificate-records; docs/certif
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 from certun.accountant import Guarantee, Schedule, guarantee
@@ -44,17 +45,24 @@ def _claimed(value: float, other: float) -> str:
     return repr(value) if len(repr(value)) <= 12 else _fmt(value, other)
 
 
-def decide_claim(schedule: Schedule, claim_eps: float, claim_delta: float) -> ClaimDecision:
+def decide_claim(schedule: Schedule, claim_eps: float, claim_delta: float, *,
+                 reserved_delta: float = 0.0) -> ClaimDecision:
     """Decide whether ``(claim_eps, claim_delta)`` is implied by ``schedule``.
 
     Args:
         schedule: the mechanism, as rebuilt from the certificate (``Schedule.from_dict``).
         claim_eps, claim_delta: the certificate's claim.
+        reserved_delta: the part of ``claim_delta`` another source of error already takes (the noise
+            sampler's misplaced mass, docs/theory.md#floating-point-and-randomness): the mechanism must fit
+            in the rest. Gradient clipping's ε is then computed at that smaller δ.
 
     Returns:
         A :class:`ClaimDecision`; its ``detail`` prints what was claimed and what was recomputed, e.g.
         ``claimed eps 1.0 < recomputed 1.0042 (delta 1e-05, alpha 12.7)``.
     """
+    if reserved_delta:
+        claim_delta = float(claim_delta) - float(reserved_delta)
+        schedule = dataclasses.replace(schedule, target=dataclasses.replace(schedule.target, delta=claim_delta))
     rec = guarantee(schedule)
     near = [name for name, claimed, value in (("eps", claim_eps, rec.eps), ("delta", claim_delta, rec.delta))
             if _near(claimed, value)]

@@ -148,7 +148,7 @@ def test_near_tie_has_no_tolerance_on_the_unsafe_side(monkeypatch, sign):
     the other way round it PASSes: the exact value decides, with no tolerance."""
     def fake(schedule, *, exact=False):
         eps = 1.0 * (1 + (sign if exact else -sign) * 1e-12)
-        return certun.Guarantee(eps, 1e-5, eps_renyi=0.03, alpha=17.8)
+        return certun.Guarantee(eps, schedule.target.delta, eps_renyi=0.03, alpha=17.8)  # GC: δ is the target
 
     cert = fx.certificate()
     monkeypatch.setattr(recompute_module, "guarantee", fake)

@@ -338,3 +338,23 @@ def test_identifiers_cannot_ride_in_plain_execution_fields(mutate):
     """device, dtype and versions are closed by the schema, so they cannot carry who was deleted."""
     report = verify(_forge(mutate))
     assert _check(report, "schema").status is Status.FAIL and not report.ok
+
+
+def test_the_mechanism_must_fit_in_delta_minus_the_samplers_share(monkeypatch):
+    """The noise check lets the sampler misplace up to TAIL_SLACK·δ; the mechanism is held to the rest, so
+    their sum never exceeds the claim. Gradient clipping's ε is computed at that smaller δ."""
+    from certun.certificates import _recompute
+    from certun.certificates.noise_check import TAIL_SLACK
+
+    seen = []
+    real = _recompute.guarantee
+
+    def spy(schedule, *, exact=False):
+        seen.append(schedule.target.delta)
+        return real(schedule, exact=exact)
+
+    monkeypatch.setattr(_recompute, "guarantee", spy)
+    cert = fx.certificate()
+    assert verify(cert).ok
+    claim = float(cert["claim"]["delta"])
+    assert seen and all(d == claim - TAIL_SLACK * claim for d in seen) and seen[0] < claim
