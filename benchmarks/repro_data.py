@@ -68,6 +68,8 @@ class Splits:
     val: Split
     test: Split
     n_classes: int
+    #: records outside train / validation / test that a public model may be pretrained on (``n_public``).
+    public: Split | None = None
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -76,11 +78,12 @@ class Splits:
 
 
 def make_splits(name: str, *, n_train: int | None = None, n_val: int | None = None,
-                n_test: int | None = None) -> Splits:
-    """Shuffle the pooled data once (seed 0) and cut it into train / validation / test.
+                n_test: int | None = None, n_public: int = 0) -> Splits:
+    """Shuffle the pooled data once (seed 0) and cut it into train / validation / test (/ public).
 
     Defaults: digits 60/20/20 % of its 1797 samples; Fashion-MNIST 10 000 / 2 000 / 5 000 samples
-    (a subset, to fit a shared 2-core CPU). Smaller sizes give the ``--quick`` mode.
+    (a subset, to fit a shared 2-core CPU). Smaller sizes give the ``--quick`` mode. ``n_public`` > 0
+    also cuts a public split from the pooled records after those three (disjoint from all of them).
     """
     x, y = load_arrays(name)
     order = np.random.default_rng(0).permutation(len(y))
@@ -90,11 +93,12 @@ def make_splits(name: str, *, n_train: int | None = None, n_val: int | None = No
         n_test = n_test or len(y) - int(0.6 * len(y)) - int(0.2 * len(y))
     else:
         n_train, n_val, n_test = n_train or 10_000, n_val or 2_000, n_test or 5_000
-    if n_train + n_val + n_test > len(y):
-        raise ValueError(f"{name} has {len(y)} samples, asked for {n_train}+{n_val}+{n_test}")
-    tr, va, te = np.split(order[:n_train + n_val + n_test], [n_train, n_train + n_val])
+    if n_train + n_val + n_test + n_public > len(y):
+        raise ValueError(f"{name} has {len(y)} samples, asked for {n_train}+{n_val}+{n_test}+{n_public}")
+    tr, va, te, pu = np.split(order[:n_train + n_val + n_test + n_public],
+                              [n_train, n_train + n_val, n_train + n_val + n_test])
     return Splits(name=name, train=Split(x[tr], y[tr]), val=Split(x[va], y[va]), test=Split(x[te], y[te]),
-                  n_classes=int(y.max()) + 1)
+                  n_classes=int(y.max()) + 1, public=Split(x[pu], y[pu]) if n_public else None)
 
 
 def forget_mask(y: np.ndarray, scenario: str, seed: int, *, fraction: float = 0.1) -> tuple[np.ndarray, str]:

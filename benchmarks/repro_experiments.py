@@ -68,6 +68,7 @@ class Settings:
     n_train: int | None = None
     n_val: int | None = None
     n_test: int | None = None
+    n_public: int = 0
     device: str = "cpu"
 
     def to_dict(self) -> dict[str, Any]:
@@ -100,7 +101,8 @@ class Bench:
 
     def __post_init__(self) -> None:
         s = self.settings
-        self.splits = make_splits(s.data, n_train=s.n_train, n_val=s.n_val, n_test=s.n_test)
+        self.splits = make_splits(s.data, n_train=s.n_train, n_val=s.n_val, n_test=s.n_test,
+                                  n_public=s.n_public)
         self.init_norm, self.init_tensor_norms = init_norms(s.arch, self.splits.input_shape, self.splits.n_classes)
         self.lr = s.lr_grid[len(s.lr_grid) // 2]
         self.d = sum(p.numel() for p in self.fresh(0).parameters())
