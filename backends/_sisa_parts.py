@@ -39,14 +39,20 @@ def assign(ids: Iterable[Any], *, shards: int, slices: int, salt: bytes) -> tupl
     """
     _check_int("shards", shards, 1)
     _check_int("slices", slices, 1)
-    if not isinstance(salt, bytes) or len(salt) < 16:
-        raise InvalidParameterError("salt", f"<{type(salt).__name__}>", "at least 16 random bytes")
+    _check_salt(salt)
     shard, slice_ = [], []
     for record_id in ids:
         digest = hmac.new(salt, _ASSIGN_TAG + _encode(record_id), hashlib.sha256).digest()
         shard.append(int.from_bytes(digest[:8], "little") % shards)
         slice_.append(int.from_bytes(digest[8:16], "little") % slices)
     return np.asarray(shard, dtype=np.int64), np.asarray(slice_, dtype=np.int64)
+
+
+def _check_salt(salt: Any) -> bytes:
+    """The assignment key: bytes, at least 16 of them (its value is never echoed: it is secret)."""
+    if not isinstance(salt, bytes) or len(salt) < 16:
+        raise InvalidParameterError("salt", f"<{type(salt).__name__}>", "at least 16 random bytes")
+    return salt
 
 
 def _check_int(name: str, value: Any, lower: int) -> int:
