@@ -235,14 +235,29 @@ class Sisa:
         """Binds the manifest to this salt and seed without revealing either (keyed by the secret salt)."""
         return man.seed_commitment(self.salt, self.seed)
 
+    def _verified_restarts(self, restart: Mapping[int, int]) -> dict[int, dict[str, torch.Tensor]]:
+        """Every checkpoint ``restart`` needs, read and verified before anything changes (a refusal changes nothing).
+
+        In checkpoint_dir mode the sealed manifest must still describe this ensemble: same seed, same data,
+        same number of deletions (so a folder another process has served a deletion from is refused).
+        """
+        if self.checkpoint_dir is not None:
+            manifest = man.read_sealed(self.checkpoint_dir, self.salt)
+            if manifest.get("seed_commitment") != self._seed_commitment():
+                raise ckpt.SisaCheckpointError(f"SISA manifest in {self.checkpoint_dir} belongs to another salt or "
+                                               "seed; nothing was retrained")
+            if manifest.get("data") != self._data or manifest.get("deletions") != self._deletions:
+                raise ckpt.SisaCheckpointError(
+                    f"SISA manifest in {self.checkpoint_dir} records other data or deletions than this ensemble "
+                    "holds: another process trained or served a deletion from the folder since; reload it with "
+                    "Sisa.load; nothing was retrained")
+        return {s: self._restart_state(s, r - 1) for s, r in restart.items() if r > 0}
+
     def _restart_state(self, shard: int, stage: int) -> dict[str, torch.Tensor]:
         """The verified checkpoint after ``stage`` of ``shard`` (from disk in checkpoint_dir mode)."""
         if self.checkpoint_dir is None:
             return self.checkpoints[shard][stage]
         manifest = man.read_sealed(self.checkpoint_dir, self.salt)
-        if manifest.get("seed_commitment") != self._seed_commitment():
-            raise ckpt.SisaCheckpointError(f"SISA manifest in {self.checkpoint_dir} belongs to another salt or "
-                                           "seed; nothing was retrained")
         expected = self.checkpoint_roots[shard][stage]
         if man.manifest_root(manifest, shard, stage) != expected:
             raise ckpt.SisaCheckpointError(
@@ -277,8 +292,7 @@ class Sisa:
         for row in rows_arr:
             s, r = int(self._shard[row]), int(self._slice[row])
             restart[s] = min(restart.get(s, r), r)
-        # read and verify every restart checkpoint before touching anything, so a refusal changes nothing
-        restart_states = {s: self._restart_state(s, r - 1) for s, r in restart.items() if r > 0}
+        restart_states = self._verified_restarts(restart)
         self._alive[rows_arr] = False
         if self.checkpoint_dir is not None:  # the manifest now describes the data without these records
             self._deletions += 1

@@ -313,3 +313,15 @@ def test_bad_arguments_are_typed_errors(folder: Path, name: str, value: object) 
     with pytest.raises(InvalidParameterError, match=name):
         Sisa.load(args["checkpoint_dir"], args["model_factory"], args["config"], *w.without(F1),
                   salt=args["salt"], seed=args["seed"])
+
+
+def test_a_sisa_whose_folder_another_process_moved_on_is_refused(folder: Path) -> None:
+    """Two owners' processes load one folder; after one serves a deletion, the other's view is stale."""
+    stale, current = _load(folder, F1), _load(folder, F1)
+    current.unlearn(F2)  # shards 1 and 2; the stale one now deletes from shard 0 only
+    before, files = _states(stale), _files(folder)
+    with pytest.raises(SisaCheckpointError, match="another process"):
+        stale.unlearn(F3)
+    assert all(torch.equal(a[k], b[k]) for a, b in zip(before, _states(stale), strict=True) for k in a)
+    assert _files(folder) == files and F3[0] in stale.retained_ids()
+    assert _same(_load(folder, F1 + F2), current)
