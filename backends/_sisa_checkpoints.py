@@ -17,16 +17,21 @@ import os
 import re
 import struct
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - Windows
+    fcntl = None  # type: ignore[assignment]
+
 from certun.certificates.provenance import read_safetensors
 from certun.errors import CertificateFormatError, InvalidParameterError, UnlearningRunError
 
-__all__ = ["MANIFEST", "SisaCheckpointError", "atomic_write", "checkpoint_name", "load_checkpoint",
+__all__ = ["MANIFEST", "SisaCheckpointError", "atomic_write", "checkpoint_name", "folder_lock", "load_checkpoint",
            "remove_checkpoint", "state_root", "write_checkpoint"]
 
 MANIFEST = "manifest.json"
@@ -42,6 +47,35 @@ class SisaCheckpointError(UnlearningRunError):
 
     Raised before any record is marked deleted or any shard retrained, so the ensemble is unchanged.
     """
+
+
+@contextlib.contextmanager
+def folder_lock(directory: Path | None, *, shared: bool = False) -> Iterator[None]:
+    """Hold an advisory lock on ``directory`` (``flock`` on the folder itself) while its files change.
+
+    Exclusive while training or serving a deletion, ``shared`` while loading; refused at once, never
+    waited for, when another process holds a conflicting lock. No-op without ``directory`` or where
+    ``fcntl`` is missing (Windows: there one folder must not be served by two processes at once).
+
+    Raises:
+        SisaCheckpointError: another process holds the folder.
+    """
+    if directory is None or fcntl is None:
+        yield
+        return
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError as exc:
+        raise SisaCheckpointError(f"SISA checkpoint folder {directory} cannot be opened: {exc}") from exc
+    try:
+        try:
+            fcntl.flock(fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise SisaCheckpointError(f"SISA checkpoint folder {directory} is in use by another process (training "
+                                      "or serving a deletion); nothing was done, try again when it is done") from None
+        yield
+    finally:
+        os.close(fd)  # releases the lock
 
 
 def checkpoint_name(shard: int, stage: int) -> str:

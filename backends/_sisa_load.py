@@ -51,16 +51,17 @@ def load(cls: type[Sisa], checkpoint_dir: str | PathLike[str], model_factory: Ca
                checkpoint_dir=checkpoint_dir)
     directory = sisa.checkpoint_dir
     assert directory is not None
-    manifest = man.read_sealed(directory, salt)
-    _check_settings(manifest, sisa)
-    roots = _complete_roots(manifest, directory, config)
-    sisa._set_data(x, y, ids)
-    if manifest.get("data") != sisa._data:
-        raise InvalidParameterError(
-            "data", f"<{len(sisa._ids)} records>",
-            f"the {_records(manifest)} records the checkpoints in {directory} were trained on, less every record "
-            "deleted since (rows in any order; identifiers, features and labels unchanged)")
-    finals = [_verified_states(directory, s, roots[s])[-1] for s in range(config.shards)]
+    with ckpt.folder_lock(directory, shared=True):  # no training or deletion changes the files meanwhile
+        manifest = man.read_sealed(directory, salt)
+        _check_settings(manifest, sisa)
+        roots = _complete_roots(manifest, directory, config)
+        sisa._set_data(x, y, ids)
+        if manifest.get("data") != sisa._data:
+            raise InvalidParameterError(
+                "data", f"<{len(sisa._ids)} records>",
+                f"the {_records(manifest)} records the checkpoints in {directory} were trained on, less every "
+                "record deleted since (rows in any order; identifiers, features and labels unchanged)")
+        finals = [_verified_states(directory, s, roots[s])[-1] for s in range(config.shards)]
     sisa._init_roots = _init_roots(manifest, sisa)
     sisa.models = []
     for s, state in enumerate(finals):

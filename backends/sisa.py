@@ -133,16 +133,18 @@ class Sisa:
         self._deletions = 0
         if self.checkpoint_dir is not None:
             self.checkpoint_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-            for path in ckpt.stale_files(self.checkpoint_dir):
-                path.unlink()
-            self._init_roots = [ckpt.state_root(self._fresh_model(s).state_dict())
-                                for s in range(self.config.shards)]
-        for s in range(self.config.shards):
-            model = self._fresh_model(s)
-            self.models.append(model)
-            self.checkpoints.append([])
-            self.checkpoint_roots.append([])
-            self.gradient_evaluations += self._train_from(s, 0, model)
+        with ckpt.folder_lock(self.checkpoint_dir):
+            if self.checkpoint_dir is not None:
+                for path in ckpt.stale_files(self.checkpoint_dir):
+                    path.unlink()
+                self._init_roots = [ckpt.state_root(self._fresh_model(s).state_dict())
+                                    for s in range(self.config.shards)]
+            for s in range(self.config.shards):
+                model = self._fresh_model(s)
+                self.models.append(model)
+                self.checkpoints.append([])
+                self.checkpoint_roots.append([])
+                self.gradient_evaluations += self._train_from(s, 0, model)
         return self.ensemble
 
     def _set_data(self, x: torch.Tensor, y: torch.Tensor, ids: Sequence[Any]) -> None:
@@ -292,8 +294,24 @@ class Sisa:
         for row in rows_arr:
             s, r = int(self._shard[row]), int(self._slice[row])
             restart[s] = min(restart.get(s, r), r)
+        with ckpt.folder_lock(self.checkpoint_dir):
+            spent, restarted_from = self._retrain(restart, rows_arr)
+        after = {s: self._shard_root(s) for s in range(self.config.shards)}
+        ids_after = {s: tuple(self.shard_ids(s)) for s in range(self.config.shards)}
+        touched = tuple(sorted(restart))
+        self._last_unlearning = SisaUnlearning(
+            forgotten=len(rows_arr), retrained_shards=touched,
+            untouched_shards=tuple(s for s in range(self.config.shards) if s not in restart),
+            restart_stage=dict(restart), restarted_from=restarted_from, gradient_evaluations=spent,
+            full_retraining_evaluations=full, retain_roots_before=before, retain_roots_after=after,
+            shard_ids_before=ids_before, shard_ids_after=ids_after,
+            model_before=model_before)
+        return self._last_unlearning
+
+    def _retrain(self, restart: Mapping[int, int], rows: np.ndarray) -> tuple[int, dict[int, str | None]]:
+        """Mark ``rows`` deleted and retrain each shard of ``restart`` from its stage; returns the work and sources."""
         restart_states = self._verified_restarts(restart)
-        self._alive[rows_arr] = False
+        self._alive[rows] = False
         if self.checkpoint_dir is not None:  # the manifest now describes the data without these records
             self._deletions += 1
             self._data = man.data_record(self.salt, self._x, self._y,
@@ -313,17 +331,7 @@ class Sisa:
         self.gradient_evaluations += spent
         if self.checkpoint_dir is not None:
             self._write_manifest()
-        after = {s: self._shard_root(s) for s in range(self.config.shards)}
-        ids_after = {s: tuple(self.shard_ids(s)) for s in range(self.config.shards)}
-        touched = tuple(sorted(restart))
-        self._last_unlearning = SisaUnlearning(
-            forgotten=len(rows_arr), retrained_shards=touched,
-            untouched_shards=tuple(s for s in range(self.config.shards) if s not in restart),
-            restart_stage=dict(restart), restarted_from=restarted_from, gradient_evaluations=spent,
-            full_retraining_evaluations=full, retain_roots_before=before, retain_roots_after=after,
-            shard_ids_before=ids_before, shard_ids_after=ids_after,
-            model_before=model_before)
-        return self._last_unlearning
+        return spent, restarted_from
 
     def retained_ids(self) -> list[Any]:
         """Identifiers of every record still in the training set (owner-private)."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -20,6 +21,11 @@ from certun.backends.sisa import Sisa, SisaCheckpointError, ensemble_digest
 from certun.certificates import verify
 from certun.certificates._safetensors_reader import read_safetensors
 from certun.errors import InvalidParameterError
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - Windows
+    fcntl = None
 
 F1, F2, F3 = w.forget_sets()
 
@@ -325,3 +331,37 @@ def test_a_sisa_whose_folder_another_process_moved_on_is_refused(folder: Path) -
     assert all(torch.equal(a[k], b[k]) for a, b in zip(before, _states(stale), strict=True) for k in a)
     assert _files(folder) == files and F3[0] in stale.retained_ids()
     assert _same(_load(folder, F1 + F2), current)
+
+
+@contextlib.contextmanager
+def _held(folder: Path, mode: int):
+    """Another holder of the folder's lock (flock locks of separate opens conflict, even in one process)."""
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, mode | fcntl.LOCK_NB)
+        yield
+    finally:
+        os.close(fd)
+
+
+@pytest.mark.skipif(fcntl is None, reason="no flock on this platform")
+def test_a_folder_in_use_by_another_process_is_refused_at_once(folder: Path) -> None:
+    sisa = _load(folder, F1)
+    before, files = _states(sisa), _files(folder)
+    with _held(folder, fcntl.LOCK_EX):
+        with pytest.raises(SisaCheckpointError, match="in use by another process"):
+            sisa.unlearn(F2)
+        with pytest.raises(SisaCheckpointError, match="in use by another process"):
+            _load(folder, F1)
+        with pytest.raises(SisaCheckpointError, match="in use by another process"):
+            _trained(folder)
+    assert _files(folder) == files and F2[0] in sisa.retained_ids()
+    assert all(torch.equal(a[k], b[k]) for a, b in zip(before, _states(sisa), strict=True) for k in a)
+    with _held(folder, fcntl.LOCK_SH):  # another process loading: loading too is fine
+        assert _same(_load(folder, F1), sisa)
+    sisa.unlearn(F2)  # released: served
+
+
+def test_a_missing_folder_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(SisaCheckpointError, match="nowhere"):
+        _load(tmp_path / "nowhere", F1)
