@@ -5,7 +5,7 @@ header ``name -> {dtype, shape, data_offsets}``, raw little-endian bytes) by han
 dependency is needed; the files also read back with certun's ``verify --model`` safetensors reader
 (tested). Reading here is strict (every offset checked) and any malformation is one typed error.
 Files are written atomically (temporary file, fsync, rename) with mode ``0o600``: a checkpoint saw
-training data. The manifest records, per checkpoint, its file name and
+training data. The manifest (:mod:`certun.backends._sisa_manifest`) records each checkpoint's
 ``certun.certificates.model_digest`` root, so a tampered or swapped file is refused before any work.
 """
 
@@ -17,20 +17,24 @@ import os
 import re
 import struct
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from certun.certificates.provenance import read_safetensors, strict_loads
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - Windows
+    fcntl = None  # type: ignore[assignment]
+
+from certun.certificates.provenance import read_safetensors
 from certun.errors import CertificateFormatError, InvalidParameterError, UnlearningRunError
 
-__all__ = ["MANIFEST", "SisaCheckpointError", "checkpoint_name", "load_checkpoint", "read_manifest",
-           "remove_checkpoint", "state_root", "write_checkpoint", "write_manifest"]
+__all__ = ["MANIFEST", "SisaCheckpointError", "atomic_write", "checkpoint_name", "folder_lock", "load_checkpoint",
+           "remove_checkpoint", "state_root", "write_checkpoint"]
 
 MANIFEST = "manifest.json"
-MANIFEST_FORMAT = "certun.sisa.checkpoints.v1"
 _NAME_RE = re.compile(r"shard-(\d+)-stage-(\d+)\.safetensors")
 
 _TORCH_TO_SAFETENSORS = {torch.float64: "F64", torch.float32: "F32", torch.float16: "F16", torch.int64: "I64",
@@ -43,6 +47,35 @@ class SisaCheckpointError(UnlearningRunError):
 
     Raised before any record is marked deleted or any shard retrained, so the ensemble is unchanged.
     """
+
+
+@contextlib.contextmanager
+def folder_lock(directory: Path | None, *, shared: bool = False) -> Iterator[None]:
+    """Hold an advisory lock on ``directory`` (``flock`` on the folder itself) while its files change.
+
+    Exclusive while training or serving a deletion, ``shared`` while loading; refused at once, never
+    waited for, when another process holds a conflicting lock. No-op without ``directory`` or where
+    ``fcntl`` is missing (Windows: there one folder must not be served by two processes at once).
+
+    Raises:
+        SisaCheckpointError: another process holds the folder.
+    """
+    if directory is None or fcntl is None:
+        yield
+        return
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError as exc:
+        raise SisaCheckpointError(f"SISA checkpoint folder {directory} cannot be opened: {exc}") from exc
+    try:
+        try:
+            fcntl.flock(fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise SisaCheckpointError(f"SISA checkpoint folder {directory} is in use by another process (training "
+                                      "or serving a deletion); nothing was done, try again when it is done") from None
+        yield
+    finally:
+        os.close(fd)  # releases the lock
 
 
 def checkpoint_name(shard: int, stage: int) -> str:
@@ -58,7 +91,7 @@ def state_root(state: Mapping[str, Any]) -> str:
                          for k, v in state.items()}).root
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
+def atomic_write(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` via a private temporary file in the same folder and a rename."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
@@ -97,7 +130,7 @@ def safetensors_bytes(state: Mapping[str, torch.Tensor]) -> bytes:
 
 def write_checkpoint(directory: Path, shard: int, stage: int, state: Mapping[str, torch.Tensor]) -> str:
     """Write the checkpoint atomically (mode 0o600) and return its ``model_digest`` root."""
-    _atomic_write(directory / checkpoint_name(shard, stage), safetensors_bytes(state))
+    atomic_write(directory / checkpoint_name(shard, stage), safetensors_bytes(state))
     return state_root(state)
 
 
@@ -123,41 +156,6 @@ def load_checkpoint(directory: Path, shard: int, stage: int, expected_root: str)
         raise SisaCheckpointError(f"SISA checkpoint {path} has digest {root}, but the manifest records "
                                   f"{expected_root}: the file was modified or swapped; nothing was retrained")
     return {k: torch.from_numpy(v.copy()) for k, v in arrays.items()}  # writable copies
-
-
-def write_manifest(directory: Path, header: Mapping[str, Any], roots: list[list[str]]) -> None:
-    """Write ``manifest.json`` atomically (mode 0o600): ``header`` plus one entry per checkpoint."""
-    entries = [{"shard": s, "stage": r, "file": checkpoint_name(s, r), "root": root}
-               for s, shard_roots in enumerate(roots) for r, root in enumerate(shard_roots)]
-    body = {"format": MANIFEST_FORMAT, **header, "checkpoints": entries}
-    _atomic_write(directory / MANIFEST, (json.dumps(body, indent=2, sort_keys=True) + "\n").encode("utf-8"))
-
-
-def read_manifest(directory: Path) -> dict[str, Any]:
-    """The parsed manifest, strictly (no duplicate keys, no NaN).
-
-    Raises:
-        SisaCheckpointError: missing or malformed manifest.
-    """
-    path = directory / MANIFEST
-    try:
-        body = strict_loads(path.read_bytes())
-    except (OSError, ValueError, RecursionError, CertificateFormatError) as exc:
-        raise SisaCheckpointError(f"SISA manifest {path} cannot be read: {exc}") from exc
-    if not isinstance(body, dict) or body.get("format") != MANIFEST_FORMAT or not isinstance(
-            body.get("checkpoints"), list):
-        raise SisaCheckpointError(f"SISA manifest {path} is not a {MANIFEST_FORMAT} manifest")
-    return body
-
-
-def manifest_root(manifest: Mapping[str, Any], shard: int, stage: int) -> str | None:
-    """Root the manifest records for ``(shard, stage)``, or ``None`` when it lists none."""
-    for entry in manifest["checkpoints"]:
-        if (isinstance(entry, dict) and entry.get("shard") == shard and entry.get("stage") == stage
-                and entry.get("file") == checkpoint_name(shard, stage)):
-            root = entry.get("root")
-            return root if isinstance(root, str) else None
-    return None
 
 
 def stale_files(directory: Path) -> list[Path]:

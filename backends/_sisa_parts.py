@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from certun._validation import integer
 from certun.errors import InvalidParameterError
 
 if TYPE_CHECKING:
@@ -38,8 +39,7 @@ def assign(ids: Iterable[Any], *, shards: int, slices: int, salt: bytes) -> tupl
     """
     _check_int("shards", shards, 1)
     _check_int("slices", slices, 1)
-    if not isinstance(salt, bytes) or len(salt) < 16:
-        raise InvalidParameterError("salt", f"<{type(salt).__name__}>", "at least 16 random bytes")
+    _check_salt(salt)
     shard, slice_ = [], []
     for record_id in ids:
         digest = hmac.new(salt, _ASSIGN_TAG + _encode(record_id), hashlib.sha256).digest()
@@ -48,10 +48,16 @@ def assign(ids: Iterable[Any], *, shards: int, slices: int, salt: bytes) -> tupl
     return np.asarray(shard, dtype=np.int64), np.asarray(slice_, dtype=np.int64)
 
 
+def _check_salt(salt: Any) -> bytes:
+    """The assignment key: bytes, at least 16 of them (its value is never echoed: it is secret)."""
+    if not isinstance(salt, bytes) or len(salt) < 16:
+        raise InvalidParameterError("salt", f"<{type(salt).__name__}>", "at least 16 random bytes")
+    return salt
+
+
 def _check_int(name: str, value: Any, lower: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < lower:
-        raise InvalidParameterError(name, value, f"an integer >= {lower}")
-    return int(value)
+    """``value`` as a Python int ``>= lower`` (certun's one integer check)."""
+    return integer(name, value, f"an integer >= {lower}", low=lower)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -67,10 +73,9 @@ class SisaConfig:
     cumulative: bool = True
 
     def __post_init__(self) -> None:
-        _check_int("shards", self.shards, 1)
-        _check_int("slices", self.slices, 1)
-        _check_int("epochs_per_stage", self.epochs_per_stage, 1)
-        _check_int("batch_size", self.batch_size, 1)
+        for name in ("shards", "slices", "epochs_per_stage", "batch_size"):
+            # stored as plain ints: the configuration is recorded in the checkpoint manifest as JSON
+            object.__setattr__(self, name, _check_int(name, getattr(self, name), 1))
         for name in ("lr", "momentum"):
             value = getattr(self, name)
             ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)

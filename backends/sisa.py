@@ -19,8 +19,8 @@ shard a deleted identifier lived in.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
-import hmac
 import os
 import secrets
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -32,8 +32,17 @@ import torch
 from torch import nn
 
 from certun.backends import _sisa_checkpoints as ckpt
+from certun.backends import _sisa_manifest as man
 from certun.backends._sisa_checkpoints import SisaCheckpointError
-from certun.backends._sisa_parts import SisaConfig, SisaEnsemble, SisaUnlearning, _check_int, _encode, assign
+from certun.backends._sisa_parts import (
+    SisaConfig,
+    SisaEnsemble,
+    SisaUnlearning,
+    _check_int,
+    _check_salt,
+    _encode,
+    assign,
+)
 from certun.errors import InvalidParameterError
 
 if TYPE_CHECKING:
@@ -59,8 +68,9 @@ class Sisa:
         device: where to train.
         checkpoint_dir: when given, each stage's checkpoint is written there as
             ``shard-{s}-stage-{r}.safetensors`` (mode 0o600) with an owner-private ``manifest.json`` of
-            their ``model_digest`` roots, instead of being kept in memory; ``unlearn`` restarts from
-            the file and refuses one whose digest differs from the manifest.
+            their ``model_digest`` roots, sealed by an HMAC under a key derived from ``salt``, instead
+            of being kept in memory; ``unlearn`` restarts from the file and refuses one whose digest
+            differs from the manifest. :meth:`load` rebuilds the ensemble from the folder in a new process.
     """
 
     def __init__(self, model_factory: Callable[[], nn.Module], config: SisaConfig, *, salt: bytes | None = None,
@@ -72,7 +82,7 @@ class Sisa:
             raise InvalidParameterError("config", type(config).__name__, "a SisaConfig")
         self.model_factory = model_factory
         self.config = config
-        self.salt = secrets.token_bytes(32) if salt is None else salt
+        self.salt = secrets.token_bytes(32) if salt is None else _check_salt(salt)
         self.seed = secrets.randbits(63) if seed is None else _check_int("seed", seed, 0)
         self.device = torch.device(device)
         if checkpoint_dir is not None and not isinstance(checkpoint_dir, (str, os.PathLike)):
@@ -91,10 +101,54 @@ class Sisa:
         self._slice = np.zeros(0, dtype=np.int64)
         self.gradient_evaluations = 0
         self._last_unlearning: SisaUnlearning | None = None
+        #: what the manifest records besides the checkpoints (disk mode only)
+        self._init_roots: list[str] = []
+        self._row_digests: list[bytes] = []
+        self._data: dict[str, Any] = {}
+        self._deletions = 0
+
+    @classmethod
+    def load(cls, checkpoint_dir: str | PathLike[str], model_factory: Callable[[], nn.Module], config: SisaConfig,
+             x: torch.Tensor, y: torch.Tensor, ids: Sequence[Any], *, salt: bytes, seed: int,
+             device: str | torch.device = "cpu") -> Sisa:
+        """Rebuild a ``Sisa`` trained with ``checkpoint_dir`` (in any process) to serve further deletions.
+
+        The folder supplies the checkpoints; the owner re-supplies the secrets (``salt``, ``seed``), the
+        ``model_factory``, the ``config`` and the data still held (every record deleted so far removed,
+        rows in any order). Each is checked against the sealed manifest and refused, before any
+        training, when it differs; so is a wrong salt, an edited or swapped manifest or checkpoint, and
+        a folder left by an interrupted training or deletion. See :mod:`certun.backends._sisa_load`.
+        """
+        from certun.backends._sisa_load import load
+
+        return load(cls, checkpoint_dir, model_factory, config, x, y, ids, salt=salt, seed=seed, device=device)
 
     # ----------------------------------------------------------------------------------- training
     def fit(self, x: torch.Tensor, y: torch.Tensor, ids: Sequence[Any]) -> SisaEnsemble:
         """Train every shard through all its stages on ``(x, y)`` with one identifier per row."""
+        self._set_data(x, y, ids)
+        self.models, self.checkpoints, self.checkpoint_roots = [], [], []
+        self.gradient_evaluations = 0
+        self._last_unlearning = None
+        self._deletions = 0
+        if self.checkpoint_dir is not None:
+            self.checkpoint_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        with ckpt.folder_lock(self.checkpoint_dir):
+            if self.checkpoint_dir is not None:
+                for path in ckpt.stale_files(self.checkpoint_dir):
+                    path.unlink()
+                self._init_roots = [ckpt.state_root(self._fresh_model(s).state_dict())
+                                    for s in range(self.config.shards)]
+            for s in range(self.config.shards):
+                model = self._fresh_model(s)
+                self.models.append(model)
+                self.checkpoints.append([])
+                self.checkpoint_roots.append([])
+                self.gradient_evaluations += self._train_from(s, 0, model)
+        return self.ensemble
+
+    def _set_data(self, x: torch.Tensor, y: torch.Tensor, ids: Sequence[Any]) -> None:
+        """Validate and hold the training data, assign each identifier, digest each record (disk mode)."""
         if len(ids) != len(x) or len(y) != len(x):
             raise InvalidParameterError("ids", f"<{len(ids)} ids for {len(x)} rows, {len(y)} labels>",
                                         "one identifier and one label per row of x")
@@ -105,20 +159,9 @@ class Sisa:
         self._shard, self._slice = assign(self._ids, shards=self.config.shards, slices=self.config.slices,
                                           salt=self.salt)
         self._alive = np.ones(len(self._ids), dtype=bool)
-        self.models, self.checkpoints, self.checkpoint_roots = [], [], []
-        self.gradient_evaluations = 0
-        self._last_unlearning = None
         if self.checkpoint_dir is not None:
-            self.checkpoint_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-            for path in ckpt.stale_files(self.checkpoint_dir):
-                path.unlink()
-        for s in range(self.config.shards):
-            model = self._fresh_model(s)
-            self.models.append(model)
-            self.checkpoints.append([])
-            self.checkpoint_roots.append([])
-            self.gradient_evaluations += self._train_from(s, 0, model)
-        return self.ensemble
+            self._row_digests = man.row_digests(x, y, [_encode(i) for i in self._ids])
+            self._data = man.data_record(self.salt, x, y, self._row_digests)
 
     @property
     def ensemble(self) -> SisaEnsemble:
@@ -184,28 +227,41 @@ class Sisa:
         return spent
 
     def _write_manifest(self) -> None:
+        """Record the settings, seed commitment, initialisations, data, deletions and checkpoints, sealed."""
         assert self.checkpoint_dir is not None
-        c = self.config
-        ckpt.write_manifest(self.checkpoint_dir, {"shards": c.shards, "slices": c.slices,
-                                                  "cumulative": c.cumulative,
-                                                  "seed_commitment": self._seed_commitment()},
-                            self.checkpoint_roots)
+        header = {**dataclasses.asdict(self.config), "seed_commitment": self._seed_commitment(),
+                  "init_roots": list(self._init_roots), "data": dict(self._data), "deletions": self._deletions}
+        man.write_manifest(self.checkpoint_dir, header, self.checkpoint_roots, salt=self.salt)
 
     def _seed_commitment(self) -> str:
         """Binds the manifest to this salt and seed without revealing either (keyed by the secret salt)."""
-        data = b"certun.sisa.seed-commitment.v1\x00" + str(self.seed).encode()
-        return "hmac-sha256:" + hmac.new(self.salt, data, hashlib.sha256).hexdigest()
+        return man.seed_commitment(self.salt, self.seed)
+
+    def _verified_restarts(self, restart: Mapping[int, int]) -> dict[int, dict[str, torch.Tensor]]:
+        """Every checkpoint ``restart`` needs, read and verified before anything changes (a refusal changes nothing).
+
+        In checkpoint_dir mode the sealed manifest must still describe this ensemble: same seed, same data,
+        same number of deletions (so a folder another process has served a deletion from is refused).
+        """
+        if self.checkpoint_dir is not None:
+            manifest = man.read_sealed(self.checkpoint_dir, self.salt)
+            if manifest.get("seed_commitment") != self._seed_commitment():
+                raise ckpt.SisaCheckpointError(f"SISA manifest in {self.checkpoint_dir} belongs to another salt or "
+                                               "seed; nothing was retrained")
+            if manifest.get("data") != self._data or manifest.get("deletions") != self._deletions:
+                raise ckpt.SisaCheckpointError(
+                    f"SISA manifest in {self.checkpoint_dir} records other data or deletions than this ensemble "
+                    "holds: another process trained or served a deletion from the folder since; reload it with "
+                    "Sisa.load; nothing was retrained")
+        return {s: self._restart_state(s, r - 1) for s, r in restart.items() if r > 0}
 
     def _restart_state(self, shard: int, stage: int) -> dict[str, torch.Tensor]:
         """The verified checkpoint after ``stage`` of ``shard`` (from disk in checkpoint_dir mode)."""
         if self.checkpoint_dir is None:
             return self.checkpoints[shard][stage]
-        manifest = ckpt.read_manifest(self.checkpoint_dir)
-        if manifest.get("seed_commitment") != self._seed_commitment():
-            raise ckpt.SisaCheckpointError(f"SISA manifest in {self.checkpoint_dir} belongs to another salt or "
-                                           "seed; nothing was retrained")
+        manifest = man.read_sealed(self.checkpoint_dir, self.salt)
         expected = self.checkpoint_roots[shard][stage]
-        if ckpt.manifest_root(manifest, shard, stage) != expected:
+        if man.manifest_root(manifest, shard, stage) != expected:
             raise ckpt.SisaCheckpointError(
                 f"SISA manifest in {self.checkpoint_dir} does not record checkpoint "
                 f"{ckpt.checkpoint_name(shard, stage)} with root {expected} (modified); nothing was retrained")
@@ -238,9 +294,28 @@ class Sisa:
         for row in rows_arr:
             s, r = int(self._shard[row]), int(self._slice[row])
             restart[s] = min(restart.get(s, r), r)
-        # read and verify every restart checkpoint before touching anything, so a refusal changes nothing
-        restart_states = {s: self._restart_state(s, r - 1) for s, r in restart.items() if r > 0}
-        self._alive[rows_arr] = False
+        with ckpt.folder_lock(self.checkpoint_dir):
+            spent, restarted_from = self._retrain(restart, rows_arr)
+        after = {s: self._shard_root(s) for s in range(self.config.shards)}
+        ids_after = {s: tuple(self.shard_ids(s)) for s in range(self.config.shards)}
+        touched = tuple(sorted(restart))
+        self._last_unlearning = SisaUnlearning(
+            forgotten=len(rows_arr), retrained_shards=touched,
+            untouched_shards=tuple(s for s in range(self.config.shards) if s not in restart),
+            restart_stage=dict(restart), restarted_from=restarted_from, gradient_evaluations=spent,
+            full_retraining_evaluations=full, retain_roots_before=before, retain_roots_after=after,
+            shard_ids_before=ids_before, shard_ids_after=ids_after,
+            model_before=model_before)
+        return self._last_unlearning
+
+    def _retrain(self, restart: Mapping[int, int], rows: np.ndarray) -> tuple[int, dict[int, str | None]]:
+        """Mark ``rows`` deleted and retrain each shard of ``restart`` from its stage; returns the work and sources."""
+        restart_states = self._verified_restarts(restart)
+        self._alive[rows] = False
+        if self.checkpoint_dir is not None:  # the manifest now describes the data without these records
+            self._deletions += 1
+            self._data = man.data_record(self.salt, self._x, self._y,
+                                         [self._row_digests[r] for r in np.flatnonzero(self._alive)])
         spent = 0
         restarted_from: dict[int, str | None] = {}
         for s, r in sorted(restart.items()):
@@ -254,17 +329,9 @@ class Sisa:
                 restarted_from[s] = _state_root(restart_states[s])
             spent += self._train_from(s, r, model)
         self.gradient_evaluations += spent
-        after = {s: self._shard_root(s) for s in range(self.config.shards)}
-        ids_after = {s: tuple(self.shard_ids(s)) for s in range(self.config.shards)}
-        touched = tuple(sorted(restart))
-        self._last_unlearning = SisaUnlearning(
-            forgotten=len(rows_arr), retrained_shards=touched,
-            untouched_shards=tuple(s for s in range(self.config.shards) if s not in restart),
-            restart_stage=dict(restart), restarted_from=restarted_from, gradient_evaluations=spent,
-            full_retraining_evaluations=full, retain_roots_before=before, retain_roots_after=after,
-            shard_ids_before=ids_before, shard_ids_after=ids_after,
-            model_before=model_before)
-        return self._last_unlearning
+        if self.checkpoint_dir is not None:
+            self._write_manifest()
+        return spent, restarted_from
 
     def retained_ids(self) -> list[Any]:
         """Identifiers of every record still in the training set (owner-private)."""

@@ -120,3 +120,15 @@ def test_bad_requests_are_refused() -> None:
         SisaConfig(shards=0, slices=1)
     with pytest.raises(InvalidParameterError, match="distinct"):
         _sisa(SisaConfig(shards=1, slices=1)).fit(x[:2], y[:2], ["a", "a"])
+
+
+def test_integer_settings_use_the_library_integer_check() -> None:
+    """numpy and 0-d torch integers are integers (stored as int, so the manifest can record them); bools are not."""
+    config = SisaConfig(shards=np.int64(2), slices=torch.tensor(3), batch_size=np.int32(8))
+    assert (config.shards, config.slices, config.batch_size) == (2, 3, 8)
+    assert all(type(v) is int for v in (config.shards, config.slices, config.batch_size))
+    for bad in (True, 2.0, "2", torch.tensor(2.0)):
+        with pytest.raises(InvalidParameterError, match="shards"):
+            SisaConfig(shards=bad, slices=1)
+    with pytest.raises(InvalidParameterError, match="seed"):
+        Sisa(_factory, SisaConfig(shards=1, slices=1), salt=SALT, seed=-1)

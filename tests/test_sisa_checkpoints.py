@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from certun.backends import _sisa_checkpoints as ckpt
+from certun.backends._sisa_manifest import seal
 from certun.backends.sisa import Sisa, SisaCheckpointError, SisaConfig, assign
 from certun.certificates import model_digest
 from certun.certificates._safetensors_reader import read_safetensors
@@ -168,8 +169,10 @@ def test_a_swapped_checkpoint_is_refused(tmp_path: Path) -> None:
     _assert_unchanged(sisa, tmp_path, before)
 
 
-def test_a_tampered_checkpoint_with_a_rewritten_manifest_is_refused(tmp_path: Path) -> None:
-    """The attacker swaps the file and updates its manifest root: the owner's in-memory roots catch it."""
+@pytest.mark.parametrize("knows_salt", [False, True])
+def test_a_tampered_checkpoint_with_a_rewritten_manifest_is_refused(tmp_path: Path, knows_salt: bool) -> None:
+    """The attacker swaps the file and updates its manifest root: the tag catches it, and an attacker who
+    even holds the salt (and re-seals the manifest) is caught by the owner's in-memory roots."""
     sisa, ids = _fitted(tmp_path)
     shutil.copyfile(tmp_path / ckpt.checkpoint_name(0, 1), tmp_path / ckpt.checkpoint_name(2, 1))
     path = tmp_path / "manifest.json"
@@ -177,9 +180,9 @@ def test_a_tampered_checkpoint_with_a_rewritten_manifest_is_refused(tmp_path: Pa
     for entry in manifest["checkpoints"]:
         if (entry["shard"], entry["stage"]) == (2, 1):
             entry["root"] = model_digest(read_safetensors(tmp_path / entry["file"])).root
-    path.write_text(json.dumps(manifest))
+    path.write_text(json.dumps(seal(manifest, SALT) if knows_salt else manifest))
     before = _snapshot(sisa, tmp_path)
-    with pytest.raises(SisaCheckpointError, match="does not record"):
+    with pytest.raises(SisaCheckpointError, match="does not record" if knows_salt else "integrity tag"):
         sisa.unlearn([_late_ids(ids, 2)[2]])
     _assert_unchanged(sisa, tmp_path, before)
 
