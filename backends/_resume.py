@@ -72,10 +72,10 @@ class Resume:
         if self.saved is None:
             return 0, RETAIN_PREFIX_START, x, []
         done, running = int(self.saved["done"]), RETAIN_PREFIX_START
+        self.keep = True  # a refusal here keeps the checkpoint: the caller can fix the inputs and resume
         for _ in range(done):
             running = chain_batch(running, next(batches)[1])
         if not hmac.compare_digest(running, bytes.fromhex(self.saved["running"])):
-            self.keep = True
             raise UnlearningRunError(
                 f"the retain data read again up to step {done} is not what the checkpointed run read (other batches "
                 f"or another order); the checkpoint in {self.folder} was left as it was and nothing was run. Resume "
@@ -85,7 +85,7 @@ class Resume:
         if first_blob:
             noise_source.first = hooks.from_host(_array(first_blob))
         hooks.set_rng_state(rng_blob)
-        self.values, self.converted = [tuple(v) for v in self.saved["values"]], done
+        self.values, self.converted, self.keep = [tuple(v) for v in self.saved["values"]], done, False
         return done, running, hooks.from_host(_array(x_blob)), list(self.saved["times"])
 
     def due(self, done: int) -> bool:

@@ -315,3 +315,13 @@ def test_a_folder_with_other_files_is_kept_after_the_run(tmp_path):
     certun.unlearn(model, data, _gc(), backend="numpy", seed=1, checkpoint_dir=folder, checkpoint_every=2)
     assert sorted(p.name for p in folder.iterdir()) == ["notes.txt"]
     assert stat.S_IMODE(folder.stat().st_mode) == 0o700
+
+
+def test_a_run_without_noisy_steps_leaves_no_folder(tmp_path):
+    """Output perturbation has no steps to checkpoint: the option is accepted and nothing is left behind."""
+    model, data = _data()
+    schedule = certun.plan(1.0, 1e-5, variant="output_perturbation", C0=2.0)
+    folder = tmp_path / "ckpt"
+    result = certun.unlearn(model, data, schedule, backend="numpy", seed=1, checkpoint_dir=folder,
+                            checkpoint_every=1)
+    assert result.resumed_from is None and not folder.exists()
