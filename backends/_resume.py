@@ -57,6 +57,8 @@ class Resume:
     values: list[tuple[float, float, float]] = field(default_factory=list)
     converted: int = 0
     keep: bool = False
+    #: this process writes and deletes the checkpoints (every process reads them)
+    writer: bool = True
 
     @property
     def resumed_from(self) -> int | None:
@@ -97,6 +99,8 @@ class Resume:
         """Write the checkpoint after ``done`` steps (the statistics of ``stats`` up to there are finite)."""
         self.values.extend(hooks.values(stats[self.converted:done]))
         self.converted, first = done, noise_source.first
+        if not self.writer:
+            return
         blobs = [_bytes(hooks.to_host(x)), b"" if first is None else _bytes(hooks.to_host(first)),
                  bytes(hooks.rng_state())]
         header = {"format": "certun.checkpoint", "done": done, "running": running.hex(),
@@ -110,7 +114,7 @@ class Resume:
 
     def close(self) -> None:
         """Delete the checkpoint (and the folder when empty), unless a refusal left another state to resume."""
-        if not self.keep:
+        if self.writer and not self.keep:
             files.remove(self.folder)
 
 
@@ -137,20 +141,21 @@ def binding(context: bytes, opts: RunOptions, seed: Any, previous: Mapping[str, 
             for name, value in parts.items()}
 
 
-def begin(opts: RunOptions, seed: Any, context: bytes, previous: Mapping[str, Any] | None
-          ) -> tuple[RunKey, Resume | None]:
+def begin(opts: RunOptions, seed: Any, context: bytes, previous: Mapping[str, Any] | None, *,
+          writer: bool = True) -> tuple[RunKey, Resume | None]:
     """The run key, and the run's checkpoints (``None`` without ``checkpoint_dir``), read back if there is one.
 
     A checkpoint of another run (other inputs, another seed, a modified file) is refused here, before any step,
-    and left where it is.
+    and left where it is. ``writer=False``: this process only reads (a distributed run's ranks but 0).
     """
     if opts.checkpoint_dir is None:
         return run_key(seed, context), None
-    folder = files.prepare_folder(opts.checkpoint_dir)
+    folder = files.prepare_folder(opts.checkpoint_dir) if writer else Path(opts.checkpoint_dir)
     bound = binding(context, opts, seed, previous)
     stored = files.read(folder)
     if stored is None:
-        return (key := run_key(seed, context)), Resume(folder, opts.checkpoint_every, key, bound)
+        key = run_key(seed, context)
+        return key, Resume(folder, opts.checkpoint_every, key, bound, writer=writer)
     header = stored.header
     theirs = header.get("binding") if isinstance(header.get("binding"), dict) else {}
     differ = sorted(_NAMES.get(name, name) for name in bound.keys() | theirs.keys()
@@ -164,7 +169,8 @@ def begin(opts: RunOptions, seed: Any, context: bytes, previous: Mapping[str, An
     files.check_tag(folder, stored, _mac_key(key))
     if len(stored.blobs) != 3 or not isinstance(header.get("done"), int):
         raise UnlearningRunError(f"the checkpoint in {folder} is not one this version of certun wrote; delete it")
-    return key, Resume(folder, opts.checkpoint_every, key, bound, saved=header, blobs=stored.blobs)
+    return key, Resume(folder, opts.checkpoint_every, key, bound, saved=header, blobs=stored.blobs,
+                       writer=writer)
 
 
 def _stored_key(seed: Any, context: bytes, header: Mapping[str, Any], folder: Path) -> RunKey:

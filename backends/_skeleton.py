@@ -84,6 +84,8 @@ class Hooks:
 
     name = "hooks"
     packages: tuple[str, ...] = ()
+    #: whether this process writes and deletes the run's checkpoints (a distributed run: rank 0 only)
+    checkpoint_writer = True
 
     def prepare(self) -> Prepared:
         """Check the model and options, and set up the model the run works on."""
@@ -273,7 +275,8 @@ def run(hooks: Hooks, data: Any, schedule: Schedule, opts: RunOptions, *, seed: 
         retain_fingerprint=ids.retain_fingerprint, forget_fingerprint=ids.forget_fingerprint, schedule=schedule,
         options={"clip": prep.clipping, "postprocess": opts.postprocess, "noise_mode": opts.noise_mode,
                  **prep.key_options},
-        unlearned_parameters=prep.names, dtype=prep.dtype, backend=hooks.name), prev)
+        unlearned_parameters=prep.names, dtype=prep.dtype, backend=hooks.name), prev,
+        writer=hooks.checkpoint_writer)
     history: dict[str, list[Any]] = {k: [] for k in HISTORY_KEYS}
     with _resume.owned(resume):  # the checkpoints go when the run ends or certun stops it; a crash keeps them
         with hooks.session(key):

@@ -325,3 +325,27 @@ def test_a_run_without_noisy_steps_leaves_no_folder(tmp_path):
     result = certun.unlearn(model, data, schedule, backend="numpy", seed=1, checkpoint_dir=folder,
                             checkpoint_every=1)
     assert result.resumed_from is None and not folder.exists()
+
+
+def test_a_process_that_is_not_the_writer_reads_but_never_writes_or_deletes(tmp_path):
+    """A distributed run's ranks but 0 (``checkpoint_writer = False``) resume from the checkpoint rank 0 wrote,
+    and neither write one nor delete it."""
+    from certun.backends import _skeleton as skeleton
+    from certun.backends._options import RunOptions
+    from certun.backends.numpy_backend import _NumpyRun
+
+    class Reader(_NumpyRun):
+        checkpoint_writer = False
+
+    model, data = _data()
+    folder = tmp_path / "ckpt"
+    _interrupted(model, data, _gc(), folder, seed=11)
+    before = (folder / CHECKPOINT).read_bytes()
+    opts = RunOptions.check(_gc(), clip="per_sample", postprocess="project_C0", finetune_epochs=0, finetune_lr=0.05,
+                            noise_mode="fresh", progress=False, callback=None, noise_source=None,
+                            checkpoint_dir=folder, checkpoint_every=1)
+    hooks = Reader(model, data, _gc(), opts, center=None, model_factory=None)
+    result = skeleton.run(hooks, data, _gc(), opts, seed=11, previous=None, retain_ids=None, forget_ids=None)
+    reference = certun.unlearn(model, data, _gc(), backend="numpy", seed=11)
+    assert result.resumed_from == 6 and result.model.flat().tobytes() == reference.model.flat().tobytes()
+    assert (folder / CHECKPOINT).read_bytes() == before
