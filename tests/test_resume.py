@@ -132,6 +132,7 @@ def test_a_finished_run_removes_its_checkpoints(tmp_path):
     assert any(written) and not folder.exists()
 
 
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")
 def test_a_failed_run_removes_its_checkpoint(tmp_path):
     """A run certun stops (non-finite loss at step 5, after checkpoints at 2 and 4) deletes the checkpoint."""
     model, data = _data()
@@ -349,3 +350,33 @@ def test_a_process_that_is_not_the_writer_reads_but_never_writes_or_deletes(tmp_
     reference = certun.unlearn(model, data, _gc(), backend="numpy", seed=11)
     assert result.resumed_from == 6 and result.model.flat().tobytes() == reference.model.flat().tobytes()
     assert (folder / CHECKPOINT).read_bytes() == before
+
+
+def test_resuming_with_another_previous_certificate_is_refused(tmp_path):
+    """The ledger's previous certificate is part of the run: a resume chained onto another one is refused."""
+    model, data = _data()
+    first = certun.unlearn(model, data, _gc(T=2), backend="numpy", seed=3)
+    folder = tmp_path / "ckpt"
+    _interrupted(first.model, data, _gc(), folder, seed=11)
+    with pytest.raises(InvalidParameterError, match="previous certificate"):
+        certun.unlearn(first.model, data, _gc(), backend="numpy", seed=11, previous=first.certificate,
+                       checkpoint_dir=folder, checkpoint_every=3)
+
+
+def test_a_replay_resumes_only_with_its_own_opening(tmp_path):
+    """An audit replay (a seed_opening as seed) resumes with the same opening, bit for bit, and never with another
+    run's opening; it stays uncertified."""
+    model, data = _data()
+    a = certun.unlearn(model, data, _gc(), backend="numpy")
+    b = certun.unlearn(model, data, _gc(), backend="numpy")
+    folder = tmp_path / "ckpt"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        _interrupted(model, data, _gc(), folder, seed=a.seed_opening)
+        with pytest.raises(InvalidParameterError, match="seed"):
+            certun.unlearn(model, data, _gc(), backend="numpy", seed=b.seed_opening, checkpoint_dir=folder,
+                           checkpoint_every=3)
+        resumed = certun.unlearn(model, data, _gc(), backend="numpy", seed=a.seed_opening, checkpoint_dir=folder,
+                                 checkpoint_every=3)
+    assert resumed.resumed_from == 6 and resumed.certificate is None
+    assert resumed.model.flat().tobytes() == a.model.flat().tobytes()
