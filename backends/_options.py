@@ -16,6 +16,7 @@ from typing import Any, ClassVar
 
 from certun._validation import choice, integer, real_number
 from certun.accountant import Mode, Schedule, Variant
+from certun.backends._checkpoint_file import check_options as check_checkpoint
 from certun.certificates.provenance import resolve_seed
 from certun.errors import InvalidParameterError
 
@@ -201,6 +202,9 @@ class RunOptions:
     attributes: str | None = None
     #: the run replays a previous run's key opening (an audit): same key, so never a second certificate
     replay: bool = False
+    #: a private folder for the run's checkpoints, and the noisy steps between two (docs/backends.md)
+    checkpoint_dir: str | None = None
+    checkpoint_every: int | None = None
 
     @property
     def recorded_noise_mode(self) -> str:
@@ -216,7 +220,8 @@ class RunOptions:
     @classmethod
     def check(cls, schedule: Any, *, clip: str, postprocess: str, finetune_epochs: int, finetune_lr: float,
               noise_mode: str, progress: bool, callback: Any, noise_source: Any, buffers: Any = None,
-              frozen: Any = None, attributes: Any = None) -> RunOptions:
+              frozen: Any = None, attributes: Any = None, checkpoint_dir: Any = None,
+              checkpoint_every: Any = None) -> RunOptions:
         """Validate every option against each other and the schedule; warn for unsafe noise."""
         if not isinstance(schedule, Schedule):
             raise InvalidParameterError("schedule", type(schedule).__name__,
@@ -240,6 +245,7 @@ class RunOptions:
         if noise_source is not None and not callable(noise_source):
             raise InvalidParameterError("noise_source", type(noise_source).__name__,
                                         "a callable (draw_index, d) -> standard normal vector, or None")
+        checkpoint_dir, checkpoint_every = check_checkpoint(checkpoint_dir, checkpoint_every)
         if noise_mode == NoiseMode.REUSE_FIRST_DRAW_UNSAFE:
             warnings.warn(
                 "noise_mode='reuse_first_draw_UNSAFE' adds the SAME noise vector at every step. This voids "
@@ -251,4 +257,4 @@ class RunOptions:
         return cls(clip=clip, postprocess=postprocess, finetune_epochs=finetune_epochs,
                    finetune_lr=float(finetune_lr), noise_mode=noise_mode, progress=bool(progress),
                    callback=callback, noise_source=noise_source, buffers=buffers, frozen=frozen,
-                   attributes=attributes)
+                   attributes=attributes, checkpoint_dir=checkpoint_dir, checkpoint_every=checkpoint_every)

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from certun.accountant import Mode, Schedule, Variant
+from certun.backends import _resume
 from certun.backends._options import RunOptions, opening_secret
 from certun.backends.base import RunResult
 from certun.backends.run_key import (
@@ -36,7 +37,6 @@ from certun.backends.run_key import (
     draw_index,
     noise_record,
     run_context,
-    run_key,
 )
 from certun.certificates import RunRecord, provenance
 from certun.errors import UnlearningRunError
@@ -84,6 +84,8 @@ class Hooks:
 
     name = "hooks"
     packages: tuple[str, ...] = ()
+    #: whether this process writes and deletes the run's checkpoints (a distributed run: rank 0 only)
+    checkpoint_writer = True
 
     def prepare(self) -> Prepared:
         """Check the model and options, and set up the model the run works on."""
@@ -156,6 +158,24 @@ class Hooks:
     def finish(self) -> Finished:
         """The released model, its unlearned tensors and the record extras (after the backend's own checks)."""
         raise NotImplementedError
+
+    # a checkpoint (certun.backends._resume): the master on the host and back, the auxiliary RNG's state
+    def to_host(self, x: Any) -> Any:
+        """``x`` as a float64 numpy array on the host (what a checkpoint stores)."""
+        import numpy as np
+
+        return np.array(x, dtype=np.float64)
+
+    def from_host(self, a: Any) -> Any:
+        """A checkpoint's float64 numpy array as the backend's master vector."""
+        return a.copy()
+
+    def rng_state(self) -> bytes:
+        """The state of the randomness a step uses besides the noise (dropout), for a checkpoint; none here."""
+        return b""
+
+    def set_rng_state(self, state: bytes) -> None:
+        """Restore what :meth:`rng_state` returned, before the first step of a resumed run."""
 
 
 class NoiseSource:
@@ -250,16 +270,18 @@ def run(hooks: Hooks, data: Any, schedule: Schedule, opts: RunOptions, *, seed: 
     before = provenance.model_digest(prep.before)
     center = None if prep.center is None else provenance.model_digest(prep.center)
     check_tail(schedule, prep.d)
-    key = run_key(seed, run_context(
+    key, resume = _resume.begin(opts, seed, run_context(
         model_before=before.root, center=None if center is None else center.root,
         retain_fingerprint=ids.retain_fingerprint, forget_fingerprint=ids.forget_fingerprint, schedule=schedule,
         options={"clip": prep.clipping, "postprocess": opts.postprocess, "noise_mode": opts.noise_mode,
                  **prep.key_options},
-        unlearned_parameters=prep.names, dtype=prep.dtype, backend=hooks.name))
+        unlearned_parameters=prep.names, dtype=prep.dtype, backend=hooks.name), prev,
+        writer=hooks.checkpoint_writer)
     history: dict[str, list[Any]] = {k: [] for k in HISTORY_KEYS}
-    with hooks.session(key):
-        noisy, steps = _phases(hooks, ctx, NoiseSource(hooks, key, schedule, opts, prep.d), history)
-    done = hooks.finish()
+    with _resume.owned(resume):  # the checkpoints go when the run ends or certun stops it; a crash keeps them
+        with hooks.session(key):
+            noisy, steps = _phases(hooks, ctx, NoiseSource(hooks, key, schedule, opts, prep.d), history, resume)
+        done = hooks.finish()
     start_model = provenance.starting_model(before, prev)
     commitment, opening = provenance.key_commitment(key)
     fields: dict[str, Any] = dict(clipping=prep.clipping, extra={**done.extra, "noise_mode": opts.recorded_noise_mode})
@@ -277,10 +299,12 @@ def run(hooks: Hooks, data: Any, schedule: Schedule, opts: RunOptions, *, seed: 
         versions=provenance.versions(*hooks.packages), noise=noise_record(schedule, prep.d, key), **fields)
     return RunResult(model=done.model, history=history, record=record, seed=key.seed, seed_opening=opening,
                      retain_tree=ids.retain_tree, forget_tree=ids.forget_tree,
-                     model_before_opening=start_model.opening)
+                     model_before_opening=start_model.opening,
+                     resumed_from=None if resume is None else resume.resumed_from)
 
 
-def _phases(hooks: Hooks, ctx: _Context, noise: NoiseSource, history: dict[str, list[Any]]) -> tuple[int, int]:
+def _phases(hooks: Hooks, ctx: _Context, noise: NoiseSource, history: dict[str, list[Any]],
+            resume: _resume.Resume | None) -> tuple[int, int]:
     """The variant's phases on the master ``x``; returns ``(noisy steps run, fine-tuning steps)``."""
     s, noisy = ctx.schedule, 0
     x = hooks.start()
@@ -291,7 +315,7 @@ def _phases(hooks: Hooks, ctx: _Context, noise: NoiseSource, history: dict[str, 
         noised = s.variant is Variant.MODEL_CLIPPING and s.sigma0 is not None
         if noised:
             x = hooks.add_noise(x, s.sigma0, noise.draw(None))
-        x, noisy = _noisy_steps(hooks, ctx, noise, x, history, noised=noised)
+        x, noisy = _noisy_steps(hooks, ctx, noise, x, history, noised=noised, resume=resume)
     hooks.release(x, project=s.variant is not Variant.RETRAIN and ctx.opts.postprocess == "project_C0")
     return noisy, hooks.finetune(history, ctx.on_pass)
 
@@ -300,13 +324,17 @@ _CHECK_EVERY = 25  # steps between finiteness checks (each one synchronises a GP
 
 
 def _noisy_steps(hooks: Hooks, ctx: _Context, noise: NoiseSource, x: Any, history: dict[str, list[Any]], *,
-                 noised: bool) -> tuple[Any, int]:
-    """``T`` noisy steps; the history keeps no statistic of the pre-noise start (step 0 unless σ0 came first)."""
-    s, stats, times = ctx.schedule, [], []
+                 noised: bool, resume: _resume.Resume | None) -> tuple[Any, int]:
+    """``T`` noisy steps (from a checkpoint's, when resumed); the history keeps no statistic of the pre-noise
+    start (step 0 unless σ0 came first)."""
+    s = ctx.schedule
     batches = hooks.batches(ctx.on_pass)
-    start, checked, running = time.perf_counter(), 0, RETAIN_PREFIX_START
+    done, running, x, times = (0, RETAIN_PREFIX_START, x, []) if resume is None else \
+        resume.restore(hooks, noise, batches, x)
+    stats: list[Any] = [None] * done  # the restored steps' statistics are the checkpoint's
+    start, checked = time.perf_counter() - (times[-1] if times else 0.0), done
     with hooks.noisy_steps():
-        for t in hooks.progress(range(s.T), "certun noisy steps"):
+        for t in hooks.progress(range(done, s.T), "certun noisy steps"):
             batch, raw = next(batches)
             running = chain_batch(running, raw)  # the batches read so far key this step's draw
             x, step_stats = hooks.noisy_step(x, t, batch, lambda t=t, prefix=running: noise.draw(t, prefix))
@@ -315,10 +343,13 @@ def _noisy_steps(hooks: Hooks, ctx: _Context, noise: NoiseSource, x: Any, histor
             if ctx.opts.callback is not None:
                 # a copy: the callback can read the iterate, never change it
                 ctx.opts.callback(t, x.clone() if hasattr(x, "clone") else x.copy())
-            if (t + 1) % _CHECK_EVERY == 0 or t + 1 == s.T:
+            saving = resume is not None and resume.due(t + 1)
+            if (t + 1) % _CHECK_EVERY == 0 or t + 1 == s.T or saving:
                 hooks.check_steps(stats, checked, t + 1)
                 checked = t + 1
-    values = hooks.values(stats)
+            if saving:
+                resume.save(t + 1, hooks, x, running, stats, times, noise)
+    values = hooks.values(stats) if resume is None else resume.all_values(hooks, stats)
     pre = 0 if noised else min(1, s.T)
     history.update(step=list(range(s.T)), sigma=list(s.sigmas), gamma=list(s.gammas), time_s=times,
                    loss=[None] * pre + [v[0] for v in values[pre:]],

@@ -66,6 +66,9 @@ class RunResult:
             that model in plain (a chained request starting from the previous released model).
         retain_tree / forget_tree: the salted Merkle trees over record identifiers, from which
             receipts are issued (``tree.receipt(i)``); they hold the private salt key.
+        resumed_from: the noisy steps a checkpoint had done when this run resumed from it
+            (``checkpoint_dir``, docs/backends.md "Resumable runs"); ``None`` for a run from the start.
+            The certificate does not record it: a resumed run is the same run.
     """
 
     model: Any
@@ -78,3 +81,4 @@ class RunResult:
     retain_tree: Any = field(default=None, repr=False)
     forget_tree: Any = field(default=None, repr=False)
     model_before_opening: Mapping[str, Any] | None = field(default=None, repr=False)
+    resumed_from: int | None = None

@@ -160,6 +160,8 @@ class NumpyBackend:
         callback: Callable[[int, np.ndarray], None] | None = None,
         noise_source: Callable[[int, int], Any] | None = None,
         previous: Any = None,
+        checkpoint_dir: Any = None,
+        checkpoint_every: int | None = None,
     ) -> RunResult:
         """Unlearn ``model`` as ``schedule`` says; the options mean what they mean for the torch backend.
 
@@ -171,10 +173,12 @@ class NumpyBackend:
         (``seed=None``) or a user seed (testing/audit only) and every run input
         (:mod:`certun.backends.run_key`). ``previous``: the previous certificate of this model's
         ledger (dict or path); when the model is the one it released, the starting model is recorded in plain.
+        ``checkpoint_dir``/``checkpoint_every``: a resumable run (docs/backends.md, "Resumable runs").
         """
         opts = RunOptions.check(schedule, clip=clip, postprocess=postprocess, finetune_epochs=finetune_epochs,
                                 finetune_lr=finetune_lr, noise_mode=noise_mode, progress=progress,
-                                callback=callback, noise_source=noise_source)
+                                callback=callback, noise_source=noise_source, checkpoint_dir=checkpoint_dir,
+                                checkpoint_every=checkpoint_every)
         if opts.clip == "ghost":
             raise InvalidParameterError("clip", clip, "'per_sample' or 'batch' for the numpy backend")
         if not isinstance(model, LinearModel):

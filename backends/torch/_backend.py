@@ -89,6 +89,7 @@ class TorchBackend:
         noise_source: Callable[[int, int], Any] | None = None,
         inplace: bool = False,
         previous: Any = None,
+        checkpoint_dir: Any = None, checkpoint_every: int | None = None,
     ) -> RunResult:
         """Unlearn: run ``schedule``'s noisy phase on ``model`` with retain data only, then post-process.
 
@@ -110,7 +111,7 @@ class TorchBackend:
         opts = RunOptions.check(schedule, clip=clip, postprocess=postprocess, finetune_epochs=finetune_epochs,
                                 finetune_lr=finetune_lr, noise_mode=noise_mode, progress=progress,
                                 callback=callback, noise_source=noise_source, buffers=buffers, frozen=frozen,
-                                attributes=attributes)
+                                attributes=attributes, checkpoint_dir=checkpoint_dir, checkpoint_every=checkpoint_every)
         _check_callables(model, loss_fn, model_factory)
         if params is not None and not isinstance(params, str):
             params = list(params)  # iterated more than once (e.g. model.parameters(), a generator)

@@ -21,6 +21,7 @@ from certun.accountant import Schedule, Variant
 from certun.backends import _skeleton as skeleton
 from certun.backends._options import RunOptions, clipping_for
 from certun.backends.run_key import RunKey, loss_name
+from certun.backends.torch import _rng
 from certun.backends.torch._attributes import digestible, unregistered_arrays
 from certun.backends.torch._data import cpu_copy, epoch_length, pair, to_device, tqdm_bar
 from certun.backends.torch._grad import GradientComputer
@@ -210,6 +211,18 @@ class TorchRun(skeleton.Hooks):
         if not stats:
             return []
         return [tuple(row) for row in torch.stack([torch.stack(list(r)) for r in stats]).cpu().tolist()]
+
+    def to_host(self, x: torch.Tensor) -> Any:
+        return x.detach().to("cpu", torch.float64).numpy().copy()
+
+    def from_host(self, a: Any) -> torch.Tensor:
+        return torch.from_numpy(a.copy()).to(device=self.device, dtype=torch.float64)
+
+    def rng_state(self) -> bytes:
+        return _rng.get_state()
+
+    def set_rng_state(self, state: bytes) -> None:
+        _rng.set_state(state)
 
     # ------------------------------------------------------------------ after the noisy phase
     def release(self, x: torch.Tensor | None, *, project: bool) -> None:

@@ -1,0 +1,161 @@
+"""The checkpoint file of a resumable run: a private folder, one file written atomically, checked when read.
+
+The file is, in order: a magic line, a warning line (what the file is and that it must be deleted),
+one line of JSON (the header), the binary blobs the header sizes, the SHA-256 of all of that (a torn
+or corrupted file is refused) and an HMAC-SHA256 tag under a key derived from the run key
+(:mod:`certun.backends._resume` checks it once it knows the run's inputs). The folder is made
+``0o700`` and the file ``0o600``; a write goes to a temporary file that is synced and renamed over
+the old one, so a crash leaves either the previous checkpoint or the new one, never half of one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import os
+import stat
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from certun._validation import integer
+from certun.errors import InvalidParameterError, UnlearningRunError
+
+__all__ = ["NAME", "Stored", "check_options", "prepare_folder", "read", "remove", "write"]
+
+NAME = "certun-checkpoint.bin"
+MAGIC = b"CERTUN-CHECKPOINT v1\n"
+WARNING = (b"# certun: an intermediate iterate of an unlearning run, not covered by any certificate; contains "
+           b"secret key material (the run's noise key) - delete it once the run is over, never share it\n")
+_TMP = "." + NAME + ".tmp-"
+_DIGEST = 32
+
+
+@dataclass(frozen=True)
+class Stored:
+    """A checkpoint file read back: its header, its blobs, and what its tag covers."""
+
+    header: dict[str, Any]
+    blobs: list[bytes]
+    body: bytes
+    tag: bytes
+
+
+def check_options(folder: Any, every: Any) -> tuple[str | None, int | None]:
+    """``(checkpoint_dir, checkpoint_every)`` checked before any work: both or neither, a folder (or a path
+    to create) that is not a link or a file, and a period of at least one step."""
+    if folder is None:
+        if every is not None:
+            raise InvalidParameterError("checkpoint_every", every, "None without a checkpoint_dir",
+                                        hint="pass checkpoint_dir= too, a private folder for this run")
+        return None, None
+    try:
+        path = os.path.abspath(os.fspath(folder))
+    except TypeError:
+        raise InvalidParameterError("checkpoint_dir", type(folder).__name__, "a folder path or None") from None
+    if os.path.islink(path) or (os.path.exists(path) and not os.path.isdir(path)):
+        raise InvalidParameterError("checkpoint_dir", path, "a folder (or a path to create), not a file or a link")
+    if every is None:
+        raise InvalidParameterError("checkpoint_every", every, "an integer >= 1 (noisy steps between checkpoints) "
+                                    "when checkpoint_dir is given")
+    return path, integer("checkpoint_every", every, "an integer >= 1 (noisy steps between checkpoints)", low=1)
+
+
+def prepare_folder(folder: str) -> Path:
+    """Create ``folder`` if needed and make it private (``0o700``); drop temporary files a crash left there."""
+    path = Path(folder)
+    try:
+        path.mkdir(mode=0o700, parents=True, exist_ok=True)
+        if path.is_symlink() or not path.is_dir():
+            raise InvalidParameterError("checkpoint_dir", folder, "a folder, not a file or a link")
+        os.chmod(path, 0o700)
+        for stale in path.glob(_TMP + "*"):
+            stale.unlink()
+    except OSError as e:
+        raise InvalidParameterError("checkpoint_dir", folder, "a folder this process can create and write",
+                                    hint=str(e)) from None
+    return path
+
+
+def write(folder: Path, header: dict[str, Any], blobs: list[bytes], mac_key: bytes) -> None:
+    """Write the checkpoint atomically: temporary file (``0o600``), fsync, rename, fsync of the folder."""
+    head = json.dumps({**header, "blobs": [len(b) for b in blobs]}, sort_keys=True, separators=(",", ":"))
+    body = b"".join([MAGIC, WARNING, head.encode("ascii"), b"\n", *blobs])
+    body += hashlib.sha256(body).digest()
+    data = body + hmac.new(mac_key, body, hashlib.sha256).digest()
+    tmp = folder / f"{_TMP}{os.getpid()}"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o600)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, folder / NAME)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _sync_folder(folder)
+
+
+def _sync_folder(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:  # a platform that cannot open folders (Windows): the rename is what it offers
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def read(folder: Path) -> Stored | None:
+    """The checkpoint in ``folder`` (``None`` if there is none), refused if it is torn, corrupt or not one."""
+    path = folder / NAME
+    if not os.path.lexists(path):
+        return None
+    if not stat.S_ISREG(os.lstat(path).st_mode):
+        raise _corrupt(path, "it is not a plain file")
+    data = path.read_bytes()
+    body, tag = data[:-_DIGEST], data[-_DIGEST:]
+    if len(data) < len(MAGIC) + 2 * _DIGEST or not data.startswith(MAGIC + WARNING):
+        raise _corrupt(path, "it does not start as a certun checkpoint")
+    if not hmac.compare_digest(hashlib.sha256(body[:-_DIGEST]).digest(), body[-_DIGEST:]):
+        raise _corrupt(path, "its checksum does not match (a torn or modified file)")
+    start = len(MAGIC) + len(WARNING)
+    end = body.find(b"\n", start)
+    try:
+        header = json.loads(body[start:end].decode("ascii"))
+        sizes = [int(n) for n in header["blobs"]]
+    except (ValueError, KeyError, TypeError):
+        raise _corrupt(path, "its header is unreadable") from None
+    blobs, at = [], end + 1
+    for n in sizes:
+        blobs.append(body[at:at + n])
+        at += n
+    if at != len(body) - _DIGEST or min(sizes, default=0) < 0:
+        raise _corrupt(path, "its sizes do not add up")
+    return Stored(header=header, blobs=blobs, body=body, tag=tag)
+
+
+def check_tag(folder: Path, stored: Stored, mac_key: bytes) -> None:
+    """Refuse a checkpoint whose tag is not the run key's over its content (modified, or made for other inputs)."""
+    if not hmac.compare_digest(hmac.new(mac_key, stored.body, hashlib.sha256).digest(), stored.tag):
+        raise _corrupt(folder / NAME, "its integrity tag does not match this run's key (a modified file)")
+
+
+def _corrupt(path: Path, why: str) -> UnlearningRunError:
+    return UnlearningRunError(f"the checkpoint {path} cannot be used: {why}. Nothing was run; delete it (it holds "
+                              "secret key material) to start the run afresh")
+
+
+def remove(folder: Path) -> None:
+    """Delete the checkpoint and any temporary file; then the folder, if nothing else is in it."""
+    for path in [folder / NAME, *folder.glob(_TMP + "*")]:
+        path.unlink(missing_ok=True)
+    try:
+        folder.rmdir()
+    except OSError:  # the user's own files are there: keep them (and the folder)
+        pass

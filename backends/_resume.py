@@ -1,0 +1,203 @@
+"""Resumable runs: a checkpoint of the noisy phase every ``k`` steps, bound to its run, deleted at the end.
+
+A checkpoint holds what the next step depends on and nothing else: the number of steps done, the
+float64 master iterate, the running retain hash (:func:`~certun.backends.run_key.chain_batch`), the
+run's secret key, the backend's auxiliary RNG state (dropout), the noise source's position, and the
+per-step statistics so far. A run given the same ``checkpoint_dir`` and the same inputs picks it up,
+re-reads (and re-hashes) the retain batches the checkpointed steps consumed, and goes on from there,
+so it ends bit-identical to a run never interrupted (docs/theory.md#floating-point-and-randomness).
+
+A checkpoint is bound to its run: the header holds a digest of each run input (the key's context,
+the fine-tuning and noise options, the previous certificate, the kind of seed) and a resume with any
+other is refused before any step; the file's tag is an HMAC under a key derived from the run key, so
+a file made for other inputs never passes. The checkpoint is deleted when the run ends, by success
+or by a failure certun raises; after a crash (a killed process, an exception from the caller's
+callback) it is left for the resume.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import hmac
+import json
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from certun.backends import _checkpoint_file as files
+from certun.backends import noise
+from certun.backends._options import RunOptions
+from certun.backends.run_key import RETAIN_PREFIX_START, RunKey, chain_batch, run_key
+from certun.errors import CertunError, InvalidParameterError, UnlearningRunError
+
+__all__ = ["Resume", "begin", "owned"]
+
+_MAC_DOMAIN = b"certun.checkpoint.v1"
+#: what each bound input is called in a refusal
+_NAMES = {"model_before": "starting model", "center": "centre", "retain": "retain identifiers",
+          "forget": "forget identifiers", "options": "clip/postprocess/noise/loss/model options",
+          "unlearned_parameters": "unlearned parameters", "run_options": "fine-tuning or noise options",
+          "previous": "previous certificate", "seed": "kind of seed (OS key, integer seed, opening)"}
+
+
+@dataclass
+class Resume:
+    """The checkpoints of one run: where they go, how often, what binds them, and the state read back."""
+
+    folder: Path
+    every: int
+    key: RunKey
+    binding: dict[str, str]
+    saved: dict[str, Any] | None = None
+    blobs: list[bytes] = field(default_factory=list)
+    values: list[tuple[float, float, float]] = field(default_factory=list)
+    converted: int = 0
+    keep: bool = False
+    #: this process writes and deletes the checkpoints (every process reads them)
+    writer: bool = True
+
+    @property
+    def resumed_from(self) -> int | None:
+        """The noisy steps the checkpoint had done (``None``: the run started afresh)."""
+        return None if self.saved is None else int(self.saved["done"])
+
+    def restore(self, hooks: Any, noise_source: Any, batches: Iterator[Any], x: Any) -> tuple[int, bytes, Any, list]:
+        """``(steps done, running retain hash, master, wall times)`` to go on from; re-reads the consumed batches.
+
+        Refuses (keeping the checkpoint) when the re-read batches do not hash to the checkpoint's chain: the
+        retain data or its order is not what the checkpointed steps read.
+        """
+        if self.saved is None:
+            return 0, RETAIN_PREFIX_START, x, []
+        done, running = int(self.saved["done"]), RETAIN_PREFIX_START
+        self.keep = True  # a refusal here keeps the checkpoint: the caller can fix the inputs and resume
+        for _ in range(done):
+            running = chain_batch(running, next(batches)[1])
+        if not hmac.compare_digest(running, bytes.fromhex(self.saved["running"])):
+            raise UnlearningRunError(
+                f"the retain data read again up to step {done} is not what the checkpointed run read (other batches "
+                f"or another order); the checkpoint in {self.folder} was left as it was and nothing was run. Resume "
+                "with the same data in the same order (a deterministic loader), or delete the checkpoint")
+        x_blob, first_blob, rng_blob = self.blobs
+        noise_source.count = int(self.saved["draws"])
+        if first_blob:
+            noise_source.first = hooks.from_host(_array(first_blob))
+        hooks.set_rng_state(rng_blob)
+        self.values, self.converted, self.keep = [tuple(v) for v in self.saved["values"]], done, False
+        return done, running, hooks.from_host(_array(x_blob)), list(self.saved["times"])
+
+    def due(self, done: int) -> bool:
+        """Whether a checkpoint is written after ``done`` noisy steps."""
+        return done % self.every == 0
+
+    def save(self, done: int, hooks: Any, x: Any, running: bytes, stats: list, times: list,
+             noise_source: Any) -> None:
+        """Write the checkpoint after ``done`` steps (the statistics of ``stats`` up to there are finite)."""
+        self.values.extend(hooks.values(stats[self.converted:done]))
+        self.converted, first = done, noise_source.first
+        if not self.writer:
+            return
+        blobs = [_bytes(hooks.to_host(x)), b"" if first is None else _bytes(hooks.to_host(first)),
+                 bytes(hooks.rng_state())]
+        header = {"format": "certun.checkpoint", "done": done, "running": running.hex(),
+                  "secret": self.key.secret.hex(), "origin": self.key.origin, "binding": self.binding,
+                  "draws": noise_source.count, "values": [list(v) for v in self.values], "times": list(times)}
+        files.write(self.folder, header, blobs, _mac_key(self.key))
+
+    def all_values(self, hooks: Any, stats: list) -> list[tuple[float, float, float]]:
+        """The statistics of every step as floats: those read back or saved, then the rest."""
+        return self.values + hooks.values(stats[self.converted:])
+
+    def close(self) -> None:
+        """Delete the checkpoint (and the folder when empty), unless a refusal left another state to resume."""
+        if self.writer and not self.keep:
+            files.remove(self.folder)
+
+
+def _array(blob: bytes) -> np.ndarray:
+    return np.frombuffer(blob, dtype="<f8").astype(np.float64)
+
+
+def _bytes(a: Any) -> bytes:
+    return np.ascontiguousarray(a, dtype="<f8").tobytes()
+
+
+def _mac_key(key: RunKey) -> bytes:
+    return noise.derive_key(key.key, _MAC_DOMAIN)
+
+
+def binding(context: bytes, opts: RunOptions, seed: Any, previous: Mapping[str, Any] | None) -> dict[str, str]:
+    """A digest of each run input: the key context's entries, the options it leaves out, the seed's kind."""
+    parts: dict[str, Any] = json.loads(context)
+    parts["run_options"] = {"finetune_epochs": opts.finetune_epochs, "finetune_lr": opts.finetune_lr,
+                            "noise": opts.recorded_noise_mode, "noise_mode": opts.noise_mode}
+    parts["previous"] = None if previous is None else previous.get("content_digest")  # checked on load
+    parts["seed"] = "os" if seed is None else "opening" if isinstance(seed, Mapping) else "user_seed"
+    return {name: hashlib.sha256(json.dumps(value, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+            for name, value in parts.items()}
+
+
+def begin(opts: RunOptions, seed: Any, context: bytes, previous: Mapping[str, Any] | None, *,
+          writer: bool = True) -> tuple[RunKey, Resume | None]:
+    """The run key, and the run's checkpoints (``None`` without ``checkpoint_dir``), read back if there is one.
+
+    A checkpoint of another run (other inputs, another seed, a modified file) is refused here, before any step,
+    and left where it is. ``writer=False``: this process only reads (a distributed run's ranks but 0).
+    """
+    if opts.checkpoint_dir is None:
+        return run_key(seed, context), None
+    folder = files.prepare_folder(opts.checkpoint_dir) if writer else Path(opts.checkpoint_dir)
+    bound = binding(context, opts, seed, previous)
+    stored = files.read(folder)
+    if stored is None:
+        key = run_key(seed, context)
+        return key, Resume(folder, opts.checkpoint_every, key, bound, writer=writer)
+    header = stored.header
+    theirs = header.get("binding") if isinstance(header.get("binding"), dict) else {}
+    differ = sorted(_NAMES.get(name, name) for name in bound.keys() | theirs.keys()
+                    if bound.get(name) != theirs.get(name))
+    if differ:
+        raise InvalidParameterError(
+            "checkpoint_dir", str(folder), "a folder without a checkpoint, or holding the checkpoint of this same run",
+            hint=f"its checkpoint was made by a run with another {', '.join(differ)}; resume with the same inputs, "
+            "or delete the checkpoint (it holds secret key material) to start afresh")
+    key = _stored_key(seed, context, header, folder)
+    files.check_tag(folder, stored, _mac_key(key))
+    if len(stored.blobs) != 3 or not isinstance(header.get("done"), int):
+        raise UnlearningRunError(f"the checkpoint in {folder} is not one this version of certun wrote; delete it")
+    return key, Resume(folder, opts.checkpoint_every, key, bound, saved=header, blobs=stored.blobs,
+                       writer=writer)
+
+
+def _stored_key(seed: Any, context: bytes, header: Mapping[str, Any], folder: Path) -> RunKey:
+    """The run key of the checkpointed run: its stored OS secret, or the caller's seed if it gives the same secret."""
+    try:
+        secret = bytes.fromhex(header["secret"])
+    except (KeyError, TypeError, ValueError):
+        raise UnlearningRunError(f"the checkpoint in {folder} holds no readable key; delete it") from None
+    if seed is None:
+        return RunKey(secret=secret, origin="os", key=noise.derive_key(secret, context))
+    key = run_key(seed, context)
+    if not hmac.compare_digest(key.secret, secret):
+        raise InvalidParameterError("seed", "<seed>", f"the seed of the run that wrote the checkpoint in {folder}",
+                                    hint="this checkpoint belongs to another run; delete it to start afresh")
+    return key
+
+
+@contextlib.contextmanager
+def owned(resume: Resume | None) -> Iterator[None]:
+    """Delete the run's checkpoint when the body ends or certun stops the run; keep it on any other exception
+    (a crash, an interrupt, the caller's callback raising): that is what a resume picks up."""
+    if resume is None:
+        yield
+        return
+    try:
+        yield
+    except CertunError:
+        resume.close()
+        raise
+    resume.close()
