@@ -16,7 +16,7 @@ from typing import Any
 
 from repro_methods import METHODS
 
-__all__ = ["markdown_report", "plot_anchored", "plot_tradeoff"]
+__all__ = ["command_line", "markdown_report", "plot_anchored", "plot_tradeoff"]
 
 
 def fmt(x: Any, digits: int = 3) -> str:
@@ -95,16 +95,19 @@ def sigma_table(rows: list[dict[str, Any]]) -> str:
     return md_table(headers, body)
 
 
-def tune_tables(tune: dict[str, Any]) -> str:
-    """Learning-rate selection and the noisy-phase sweep (validation accuracy)."""
+def tune_tables(tune: dict[str, Any], *, chosen_only: bool = False) -> str:
+    """Learning-rate selection and the noisy-phase sweep (validation accuracy); optionally its chosen rows only."""
     lr = md_table(["lr", "val acc, mean of last 3 epochs (from scratch)", "val acc, last epoch"],
                   [[r["lr"], r["val_acc"], r.get("val_acc_last")] for r in tune["lr_rows"]])
     sweep = md_table(["method", "ε", "C0 / init norm", "T", "σ or σ0", "val after noisy phase",
                       "mean val over the first fine-tuning epochs", "noisy grads", "chosen"],
                      [[_label(r["method"]), r["eps"], r["C0_factor"], r["T"], r["sigma"] or r["sigma0"],
                        r["val_after_noise"], r["val_mean_ft"], r["noisy_grads"],
-                       "yes" if r.get("chosen") else ""] for r in tune["sweep"]])
-    return f"Learning rate (chosen: {tune['lr']}):\n\n{lr}\n\nNoisy phase:\n\n{sweep}"
+                       "yes" if r.get("chosen") else ""] for r in tune["sweep"]
+                      if r.get("chosen") or not chosen_only])
+    note = ("\n\n(Only the chosen rows of the sweep are shown; the command's own `results.md` prints all of them.)"
+            if chosen_only else "")
+    return f"Learning rate (chosen: {tune['lr']}):\n\n{lr}\n\nNoisy phase:\n\n{sweep}{note}"
 
 
 def main_tables(main: dict[str, Any]) -> str:
@@ -242,8 +245,8 @@ def anchored_table(anc: dict[str, Any]) -> str:
                             "epochs-eq. to 98% of public-retrain final"], body)
 
 
-def markdown_report(results: dict[str, Any], images: dict[str, str]) -> str:
-    """All tables of one run, with the plots linked."""
+def markdown_report(results: dict[str, Any], images: dict[str, str], *, chosen_only: bool = False) -> str:
+    """All tables of one run, with the plots linked (the tuning sweep cut to its chosen rows if asked)."""
     s = results["settings"]
     parts = [f"## {s['data']} / {s['arch']} (d = {results['d']}, init norm {results['init_norm']:.3f}, "
              f"lr {results['lr']}, batch {s['batch_size']}, δ = {s['delta']:g})",
@@ -254,7 +257,7 @@ def markdown_report(results: dict[str, Any], images: dict[str, str]) -> str:
                   f"T = {results['sigma'][0]['T']})", sigma_table(results["sigma"])]
     if "tune" in results:
         parts += [f"### Hyperparameters chosen on validation (seed {s['tune_seed']}, not reported below)",
-                  tune_tables(results["tune"])]
+                  tune_tables(results["tune"], chosen_only=chosen_only)]
     if "main" in results:
         parts += ["### Experiments (1) and (3): certified unlearning against retraining", main_tables(results["main"])]
     if "tradeoff" in images:
@@ -269,6 +272,13 @@ def markdown_report(results: dict[str, Any], images: dict[str, str]) -> str:
     if "anchored" in images:
         parts.append(f"![anchored]({images['anchored']})")
     return "\n\n".join(parts) + "\n"
+
+
+def command_line(results: dict[str, Any]) -> str:
+    """The line naming the command that produced ``results``, its wall-clock time and the machine."""
+    env = results["environment"]
+    return (f"Command: `{results['command']}`; {results['total_seconds']:.0f} s on {env['cpu']}, "
+            f"{env['torch_threads']} torch thread(s), device {env.get('device', 'cpu')} ({env['gpu']}).")
 
 
 # ------------------------------------------------------------------------------------------- plots

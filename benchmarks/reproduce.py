@@ -36,7 +36,7 @@ import torch  # noqa: E402
 from repro_data import DATASETS  # noqa: E402
 from repro_experiments import EXPERIMENTS, Settings, quick_settings, run_experiments  # noqa: E402
 from repro_models import ARCHITECTURES  # noqa: E402
-from repro_report import markdown_report, plot_anchored, plot_tradeoff  # noqa: E402
+from repro_report import command_line, markdown_report, plot_anchored, plot_tradeoff  # noqa: E402
 
 __all__ = ["main"]
 
@@ -134,9 +134,7 @@ def _write(results: dict, out: Path, *, rerun: bool) -> int:
         tmp.write_text(json.dumps(results, indent=1, allow_nan=False))
         tmp.replace(json_path)
     report = markdown_report(results, images)
-    env = results["environment"]
-    report += (f"\nCommand: `{results['command']}`; {results['total_seconds']:.0f} s on {env['cpu']}, "
-               f"{env['torch_threads']} torch thread(s), device {env.get('device', 'cpu')} ({env['gpu']}).\n")
+    report += "\n" + command_line(results) + "\n"
     (out / "results.md").write_text(report)
     print(report)
     print(f"wrote {out / 'results.md'} and {len(images)} plot(s)" + (f", {json_path}" if rerun else ""))
