@@ -105,9 +105,10 @@ def _options(job: dict[str, Any], rank: int, world: int, out: pathlib.Path) -> d
                                 progress=False, distributed=job["layout"], device="cpu")
     if job.get("ids"):
         ids = [torch.tensor_split(torch.tensor(b), world)[rank].tolist() for b in global_ids()]
-        opts["retain_ids"] = [i for b in ids for i in b] + ([1000] if job.get("fault") == "forgotten" and rank == 1
-                                                              else [])
-        opts["forget_ids"] = [1000, 1001]
+        reads_forgotten = job.get("fault") in ("forgotten", "forgotten_elsewhere") and rank == 1
+        opts["retain_ids"] = [i for b in ids for i in b] + ([1000] if reads_forgotten else [])
+        # "forgotten_elsewhere": only rank 0 names the forget set, so only the union shows the clash
+        opts["forget_ids"] = None if job.get("fault") == "forgotten_elsewhere" and rank == 1 else [1000, 1001]
     if job.get("cert"):
         opts["certificate_path"] = out / f"{job['name']}.rank{rank}.json"
         opts.pop("seed")
@@ -157,6 +158,7 @@ def run_job(job: dict[str, Any], rank: int, world: int, out: pathlib.Path) -> No
     try:
         r = certun.unlearn(start, _data(job, rank, world), schedule(job["schedule"]), **opts)
         result["flat"] = flat(r.model)
+        result["state"] = {n: p.detach().clone() for n, p in r.model.named_parameters()}
         result["certificate"] = None if r.certificate_path is None else str(r.certificate_path)
         result["issued"] = r.certificate is not None
         result["record"] = dict(r.record.distributed or {})

@@ -53,7 +53,7 @@ def union_identifiers(comm: Comm, data: Any, retain_ids: Any, forget_ids: Any) -
                                     "the same kind of identifiers on every rank (all explicit, or all dataset "
                                     "indices)")
     union_r = _union(row[1] for row in rows)
-    union_f = _union(row[2] for row in rows)
+    union_f = _union(row[2] for row in rows if row[2] is not None)  # a rank may name no forget ids
     if union_f is not None:
         gone = set(union_f)
         for rank, row in enumerate(rows):
@@ -71,7 +71,7 @@ def union_identifiers(comm: Comm, data: Any, retain_ids: Any, forget_ids: Any) -
 
 def _union(lists: Iterable[list[Any] | None]) -> list[Any] | None:
     lists = list(lists)
-    if all(ids is None for ids in lists):
+    if not lists or all(ids is None for ids in lists):
         return None
     if any(ids is None for ids in lists):
         raise UnlearningRunError("some ranks know their retain identifiers and some do not; give retain_ids on "

@@ -1,0 +1,89 @@
+"""Distributed runs fail all or nothing, and rank 0 alone issues one certificate that verifies.
+
+Ranks are spawned on CPU with gloo (:mod:`dist_workers`); each fault is injected on rank 1 only.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from certificates_fixtures import failed, reseal
+from dist_workers import launch, load
+
+import certun
+
+torch.set_num_threads(1)
+
+FAULTS = ("nan", "badbatch", "own_noise", "forgotten", "forgotten_elsewhere")
+JOBS = [dict(name=f"cert.{layout}", schedule="gc", layout=layout, ids=True, cert=True)
+        for layout in ("replicated", "sharded")]
+JOBS += [dict(name=fault, schedule="gc", layout="replicated", ids=True, cert=True, fault=fault) for fault in FAULTS]
+
+
+@pytest.fixture(scope="module")
+def two(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("two")
+    assert launch(2, folder, JOBS) == [0, 0]
+    return folder
+
+
+@pytest.mark.parametrize("layout", ["replicated", "sharded"])
+def test_rank_zero_alone_writes_one_certificate_that_verifies(two, layout):
+    """Rank 0 issues and writes; rank 1 writes nothing. The certificate records the layout, its retain tree
+    covers the union of the ranks' identifiers, and it verifies against the released model."""
+    name = f"cert.{layout}"
+    zero, one = load(two, name, 0), load(two, name, 1)
+    assert zero["error"] is None and one["error"] is None, zero.get("trace") or one.get("trace")
+    assert zero["issued"] and not one["issued"]
+    assert one["certificate"] is None and not (two / f"{name}.rank1.json").exists()
+    cert = json.loads((two / f"{name}.rank0.json").read_text())
+    assert cert["execution"]["distributed"] == {
+        "world_size": 2, "backend": "gloo", "sharding": "replicated" if layout == "replicated" else "sharded-master",
+        "noise": "identical-replicas" if layout == "replicated" else "positional-shards",
+        "noise_origin": "rank-0-broadcast", "step_batches": "global-batch.rank-order.v1",
+        "gradient": "sum-all-reduced-over-global-batch"}
+    assert cert["execution"]["noise"]["key_origin"] == "os"
+    assert cert["artifacts"]["retain_set"]["size"] == 28 and cert["artifacts"]["forget_set"]["size"] == 2
+    report = certun.verify(cert, model=zero["state"])
+    assert report.ok, failed(report)
+
+
+def test_verify_refuses_an_edited_distributed_record(two):
+    """execution.distributed is closed and consistent: an extra key, or a sharding with another noise layout,
+    fails verification even with the content digest recomputed."""
+    cert = json.loads((two / "cert.replicated.rank0.json").read_text())
+    extra = json.loads(json.dumps(cert))
+    extra["execution"]["distributed"]["secret_hex"] = "00"
+    mixed = json.loads(json.dumps(cert))
+    mixed["execution"]["distributed"]["sharding"] = "sharded-master"
+    for forged in (extra, mixed):
+        report = certun.verify(reseal(forged))
+        assert not report.ok
+
+
+@pytest.mark.parametrize(("fault", "rank0_says"), [
+    ("nan", "non-finite"),
+    ("badbatch", "rank 1 failed during reading a retain batch"),
+    ("own_noise", "released model of ranks [1] differs"),
+    ("forgotten", "rank 1 failed during the identifier checks"),
+    ("forgotten_elsewhere", "rank 1 reads 1 forgotten ids"),
+])
+def test_a_fault_on_one_rank_stops_every_rank_and_writes_nothing(two, fault, rank0_says):
+    """NaN data, a malformed batch, a replica drawing its own noise, a rank reading a forgotten record:
+    every rank raises a certun error and no certificate is written anywhere."""
+    zero, one = load(two, fault, 0), load(two, fault, 1)
+    assert zero["error"] is not None and one["error"] is not None
+    assert rank0_says in zero["error"]
+    assert zero["error"].split(":")[0] in ("UnlearningRunError", "InvalidParameterError")
+    assert not list(two.glob(f"{fault}.rank*.json"))
+
+
+def test_a_lost_rank_stops_the_others_and_writes_nothing(tmp_path):
+    """Rank 1 exits in the middle of the run: rank 0 raises a certun error (no hang) and writes nothing."""
+    codes = launch(2, tmp_path, [dict(name="lost", schedule="gc", layout="replicated", cert=True, fault="exit")])
+    assert codes == [0, 3]
+    zero = load(tmp_path, "lost", 0)
+    assert zero["error"].startswith("UnlearningRunError: distributed run: a peer rank failed or was lost")
+    assert not list(tmp_path.glob("lost.rank*.json"))
