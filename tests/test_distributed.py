@@ -73,7 +73,7 @@ def test_shards_add_exactly_the_single_process_draw(worlds):
         assert len(ranks[0]) == 3
         for step in range(3):
             pieces = sorted((draws[step] for draws in ranks), key=lambda p: p[0])
-            assert [p[0] for p in pieces][0] == 0 and pieces[-1][1] == 10100
+            assert pieces[0][0] == 0 and pieces[-1][1] == 10100
             assert all(a[1] == b[0] for a, b in itertools.pairwise(pieces))  # contiguous, no overlap
             assert all(p[2].numel() == p[1] - p[0] for p in pieces)
             assert torch.equal(torch.cat([p[2] for p in pieces]), pieces[0][3])
