@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import operator
 import secrets
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -19,9 +20,8 @@ from typing import Any
 from certun.backends import noise
 from certun.backends.run_key import RunKey, run_key
 from certun.backends.torch._dist_comm import Comm, digest
-from certun.certificates import provenance
-from certun.certificates._merkle import merkle_tree
-from certun.certificates.provenance import Identifiers, _fingerprint, _id_list, default_ids
+from certun.certificates import merkle_tree, provenance
+from certun.certificates.provenance import Identifiers, default_ids
 from certun.errors import InvalidParameterError, UnlearningRunError
 
 __all__ = ["shared_key", "union_identifiers"]
@@ -29,6 +29,11 @@ __all__ = ["shared_key", "union_identifiers"]
 
 def _listed(ids: Iterable[Any] | None) -> Any:
     return ids if ids is None or isinstance(ids, (str, bytes)) or not isinstance(ids, Iterable) else list(ids)
+
+
+def _plain(ids: list[Any]) -> list[int | str]:
+    """Identifiers already checked by :func:`provenance.identifiers`, as plain ints and strings to send."""
+    return [i if isinstance(i, str) else int(i.item() if hasattr(i, "item") else operator.index(i)) for i in ids]
 
 
 def union_identifiers(comm: Comm, data: Any, retain_ids: Any, forget_ids: Any) -> Identifiers:
@@ -41,8 +46,8 @@ def union_identifiers(comm: Comm, data: Any, retain_ids: Any, forget_ids: Any) -
     error = local = None
     try:
         local = provenance.identifiers(data, retain_ids, forget_ids)
-        retain = default_ids(data) if retain_ids is None else _id_list("retain_ids", retain_ids)
-        forget = None if forget_ids is None else _id_list("forget_ids", forget_ids)
+        retain = default_ids(data) if retain_ids is None else _plain(retain_ids)
+        forget = None if forget_ids is None else _plain(forget_ids)
     except Exception as exc:  # refused on this rank: every rank must stop
         error = exc
     comm.agree(error, "the identifier checks")
@@ -61,12 +66,13 @@ def union_identifiers(comm: Comm, data: Any, retain_ids: Any, forget_ids: Any) -
             if seen:
                 raise InvalidParameterError("retain_ids", f"<rank {rank} reads {len(seen)} forgotten ids, e.g. "
                                             f"{seen[:5]}>", "disjoint from every rank's forget identifiers")
+    whole = provenance.identifiers(None, union_r, union_f)  # the unions' fingerprints (and checks)
     salt_key = comm.broadcast(secrets.token_bytes(32) if comm.rank == 0 else None, "sharing the salt key")
     return Identifiers(
         retain_tree=None if union_r is None else merkle_tree(union_r, salt_key=salt_key),
         forget_tree=None if union_f is None else merkle_tree(union_f, salt_key=salt_key),
-        id_scheme=local.id_scheme, retain_fingerprint=b"" if union_r is None else _fingerprint(union_r),
-        retain_size=local.retain_size, forget_fingerprint=b"" if union_f is None else _fingerprint(union_f))
+        id_scheme=local.id_scheme, retain_fingerprint=whole.retain_fingerprint,
+        retain_size=local.retain_size, forget_fingerprint=whole.forget_fingerprint)
 
 
 def _union(lists: Iterable[list[Any] | None]) -> list[Any] | None:
