@@ -43,6 +43,8 @@ def global_ids() -> list[list[int]]:
 def schedule(name: str) -> certun.Schedule:
     if name == "gc":
         return certun.plan(1.0, 1e-5, C0=1.0, C1=0.5, gamma=0.3, lam=0.1, T=4)
+    if name == "gc_wide":  # C1 far above the gradients: clipping inactive, so the gradient's scale shows
+        return certun.plan(50.0, 1e-5, C0=20.0, C1=50.0, gamma=0.3, lam=0.1, T=4)
     if name in ("mc", "mc_clip"):
         mode = "clip_noise_before_projection" if name == "mc_clip" else None
         return certun.plan(1.0, 1e-5, C0=2.0, C1=0.5, C2=0.8, gamma=0.5, lam=0.1, T=4, variant="model_clipping",

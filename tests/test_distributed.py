@@ -19,8 +19,10 @@ import certun
 torch.set_num_threads(1)
 Z5 = 5.0  # 5-sigma bands, as the single-process noise statistics test
 
-#: (name, schedule, clip): every noisy variant, both clip granularities, both model-clipping modes
-VARIANTS = [("gc_ps", "gc", "per_sample"), ("gc_batch", "gc", "batch"), ("mc", "mc", "per_sample"),
+#: (name, schedule, clip): every noisy variant, both clip granularities (batch clipping inactive too, where
+#: the global mean's scale shows), both model-clipping modes
+VARIANTS = [("gc_ps", "gc", "per_sample"), ("gc_batch", "gc", "batch"), ("gc_wide", "gc_wide", "batch"),
+            ("mc", "mc", "per_sample"),
             ("mc_clip", "mc_clip", "per_sample"), ("op", "op", "per_sample")]
 LAYOUTS = ("replicated", "sharded")
 JOBS = [dict(name=f"{name}.{layout}", schedule=sched, clip=clip, layout=layout)
