@@ -58,9 +58,9 @@ def test_verify_refuses_an_edited_distributed_record(two):
     extra["execution"]["distributed"]["secret_hex"] = "00"
     mixed = json.loads(json.dumps(cert))
     mixed["execution"]["distributed"]["sharding"] = "sharded-master"
-    for forged in (extra, mixed):
+    for forged, check in ((extra, "schema"), (mixed, "consistency")):
         report = certun.verify(reseal(forged))
-        assert not report.ok
+        assert check in failed(report)
 
 
 @pytest.mark.parametrize(("fault", "rank0_says"), [
@@ -87,3 +87,30 @@ def test_a_lost_rank_stops_the_others_and_writes_nothing(tmp_path):
     zero = load(tmp_path, "lost", 0)
     assert zero["error"].startswith("UnlearningRunError: distributed run: a peer rank failed or was lost")
     assert not list(tmp_path.glob("lost.rank*.json"))
+
+
+def test_options_a_distributed_run_cannot_honour_are_refused_before_any_work():
+    """A bad layout, a DDP wrapper without a layout, no process group, and post-processing that would
+    desynchronise the replicas are refused with a certun error naming the value."""
+    import torch.nn.functional as F  # noqa: N812 (the conventional name)
+    from dist_workers import global_batches, model, schedule
+    from torch import nn
+
+    from certun.errors import InvalidParameterError
+
+    run = dict(loss_fn=F.cross_entropy, progress=False, device="cpu")
+    s = schedule("gc")
+    with pytest.raises(InvalidParameterError, match="distributed='bogus'"):
+        certun.unlearn(model(), global_batches(), s, distributed="bogus", **run)
+    with pytest.raises(InvalidParameterError, match="process group"):
+        certun.unlearn(model(), global_batches(), s, distributed="replicated", **run)
+    with pytest.raises(InvalidParameterError, match="without fine-tuning"):
+        certun.unlearn(model(), global_batches(), s, distributed="sharded", finetune_epochs=1, **run)
+
+    class FakeDDP(nn.parallel.DistributedDataParallel):
+        def __init__(self, module):
+            nn.Module.__init__(self)
+            self.module = module
+
+    with pytest.raises(InvalidParameterError, match="DistributedDataParallel"):
+        certun.unlearn(FakeDDP(model()), global_batches(), s, **run)

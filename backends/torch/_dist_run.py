@@ -60,12 +60,12 @@ class DistributedRun(TorchRun):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.comm = Comm()
         opts = self.opts
         if opts.finetune_epochs or opts.buffers == "recompute" or self.s.variant.value == "retrain":
             raise InvalidParameterError(
                 "distributed", self.sharding, "a noisy variant without fine-tuning or buffers='recompute' "
                 "(both are post-processing: run them afterwards, under your own DDP, on retain data)")
+        self.comm = Comm()
 
     # ------------------------------------------------------------------ shared before the run
     def identifiers(self, data: Any, retain_ids: Any, forget_ids: Any) -> provenance.Identifiers:
