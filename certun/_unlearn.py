@@ -81,7 +81,7 @@ def unlearn(model: Any, retain_data: Any, schedule: Schedule, *, backend: str | 
         if run.record.distributed is None:
             certificate, written = issue_and_write()
         else:  # rank 0 issues; every rank learns whether it could (docs/distributed.md)
-            from certun.backends.torch import issue_on_rank_zero
+            from certun.backends.distributed import issue_on_rank_zero
 
             certificate, written = issue_on_rank_zero(issue_and_write)
     values = {f.name: getattr(run, f.name) for f in fields(RunResult)}

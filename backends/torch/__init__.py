@@ -5,13 +5,11 @@ Importing this package imports torch; :mod:`certun.backends` does not. The backe
 (``_grad``, with certun's fused ``nn.Linear`` path ``_linear``, Opacus hooks, and the ``torch.func``
 fallback ``_func`` for modules Opacus cannot handle), the model checks (``_model``, ``_hygiene``,
 ``_attributes``) and the per-sample sum check (``_sumcheck``) are private modules. The step functions
-are public here because the audit replays the backend's own steps with them; ``issue_on_rank_zero``
-because :func:`certun.unlearn` issues a distributed run's certificate through it.
+are public here because the audit replays the backend's own steps with them.
 """
 
 from certun.backends.torch._backend import TorchBackend
 from certun.backends.torch._data import resolve_device
-from certun.backends.torch._dist_comm import issue_on_rank_zero
 from certun.backends.torch._steps import SAFETY, add_noise, clip, gc_step, mc_step, output_perturbation, project_ball
 
 __all__ = [
@@ -20,7 +18,6 @@ __all__ = [
     "add_noise",
     "clip",
     "gc_step",
-    "issue_on_rank_zero",
     "mc_step",
     "output_perturbation",
     "project_ball",

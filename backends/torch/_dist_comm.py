@@ -17,28 +17,13 @@ import torch
 
 from certun.errors import CertunError, InvalidParameterError, UnlearningRunError
 
-__all__ = ["Comm", "issue_on_rank_zero"]
+__all__ = ["Comm", "digest"]
 
 
 def _dist() -> Any:
     import torch.distributed as dist
 
     return dist
-
-
-def issue_on_rank_zero(issue: Callable[[], tuple[Any, Any]]) -> tuple[Any, Any]:
-    """Rank 0 issues (and writes) the certificate; every rank learns whether it could, and raises if not.
-
-    Other ranks write nothing and get ``(None, None)``.
-    """
-    comm, error, out = Comm(), None, (None, None)
-    if comm.rank == 0:
-        try:
-            out = issue()
-        except Exception as exc:
-            error = exc
-    comm.agree(error, "issuing the certificate")
-    return out
 
 
 class Comm:
