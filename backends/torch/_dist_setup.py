@@ -20,7 +20,7 @@ from typing import Any
 from certun.backends import noise
 from certun.backends.run_key import RunKey, run_key
 from certun.backends.torch._dist_comm import Comm, digest
-from certun.certificates import merkle_tree, provenance
+from certun.certificates import provenance
 from certun.certificates.provenance import Identifiers, default_ids
 from certun.errors import InvalidParameterError, UnlearningRunError
 
@@ -66,13 +66,11 @@ def union_identifiers(comm: Comm, data: Any, retain_ids: Any, forget_ids: Any) -
             if seen:
                 raise InvalidParameterError("retain_ids", f"<rank {rank} reads {len(seen)} forgotten ids, e.g. "
                                             f"{seen[:5]}>", "disjoint from every rank's forget identifiers")
-    whole = provenance.identifiers(None, union_r, union_f)  # the unions' fingerprints (and checks)
     salt_key = comm.broadcast(secrets.token_bytes(32) if comm.rank == 0 else None, "sharing the salt key")
-    return Identifiers(
-        retain_tree=None if union_r is None else merkle_tree(union_r, salt_key=salt_key),
-        forget_tree=None if union_f is None else merkle_tree(union_f, salt_key=salt_key),
-        id_scheme=local.id_scheme, retain_fingerprint=whole.retain_fingerprint,
-        retain_size=local.retain_size, forget_fingerprint=whole.forget_fingerprint)
+    whole = provenance.identifiers(None, union_r, union_f, salt_key=salt_key)  # the same trees on every rank
+    return Identifiers(retain_tree=whole.retain_tree, forget_tree=whole.forget_tree, id_scheme=local.id_scheme,
+                       retain_fingerprint=whole.retain_fingerprint, retain_size=local.retain_size,
+                       forget_fingerprint=whole.forget_fingerprint)
 
 
 def _union(lists: Iterable[list[Any] | None]) -> list[Any] | None:
