@@ -155,6 +155,14 @@ def run_job(job: dict[str, Any], rank: int, world: int, out: pathlib.Path) -> No
         _record_noise(rank, draws)
     opts, xs = _options(job, rank, world, out), []
     start = model(job.get("model", "mlp"))
+    faulty = rank == job.get("fault_rank", 1)
+    if job.get("fault") == "bad_model" and faulty:  # BatchNorm statistics computed on D: refused
+        start = nn.Sequential(nn.Linear(D_IN, 6), nn.BatchNorm1d(6), nn.Linear(6, CLASSES)).double()
+    elif job.get("fault") == "other_model" and faulty:  # starts elsewhere: not the same run
+        with torch.no_grad():
+            start[0].bias.add_(1.0)
+    elif job.get("fault") == "other_seed" and faulty:
+        opts["seed"] = 8
     if job.get("model") == "wide":
         opts["callback"] = lambda t, x: xs.append(x.double().clone())
     try:

@@ -16,10 +16,12 @@ import certun
 
 torch.set_num_threads(1)
 
-FAULTS = ("nan", "badbatch", "own_noise", "forgotten", "forgotten_elsewhere")
+FAULTS = ("nan", "badbatch", "own_noise", "forgotten", "forgotten_elsewhere", "bad_model", "other_model", "other_seed")
 JOBS = [dict(name=f"cert.{layout}", schedule="gc", layout=layout, ids=True, cert=True)
         for layout in ("replicated", "sharded")]
-JOBS += [dict(name=fault, schedule="gc", layout="replicated", ids=True, cert=True, fault=fault) for fault in FAULTS]
+JOBS += [dict(name=fault, schedule="gc", layout="replicated", ids=True, cert=True, fault=fault)
+         for fault in FAULTS if fault != "other_seed"]
+JOBS += [dict(name="other_seed", schedule="gc", layout="sharded", fault="other_seed")]  # cert=True draws no seed
 
 
 @pytest.fixture(scope="module")
@@ -69,10 +71,14 @@ def test_verify_refuses_an_edited_distributed_record(two):
     ("own_noise", "released model of ranks [1] differs"),
     ("forgotten", "rank 1 failed during the identifier checks"),
     ("forgotten_elsewhere", "rank 1 reads 1 forgotten ids"),
+    ("bad_model", "rank 1 failed during the model checks"),
+    ("other_model", "ranks [1] differ from rank 0 in the starting model"),
+    ("other_seed", "ranks [1] were given another seed than rank 0"),
 ])
 def test_a_fault_on_one_rank_stops_every_rank_and_writes_nothing(two, fault, rank0_says):
-    """NaN data, a malformed batch, a replica drawing its own noise, a rank reading a forgotten record:
-    every rank raises a certun error and no certificate is written anywhere."""
+    """NaN data, a malformed batch, a replica drawing its own noise, a rank reading a forgotten record, a
+    model refused on one rank, a rank starting from another model or given another seed: every rank
+    raises a certun error and no certificate is written anywhere."""
     zero, one = load(two, fault, 0), load(two, fault, 1)
     assert zero["error"] is not None and one["error"] is not None
     assert rank0_says in zero["error"]

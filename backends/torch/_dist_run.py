@@ -68,6 +68,16 @@ class DistributedRun(TorchRun):
         self.comm = Comm()
 
     # ------------------------------------------------------------------ shared before the run
+    def prepare(self) -> skeleton.Prepared:
+        """The model checks of one process; a model refused on one rank stops every rank."""
+        error = prepared = None
+        try:
+            prepared = super().prepare()
+        except Exception as exc:
+            error = exc
+        self.comm.agree(error, "the model checks")
+        return prepared
+
     def identifiers(self, data: Any, retain_ids: Any, forget_ids: Any) -> provenance.Identifiers:
         return union_identifiers(self.comm, data, retain_ids, forget_ids)
 
