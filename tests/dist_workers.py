@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import gc
 import os
 import pathlib
 import traceback
@@ -87,6 +88,14 @@ def zero_grad_loss(output, target, reduction="none"):
 
 
 def _data(job: dict[str, Any], rank: int, world: int) -> Any:
+    if job.get("sampler"):  # the usual DDP loader: one dataset, a DistributedSampler per rank
+        from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
+
+        X = torch.cat([b[0] for b in global_batches()])
+        y = torch.cat([b[1] for b in global_batches()])
+        dataset = TensorDataset(X, y)
+        sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=True, drop_last=True)
+        return DataLoader(dataset, batch_size=4, sampler=sampler)
     if job.get("model") == "wide":
         return [(torch.randn(4, 100), torch.zeros(4, dtype=torch.long))]
     data = shard(rank, world)
@@ -163,6 +172,8 @@ def run_job(job: dict[str, Any], rank: int, world: int, out: pathlib.Path) -> No
             start[0].bias.add_(1.0)
     elif job.get("fault") == "other_seed" and faulty:
         opts["seed"] = 8
+    if job.get("wrap"):  # a DistributedDataParallel model: certun unlearns its .module
+        start = nn.parallel.DistributedDataParallel(start)
     if job.get("model") == "wide":
         opts["callback"] = lambda t, x: xs.append(x.double().clone())
     try:
@@ -179,6 +190,8 @@ def run_job(job: dict[str, Any], rank: int, world: int, out: pathlib.Path) -> No
         DistributedRun.normal, ShardedRun.normal = saved, saved_sharded
     result["draws"], result["iterates"] = draws, xs
     torch.save(result, out / f"{job['name']}.rank{rank}.pt")
+    del start
+    gc.collect()  # a DDP wrapper must go while its process group lives (else its reducer aborts at exit)
 
 
 def main(rank: int, world: int, init_file: str, out: str, jobs: list[dict[str, Any]]) -> None:

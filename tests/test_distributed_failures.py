@@ -19,6 +19,8 @@ torch.set_num_threads(1)
 FAULTS = ("nan", "badbatch", "own_noise", "forgotten", "forgotten_elsewhere", "bad_model", "other_model", "other_seed")
 JOBS = [dict(name=f"cert.{layout}", schedule="gc", layout=layout, ids=True, cert=True)
         for layout in ("replicated", "sharded")]
+JOBS += [dict(name="ddp_wrapped", schedule="gc", layout="replicated", wrap=True),
+         dict(name="sampler", schedule="gc", layout="replicated", sampler=True, cert=True)]
 JOBS += [dict(name=fault, schedule="gc", layout="replicated", ids=True, cert=True, fault=fault)
          for fault in FAULTS if fault != "other_seed"]
 JOBS += [dict(name="other_seed", schedule="gc", layout="sharded", fault="other_seed")]  # cert=True draws no seed
@@ -50,6 +52,31 @@ def test_rank_zero_alone_writes_one_certificate_that_verifies(two, layout):
     assert cert["artifacts"]["retain_set"]["size"] == 28 and cert["artifacts"]["forget_set"]["size"] == 2
     report = certun.verify(cert, model=zero["state"])
     assert report.ok, failed(report)
+
+
+def test_a_ddp_wrapped_model_is_unlearned_as_its_module(two):
+    """DistributedDataParallel(model): certun unlearns .module with its own all-reduce, and gets the
+    single-process model (DDP's averaging of unclipped gradients is never used)."""
+    import torch.nn.functional as F  # noqa: N812 (the conventional name)
+    from dist_workers import flat, global_batches, model, schedule
+
+    expected = flat(certun.unlearn(model(), global_batches(), schedule("gc"), loss_fn=F.cross_entropy, seed=7,
+                                   progress=False, device="cpu").model)
+    for rank in (0, 1):
+        got = load(two, "ddp_wrapped", rank)
+        assert got["error"] is None, got.get("trace")
+        torch.testing.assert_close(got["flat"], expected, rtol=1e-9, atol=1e-11)
+
+
+def test_a_distributed_sampler_loader_certifies_the_whole_dataset(two):
+    """The usual DDP loader (one dataset, a DistributedSampler per rank, no explicit ids): the retain root
+    covers the dataset's indices and the certificate verifies."""
+    zero = load(two, "sampler", 0)
+    assert zero["error"] is None, zero.get("trace")
+    cert = json.loads((two / "sampler.rank0.json").read_text())
+    assert cert["artifacts"]["retain_set"]["size"] == 28
+    assert cert["artifacts"]["retain_set"]["id_scheme"] == "dataset-index"
+    assert certun.verify(cert, model=zero["state"]).ok
 
 
 def test_verify_refuses_an_edited_distributed_record(two):
