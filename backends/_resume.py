@@ -21,7 +21,7 @@ import contextlib
 import hashlib
 import hmac
 import json
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -142,19 +142,20 @@ def binding(context: bytes, opts: RunOptions, seed: Any, previous: Mapping[str, 
 
 
 def begin(opts: RunOptions, seed: Any, context: bytes, previous: Mapping[str, Any] | None, *,
-          writer: bool = True) -> tuple[RunKey, Resume | None]:
+          writer: bool = True, new_key: Callable[[Any, bytes], RunKey] = run_key) -> tuple[RunKey, Resume | None]:
     """The run key, and the run's checkpoints (``None`` without ``checkpoint_dir``), read back if there is one.
 
     A checkpoint of another run (other inputs, another seed, a modified file) is refused here, before any step,
     and left where it is. ``writer=False``: this process only reads (a distributed run's ranks but 0).
+    ``new_key`` makes the key of a run that does not resume (a distributed run shares rank 0's secret).
     """
     if opts.checkpoint_dir is None:
-        return run_key(seed, context), None
+        return new_key(seed, context), None
     folder = files.prepare_folder(opts.checkpoint_dir) if writer else Path(opts.checkpoint_dir)
     bound = binding(context, opts, seed, previous)
     stored = files.read(folder)
     if stored is None:
-        key = run_key(seed, context)
+        key = new_key(seed, context)
         return key, Resume(folder, opts.checkpoint_every, key, bound, writer=writer)
     header = stored.header
     theirs = header.get("binding") if isinstance(header.get("binding"), dict) else {}

@@ -37,6 +37,7 @@ from certun.backends.run_key import (
     draw_index,
     noise_record,
     run_context,
+    run_key,
 )
 from certun.certificates import RunRecord, provenance
 from certun.errors import UnlearningRunError
@@ -95,6 +96,18 @@ class Hooks:
     def session(self, key: RunKey) -> Iterator[None]:
         """Around the phases (the torch backend seeds its auxiliary RNG from ``key`` and restores state)."""
         yield
+
+    def identifiers(self, data: Any, retain_ids: Any, forget_ids: Any) -> provenance.Identifiers:
+        """The run's retain and forget identifier trees (a distributed run builds them over every rank's)."""
+        return provenance.identifiers(data, retain_ids, forget_ids)
+
+    def check_retain_count(self, ids: provenance.Identifiers, data: Any) -> bool:
+        """Refuse retain identifiers that cannot describe ``data``; whether to count samples after a pass."""
+        return provenance.check_retain_count(ids, data)
+
+    def run_key(self, seed: Any, context: bytes) -> RunKey:
+        """The run's noise key (a distributed run takes rank 0's secret, broadcast to every rank)."""
+        return run_key(seed, context)
 
     def start(self) -> Any:
         """The float64 master vector the noisy phase starts from (retraining re-initialises first)."""
@@ -264,8 +277,8 @@ def run(hooks: Hooks, data: Any, schedule: Schedule, opts: RunOptions, *, seed: 
         opts = dataclasses.replace(opts, replay=True)
     started = provenance.now_utc()
     prep = hooks.prepare()
-    ids = provenance.identifiers(data, retain_ids, forget_ids)
-    count_pass = provenance.check_retain_count(ids, data)
+    ids = hooks.identifiers(data, retain_ids, forget_ids)
+    count_pass = hooks.check_retain_count(ids, data)
     ctx = _Context(schedule, opts, prev, ids, (lambda n: provenance.check_pass_count(ids, n)) if count_pass else None)
     before = provenance.model_digest(prep.before)
     center = None if prep.center is None else provenance.model_digest(prep.center)
@@ -276,7 +289,7 @@ def run(hooks: Hooks, data: Any, schedule: Schedule, opts: RunOptions, *, seed: 
         options={"clip": prep.clipping, "postprocess": opts.postprocess, "noise_mode": opts.noise_mode,
                  **prep.key_options},
         unlearned_parameters=prep.names, dtype=prep.dtype, backend=hooks.name), prev,
-        writer=hooks.checkpoint_writer)
+        writer=hooks.checkpoint_writer, new_key=hooks.run_key)
     history: dict[str, list[Any]] = {k: [] for k in HISTORY_KEYS}
     with _resume.owned(resume):  # the checkpoints go when the run ends or certun stops it; a crash keeps them
         with hooks.session(key):

@@ -37,6 +37,7 @@ __all__ = [
     "RECORD_ID_KEY",
     "RECORD_ID_STEM",
     "consistency_problems",
+    "distributed_problems",
     "exact_claim_problems",
     "extra_problems",
     "raw_seed_paths",
@@ -206,6 +207,7 @@ def consistency_problems(doc: Mapping[str, Any]) -> list[str]:
     problems.extend(_parameter_problems(m["variant"], ex, art))
     problems.extend(exact_claim_problems(doc))
     problems.extend(sisa_problems(doc))
+    problems.extend(distributed_problems(doc))
     problems.extend(extra_problems(ex["extra"]))
     problems.extend(_record_id_problems(doc))
     problems.extend(_clipping_problems(m, ex))
@@ -326,3 +328,29 @@ def _chain_problems(chain: Mapping[str, Any]) -> list[str]:
                 f"{'absent' if chain['previous'] is None else 'set'}: the first certificate "
                 f"(sequence 0) and only it has no previous"]
     return []
+
+
+#: The noise layout each sharding must record (docs/distributed.md, "What the certificate records").
+_DISTRIBUTED_NOISE = {"replicated": "identical-replicas", "sharded-master": "positional-shards"}
+
+
+def distributed_problems(doc: Mapping[str, Any]) -> list[str]:
+    """Why ``execution.distributed`` does not describe one noisy run over a process group (``[]`` if absent)."""
+    ex = doc["execution"]
+    dist = ex.get("distributed")
+    if dist is None:
+        return []
+    problems = []
+    if _DISTRIBUTED_NOISE[dist["sharding"]] != dist["noise"]:
+        problems.append(f"execution.distributed: sharding {dist['sharding']!r} adds its noise as "
+                        f"{_DISTRIBUTED_NOISE[dist['sharding']]!r}, not {dist['noise']!r}")
+    if ex["backend"] != "torch":
+        problems.append(f"execution.distributed is recorded by backend {ex['backend']!r}; only 'torch' runs "
+                        "distributed")
+    noise = ex.get("noise")
+    if noise is None:
+        problems.append("execution.distributed records a noisy run but execution.noise is missing")
+    elif dist["sharding"] == "sharded-master" and noise.get("positional") is not True:
+        problems.append("execution.distributed: sharded noise needs a positional generator "
+                        "(execution.noise.positional)")
+    return problems

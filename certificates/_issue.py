@@ -228,6 +228,7 @@ def _execution(record: RunRecord) -> dict[str, Any]:
         "extra": dict(record.extra),
         **({} if record.noise is None else {"noise": dict(record.noise)}),
         **({} if record.sisa is None else {"sisa": dict(record.sisa)}),
+        **({} if record.distributed is None else {"distributed": dict(record.distributed)}),
     }
 
 

@@ -81,6 +81,9 @@ class RunRecord:
         sisa: ``execution.sisa`` of a SISA deletion (exact route): shards, slices, the assignment
             scheme and one state per shard (retrained or untouched, restart stage, salted Merkle roots
             of its identifiers before and after); docs/certificates.md, "SISA certificates".
+        distributed: ``execution.distributed`` of a run over a ``torch.distributed`` process group
+            (world size, communication backend, sharding, how the noise and the step keys were
+            shared); ``None`` for a single process (docs/distributed.md).
     """
 
     backend: str
@@ -111,3 +114,4 @@ class RunRecord:
     public_tensors: Mapping[str, str] = field(default_factory=dict)
     tree_scheme: str = "rfc9162-sha256-salted.v2"
     sisa: Mapping[str, Any] | None = None
+    distributed: Mapping[str, Any] | None = None

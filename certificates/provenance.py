@@ -229,7 +229,8 @@ def _check_dataset_indices(forget: list[int | str], data: Any) -> None:
             "its indices are retain records", hint=_INDEX_REMEDY)
 
 
-def identifiers(data: Any, retain_ids: Iterable[Any] | None, forget_ids: Iterable[Any] | None) -> Identifiers:
+def identifiers(data: Any, retain_ids: Iterable[Any] | None, forget_ids: Iterable[Any] | None, *,
+                salt_key: bytes | None = None) -> Identifiers:
     """Build the salted Merkle trees (one fresh salt key for both) of the retain and forget identifiers.
 
     ``retain_ids`` defaults to the loader's dataset indices (:func:`default_ids`), and then
@@ -237,7 +238,8 @@ def identifiers(data: Any, retain_ids: Iterable[Any] | None, forget_ids: Iterabl
     dataset the loader's ``Subset`` was taken from, in range (a loader over a plain dataset retains all of
     its indices, so forget ids are refused there, with what to pass instead). With explicit
     ``retain_ids`` the scheme is ``"user"`` (integers or strings). A record that appears in both sets is
-    refused: the forget set must be disjoint from the data the run touched.
+    refused: the forget set must be disjoint from the data the run touched. ``salt_key`` (default: fresh)
+    lets the ranks of a distributed run build the same trees.
     """
     retain: list[int | str] | None
     if retain_ids is None:
@@ -256,7 +258,7 @@ def identifiers(data: Any, retain_ids: Iterable[Any] | None, forget_ids: Iterabl
             example = sorted(overlap, key=str)[:5]
             raise InvalidParameterError("forget_ids", f"<{len(overlap)} ids also retained, e.g. {example}>",
                                         "disjoint from the retain identifiers")
-    salt_key = secrets.token_bytes(32)
+    salt_key = secrets.token_bytes(32) if salt_key is None else salt_key
     return Identifiers(
         retain_tree=None if retain is None else merkle_tree(retain, salt_key=salt_key),
         forget_tree=None if forget is None else merkle_tree(forget, salt_key=salt_key),

@@ -72,10 +72,18 @@ def unlearn(model: Any, retain_data: Any, schedule: Schedule, *, backend: str | 
     prev = provenance.load_previous(previous)
     run = runner.unlearn(model, retain_data, schedule, previous=prev, **options)
     certificate = written = None
+
+    def issue_and_write() -> tuple[dict[str, Any], Path | None]:
+        cert = issue(schedule, run.record, previous=prev, signing_key=signing_key)
+        return cert, None if path is None else Path(write_certificate(cert, path))
+
     if run.record.extra.get("noise_mode", "fresh") == "fresh":
-        certificate = issue(schedule, run.record, previous=prev, signing_key=signing_key)
-        if path is not None:
-            written = Path(write_certificate(certificate, path))
+        if run.record.distributed is None:
+            certificate, written = issue_and_write()
+        else:  # rank 0 issues; every rank learns whether it could (docs/distributed.md)
+            from certun.backends.distributed import issue_on_rank_zero
+
+            certificate, written = issue_on_rank_zero(issue_and_write)
     values = {f.name: getattr(run, f.name) for f in fields(RunResult)}
     return UnlearnResult(**values, certificate=certificate, certificate_path=written)
 

@@ -56,6 +56,27 @@ def _check_callables(model: Any, loss_fn: Any, model_factory: Any) -> None:
         raise InvalidParameterError("model_factory", type(model_factory).__name__, "a callable or None")
 
 
+_LAYOUTS = {"replicated": "DistributedRun", "ddp": "DistributedRun", "sharded": "ShardedRun"}
+
+
+def _runner(model: nn.Module, distributed: str | None, opts: RunOptions) -> tuple[nn.Module, type[TorchRun]]:
+    """The hooks class for ``distributed`` and the model it runs on (a DDP wrapper's ``.module``)."""
+    wrapped = isinstance(model, nn.parallel.DistributedDataParallel)
+    if distributed is None:
+        if wrapped:
+            raise InvalidParameterError("distributed", None, "'replicated' for a DistributedDataParallel model "
+                                        "(or pass its .module to a single-process run)")
+        return model, TorchRun
+    if not isinstance(distributed, str) or distributed not in _LAYOUTS:
+        raise InvalidParameterError("distributed", distributed, "None, 'replicated' (alias 'ddp') or 'sharded'")
+    if opts.checkpoint_dir is not None:
+        raise InvalidParameterError("checkpoint_dir", str(opts.checkpoint_dir), "None in a distributed run",
+                                    hint="checkpointed distributed runs are not supported yet (docs/distributed.md)")
+    from certun.backends.torch import _dist_run
+
+    return (model.module if wrapped else model), getattr(_dist_run, _LAYOUTS[distributed])
+
+
 class TorchBackend:
     """Certified unlearning for ``torch.nn.Module`` models (registered as ``"torch"``)."""
 
@@ -89,7 +110,7 @@ class TorchBackend:
         noise_source: Callable[[int, int], Any] | None = None,
         inplace: bool = False,
         previous: Any = None,
-        checkpoint_dir: Any = None, checkpoint_every: int | None = None,
+        checkpoint_dir: Any = None, checkpoint_every: int | None = None, distributed: str | None = None,
     ) -> RunResult:
         """Unlearn: run ``schedule``'s noisy phase on ``model`` with retain data only, then post-process.
 
@@ -98,7 +119,9 @@ class TorchBackend:
         keys the noise from the OS; an integer seed is for tests and audits only, and a previous run's
         ``seed_opening`` replays that run (never certified). Every option, its default and why it exists:
         docs/backends.md ("Options of the torch backend"); the modes are the enums of
-        :mod:`certun.backends`, accepted as members or strings.
+        :mod:`certun.backends`, accepted as members or strings. ``distributed="replicated"`` (DDP) or
+        ``"sharded"`` runs inside the current ``torch.distributed`` process group, one call per rank
+        (docs/distributed.md); a ``DistributedDataParallel`` model is unwrapped to its ``.module``.
 
         Returns:
             A :class:`~certun.backends.RunResult` (no certificate: :func:`certun.unlearn` issues it).
@@ -116,7 +139,8 @@ class TorchBackend:
         if params is not None and not isinstance(params, str):
             params = list(params)  # iterated more than once (e.g. model.parameters(), a generator)
         skeleton.check_seed(seed)
-        hooks = TorchRun(model, data, schedule, opts, loss_fn=loss_fn, params=params, center=center,
-                         device=resolve_device(device), model_factory=model_factory, inplace=inplace)
+        model, runner = _runner(model, distributed, opts)
+        hooks = runner(model, data, schedule, opts, loss_fn=loss_fn, params=params, center=center,
+                       device=resolve_device(device), model_factory=model_factory, inplace=inplace)
         return skeleton.run(hooks, data, schedule, opts, seed=seed, previous=previous, retain_ids=retain_ids,
                             forget_ids=forget_ids)

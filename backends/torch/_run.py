@@ -184,8 +184,7 @@ class TorchRun(skeleton.Hooks):
         s, c, flat = self.s, self.c64, self.flat
         with torch.no_grad():
             flat.x.copy_(x)  # the gradient is evaluated at the master rounded to the parameters' dtype
-        loss = self.computer.compute(*batch)
-        g = self.g64.copy_(flat.g)
+        loss, g = self.gradient(batch)
         gamma, sigma = s.gammas[t], s.sigmas[t]
         with torch.no_grad():
             z = draw()
@@ -197,6 +196,11 @@ class TorchRun(skeleton.Hooks):
                         center=c, noise=z)
             dist = torch.linalg.vector_norm(x) if c is None else torch.dist(x, c)
             return x, (loss.detach().to(torch.float64), torch.linalg.vector_norm(g), dist)
+
+    def gradient(self, batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        """The step's mean loss and its (clipped) minibatch gradient in the float64 buffer ``g64``."""
+        loss = self.computer.compute(*batch)
+        return loss, self.g64.copy_(self.flat.g)
 
     def check_steps(self, stats: list[tuple[Any, Any, Any]], start: int, upto: int) -> None:
         block = torch.stack([torch.stack(list(row)) for row in stats[start:upto]])

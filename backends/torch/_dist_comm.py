@@ -1,0 +1,97 @@
+"""The collective operations of a distributed run, each one failing as a certun error on every rank.
+
+Every collective goes through :class:`Comm`: a lost peer or a timeout (torch raises ``RuntimeError``)
+becomes an :class:`~certun.errors.UnlearningRunError` that says no certificate was issued. A rank whose
+own work failed still takes part in the next collective with a failure flag, so every rank stops at
+the same point with a clear error instead of waiting for a peer that will never come
+(docs/distributed.md, "Failure").
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from certun.errors import CertunError, InvalidParameterError, UnlearningRunError
+
+__all__ = ["Comm", "digest"]
+
+
+def _dist() -> Any:
+    import torch.distributed as dist
+
+    return dist
+
+
+class Comm:
+    """The default process group as certun uses it: rank, world size, backend, and checked collectives."""
+
+    def __init__(self) -> None:
+        dist = _dist()
+        if not (dist.is_available() and dist.is_initialized()):
+            raise InvalidParameterError("distributed", "<no process group>", "a run inside an initialised "
+                                        "torch.distributed process group (torchrun, then "
+                                        "torch.distributed.init_process_group)")
+        self.rank, self.world, self.backend = dist.get_rank(), dist.get_world_size(), str(dist.get_backend())
+        # gloo reduces CPU tensors; nccl only device tensors
+        self.device = torch.device("cuda", torch.cuda.current_device()) if self.backend == "nccl" else \
+            torch.device("cpu")
+
+    def _call(self, what: str, fn: Callable[[], Any]) -> Any:
+        try:
+            return fn()
+        except CertunError:
+            raise
+        except RuntimeError as exc:  # DistBackendError, timeouts and closed connections all derive from it
+            raise UnlearningRunError(f"distributed run: a peer rank failed or was lost during {what} ({exc}); "
+                                     "no certificate was issued") from exc
+
+    def gather(self, obj: Any, what: str) -> list[Any]:
+        """Every rank's ``obj``, in rank order, on every rank."""
+        out: list[Any] = [None] * self.world
+        self._call(what, lambda: _dist().all_gather_object(out, obj))
+        return out
+
+    def broadcast(self, obj: Any, what: str) -> Any:
+        """Rank 0's ``obj`` on every rank (sent inside the process group)."""
+        box = [obj if self.rank == 0 else None]
+        self._call(what, lambda: _dist().broadcast_object_list(box, src=0))
+        return box[0]
+
+    def agree(self, error: BaseException | None, what: str) -> None:
+        """All ranks learn whether any failed at ``what``; every rank raises if one did (its own error first)."""
+        failed = self.gather(None if error is None else _describe(error), what)
+        if error is not None:
+            raise error
+        bad = [(r, e) for r, e in enumerate(failed) if e is not None]
+        if bad:
+            rank, message = bad[0]
+            raise UnlearningRunError(f"distributed run: rank {rank} failed during {what}: {message}; "
+                                     "no certificate was issued")
+
+    def sum(self, t: torch.Tensor, what: str) -> torch.Tensor:
+        """``t`` summed over the ranks (float64 in, float64 out, on ``t``'s device)."""
+        buf = t.to(self.device, torch.float64, copy=True)
+        self._call(what, lambda: _dist().all_reduce(buf))
+        return buf.to(t.device)
+
+    def concat(self, shard: torch.Tensor, counts: list[int], what: str) -> torch.Tensor:
+        """The ranks' shards (``counts[r]`` values each) concatenated in rank order, on every rank."""
+        width = max(counts)
+        buf = torch.zeros(width, dtype=shard.dtype, device=self.device)
+        buf[:shard.numel()] = shard.to(self.device)
+        out = [torch.empty_like(buf) for _ in range(self.world)]
+        self._call(what, lambda: _dist().all_gather(out, buf))
+        return torch.cat([o[:n] for o, n in zip(out, counts, strict=True)]).to(shard.device)
+
+
+def _describe(error: BaseException) -> str:
+    return f"{type(error).__name__}: {error}"
+
+
+def digest(data: bytes) -> str:
+    """A short hex digest, to compare what ranks hold without sending it."""
+    return hashlib.sha256(data).hexdigest()
