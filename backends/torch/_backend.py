@@ -115,13 +115,11 @@ class TorchBackend:
         """Unlearn: run ``schedule``'s noisy phase on ``model`` with retain data only, then post-process.
 
         ``model`` is deep-copied unless ``inplace=True``; ``data`` is a re-iterable of ``(inputs, targets)``
-        retain batches (a ``DataLoader``); ``loss_fn`` accepts ``reduction="none"``. ``seed=None`` (default)
-        keys the noise from the OS; an integer seed is for tests and audits only, and a previous run's
-        ``seed_opening`` replays that run (never certified). Every option, its default and why it exists:
-        docs/backends.md ("Options of the torch backend"); the modes are the enums of
-        :mod:`certun.backends`, accepted as members or strings. ``distributed="replicated"`` (DDP) or
-        ``"sharded"`` runs inside the current ``torch.distributed`` process group, one call per rank
-        (docs/distributed.md); a ``DistributedDataParallel`` model is unwrapped to its ``.module``.
+        retain batches; ``loss_fn`` accepts ``reduction="none"``. ``seed=None`` (default) keys the noise from
+        the OS; an integer seed is for tests and audits only; a ``seed_opening`` replays a run (never
+        certified). Every option, its default and why: docs/backends.md ("Options of the torch backend").
+        ``distributed="replicated"`` (DDP) or ``"sharded"``: one call per rank of the current process
+        group (docs/distributed.md); a ``DistributedDataParallel`` model is unwrapped to its ``.module``.
 
         Returns:
             A :class:`~certun.backends.RunResult` (no certificate: :func:`certun.unlearn` issues it).
