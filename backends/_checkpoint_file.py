@@ -32,14 +32,20 @@ _TMP = "." + NAME + ".tmp-"
 _DIGEST = 32
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)
 class Stored:
-    """A checkpoint file read back: its header, its blobs, and what its tag covers."""
+    """A checkpoint file read back: its header, its blobs, and what its tag covers (never printed: it holds the
+    run's secret)."""
 
     header: dict[str, Any]
     blobs: list[bytes]
     body: bytes
     tag: bytes
+    #: the run's secret, taken out of the header so that the header can be kept and shown
+    secret: bytes = b""
+
+    def __repr__(self) -> str:
+        return f"Stored(<checkpoint of {self.header.get('done')} steps>)"
 
 
 def check_options(folder: Any, every: Any) -> tuple[str | None, int | None]:
@@ -112,32 +118,48 @@ def _sync_folder(folder: Path) -> None:
 
 
 def read(folder: Path) -> Stored | None:
-    """The checkpoint in ``folder`` (``None`` if there is none), refused if it is torn, corrupt or not one."""
+    """The checkpoint in ``folder`` (``None`` if there is none), refused if it is torn, corrupt or not one.
+
+    The parsing runs in a frame of its own that a refusal leaves behind (``from None``), so a crash report
+    with local variables never prints the file's bytes (they hold the secret).
+    """
     path = folder / NAME
     if not os.path.lexists(path):
         return None
+    try:
+        return _parse(path)
+    except _RefusedError as e:
+        raise _corrupt(path, str(e)) from None
+
+
+class _RefusedError(Exception):
+    """Why a checkpoint file cannot be used (turned into an UnlearningRunError by :func:`read`)."""
+
+
+def _parse(path: Path) -> Stored:
     if not stat.S_ISREG(os.lstat(path).st_mode):
-        raise _corrupt(path, "it is not a plain file")
+        raise _RefusedError("it is not a plain file")
     data = path.read_bytes()
     body, tag = data[:-_DIGEST], data[-_DIGEST:]
     if len(data) < len(MAGIC) + 2 * _DIGEST or not data.startswith(MAGIC + WARNING):
-        raise _corrupt(path, "it does not start as a certun checkpoint")
+        raise _RefusedError("it does not start as a certun checkpoint")
     if not hmac.compare_digest(hashlib.sha256(body[:-_DIGEST]).digest(), body[-_DIGEST:]):
-        raise _corrupt(path, "its checksum does not match (a torn or modified file)")
+        raise _RefusedError("its checksum does not match (a torn or modified file)")
     start = len(MAGIC) + len(WARNING)
     end = body.find(b"\n", start)
     try:
         header = json.loads(body[start:end].decode("ascii"))
         sizes = [int(n) for n in header["blobs"]]
-    except (ValueError, KeyError, TypeError):
-        raise _corrupt(path, "its header is unreadable") from None
+        secret = bytes.fromhex(header.pop("secret"))
+    except (ValueError, KeyError, TypeError, AttributeError):
+        raise _RefusedError("its header is unreadable") from None
     blobs, at = [], end + 1
     for n in sizes:
         blobs.append(body[at:at + n])
         at += n
     if at != len(body) - _DIGEST or min(sizes, default=0) < 0:
-        raise _corrupt(path, "its sizes do not add up")
-    return Stored(header=header, blobs=blobs, body=body, tag=tag)
+        raise _RefusedError("its sizes do not add up")
+    return Stored(header=header, blobs=blobs, body=body, tag=tag, secret=secret)
 
 
 def check_tag(folder: Path, stored: Stored, mac_key: bytes) -> None:

@@ -44,9 +44,13 @@ _NAMES = {"model_before": "starting model", "center": "centre", "retain": "retai
           "previous": "previous certificate", "seed": "kind of seed (OS key, integer seed, opening)"}
 
 
-@dataclass
+@dataclass(repr=False)
 class Resume:
-    """The checkpoints of one run: where they go, how often, what binds them, and the state read back."""
+    """The checkpoints of one run: where they go, how often, what binds them, and the state read back.
+
+    Its repr names the folder and the step only: the state read back holds the run's secret and an
+    iterate no certificate covers, and a crash report with local variables must print neither.
+    """
 
     folder: Path
     every: int
@@ -59,6 +63,9 @@ class Resume:
     keep: bool = False
     #: this process writes and deletes the checkpoints (every process reads them)
     writer: bool = True
+
+    def __repr__(self) -> str:
+        return f"Resume(folder={str(self.folder)!r}, every={self.every}, resumed_from={self.resumed_from})"
 
     @property
     def resumed_from(self) -> int | None:
@@ -165,7 +172,7 @@ def begin(opts: RunOptions, seed: Any, context: bytes, previous: Mapping[str, An
             "checkpoint_dir", str(folder), "a folder without a checkpoint, or holding the checkpoint of this same run",
             hint=f"its checkpoint was made by a run with another {', '.join(differ)}; resume with the same inputs, "
             "or delete the checkpoint (it holds secret key material) to start afresh")
-    key = _stored_key(seed, context, header, folder)
+    key = _stored_key(seed, context, stored.secret, folder)
     files.check_tag(folder, stored, _mac_key(key))
     if len(stored.blobs) != 3 or not isinstance(header.get("done"), int):
         raise UnlearningRunError(f"the checkpoint in {folder} is not one this version of certun wrote; delete it")
@@ -173,12 +180,10 @@ def begin(opts: RunOptions, seed: Any, context: bytes, previous: Mapping[str, An
                        writer=writer)
 
 
-def _stored_key(seed: Any, context: bytes, header: Mapping[str, Any], folder: Path) -> RunKey:
+def _stored_key(seed: Any, context: bytes, secret: bytes, folder: Path) -> RunKey:
     """The run key of the checkpointed run: its stored OS secret, or the caller's seed if it gives the same secret."""
-    try:
-        secret = bytes.fromhex(header["secret"])
-    except (KeyError, TypeError, ValueError):
-        raise UnlearningRunError(f"the checkpoint in {folder} holds no readable key; delete it") from None
+    if len(secret) < 16:
+        raise UnlearningRunError(f"the checkpoint in {folder} holds no readable key; delete it")
     if seed is None:
         return RunKey(secret=secret, origin="os", key=noise.derive_key(secret, context))
     key = run_key(seed, context)

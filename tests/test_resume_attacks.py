@@ -1,0 +1,44 @@
+"""Attacks on resumable runs: leaks of the checkpointed key, planted or shared checkpoints, resumes that mix
+versions, forged restored state. Each test was seen failing before its fix."""
+
+from __future__ import annotations
+
+import json
+import traceback
+
+import pytest
+
+import certun
+from certun.errors import InvalidParameterError
+from tests.test_resume import CHECKPOINT, CrashError, _crash_at, _data, _gc, _interrupted
+
+
+def _secret(folder):
+    return json.loads((folder / CHECKPOINT).read_bytes().split(b"\n", 3)[2])["secret"]
+
+
+def test_a_crash_report_with_locals_never_shows_the_checkpointed_key(tmp_path):
+    """A crash of a resumed run reported with local variables (pytest --showlocals, error trackers) must not
+    print the run's secret from the checkpoint read back, nor the checkpointed iterate's bytes."""
+    model, data = _data()
+    folder = tmp_path / "ckpt"
+    _interrupted(model, data, _gc(), folder)
+    with pytest.raises(CrashError) as info:
+        certun.unlearn(model, data, _gc(), backend="numpy", checkpoint_dir=folder, checkpoint_every=3,
+                       callback=_crash_at(9))
+    report = "".join(traceback.TracebackException.from_exception(info.value, capture_locals=True).format())
+    assert "resume" in report  # the frames holding the checkpoint state were captured
+    assert _secret(folder) not in report and "'secret'" not in report  # (read after: no test local holds it)
+
+
+def test_a_refusal_report_with_locals_never_shows_the_checkpointed_key(tmp_path):
+    """A resume refused for other inputs, reported with local variables, prints no secret from the file."""
+    model, data = _data()
+    folder = tmp_path / "ckpt"
+    _interrupted(model, data, _gc(), folder)
+    with pytest.raises(InvalidParameterError) as info:
+        certun.unlearn(model, data, _gc(), backend="numpy", checkpoint_dir=folder, checkpoint_every=3,
+                       postprocess="none")
+    report = "".join(traceback.TracebackException.from_exception(info.value, capture_locals=True).format())
+    assert "stored" in report  # the frame that read the file was captured
+    assert _secret(folder) not in report
