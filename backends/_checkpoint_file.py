@@ -132,14 +132,33 @@ def read(folder: Path) -> Stored | None:
         raise _corrupt(path, str(e)) from None
 
 
+def _check_private(st: os.stat_result) -> None:
+    """Refuse a file that is not a plain file of this user's that only this user can read or write: someone
+    else could have read its secret, or planted a secret of their own choosing (docs/backends.md)."""
+    if not stat.S_ISREG(st.st_mode):
+        raise _RefusedError("it is not a plain file")
+    if os.name == "nt":  # no POSIX owner or mode bits to check
+        return
+    if st.st_uid != os.geteuid():
+        raise _RefusedError(f"it is owned by user {st.st_uid}, not by this user: another user could have chosen "
+                            "its secret")
+    if stat.S_IMODE(st.st_mode) & 0o077:
+        raise _RefusedError(f"its permissions are {stat.S_IMODE(st.st_mode):o}, not 600: its secret may have been "
+                            "read by others, and a run on it would release a model whose noise they know")
+
+
 class _RefusedError(Exception):
     """Why a checkpoint file cannot be used (turned into an UnlearningRunError by :func:`read`)."""
 
 
 def _parse(path: Path) -> Stored:
-    if not stat.S_ISREG(os.lstat(path).st_mode):
-        raise _RefusedError("it is not a plain file")
-    data = path.read_bytes()
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+    except OSError:
+        raise _RefusedError("it is not a plain file this process can read") from None
+    with os.fdopen(fd, "rb") as f:
+        _check_private(os.fstat(f.fileno()))
+        data = f.read()
     body, tag = data[:-_DIGEST], data[-_DIGEST:]
     if len(data) < len(MAGIC) + 2 * _DIGEST or not data.startswith(MAGIC + WARNING):
         raise _RefusedError("it does not start as a certun checkpoint")

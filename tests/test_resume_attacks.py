@@ -4,12 +4,13 @@ versions, forged restored state. Each test was seen failing before its fix."""
 from __future__ import annotations
 
 import json
+import os
 import traceback
 
 import pytest
 
 import certun
-from certun.errors import InvalidParameterError
+from certun.errors import InvalidParameterError, UnlearningRunError
 from tests.test_resume import CHECKPOINT, CrashError, _crash_at, _data, _gc, _interrupted
 
 
@@ -42,3 +43,27 @@ def test_a_refusal_report_with_locals_never_shows_the_checkpointed_key(tmp_path)
     report = "".join(traceback.TracebackException.from_exception(info.value, capture_locals=True).format())
     assert "stored" in report  # the frame that read the file was captured
     assert _secret(folder) not in report
+
+
+def test_a_checkpoint_others_can_read_is_refused(tmp_path):
+    """A checkpoint file group- or world-readable (copied with a umask, restored from a backup) may have had its
+    secret read: a run on it would release a model whose noise others know. Refused, kept."""
+    model, data = _data()
+    folder = tmp_path / "ckpt"
+    _interrupted(model, data, _gc(), folder)
+    (folder / CHECKPOINT).chmod(0o644)
+    with pytest.raises(UnlearningRunError, match="permissions"):
+        certun.unlearn(model, data, _gc(), backend="numpy", checkpoint_dir=folder, checkpoint_every=3)
+    assert (folder / CHECKPOINT).exists()
+
+
+def test_a_checkpoint_owned_by_another_user_is_refused(tmp_path, monkeypatch):
+    """A checkpoint planted by another user (a shared scratch folder) could carry a secret they chose, which a
+    seed=None resume would take as its key: refused unless this user owns it."""
+    model, data = _data()
+    folder = tmp_path / "ckpt"
+    _interrupted(model, data, _gc(), folder)
+    uid = os.geteuid()
+    monkeypatch.setattr(os, "geteuid", lambda: uid + 1)
+    with pytest.raises(UnlearningRunError, match="owned by"):
+        certun.unlearn(model, data, _gc(), backend="numpy", checkpoint_dir=folder, checkpoint_every=3)
