@@ -22,7 +22,7 @@ from typing import Any
 from certun._validation import integer
 from certun.errors import InvalidParameterError, UnlearningRunError
 
-__all__ = ["NAME", "Stored", "check_options", "prepare_folder", "read", "remove", "write"]
+__all__ = ["NAME", "Stored", "check_options", "read", "remove", "sweep_temporary", "write"]
 
 NAME = "certun-checkpoint.bin"
 MAGIC = b"CERTUN-CHECKPOINT v1\n"
@@ -68,20 +68,10 @@ def check_options(folder: Any, every: Any) -> tuple[str | None, int | None]:
     return path, integer("checkpoint_every", every, "an integer >= 1 (noisy steps between checkpoints)", low=1)
 
 
-def prepare_folder(folder: str) -> Path:
-    """Create ``folder`` if needed and make it private (``0o700``); drop temporary files a crash left there."""
-    path = Path(folder)
-    try:
-        path.mkdir(mode=0o700, parents=True, exist_ok=True)
-        if path.is_symlink() or not path.is_dir():
-            raise InvalidParameterError("checkpoint_dir", folder, "a folder, not a file or a link")
-        os.chmod(path, 0o700)
-        for stale in path.glob(_TMP + "*"):
-            stale.unlink()
-    except OSError as e:
-        raise InvalidParameterError("checkpoint_dir", folder, "a folder this process can create and write",
-                                    hint=str(e)) from None
-    return path
+def sweep_temporary(folder: Path) -> None:
+    """Delete the temporary files a crash left in ``folder`` (the caller holds the folder's lock)."""
+    for stale in folder.glob(_TMP + "*"):
+        stale.unlink(missing_ok=True)
 
 
 def write(folder: Path, header: dict[str, Any], blobs: list[bytes], mac_key: bytes) -> None:

@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from certun.backends import _checkpoint_file as files
+from certun.backends import _checkpoint_folder as folders
 from certun.backends import noise
 from certun.backends._options import RunOptions
 from certun.backends.run_key import RETAIN_PREFIX_START, RunKey, chain_batch, run_key
@@ -63,6 +64,8 @@ class Resume:
     keep: bool = False
     #: this process writes and deletes the checkpoints (every process reads them)
     writer: bool = True
+    #: the open folder that holds the writer's lock until the run ends (:mod:`._checkpoint_folder`)
+    lock: int | None = None
 
     def __repr__(self) -> str:
         return f"Resume(folder={str(self.folder)!r}, every={self.every}, resumed_from={self.resumed_from})"
@@ -124,6 +127,11 @@ class Resume:
         if self.writer and not self.keep:
             files.remove(self.folder)
 
+    def release(self) -> None:
+        """Let another process use the folder (after :meth:`close`, or after a crash that keeps the checkpoint)."""
+        folders.release(self.lock)
+        self.lock = None
+
 
 def _array(blob: bytes) -> np.ndarray:
     return np.frombuffer(blob, dtype="<f8").astype(np.float64)
@@ -157,7 +165,20 @@ def begin(opts: RunOptions, seed: Any, context: bytes, previous: Mapping[str, An
     """
     if opts.checkpoint_dir is None:
         return run_key(seed, context), None
-    folder = files.prepare_folder(opts.checkpoint_dir) if writer else Path(opts.checkpoint_dir)
+    folder, fd = folders.lock(opts.checkpoint_dir) if writer else (Path(opts.checkpoint_dir), None)
+    try:
+        key, resume = _read_back(opts, seed, context, previous, folder, writer)
+    except BaseException:
+        folders.release(fd)
+        raise
+    if resume is not None:
+        resume.lock = fd
+    return key, resume
+
+
+def _read_back(opts: RunOptions, seed: Any, context: bytes, previous: Mapping[str, Any] | None, folder: Path,
+               writer: bool) -> tuple[RunKey, Resume]:
+    """The run key and its checkpoints, read back from ``folder`` when it holds one of this run (else refused)."""
     bound = binding(context, opts, seed, previous)
     stored = files.read(folder)
     if stored is None:
@@ -205,4 +226,7 @@ def owned(resume: Resume | None) -> Iterator[None]:
     except CertunError:
         resume.close()
         raise
-    resume.close()
+    else:
+        resume.close()
+    finally:
+        resume.release()

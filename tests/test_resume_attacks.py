@@ -67,3 +67,25 @@ def test_a_checkpoint_owned_by_another_user_is_refused(tmp_path, monkeypatch):
     monkeypatch.setattr(os, "geteuid", lambda: uid + 1)
     with pytest.raises(UnlearningRunError, match="owned by"):
         certun.unlearn(model, data, _gc(), backend="numpy", checkpoint_dir=folder, checkpoint_every=3)
+
+
+def test_two_processes_never_run_from_one_checkpoint_at_once(tmp_path):
+    """A scheduler that relaunches a job while the old one still runs: the second run on the same folder is
+    refused before any step (two releases continuing one checkpointed iterate; the first one's temporary
+    file must not be swept away under it)."""
+    fcntl = pytest.importorskip("fcntl")
+    model, data = _data()
+    folder = tmp_path / "ckpt"
+    _interrupted(model, data, _gc(), folder)
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # what the other, running process holds
+        seen = []
+        with pytest.raises(InvalidParameterError, match="another process"):
+            certun.unlearn(model, data, _gc(), backend="numpy", checkpoint_dir=folder, checkpoint_every=3,
+                           callback=lambda t, x: seen.append(t))
+        assert seen == [] and (folder / CHECKPOINT).exists()
+    finally:
+        os.close(fd)
+    resumed = certun.unlearn(model, data, _gc(), backend="numpy", checkpoint_dir=folder, checkpoint_every=3)
+    assert resumed.resumed_from == 6 and not folder.exists()
