@@ -89,3 +89,19 @@ def test_two_processes_never_run_from_one_checkpoint_at_once(tmp_path):
         os.close(fd)
     resumed = certun.unlearn(model, data, _gc(), backend="numpy", checkpoint_dir=folder, checkpoint_every=3)
     assert resumed.resumed_from == 6 and not folder.exists()
+
+
+def test_a_resume_under_other_library_versions_is_refused(tmp_path, monkeypatch):
+    """The certificate records the versions of one process; steps computed under another certun or numpy would
+    make that record false for part of the run. A resume under other versions is refused, checkpoint kept."""
+    from certun.certificates import provenance
+
+    model, data = _data()
+    folder = tmp_path / "ckpt"
+    real = provenance.versions
+    monkeypatch.setattr(provenance, "versions", lambda *p, **k: {**real(*p, **k), "certun": "0.0.1-old"})
+    _interrupted(model, data, _gc(), folder, seed=11)
+    monkeypatch.setattr(provenance, "versions", real)
+    with pytest.raises(InvalidParameterError, match="versions"):
+        certun.unlearn(model, data, _gc(), backend="numpy", seed=11, checkpoint_dir=folder, checkpoint_every=3)
+    assert (folder / CHECKPOINT).exists()
