@@ -76,16 +76,18 @@ class Resume:
         """The noisy steps the checkpoint had done (``None``: the run started afresh)."""
         return None if self.saved is None else int(self.saved["done"])
 
-    def restore(self, hooks: Any, noise_source: Any, batches: Iterator[Any], x: Any) -> tuple[int, bytes, Any, list]:
+    def restore(self, hooks: Any, noise_source: Any, batches: Iterator[Any], x: Any,
+                T: int) -> tuple[int, bytes, Any, list]:
         """``(steps done, running retain hash, master, wall times)`` to go on from; re-reads the consumed batches.
 
-        Refuses (keeping the checkpoint) when the re-read batches do not hash to the checkpoint's chain: the
-        retain data or its order is not what the checkpointed steps read.
+        Refuses (keeping the checkpoint) a state no step of this run leaves, and re-read batches that do not
+        hash to the checkpoint's chain: the retain data or its order is not what the checkpointed steps read.
         """
         if self.saved is None:
             return 0, RETAIN_PREFIX_START, x, []
-        done, running = int(self.saved["done"]), RETAIN_PREFIX_START
         self.keep = True  # a refusal here keeps the checkpoint: the caller can fix the inputs and resume
+        _check_state(self.saved, self.blobs, len(hooks.to_host(x)), T, self.folder)
+        done, running = int(self.saved["done"]), RETAIN_PREFIX_START
         for _ in range(done):
             running = chain_batch(running, next(batches)[1])
         if not hmac.compare_digest(running, bytes.fromhex(self.saved["running"])):
@@ -132,6 +134,32 @@ class Resume:
         """Let another process use the folder (after :meth:`close`, or after a crash that keeps the checkpoint)."""
         folders.release(self.lock)
         self.lock = None
+
+
+def _check_state(saved: Mapping[str, Any], blobs: list[bytes], d: int, T: int, folder: Path) -> None:
+    """Refuse a restored state that no step of this run leaves behind: a step count outside ``1..T``, an iterate
+    (or σ0 draw) of another length or not finite, statistics or times that are not one finite triple (one time)
+    per step. The tag already ties the file to the run's key; this keeps a file its owner edited from
+    turning into a certificate of steps that never ran (docs/theory.md#soundness-rules)."""
+    done, draws, values, times = saved.get("done"), saved.get("draws"), saved.get("values"), saved.get("times")
+    x_blob, first_blob, _ = blobs
+
+    def finite_floats(blob: bytes) -> bool:
+        return len(blob) == 8 * d and bool(np.isfinite(_array(blob)).all())
+
+    def numbers(row: Any, n: int) -> bool:
+        return (isinstance(row, list) and len(row) == n and all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v) for v in row))
+
+    ok = (isinstance(done, int) and not isinstance(done, bool) and 1 <= done <= T
+          and isinstance(draws, int) and not isinstance(draws, bool) and draws in (done, done + 1)
+          and finite_floats(x_blob) and (first_blob == b"" or finite_floats(first_blob))
+          and isinstance(values, list) and len(values) == done and all(numbers(v, 3) for v in values)
+          and numbers(times, done))
+    if not ok:
+        raise UnlearningRunError(f"the checkpoint in {folder} holds a state no step of this run leaves behind (a "
+                                 f"step count outside 1..{T}, an iterate not of {d} finite numbers, or statistics "
+                                 "that are not one finite triple per step); nothing was run. Delete it")
 
 
 def _array(blob: bytes) -> np.ndarray:

@@ -330,7 +330,7 @@ def _noisy_steps(hooks: Hooks, ctx: _Context, noise: NoiseSource, x: Any, histor
     s = ctx.schedule
     batches = hooks.batches(ctx.on_pass)
     done, running, x, times = (0, RETAIN_PREFIX_START, x, []) if resume is None else \
-        resume.restore(hooks, noise, batches, x)
+        resume.restore(hooks, noise, batches, x, s.T)
     stats: list[Any] = [None] * done  # the restored steps' statistics are the checkpoint's
     start, checked = time.perf_counter() - (times[-1] if times else 0.0), done
     with hooks.noisy_steps():

@@ -7,6 +7,7 @@ import json
 import os
 import traceback
 
+import numpy as np
 import pytest
 
 import certun
@@ -105,3 +106,53 @@ def test_a_resume_under_other_library_versions_is_refused(tmp_path, monkeypatch)
     with pytest.raises(InvalidParameterError, match="versions"):
         certun.unlearn(model, data, _gc(), backend="numpy", seed=11, checkpoint_dir=folder, checkpoint_every=3)
     assert (folder / CHECKPOINT).exists()
+
+
+@pytest.mark.parametrize("edit", ["done_past_T", "short_iterate", "nan_iterate", "values"])
+def test_restored_state_is_checked_not_trusted(tmp_path, edit, monkeypatch):
+    """A checkpoint whose state cannot be a step of this run (more steps than T, an iterate of another length or
+    with NaN, step statistics that are not numbers) is refused before any step, even with a valid tag."""
+    from certun.backends import _resume
+
+    model, data = _data()
+    folder = tmp_path / "ckpt"
+    _interrupted(model, data, _gc(), folder, seed=11)
+    # re-tag after the edit with the run's own MAC key (the owner can: the secret is in the file)
+    captured = {}
+    real_begin = _resume.begin
+
+    def spy(*args, **kwargs):
+        key, resume = real_begin(*args, **kwargs)
+        captured["mac"] = _resume._mac_key(key)
+        return key, resume
+
+    monkeypatch.setattr(_resume, "begin", spy)
+    with pytest.raises(CrashError):  # learn the MAC key: resume and crash at once (checkpoint kept)
+        certun.unlearn(model, data, _gc(), backend="numpy", seed=11, checkpoint_dir=folder, checkpoint_every=3,
+                       callback=_crash_at(6))
+    monkeypatch.setattr(_resume, "begin", real_begin)
+    from certun.backends import _checkpoint_file as files
+
+    stored = files.read(folder)
+    header = {k: v for k, v in stored.header.items() if k != "blobs"}
+    header["secret"] = stored.secret.hex()
+    blobs = list(stored.blobs)
+    if edit == "done_past_T":  # with the retain chain of 40 batches, as a forger would recompute it
+        from certun.backends.run_key import RETAIN_PREFIX_START, chain_batch
+
+        running = RETAIN_PREFIX_START
+        for i in range(40):
+            running = chain_batch(running, data[i % len(data)])
+        header.update(done=40, running=running.hex())
+    elif edit == "short_iterate":
+        blobs[0] = blobs[0][:-8]
+    elif edit == "nan_iterate":
+        blobs[0] = np.full(len(blobs[0]) // 8, np.nan).tobytes()
+    else:
+        header["values"] = [["a", "b", "c"]] * header["done"]
+    files.write(folder, header, blobs, captured["mac"])
+    seen = []
+    with pytest.raises(UnlearningRunError, match="checkpoint"):
+        certun.unlearn(model, data, _gc(), backend="numpy", seed=11, checkpoint_dir=folder, checkpoint_every=3,
+                       callback=lambda t, x: seen.append(t))
+    assert seen == []
