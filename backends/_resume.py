@@ -21,6 +21,7 @@ import contextlib
 import hashlib
 import hmac
 import json
+import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,6 +39,7 @@ from certun.errors import CertunError, InvalidParameterError, UnlearningRunError
 __all__ = ["Resume", "begin", "owned"]
 
 _MAC_DOMAIN = b"certun.checkpoint.v1"
+_TIMESTAMP = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ")
 #: what each bound input is called in a refusal
 _NAMES = {"model_before": "starting model", "center": "centre", "retain": "retain identifiers",
           "forget": "forget identifiers", "options": "clip/postprocess/noise/loss/model options",
@@ -65,6 +67,8 @@ class Resume:
     keep: bool = False
     #: this process writes and deletes the checkpoints (every process reads them)
     writer: bool = True
+    #: when the run began (the checkpointed run's time, for a resumed run): the certificate's started_at
+    started_at: str | None = None
     #: the open folder that holds the writer's lock until the run ends (:mod:`._checkpoint_folder`)
     lock: int | None = None
 
@@ -103,6 +107,16 @@ class Resume:
         self.values, self.converted, self.keep = [tuple(v) for v in self.saved["values"]], done, False
         return done, running, hooks.from_host(_array(x_blob)), list(self.saved["times"])
 
+    def began(self, now: str) -> str:
+        """When the run began: the checkpoint's time for a resumed run (its first steps ran then), else ``now``."""
+        stored = None if self.saved is None else self.saved.get("started_at")
+        if stored is not None and not (isinstance(stored, str) and _TIMESTAMP.fullmatch(stored) and stored <= now):
+            self.keep = True
+            raise UnlearningRunError(f"the checkpoint in {self.folder} holds no valid start time; nothing was run. "
+                                     "Delete it")
+        self.started_at = stored or now
+        return self.started_at
+
     def due(self, done: int) -> bool:
         """Whether a checkpoint is written after ``done`` noisy steps."""
         return done % self.every == 0
@@ -117,7 +131,8 @@ class Resume:
         blobs = [_bytes(hooks.to_host(x)), b"" if first is None else _bytes(hooks.to_host(first)),
                  bytes(hooks.rng_state())]
         header = {"format": "certun.checkpoint", "done": done, "running": running.hex(),
-                  "secret": self.key.secret.hex(), "origin": self.key.origin, "binding": self.binding,
+                  "secret": self.key.secret.hex(), "origin": self.key.origin, "started_at": self.started_at,
+                  "binding": self.binding,
                   "draws": noise_source.count, "values": [list(v) for v in self.values], "times": list(times)}
         files.write(self.folder, header, blobs, _mac_key(self.key))
 

@@ -279,6 +279,7 @@ def run(hooks: Hooks, data: Any, schedule: Schedule, opts: RunOptions, *, seed: 
         writer=hooks.checkpoint_writer, versions=provenance.versions(*hooks.packages))
     history: dict[str, list[Any]] = {k: [] for k in HISTORY_KEYS}
     with _resume.owned(resume):  # the checkpoints go when the run ends or certun stops it; a crash keeps them
+        started = started if resume is None else resume.began(started)  # a resumed run began in its first process
         with hooks.session(key):
             noisy, steps = _phases(hooks, ctx, NoiseSource(hooks, key, schedule, opts, prep.d), history, resume)
         done = hooks.finish()

@@ -156,3 +156,20 @@ def test_restored_state_is_checked_not_trusted(tmp_path, edit, monkeypatch):
         certun.unlearn(model, data, _gc(), backend="numpy", seed=11, checkpoint_dir=folder, checkpoint_every=3,
                        callback=lambda t, x: seen.append(t))
     assert seen == []
+
+
+def test_a_resumed_certificate_says_when_its_first_step_ran(tmp_path, monkeypatch):
+    """The certificate's started_at of a resumed run is when the run began (its first steps ran then), not when
+    the resume began; finished_at is the resume's end."""
+    from certun.certificates import provenance
+
+    model, data = _data()
+    folder = tmp_path / "ckpt"
+    real = provenance.now_utc
+    monkeypatch.setattr(provenance, "now_utc", lambda: "2020-01-02T03:04:05Z")
+    _interrupted(model, data, _gc(), folder)
+    monkeypatch.setattr(provenance, "now_utc", real)
+    resumed = certun.unlearn(model, data, _gc(), backend="numpy", checkpoint_dir=folder, checkpoint_every=3)
+    execution = resumed.certificate["execution"]
+    assert execution["started_at"] == "2020-01-02T03:04:05Z"
+    assert execution["finished_at"] > "2020-01-02T03:04:05Z"
