@@ -134,7 +134,13 @@ class Resume:
                   "secret": self.key.secret.hex(), "origin": self.key.origin, "started_at": self.started_at,
                   "binding": self.binding,
                   "draws": noise_source.count, "values": [list(v) for v in self.values], "times": list(times)}
-        files.write(self.folder, header, blobs, _mac_key(self.key))
+        try:
+            files.write(self.folder, header, blobs, _mac_key(self.key))
+        except OSError as e:  # the folder gone, the disk full: the last checkpoint written (if any) stays
+            self.keep = True
+            raise UnlearningRunError(f"could not write the checkpoint of step {done} in {self.folder} ({e}); the run "
+                                     "stopped and nothing was issued. Free the folder and run again to resume from "
+                                     "the last checkpoint written") from None
 
     def all_values(self, hooks: Any, stats: list) -> list[tuple[float, float, float]]:
         """The statistics of every step as floats: those read back or saved, then the rest."""

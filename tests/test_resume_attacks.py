@@ -173,3 +173,21 @@ def test_a_resumed_certificate_says_when_its_first_step_ran(tmp_path, monkeypatc
     execution = resumed.certificate["execution"]
     assert execution["started_at"] == "2020-01-02T03:04:05Z"
     assert execution["finished_at"] > "2020-01-02T03:04:05Z"
+
+
+def test_a_checkpoint_that_cannot_be_written_stops_the_run_with_a_typed_error(tmp_path):
+    """The folder removed (or the disk full) mid-run: a clear UnlearningRunError naming the folder, no certificate,
+    not a bare OSError from deep inside the run."""
+    import shutil
+
+    model, data = _data()
+    folder = tmp_path / "ckpt"
+
+    def remove_folder(t, x):
+        if t == 4:
+            shutil.rmtree(folder)
+
+    with pytest.raises(UnlearningRunError, match="could not write the checkpoint"):
+        certun.unlearn(model, data, _gc(), backend="numpy", checkpoint_dir=folder, checkpoint_every=3,
+                       callback=remove_folder, certificate_path=tmp_path / "cert.json")
+    assert not (tmp_path / "cert.json").exists()
