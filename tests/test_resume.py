@@ -179,6 +179,9 @@ def _other_inputs():
         "forget_ids": dict(forget_ids=["x"]),
         "data": dict(data=changed),
         "shape": dict(model=logistic),
+        "center": dict(center=LinearModel(model.weight * 0.5, model.bias * 0.5)),
+        "retain_ids": dict(retain_ids=list(range(1, 41))),
+        "finetune_lr": dict(finetune_epochs=1, finetune_lr=0.01),
     }
 
 

@@ -153,3 +153,40 @@ def test_a_checkpoint_from_another_device_count_is_refused_and_kept(tmp_path, mo
     with pytest.raises(certun.errors.UnlearningRunError, match="CUDA devices"):
         _shuffled_run(folder, generator=True)
     assert (folder / "certun-checkpoint.bin").is_file()
+
+
+@pytest.mark.parametrize("change", ["frozen_values", "unlearned_parameters"])
+def test_torch_binds_frozen_values_and_the_unlearned_set(tmp_path, change):
+    """Frozen (public) parameters and which parameters are unlearned shape every step: a resume after either
+    changed would continue one run's iterate with another's steps; refused before any step, checkpoint kept."""
+    from torch import nn
+
+    def inputs():
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
+        g = torch.Generator().manual_seed(1)
+        X, y = torch.randn(24, 4, generator=g), torch.randint(0, 2, (24,), generator=g)
+        return model, [(X[i:i + 6], y[i:i + 6]) for i in range(0, 24, 6)]
+
+    schedule = certun.plan(1.0, 1e-5, C0=1.0, C1=1.0, gamma=0.1, T=8)
+    common = dict(loss_fn=torch.nn.functional.cross_entropy, seed=5, progress=False, frozen="public",
+                  checkpoint_dir=tmp_path / "ckpt", checkpoint_every=3)
+
+    def crash(t, x):
+        if t == 4:
+            raise _CrashError
+
+    model, data = inputs()
+    with pytest.raises(_CrashError):
+        certun.unlearn(model, data, schedule, params=["2.weight", "2.bias"], callback=crash, **common)
+    model, data = inputs()
+    params = ["2.weight", "2.bias"]
+    if change == "frozen_values":
+        with torch.no_grad():
+            model[0].weight[0, 0] += 0.5
+    else:
+        params = ["2.weight"]
+    seen = []
+    with pytest.raises(certun.errors.InvalidParameterError, match="checkpoint"):
+        certun.unlearn(model, data, schedule, params=params, callback=lambda t, x: seen.append(t), **common)
+    assert seen == [] and (tmp_path / "ckpt" / "certun-checkpoint.bin").is_file()
