@@ -142,8 +142,10 @@ class _RefusedError(Exception):
 
 
 def _parse(path: Path) -> Stored:
-    try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+    if not stat.S_ISREG(os.lstat(path).st_mode):  # a link, a folder, a named pipe (whose open would block)
+        raise _RefusedError("it is not a plain file")
+    try:  # non-blocking and not following links: the path may have changed since the check above
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))
     except OSError:
         raise _RefusedError("it is not a plain file this process can read") from None
     with os.fdopen(fd, "rb") as f:

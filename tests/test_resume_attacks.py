@@ -191,3 +191,29 @@ def test_a_checkpoint_that_cannot_be_written_stops_the_run_with_a_typed_error(tm
         certun.unlearn(model, data, _gc(), backend="numpy", checkpoint_dir=folder, checkpoint_every=3,
                        callback=remove_folder, certificate_path=tmp_path / "cert.json")
     assert not (tmp_path / "cert.json").exists()
+
+
+def test_a_fifo_in_place_of_the_checkpoint_is_refused_without_hanging(tmp_path):
+    """A named pipe planted as the checkpoint would block a plain open() until someone writes to it: refused at
+    once as not a plain file. (The thread only keeps a regression from hanging the whole suite.)"""
+    import threading
+
+    model, data = _data()
+    folder = tmp_path / "ckpt"
+    folder.mkdir(mode=0o700)
+    os.mkfifo(folder / CHECKPOINT, 0o600)
+    outcome = []
+
+    def run():
+        try:
+            certun.unlearn(model, data, _gc(), backend="numpy", checkpoint_dir=folder, checkpoint_every=3)
+        except UnlearningRunError as e:
+            outcome.append(str(e))
+
+    worker = threading.Thread(target=run, daemon=True)
+    worker.start()
+    worker.join(120)
+    if worker.is_alive():  # unblock the hung open, then fail
+        os.close(os.open(folder / CHECKPOINT, os.O_WRONLY | os.O_NONBLOCK))
+        pytest.fail("reading the checkpoint blocked on a named pipe")
+    assert outcome and "not a plain file" in outcome[0]
