@@ -10,7 +10,10 @@ so it ends bit-identical to a run never interrupted (docs/theory.md#floating-poi
 A checkpoint is bound to its run: the header holds a digest of each run input (the key's context,
 the fine-tuning and noise options, the previous certificate, the kind of seed) and a resume with any
 other is refused before any step; the file's tag is an HMAC under a key derived from the run key, so
-a file made for other inputs never passes. The checkpoint is deleted when the run ends, by success
+a file made for other inputs never passes. Since the owner can re-tag an edited file, the restored
+state is also checked against the run (step count, iterate length, finite numbers). The writing
+process holds the folder's lock (:mod:`._checkpoint_folder`) for the whole run, so no two processes
+continue one checkpoint at once. The checkpoint is deleted when the run ends, by success
 or by a failure certun raises; after a crash (a killed process, an exception from the caller's
 callback) it is left for the resume.
 """
