@@ -22,7 +22,7 @@ from typing import Any
 from certun._validation import integer
 from certun.errors import InvalidParameterError, UnlearningRunError
 
-__all__ = ["NAME", "Stored", "check_options", "read", "remove", "sweep_temporary", "write"]
+__all__ = ["NAME", "Stored", "check_options", "is_ours", "read", "remove", "sweep_temporary", "write"]
 
 NAME = "certun-checkpoint.bin"
 MAGIC = b"CERTUN-CHECKPOINT v1\n"
@@ -66,6 +66,11 @@ def check_options(folder: Any, every: Any) -> tuple[str | None, int | None]:
         raise InvalidParameterError("checkpoint_every", every, "an integer >= 1 (noisy steps between checkpoints) "
                                     "when checkpoint_dir is given")
     return path, integer("checkpoint_every", every, "an integer >= 1 (noisy steps between checkpoints)", low=1)
+
+
+def is_ours(name: str) -> bool:
+    """Whether a file name in a checkpoint folder is one certun writes there (the checkpoint or a temporary)."""
+    return name == NAME or name.startswith(_TMP)
 
 
 def sweep_temporary(folder: Path) -> None:

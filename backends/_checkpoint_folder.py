@@ -12,7 +12,7 @@ import os
 import stat
 from pathlib import Path
 
-from certun.backends._checkpoint_file import sweep_temporary
+from certun.backends._checkpoint_file import is_ours, sweep_temporary
 from certun.errors import InvalidParameterError
 
 try:
@@ -32,6 +32,7 @@ def lock(folder: str) -> tuple[Path, int | None]:
     try:
         path.mkdir(mode=0o700, parents=True, exist_ok=True)
         if os.name == "nt":  # folders cannot be opened there: no lock, the path checks of the options only
+            _only_ours(os.listdir(path), folder)
             sweep_temporary(path)
             return path, None
         fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_NOFOLLOW", 0))
@@ -48,14 +49,16 @@ def lock(folder: str) -> tuple[Path, int | None]:
 
 
 def _own(fd: int, folder: str) -> None:
-    """Check the opened folder, make it ``0o700`` and take the lock (refusing a folder another run holds)."""
+    """Check the opened folder, take the lock (refusing a folder another run holds), refuse a folder holding other
+    files than certun's, and make it ``0o700``."""
     try:
         if not stat.S_ISDIR(os.fstat(fd).st_mode):
             raise InvalidParameterError("checkpoint_dir", folder, "a folder, not a file or a link")
-        if hasattr(os, "fchmod"):
-            os.fchmod(fd, 0o700)
         if fcntl is not None:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        _only_ours(os.listdir(fd), folder)
+        if hasattr(os, "fchmod"):
+            os.fchmod(fd, 0o700)
     except BlockingIOError:
         raise InvalidParameterError(
             "checkpoint_dir", folder, "a folder no other process is running a checkpointed run in",
@@ -64,6 +67,17 @@ def _own(fd: int, folder: str) -> None:
     except OSError as e:
         raise InvalidParameterError("checkpoint_dir", folder, "a folder this process owns and can write",
                                     hint=str(e)) from None
+
+
+def _only_ours(names: list[str], folder: str) -> None:
+    """Refuse a folder holding other files than certun's: "/tmp", "." or a home folder given by mistake would be
+    made private and get secret key material among the user's files."""
+    others = sorted(name for name in names if not is_ours(name))
+    if others:
+        raise InvalidParameterError(
+            "checkpoint_dir", folder, "a folder of this run's own: new, empty, or holding only its checkpoint",
+            hint=f"it holds other files ({', '.join(others[:3])}{', ...' if len(others) > 3 else ''}); certun "
+            "would make it private and write secret key material into it. Give a new folder")
 
 
 def release(fd: int | None) -> None:

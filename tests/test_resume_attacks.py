@@ -217,3 +217,19 @@ def test_a_fifo_in_place_of_the_checkpoint_is_refused_without_hanging(tmp_path):
         os.close(os.open(folder / CHECKPOINT, os.O_WRONLY | os.O_NONBLOCK))
         pytest.fail("reading the checkpoint blocked on a named pipe")
     assert outcome and "not a plain file" in outcome[0]
+
+
+@pytest.mark.parametrize("mode", [0o1777, 0o755])
+def test_a_folder_holding_other_files_is_refused_and_left_as_it_was(tmp_path, mode):
+    """checkpoint_dir="/tmp", "." or a home folder by mistake: certun would make a shared folder private (as root,
+    /tmp itself) and drop its secret among other files. A folder holding anything but certun's checkpoint is
+    refused before any work, its permissions and files untouched."""
+    model, data = _data()
+    folder = tmp_path / "shared"
+    folder.mkdir()
+    folder.chmod(mode)
+    (folder / "notes.txt").write_text("mine")
+    with pytest.raises(InvalidParameterError, match="checkpoint_dir"):
+        certun.unlearn(model, data, _gc(), backend="numpy", checkpoint_dir=folder, checkpoint_every=3)
+    assert oct(folder.stat().st_mode & 0o7777) == oct(mode)
+    assert sorted(p.name for p in folder.iterdir()) == ["notes.txt"]
