@@ -81,6 +81,12 @@ def _only_ours(names: list[str], folder: str) -> None:
 
 
 def release(fd: int | None) -> None:
-    """Let go of the folder's lock (closing the descriptor releases it)."""
-    if fd is not None:
+    """Let go of the folder's lock: unlocked first, since a forked child (a DataLoader worker) sharing the
+    descriptor would otherwise hold it until it exits."""
+    if fd is None:
+        return
+    try:
+        if fcntl is not None:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
         os.close(fd)

@@ -233,3 +233,26 @@ def test_a_folder_holding_other_files_is_refused_and_left_as_it_was(tmp_path, mo
         certun.unlearn(model, data, _gc(), backend="numpy", checkpoint_dir=folder, checkpoint_every=3)
     assert oct(folder.stat().st_mode & 0o7777) == oct(mode)
     assert sorted(p.name for p in folder.iterdir()) == ["notes.txt"]
+
+
+def test_the_lock_is_let_go_even_while_a_forked_worker_lives(tmp_path):
+    """DataLoader workers forked during the run inherit the folder's descriptor; the run's end (or crash) must still
+    let the next run in, not leave the lock held until the workers exit."""
+    import signal
+
+    from certun.backends import _checkpoint_folder as folders
+
+    if not hasattr(os, "fork"):
+        pytest.skip("no fork")
+    folder, fd = folders.lock(str(tmp_path / "ckpt"))
+    pid = os.fork()
+    if pid == 0:  # the worker: holds its inherited copy of the descriptor until killed
+        signal.pause()
+        os._exit(0)
+    try:
+        folders.release(fd)
+        _, again = folders.lock(str(folder))
+        folders.release(again)
+    finally:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
