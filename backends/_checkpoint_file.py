@@ -57,9 +57,13 @@ def check_options(folder: Any, every: Any) -> tuple[str | None, int | None]:
                                         hint="pass checkpoint_dir= too, a private folder for this run")
         return None, None
     try:
-        path = os.path.abspath(os.fspath(folder))
+        text = os.fspath(folder)
     except TypeError:
         raise InvalidParameterError("checkpoint_dir", type(folder).__name__, "a folder path or None") from None
+    if not isinstance(text, str) or "\x00" in text:
+        raise InvalidParameterError("checkpoint_dir", repr(text), "a folder path as text (str or a pathlib.Path), "
+                                    "without NUL characters")
+    path = os.path.abspath(text)
     if os.path.islink(path) or (os.path.exists(path) and not os.path.isdir(path)):
         raise InvalidParameterError("checkpoint_dir", path, "a folder (or a path to create), not a file or a link")
     if every is None:

@@ -256,3 +256,13 @@ def test_the_lock_is_let_go_even_while_a_forked_worker_lives(tmp_path):
     finally:
         os.kill(pid, signal.SIGKILL)
         os.waitpid(pid, 0)
+
+
+@pytest.mark.parametrize("folder", ["ckpt\x00x", b"ckpt"], ids=["nul_byte", "bytes"])
+def test_a_checkpoint_dir_that_is_no_usable_path_gets_a_typed_error(tmp_path, folder):
+    """A path with a NUL byte or given as bytes: InvalidParameterError naming checkpoint_dir, not a bare
+    ValueError/TypeError from deep in the run."""
+    model, data = _data()
+    path = os.path.join(os.fsencode(tmp_path), folder) if isinstance(folder, bytes) else str(tmp_path / folder)
+    with pytest.raises(InvalidParameterError, match="checkpoint_dir"):
+        certun.unlearn(model, data, _gc(), backend="numpy", checkpoint_dir=path, checkpoint_every=3)
