@@ -48,7 +48,8 @@ _NAMES = {"model_before": "starting model", "center": "centre", "retain": "retai
           "forget": "forget identifiers", "options": "clip/postprocess/noise/loss/model options",
           "unlearned_parameters": "unlearned parameters", "run_options": "fine-tuning or noise options",
           "previous": "previous certificate", "seed": "kind of seed (OS key, integer seed, opening)",
-          "versions": "library versions (certun, python, backend packages; the certificate records one set)"}
+          "versions": "library versions (certun, python, backend packages; the certificate records one set)",
+          "device": "kind of device (the certificate records one)"}
 
 
 @dataclass(repr=False)
@@ -199,21 +200,24 @@ def _mac_key(key: RunKey) -> bytes:
 
 
 def binding(context: bytes, opts: RunOptions, seed: Any, previous: Mapping[str, Any] | None,
-            versions: Mapping[str, str] | None = None) -> dict[str, str]:
-    """A digest of each run input: the key context's entries, the options it leaves out, the seed's kind, and
-    the library versions (the certificate records the finishing process's: every step must have run under them)."""
+            versions: Mapping[str, str] | None = None, device: str | None = None) -> dict[str, str]:
+    """A digest of each run input: the key context's entries, the options it leaves out, the seed's kind, the
+    library versions and the kind of device (the certificate records the finishing process's: every step must
+    have run under them)."""
     parts: dict[str, Any] = json.loads(context)
     parts["run_options"] = {"finetune_epochs": opts.finetune_epochs, "finetune_lr": opts.finetune_lr,
                             "noise": opts.recorded_noise_mode, "noise_mode": opts.noise_mode}
     parts["previous"] = None if previous is None else previous.get("content_digest")  # checked on load
     parts["versions"] = dict(versions or {})
+    parts["device"] = None if device is None else device.split(":")[0]  # cuda:0 and cuda:1 compute alike
     parts["seed"] = "os" if seed is None else "opening" if isinstance(seed, Mapping) else "user_seed"
     return {name: hashlib.sha256(json.dumps(value, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
             for name, value in parts.items()}
 
 
 def begin(opts: RunOptions, seed: Any, context: bytes, previous: Mapping[str, Any] | None, *,
-          writer: bool = True, versions: Mapping[str, str] | None = None) -> tuple[RunKey, Resume | None]:
+          writer: bool = True, versions: Mapping[str, str] | None = None,
+          device: str | None = None) -> tuple[RunKey, Resume | None]:
     """The run key, and the run's checkpoints (``None`` without ``checkpoint_dir``), read back if there is one.
 
     A checkpoint of another run (other inputs, another seed, a modified file) is refused here, before any step,
@@ -223,7 +227,7 @@ def begin(opts: RunOptions, seed: Any, context: bytes, previous: Mapping[str, An
         return run_key(seed, context), None
     folder, fd = folders.lock(opts.checkpoint_dir) if writer else (Path(opts.checkpoint_dir), None)
     try:
-        key, resume = _read_back(opts, seed, context, binding(context, opts, seed, previous, versions), folder,
+        key, resume = _read_back(opts, seed, context, binding(context, opts, seed, previous, versions, device), folder,
                                  writer)
     except BaseException:
         folders.release(fd)

@@ -276,7 +276,7 @@ def run(hooks: Hooks, data: Any, schedule: Schedule, opts: RunOptions, *, seed: 
         options={"clip": prep.clipping, "postprocess": opts.postprocess, "noise_mode": opts.noise_mode,
                  **prep.key_options},
         unlearned_parameters=prep.names, dtype=prep.dtype, backend=hooks.name), prev,
-        writer=hooks.checkpoint_writer, versions=provenance.versions(*hooks.packages))
+        writer=hooks.checkpoint_writer, versions=provenance.versions(*hooks.packages), device=prep.device)
     history: dict[str, list[Any]] = {k: [] for k in HISTORY_KEYS}
     with _resume.owned(resume):  # the checkpoints go when the run ends or certun stops it; a crash keeps them
         started = started if resume is None else resume.began(started)  # a resumed run began in its first process

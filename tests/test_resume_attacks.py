@@ -266,3 +266,21 @@ def test_a_checkpoint_dir_that_is_no_usable_path_gets_a_typed_error(tmp_path, fo
     path = os.path.join(os.fsencode(tmp_path), folder) if isinstance(folder, bytes) else str(tmp_path / folder)
     with pytest.raises(InvalidParameterError, match="checkpoint_dir"):
         certun.unlearn(model, data, _gc(), backend="numpy", checkpoint_dir=path, checkpoint_every=3)
+
+
+def test_a_resume_on_another_kind_of_device_is_refused(tmp_path, monkeypatch):
+    """The certificate records one device; a run begun on a GPU and resumed on the CPU (or back) would have steps
+    computed on a device the record does not name. Refused before any step, checkpoint kept."""
+    import dataclasses
+
+    from certun.backends.numpy_backend import _NumpyRun
+
+    model, data = _data()
+    folder = tmp_path / "ckpt"
+    real = _NumpyRun.prepare
+    monkeypatch.setattr(_NumpyRun, "prepare", lambda self: dataclasses.replace(real(self), device="cuda:0"))
+    _interrupted(model, data, _gc(), folder, seed=11)
+    monkeypatch.setattr(_NumpyRun, "prepare", real)
+    with pytest.raises(InvalidParameterError, match="device"):
+        certun.unlearn(model, data, _gc(), backend="numpy", seed=11, checkpoint_dir=folder, checkpoint_every=3)
+    assert (folder / CHECKPOINT).exists()
