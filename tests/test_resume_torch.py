@@ -190,3 +190,18 @@ def test_torch_binds_frozen_values_and_the_unlearned_set(tmp_path, change):
     with pytest.raises(certun.errors.InvalidParameterError, match="checkpoint"):
         certun.unlearn(model, data, schedule, params=params, callback=lambda t, x: seen.append(t), **common)
     assert seen == [] and (tmp_path / "ckpt" / "certun-checkpoint.bin").is_file()
+
+
+@pytest.mark.parametrize("blob", [b"", b"\x01\x00\x00\x00", b"\x01\x00\x00\x00\xff\x00\x00\x00\x00\x00\x00\x00ab",
+                                  b"\x01\x00\x00\x00\x02\x00\x00\x00\x00\x00\x00\x00ab"],
+                         ids=["empty", "no_state", "short_state", "wrong_size_state"])
+def test_a_malformed_rng_state_is_refused_with_a_typed_error(blob):
+    """The dropout RNG state read back from a checkpoint (its owner can re-tag an edited file) is parsed with
+    care: a truncated or wrong-sized state is an UnlearningRunError, not a struct/torch error, and the global
+    generator is left as it was."""
+    from certun.backends.torch import _rng
+
+    before = torch.get_rng_state()
+    with pytest.raises(certun.errors.UnlearningRunError, match="checkpoint"):
+        _rng.set_state(blob)
+    assert torch.equal(torch.get_rng_state(), before)
