@@ -33,7 +33,7 @@ def lock(folder: str) -> tuple[Path, int | None]:
         path.mkdir(mode=0o700, parents=True, exist_ok=True)
         if os.name == "nt":  # folders cannot be opened there: no lock, the path checks of the options only
             _only_ours(os.listdir(path), folder)
-            sweep_temporary(path)
+            _sweep(path, folder)
             return path, None
         fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_NOFOLLOW", 0))
     except OSError as e:  # a link (O_NOFOLLOW), a file, or no permission
@@ -41,7 +41,7 @@ def lock(folder: str) -> tuple[Path, int | None]:
                                     "create and write", hint=str(e)) from None
     try:
         _own(fd, folder)
-        sweep_temporary(path)
+        _sweep(path, folder)
     except BaseException:
         os.close(fd)
         raise
@@ -67,6 +67,15 @@ def _own(fd: int, folder: str) -> None:
     except OSError as e:
         raise InvalidParameterError("checkpoint_dir", folder, "a folder this process owns and can write",
                                     hint=str(e)) from None
+
+
+def _sweep(path: Path, folder: str) -> None:
+    """Drop the temporary files a crash left; something that is not one (a folder of that name) is refused."""
+    try:
+        sweep_temporary(path)
+    except OSError as e:
+        raise InvalidParameterError("checkpoint_dir", folder, "a folder holding only certun's checkpoint files",
+                                    hint=f"cannot remove what a crash left there: {e}") from None
 
 
 def _only_ours(names: list[str], folder: str) -> None:

@@ -284,3 +284,13 @@ def test_a_resume_on_another_kind_of_device_is_refused(tmp_path, monkeypatch):
     with pytest.raises(InvalidParameterError, match="device"):
         certun.unlearn(model, data, _gc(), backend="numpy", seed=11, checkpoint_dir=folder, checkpoint_every=3)
     assert (folder / CHECKPOINT).exists()
+
+
+def test_a_folder_in_place_of_a_temporary_file_gets_a_typed_error(tmp_path):
+    """Something certun cannot sweep away where a crash leaves its temporary file (a folder of that name): a clear
+    InvalidParameterError naming checkpoint_dir, not a bare IsADirectoryError."""
+    model, data = _data()
+    folder = tmp_path / "ckpt"
+    (folder / ".certun-checkpoint.bin.tmp-1").mkdir(parents=True)
+    with pytest.raises(InvalidParameterError, match="checkpoint_dir"):
+        certun.unlearn(model, data, _gc(), backend="numpy", checkpoint_dir=folder, checkpoint_every=3)
