@@ -134,17 +134,22 @@ class Resume:
             return
         blobs = [_bytes(hooks.to_host(x)), b"" if first is None else _bytes(hooks.to_host(first)),
                  bytes(hooks.rng_state())]
-        header = {"format": "certun.checkpoint", "done": done, "running": running.hex(),
-                  "secret": self.key.secret.hex(), "origin": self.key.origin, "started_at": self.started_at,
-                  "binding": self.binding,
-                  "draws": noise_source.count, "values": [list(v) for v in self.values], "times": list(times)}
         try:
-            files.write(self.folder, header, blobs, _mac_key(self.key))
+            self._write(done, running, blobs, times, noise_source.count)
         except OSError as e:  # the folder gone, the disk full: the last checkpoint written (if any) stays
             self.keep = True
             raise UnlearningRunError(f"could not write the checkpoint of step {done} in {self.folder} ({e}); the run "
                                      "stopped and nothing was issued. Free the folder and run again to resume from "
                                      "the last checkpoint written") from None
+
+    def _write(self, done: int, running: bytes, blobs: list[bytes], times: list, draws: int) -> None:
+        """Build the header (it holds the secret: only this frame, which a failure leaves behind, sees it) and
+        write the file."""
+        header = {"format": "certun.checkpoint", "done": done, "running": running.hex(),
+                  "secret": self.key.secret.hex(), "origin": self.key.origin, "started_at": self.started_at,
+                  "binding": self.binding, "draws": draws, "values": [list(v) for v in self.values],
+                  "times": list(times)}
+        files.write(self.folder, header, blobs, _mac_key(self.key))
 
     def all_values(self, hooks: Any, stats: list) -> list[tuple[float, float, float]]:
         """The statistics of every step as floats: those read back or saved, then the rest."""

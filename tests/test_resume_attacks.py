@@ -294,3 +294,26 @@ def test_a_folder_in_place_of_a_temporary_file_gets_a_typed_error(tmp_path):
     (folder / ".certun-checkpoint.bin.tmp-1").mkdir(parents=True)
     with pytest.raises(InvalidParameterError, match="checkpoint_dir"):
         certun.unlearn(model, data, _gc(), backend="numpy", checkpoint_dir=folder, checkpoint_every=3)
+
+
+def test_a_failed_checkpoint_write_reported_with_locals_never_shows_the_key(tmp_path):
+    """The write that fails (folder removed mid-run) is where the header with the secret is built: its report with
+    local variables must not print the secret."""
+    import shutil
+
+    from certun.backends import noise
+    from certun.certificates.provenance import resolve_seed
+
+    model, data = _data()
+    folder = tmp_path / "ckpt"
+
+    def remove_folder(t, x):
+        if t == 4:
+            shutil.rmtree(folder)
+
+    with pytest.raises(UnlearningRunError) as info:
+        certun.unlearn(model, data, _gc(), backend="numpy", seed=11, checkpoint_dir=folder, checkpoint_every=3,
+                       callback=remove_folder)
+    report = "".join(traceback.TracebackException.from_exception(info.value, capture_locals=True).format())
+    assert "could not write" in report
+    assert noise.seed_secret(resolve_seed(11)).hex() not in report
