@@ -73,8 +73,9 @@ def check_options(folder: Any, every: Any) -> tuple[str | None, int | None]:
 
 
 def is_ours(name: str) -> bool:
-    """Whether a file name in a checkpoint folder is one certun writes there (the checkpoint or a temporary)."""
-    return name == NAME or name.startswith(_TMP)
+    """Whether a file name in a checkpoint folder is one certun leaves there: the checkpoint, a temporary, or the
+    ``.nfs*`` file NFS keeps of a checkpoint deleted while still open."""
+    return name == NAME or name.startswith((_TMP, ".nfs"))
 
 
 def sweep_temporary(folder: Path) -> None:

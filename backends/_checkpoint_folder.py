@@ -52,8 +52,12 @@ def _own(fd: int, folder: str) -> None:
     """Check the opened folder, take the lock (refusing a folder another run holds), refuse a folder holding other
     files than certun's, and make it ``0o700``."""
     try:
-        if not stat.S_ISDIR(os.fstat(fd).st_mode):
+        st = os.fstat(fd)
+        if not stat.S_ISDIR(st.st_mode):
             raise InvalidParameterError("checkpoint_dir", folder, "a folder, not a file or a link")
+        if st.st_uid != os.geteuid():  # its owner could swap the files in it between two writes
+            raise InvalidParameterError("checkpoint_dir", folder, "a folder owned by this user",
+                                        hint=f"it is owned by user {st.st_uid}; give a folder of your own")
         if fcntl is not None:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         _only_ours(os.listdir(fd), folder)

@@ -64,10 +64,12 @@ def test_a_checkpoint_owned_by_another_user_is_refused(tmp_path, monkeypatch):
     model, data = _data()
     folder = tmp_path / "ckpt"
     _interrupted(model, data, _gc(), folder)
+    from certun.backends import _checkpoint_file as files
+
     uid = os.geteuid()
-    monkeypatch.setattr(os, "geteuid", lambda: uid + 1)
+    monkeypatch.setattr(os, "geteuid", lambda: uid + 1)  # (the folder is refused as well: read the file alone)
     with pytest.raises(UnlearningRunError, match="owned by"):
-        certun.unlearn(model, data, _gc(), backend="numpy", checkpoint_dir=folder, checkpoint_every=3)
+        files.read(folder)
 
 
 def test_two_processes_never_run_from_one_checkpoint_at_once(tmp_path):
@@ -317,3 +319,37 @@ def test_a_failed_checkpoint_write_reported_with_locals_never_shows_the_key(tmp_
     report = "".join(traceback.TracebackException.from_exception(info.value, capture_locals=True).format())
     assert "could not write" in report
     assert noise.seed_secret(resolve_seed(11)).hex() not in report
+
+
+def test_a_folder_owned_by_another_user_is_refused(tmp_path, monkeypatch):
+    """A folder another user owns (root given a user's folder, say) lets that user swap its files between two
+    writes: refused before anything is written, even where chmod would succeed."""
+    model, data = _data()
+    folder = tmp_path / "theirs"
+    folder.mkdir(mode=0o700)
+    uid = os.geteuid()
+    monkeypatch.setattr(os, "geteuid", lambda: uid + 1)
+    with pytest.raises(InvalidParameterError, match="owned by"):
+        certun.unlearn(model, data, _gc(), backend="numpy", checkpoint_dir=folder, checkpoint_every=3)
+
+
+def test_a_checkpoint_that_is_a_link_to_a_valid_one_is_refused(tmp_path):
+    """The checkpoint replaced by a symbolic link (to a valid checkpoint moved elsewhere) is not followed."""
+    model, data = _data()
+    folder = tmp_path / "ckpt"
+    _interrupted(model, data, _gc(), folder, seed=11)
+    (folder / CHECKPOINT).rename(tmp_path / "elsewhere.bin")
+    os.symlink(tmp_path / "elsewhere.bin", folder / CHECKPOINT)
+    with pytest.raises(UnlearningRunError, match="not a plain file"):
+        certun.unlearn(model, data, _gc(), backend="numpy", seed=11, checkpoint_dir=folder, checkpoint_every=3)
+
+
+def test_nfs_leftovers_do_not_make_the_folder_foreign(tmp_path):
+    """NFS keeps a deleted-but-open checkpoint as a .nfsXXXX file; that is certun's own leftover, not the user's
+    files, and the resume goes on."""
+    model, data = _data()
+    folder = tmp_path / "ckpt"
+    _interrupted(model, data, _gc(), folder, seed=11)
+    (folder / ".nfs0000000000123456").write_bytes(b"old")
+    resumed = certun.unlearn(model, data, _gc(), backend="numpy", seed=11, checkpoint_dir=folder, checkpoint_every=3)
+    assert resumed.resumed_from == 6
