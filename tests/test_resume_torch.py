@@ -205,3 +205,36 @@ def test_a_malformed_rng_state_is_refused_with_a_typed_error(blob):
     with pytest.raises(certun.errors.UnlearningRunError, match="checkpoint"):
         _rng.set_state(blob)
     assert torch.equal(torch.get_rng_state(), before)
+
+
+@pytest.mark.parametrize("norm", [False, True], ids=["plain", "batchnorm_recompute"])
+def test_an_in_place_run_that_crashes_leaves_the_model_as_it_was_and_resumes(tmp_path, norm):
+    """inplace=True and a crash mid-run: the caller's model must not be left holding an intermediate iterate (no
+    certificate covers it, and saving "what we have" would release it), and running the same call again on the
+    same model object resumes from the checkpoint instead of being refused as another starting model."""
+    from torch import nn
+
+    torch.manual_seed(0)
+    g = torch.Generator().manual_seed(1)
+    X, y = torch.randn(24, 4, generator=g), torch.randint(0, 2, (24,), generator=g)
+    data = [(X[i:i + 6], y[i:i + 6]) for i in range(0, 24, 6)]
+    schedule = certun.plan(1.0, 1e-5, C0=1.0, C1=1.0, gamma=0.1, T=8)
+    common = dict(loss_fn=torch.nn.functional.cross_entropy, seed=5, progress=False, inplace=True,
+                  checkpoint_dir=tmp_path / "ckpt", checkpoint_every=3)
+    if norm:
+        model = nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 2))
+        model(X)  # running statistics of the caller's own
+        common.update(buffers="recompute", clip="batch")
+    else:
+        model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+
+    def crash(t, x):
+        if t == 4:
+            raise _CrashError
+
+    with pytest.raises(_CrashError):
+        certun.unlearn(model, data, schedule, callback=crash, **common)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    resumed = certun.unlearn(model, data, schedule, **common)
+    assert resumed.resumed_from == 3 and resumed.model is model
