@@ -4,7 +4,8 @@ The file is, in order: a magic line, a warning line (what the file is and that i
 one line of JSON (the header), the binary blobs the header sizes, the SHA-256 of all of that (a torn
 or corrupted file is refused) and an HMAC-SHA256 tag under a key derived from the run key
 (:mod:`certun.backends._resume` checks it once it knows the run's inputs). The folder is made
-``0o700`` and the file ``0o600``; a write goes to a temporary file that is synced and renamed over
+``0o700`` (:mod:`._checkpoint_folder`) and the file ``0o600``, and a file is read only if it is a plain
+file of this user's that nobody else can read; a write goes to a temporary file that is synced and renamed over
 the old one, so a crash leaves either the previous checkpoint or the new one, never half of one.
 """
 

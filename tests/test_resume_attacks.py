@@ -1,5 +1,6 @@
 """Attacks on resumable runs: leaks of the checkpointed key, planted or shared checkpoints, resumes that mix
-versions, forged restored state. Each test was seen failing before its fix."""
+versions, forged restored state. Each test was seen failing before its fix, except the one marked as a
+regression test (an attack already refused)."""
 
 from __future__ import annotations
 
@@ -334,7 +335,8 @@ def test_a_folder_owned_by_another_user_is_refused(tmp_path, monkeypatch):
 
 
 def test_a_checkpoint_that_is_a_link_to_a_valid_one_is_refused(tmp_path):
-    """The checkpoint replaced by a symbolic link (to a valid checkpoint moved elsewhere) is not followed."""
+    """The checkpoint replaced by a symbolic link (to a valid checkpoint moved elsewhere) is not followed.
+    (Regression test: already refused; the open without following links must keep it so.)"""
     model, data = _data()
     folder = tmp_path / "ckpt"
     _interrupted(model, data, _gc(), folder, seed=11)
