@@ -4,7 +4,8 @@ The file is, in order: a magic line, a warning line (what the file is and that i
 one line of JSON (the header), the binary blobs the header sizes, the SHA-256 of all of that (a torn
 or corrupted file is refused) and an HMAC-SHA256 tag under a key derived from the run key
 (:mod:`certun.backends._resume` checks it once it knows the run's inputs). The folder is made
-``0o700`` and the file ``0o600``; a write goes to a temporary file that is synced and renamed over
+``0o700`` (:mod:`._checkpoint_folder`) and the file ``0o600``, and a file is read only if it is a plain
+file of this user's that nobody else can read; a write goes to a temporary file that is synced and renamed over
 the old one, so a crash leaves either the previous checkpoint or the new one, never half of one.
 """
 
@@ -22,7 +23,7 @@ from typing import Any
 from certun._validation import integer
 from certun.errors import InvalidParameterError, UnlearningRunError
 
-__all__ = ["NAME", "Stored", "check_options", "prepare_folder", "read", "remove", "write"]
+__all__ = ["NAME", "Stored", "check_options", "is_ours", "read", "remove", "sweep_temporary", "write"]
 
 NAME = "certun-checkpoint.bin"
 MAGIC = b"CERTUN-CHECKPOINT v1\n"
@@ -32,14 +33,20 @@ _TMP = "." + NAME + ".tmp-"
 _DIGEST = 32
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)
 class Stored:
-    """A checkpoint file read back: its header, its blobs, and what its tag covers."""
+    """A checkpoint file read back: its header, its blobs, and what its tag covers (never printed: it holds the
+    run's secret)."""
 
     header: dict[str, Any]
     blobs: list[bytes]
     body: bytes
     tag: bytes
+    #: the run's secret, taken out of the header so that the header can be kept and shown
+    secret: bytes = b""
+
+    def __repr__(self) -> str:
+        return f"Stored(<checkpoint of {self.header.get('done')} steps>)"
 
 
 def check_options(folder: Any, every: Any) -> tuple[str | None, int | None]:
@@ -51,9 +58,13 @@ def check_options(folder: Any, every: Any) -> tuple[str | None, int | None]:
                                         hint="pass checkpoint_dir= too, a private folder for this run")
         return None, None
     try:
-        path = os.path.abspath(os.fspath(folder))
+        text = os.fspath(folder)
     except TypeError:
         raise InvalidParameterError("checkpoint_dir", type(folder).__name__, "a folder path or None") from None
+    if not isinstance(text, str) or "\x00" in text:
+        raise InvalidParameterError("checkpoint_dir", repr(text), "a folder path as text (str or a pathlib.Path), "
+                                    "without NUL characters")
+    path = os.path.abspath(text)
     if os.path.islink(path) or (os.path.exists(path) and not os.path.isdir(path)):
         raise InvalidParameterError("checkpoint_dir", path, "a folder (or a path to create), not a file or a link")
     if every is None:
@@ -62,20 +73,16 @@ def check_options(folder: Any, every: Any) -> tuple[str | None, int | None]:
     return path, integer("checkpoint_every", every, "an integer >= 1 (noisy steps between checkpoints)", low=1)
 
 
-def prepare_folder(folder: str) -> Path:
-    """Create ``folder`` if needed and make it private (``0o700``); drop temporary files a crash left there."""
-    path = Path(folder)
-    try:
-        path.mkdir(mode=0o700, parents=True, exist_ok=True)
-        if path.is_symlink() or not path.is_dir():
-            raise InvalidParameterError("checkpoint_dir", folder, "a folder, not a file or a link")
-        os.chmod(path, 0o700)
-        for stale in path.glob(_TMP + "*"):
-            stale.unlink()
-    except OSError as e:
-        raise InvalidParameterError("checkpoint_dir", folder, "a folder this process can create and write",
-                                    hint=str(e)) from None
-    return path
+def is_ours(name: str) -> bool:
+    """Whether a file name in a checkpoint folder is one certun leaves there: the checkpoint, a temporary, or the
+    ``.nfs*`` file NFS keeps of a checkpoint deleted while still open."""
+    return name == NAME or name.startswith((_TMP, ".nfs"))
+
+
+def sweep_temporary(folder: Path) -> None:
+    """Delete the temporary files a crash left in ``folder`` (the caller holds the folder's lock)."""
+    for stale in folder.glob(_TMP + "*"):
+        stale.unlink(missing_ok=True)
 
 
 def write(folder: Path, header: dict[str, Any], blobs: list[bytes], mac_key: bytes) -> None:
@@ -112,32 +119,69 @@ def _sync_folder(folder: Path) -> None:
 
 
 def read(folder: Path) -> Stored | None:
-    """The checkpoint in ``folder`` (``None`` if there is none), refused if it is torn, corrupt or not one."""
+    """The checkpoint in ``folder`` (``None`` if there is none), refused if it is torn, corrupt or not one.
+
+    The parsing runs in a frame of its own that a refusal leaves behind (``from None``), so a crash report
+    with local variables never prints the file's bytes (they hold the secret).
+    """
     path = folder / NAME
     if not os.path.lexists(path):
         return None
-    if not stat.S_ISREG(os.lstat(path).st_mode):
-        raise _corrupt(path, "it is not a plain file")
-    data = path.read_bytes()
+    try:
+        return _parse(path)
+    except _RefusedError as e:
+        raise _corrupt(path, str(e)) from None
+
+
+def _check_private(st: os.stat_result) -> None:
+    """Refuse a file that is not a plain file of this user's that only this user can read or write: someone
+    else could have read its secret, or planted a secret of their own choosing (docs/backends.md)."""
+    if not stat.S_ISREG(st.st_mode):
+        raise _RefusedError("it is not a plain file")
+    if os.name == "nt":  # no POSIX owner or mode bits to check
+        return
+    if st.st_uid != os.geteuid():
+        raise _RefusedError(f"it is owned by user {st.st_uid}, not by this user: another user could have chosen "
+                            "its secret")
+    if stat.S_IMODE(st.st_mode) & 0o077:
+        raise _RefusedError(f"its permissions are {stat.S_IMODE(st.st_mode):o}, not 600: its secret may have been "
+                            "read by others, and a run on it would release a model whose noise they know")
+
+
+class _RefusedError(Exception):
+    """Why a checkpoint file cannot be used (turned into an UnlearningRunError by :func:`read`)."""
+
+
+def _parse(path: Path) -> Stored:
+    if not stat.S_ISREG(os.lstat(path).st_mode):  # a link, a folder, a named pipe (whose open would block)
+        raise _RefusedError("it is not a plain file")
+    try:  # non-blocking and not following links: the path may have changed since the check above
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))
+    except OSError:
+        raise _RefusedError("it is not a plain file this process can read") from None
+    with os.fdopen(fd, "rb") as f:
+        _check_private(os.fstat(f.fileno()))
+        data = f.read()
     body, tag = data[:-_DIGEST], data[-_DIGEST:]
     if len(data) < len(MAGIC) + 2 * _DIGEST or not data.startswith(MAGIC + WARNING):
-        raise _corrupt(path, "it does not start as a certun checkpoint")
+        raise _RefusedError("it does not start as a certun checkpoint")
     if not hmac.compare_digest(hashlib.sha256(body[:-_DIGEST]).digest(), body[-_DIGEST:]):
-        raise _corrupt(path, "its checksum does not match (a torn or modified file)")
+        raise _RefusedError("its checksum does not match (a torn or modified file)")
     start = len(MAGIC) + len(WARNING)
     end = body.find(b"\n", start)
     try:
         header = json.loads(body[start:end].decode("ascii"))
         sizes = [int(n) for n in header["blobs"]]
-    except (ValueError, KeyError, TypeError):
-        raise _corrupt(path, "its header is unreadable") from None
+        secret = bytes.fromhex(header.pop("secret"))
+    except (ValueError, KeyError, TypeError, AttributeError):
+        raise _RefusedError("its header is unreadable") from None
     blobs, at = [], end + 1
     for n in sizes:
         blobs.append(body[at:at + n])
         at += n
     if at != len(body) - _DIGEST or min(sizes, default=0) < 0:
-        raise _corrupt(path, "its sizes do not add up")
-    return Stored(header=header, blobs=blobs, body=body, tag=tag)
+        raise _RefusedError("its sizes do not add up")
+    return Stored(header=header, blobs=blobs, body=body, tag=tag, secret=secret)
 
 
 def check_tag(folder: Path, stored: Stored, mac_key: bytes) -> None:

@@ -289,9 +289,11 @@ def run(hooks: Hooks, data: Any, schedule: Schedule, opts: RunOptions, *, seed: 
         options={"clip": prep.clipping, "postprocess": opts.postprocess, "noise_mode": opts.noise_mode,
                  **prep.key_options},
         unlearned_parameters=prep.names, dtype=prep.dtype, backend=hooks.name), prev,
-        writer=hooks.checkpoint_writer, new_key=hooks.run_key)
+        writer=hooks.checkpoint_writer, versions=provenance.versions(*hooks.packages), device=prep.device,
+        new_key=hooks.run_key)
     history: dict[str, list[Any]] = {k: [] for k in HISTORY_KEYS}
     with _resume.owned(resume):  # the checkpoints go when the run ends or certun stops it; a crash keeps them
+        started = started if resume is None else resume.began(started)  # a resumed run began in its first process
         with hooks.session(key):
             noisy, steps = _phases(hooks, ctx, NoiseSource(hooks, key, schedule, opts, prep.d), history, resume)
         done = hooks.finish()
@@ -343,7 +345,7 @@ def _noisy_steps(hooks: Hooks, ctx: _Context, noise: NoiseSource, x: Any, histor
     s = ctx.schedule
     batches = hooks.batches(ctx.on_pass)
     done, running, x, times = (0, RETAIN_PREFIX_START, x, []) if resume is None else \
-        resume.restore(hooks, noise, batches, x)
+        resume.restore(hooks, noise, batches, x, s.T)
     stats: list[Any] = [None] * done  # the restored steps' statistics are the checkpoint's
     start, checked = time.perf_counter() - (times[-1] if times else 0.0), done
     with hooks.noisy_steps():

@@ -179,6 +179,9 @@ def _other_inputs():
         "forget_ids": dict(forget_ids=["x"]),
         "data": dict(data=changed),
         "shape": dict(model=logistic),
+        "center": dict(center=LinearModel(model.weight * 0.5, model.bias * 0.5)),
+        "retain_ids": dict(retain_ids=list(range(1, 41))),
+        "finetune_lr": dict(finetune_epochs=1, finetune_lr=0.01),
     }
 
 
@@ -307,15 +310,16 @@ def test_a_checkpoint_dir_that_is_a_file_or_a_link_is_refused(tmp_path):
         certun.unlearn(model, data, _gc(), backend="numpy", checkpoint_dir=tmp_path / "link", checkpoint_every=3)
 
 
-def test_a_folder_with_other_files_is_kept_after_the_run(tmp_path):
-    """certun deletes only its own checkpoint: a user file in the folder keeps the folder (made private)."""
+def test_an_existing_empty_folder_is_made_private_and_removed(tmp_path):
+    """A folder the user made for the run (mode 755, empty) is used, made private while the run holds it, and
+    removed at the end. (A folder holding other files is refused: test_resume_attacks.py.)"""
     model, data = _data()
     folder = tmp_path / "ckpt"
     folder.mkdir(mode=0o755)
-    (folder / "notes.txt").write_text("mine")
-    certun.unlearn(model, data, _gc(), backend="numpy", seed=1, checkpoint_dir=folder, checkpoint_every=2)
-    assert sorted(p.name for p in folder.iterdir()) == ["notes.txt"]
-    assert stat.S_IMODE(folder.stat().st_mode) == 0o700
+    modes = []
+    certun.unlearn(model, data, _gc(), backend="numpy", seed=1, checkpoint_dir=folder, checkpoint_every=2,
+                   callback=lambda t, x: modes.append(stat.S_IMODE(folder.stat().st_mode)))
+    assert modes and set(modes) == {0o700} and not folder.exists()
 
 
 def test_a_run_without_noisy_steps_leaves_no_folder(tmp_path):

@@ -153,3 +153,88 @@ def test_a_checkpoint_from_another_device_count_is_refused_and_kept(tmp_path, mo
     with pytest.raises(certun.errors.UnlearningRunError, match="CUDA devices"):
         _shuffled_run(folder, generator=True)
     assert (folder / "certun-checkpoint.bin").is_file()
+
+
+@pytest.mark.parametrize("change", ["frozen_values", "unlearned_parameters"])
+def test_torch_binds_frozen_values_and_the_unlearned_set(tmp_path, change):
+    """Frozen (public) parameters and which parameters are unlearned shape every step: a resume after either
+    changed would continue one run's iterate with another's steps; refused before any step, checkpoint kept."""
+    from torch import nn
+
+    def inputs():
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
+        g = torch.Generator().manual_seed(1)
+        X, y = torch.randn(24, 4, generator=g), torch.randint(0, 2, (24,), generator=g)
+        return model, [(X[i:i + 6], y[i:i + 6]) for i in range(0, 24, 6)]
+
+    schedule = certun.plan(1.0, 1e-5, C0=1.0, C1=1.0, gamma=0.1, T=8)
+    common = dict(loss_fn=torch.nn.functional.cross_entropy, seed=5, progress=False, frozen="public",
+                  checkpoint_dir=tmp_path / "ckpt", checkpoint_every=3)
+
+    def crash(t, x):
+        if t == 4:
+            raise _CrashError
+
+    model, data = inputs()
+    with pytest.raises(_CrashError):
+        certun.unlearn(model, data, schedule, params=["2.weight", "2.bias"], callback=crash, **common)
+    model, data = inputs()
+    params = ["2.weight", "2.bias"]
+    if change == "frozen_values":
+        with torch.no_grad():
+            model[0].weight[0, 0] += 0.5
+    else:
+        params = ["2.weight"]
+    seen = []
+    with pytest.raises(certun.errors.InvalidParameterError, match="checkpoint"):
+        certun.unlearn(model, data, schedule, params=params, callback=lambda t, x: seen.append(t), **common)
+    assert seen == [] and (tmp_path / "ckpt" / "certun-checkpoint.bin").is_file()
+
+
+@pytest.mark.parametrize("blob", [b"", b"\x01\x00\x00\x00", b"\x01\x00\x00\x00\xff\x00\x00\x00\x00\x00\x00\x00ab",
+                                  b"\x01\x00\x00\x00\x02\x00\x00\x00\x00\x00\x00\x00ab"],
+                         ids=["empty", "no_state", "short_state", "wrong_size_state"])
+def test_a_malformed_rng_state_is_refused_with_a_typed_error(blob):
+    """The dropout RNG state read back from a checkpoint (its owner can re-tag an edited file) is parsed with
+    care: a truncated or wrong-sized state is an UnlearningRunError, not a struct/torch error, and the global
+    generator is left as it was."""
+    from certun.backends.torch import _rng
+
+    before = torch.get_rng_state()
+    with pytest.raises(certun.errors.UnlearningRunError, match="checkpoint"):
+        _rng.set_state(blob)
+    assert torch.equal(torch.get_rng_state(), before)
+
+
+@pytest.mark.parametrize("norm", [False, True], ids=["plain", "batchnorm_recompute"])
+def test_an_in_place_run_that_crashes_leaves_the_model_as_it_was_and_resumes(tmp_path, norm):
+    """inplace=True and a crash mid-run: the caller's model must not be left holding an intermediate iterate (no
+    certificate covers it, and saving "what we have" would release it), and running the same call again on the
+    same model object resumes from the checkpoint instead of being refused as another starting model."""
+    from torch import nn
+
+    torch.manual_seed(0)
+    g = torch.Generator().manual_seed(1)
+    X, y = torch.randn(24, 4, generator=g), torch.randint(0, 2, (24,), generator=g)
+    data = [(X[i:i + 6], y[i:i + 6]) for i in range(0, 24, 6)]
+    schedule = certun.plan(1.0, 1e-5, C0=1.0, C1=1.0, gamma=0.1, T=8)
+    common = dict(loss_fn=torch.nn.functional.cross_entropy, seed=5, progress=False, inplace=True,
+                  checkpoint_dir=tmp_path / "ckpt", checkpoint_every=3)
+    if norm:
+        model = nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 2))
+        model(X)  # running statistics of the caller's own
+        common.update(buffers="recompute", clip="batch")
+    else:
+        model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+
+    def crash(t, x):
+        if t == 4:
+            raise _CrashError
+
+    with pytest.raises(_CrashError):
+        certun.unlearn(model, data, schedule, callback=crash, **common)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    resumed = certun.unlearn(model, data, schedule, **common)
+    assert resumed.resumed_from == 3 and resumed.model is model

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
+import torch
 from torch import nn
 
 from certun.backends.torch._hygiene import clear_training_state, stale_state_problems
@@ -59,4 +60,20 @@ def check_params_order(params: Iterable[Any], parts: ModelParts) -> None:
             "center", "<flat vector>", "a state dict when params are listed in another order than the model's "
             f"named_parameters() ({list(parts.names)[:5]}...): a flat centre follows named_parameters() order")
 
+
+def norm_buffers(parts: Any) -> dict[str, torch.Tensor]:
+    """The running-statistics buffers of the model's norm layers, by qualified name."""
+    return {f"{name}.{b}" if name else b: t for name, module in parts.norms
+            for b, t in module.named_buffers(recurse=False) if t is not None}
+
+
+def restore_model(parts: Any, params: Mapping[str, torch.Tensor], buffers: Mapping[str, torch.Tensor] | None) -> None:
+    """Put the unlearned parameters (and the norm statistics, when given) back to their values before the run:
+    a failed in-place run never leaves the caller's model holding an iterate no certificate covers."""
+    with torch.no_grad():
+        for name, p in zip(parts.names, parts.params, strict=True):
+            p.copy_(params[name])
+        for name, t in norm_buffers(parts).items():
+            if buffers is not None and name in buffers:
+                t.copy_(buffers[name])
 

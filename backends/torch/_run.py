@@ -27,7 +27,13 @@ from certun.backends.torch._data import cpu_copy, epoch_length, pair, to_device,
 from certun.backends.torch._grad import GradientComputer
 from certun.backends.torch._hygiene import clear_training_state, restore_training_flags, training_flags
 from certun.backends.torch._model import FlatParameters, check_center, check_model, flat_center, select_parameters
-from certun.backends.torch._prepare import check_frozen, check_params_order, copy_model
+from certun.backends.torch._prepare import (
+    check_frozen,
+    check_params_order,
+    copy_model,
+    norm_buffers,
+    restore_model,
+)
 from certun.backends.torch._retrain import reinitialise
 from certun.backends.torch._state import changed_attributes, state_fingerprint
 from certun.backends.torch._steps import add_noise, gc_step, mc_step, output_perturbation, project_ball
@@ -49,6 +55,8 @@ class TorchRun(skeleton.Hooks):
         self.source, self.data, self.s, self.opts, self.loss_fn = model, data, schedule, opts, loss_fn
         self.params_arg, self.center_arg, self.device = params, center, device
         self.model_factory, self.inplace = model_factory, inplace
+        self.before: dict[str, torch.Tensor] = {}
+        self.buffers_before: dict[str, torch.Tensor] | None = None
         self.clipping = clipping_for(schedule, opts.clip)
         self.epoch_batches: int | None = None
         if opts.finetune_epochs or opts.buffers == "recompute":
@@ -82,9 +90,10 @@ class TorchRun(skeleton.Hooks):
         loose = unregistered_arrays(work) if opts.attributes == "public" else {}
         self.public_attributes = provenance.model_digest(digestible(loose)) if loose else None
         self.frozen_mode = "none" if not parts.frozen else opts.frozen
+        self.before = cpu_copy(dict(zip(parts.names, parts.params, strict=True)))
         return skeleton.Prepared(
             model=work, names=parts.names, d=sum(p.numel() for p in parts.params),
-            before=cpu_copy(dict(zip(parts.names, parts.params, strict=True))), center=center,
+            before=self.before, center=center,
             clipping=self.clipping, dtype=str(self.dtype).replace("torch.", ""), device=str(self.device),
             key_options={"buffers": opts.buffers, "frozen": self.frozen_mode,
                          "frozen_parameters": sorted(parts.frozen), "attributes": opts.attributes,
@@ -106,13 +115,19 @@ class TorchRun(skeleton.Hooks):
         self.state_before = state_fingerprint(work)  # plain attributes; none may be written during the run
         # torch.manual_seed below reseeds every CUDA device: fork them all so the caller's RNGs are restored
         fork_devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
+        failed = False
         try:
             with torch.random.fork_rng(devices=fork_devices):
                 torch.manual_seed(key.aux_seed())
                 yield
+        except BaseException:
+            failed = True
+            raise
         finally:
             if self.flat is not None:
                 self.flat.release()
+            if failed and self.inplace:  # never leave the caller's model holding an uncertified iterate
+                restore_model(parts, self.before, self.buffers_before)
             for n, p in work.named_parameters():
                 p.requires_grad_(requires_grad[n])
             clear_training_state(work)
@@ -121,6 +136,8 @@ class TorchRun(skeleton.Hooks):
     # ------------------------------------------------------------------ the noisy phase
     def start(self) -> torch.Tensor | None:
         if self.opts.buffers == "recompute":
+            if self.inplace:  # the caller's statistics, put back if the run fails
+                self.buffers_before = cpu_copy(norm_buffers(self.parts))
             for _, module in self.parts.norms:
                 module.reset_running_stats()
         if self.s.variant is Variant.RETRAIN:
