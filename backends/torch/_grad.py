@@ -33,10 +33,10 @@ import torch
 from torch import nn
 
 from certun.backends.torch._func import FuncPerSample
-from certun.backends.torch._linear import LinearPerSample
+from certun.backends.torch._layers import LayerPerSample
 from certun.backends.torch._model import FlatParameters, opacus_problems
 from certun.backends.torch._steps import SAFETY
-from certun.backends.torch._sumcheck import check_per_sample_sum, linear_sums, opacus_sums, tf32_possible
+from certun.backends.torch._sumcheck import check_per_sample_sum, opacus_sums, tf32_possible
 from certun.errors import CertunError, UnlearningRunError, UnsupportedModelError
 
 __all__ = ["GradientComputer", "batch_size", "per_sample_loss"]
@@ -133,11 +133,11 @@ class GradientComputer:
         self.mode = mode
         self.C1 = C1
         self.hooks: Any = None
-        self.linear: LinearPerSample | None = None
+        self.layers: LayerPerSample | None = None
         self.func: FuncPerSample | None = None
         self.sums_checked = False
-        if mode == "per_sample" and LinearPerSample.applies(model, flat):
-            self.linear = LinearPerSample(model, flat)
+        if mode in ("per_sample", "ghost") and LayerPerSample.applies(model, flat):
+            self.layers = LayerPerSample(model, flat)
         elif mode in ("per_sample", "ghost") and opacus_problems(model):
             self.func = FuncPerSample(model, flat.names, flat.params)
         elif mode == "per_sample":
@@ -152,8 +152,8 @@ class GradientComputer:
     @property
     def implementation(self) -> str:
         """Which code computes the gradient (recorded in the certificate's execution extras)."""
-        if self.linear is not None:
-            return "certun fused per-sample clipping for nn.Linear (one backward)"
+        if self.layers is not None:
+            return "certun per-sample clipping (Linear/Conv2d/Embedding/LayerNorm/GroupNorm, one backward)"
         if self.func is not None:
             return "torch.func per-sample clipping (vmap over grad)"
         return {"per_sample": "opacus GradSampleHooks", "ghost": "opacus ghost clipping",
@@ -161,9 +161,9 @@ class GradientComputer:
 
     def close(self) -> None:
         """Remove every hook and every attribute Opacus put on parameters and modules."""
-        if self.linear is not None:
-            self.linear.close()
-            self.linear = None
+        if self.layers is not None:
+            self.layers.close()
+            self.layers = None
         if self.hooks is not None:
             self.hooks.cleanup()
             for module in self.model.modules():
@@ -176,7 +176,7 @@ class GradientComputer:
         """Forward and backward on one minibatch; ``flat.g`` then holds the gradient. Returns the mean loss."""
         if self.func is not None:
             return self._compute_func(inputs, targets)
-        if self.mode == "ghost" and self.hooks is None:
+        if self.mode == "ghost" and self.hooks is None and self.layers is None:
             self._probe_then_hook(inputs, targets)
         self.flat.point_grads()
         try:
@@ -234,24 +234,23 @@ class GradientComputer:
         if self.mode == "batch":
             losses.mean().backward()
             self.flat.gather_grads()
-        elif self.linear is not None:
+        elif self.layers is not None:
             losses.sum().backward()
-            self._check_sums_once()
-            self.linear.clip_into_g(len(losses), self.C1)
+            self._check_sums_once(len(losses))
+            self.layers.clip_into_g(len(losses), self.C1)
         elif self.mode == "per_sample":
             losses.sum().backward()
-            self._check_sums_once()
+            self._check_sums_once(len(losses))
             self._clip_per_sample(len(losses))
         else:
             self._ghost(losses)
 
-    def _check_sums_once(self) -> None:
+    def _check_sums_once(self, batch: int) -> None:
         """On the first step: the per-sample gradients (before clipping) must sum to autograd's batch gradient."""
         if self.sums_checked:
             return
-        names = {id(p): n for n, p in zip(self.flat.names, self.flat.params, strict=True)}
-        if self.linear is not None:
-            sums, scale = linear_sums(self.linear.layers, self.linear.records, names)
+        if self.layers is not None:
+            sums, scale = self.layers.sums(batch)
         else:
             samples = {n: p.grad_sample for n, p in zip(self.flat.names, self.flat.params, strict=True)
                        if isinstance(getattr(p, "grad_sample", None), torch.Tensor)}
