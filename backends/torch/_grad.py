@@ -235,7 +235,7 @@ class GradientComputer:
             losses.mean().backward()
             self.flat.gather_grads()
         elif self.layers is not None:
-            losses.sum().backward()
+            self.layers.backward(losses.sum(), full=not self.sums_checked)
             self._check_sums_once(len(losses))
             self.layers.clip_into_g(len(losses), self.C1)
         elif self.mode == "per_sample":

@@ -62,6 +62,7 @@ class LayerPerSample:
             if own:
                 self.layers.append((path, module, own, {r: names[id(roles[r])] for r in own}))
         self.records: dict[int, list[list[Any]]] = {}
+        self.keep: dict[int, dict[str, torch.Tensor]] = {}
         self.handles = [module.register_forward_hook(self._capture) for _, module, _, _ in self.layers]
 
     @staticmethod
@@ -81,7 +82,7 @@ class LayerPerSample:
     def _capture(self, module: nn.Module, inputs: tuple[Any, ...], output: torch.Tensor) -> None:
         if not torch.is_grad_enabled() or not isinstance(output, torch.Tensor) or not output.requires_grad:
             return
-        entry: list[Any] = [inputs[0].detach(), None]
+        entry: list[Any] = [inputs[0].detach(), None, output, inputs[0]._version, output._version]
         self.records.setdefault(id(module), []).append(entry)
 
         def keep(grad: torch.Tensor, entry: list[Any] = entry) -> None:
@@ -94,7 +95,31 @@ class LayerPerSample:
         for handle in self.handles:
             handle.remove()
         self.handles = []
+        self.clear()
+
+    def clear(self) -> None:
+        """Drop this step's captured inputs, output gradients and kept per-sample gradients."""
         self.records.clear()
+        self.keep.clear()
+
+    def backward(self, total: torch.Tensor, *, full: bool) -> None:
+        """Output gradients of every hooked layer call from one backward of ``total`` (the summed loss).
+
+        ``full``: an ordinary backward, which also fills every ``p.grad`` (what the per-sample sum check
+        compares with). Otherwise only the gradients at the layers' outputs are computed (no weight
+        gradient that clipping would discard), unless a captured input or output was modified in place
+        after the layer ran: then the gradient autograd would give for it is not the layer's, and the
+        ordinary backward (whose tensor hooks see the layer's own output) is used.
+        """
+        entries = [e for calls in self.records.values() for e in calls]
+        if not full and all(e[0]._version == e[3] and e[2]._version == e[4] for e in entries):
+            grads = torch.autograd.grad(total, [e[2] for e in entries], allow_unused=True)
+            for e, grad in zip(entries, grads, strict=True):
+                e[1] = torch.zeros_like(e[2]) if grad is None else grad
+        else:
+            total.backward()
+        for e in entries:
+            del e[2:]  # the output (and the graph behind it) is no longer needed
 
     def _entries(self, path: str, module: nn.Module, batch: int) -> Entries | None:
         """The layer's ``(input, output gradient)`` pairs of this step; ``None`` when its forward did not run."""
@@ -108,16 +133,16 @@ class LayerPerSample:
                         "cannot be captured and would be taken as zero",
                         "call the layer as a module, or use clip='batch'")])
             return None
-        if any(G is None for _, G in entries):
+        if any(e[1] is None for e in entries):
             raise UnlearningRunError(f"layer {path!r} ran forward but received no gradient")
-        for A, G in entries:
+        for A, G, *_ in entries:
             if A.dim() == 0 or A.shape[0] != batch or G.shape[0] != batch:
                 raise UnlearningRunError(
                     f"layer {path!r} saw inputs of shape {tuple(A.shape)} whose first axis is not the batch "
                     f"({batch}): per-sample clipping needs batch-first inputs at every layer (a sequence-first "
                     "layout such as (S, B, F) would be split along the wrong axis); use batch-first layers or "
                     "clip='batch'")
-        return [(A, G) for A, G in entries]
+        return [(e[0], e[1]) for e in entries]
 
     def sq_norms(self, batch: int) -> torch.Tensor:
         """Each sample's squared gradient norm over all unlearned parameters, float64, shape ``(B,)``."""
@@ -125,7 +150,8 @@ class LayerPerSample:
         for path, module, views, _ in self.layers:
             entries = self._entries(path, module, batch)
             if entries is not None:
-                norms = RULES[type(module)][1](module, entries, batch, self.flat.g.dtype)
+                keep = self.keep.setdefault(id(module), {})
+                norms = RULES[type(module)][1](module, entries, batch, self.flat.g.dtype, keep)
                 for role in views:
                     total += norms[role]
         return total
@@ -140,7 +166,8 @@ class LayerPerSample:
                 for view in target.values():
                     view.zero_()  # unused this step: zero gradient
             else:
-                RULES[type(module)][2](module, entries, coef.to(self.flat.g.dtype), target)
+                RULES[type(module)][2](module, entries, coef.to(self.flat.g.dtype), target,
+                                       self.keep.get(id(module)))
 
     def sums(self, batch: int) -> tuple[dict[str, torch.Tensor], float]:
         """``({name: Σ_i g_i}, Σ_i ‖g_i‖)`` before clipping, what the per-sample sum check compares."""
@@ -154,4 +181,4 @@ class LayerPerSample:
         sq = self.sq_norms(batch) if sq is None else sq
         coef = torch.clamp(C1 * (1.0 - SAFETY) / sq.sqrt(), max=1.0).div_(batch)
         self.write(coef)
-        self.records.clear()
+        self.clear()

@@ -48,7 +48,7 @@ def _ids_and_grads(module: nn.Embedding, entries: list[tuple[torch.Tensor, torch
 
 
 def embedding_norms(module: nn.Embedding, entries: list[tuple[torch.Tensor, torch.Tensor]], batch: int,
-                    dtype: torch.dtype) -> dict[str, torch.Tensor]:
+                    dtype: torch.dtype, keep: dict | None = None) -> dict[str, torch.Tensor]:
     """Squared per-sample norm (float64, shape ``(B,)``) of the weight gradient, repeated ids summed first."""
     ids, g = _ids_and_grads(module, entries, batch, dtype)
     s = ids.shape[1]
@@ -64,7 +64,7 @@ def embedding_norms(module: nn.Embedding, entries: list[tuple[torch.Tensor, torc
 
 
 def embedding_write(module: nn.Embedding, entries: list[tuple[torch.Tensor, torch.Tensor]], coef: torch.Tensor,
-                    out: dict[str, torch.Tensor]) -> None:
+                    out: dict[str, torch.Tensor], keep: dict | None = None) -> None:
     """``Σ_i coef_i · g_i`` of the weight into ``out["weight"]``: one ``index_add`` over every token."""
     if "weight" not in out:
         return
@@ -103,14 +103,14 @@ def _summed(module: nn.Module, entries: list[tuple[torch.Tensor, torch.Tensor]],
 
 
 def norm_layer_norms(module: nn.Module, entries: list[tuple[torch.Tensor, torch.Tensor]], batch: int,
-                     dtype: torch.dtype) -> dict[str, torch.Tensor]:
+                     dtype: torch.dtype, keep: dict | None = None) -> dict[str, torch.Tensor]:
     """Squared per-sample norms (float64, shape ``(B,)``) of the affine weight and bias gradients."""
     return {role: v.reshape(batch, -1).pow(2).sum(dim=1, dtype=F64)
             for role, v in _summed(module, entries, batch, dtype).items()}
 
 
 def norm_layer_write(module: nn.Module, entries: list[tuple[torch.Tensor, torch.Tensor]], coef: torch.Tensor,
-                     out: dict[str, torch.Tensor]) -> None:
+                     out: dict[str, torch.Tensor], keep: dict | None = None) -> None:
     """``Σ_i coef_i · g_i`` of the affine weight and bias into ``out``."""
     dtype = next(iter(out.values())).dtype
     for role, v in _summed(module, entries, int(coef.shape[0]), dtype).items():

@@ -23,24 +23,39 @@ from torch import nn
 __all__ = ["conv2d_norms", "conv2d_support", "conv2d_write", "linear_norms", "linear_write", "put"]
 
 F64 = torch.float64
+Entries = list[tuple[torch.Tensor, torch.Tensor]]
 #: Upper bound on the elements of one materialised per-sample chunk (memory stays ~128 MB in float32).
 _CHUNK_ELEMENTS = 1 << 25
+#: Per-sample weight gradients of a layer up to this many elements are kept from the norm pass for the
+#: clipped sum (one matrix-vector product); larger ones are recomputed as a weighted batch gradient.
+KEEP_ELEMENTS = 1 << 24
 
 
-def outer_sq_norms(a: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
-    """``‖Σ_s g_s a_sᵀ‖²`` per row of ``a (N, S, I)``, ``g (N, S, O)``, float64, by the cheaper method."""
+def _cat(parts: list[torch.Tensor], dim: int) -> torch.Tensor:
+    return parts[0] if len(parts) == 1 else torch.cat(parts, dim=dim)
+
+
+def outer_sq_norms(a: torch.Tensor, g: torch.Tensor, keep: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+    """``‖Σ_s g_s a_sᵀ‖²`` per row of ``a (N, S, I)``, ``g (N, S, O)``, float64, by the cheaper method.
+
+    When the per-sample matrices are materialised and small enough, they are put in ``keep["weight"]``
+    (shape ``(N, O, I)``) for the clipped sum.
+    """
     n, s, i = a.shape
     o = g.shape[-1]
+    out = torch.empty(n, dtype=F64, device=a.device)
     if s == 1:
         return a.pow(2).sum(dim=(1, 2), dtype=F64) * g.pow(2).sum(dim=(1, 2), dtype=F64)
     if 2 * s * (i + o) < i * o:  # ghost, float64 Gram matrices cost about twice a float32 product
-        out = torch.empty(n, dtype=F64, device=a.device)
         step = max(1, _CHUNK_ELEMENTS // (s * s))
         for k in range(0, n, step):
             a64, g64 = a[k:k + step].to(F64), g[k:k + step].to(F64)
             out[k:k + step] = ((a64 @ a64.mT) * (g64 @ g64.mT)).sum(dim=(1, 2))
         return out
-    out = torch.empty(n, dtype=F64, device=a.device)
+    if keep is not None and n * i * o <= KEEP_ELEMENTS:
+        per = torch.bmm(g.mT, a)
+        keep["weight"] = per
+        return per.pow(2).sum(dim=(1, 2), dtype=F64)
     step = max(1, _CHUNK_ELEMENTS // (i * o))
     for k in range(0, n, step):
         out[k:k + step] = torch.bmm(g[k:k + step].mT, a[k:k + step]).pow(2).sum(dim=(1, 2), dtype=F64)
@@ -51,29 +66,31 @@ def _tokens(t: torch.Tensor, batch: int, dtype: torch.dtype) -> torch.Tensor:
     return t.reshape(batch, -1, t.shape[-1]).to(dtype)
 
 
-def linear_norms(module: nn.Linear, entries: list[tuple[torch.Tensor, torch.Tensor]], batch: int,
-                 dtype: torch.dtype) -> dict[str, torch.Tensor]:
+def linear_norms(module: nn.Linear, entries: Entries, batch: int, dtype: torch.dtype,
+                 keep: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
     """Squared per-sample norms (float64, shape ``(B,)``) of the weight and bias gradients."""
-    a = torch.cat([_tokens(A, batch, dtype) for A, _ in entries], dim=1)
-    g = torch.cat([_tokens(G, batch, dtype) for _, G in entries], dim=1)
-    out = {"weight": outer_sq_norms(a, g)}
+    a = _cat([_tokens(A, batch, dtype) for A, _ in entries], dim=1)
+    g = _cat([_tokens(G, batch, dtype) for _, G in entries], dim=1)
+    out = {"weight": outer_sq_norms(a, g, keep)}
     if module.bias is not None:
         out["bias"] = g.sum(dim=1).pow(2).sum(dim=1, dtype=F64) if g.shape[1] > 1 else g.pow(2).sum((1, 2), dtype=F64)
     return out
 
 
-def linear_write(module: nn.Linear, entries: list[tuple[torch.Tensor, torch.Tensor]], coef: torch.Tensor,
-                 out: dict[str, torch.Tensor]) -> None:
+def linear_write(module: nn.Linear, entries: Entries, coef: torch.Tensor, out: dict[str, torch.Tensor],
+                 keep: dict[str, torch.Tensor] | None = None) -> None:
     """``Σ_i coef_i · g_i`` of the weight and bias into ``out`` (tensors of the parameters' shapes)."""
     batch = int(coef.shape[0])
     for k, (A, G) in enumerate(entries):
         dtype = next(iter(out.values())).dtype
         a = _tokens(A, batch, dtype)
         gc = _tokens(G, batch, dtype) * coef[:, None, None]
-        if "weight" in out:
+        if "weight" in out and not (keep and "weight" in keep):
             put(out["weight"], gc.reshape(-1, gc.shape[-1]).t() @ a.reshape(-1, a.shape[-1]), k == 0)
         if "bias" in out:
             put(out["bias"], gc.sum(dim=(0, 1)), k == 0)
+    if "weight" in out and keep and "weight" in keep:
+        put(out["weight"], torch.mv(keep["weight"].reshape(batch, -1).t(), coef), True)
 
 
 def put(target: torch.Tensor, value: torch.Tensor, first: bool) -> None:
@@ -106,37 +123,41 @@ def _geometry(module: nn.Conv2d, A: torch.Tensor) -> tuple[torch.Tensor, tuple[i
 
 def _unfolded(module: nn.Conv2d, A: torch.Tensor, G: torch.Tensor, dtype: torch.dtype
               ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(a, g)`` of shapes ``(B·groups, L, Cin/groups·kh·kw)`` and ``(B·groups, L, Cout/groups)``."""
+    """``(a, g)`` of shapes ``(B·groups, L, Cin/groups·kh·kw)`` and ``(B·groups, L, Cout/groups)`` (views)."""
     x, padding = _geometry(module, A.to(dtype))
     batch, groups = x.shape[0], module.groups
     cols = F.unfold(x, module.kernel_size, dilation=module.dilation, padding=padding, stride=module.stride)
     length = cols.shape[-1]
-    a = cols.reshape(batch, groups, -1, length).transpose(2, 3).reshape(batch * groups, length, -1)
-    g = G.to(dtype).reshape(batch, groups, -1, length).transpose(2, 3).reshape(batch * groups, length, -1)
+    a = cols.view(batch * groups, -1, length).mT
+    g = G.to(dtype).reshape(batch * groups, -1, length).mT
     return a, g
 
 
-def conv2d_norms(module: nn.Conv2d, entries: list[tuple[torch.Tensor, torch.Tensor]], batch: int,
-                 dtype: torch.dtype) -> dict[str, torch.Tensor]:
+def conv2d_norms(module: nn.Conv2d, entries: Entries, batch: int, dtype: torch.dtype,
+                 keep: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
     """Squared per-sample norms (float64, shape ``(B,)``) of the weight and bias gradients."""
     pairs = [_unfolded(module, A, G, dtype) for A, G in entries]
-    a = torch.cat([p[0] for p in pairs], dim=1)
-    g = torch.cat([p[1] for p in pairs], dim=1)
-    out = {"weight": outer_sq_norms(a, g).reshape(batch, -1).sum(dim=1)}
+    a = _cat([p[0] for p in pairs], dim=1)
+    g = _cat([p[1] for p in pairs], dim=1)
+    out = {"weight": outer_sq_norms(a, g, keep).reshape(batch, -1).sum(dim=1)}
     if module.bias is not None:
         out["bias"] = g.sum(dim=1).pow(2).reshape(batch, -1).sum(dim=1, dtype=F64)
     return out
 
 
-def conv2d_write(module: nn.Conv2d, entries: list[tuple[torch.Tensor, torch.Tensor]], coef: torch.Tensor,
-                 out: dict[str, torch.Tensor]) -> None:
-    """``Σ_i coef_i · g_i`` of the weight and bias into ``out``: one weight-gradient convolution per call."""
+def conv2d_write(module: nn.Conv2d, entries: Entries, coef: torch.Tensor, out: dict[str, torch.Tensor],
+                 keep: dict[str, torch.Tensor] | None = None) -> None:
+    """``Σ_i coef_i · g_i`` of the weight and bias into ``out``: kept per-sample gradients weighted by
+    ``coef`` (one matrix-vector product), or one weight-gradient convolution per call."""
+    batch = int(coef.shape[0])
     for k, (A, G) in enumerate(entries):
         dtype = next(iter(out.values())).dtype
-        x, padding = _geometry(module, A.to(dtype))
         gc = G.to(dtype) * coef[:, None, None, None]
-        if "weight" in out:
+        if "weight" in out and not (keep and "weight" in keep):
+            x, padding = _geometry(module, A.to(dtype))
             put(out["weight"], torch.nn.grad.conv2d_weight(x, module.weight.shape, gc, module.stride, padding,
                                                            module.dilation, module.groups), k == 0)
         if "bias" in out:
             put(out["bias"], gc.sum(dim=(0, 2, 3)), k == 0)
+    if "weight" in out and keep and "weight" in keep:
+        put(out["weight"], torch.mv(keep["weight"].reshape(batch, -1).t(), coef), True)
