@@ -214,14 +214,21 @@ class GradientComputer:
             raise self._pass_error("forward", exc) from exc
 
     def _check_func_sums(self, inputs: Any, targets: Any) -> None:
-        """Σ_i g_i by torch.func against autograd's batch gradient (random state restored: the run is unchanged)."""
+        """Σ_i g_i by torch.func against autograd's batch gradient (random state restored: the run is unchanged).
+
+        Made in eval mode: under ``vmap`` dropout draws other masks than in a batch forward, so the two
+        sides would differ by the masks; the check is about how the parameters are used, which dropout
+        does not change (batch-mixing norm layers, which eval mode would alter, are refused before).
+        """
         device = self.flat.g.device
         devices = [device.index if device.index is not None else torch.cuda.current_device()] \
             if device.type == "cuda" else []
-        with torch.random.fork_rng(devices=devices):
-            sums, scale = self.func.sums(self._sample_loss, inputs, targets)
+        modes = [(m, m.training) for m in self.model.modules()]
+        self.model.eval()
         self.flat.point_grads()
         try:
+            with torch.random.fork_rng(devices=devices):
+                sums, scale = self.func.sums(self._sample_loss, inputs, targets)
             with torch.random.fork_rng(devices=devices):
                 per_sample_loss(self.loss_fn, self.model(inputs), targets).sum().backward()
             batch = {n: p.grad for n, p in zip(self.flat.names, self.flat.params, strict=True)}
@@ -229,6 +236,8 @@ class GradientComputer:
                                                      tf32=tf32_possible(device))
         finally:
             self.flat.clear_grads()
+            for module, mode in modes:
+                module.training = mode
 
     def _backward(self, losses: torch.Tensor) -> None:
         if self.mode == "batch":
