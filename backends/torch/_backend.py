@@ -40,6 +40,7 @@ from certun.backends import _skeleton as skeleton
 from certun.backends._options import RunOptions
 from certun.backends.base import RunResult
 from certun.backends.torch._data import resolve_device
+from certun.backends.torch._precision import check_autocast
 from certun.backends.torch._run import TorchRun
 from certun.errors import InvalidParameterError
 
@@ -89,14 +90,15 @@ class TorchBackend:
         noise_source: Callable[[int, int], Any] | None = None,
         inplace: bool = False,
         previous: Any = None,
+        autocast: str | None = None,
     ) -> RunResult:
         """Unlearn: run ``schedule``'s noisy phase on ``model`` with retain data only, then post-process.
 
         ``model`` is deep-copied unless ``inplace=True``; ``data`` is a re-iterable of ``(inputs, targets)``
         retain batches (a ``DataLoader``); ``loss_fn`` accepts ``reduction="none"``. ``seed=None`` (default)
         keys the noise from the OS; an integer seed is for tests and audits only, and a previous run's
-        ``seed_opening`` replays that run (never certified). Every option, its default and why it exists:
-        docs/backends.md ("Options of the torch backend"); the modes are the enums of
+        ``seed_opening`` replays that run (never certified). Every option (``autocast``: :mod:`._precision`), its
+        default and why it exists: docs/backends.md ("Options of the torch backend"); the modes are the enums of
         :mod:`certun.backends`, accepted as members or strings.
 
         Returns:
@@ -111,11 +113,12 @@ class TorchBackend:
                                 finetune_lr=finetune_lr, noise_mode=noise_mode, progress=progress,
                                 callback=callback, noise_source=noise_source, buffers=buffers, frozen=frozen,
                                 attributes=attributes)
+        cast = check_autocast(autocast)
         _check_callables(model, loss_fn, model_factory)
         if params is not None and not isinstance(params, str):
             params = list(params)  # iterated more than once (e.g. model.parameters(), a generator)
         skeleton.check_seed(seed)
         hooks = TorchRun(model, data, schedule, opts, loss_fn=loss_fn, params=params, center=center,
-                         device=resolve_device(device), model_factory=model_factory, inplace=inplace)
+                         device=resolve_device(device), model_factory=model_factory, inplace=inplace, autocast=cast)
         return skeleton.run(hooks, data, schedule, opts, seed=seed, previous=previous, retain_ids=retain_ids,
                             forget_ids=forget_ids)
