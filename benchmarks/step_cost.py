@@ -3,7 +3,9 @@
 Models: a Fashion-MNIST-sized CNN, a 10M-parameter MLP, a ResNet-18 with GroupNorm whose residual
 adds are out of place, and a 2-layer ``nn.TransformerEncoder`` classifier on token ids (per-sample
 clipping by ``torch.func`` there). Each configuration runs ``certun``'s torch backend for ``--steps``
-noisy steps on one fixed batch and reports the median wall time of a step (synchronised on CUDA), its
+noisy steps on one fixed batch and reports the median time of a step (this process's CPU time on a CPU,
+run with one thread, so that a shared machine's other load counts as little as it can; wall time,
+synchronised, on CUDA), its
 ratio to a plain ``torch.optim.SGD`` step (forward, backward, update) on the same model and batch, and
 its ratio to the *floor*: that SGD step plus one draw of ``d`` Gaussians by the run's keyed sampler
 (timed in the same run). Per-sample rows are timed twice: certun's own per-layer path and, for
@@ -178,33 +180,40 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def _clock(device: torch.device) -> Callable[[], float]:
+    """This process's CPU time on a CPU (one thread: on a shared machine wall time would measure the
+    neighbours' load), wall time on CUDA (synchronised by the callers)."""
+    return time.process_time if device.type == "cpu" else time.perf_counter
+
+
 def time_sgd(model: nn.Module, X: torch.Tensor, y: torch.Tensor, steps: int, device: torch.device) -> list[float]:
-    """Wall time of each plain SGD step (zero_grad, forward, backward, step), synchronised."""
+    """Time of each plain SGD step (zero_grad, forward, backward, step), synchronised (:func:`_clock`)."""
     model = model.to(device).train()
     opt = torch.optim.SGD(model.parameters(), lr=1e-3)
-    out = []
+    clock, out = _clock(device), []
     for _ in range(steps):
         _sync(device)
-        t0 = time.perf_counter()
+        t0 = clock()
         opt.zero_grad(set_to_none=True)
         F.cross_entropy(model(X), y).backward()
         opt.step()
         _sync(device)
-        out.append(time.perf_counter() - t0)
+        out.append(clock() - t0)
     return out
 
 
 def time_unlearn(model: nn.Module, X: torch.Tensor, y: torch.Tensor, schedule: certun.Schedule, clip: str,
                  device: torch.device) -> list[float]:
-    """Wall time of each noisy step of the torch backend (from its history, synchronised by the callback)."""
+    """Time of each noisy step of the torch backend (stamps taken by the callback, synchronised; :func:`_clock`)."""
     stamps: list[float] = []
+    clock = _clock(device)
 
     def callback(t: int, x: torch.Tensor) -> None:
         _sync(device)
-        stamps.append(time.perf_counter())
+        stamps.append(clock())
 
     _sync(device)
-    stamps.append(time.perf_counter())
+    stamps.append(clock())
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UnsafeNoiseWarning)
         get_backend("torch").unlearn(model, [(X, y)], schedule, loss_fn=F.cross_entropy, clip=clip, seed=0,
@@ -214,17 +223,17 @@ def time_unlearn(model: nn.Module, X: torch.Tensor, y: torch.Tensor, schedule: c
 
 
 def time_noise(d: int, steps: int, device: torch.device) -> list[float]:
-    """Wall time of each draw of ``d`` standard normals by the run's keyed float64 sampler, on ``device``."""
+    """Time of each draw of ``d`` standard normals by the run's keyed float64 sampler (:func:`_clock`)."""
     from certun.backends.noise import NoiseGenerator, fresh_key
 
     gen = NoiseGenerator(fresh_key())
-    out = []
+    clock, out = _clock(device), []
     for t in range(steps):
         _sync(device)
-        t0 = time.perf_counter()
+        t0 = clock()
         gen.normal_torch(t, d, device=device)
         _sync(device)
-        out.append(time.perf_counter() - t0)
+        out.append(clock() - t0)
     return out
 
 
