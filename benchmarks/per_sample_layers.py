@@ -3,7 +3,8 @@
 For each layer type certun has a rule for (Linear, Linear on tokens, Conv2d, Embedding, LayerNorm,
 GroupNorm), a small model whose only unlearned parameters are that layer's (a frozen linear head
 makes the loss) computes the per-sample clipped mean gradient of one batch, by each implementation,
-and the median wall time of a call is printed. This is how certun chose, per layer, which code runs.
+and the median CPU time of a call (this process, one thread) is printed. This is how certun chose,
+per layer, which code runs.
 
     OMP_NUM_THREADS=1 python benchmarks/per_sample_layers.py [--batch 128] [--repeats 15]
 """
@@ -77,9 +78,9 @@ def time_path(layer: nn.Module, model: nn.Module, make_x: Callable[[], torch.Ten
     try:
         computer.compute(x, y)  # first step: the per-sample sum check
         for _ in range(repeats):
-            t0 = time.perf_counter()
+            t0 = time.process_time()  # one thread: this process's CPU time, not the shared machine's load
             computer.compute(x, y)
-            times.append(time.perf_counter() - t0)
+            times.append(time.process_time() - t0)
     finally:
         computer.close()
         flat.release()

@@ -80,6 +80,7 @@ CASES = {
     "conv_plain": (lambda: _conv(), "image"),
     "conv_stride_pad_dil": (lambda: _conv(stride=2, padding=2, dilation=2), "image"),
     "conv_groups_nobias": (lambda: _conv(cout=4, groups=2, bias=False), "image"),
+    "conv_groups_bias_stride": (lambda: _conv(cout=6, groups=2, stride=(2, 1), padding=(0, 1)), "image"),
     "conv_same_reflect": (lambda: _conv(padding="same", padding_mode="reflect"), "image"),
     "conv_valid_circular": (lambda: _conv(padding=1, padding_mode="circular", stride=(1, 2)), "image"),
     "mixed_gn_ln_reuse": (_mixed, "image"),
@@ -204,3 +205,14 @@ def test_embedding_used_functionally_is_refused():
         computer.compute(torch.randint(0, 6, (4, 3)), torch.randint(0, 6, (4,)))
     computer.close()
     flat.release()
+
+
+@pytest.mark.parametrize("name", ["mixed_gn_ln_reuse", "conv_wide_ghost_norms", "tokens_wide_ghost_norms", "tokens"])
+def test_norms_computed_in_chunks_of_samples_agree(name, monkeypatch):
+    """With tiny memory budgets every rule works a few samples at a time: same result."""
+    from certun.backends.torch import _rules_other, _rules_outer
+
+    monkeypatch.setattr(_rules_outer, "_CHUNK_ELEMENTS", 100)
+    monkeypatch.setattr(_rules_outer, "KEEP_ELEMENTS", 0)
+    monkeypatch.setattr(_rules_other, "_GRAM_ELEMENTS", 40)
+    test_clipped_mean_matches_a_per_example_loop(name, "per_sample")

@@ -135,14 +135,47 @@ def _unfolded(module: nn.Conv2d, A: torch.Tensor, G: torch.Tensor, dtype: torch.
 
 def conv2d_norms(module: nn.Conv2d, entries: Entries, batch: int, dtype: torch.dtype,
                  keep: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
-    """Squared per-sample norms (float64, shape ``(B,)``) of the weight and bias gradients."""
-    pairs = [_unfolded(module, A, G, dtype) for A, G in entries]
-    a = _cat([p[0] for p in pairs], dim=1)
-    g = _cat([p[1] for p in pairs], dim=1)
-    out = {"weight": outer_sq_norms(a, g, keep).reshape(batch, -1).sum(dim=1)}
+    """Squared per-sample norms (float64, shape ``(B,)``) of the weight and bias gradients.
+
+    Ghost norms on unfolded patches where they cost fewer operations (few output positions, wide
+    layers); otherwise the per-sample weight gradients themselves, as one grouped weight-gradient
+    convolution with the batch folded into the groups (2–3× faster than ``unfold`` and ``bmm`` on a CPU).
+    """
+    length = sum(G[0, 0].numel() for _, G in entries)
+    i = module.in_channels // module.groups * module.kernel_size[0] * module.kernel_size[1]
+    o = module.out_channels // module.groups
+    if 2 * length * (i + o) < i * o:
+        pairs = [_unfolded(module, A, G, dtype) for A, G in entries]
+        g = _cat([p[1] for p in pairs], dim=1)
+        weight = outer_sq_norms(_cat([p[0] for p in pairs], dim=1), g).reshape(batch, -1).sum(dim=1)
+        bias = g.sum(dim=1).pow(2).reshape(batch, -1).sum(dim=1, dtype=F64)
+    else:
+        step = max(1, _CHUNK_ELEMENTS // module.weight.numel())  # memory: at most one chunk of samples
+        weight = torch.empty(batch, dtype=F64, device=module.weight.device)
+        for k in range(0, batch, step):
+            per = _per_sample_conv(module, [(A[k:k + step], G[k:k + step]) for A, G in entries], dtype)
+            weight[k:k + step] = per.pow(2).sum(dim=1, dtype=F64)
+            if keep is not None and step >= batch and per.numel() <= KEEP_ELEMENTS:
+                keep["weight"] = per
+        bias = sum(G.to(dtype).sum(dim=(2, 3)) for _, G in entries).pow(2).sum(dim=1, dtype=F64)
+    out = {"weight": weight}
     if module.bias is not None:
-        out["bias"] = g.sum(dim=1).pow(2).reshape(batch, -1).sum(dim=1, dtype=F64)
+        out["bias"] = bias
     return out
+
+
+def _per_sample_conv(module: nn.Conv2d, entries: Entries, dtype: torch.dtype) -> torch.Tensor:
+    """Per-sample weight gradients ``(B, weight.numel())``: the batch folded into the convolution's groups."""
+    batch = entries[0][0].shape[0]
+    shape = (batch * module.out_channels, module.in_channels // module.groups, *module.kernel_size)
+    total = None
+    for A, G in entries:
+        x, padding = _geometry(module, A.to(dtype))
+        w = torch.nn.grad.conv2d_weight(x.reshape(1, -1, *x.shape[2:]), shape,
+                                        G.to(dtype).reshape(1, -1, *G.shape[2:]), module.stride, padding,
+                                        module.dilation, batch * module.groups).view(batch, -1)
+        total = w if total is None else total + w
+    return total
 
 
 def conv2d_write(module: nn.Conv2d, entries: Entries, coef: torch.Tensor, out: dict[str, torch.Tensor],
