@@ -216,3 +216,32 @@ def test_norms_computed_in_chunks_of_samples_agree(name, monkeypatch):
     monkeypatch.setattr(_rules_outer, "KEEP_ELEMENTS", 0)
     monkeypatch.setattr(_rules_other, "_GRAM_ELEMENTS", 40)
     test_clipped_mean_matches_a_per_example_loop(name, "per_sample")
+
+
+def test_layers_called_with_keyword_inputs_are_captured():
+    """``layer(input=x)`` hands the forward hook no positional input: it must still be captured."""
+
+    class Keyword(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(2, 3, 3)
+            self.fc = nn.Linear(27, 3)
+
+        def forward(self, x):
+            return self.fc(input=torch.tanh(self.conv(input=x)).flatten(1))
+
+    torch.manual_seed(0)
+    model = Keyword().double()
+    x, y = _data("image")
+    params = list(model.parameters())
+    _, expected, C1 = _naive(model, params, x, y, None)
+    flat = FlatParameters(tuple(n for n, _ in model.named_parameters()), params, device=torch.device("cpu"),
+                          dtype=torch.float64)
+    computer = GradientComputer(model, flat, F.cross_entropy, mode="per_sample", C1=C1)
+    try:
+        for _ in range(2):
+            computer.compute(x, y)
+            torch.testing.assert_close(flat.g, expected, rtol=1e-10, atol=1e-12)
+    finally:
+        computer.close()
+        flat.release()

@@ -63,7 +63,7 @@ class LayerPerSample:
                 self.layers.append((path, module, own, {r: names[id(roles[r])] for r in own}))
         self.records: dict[int, list[list[Any]]] = {}
         self.keep: dict[int, dict[str, torch.Tensor]] = {}
-        self.handles = [module.register_forward_hook(self._capture) for _, module, _, _ in self.layers]
+        self.handles = [m.register_forward_hook(self._capture, with_kwargs=True) for _, m, _, _ in self.layers]
 
     @staticmethod
     def applies(model: nn.Module, flat: FlatParameters) -> bool:
@@ -79,10 +79,13 @@ class LayerPerSample:
                                if isinstance(p := getattr(module, r, None), nn.Parameter))
         return all(id(p) in covered and owners.get(id(p)) == 1 for p in flat.params)
 
-    def _capture(self, module: nn.Module, inputs: tuple[Any, ...], output: torch.Tensor) -> None:
+    def _capture(self, module: nn.Module, inputs: tuple[Any, ...], kwargs: dict[str, Any], output: Any) -> None:
         if not torch.is_grad_enabled() or not isinstance(output, torch.Tensor) or not output.requires_grad:
             return
-        entry: list[Any] = [inputs[0].detach(), None, output, inputs[0]._version, output._version]
+        x = inputs[0] if inputs else kwargs.get("input")  # every ruled layer names its input ``input``
+        if not isinstance(x, torch.Tensor):
+            raise UnlearningRunError(f"a {type(module).__name__} layer was called without a tensor input")
+        entry: list[Any] = [x.detach(), None, output, x._version, output._version]
         self.records.setdefault(id(module), []).append(entry)
 
         def keep(grad: torch.Tensor, entry: list[Any] = entry) -> None:
