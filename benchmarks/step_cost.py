@@ -305,6 +305,8 @@ def run_model(name: str, build: Callable[[], nn.Module], make_x: Callable[[torch
     rows = [_row(name, d, "plain SGD", "-", sgd, sgd, sgd + noise),
             _row(name, d, f"draw of d Gaussians (keyed, {device.type})", "-", noise, sgd, sgd + noise),
             _row(name, d, "floor = SGD + draw", "-", sgd + noise, sgd, sgd + noise)]
+    # untimed warm-up: the first run in a process pays for lazy imports, allocator growth and page faults
+    time_unlearn(build_copy(base), X, y, configurations(2)[0][2](), "batch", device)
     for label, clip, make in configurations(steps):
         mode = clip.split("[")[0]
         try:
