@@ -1,10 +1,15 @@
 """Median cost of one noisy unlearning step, per variant and clipping mode, against a plain SGD step.
 
-Models: a Fashion-MNIST-sized CNN, a 10M-parameter MLP, and a ResNet-18
-with GroupNorm whose residual adds are out of place (so that Opacus' per-sample hooks can run it).
-Each configuration runs ``certun``'s torch backend for ``--steps`` noisy steps on one fixed batch and
-reports the median wall time of a step (synchronised on CUDA) and its ratio to a plain
-``torch.optim.SGD`` step (forward, backward, update) on the same model and batch.
+Models: a Fashion-MNIST-sized CNN, a 10M-parameter MLP, a ResNet-18 with GroupNorm whose residual
+adds are out of place, and a 2-layer ``nn.TransformerEncoder`` classifier on token ids (per-sample
+clipping by ``torch.func`` there). Each configuration runs ``certun``'s torch backend for ``--steps``
+noisy steps on one fixed batch and reports the median time of a step (this process's CPU time on a CPU,
+run with one thread, so that a shared machine's other load counts as little as it can; wall time,
+synchronised, on CUDA), its
+ratio to a plain ``torch.optim.SGD`` step (forward, backward, update) on the same model and batch, and
+its ratio to the *floor*: that SGD step plus one draw of ``d`` Gaussians by the run's keyed sampler
+(timed in the same run). Per-sample rows are timed twice: certun's own per-layer path and, for
+comparison, Opacus' hooks (``per_sample[opacus]``).
 
     python benchmarks/step_cost.py            # full sizes; meant for a GPU
     python benchmarks/step_cost.py --quick    # small sizes, a few steps: runs on a CPU in a minute
@@ -16,13 +21,14 @@ Results are printed as a table (and written as JSON with ``--json PATH``); docs/
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import itertools
 import json
 import statistics
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import torch
 import torch.nn.functional as F  # noqa: N812 (the conventional name)
@@ -97,6 +103,21 @@ class ResNet18GN(nn.Module):
         return self.head(F.adaptive_avg_pool2d(self.blocks(self.stem(x)), 1).flatten(1))
 
 
+class TransformerClassifier(nn.Module):
+    """Token ids -> embedding -> 2-layer ``nn.TransformerEncoder`` (batch first) -> mean over tokens -> linear."""
+
+    def __init__(self, vocab: int = 1000, width: int = 64, heads: int = 4, layers: int = 2, classes: int = 10):
+        super().__init__()
+        self.embed = nn.Embedding(vocab, width)
+        layer = nn.TransformerEncoderLayer(width, heads, 2 * width, dropout=0.1, batch_first=True)
+        self.encoder = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
+        self.head = nn.Linear(width, classes)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        """Embed, encode, average the tokens, classify."""
+        return self.head(self.encoder(self.embed(ids)).mean(dim=1))
+
+
 # ------------------------------------------------------------------ samplers
 
 SAMPLER_SIZES = (10**6, 10**7, 10**8)
@@ -159,33 +180,40 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def _clock(device: torch.device) -> Callable[[], float]:
+    """This process's CPU time on a CPU (one thread: on a shared machine wall time would measure the
+    neighbours' load), wall time on CUDA (synchronised by the callers)."""
+    return time.process_time if device.type == "cpu" else time.perf_counter
+
+
 def time_sgd(model: nn.Module, X: torch.Tensor, y: torch.Tensor, steps: int, device: torch.device) -> list[float]:
-    """Wall time of each plain SGD step (zero_grad, forward, backward, step), synchronised."""
+    """Time of each plain SGD step (zero_grad, forward, backward, step), synchronised (:func:`_clock`)."""
     model = model.to(device).train()
     opt = torch.optim.SGD(model.parameters(), lr=1e-3)
-    out = []
+    clock, out = _clock(device), []
     for _ in range(steps):
         _sync(device)
-        t0 = time.perf_counter()
+        t0 = clock()
         opt.zero_grad(set_to_none=True)
         F.cross_entropy(model(X), y).backward()
         opt.step()
         _sync(device)
-        out.append(time.perf_counter() - t0)
+        out.append(clock() - t0)
     return out
 
 
 def time_unlearn(model: nn.Module, X: torch.Tensor, y: torch.Tensor, schedule: certun.Schedule, clip: str,
                  device: torch.device) -> list[float]:
-    """Wall time of each noisy step of the torch backend (from its history, synchronised by the callback)."""
+    """Time of each noisy step of the torch backend (stamps taken by the callback, synchronised; :func:`_clock`)."""
     stamps: list[float] = []
+    clock = _clock(device)
 
     def callback(t: int, x: torch.Tensor) -> None:
         _sync(device)
-        stamps.append(time.perf_counter())
+        stamps.append(clock())
 
     _sync(device)
-    stamps.append(time.perf_counter())
+    stamps.append(clock())
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UnsafeNoiseWarning)
         get_backend("torch").unlearn(model, [(X, y)], schedule, loss_fn=F.cross_entropy, clip=clip, seed=0,
@@ -194,19 +222,101 @@ def time_unlearn(model: nn.Module, X: torch.Tensor, y: torch.Tensor, schedule: c
     return [b - a for a, b in itertools.pairwise(stamps)]
 
 
+def time_noise(d: int, steps: int, device: torch.device) -> list[float]:
+    """Time of each draw of ``d`` standard normals by the run's keyed float64 sampler (:func:`_clock`)."""
+    from certun.backends.noise import NoiseGenerator, fresh_key
+
+    gen = NoiseGenerator(fresh_key())
+    clock, out = _clock(device), []
+    for t in range(steps):
+        _sync(device)
+        t0 = clock()
+        gen.normal_torch(t, d, device=device)
+        _sync(device)
+        out.append(clock() - t0)
+    return out
+
+
+@contextlib.contextmanager
+def opacus_only() -> Iterator[None]:
+    """Within: certun's own per-layer path declines every model, so per-sample clipping uses Opacus' hooks."""
+    from certun.backends.torch._layers import LayerPerSample
+
+    saved = LayerPerSample.applies
+    LayerPerSample.applies = staticmethod(lambda model, flat: False)
+    try:
+        yield
+    finally:
+        LayerPerSample.applies = saved
+
+
 def configurations(T: int) -> list[tuple[str, str, Callable[[], certun.Schedule]]]:
-    """(label, clip mode, schedule factory) for every variant and clipping mode with noisy steps."""
-    gc = lambda: certun.plan(1.0, 1e-5, C0=10.0, C1=1.0, gamma=1e-3, T=T)  # noqa: E731
-    mc1 = lambda: certun.plan(1.0, 1e-5, C0=10.0, C2=10.0, gamma=1e-3, T=T, variant="model_clipping")  # noqa: E731
-    mc2 = lambda: certun.plan(1.0, 1e-5, C0=10.0, C1=1.0, C2=10.0, gamma=1e-3, T=T,  # noqa: E731
+    """(label, clip mode, schedule factory) for every variant and clipping mode with noisy steps.
+
+    ``per_sample[opacus]`` is per-sample clipping with certun's own per-layer path switched off. The radii
+    are small so that the noise (whose size does not change a step's cost) leaves every model finite: with
+    ``C0=10`` and a dozen steps, sigma is ~20 per coordinate and the transformer's loss overflows.
+    """
+    gc = lambda: certun.plan(1.0, 1e-5, C0=0.1, C1=1.0, gamma=1e-3, T=T)  # noqa: E731
+    mc1 = lambda: certun.plan(1.0, 1e-5, C0=0.1, C2=1.0, gamma=1e-3, T=T, variant="model_clipping")  # noqa: E731
+    mc2 = lambda: certun.plan(1.0, 1e-5, C0=0.1, C1=1.0, C2=1.0, gamma=1e-3, T=T,  # noqa: E731
                               variant="model_clipping", mode="clip_noise_before_projection")
     return [
         ("gradient_clipping", "batch", gc),
         ("gradient_clipping", "per_sample", gc),
+        ("gradient_clipping", "per_sample[opacus]", gc),
         ("gradient_clipping", "ghost", gc),
         ("model_clipping/noise_after_projection", "batch", mc1),
         ("model_clipping/clip_noise_before_projection", "batch", mc2),
     ]
+
+
+def builders(quick: bool) -> dict[str, tuple[Callable[[], nn.Module], Callable[[torch.Generator, int], torch.Tensor]]]:
+    """Model name -> (model factory, input batch factory)."""
+    def images(*shape: int) -> Callable[[torch.Generator, int], torch.Tensor]:
+        return lambda gen, batch: torch.randn(batch, *shape, generator=gen)
+
+    return {
+        "cnn": (lambda: cnn(8 if quick else 32), images(1, 28, 28)),
+        "mlp": (lambda: mlp((256, 256) if quick else (3072, 2560)), images(1, 28, 28)),
+        "resnet18": (lambda: ResNet18GN(8 if quick else 64), images(3, 16, 16) if quick else images(3, 32, 32)),
+        "transformer": (lambda: TransformerClassifier(width=32 if quick else 64),
+                        lambda gen, batch: torch.randint(0, 1000, (batch, 16 if quick else 32), generator=gen)),
+    }
+
+
+def _row(name: str, d: int, label: str, clip: str, med: float, sgd: float, floor: float) -> dict:
+    print(f"{name:12} {d:>10} {label:44} {clip:18} {med * 1e3:>10.3f} {med / sgd:>7.2f} {med / floor:>8.2f}")
+    return dict(model=name, d=d, variant=label, clip=clip, median_ms=med * 1e3, ratio=med / sgd,
+                ratio_floor=med / floor)
+
+
+def run_model(name: str, build: Callable[[], nn.Module], make_x: Callable[[torch.Generator, int], torch.Tensor],
+              batch: int, steps: int, device: torch.device) -> list[dict]:
+    """Every row of one model: plain SGD, the noise draw, the floor, then each configuration."""
+    torch.manual_seed(0)
+    base = build()
+    d = sum(p.numel() for p in base.parameters())
+    gen = torch.Generator().manual_seed(1)
+    X = make_x(gen, batch).to(device)
+    y = torch.randint(0, 10, (batch,), generator=gen).to(device)
+    sgd = statistics.median(time_sgd(build_copy(base), X, y, steps, device)[1:])
+    noise = statistics.median(time_noise(d, steps, device)[1:])
+    rows = [_row(name, d, "plain SGD", "-", sgd, sgd, sgd + noise),
+            _row(name, d, f"draw of d Gaussians (keyed, {device.type})", "-", noise, sgd, sgd + noise),
+            _row(name, d, "floor = SGD + draw", "-", sgd + noise, sgd, sgd + noise)]
+    # untimed warm-up: the first run in a process pays for lazy imports, allocator growth and page faults
+    time_unlearn(build_copy(base), X, y, configurations(2)[0][2](), "batch", device)
+    for label, clip, make in configurations(steps):
+        mode = clip.split("[")[0]
+        try:
+            with opacus_only() if clip.endswith("[opacus]") else contextlib.nullcontext():
+                times = time_unlearn(build_copy(base), X, y, make(), mode, device)
+            rows.append(_row(name, d, label, clip, statistics.median(times[1:]), sgd, sgd + noise))
+        except (certun.CertunError, RuntimeError, NotImplementedError) as exc:
+            rows.append(dict(model=name, d=d, variant=label, clip=clip, error=str(exc).splitlines()[0]))
+            print(f"{name:12} {d:>10} {label:44} {clip:18} {'failed':>10}  {str(exc).splitlines()[0][:60]}")
+    return rows
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -216,7 +326,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default=None, help="default: cuda if available, else cpu")
     parser.add_argument("--steps", type=int, default=None, help="noisy steps per configuration")
     parser.add_argument("--batch", type=int, default=None, help="batch size")
-    parser.add_argument("--models", default="cnn,mlp,resnet18", help="comma-separated subset of cnn,mlp,resnet18")
+    parser.add_argument("--models", default="cnn,mlp,resnet18,transformer",
+                        help="comma-separated subset of cnn,mlp,resnet18,transformer")
     parser.add_argument("--json", default=None, help="also write the results to this JSON file")
     parser.add_argument("--samplers", action="store_true",
                         help="only the noise sampler table: keyed float64 vs torch.randn vs numpy, 1e6..1e8 values")
@@ -233,36 +344,16 @@ def main(argv: list[str] | None = None) -> int:
     batch = args.batch or (16 if args.quick else 128)
     if device.type == "cpu":
         torch.set_num_threads(1)
-    builders = {
-        "cnn": (lambda: cnn(8 if args.quick else 32), (1, 28, 28)),
-        "mlp": (lambda: mlp((256, 256) if args.quick else (3072, 2560)), (1, 28, 28)),
-        "resnet18": (lambda: ResNet18GN(8 if args.quick else 64), (3, 16, 16) if args.quick else (3, 32, 32)),
-    }
+    models = builders(args.quick)
     rows = []
     print(f"device={device} torch={torch.__version__} batch={batch} steps={steps} quick={args.quick}")
-    header = f"{'model':10} {'d':>10} {'variant':44} {'clip':10} {'median ms':>10} {'x SGD':>7}"
+    header = f"{'model':12} {'d':>10} {'variant':44} {'clip':18} {'median ms':>10} {'x SGD':>7} {'x floor':>8}"
     print(header)
     print("-" * len(header))
     for name in args.models.split(","):
-        build, shape = builders[name]
-        torch.manual_seed(0)
-        base = build()
-        d = sum(p.numel() for p in base.parameters())
-        gen = torch.Generator().manual_seed(1)
-        X = torch.randn(batch, *shape, generator=gen).to(device)
-        y = torch.randint(0, 10, (batch,), generator=gen).to(device)
-        sgd = statistics.median(time_sgd(build_copy(base), X, y, steps, device)[1:])
-        rows.append(dict(model=name, d=d, variant="plain SGD", clip="-", median_ms=sgd * 1e3, ratio=1.0))
-        print(f"{name:10} {d:>10} {'plain SGD':44} {'-':10} {sgd * 1e3:>10.3f} {1.0:>7.2f}")
-        for label, clip, make in configurations(steps):
-            try:
-                times = time_unlearn(build_copy(base), X, y, make(), clip, device)
-                med = statistics.median(times[1:])
-                rows.append(dict(model=name, d=d, variant=label, clip=clip, median_ms=med * 1e3, ratio=med / sgd))
-                print(f"{name:10} {d:>10} {label:44} {clip:10} {med * 1e3:>10.3f} {med / sgd:>7.2f}")
-            except (certun.CertunError, RuntimeError, NotImplementedError) as exc:
-                rows.append(dict(model=name, d=d, variant=label, clip=clip, error=str(exc).splitlines()[0]))
-                print(f"{name:10} {d:>10} {label:44} {clip:10} {'failed':>10}  {str(exc).splitlines()[0][:60]}")
+        if name not in models:
+            parser.error(f"unknown model {name!r}; choose from {', '.join(models)}")
+        rows += run_model(name, *models[name], batch, steps, device)
     if args.json:
         with open(args.json, "w") as fh:
             json.dump(dict(device=str(device), torch=torch.__version__, batch=batch, steps=steps,

@@ -11,10 +11,10 @@ from certun.backends.torch._func import FuncPerSample, per_sample_grad_norms
 
 
 class TinyTransformer(nn.Module):
-    def __init__(self, vocab: int = 20, dim: int = 16, classes: int = 3) -> None:
+    def __init__(self, vocab: int = 20, dim: int = 16, classes: int = 3, dropout: float = 0.0) -> None:
         super().__init__()
         self.embed = nn.Embedding(vocab, dim)
-        layer = nn.TransformerEncoderLayer(dim, nhead=2, dim_feedforward=32, dropout=0.0, batch_first=True)
+        layer = nn.TransformerEncoderLayer(dim, nhead=2, dim_feedforward=32, dropout=dropout, batch_first=True)
         self.encoder = nn.TransformerEncoder(layer, num_layers=2, enable_nested_tensor=False)
         self.norm = nn.LayerNorm(dim)
         self.head = nn.Linear(dim, classes)
@@ -114,6 +114,23 @@ def test_a_transformer_runs_per_sample_through_torch_func(clip: str) -> None:
     assert torch.allclose(used, want, rtol=1e-7, atol=1e-12)
     assert run.record.clipping == "per_sample"
     assert run.record.extra["clip_implementation"].startswith("torch.func")
+
+
+@pytest.mark.parametrize("clip", ["per_sample", "ghost"])
+def test_a_transformer_with_dropout_passes_the_per_sample_sum_check(clip: str) -> None:
+    """Dropout draws other masks under vmap than in a batch forward, so the first-step sum check is made with
+    dropout off (it checks how the parameters are used, not the masks): a default transformer (dropout 0.1)
+    must not be refused, and its noisy steps run."""
+    import certun
+
+    torch.manual_seed(0)
+    model = TinyTransformer(dropout=0.1)
+    x, y = torch.randint(0, 20, (8, 5)), torch.randint(0, 3, (8,))
+    s = certun.plan(1.0, 1e-5, C0=0.1, C1=1.0, gamma=1e-3, T=2)
+    run = certun.unlearn(model, [(x, y)], s, backend="torch", loss_fn=F.cross_entropy, clip=clip, seed=0,
+                         progress=False)
+    assert run.record.extra["clip_implementation"].startswith("torch.func")
+    assert model.training  # the check's eval mode is undone
 
 
 def test_a_forward_that_mixes_the_batch_is_refused_on_the_torch_func_path() -> None:

@@ -180,13 +180,15 @@ def test_params_subset_freezes_the_rest_for_the_run_only():
 
 
 class _InplaceResidual(nn.Module):
+    """A Conv1d (no certun per-layer rule, so Opacus' hooks) whose output is modified in place."""
+
     def __init__(self):
         super().__init__()
-        self.conv = nn.Conv2d(1, 1, 1)
+        self.conv = nn.Conv1d(1, 1, 1)
         self.out = nn.Linear(4, 2)
 
     def forward(self, x):
-        x = x.view(-1, 1, 2, 2)
+        x = x.view(-1, 1, 4)
         h = self.conv(x)
         h += x  # in place on a hooked layer's output, as in torchvision's ResNet
         return self.out(h.flatten(1))

@@ -40,20 +40,25 @@ from certun.backends import _skeleton as skeleton
 from certun.backends._options import RunOptions
 from certun.backends.base import RunResult
 from certun.backends.torch._data import resolve_device
+from certun.backends.torch._precision import check_autocast
 from certun.backends.torch._run import TorchRun
 from certun.errors import InvalidParameterError
 
 __all__ = ["TorchBackend", "resolve_device"]
 
 
-def _check_callables(model: Any, loss_fn: Any, model_factory: Any) -> None:
-    """Reject a model that is not a ``torch.nn.Module``, a loss that is not callable, or a bad model factory."""
+def _check_callables(model: Any, loss_fn: Any, model_factory: Any, params: Any) -> Any:
+    """Reject a model that is not a ``torch.nn.Module``, a loss that is not callable, or a bad model factory.
+
+    Returns ``params`` as a list when it is an iterable (iterated more than once, e.g. a generator).
+    """
     if not isinstance(model, nn.Module):
         raise InvalidParameterError("model", type(model).__name__, "a torch.nn.Module")
     if not callable(loss_fn):
         raise InvalidParameterError("loss_fn", type(loss_fn).__name__, "a callable loss")
     if model_factory is not None and not callable(model_factory):
         raise InvalidParameterError("model_factory", type(model_factory).__name__, "a callable or None")
+    return list(params) if params is not None and not isinstance(params, str) else params
 
 
 _LAYOUTS = {"replicated": "DistributedRun", "ddp": "DistributedRun", "sharded": "ShardedRun"}
@@ -111,15 +116,16 @@ class TorchBackend:
         inplace: bool = False,
         previous: Any = None,
         checkpoint_dir: Any = None, checkpoint_every: int | None = None, distributed: str | None = None,
+        autocast: str | None = None,
     ) -> RunResult:
         """Unlearn: run ``schedule``'s noisy phase on ``model`` with retain data only, then post-process.
 
         ``model`` is deep-copied unless ``inplace=True``; ``data`` is a re-iterable of ``(inputs, targets)``
         retain batches; ``loss_fn`` accepts ``reduction="none"``. ``seed=None`` (default) keys the noise from
         the OS; an integer seed is for tests and audits only; a ``seed_opening`` replays a run (never
-        certified). Every option, its default and why: docs/backends.md ("Options of the torch backend").
-        ``distributed="replicated"`` (DDP) or ``"sharded"``: one call per rank of the current process
-        group (docs/distributed.md); a ``DistributedDataParallel`` model is unwrapped to its ``.module``.
+        certified). Every option, its default and why: docs/backends.md ("Options of the torch backend");
+        ``autocast``: :mod:`._precision`. ``distributed="replicated"`` (DDP) or ``"sharded"``: one call per
+        rank of the process group (docs/distributed.md); a DDP model is unwrapped to its ``.module``.
 
         Returns:
             A :class:`~certun.backends.RunResult` (no certificate: :func:`certun.unlearn` issues it).
@@ -133,12 +139,11 @@ class TorchBackend:
                                 finetune_lr=finetune_lr, noise_mode=noise_mode, progress=progress,
                                 callback=callback, noise_source=noise_source, buffers=buffers, frozen=frozen,
                                 attributes=attributes, checkpoint_dir=checkpoint_dir, checkpoint_every=checkpoint_every)
-        _check_callables(model, loss_fn, model_factory)
-        if params is not None and not isinstance(params, str):
-            params = list(params)  # iterated more than once (e.g. model.parameters(), a generator)
+        cast = check_autocast(autocast)
+        params = _check_callables(model, loss_fn, model_factory, params)
         skeleton.check_seed(seed)
         model, runner = _runner(model, distributed, opts)
         hooks = runner(model, data, schedule, opts, loss_fn=loss_fn, params=params, center=center,
-                       device=resolve_device(device), model_factory=model_factory, inplace=inplace)
+                       device=resolve_device(device), model_factory=model_factory, inplace=inplace, autocast=cast)
         return skeleton.run(hooks, data, schedule, opts, seed=seed, previous=previous, retain_ids=retain_ids,
                             forget_ids=forget_ids)

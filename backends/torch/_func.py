@@ -17,8 +17,10 @@ training mode) cannot be vectorised per sample and are refused by the model chec
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -56,6 +58,8 @@ class FuncPerSample:
         self.names = tuple(names)
         self.params = tuple(params)
         self.chunk = chunk
+        #: the context each vectorised forward and backward runs in (an autocast, :mod:`._precision`)
+        self.autocast: Callable[[], contextlib.AbstractContextManager[Any]] = contextlib.nullcontext
 
     def clipped_mean(self, loss_fn: Callable[..., torch.Tensor], inputs: torch.Tensor, targets: torch.Tensor,
                      C1: float, out: Sequence[torch.Tensor]) -> torch.Tensor:
@@ -102,10 +106,11 @@ class FuncPerSample:
                     in_dims=(None, 0, 0), randomness="different")
         detached = tuple(p.detach() for p in self.params)
         for start in range(0, batch, self.chunk):
-            with warnings.catch_warnings():
+            with warnings.catch_warnings(), self.autocast():
                 # functorch falls back to a loop for CPU flash attention: slower, same values
                 warnings.filterwarnings("ignore", message="There is a performance drop", category=UserWarning)
-                yield step(detached, inputs[start:start + self.chunk], targets[start:start + self.chunk])
+                result = step(detached, inputs[start:start + self.chunk], targets[start:start + self.chunk])
+            yield result  # outside the autocast: norms and sums are computed by the caller in float64
 
 
 def per_sample_grad_norms(grads: Sequence[torch.Tensor]) -> torch.Tensor:

@@ -24,7 +24,7 @@ computes per-sample norms in the parameters' dtype; certun's own per-sample norm
 
 from __future__ import annotations
 
-import inspect
+import contextlib
 import warnings
 from collections.abc import Callable
 from typing import Any
@@ -33,11 +33,13 @@ import torch
 from torch import nn
 
 from certun.backends.torch._func import FuncPerSample
-from certun.backends.torch._linear import LinearPerSample
+from certun.backends.torch._layers import LayerPerSample
+from certun.backends.torch._loss import batch_size, per_sample_loss
 from certun.backends.torch._model import FlatParameters, opacus_problems
+from certun.backends.torch._precision import autocast_context
 from certun.backends.torch._steps import SAFETY
-from certun.backends.torch._sumcheck import check_per_sample_sum, linear_sums, opacus_sums, tf32_possible
-from certun.errors import CertunError, UnlearningRunError, UnsupportedModelError
+from certun.backends.torch._sumcheck import check_per_sample_sum, opacus_sums, tf32_possible
+from certun.errors import CertunError, InvalidParameterError, UnlearningRunError, UnsupportedModelError
 
 __all__ = ["GradientComputer", "batch_size", "per_sample_loss"]
 
@@ -46,72 +48,6 @@ __all__ = ["GradientComputer", "batch_size", "per_sample_loss"]
 _GHOST_NORM_SLACK = 1.0 + 1e-3
 
 _INPLACE_MARKERS = ("BackwardHookFunction", "modified by an inplace operation", "is being modified inplace")
-
-
-def per_sample_loss(loss_fn: Callable[..., torch.Tensor], output: Any, targets: Any) -> torch.Tensor:
-    """The loss of each sample, shape ``(B,)``: ``loss_fn(output, targets, reduction="none")``.
-
-    ``loss_fn`` is a ``torch.nn.functional`` loss or a loss module (whose ``reduction`` attribute is
-    set to ``"none"`` for the call). Extra non-batch axes (tokens) are averaged per sample.
-    """
-    batch = batch_size(targets)
-    if hasattr(loss_fn, "reduction") and isinstance(loss_fn, nn.Module):
-        saved = loss_fn.reduction
-        loss_fn.reduction = "none"
-        try:
-            losses = _call_loss(loss_fn, output, targets)
-        finally:
-            loss_fn.reduction = saved
-    else:
-        if not _accepts_reduction(loss_fn):
-            raise UnlearningRunError(
-                "loss_fn must accept reduction='none' (like torch.nn.functional.cross_entropy) or be a loss "
-                f"module with a .reduction attribute; {getattr(loss_fn, '__name__', type(loss_fn).__name__)} "
-                "takes no reduction argument")
-        losses = _call_loss(loss_fn, output, targets, reduction="none")
-    if not isinstance(losses, torch.Tensor) or losses.dim() == 0 or losses.shape[0] != batch:
-        shape = tuple(losses.shape) if isinstance(losses, torch.Tensor) else type(losses).__name__
-        raise UnlearningRunError(f"loss_fn returned shape {shape} with reduction='none'; expected one loss per "
-                                 f"sample, shape ({batch}, ...)")
-    if losses.dim() > 1:
-        losses = losses.reshape(batch, -1).mean(dim=1)
-    return losses
-
-
-def _accepts_reduction(loss_fn: Callable[..., Any]) -> bool:
-    """Whether ``loss_fn`` takes a ``reduction`` keyword (True when its signature cannot be read)."""
-    try:
-        parameters = inspect.signature(loss_fn).parameters.values()
-    except (TypeError, ValueError):  # builtins without a signature: let the call decide
-        return True
-    return any(p.name == "reduction" or p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters)
-
-
-def _call_loss(loss_fn: Callable[..., Any], output: Any, targets: Any, **kwargs: Any) -> Any:
-    """``loss_fn(output, targets, **kwargs)``; a failure becomes an :class:`UnlearningRunError` saying what it got."""
-    try:
-        return loss_fn(output, targets, **kwargs)
-    except CertunError:
-        raise
-    except Exception as exc:  # any failure of user code on user data: re-raised, with what it was given
-        got = (f"tensor of shape {tuple(output.shape)}" if isinstance(output, torch.Tensor)
-               else f"a {type(output).__name__} (the model returned a {type(output).__name__}, not a tensor)")
-        tgt = (f"tensor of shape {tuple(targets.shape)}, dtype {str(targets.dtype).replace('torch.', '')}"
-               if isinstance(targets, torch.Tensor) else type(targets).__name__)
-        raise UnlearningRunError(f"loss_fn failed on a retain batch (model output: {got}; targets: {tgt}): "
-                                 f"{type(exc).__name__}: {exc}") from exc
-
-
-def batch_size(targets: Any) -> int:
-    """Number of samples in a batch of targets (its first axis); refuses a 0-d tensor or an unsized object."""
-    if isinstance(targets, torch.Tensor):
-        if targets.dim() == 0:
-            raise UnlearningRunError("targets must have a batch axis; got a 0-d tensor (one sample needs shape (1,))")
-        return int(targets.shape[0])
-    try:
-        return len(targets)
-    except TypeError:
-        raise UnlearningRunError(f"targets must be a tensor or a sized batch, got {type(targets).__name__}") from None
 
 
 class GradientComputer:
@@ -123,21 +59,23 @@ class GradientComputer:
         loss_fn: per-sample capable loss (:func:`per_sample_loss`).
         mode: ``"batch"``, ``"per_sample"`` or ``"ghost"``.
         C1: per-sample clipping radius (per-sample and ghost modes).
+        autocast: ``torch.bfloat16`` to run forward and backward under autocast (:mod:`._precision`), or None.
     """
 
     def __init__(self, model: nn.Module, flat: FlatParameters, loss_fn: Callable[..., torch.Tensor], *,
-                 mode: str, C1: float | None = None) -> None:
+                 mode: str, C1: float | None = None, autocast: torch.dtype | None = None) -> None:
         self.model = model
         self.flat = flat
         self.loss_fn = loss_fn
         self.mode = mode
         self.C1 = C1
         self.hooks: Any = None
-        self.linear: LinearPerSample | None = None
+        self.layers: LayerPerSample | None = None
         self.func: FuncPerSample | None = None
         self.sums_checked = False
-        if mode == "per_sample" and LinearPerSample.applies(model, flat):
-            self.linear = LinearPerSample(model, flat)
+        self.autocast = autocast
+        if mode in ("per_sample", "ghost") and LayerPerSample.applies(model, flat):
+            self.layers = LayerPerSample(model, flat)
         elif mode in ("per_sample", "ghost") and opacus_problems(model):
             self.func = FuncPerSample(model, flat.names, flat.params)
         elif mode == "per_sample":
@@ -148,22 +86,35 @@ class GradientComputer:
             pass  # hooks attached on the first batch, after the per-sample sum probe (_probe_then_hook)
         elif mode != "batch":
             raise ValueError(f"unknown gradient mode {mode!r}")
+        if autocast is not None and self.func is None and self.layers is None and mode != "batch":
+            raise InvalidParameterError(
+                "autocast", "bf16", f"None for this model with clip={mode!r}", "Opacus' hooks, which per-sample "
+                "clipping would use for it, give bfloat16 per-sample gradients certun does not re-measure; use "
+                "clip='batch', or layers certun's own per-sample code covers (docs/backends.md)")
+        if autocast is not None and self.func is not None:
+            self.func.autocast = lambda: autocast_context(autocast, flat.g.device)
 
     @property
     def implementation(self) -> str:
         """Which code computes the gradient (recorded in the certificate's execution extras)."""
-        if self.linear is not None:
-            return "certun fused per-sample clipping for nn.Linear (one backward)"
+        if self.layers is not None:
+            return "certun per-sample clipping (Linear/Conv2d/Embedding/LayerNorm/GroupNorm, one backward)"
         if self.func is not None:
             return "torch.func per-sample clipping (vmap over grad)"
         return {"per_sample": "opacus GradSampleHooks", "ghost": "opacus ghost clipping",
                 "batch": "minibatch-mean gradient"}[self.mode]
 
+    @property
+    def recorded(self) -> str:
+        """:attr:`implementation`, and the autocast it ran under (what the run records)."""
+        extra = "" if self.autocast is None else f", forward and backward under {str(self.autocast)[6:]} autocast"
+        return self.implementation + extra
+
     def close(self) -> None:
         """Remove every hook and every attribute Opacus put on parameters and modules."""
-        if self.linear is not None:
-            self.linear.close()
-            self.linear = None
+        if self.layers is not None:
+            self.layers.close()
+            self.layers = None
         if self.hooks is not None:
             self.hooks.cleanup()
             for module in self.model.modules():
@@ -176,16 +127,19 @@ class GradientComputer:
         """Forward and backward on one minibatch; ``flat.g`` then holds the gradient. Returns the mean loss."""
         if self.func is not None:
             return self._compute_func(inputs, targets)
-        if self.mode == "ghost" and self.hooks is None:
+        if self.mode == "ghost" and self.hooks is None and self.layers is None:
             self._probe_then_hook(inputs, targets)
         self.flat.point_grads()
-        try:
-            output = self.model(inputs)
-        except CertunError:
-            raise
-        except Exception as exc:  # user code on user data: re-raised as a certun error naming the cause
-            raise self._pass_error("forward", exc) from exc
-        losses = per_sample_loss(self.loss_fn, output, targets)
+        # the first step's sum check compares float32 computations: no autocast until it has passed
+        cast = self.autocast if self.mode == "batch" or self.sums_checked else None
+        with autocast_context(cast, self.flat.g.device):
+            try:
+                output = self.model(inputs)
+            except CertunError:
+                raise
+            except Exception as exc:  # user code on user data: re-raised as a certun error naming the cause
+                raise self._pass_error("forward", exc) from exc
+            losses = per_sample_loss(self.loss_fn, output, targets)
         with warnings.catch_warnings():
             # Opacus' full backward hooks on the first layer warn when the input needs no gradient:
             # expected and harmless here (certun never needs input gradients).
@@ -214,14 +168,25 @@ class GradientComputer:
             raise self._pass_error("forward", exc) from exc
 
     def _check_func_sums(self, inputs: Any, targets: Any) -> None:
-        """Σ_i g_i by torch.func against autograd's batch gradient (random state restored: the run is unchanged)."""
+        """Σ_i g_i by torch.func against autograd's batch gradient (random state restored: the run is unchanged).
+
+        Made in eval mode: under ``vmap`` dropout draws other masks than in a batch forward, so the two
+        sides would differ by the masks; the check is about how the parameters are used, which dropout
+        does not change (batch-mixing norm layers, which eval mode would alter, are refused before).
+        """
         device = self.flat.g.device
         devices = [device.index if device.index is not None else torch.cuda.current_device()] \
             if device.type == "cuda" else []
-        with torch.random.fork_rng(devices=devices):
-            sums, scale = self.func.sums(self._sample_loss, inputs, targets)
+        modes = [(m, m.training) for m in self.model.modules()]
+        self.model.eval()
         self.flat.point_grads()
         try:
+            cast, self.func.autocast = self.func.autocast, contextlib.nullcontext  # float32, as autograd's side
+            try:
+                with torch.random.fork_rng(devices=devices):
+                    sums, scale = self.func.sums(self._sample_loss, inputs, targets)
+            finally:
+                self.func.autocast = cast
             with torch.random.fork_rng(devices=devices):
                 per_sample_loss(self.loss_fn, self.model(inputs), targets).sum().backward()
             batch = {n: p.grad for n, p in zip(self.flat.names, self.flat.params, strict=True)}
@@ -229,29 +194,30 @@ class GradientComputer:
                                                      tf32=tf32_possible(device))
         finally:
             self.flat.clear_grads()
+            for module, mode in modes:
+                module.training = mode
 
     def _backward(self, losses: torch.Tensor) -> None:
         if self.mode == "batch":
             losses.mean().backward()
             self.flat.gather_grads()
-        elif self.linear is not None:
-            losses.sum().backward()
-            self._check_sums_once()
-            self.linear.clip_into_g(len(losses), self.C1)
+        elif self.layers is not None:
+            self.layers.backward(losses.sum(), full=not self.sums_checked)
+            self._check_sums_once(len(losses))
+            self.layers.clip_into_g(len(losses), self.C1)
         elif self.mode == "per_sample":
             losses.sum().backward()
-            self._check_sums_once()
+            self._check_sums_once(len(losses))
             self._clip_per_sample(len(losses))
         else:
             self._ghost(losses)
 
-    def _check_sums_once(self) -> None:
+    def _check_sums_once(self, batch: int) -> None:
         """On the first step: the per-sample gradients (before clipping) must sum to autograd's batch gradient."""
         if self.sums_checked:
             return
-        names = {id(p): n for n, p in zip(self.flat.names, self.flat.params, strict=True)}
-        if self.linear is not None:
-            sums, scale = linear_sums(self.linear.layers, self.linear.records, names)
+        if self.layers is not None:
+            sums, scale = self.layers.sums(batch)
         else:
             samples = {n: p.grad_sample for n, p in zip(self.flat.names, self.flat.params, strict=True)
                        if isinstance(getattr(p, "grad_sample", None), torch.Tensor)}

@@ -27,6 +27,7 @@ from certun.backends.torch._data import cpu_copy, epoch_length, pair, to_device,
 from certun.backends.torch._grad import GradientComputer
 from certun.backends.torch._hygiene import clear_training_state, restore_training_flags, training_flags
 from certun.backends.torch._model import FlatParameters, check_center, check_model, flat_center, select_parameters
+from certun.backends.torch._precision import check_autocast_dtype
 from certun.backends.torch._prepare import (
     check_frozen,
     check_params_order,
@@ -51,10 +52,11 @@ class TorchRun(skeleton.Hooks):
 
     def __init__(self, model: nn.Module, data: Iterable[Any], schedule: Schedule, opts: RunOptions, *,
                  loss_fn: Callable[..., torch.Tensor], params: Any, center: Any, device: torch.device,
-                 model_factory: Callable[[], nn.Module] | None, inplace: bool) -> None:
+                 model_factory: Callable[[], nn.Module] | None, inplace: bool,
+                 autocast: torch.dtype | None = None) -> None:
         self.source, self.data, self.s, self.opts, self.loss_fn = model, data, schedule, opts, loss_fn
         self.params_arg, self.center_arg, self.device = params, center, device
-        self.model_factory, self.inplace = model_factory, inplace
+        self.model_factory, self.inplace, self.autocast = model_factory, inplace, autocast
         self.before: dict[str, torch.Tensor] = {}
         self.buffers_before: dict[str, torch.Tensor] | None = None
         self.clipping = clipping_for(schedule, opts.clip)
@@ -79,6 +81,7 @@ class TorchRun(skeleton.Hooks):
         check_model(work, parts, hooks=self.clipping in ("per_sample", "ghost"), buffers=opts.buffers,
                     attributes=opts.attributes)
         self.dtype = parts.params[0].dtype
+        check_autocast_dtype(self.autocast, self.dtype)
         self.center = flat_center(self.center_arg, parts, device=self.device, dtype=self.dtype)
         center = None
         if self.center is not None:
@@ -186,9 +189,10 @@ class TorchRun(skeleton.Hooks):
 
     @contextlib.contextmanager
     def noisy_steps(self) -> Iterator[None]:
-        computer = GradientComputer(self.model, self.flat, self.loss_fn, mode=self.clipping or "batch", C1=self.s.C1)
+        computer = GradientComputer(self.model, self.flat, self.loss_fn, mode=self.clipping or "batch", C1=self.s.C1,
+                                    autocast=self.autocast)
         self.computer, self.g64 = computer, torch.empty_like(self.flat.x, dtype=torch.float64)
-        self.clip_implementation = computer.implementation if self.clipping else None
+        self.clip_implementation = computer.recorded if self.clipping or self.autocast else None
         try:
             yield
         finally:

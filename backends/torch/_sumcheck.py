@@ -13,13 +13,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from typing import Any
 
 import torch
 
 from certun.errors import UnsupportedModelError
 
-__all__ = ["check_per_sample_sum", "linear_sums", "opacus_sums", "tf32_possible"]
+__all__ = ["check_per_sample_sum", "opacus_sums", "tf32_possible"]
 
 #: Rounding allowance, relative to ``Σ_i ‖g_i‖``, in units of the precision the gradients were computed
 #: in. Both sides share every activation and backpropagated gradient; they differ only in how the
@@ -71,36 +70,6 @@ def check_per_sample_sum(sums: Mapping[str, torch.Tensor], batch: Mapping[str, t
     if problems:
         raise UnsupportedModelError(problems)
     return True
-
-
-def linear_sums(layers: list[tuple[str, Any, torch.Tensor | None, torch.Tensor | None]],
-                records: Mapping[int, list[list[Any]]], names: Mapping[int, str],
-                ) -> tuple[dict[str, torch.Tensor], float]:
-    """``(Σ_i g_i per parameter, Σ over rows of ‖row's gradient‖)`` from certun's ``nn.Linear`` captures.
-
-    ``layers`` and ``records`` are :class:`~certun.backends.torch._linear.LinearPerSample`'s; ``names``
-    maps ``id(parameter)`` to its name. Layers whose forward never ran are left to that class' own check.
-    """
-    sums: dict[str, torch.Tensor] = {}
-    scale = 0.0
-    for _, module, w_view, b_view in layers:
-        entries = records.get(id(module), [])
-        if not entries or any(G is None for _, G in entries):
-            continue
-        w_sum = torch.zeros(module.weight.shape, dtype=torch.float64, device=module.weight.device)
-        b_sum = torch.zeros(module.weight.shape[0], dtype=torch.float64, device=module.weight.device)
-        for A, G in entries:
-            A2 = A.reshape(-1, A.shape[-1]).to(torch.float64)
-            G2 = G.reshape(-1, G.shape[-1]).to(torch.float64)
-            w_sum += G2.t() @ A2
-            b_sum += G2.sum(dim=0)
-            g_norm = torch.linalg.vector_norm(G2, dim=1)
-            scale += float((g_norm * torch.linalg.vector_norm(A2, dim=1)).sum() + g_norm.sum())
-        if w_view is not None:
-            sums[names[id(module.weight)]] = w_sum
-        if b_view is not None:
-            sums[names[id(module.bias)]] = b_sum
-    return sums, scale
 
 
 def opacus_sums(named: Mapping[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], float]:
