@@ -20,7 +20,7 @@ from certun.errors import InvalidParameterError
 if TYPE_CHECKING:
     from certun.certificates import ModelDigest
 
-__all__ = ["SisaConfig", "SisaEnsemble", "SisaUnlearning", "assign"]
+__all__ = ["SisaConfig", "SisaEnsemble", "SisaUnlearning", "assign", "ensemble_digest"]
 
 _ASSIGN_TAG = b"certun.sisa.assign.v1\x00"
 
@@ -121,3 +121,16 @@ class SisaUnlearning:
     def cost_ratio(self) -> float:
         """Gradient evaluations spent against a full SISA retraining (0 when nothing was touched)."""
         return self.gradient_evaluations / max(self.full_retraining_evaluations, 1)
+
+
+def ensemble_digest(ensemble: nn.Module) -> ModelDigest:
+    """:class:`certun.certificates.ModelDigest` of the ensemble's state dict (``shards.{s}.…`` names)."""
+    from certun.certificates.provenance import model_digest
+
+    return model_digest({k: v.detach().cpu() for k, v in ensemble.state_dict().items()})
+
+
+def _state_root(state: Mapping[str, torch.Tensor]) -> str:
+    from certun.certificates.provenance import model_digest
+
+    return model_digest({k: v.detach().cpu() for k, v in state.items()}).root
