@@ -15,6 +15,7 @@ import contextlib
 import json
 import os
 import re
+import stat
 import struct
 import tempfile
 from collections.abc import Iterator, Mapping
@@ -28,11 +29,11 @@ try:
 except ImportError:  # pragma: no cover - Windows
     fcntl = None  # type: ignore[assignment]
 
-from certun.certificates.provenance import read_safetensors
+from certun.certificates._safetensors_reader import parse_safetensors
 from certun.errors import CertificateFormatError, InvalidParameterError, UnlearningRunError
 
 __all__ = ["MANIFEST", "SisaCheckpointError", "atomic_write", "checkpoint_name", "folder_lock", "load_checkpoint",
-           "remove_checkpoint", "state_root", "write_checkpoint"]
+           "read_private", "remove_checkpoint", "state_root", "write_checkpoint"]
 
 MANIFEST = "manifest.json"
 _NAME_RE = re.compile(r"shard-(\d+)-stage-(\d+)\.safetensors")
@@ -107,6 +108,36 @@ def atomic_write(path: Path, data: bytes) -> None:
         raise
 
 
+def read_private(path: Path, limit: int | None = None) -> bytes:
+    """The bytes of ``path``, a regular file of the folder: never through a symbolic link, nor from a
+    FIFO or a device (reading those could hang or never end), nor more than ``limit`` bytes.
+
+    Raises:
+        SisaCheckpointError: missing, not a regular file, or larger than ``limit``.
+    """
+    flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
+    if os.path.islink(path):
+        raise SisaCheckpointError(f"SISA file {path} is a symbolic link, not a regular file; nothing was loaded")
+    try:
+        fd = os.open(path, flags)
+    except OSError as exc:
+        raise SisaCheckpointError(f"SISA file {path} cannot be opened as a regular file: {exc}") from exc
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise SisaCheckpointError(f"SISA file {path} is not a regular file; nothing was loaded")
+        if limit is not None and info.st_size > limit:
+            raise SisaCheckpointError(f"SISA file {path} has {info.st_size} bytes, more than the {limit} bytes "
+                                      "read; nothing was loaded")
+        with os.fdopen(os.dup(fd), "rb") as f:
+            data = f.read() if limit is None else f.read(limit + 1)
+    finally:
+        os.close(fd)
+    if limit is not None and len(data) > limit:
+        raise SisaCheckpointError(f"SISA file {path} has more than the {limit} bytes read; nothing was loaded")
+    return data
+
+
 def safetensors_bytes(state: Mapping[str, torch.Tensor]) -> bytes:
     """The safetensors encoding of a state dict (tensors in name order, little-endian, no padding gaps)."""
     header: dict[str, Any] = {}
@@ -148,7 +179,7 @@ def load_checkpoint(directory: Path, shard: int, stage: int, expected_root: str)
     """
     path = directory / checkpoint_name(shard, stage)
     try:
-        arrays = read_safetensors(path)  # the verifier's own strict reader
+        arrays = parse_safetensors(read_private(path), str(path))  # the verifier's own strict reader
     except (OSError, ValueError, RecursionError, CertificateFormatError) as exc:
         raise SisaCheckpointError(f"SISA checkpoint {path} cannot be read: {exc}") from exc
     root = state_root(arrays)

@@ -20,15 +20,23 @@ from typing import Any
 import numpy as np
 import torch
 
-from certun.backends._sisa_checkpoints import MANIFEST, SisaCheckpointError, atomic_write, checkpoint_name
+from certun.backends._sisa_checkpoints import (
+    MANIFEST,
+    SisaCheckpointError,
+    atomic_write,
+    checkpoint_name,
+    read_private,
+)
 from certun.certificates.provenance import strict_loads
 from certun.errors import CertificateFormatError
 
-__all__ = ["MANIFEST_FORMAT", "data_record", "manifest_root", "read_manifest", "read_sealed", "row_digests",
-           "seal", "seed_commitment", "write_manifest"]
+__all__ = ["MANIFEST_FORMAT", "MAX_MANIFEST_BYTES", "data_record", "manifest_root", "read_manifest", "read_sealed",
+           "row_digests", "seal", "seed_commitment", "write_manifest"]
 
 MANIFEST_FORMAT = "certun.sisa.checkpoints.v2"
 _HMAC = "hmac-sha256:"
+#: Largest manifest read (about 300 000 checkpoints): a bigger file is refused before it is parsed.
+MAX_MANIFEST_BYTES = 64 * 1024 * 1024
 
 
 def _subkey(salt: bytes, purpose: str) -> bytes:
@@ -95,11 +103,13 @@ def read_manifest(directory: Path) -> dict[str, Any]:
     """The parsed manifest, strictly (no duplicate keys, no NaN), not yet authenticated.
 
     Raises:
-        SisaCheckpointError: missing or malformed manifest.
+        SisaCheckpointError: missing or malformed manifest, or not a regular file of at most
+            ``MAX_MANIFEST_BYTES``.
     """
     path = directory / MANIFEST
+    data = read_private(path, MAX_MANIFEST_BYTES)  # a FIFO, device, link or huge file is refused unread
     try:
-        body = strict_loads(path.read_bytes())
+        body = strict_loads(data)
     except (OSError, ValueError, RecursionError, CertificateFormatError) as exc:
         raise SisaCheckpointError(f"SISA manifest {path} cannot be read: {exc}") from exc
     if not isinstance(body, dict) or body.get("format") != MANIFEST_FORMAT or not isinstance(

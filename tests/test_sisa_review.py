@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import sisa_reload_worker as w
 import torch
 
+from certun.backends import _sisa_checkpoints as ckpt
+from certun.backends import _sisa_manifest as man
 from certun.backends.sisa import Sisa, SisaCheckpointError
 from certun.errors import InvalidParameterError
 
@@ -74,3 +79,54 @@ def test_an_ensemble_whose_deletion_failed_midway_serves_and_certifies_nothing(
     sisa.fit(*w.without(F1 + F2))  # retraining from scratch is the way out
     report = sisa.unlearn(F3)
     assert sisa.certify(report, F3, eps=w.EPS, delta=w.DELTA).certificate
+
+
+# ------------------------------------------------------------------------------- what the folder may hold
+@pytest.fixture
+def folder(tmp_path: Path) -> Path:
+    """A checkpoint folder after training and the first deletion F1."""
+    _trained(tmp_path / "ckpt", F1)
+    return tmp_path / "ckpt"
+
+
+@pytest.mark.parametrize("name", [ckpt.MANIFEST, ckpt.checkpoint_name(1, 2)])
+def test_a_symlink_in_the_folder_is_refused(folder: Path, tmp_path: Path, name: str) -> None:
+    """A link to a file elsewhere (even one with the right content) could point at a device or a FIFO."""
+    target = tmp_path / "elsewhere"
+    (folder / name).rename(target)
+    (folder / name).symlink_to(target)
+    with pytest.raises(SisaCheckpointError, match="regular file"):
+        _load(folder, F1)
+
+
+_FIFO_LOAD = """
+import sys, sisa_reload_worker as w
+from certun.backends.sisa import Sisa, SisaCheckpointError
+try:
+    Sisa.load(sys.argv[1], w.factory, w.CONFIG, *w.without(w.forget_sets()[0]), salt=w.SALT, seed=w.SEED)
+except SisaCheckpointError as exc:
+    print("refused:", exc)
+"""
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no FIFOs on this platform")
+@pytest.mark.parametrize("name", [ckpt.MANIFEST, ckpt.checkpoint_name(0, 1)])
+def test_a_fifo_in_the_folder_is_refused_instead_of_hanging(folder: Path, name: str) -> None:
+    (folder / name).unlink()
+    os.mkfifo(folder / name)
+    env = {**os.environ, "PYTHONPATH": str(Path(w.__file__).parent)}
+    try:  # the timeout only stops a hanging reader: it is no speed assertion
+        done = subprocess.run([sys.executable, "-c", _FIFO_LOAD, str(folder)], env=env, capture_output=True,
+                              text=True, timeout=120, check=False)
+    except subprocess.TimeoutExpired:
+        pytest.fail("Sisa.load hung reading a FIFO")
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "refused:" in done.stdout and "regular file" in done.stdout
+
+
+def test_a_huge_manifest_is_refused_before_it_is_parsed(folder: Path) -> None:
+    path = folder / ckpt.MANIFEST
+    text = path.read_bytes()
+    path.write_bytes(b" " * (man.MAX_MANIFEST_BYTES + 1 - len(text)) + text)  # valid JSON, tag intact
+    with pytest.raises(SisaCheckpointError, match="bytes"):
+        _load(folder, F1)
