@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -13,7 +14,7 @@ import torch
 
 from certun.backends import _sisa_checkpoints as ckpt
 from certun.backends import _sisa_manifest as man
-from certun.backends.sisa import Sisa, SisaCheckpointError
+from certun.backends.sisa import Sisa, SisaCheckpointError, assign
 from certun.errors import InvalidParameterError
 
 F1, F2, F3 = w.forget_sets()
@@ -101,7 +102,7 @@ def test_a_symlink_in_the_folder_is_refused(folder: Path, tmp_path: Path, name: 
 
 _FIFO_LOAD = """
 import sys, sisa_reload_worker as w
-from certun.backends.sisa import Sisa, SisaCheckpointError
+from certun.backends.sisa import Sisa, SisaCheckpointError, assign
 try:
     Sisa.load(sys.argv[1], w.factory, w.CONFIG, *w.without(w.forget_sets()[0]), salt=w.SALT, seed=w.SEED)
 except SisaCheckpointError as exc:
@@ -130,3 +131,34 @@ def test_a_huge_manifest_is_refused_before_it_is_parsed(folder: Path) -> None:
     path.write_bytes(b" " * (man.MAX_MANIFEST_BYTES + 1 - len(text)) + text)  # valid JSON, tag intact
     with pytest.raises(SisaCheckpointError, match="bytes"):
         _load(folder, F1)
+
+
+# ------------------------------------------------------------------------------- rollback and the ledger
+def _same_shards_as_f1() -> list[str]:
+    """Another request touching exactly F1's shards at F1's stages: the verifier's untouched-shard check
+    cannot tell that the ensemble it starts from is the one before F1 was deleted."""
+    _, _, ids = w.data()
+    shard, slice_ = assign(ids, shards=w.CONFIG.shards, slices=w.CONFIG.slices, salt=w.SALT)
+    at: dict[tuple[int, int], list[str]] = {}
+    for i, key in enumerate(zip(shard.tolist(), slice_.tolist(), strict=True)):
+        at.setdefault(key, []).append(ids[i])
+    return [next(i for i in at[(0, 2)] if i not in F1), next(i for i in at[(1, 1)] if i not in F1)]
+
+
+def test_a_restored_folder_cannot_extend_the_ledger_past_the_deletion_it_undid(tmp_path: Path) -> None:
+    """The folder is restored from a backup taken before F1 and the owner still holds F1's records: the
+    reload is consistent, but a certificate chained after F1's would claim F1 stays deleted."""
+    folder, backup, ledger = tmp_path / "ckpt", tmp_path / "backup", tmp_path / "ledger"
+    ledger.mkdir()
+    sisa = _trained(folder)
+    shutil.copytree(folder, backup)
+    sisa.certify(sisa.unlearn(F1), F1, eps=w.EPS, delta=w.DELTA, certificate_path=ledger / "000.json")
+    shutil.rmtree(folder)
+    shutil.copytree(backup, folder)
+    restored = Sisa.load(folder, w.factory, w.CONFIG, *w.data(), salt=w.SALT, seed=w.SEED)
+    forget = _same_shards_as_f1()
+    report = restored.unlearn(forget)
+    with pytest.raises(InvalidParameterError, match="previous"):
+        restored.certify(report, forget, eps=w.EPS, delta=w.DELTA, previous=ledger / "000.json",
+                         certificate_path=ledger / "001.json")
+    assert sorted(p.name for p in ledger.iterdir()) == ["000.json"]
