@@ -55,6 +55,39 @@ def _check_salt(salt: Any) -> bytes:
     return salt
 
 
+def _check_data(x: Any, y: Any, ids: Any) -> list[Any]:
+    """``ids`` as a list once ``x``, ``y`` (tensors) and ``ids`` (distinct) hold one entry per record."""
+    for name, t in (("x", x), ("y", y)):
+        if not isinstance(t, torch.Tensor) or t.dim() < 1:
+            raise InvalidParameterError(name, f"<{type(t).__name__}>", "a torch.Tensor with one row per record")
+    if isinstance(ids, (str, bytes)) or not isinstance(ids, (Sequence, np.ndarray)):
+        raise InvalidParameterError("ids", f"<{type(ids).__name__}>", "a list or tuple of record identifiers")
+    ids = list(ids)
+    if len(ids) != len(x) or len(y) != len(x):
+        raise InvalidParameterError("ids", f"<{len(ids)} ids for {len(x)} rows, {len(y)} labels>",
+                                    "one identifier and one label per row of x")
+    try:
+        distinct = len(set(ids)) == len(ids)
+    except TypeError:
+        raise InvalidParameterError("ids", "<unhashable identifiers>", "integers or strings") from None
+    if not distinct:
+        raise InvalidParameterError("ids", "<duplicates>", "distinct record identifiers")
+    return ids
+
+
+def _check_device(device: Any) -> torch.device:
+    """``device`` as a ``torch.device`` this machine has (a typo or a missing GPU fails before any work)."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise InvalidParameterError("device", device, "cpu, cuda, cuda:N or a torch.device") from None
+    if dev.type == "cuda" and (not torch.cuda.is_available()
+                               or (dev.index is not None and dev.index >= torch.cuda.device_count())):
+        raise InvalidParameterError("device", str(device), f"a device of this machine ({torch.cuda.device_count()} "
+                                    "CUDA devices)")
+    return dev
+
+
 def _check_int(name: str, value: Any, lower: int) -> int:
     """``value`` as a Python int ``>= lower`` (certun's one integer check)."""
     return integer(name, value, f"an integer >= {lower}", low=lower)

@@ -38,6 +38,8 @@ from certun.backends._sisa_parts import (
     SisaConfig,
     SisaEnsemble,
     SisaUnlearning,
+    _check_data,
+    _check_device,
     _check_int,
     _check_salt,
     _encode,
@@ -85,9 +87,10 @@ class Sisa:
         self.config = config
         self.salt = secrets.token_bytes(32) if salt is None else _check_salt(salt)
         self.seed = secrets.randbits(63) if seed is None else _check_int("seed", seed, 0)
-        self.device = torch.device(device)
-        if checkpoint_dir is not None and not isinstance(checkpoint_dir, (str, os.PathLike)):
-            raise InvalidParameterError("checkpoint_dir", type(checkpoint_dir).__name__, "a folder path or None")
+        self.device = _check_device(device)
+        if checkpoint_dir is not None and (not isinstance(checkpoint_dir, (str, os.PathLike))
+                                           or not os.fspath(checkpoint_dir)):
+            raise InvalidParameterError("checkpoint_dir", checkpoint_dir, "a folder path (not empty) or None")
         self.checkpoint_dir = None if checkpoint_dir is None else Path(checkpoint_dir)
         #: checkpoint_roots[s][r]: model_digest root of checkpoint (s, r) as written (disk mode only).
         self.checkpoint_roots: list[list[str]] = []
@@ -154,12 +157,7 @@ class Sisa:
 
     def _set_data(self, x: torch.Tensor, y: torch.Tensor, ids: Sequence[Any]) -> None:
         """Validate and hold the training data, assign each identifier, digest each record (disk mode)."""
-        if len(ids) != len(x) or len(y) != len(x):
-            raise InvalidParameterError("ids", f"<{len(ids)} ids for {len(x)} rows, {len(y)} labels>",
-                                        "one identifier and one label per row of x")
-        if len(set(ids)) != len(ids):
-            raise InvalidParameterError("ids", "<duplicates>", "distinct record identifiers")
-        self._x, self._y, self._ids = x, y, list(ids)
+        self._x, self._y, self._ids = x, y, _check_data(x, y, ids)
         self._rows = {i: row for row, i in enumerate(self._ids)}
         self._shard, self._slice = assign(self._ids, shards=self.config.shards, slices=self.config.slices,
                                           salt=self.salt)

@@ -162,3 +162,35 @@ def test_a_restored_folder_cannot_extend_the_ledger_past_the_deletion_it_undid(t
         restored.certify(report, forget, eps=w.EPS, delta=w.DELTA, previous=ledger / "000.json",
                          certificate_path=ledger / "001.json")
     assert sorted(p.name for p in ledger.iterdir()) == ["000.json"]
+
+
+# ------------------------------------------------------------------------------- bad input
+_BAD = {"x-list": ("x", lambda x, y, ids: (x.tolist(), y, ids)),
+        "x-numpy": ("x", lambda x, y, ids: (x.numpy(), y, ids)),
+        "x-none": ("x", lambda x, y, ids: (None, y, ids)),
+        "x-scalar": ("x", lambda x, y, ids: (torch.tensor(1.0), y, ids)),
+        "y-none": ("y", lambda x, y, ids: (x, None, ids)),
+        "ids-none": ("ids", lambda x, y, ids: (x, y, None)),
+        "ids-generator": ("ids", lambda x, y, ids: (x, y, (i for i in ids))),
+        "ids-unhashable": ("ids", lambda x, y, ids: (x, y, [[i] for i in ids]))}
+
+
+@pytest.mark.parametrize("case", sorted(_BAD))
+def test_bad_data_is_a_typed_error_naming_it(folder: Path, case: str) -> None:
+    name, spoil = _BAD[case]
+    x, y, ids = spoil(*w.without(F1))
+    with pytest.raises(InvalidParameterError, match=rf"^{name}="):
+        Sisa.load(folder, w.factory, w.CONFIG, x, y, ids, salt=w.SALT, seed=w.SEED)
+    with pytest.raises(InvalidParameterError, match=rf"^{name}="):
+        Sisa(w.factory, w.CONFIG, salt=w.SALT, seed=w.SEED).fit(x, y, ids)
+
+
+@pytest.mark.parametrize("device", ["bogus", "cuda:999", 3])
+def test_a_bad_or_missing_device_is_a_typed_error(folder: Path, device: object) -> None:
+    with pytest.raises(InvalidParameterError, match=r"^device="):
+        Sisa.load(folder, w.factory, w.CONFIG, *w.without(F1), salt=w.SALT, seed=w.SEED, device=device)
+
+
+def test_an_empty_folder_name_is_refused_not_taken_as_the_working_directory() -> None:
+    with pytest.raises(InvalidParameterError, match=r"^checkpoint_dir="):
+        Sisa(w.factory, w.CONFIG, checkpoint_dir="")
