@@ -75,6 +75,13 @@ def _check_data(x: Any, y: Any, ids: Any) -> list[Any]:
     return ids
 
 
+def _check_layout(config: SisaConfig, records: int) -> None:
+    """At most one shard-slice per record: an empty shard is an untrained model in the ensemble."""
+    if config.shards * config.slices > records:
+        raise InvalidParameterError("config", f"<shards={config.shards}, slices={config.slices}>",
+                                    f"shards x slices <= {records}, the number of records trained on")
+
+
 def _check_device(device: Any) -> torch.device:
     """``device`` as a ``torch.device`` this machine has (a typo or a missing GPU fails before any work)."""
     try:

@@ -41,6 +41,7 @@ from certun.backends._sisa_parts import (
     _check_data,
     _check_device,
     _check_int,
+    _check_layout,
     _check_salt,
     _encode,
     _state_root,
@@ -132,6 +133,7 @@ class Sisa:
     # ----------------------------------------------------------------------------------- training
     def fit(self, x: torch.Tensor, y: torch.Tensor, ids: Sequence[Any]) -> SisaEnsemble:
         """Train every shard through all its stages on ``(x, y)`` with one identifier per row."""
+        _check_layout(self.config, len(_check_data(x, y, ids)))
         self._set_data(x, y, ids)
         self.models, self.checkpoints, self.checkpoint_roots = [], [], []
         self.gradient_evaluations = 0

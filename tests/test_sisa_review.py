@@ -194,3 +194,24 @@ def test_a_bad_or_missing_device_is_a_typed_error(folder: Path, device: object) 
 def test_an_empty_folder_name_is_refused_not_taken_as_the_working_directory() -> None:
     with pytest.raises(InvalidParameterError, match=r"^checkpoint_dir="):
         Sisa(w.factory, w.CONFIG, checkpoint_dir="")
+
+
+@pytest.mark.parametrize(("shards", "slices"), [(10**9, 1), (1, 10**9), (181, 1)])
+def test_more_shard_slices_than_records_is_refused_before_training(shards: int, slices: int) -> None:
+    """Empty shards would put untrained models in the ensemble; 10**9 of them would never finish."""
+    config = w.CONFIG.__class__(shards=shards, slices=slices)
+    factory_calls = []
+    sisa = Sisa(lambda: factory_calls.append(1) or w.factory(), config, salt=w.SALT, seed=w.SEED)
+    with pytest.raises(InvalidParameterError, match=r"^config="):
+        sisa.fit(*w.data())
+    assert not factory_calls
+
+
+def test_the_demo_refuses_more_shards_than_records_in_one_line(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from certun.cli import main
+
+    code = main(["demo", "--quick", "--data", "digits", "--route", "sisa", "--shards", "1000000000",
+                 "--out", str(tmp_path / "demo"), "--no-progress"])
+    err = capsys.readouterr().err
+    assert code != 0 and "Traceback" not in err and "config=" in err and "shards" in err
+    assert not (tmp_path / "demo" / "certificate.json").exists()
