@@ -37,6 +37,8 @@ __all__ = ["MANIFEST", "SisaCheckpointError", "atomic_write", "checkpoint_name",
 
 MANIFEST = "manifest.json"
 _NAME_RE = re.compile(r"shard-(\d+)-stage-(\d+)\.safetensors")
+#: temporary files of :func:`atomic_write` that a killed process left behind
+_TMP_RE = re.compile(r"\.(shard-\d+-stage-\d+\.safetensors|manifest\.json)\..+\.tmp")
 
 _TORCH_TO_SAFETENSORS = {torch.float64: "F64", torch.float32: "F32", torch.float16: "F16", torch.int64: "I64",
                          torch.int32: "I32", torch.int16: "I16", torch.int8: "I8", torch.uint8: "U8",
@@ -190,5 +192,6 @@ def load_checkpoint(directory: Path, shard: int, stage: int, expected_root: str)
 
 
 def stale_files(directory: Path) -> list[Path]:
-    """Checkpoint files in ``directory`` (by name), e.g. left by an earlier ``fit``."""
-    return [p for p in directory.iterdir() if _NAME_RE.fullmatch(p.name)]
+    """Checkpoint files in ``directory`` (by name), e.g. left by an earlier ``fit``, and the temporary
+    files of a write that was killed (they may hold weights trained on records deleted since)."""
+    return [p for p in directory.iterdir() if _NAME_RE.fullmatch(p.name) or _TMP_RE.fullmatch(p.name)]

@@ -215,3 +215,15 @@ def test_the_demo_refuses_more_shards_than_records_in_one_line(tmp_path: Path, c
     err = capsys.readouterr().err
     assert code != 0 and "Traceback" not in err and "config=" in err and "shards" in err
     assert not (tmp_path / "demo" / "certificate.json").exists()
+
+
+def test_temporary_files_left_by_a_killed_write_are_removed_by_the_next_fit(folder: Path) -> None:
+    """A process killed inside a write leaves its temporary file: weights trained on records that a later
+    deletion removes, kept in the folder forever unless fit clears them with the checkpoints."""
+    left = [folder / f".{ckpt.checkpoint_name(1, 2)}.k9x2_a1.tmp", folder / f".{ckpt.MANIFEST}.q0z1.tmp"]
+    for path in left:
+        path.write_bytes(b"weights that saw a deleted record")
+    other = folder / ".owner-notes.tmp"  # not certun's: left alone
+    other.write_bytes(b"")
+    Sisa(w.factory, w.CONFIG, salt=w.SALT, seed=w.SEED, checkpoint_dir=folder).fit(*w.data())
+    assert not any(p.exists() for p in left) and other.exists()
