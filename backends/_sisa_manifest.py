@@ -30,8 +30,8 @@ from certun.backends._sisa_checkpoints import (
 from certun.certificates.provenance import strict_loads
 from certun.errors import CertificateFormatError
 
-__all__ = ["MANIFEST_FORMAT", "MAX_MANIFEST_BYTES", "data_record", "manifest_root", "read_manifest", "read_sealed",
-           "row_digests", "seal", "seed_commitment", "write_manifest"]
+__all__ = ["MANIFEST_FORMAT", "MAX_MANIFEST_BYTES", "data_record", "describes", "manifest_root", "read_manifest",
+           "read_sealed", "row_digests", "seal", "seed_commitment", "write_manifest"]
 
 MANIFEST_FORMAT = "certun.sisa.checkpoints.v2"
 _HMAC = "hmac-sha256:"
@@ -91,11 +91,19 @@ def seal(body: Mapping[str, Any], salt: bytes) -> dict[str, Any]:
     return {**body, "tag": _tag(body, salt)}
 
 
+def _entries(roots: list[list[str]]) -> list[dict[str, Any]]:
+    return [{"shard": s, "stage": r, "file": checkpoint_name(s, r), "root": root}
+            for s, shard_roots in enumerate(roots) for r, root in enumerate(shard_roots)]
+
+
+def describes(manifest: Mapping[str, Any], header: Mapping[str, Any], roots: list[list[str]]) -> bool:
+    """Whether ``manifest`` records exactly ``header`` and the checkpoints ``roots`` (nobody wrote it since)."""
+    return all(manifest.get(k) == v for k, v in header.items()) and manifest.get("checkpoints") == _entries(roots)
+
+
 def write_manifest(directory: Path, header: Mapping[str, Any], roots: list[list[str]], *, salt: bytes) -> None:
     """Write the sealed manifest atomically (mode 0o600): ``header`` plus one entry per checkpoint."""
-    entries = [{"shard": s, "stage": r, "file": checkpoint_name(s, r), "root": root}
-               for s, shard_roots in enumerate(roots) for r, root in enumerate(shard_roots)]
-    body = seal({"format": MANIFEST_FORMAT, **header, "checkpoints": entries}, salt)
+    body = seal({"format": MANIFEST_FORMAT, **header, "checkpoints": _entries(roots)}, salt)
     atomic_write(directory / MANIFEST, (json.dumps(body, indent=2, sort_keys=True) + "\n").encode("utf-8"))
 
 

@@ -246,9 +246,11 @@ class Sisa:
     def _write_manifest(self) -> None:
         """Record the settings, seed commitment, initialisations, data, deletions and checkpoints, sealed."""
         assert self.checkpoint_dir is not None
-        header = {**dataclasses.asdict(self.config), "seed_commitment": self._seed_commitment(),
-                  "init_roots": list(self._init_roots), "data": dict(self._data), "deletions": self._deletions}
-        man.write_manifest(self.checkpoint_dir, header, self.checkpoint_roots, salt=self.salt)
+        man.write_manifest(self.checkpoint_dir, self._header(), self.checkpoint_roots, salt=self.salt)
+
+    def _header(self) -> dict[str, Any]:
+        return {**dataclasses.asdict(self.config), "seed_commitment": self._seed_commitment(),
+                "init_roots": list(self._init_roots), "data": dict(self._data), "deletions": self._deletions}
 
     def _seed_commitment(self) -> str:
         """Binds the manifest to this salt and seed without revealing either (keyed by the secret salt)."""
@@ -257,19 +259,19 @@ class Sisa:
     def _verified_restarts(self, restart: Mapping[int, int]) -> dict[int, dict[str, torch.Tensor]]:
         """Every checkpoint ``restart`` needs, read and verified before anything changes (a refusal changes nothing).
 
-        In checkpoint_dir mode the sealed manifest must still describe this ensemble: same seed, same data,
-        same number of deletions (so a folder another process has served a deletion from is refused).
+        In checkpoint_dir mode the sealed manifest must still describe this ensemble: same seed, settings,
+        data, deletions and checkpoints (so a folder another process served or trained from is refused).
         """
         if self.checkpoint_dir is not None:
             manifest = man.read_sealed(self.checkpoint_dir, self.salt)
             if manifest.get("seed_commitment") != self._seed_commitment():
                 raise ckpt.SisaCheckpointError(f"SISA manifest in {self.checkpoint_dir} belongs to another salt or "
                                                "seed; nothing was retrained")
-            if manifest.get("data") != self._data or manifest.get("deletions") != self._deletions:
+            if not man.describes(manifest, self._header(), self.checkpoint_roots):
                 raise ckpt.SisaCheckpointError(
-                    f"SISA manifest in {self.checkpoint_dir} records other data or deletions than this ensemble "
-                    "holds: another process trained or served a deletion from the folder since; reload it with "
-                    "Sisa.load; nothing was retrained")
+                    f"SISA manifest in {self.checkpoint_dir} records other data, deletions, settings or checkpoints "
+                    "than this ensemble holds: another process trained or served a deletion from the folder since "
+                    "(or it was modified); reload it with Sisa.load; nothing was retrained")
         return {s: self._restart_state(s, r - 1) for s, r in restart.items() if r > 0}
 
     def _restart_state(self, shard: int, stage: int) -> dict[str, torch.Tensor]:

@@ -227,3 +227,23 @@ def test_temporary_files_left_by_a_killed_write_are_removed_by_the_next_fit(fold
     other.write_bytes(b"")
     Sisa(w.factory, w.CONFIG, salt=w.SALT, seed=w.SEED, checkpoint_dir=folder).fit(*w.data())
     assert not any(p.exists() for p in left) and other.exists()
+
+
+def _first_slice_ids() -> list[str]:
+    """One record from the first slice of shard 0: deleting it needs no checkpoint (a fresh start)."""
+    _, _, ids = w.data()
+    shard, slice_ = assign(ids, shards=w.CONFIG.shards, slices=w.CONFIG.slices, salt=w.SALT)
+    return [next(i for n, i in enumerate(ids) if shard[n] == 0 and slice_[n] == 0)]
+
+
+def test_a_folder_another_process_retrained_with_other_settings_is_refused(tmp_path: Path) -> None:
+    """Another process refits the folder (same salt, seed and data, another lr): a deletion that reads no
+    checkpoint must still see that the folder no longer holds this ensemble's checkpoints."""
+    folder = tmp_path / "ckpt"
+    stale = _trained(folder)
+    Sisa(w.factory, w.CONFIG.__class__(shards=3, slices=3, batch_size=16, lr=0.01), salt=w.SALT, seed=w.SEED,
+         checkpoint_dir=folder).fit(*w.data())
+    files = {p.name: p.read_bytes() for p in folder.iterdir()}
+    with pytest.raises(SisaCheckpointError, match="another process"):
+        stale.unlearn(_first_slice_ids())
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == files
