@@ -57,11 +57,12 @@ def folder_lock(directory: Path | None, *, shared: bool = False) -> Iterator[Non
     """Hold an advisory lock on ``directory`` (``flock`` on the folder itself) while its files change.
 
     Exclusive while training or serving a deletion, ``shared`` while loading; refused at once, never
-    waited for, when another process holds a conflicting lock. No-op without ``directory`` or where
+    waited for, when another process holds a conflicting lock, or when group or others may write to
+    the folder (they could delete checkpoints or restore old ones). No-op without ``directory`` or where
     ``fcntl`` is missing (Windows: there one folder must not be served by two processes at once).
 
     Raises:
-        SisaCheckpointError: another process holds the folder.
+        SisaCheckpointError: another process holds the folder, or it is writable by group or others.
     """
     if directory is None or fcntl is None:
         yield
@@ -71,6 +72,9 @@ def folder_lock(directory: Path | None, *, shared: bool = False) -> Iterator[Non
     except OSError as exc:
         raise SisaCheckpointError(f"SISA checkpoint folder {directory} cannot be opened: {exc}") from exc
     try:
+        if os.fstat(fd).st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+            raise SisaCheckpointError(f"SISA checkpoint folder {directory} is writable by group or others, who "
+                                      "could delete checkpoints or put back old ones; chmod it to 0o700")
         try:
             fcntl.flock(fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
         except BlockingIOError:

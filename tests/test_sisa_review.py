@@ -247,3 +247,17 @@ def test_a_folder_another_process_retrained_with_other_settings_is_refused(tmp_p
     with pytest.raises(SisaCheckpointError, match="another process"):
         stale.unlearn(_first_slice_ids())
     assert {p.name: p.read_bytes() for p in folder.iterdir()} == files
+
+
+@pytest.mark.skipif(os.name != "posix", reason="POSIX permissions")
+@pytest.mark.parametrize("mode", [0o777, 0o770, 0o702])
+def test_a_folder_others_can_write_to_is_refused(folder: Path, mode: int) -> None:
+    """Whoever can write to the folder can delete checkpoints or put back an old manifest and files."""
+    os.chmod(folder, mode)
+    try:
+        with pytest.raises(SisaCheckpointError, match="writable"):
+            _load(folder, F1)
+        with pytest.raises(SisaCheckpointError, match="writable"):
+            _trained(folder)
+    finally:
+        os.chmod(folder, 0o700)
