@@ -29,7 +29,7 @@ try:
 except ImportError:  # pragma: no cover - Windows
     fcntl = None  # type: ignore[assignment]
 
-from certun.certificates._safetensors_reader import parse_safetensors
+from certun.certificates.provenance import parse_safetensors
 from certun.errors import CertificateFormatError, InvalidParameterError, UnlearningRunError
 
 __all__ = ["MANIFEST", "SisaCheckpointError", "atomic_write", "checkpoint_name", "folder_lock", "load_checkpoint",
