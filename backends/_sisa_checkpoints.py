@@ -15,6 +15,7 @@ import contextlib
 import json
 import os
 import re
+import stat
 import struct
 import tempfile
 from collections.abc import Iterator, Mapping
@@ -28,14 +29,16 @@ try:
 except ImportError:  # pragma: no cover - Windows
     fcntl = None  # type: ignore[assignment]
 
-from certun.certificates.provenance import read_safetensors
+from certun.certificates.provenance import parse_safetensors
 from certun.errors import CertificateFormatError, InvalidParameterError, UnlearningRunError
 
 __all__ = ["MANIFEST", "SisaCheckpointError", "atomic_write", "checkpoint_name", "folder_lock", "load_checkpoint",
-           "remove_checkpoint", "state_root", "write_checkpoint"]
+           "read_private", "remove_checkpoint", "state_root", "write_checkpoint"]
 
 MANIFEST = "manifest.json"
 _NAME_RE = re.compile(r"shard-(\d+)-stage-(\d+)\.safetensors")
+#: temporary files of :func:`atomic_write` that a killed process left behind
+_TMP_RE = re.compile(r"\.(shard-\d+-stage-\d+\.safetensors|manifest\.json)\..+\.tmp")
 
 _TORCH_TO_SAFETENSORS = {torch.float64: "F64", torch.float32: "F32", torch.float16: "F16", torch.int64: "I64",
                          torch.int32: "I32", torch.int16: "I16", torch.int8: "I8", torch.uint8: "U8",
@@ -54,11 +57,12 @@ def folder_lock(directory: Path | None, *, shared: bool = False) -> Iterator[Non
     """Hold an advisory lock on ``directory`` (``flock`` on the folder itself) while its files change.
 
     Exclusive while training or serving a deletion, ``shared`` while loading; refused at once, never
-    waited for, when another process holds a conflicting lock. No-op without ``directory`` or where
+    waited for, when another process holds a conflicting lock, or when group or others may write to
+    the folder (they could delete checkpoints or restore old ones). No-op without ``directory`` or where
     ``fcntl`` is missing (Windows: there one folder must not be served by two processes at once).
 
     Raises:
-        SisaCheckpointError: another process holds the folder.
+        SisaCheckpointError: another process holds the folder, or it is writable by group or others.
     """
     if directory is None or fcntl is None:
         yield
@@ -68,6 +72,9 @@ def folder_lock(directory: Path | None, *, shared: bool = False) -> Iterator[Non
     except OSError as exc:
         raise SisaCheckpointError(f"SISA checkpoint folder {directory} cannot be opened: {exc}") from exc
     try:
+        if os.fstat(fd).st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+            raise SisaCheckpointError(f"SISA checkpoint folder {directory} is writable by group or others, who "
+                                      "could delete checkpoints or put back old ones; chmod it to 0o700")
         try:
             fcntl.flock(fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -105,6 +112,36 @@ def atomic_write(path: Path, data: bytes) -> None:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+def read_private(path: Path, limit: int | None = None) -> bytes:
+    """The bytes of ``path``, a regular file of the folder: never through a symbolic link, nor from a
+    FIFO or a device (reading those could hang or never end), nor more than ``limit`` bytes.
+
+    Raises:
+        SisaCheckpointError: missing, not a regular file, or larger than ``limit``.
+    """
+    flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
+    if os.path.islink(path):
+        raise SisaCheckpointError(f"SISA file {path} is a symbolic link, not a regular file; nothing was loaded")
+    try:
+        fd = os.open(path, flags)
+    except OSError as exc:
+        raise SisaCheckpointError(f"SISA file {path} cannot be opened as a regular file: {exc}") from exc
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise SisaCheckpointError(f"SISA file {path} is not a regular file; nothing was loaded")
+        if limit is not None and info.st_size > limit:
+            raise SisaCheckpointError(f"SISA file {path} has {info.st_size} bytes, more than the {limit} bytes "
+                                      "read; nothing was loaded")
+        with os.fdopen(os.dup(fd), "rb") as f:
+            data = f.read() if limit is None else f.read(limit + 1)
+    finally:
+        os.close(fd)
+    if limit is not None and len(data) > limit:
+        raise SisaCheckpointError(f"SISA file {path} has more than the {limit} bytes read; nothing was loaded")
+    return data
 
 
 def safetensors_bytes(state: Mapping[str, torch.Tensor]) -> bytes:
@@ -148,7 +185,7 @@ def load_checkpoint(directory: Path, shard: int, stage: int, expected_root: str)
     """
     path = directory / checkpoint_name(shard, stage)
     try:
-        arrays = read_safetensors(path)  # the verifier's own strict reader
+        arrays = parse_safetensors(read_private(path), str(path))  # the verifier's own strict reader
     except (OSError, ValueError, RecursionError, CertificateFormatError) as exc:
         raise SisaCheckpointError(f"SISA checkpoint {path} cannot be read: {exc}") from exc
     root = state_root(arrays)
@@ -159,5 +196,6 @@ def load_checkpoint(directory: Path, shard: int, stage: int, expected_root: str)
 
 
 def stale_files(directory: Path) -> list[Path]:
-    """Checkpoint files in ``directory`` (by name), e.g. left by an earlier ``fit``."""
-    return [p for p in directory.iterdir() if _NAME_RE.fullmatch(p.name)]
+    """Checkpoint files in ``directory`` (by name), e.g. left by an earlier ``fit``, and the temporary
+    files of a write that was killed (they may hold weights trained on records deleted since)."""
+    return [p for p in directory.iterdir() if _NAME_RE.fullmatch(p.name) or _TMP_RE.fullmatch(p.name)]

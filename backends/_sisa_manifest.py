@@ -20,15 +20,23 @@ from typing import Any
 import numpy as np
 import torch
 
-from certun.backends._sisa_checkpoints import MANIFEST, SisaCheckpointError, atomic_write, checkpoint_name
+from certun.backends._sisa_checkpoints import (
+    MANIFEST,
+    SisaCheckpointError,
+    atomic_write,
+    checkpoint_name,
+    read_private,
+)
 from certun.certificates.provenance import strict_loads
 from certun.errors import CertificateFormatError
 
-__all__ = ["MANIFEST_FORMAT", "data_record", "manifest_root", "read_manifest", "read_sealed", "row_digests",
-           "seal", "seed_commitment", "write_manifest"]
+__all__ = ["MANIFEST_FORMAT", "MAX_MANIFEST_BYTES", "data_record", "describes", "manifest_root", "read_manifest",
+           "read_sealed", "row_digests", "seal", "seed_commitment", "write_manifest"]
 
 MANIFEST_FORMAT = "certun.sisa.checkpoints.v2"
 _HMAC = "hmac-sha256:"
+#: Largest manifest read (about 300 000 checkpoints): a bigger file is refused before it is parsed.
+MAX_MANIFEST_BYTES = 64 * 1024 * 1024
 
 
 def _subkey(salt: bytes, purpose: str) -> bytes:
@@ -83,11 +91,19 @@ def seal(body: Mapping[str, Any], salt: bytes) -> dict[str, Any]:
     return {**body, "tag": _tag(body, salt)}
 
 
+def _entries(roots: list[list[str]]) -> list[dict[str, Any]]:
+    return [{"shard": s, "stage": r, "file": checkpoint_name(s, r), "root": root}
+            for s, shard_roots in enumerate(roots) for r, root in enumerate(shard_roots)]
+
+
+def describes(manifest: Mapping[str, Any], header: Mapping[str, Any], roots: list[list[str]]) -> bool:
+    """Whether ``manifest`` records exactly ``header`` and the checkpoints ``roots`` (nobody wrote it since)."""
+    return all(manifest.get(k) == v for k, v in header.items()) and manifest.get("checkpoints") == _entries(roots)
+
+
 def write_manifest(directory: Path, header: Mapping[str, Any], roots: list[list[str]], *, salt: bytes) -> None:
     """Write the sealed manifest atomically (mode 0o600): ``header`` plus one entry per checkpoint."""
-    entries = [{"shard": s, "stage": r, "file": checkpoint_name(s, r), "root": root}
-               for s, shard_roots in enumerate(roots) for r, root in enumerate(shard_roots)]
-    body = seal({"format": MANIFEST_FORMAT, **header, "checkpoints": entries}, salt)
+    body = seal({"format": MANIFEST_FORMAT, **header, "checkpoints": _entries(roots)}, salt)
     atomic_write(directory / MANIFEST, (json.dumps(body, indent=2, sort_keys=True) + "\n").encode("utf-8"))
 
 
@@ -95,11 +111,13 @@ def read_manifest(directory: Path) -> dict[str, Any]:
     """The parsed manifest, strictly (no duplicate keys, no NaN), not yet authenticated.
 
     Raises:
-        SisaCheckpointError: missing or malformed manifest.
+        SisaCheckpointError: missing or malformed manifest, or not a regular file of at most
+            ``MAX_MANIFEST_BYTES``.
     """
     path = directory / MANIFEST
+    data = read_private(path, MAX_MANIFEST_BYTES)  # a FIFO, device, link or huge file is refused unread
     try:
-        body = strict_loads(path.read_bytes())
+        body = strict_loads(data)
     except (OSError, ValueError, RecursionError, CertificateFormatError) as exc:
         raise SisaCheckpointError(f"SISA manifest {path} cannot be read: {exc}") from exc
     if not isinstance(body, dict) or body.get("format") != MANIFEST_FORMAT or not isinstance(

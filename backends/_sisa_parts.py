@@ -20,7 +20,7 @@ from certun.errors import InvalidParameterError
 if TYPE_CHECKING:
     from certun.certificates import ModelDigest
 
-__all__ = ["SisaConfig", "SisaEnsemble", "SisaUnlearning", "assign"]
+__all__ = ["SisaConfig", "SisaEnsemble", "SisaUnlearning", "assign", "ensemble_digest"]
 
 _ASSIGN_TAG = b"certun.sisa.assign.v1\x00"
 
@@ -53,6 +53,46 @@ def _check_salt(salt: Any) -> bytes:
     if not isinstance(salt, bytes) or len(salt) < 16:
         raise InvalidParameterError("salt", f"<{type(salt).__name__}>", "at least 16 random bytes")
     return salt
+
+
+def _check_data(x: Any, y: Any, ids: Any) -> list[Any]:
+    """``ids`` as a list once ``x``, ``y`` (tensors) and ``ids`` (distinct) hold one entry per record."""
+    for name, t in (("x", x), ("y", y)):
+        if not isinstance(t, torch.Tensor) or t.dim() < 1:
+            raise InvalidParameterError(name, f"<{type(t).__name__}>", "a torch.Tensor with one row per record")
+    if isinstance(ids, (str, bytes)) or not isinstance(ids, (Sequence, np.ndarray)):
+        raise InvalidParameterError("ids", f"<{type(ids).__name__}>", "a list or tuple of record identifiers")
+    ids = list(ids)
+    if len(ids) != len(x) or len(y) != len(x):
+        raise InvalidParameterError("ids", f"<{len(ids)} ids for {len(x)} rows, {len(y)} labels>",
+                                    "one identifier and one label per row of x")
+    try:
+        distinct = len(set(ids)) == len(ids)
+    except TypeError:
+        raise InvalidParameterError("ids", "<unhashable identifiers>", "integers or strings") from None
+    if not distinct:
+        raise InvalidParameterError("ids", "<duplicates>", "distinct record identifiers")
+    return ids
+
+
+def _check_layout(config: SisaConfig, records: int) -> None:
+    """At most one shard-slice per record: an empty shard is an untrained model in the ensemble."""
+    if config.shards * config.slices > records:
+        raise InvalidParameterError("config", f"<shards={config.shards}, slices={config.slices}>",
+                                    f"shards x slices <= {records}, the number of records trained on")
+
+
+def _check_device(device: Any) -> torch.device:
+    """``device`` as a ``torch.device`` this machine has (a typo or a missing GPU fails before any work)."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise InvalidParameterError("device", device, "cpu, cuda, cuda:N or a torch.device") from None
+    if dev.type == "cuda" and (not torch.cuda.is_available()
+                               or (dev.index is not None and dev.index >= torch.cuda.device_count())):
+        raise InvalidParameterError("device", str(device), f"a device of this machine ({torch.cuda.device_count()} "
+                                    "CUDA devices)")
+    return dev
 
 
 def _check_int(name: str, value: Any, lower: int) -> int:
@@ -121,3 +161,16 @@ class SisaUnlearning:
     def cost_ratio(self) -> float:
         """Gradient evaluations spent against a full SISA retraining (0 when nothing was touched)."""
         return self.gradient_evaluations / max(self.full_retraining_evaluations, 1)
+
+
+def ensemble_digest(ensemble: nn.Module) -> ModelDigest:
+    """:class:`certun.certificates.ModelDigest` of the ensemble's state dict (``shards.{s}.…`` names)."""
+    from certun.certificates.provenance import model_digest
+
+    return model_digest({k: v.detach().cpu() for k, v in ensemble.state_dict().items()})
+
+
+def _state_root(state: Mapping[str, torch.Tensor]) -> str:
+    from certun.certificates.provenance import model_digest
+
+    return model_digest({k: v.detach().cpu() for k, v in state.items()}).root

@@ -38,17 +38,21 @@ from certun.backends._sisa_parts import (
     SisaConfig,
     SisaEnsemble,
     SisaUnlearning,
+    _check_data,
+    _check_device,
     _check_int,
+    _check_layout,
     _check_salt,
     _encode,
+    _state_root,
     assign,
+    ensemble_digest,
 )
 from certun.errors import InvalidParameterError
 
 if TYPE_CHECKING:
     from os import PathLike
 
-    from certun.certificates import ModelDigest
     from certun.sisa_certificate import SisaCertificate
 
 __all__ = ["Sisa", "SisaCheckpointError", "SisaConfig", "SisaEnsemble", "SisaUnlearning", "assign", "ensemble_digest"]
@@ -84,9 +88,10 @@ class Sisa:
         self.config = config
         self.salt = secrets.token_bytes(32) if salt is None else _check_salt(salt)
         self.seed = secrets.randbits(63) if seed is None else _check_int("seed", seed, 0)
-        self.device = torch.device(device)
-        if checkpoint_dir is not None and not isinstance(checkpoint_dir, (str, os.PathLike)):
-            raise InvalidParameterError("checkpoint_dir", type(checkpoint_dir).__name__, "a folder path or None")
+        self.device = _check_device(device)
+        if checkpoint_dir is not None and (not isinstance(checkpoint_dir, (str, os.PathLike))
+                                           or not os.fspath(checkpoint_dir)):
+            raise InvalidParameterError("checkpoint_dir", checkpoint_dir, "a folder path (not empty) or None")
         self.checkpoint_dir = None if checkpoint_dir is None else Path(checkpoint_dir)
         #: checkpoint_roots[s][r]: model_digest root of checkpoint (s, r) as written (disk mode only).
         self.checkpoint_roots: list[list[str]] = []
@@ -106,6 +111,8 @@ class Sisa:
         self._row_digests: list[bytes] = []
         self._data: dict[str, Any] = {}
         self._deletions = 0
+        #: set while a fit or deletion runs: one that did not finish leaves shards that saw deleted records
+        self._interrupted = False
 
     @classmethod
     def load(cls, checkpoint_dir: str | PathLike[str], model_factory: Callable[[], nn.Module], config: SisaConfig,
@@ -126,11 +133,13 @@ class Sisa:
     # ----------------------------------------------------------------------------------- training
     def fit(self, x: torch.Tensor, y: torch.Tensor, ids: Sequence[Any]) -> SisaEnsemble:
         """Train every shard through all its stages on ``(x, y)`` with one identifier per row."""
+        _check_layout(self.config, len(_check_data(x, y, ids)))
         self._set_data(x, y, ids)
         self.models, self.checkpoints, self.checkpoint_roots = [], [], []
         self.gradient_evaluations = 0
         self._last_unlearning = None
         self._deletions = 0
+        self._interrupted = True
         if self.checkpoint_dir is not None:
             self.checkpoint_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         with ckpt.folder_lock(self.checkpoint_dir):
@@ -145,16 +154,12 @@ class Sisa:
                 self.checkpoints.append([])
                 self.checkpoint_roots.append([])
                 self.gradient_evaluations += self._train_from(s, 0, model)
+        self._interrupted = False
         return self.ensemble
 
     def _set_data(self, x: torch.Tensor, y: torch.Tensor, ids: Sequence[Any]) -> None:
         """Validate and hold the training data, assign each identifier, digest each record (disk mode)."""
-        if len(ids) != len(x) or len(y) != len(x):
-            raise InvalidParameterError("ids", f"<{len(ids)} ids for {len(x)} rows, {len(y)} labels>",
-                                        "one identifier and one label per row of x")
-        if len(set(ids)) != len(ids):
-            raise InvalidParameterError("ids", "<duplicates>", "distinct record identifiers")
-        self._x, self._y, self._ids = x, y, list(ids)
+        self._x, self._y, self._ids = x, y, _check_data(x, y, ids)
         self._rows = {i: row for row, i in enumerate(self._ids)}
         self._shard, self._slice = assign(self._ids, shards=self.config.shards, slices=self.config.slices,
                                           salt=self.salt)
@@ -198,13 +203,7 @@ class Sisa:
         assert self._x is not None and self._y is not None
         c = self.config
         spent = 0
-        del self.checkpoints[shard][stage:]
-        if self.checkpoint_dir is not None:
-            # the checkpoints of the stages about to be retrained saw the deleted records: remove them first
-            for r in range(stage, len(self.checkpoint_roots[shard])):
-                ckpt.remove_checkpoint(self.checkpoint_dir, shard, r)
-            del self.checkpoint_roots[shard][stage:]
-            self._write_manifest()
+        self._drop_checkpoints({shard: stage})
         for r in range(stage, c.slices):
             rows = self._stage_rows(shard, r)
             if len(rows):
@@ -226,12 +225,32 @@ class Sisa:
                 self._write_manifest()
         return spent
 
+    def _drop_checkpoints(self, restart: Mapping[int, int]) -> None:
+        """Forget the checkpoints of every stage about to be retrained (they saw the deleted records).
+
+        On disk the manifest stops listing them before the files go, for every shard at once: a process
+        that dies mid-deletion leaves a folder that reloads as interrupted, never one whose untouched
+        shards still hold checkpoints trained on a record the manifest records as deleted.
+        """
+        for shard, stage in restart.items():
+            del self.checkpoints[shard][stage:]
+        if self.checkpoint_dir is None:
+            return
+        stale = [(s, r) for s, stage in restart.items() for r in range(stage, len(self.checkpoint_roots[s]))]
+        for shard, stage in restart.items():
+            del self.checkpoint_roots[shard][stage:]
+        self._write_manifest()
+        for shard, r in stale:
+            ckpt.remove_checkpoint(self.checkpoint_dir, shard, r)
+
     def _write_manifest(self) -> None:
         """Record the settings, seed commitment, initialisations, data, deletions and checkpoints, sealed."""
         assert self.checkpoint_dir is not None
-        header = {**dataclasses.asdict(self.config), "seed_commitment": self._seed_commitment(),
-                  "init_roots": list(self._init_roots), "data": dict(self._data), "deletions": self._deletions}
-        man.write_manifest(self.checkpoint_dir, header, self.checkpoint_roots, salt=self.salt)
+        man.write_manifest(self.checkpoint_dir, self._header(), self.checkpoint_roots, salt=self.salt)
+
+    def _header(self) -> dict[str, Any]:
+        return {**dataclasses.asdict(self.config), "seed_commitment": self._seed_commitment(),
+                "init_roots": list(self._init_roots), "data": dict(self._data), "deletions": self._deletions}
 
     def _seed_commitment(self) -> str:
         """Binds the manifest to this salt and seed without revealing either (keyed by the secret salt)."""
@@ -240,19 +259,19 @@ class Sisa:
     def _verified_restarts(self, restart: Mapping[int, int]) -> dict[int, dict[str, torch.Tensor]]:
         """Every checkpoint ``restart`` needs, read and verified before anything changes (a refusal changes nothing).
 
-        In checkpoint_dir mode the sealed manifest must still describe this ensemble: same seed, same data,
-        same number of deletions (so a folder another process has served a deletion from is refused).
+        In checkpoint_dir mode the sealed manifest must still describe this ensemble: same seed, settings,
+        data, deletions and checkpoints (so a folder another process served or trained from is refused).
         """
         if self.checkpoint_dir is not None:
             manifest = man.read_sealed(self.checkpoint_dir, self.salt)
             if manifest.get("seed_commitment") != self._seed_commitment():
                 raise ckpt.SisaCheckpointError(f"SISA manifest in {self.checkpoint_dir} belongs to another salt or "
                                                "seed; nothing was retrained")
-            if manifest.get("data") != self._data or manifest.get("deletions") != self._deletions:
+            if not man.describes(manifest, self._header(), self.checkpoint_roots):
                 raise ckpt.SisaCheckpointError(
-                    f"SISA manifest in {self.checkpoint_dir} records other data or deletions than this ensemble "
-                    "holds: another process trained or served a deletion from the folder since; reload it with "
-                    "Sisa.load; nothing was retrained")
+                    f"SISA manifest in {self.checkpoint_dir} records other data, deletions, settings or checkpoints "
+                    "than this ensemble holds: another process trained or served a deletion from the folder since "
+                    "(or it was modified); reload it with Sisa.load; nothing was retrained")
         return {s: self._restart_state(s, r - 1) for s, r in restart.items() if r > 0}
 
     def _restart_state(self, shard: int, stage: int) -> dict[str, torch.Tensor]:
@@ -273,11 +292,12 @@ class Sisa:
         """Delete ``forget_ids`` exactly: retrain each affected shard from before its earliest affected slice.
 
         Raises:
-            InvalidParameterError: an identifier that is not (or no longer) in the training set, or
-                the model was never trained.
+            InvalidParameterError: an identifier that is not (or no longer) in the training set, the
+                model was never trained, or its last fit or deletion was interrupted.
         """
         if self._x is None:
             raise InvalidParameterError("forget_ids", "<untrained SISA>", "call fit() before unlearn()")
+        self._check_complete()
         forget = list(forget_ids)
         rows = []
         for i in forget:
@@ -311,11 +331,13 @@ class Sisa:
     def _retrain(self, restart: Mapping[int, int], rows: np.ndarray) -> tuple[int, dict[int, str | None]]:
         """Mark ``rows`` deleted and retrain each shard of ``restart`` from its stage; returns the work and sources."""
         restart_states = self._verified_restarts(restart)
+        self._interrupted = True  # until every shard of ``restart`` is retrained
         self._alive[rows] = False
         if self.checkpoint_dir is not None:  # the manifest now describes the data without these records
             self._deletions += 1
             self._data = man.data_record(self.salt, self._x, self._y,
                                          [self._row_digests[r] for r in np.flatnonzero(self._alive)])
+        self._drop_checkpoints(restart)
         spent = 0
         restarted_from: dict[int, str | None] = {}
         for s, r in sorted(restart.items()):
@@ -331,7 +353,16 @@ class Sisa:
         self.gradient_evaluations += spent
         if self.checkpoint_dir is not None:
             self._write_manifest()
+        self._interrupted = False
         return spent, restarted_from
+
+    def _check_complete(self) -> None:
+        """Refuse to serve or certify after a fit or deletion that did not finish (its shards are mixed)."""
+        if self._interrupted:
+            raise InvalidParameterError(
+                "sisa", "<interrupted>", "an ensemble whose last fit() or unlearn() finished",
+                hint="a training or deletion stopped midway, so some shards may still depend on deleted "
+                "records; train again with fit() on the data still held")
 
     def retained_ids(self) -> list[Any]:
         """Identifiers of every record still in the training set (owner-private)."""
@@ -348,6 +379,7 @@ class Sisa:
         """
         from certun.sisa_certificate import certify
 
+        self._check_complete()
         if report is not self._last_unlearning:
             raise InvalidParameterError("report", "<SisaUnlearning>", "the report of the latest unlearn() call",
                                         hint="the ensemble has moved on since; certify each deletion right after it")
@@ -365,15 +397,3 @@ class Sisa:
             h.update(len(encoded).to_bytes(8, "little") + encoded)
         return h.hexdigest()
 
-
-def ensemble_digest(ensemble: nn.Module) -> ModelDigest:
-    """:class:`certun.certificates.ModelDigest` of the ensemble's state dict (``shards.{s}.…`` names)."""
-    from certun.certificates.provenance import model_digest
-
-    return model_digest({k: v.detach().cpu() for k, v in ensemble.state_dict().items()})
-
-
-def _state_root(state: Mapping[str, torch.Tensor]) -> str:
-    from certun.certificates.provenance import model_digest
-
-    return model_digest({k: v.detach().cpu() for k, v in state.items()}).root

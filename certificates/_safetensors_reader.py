@@ -18,7 +18,7 @@ from certun.certificates._parse import strict_loads
 from certun.certificates._verification_report import printable
 from certun.errors import CertificateFormatError
 
-__all__ = ["read_safetensors"]
+__all__ = ["parse_safetensors", "read_safetensors"]
 
 _SAFETENSORS_DTYPES = {"F64": "<f8", "F32": "<f4", "F16": "<f2", "I64": "<i8", "I32": "<i4", "I16": "<i2",
                        "I8": "i1", "U8": "u1", "BOOL": "?"}
@@ -36,15 +36,19 @@ def read_safetensors(path: str | os.PathLike) -> dict[str, np.ndarray]:
             not match the shape, or a dtype certun does not hash (bfloat16, float8: save as ``.pt``).
     """
     path = Path(path)
-    data = path.read_bytes()
+    return parse_safetensors(path.read_bytes(), str(path))
+
+
+def parse_safetensors(data: bytes, name: str) -> dict[str, np.ndarray]:
+    """``name -> array`` of the bytes of a ``.safetensors`` file called ``name`` (see :func:`read_safetensors`)."""
     if len(data) < 8:
-        raise CertificateFormatError(f"{printable(str(path))} is too short to be a safetensors file")
+        raise CertificateFormatError(f"{printable(name)} is too short to be a safetensors file")
     (size,) = struct.unpack("<Q", data[:8])
     if size > min(_MAX_SAFETENSORS_HEADER, len(data) - 8):
-        raise CertificateFormatError(f"{printable(str(path))}: safetensors header of {size} bytes does not fit")
+        raise CertificateFormatError(f"{printable(name)}: safetensors header of {size} bytes does not fit")
     header = strict_loads(data[8:8 + size])
     if not isinstance(header, dict):
-        raise CertificateFormatError(f"{printable(str(path))}: safetensors header is not a JSON object")
+        raise CertificateFormatError(f"{printable(name)}: safetensors header is not a JSON object")
     buffer = memoryview(data)[8 + size:]
     out: dict[str, np.ndarray] = {}
     for name, info in header.items():

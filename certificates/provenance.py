@@ -37,7 +37,7 @@ from certun.certificates._digest import model_digest
 from certun.certificates._merkle import encode_id, merkle_tree
 from certun.certificates._parse import load_certificate, strict_loads
 from certun.certificates._record import ModelDigest
-from certun.certificates._safetensors_reader import read_safetensors
+from certun.certificates._safetensors_reader import parse_safetensors, read_safetensors
 from certun.errors import CertificateFormatError, InvalidParameterError, UnlearningRunError
 
 __all__ = [
@@ -53,6 +53,7 @@ __all__ = [
     "load_previous",
     "model_digest",
     "now_utc",
+    "parse_safetensors",
     "read_safetensors",
     "released_root",
     "resolve_seed",

@@ -77,6 +77,28 @@ def _forget_list(report: SisaUnlearning, forget_ids: Iterable[Any]) -> list[Any]
     return forget
 
 
+def _check_continues(previous: Mapping[str, Any] | None, report: SisaUnlearning) -> None:
+    """Refuse to chain onto a SISA certificate whose released ensemble is not the one this deletion started from.
+
+    Otherwise a folder restored from before a certified deletion (the owner still holding its records)
+    would extend the ledger: the chain says the records are gone, the ensemble still depends on them.
+    """
+    from certun.certificates.provenance import released_root
+
+    execution = None if previous is None else previous.get("execution")
+    if not isinstance(execution, Mapping) or "sisa" not in execution or report.model_before is None:
+        return
+    if released_root(previous) != report.model_before.root:
+        chain = previous.get("chain")
+        sequence = chain.get("sequence") if isinstance(chain, Mapping) else None
+        raise InvalidParameterError(
+            "previous", f"<certificate sequence {sequence}>",
+            "the certificate of the deletion served just before this one, whose released ensemble it started from",
+            hint="this ensemble is not the one that certificate released: the checkpoint folder was restored or "
+            "rolled back, an older folder was reloaded, or a deletion in between went uncertified (certify each "
+            "deletion right after it, chained to the one before)")
+
+
 def _checkpoint_commitments(report: SisaUnlearning) -> tuple[dict[int, str], dict[int, Mapping[str, str]]]:
     """Salted commitments to the checkpoints restarted from, and their private openings."""
     from certun.certificates import model_commitment
@@ -116,8 +138,10 @@ def certify(sisa: Sisa, report: SisaUnlearning, forget_ids: Iterable[Any], *, ep
     ensemble; otherwise by a salted commitment whose opening stays in the return value.
 
     Raises:
-        InvalidParameterError: ``forget_ids`` are not exactly the records the deletion removed, or the
-            target is invalid; CertificateFormatError: ``previous`` was modified.
+        InvalidParameterError: ``forget_ids`` are not exactly the records the deletion removed, the
+            target is invalid, or ``previous`` is a SISA certificate whose released ensemble is not the
+            one this deletion started from (a rolled-back folder, a gap in the ledger);
+            CertificateFormatError: ``previous`` was modified.
     """
     import certun
     from certun.backends.sisa import ensemble_digest
@@ -130,6 +154,7 @@ def certify(sisa: Sisa, report: SisaUnlearning, forget_ids: Iterable[Any], *, ep
     if report.model_before is None:
         raise InvalidParameterError("report", "<SisaUnlearning without model_before>",
                                     "the report returned by Sisa.unlearn()")
+    _check_continues(prev, report)
     start = starting_model(report.model_before, prev)
     salt_key = secrets.token_bytes(32)
     S = sisa.config.shards
