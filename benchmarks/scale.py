@@ -276,6 +276,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     if args.device not in ("cpu", "cuda") or (args.device == "cuda" and not torch.cuda.is_available()):
         p.error(f"--device {args.device!r}: expected cpu, or cuda on a machine with a CUDA device")
     args.backend = args.backend or ("nccl" if args.device == "cuda" else "gloo")
+    if args.backend not in ("gloo", "nccl") or (args.backend == "nccl" and args.device != "cuda"):
+        p.error(f"--backend {args.backend!r}: expected gloo (cpu or cuda) or nccl (cuda only)")
     return args
 
 
