@@ -15,11 +15,12 @@ Throughput is wall time (synchronised on CUDA): ranks wait on each other, and th
 the cost. Each step is also timed in this process's CPU time, which a shared machine's other load
 touches much less (a rank blocked on a peer sleeps); on CPU it shows the work a step does, the wall
 time what it takes on that machine. Each rank takes the medians over steps (the first step dropped),
-and the slowest rank's medians are reported. Models are step_cost.py's MLP and CNN.
+and the slowest rank's medians are reported. Models are step_cost.py's MLP (two hidden layers of
+1024 on CPU, its 10.3M-parameter widths with ``--full``) and CNN.
 
     OMP_NUM_THREADS=1 python benchmarks/scale.py                 # CPU, gloo, W = 1, 2, 3
     OMP_NUM_THREADS=1 python benchmarks/scale.py --quick         # seconds-long smoke run
-    python benchmarks/scale.py --device cuda --backend nccl --worlds 1
+    python benchmarks/scale.py --device cuda --backend nccl --worlds 1 --full --batch 128
 
 Prints a markdown table (and writes JSON with ``--json PATH``); docs/benchmarks.md records results.
 """
@@ -74,12 +75,15 @@ def _spans(stamps: list[tuple[float, float]]) -> Times:
     return [(b[0] - a[0], b[1] - a[1]) for a, b in itertools.pairwise(stamps)]
 
 
-def build(name: str, quick: bool) -> tuple[nn.Module, tuple[int, ...]]:
-    """step_cost.py's model (small widths with ``quick``) and its input shape, seeded alike on every rank."""
+MLP_WIDTHS = {"quick": (256, 256), "cpu": (1024, 1024), "full": (3072, 2560)}  # "full": step_cost.py's 10.3M
+
+
+def build(name: str, size: str) -> tuple[nn.Module, tuple[int, ...]]:
+    """step_cost.py's model at ``size`` (quick, cpu or full) and its input shape, seeded alike on every rank."""
     torch.manual_seed(0)
     if name == "mlp":
-        return mlp((256, 256) if quick else (1024, 1024)), (1, 28, 28)
-    return cnn(8 if quick else 32), (1, 28, 28)
+        return mlp(MLP_WIDTHS[size]), (1, 28, 28)
+    return cnn(8 if size == "quick" else 32), (1, 28, 28)
 
 
 def schedule(clip: str, T: int) -> certun.Schedule:
@@ -151,7 +155,7 @@ def _row(common: dict[str, Any], batch: int, med: tuple[float, float], sgd: tupl
 def rank_rows(name: str, cfg: dict[str, Any], device: torch.device) -> list[dict[str, Any]]:
     """Every timing of one model on this rank: DDP SGD, the floors, then each (layout, clip)."""
     rank, world, steps, batch = dist.get_rank(), dist.get_world_size(), cfg["steps"], cfg["batch"]
-    base, shape = build(name, cfg["quick"])
+    base, shape = build(name, cfg["size"])
     d = sum(p.numel() for p in base.parameters())
     gen = torch.Generator().manual_seed(1)
     X, y = torch.randn(batch, *shape, generator=gen), torch.randint(0, 10, (batch,), generator=gen)
@@ -167,7 +171,7 @@ def rank_rows(name: str, cfg: dict[str, Any], device: torch.device) -> list[dict
         rows.append(_row(common, batch, floor, sgd, floor, what="floor = DDP SGD + draw", layout=layout, clip="-"))
         for clip in cfg["clips"]:
             try:
-                med = _median(time_noisy(build(name, cfg["quick"])[0], X, y, clip, layout, steps, device), device)
+                med = _median(time_noisy(build(name, cfg["size"])[0], X, y, clip, layout, steps, device), device)
             except (certun.CertunError, RuntimeError, NotImplementedError) as exc:  # every rank fails alike
                 rows.append(dict(common, what="noisy step", layout=layout, clip=clip, error=str(exc).splitlines()[0]))
                 continue
@@ -217,18 +221,19 @@ def launch(world: int, cfg: dict[str, Any], tmp: Path) -> list[dict[str, Any]]:
 
 
 def table(rows: list[dict[str, Any]]) -> str:
-    """The rows as a markdown table (wall time, then the CPU-time columns)."""
+    """The rows as a markdown table: wall-time columns, then CPU-time ones (ratios to the same world's rows)."""
+    sgd_cpu = {(r["model"], r["world"]): r["cpu_ms"] for r in rows if r["what"] == "DDP SGD"}
     out = ["| model | d | W | local batch | layout | step | clip | ms / step | examples / s | x DDP SGD | x floor "
-           "| CPU ms / step | x floor (CPU) |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+           "| CPU ms / step | x DDP SGD (CPU) | x floor (CPU) |", "|---" * 14 + "|"]
     for r in rows:
         head = (f"| {r['model']} | {r['d']} | {r['world']} | {r['local_batch']} | {r['layout']} | {r['what']} "
                 f"| {r['clip']}")
         if "error" in r:
-            out.append(f"{head} | failed: {r['error'][:60]} | | | | | |")
+            out.append(f"{head} | failed: {r['error'][:60]} | | | | | | |")
             continue
         floor, floor_cpu = (f"{r[k]:.2f}" if k in r else "-" for k in ("ratio_floor", "ratio_floor_cpu"))
         out.append(f"{head} | {r['ms']:.2f} | {r['examples_per_s']:.0f} | {r['ratio_sgd']:.2f} | {floor} "
-                   f"| {r['cpu_ms']:.2f} | {floor_cpu} |")
+                   f"| {r['cpu_ms']:.2f} | {r['cpu_ms'] / sgd_cpu[r['model'], r['world']]:.2f} | {floor_cpu} |")
     return "\n".join(out)
 
 
@@ -256,6 +261,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     """The command line; bad values exit with argparse's message (no traceback)."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="small models, few steps, tiny batch: a smoke run")
+    p.add_argument("--full", action="store_true", help="step_cost.py's full sizes (10.3M-parameter MLP): for a GPU")
     p.add_argument("--worlds", type=_worlds, default=[1, 2, 3], help="world sizes (default 1,2,3)")
     p.add_argument("--models", type=_choices(("mlp", "cnn")), default=["mlp", "cnn"])
     p.add_argument("--layouts", type=_choices(LAYOUTS), default=list(LAYOUTS))
@@ -284,10 +290,11 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     """Run every world size, print the table, optionally write JSON."""
     args = parse(argv)
-    cfg = dict(quick=args.quick, models=args.models, layouts=args.layouts, clips=args.clips, steps=args.steps,
-               batch=args.batch, device=args.device, backend=args.backend, timeout=args.timeout)
+    size = "quick" if args.quick else "full" if args.full else "cpu"
+    cfg = dict(quick=args.quick, size=size, models=args.models, layouts=args.layouts, clips=args.clips,
+               steps=args.steps, batch=args.batch, device=args.device, backend=args.backend, timeout=args.timeout)
     print(f"device={args.device} backend={args.backend} torch={torch.__version__} cores={os.cpu_count()} "
-          f"global batch={args.batch} steps={args.steps} quick={args.quick} host={platform.machine()}")
+          f"global batch={args.batch} steps={args.steps} size={size} host={platform.machine()}")
     rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory() as tmp:
         for world in args.worlds:
