@@ -89,11 +89,21 @@ def check_count(ids: Identifiers, data: Any) -> bool:
     return ids.id_scheme == "user" and ids.retain_size is not None
 
 
-def shared_key(comm: Comm, seed: Any, context: bytes) -> RunKey:
-    """The run key from rank 0's secret, once every rank's run context and seed are shown to be the same."""
+def shared_key(comm: Comm, seed: Any, context: bytes, noise_mode: str) -> RunKey:
+    """The run key from rank 0's secret, once every rank's run context, seed and noise mode are shown to be the same.
+
+    ``noise_mode`` is the run's recorded one (``"injected"`` under the ``noise_source`` testing hook): one
+    rank adding injected (say zero) noise to its shard while rank 0 certifies would release a model with
+    less noise than the certificate says, and the released models would still agree.
+    """
     tag = "os" if seed is None else digest(repr(sorted(seed.items()) if isinstance(seed, Mapping) else
                                                provenance.resolve_seed(seed)).encode())
-    rows = comm.gather((digest(context), tag), "comparing the run contexts")
+    rows = comm.gather((digest(context), tag, noise_mode), "comparing the run contexts")
+    modes = [r for r, row in enumerate(rows) if row[2] != rows[0][2]]
+    if modes:
+        raise UnlearningRunError(
+            f"distributed run: ranks {modes} draw their noise as {[rows[r][2] for r in modes]}, rank 0 as "
+            f"{rows[0][2]!r}; give noise_source and noise_mode alike on every rank; no certificate was issued")
     differ = [r for r, row in enumerate(rows) if row[0] != rows[0][0]]
     if differ:
         raise UnlearningRunError(

@@ -1,0 +1,46 @@
+"""Attacks on distributed runs: a rank that adds less noise, a certificate left behind by a failed run, the
+secret's opening on ranks that issue nothing, the process group's backend as torch names it, and shards
+with no coordinates. Ranks are spawned on CPU with gloo (:mod:`dist_workers`)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from dist_workers import flat, global_batches, launch, load, model, mse_loss, schedule
+
+import certun
+
+torch.set_num_threads(1)
+
+JOBS = [dict(name="injected", schedule="gc", layout="sharded", ids=True, cert=True, fault="injected")]
+
+
+@pytest.fixture(scope="module")
+def two(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("review")
+    assert launch(2, folder, JOBS) == [0, 0]
+    return folder
+
+
+def test_a_rank_with_injected_noise_stops_every_rank(two):
+    """Rank 1 passes the noise_source testing hook (zeros) and no certificate path: its shard of the sharded
+    master would get no noise while rank 0 certifies the run; every rank must refuse before any noise."""
+    zero, one = load(two, "injected", 0), load(two, "injected", 1)
+    assert not zero.get("issued"), "rank 0 certified a model whose shard on rank 1 got no noise"
+    assert zero["error"] is not None and one["error"] is not None
+    assert "noise" in zero["error"] and "rank" in zero["error"]
+    assert not list(two.glob("injected.rank*.json"))
+
+
+
+
+
+def test_shards_with_no_coordinates_give_the_single_process_model(tmp_path):
+    """d = 2 over 3 ranks: rank 0's shard is empty; the run still matches one process on the global batch."""
+    assert launch(3, tmp_path, [dict(name="tiny", schedule="gc", layout="sharded", model="tiny")]) == [0, 0, 0]
+    expected = flat(certun.unlearn(model("tiny"), global_batches(), schedule("gc"), loss_fn=mse_loss, seed=7,
+                                   progress=False, device="cpu").model)
+    for rank in range(3):
+        got = load(tmp_path, "tiny", rank)
+        assert got["error"] is None, got.get("trace")
+        torch.testing.assert_close(got["flat"], expected, rtol=1e-9, atol=1e-11)
