@@ -1,30 +1,51 @@
 """Issuing the certificate of a run spread over a ``torch.distributed`` process group (docs/distributed.md).
 
-Rank 0 alone issues and writes it; every rank then learns whether it could, so a rank-0 failure
-(an unwritable path, a record the issuer refuses) raises on every rank. Imports torch only when called.
+Rank 0 alone issues and writes it, in two agreed steps: the ranks first agree that every one of them
+finished the run and that rank 0 could issue (nothing is on disk yet, so a rank lost or failed after
+the run leaves no certificate behind); then rank 0 writes, and every rank learns whether it could, so
+a rank-0 failure (an unwritable path) raises on every rank. Imports torch only when called.
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
+
+from certun.errors import UnlearningRunError
 
 __all__ = ["issue_on_rank_zero"]
 
 
-def issue_on_rank_zero(issue: Callable[[], tuple[Any, Any]]) -> tuple[Any, Any]:
-    """Run ``issue`` (issue and write the certificate) on rank 0 only; other ranks get ``(None, None)``.
+def issue_on_rank_zero(issue: Callable[[], Any], write: Callable[[Any], Path | None]) -> tuple[Any, Path | None]:
+    """``issue()`` then ``write(certificate)`` on rank 0 only; returns ``(certificate, path)`` there and
+    ``(None, None)`` on the other ranks.
 
     Raises:
-        UnlearningRunError: on every rank, when rank 0 could not issue (rank 0 raises its own error).
+        UnlearningRunError: on every rank, when a rank failed or was lost before the certificate was issued,
+            or rank 0 could not issue or write it (rank 0 raises its own error).
     """
     from certun.backends.torch._dist_comm import Comm
 
-    comm, error, out = Comm(), None, (None, None)
+    comm, error, cert, path = Comm(), None, None, None
     if comm.rank == 0:
         try:
-            out = issue()
+            cert = issue()
         except Exception as exc:
             error = exc
-    comm.agree(error, "issuing the certificate")
-    return out
+    comm.agree(error, "issuing the certificate")  # nothing written yet: a failure here leaves no file
+    if comm.rank == 0:
+        try:
+            path = write(cert)
+        except Exception as exc:
+            error = exc
+    try:
+        comm.agree(error, "writing the certificate")
+    except UnlearningRunError as exc:
+        if comm.rank != 0 or error is not None:
+            raise
+        # every rank had agreed to the run; one lost now cannot make the written certificate false
+        warnings.warn(f"the certificate was written, but a peer was lost afterwards ({exc})", RuntimeWarning,
+                      stacklevel=2)
+    return (cert, path) if comm.rank == 0 else (None, None)

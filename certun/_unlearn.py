@@ -73,17 +73,20 @@ def unlearn(model: Any, retain_data: Any, schedule: Schedule, *, backend: str | 
     run = runner.unlearn(model, retain_data, schedule, previous=prev, **options)
     certificate = written = None
 
-    def issue_and_write() -> tuple[dict[str, Any], Path | None]:
-        cert = issue(schedule, run.record, previous=prev, signing_key=signing_key)
-        return cert, None if path is None else Path(write_certificate(cert, path))
+    def issue_it() -> dict[str, Any]:
+        return issue(schedule, run.record, previous=prev, signing_key=signing_key)
+
+    def write(cert: dict[str, Any]) -> Path | None:
+        return None if path is None else Path(write_certificate(cert, path))
 
     if run.record.extra.get("noise_mode", "fresh") == "fresh":
         if run.record.distributed is None:
-            certificate, written = issue_and_write()
-        else:  # rank 0 issues; every rank learns whether it could (docs/distributed.md)
+            certificate = issue_it()
+            written = write(certificate)
+        else:  # rank 0 issues once every rank has finished; every rank learns whether it could (docs/distributed.md)
             from certun.backends.distributed import issue_on_rank_zero
 
-            certificate, written = issue_on_rank_zero(issue_and_write)
+            certificate, written = issue_on_rank_zero(issue_it, write)
     values = {f.name: getattr(run, f.name) for f in fields(RunResult)}
     return UnlearnResult(**values, certificate=certificate, certificate_path=written)
 

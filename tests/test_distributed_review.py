@@ -12,7 +12,8 @@ import certun
 
 torch.set_num_threads(1)
 
-JOBS = [dict(name="injected", schedule="gc", layout="sharded", ids=True, cert=True, fault="injected")]
+JOBS = [dict(name="injected", schedule="gc", layout="sharded", ids=True, cert=True, fault="injected"),
+        dict(name="late", schedule="gc", layout="replicated", ids=True, cert=True, fault="late")]  # last: rank 1 leaves
 
 
 @pytest.fixture(scope="module")
@@ -33,6 +34,15 @@ def test_a_rank_with_injected_noise_stops_every_rank(two):
 
 
 
+
+
+def test_a_rank_failing_after_the_run_leaves_no_certificate(two):
+    """Rank 1 fails after the run, while rank 0 issues: rank 0 raises a certun error and no certificate
+    stays on disk (an error saying 'no certificate was issued' next to a written file is a lie)."""
+    zero, one = load(two, "late", 0), load(two, "late", 1)
+    assert one["error"] is not None and "lost its disk" in one["error"]
+    assert zero["error"] is not None and zero["error"].startswith("UnlearningRunError"), zero["error"]
+    assert not list(two.glob("late.rank*.json"))
 
 
 def test_shards_with_no_coordinates_give_the_single_process_model(tmp_path):
