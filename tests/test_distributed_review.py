@@ -4,6 +4,8 @@ with no coordinates. Ranks are spawned on CPU with gloo (:mod:`dist_workers`).""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 from dist_workers import flat, global_batches, launch, load, model, mse_loss, schedule
@@ -43,6 +45,38 @@ def test_a_rank_failing_after_the_run_leaves_no_certificate(two):
     assert one["error"] is not None and "lost its disk" in one["error"]
     assert zero["error"] is not None and zero["error"].startswith("UnlearningRunError"), zero["error"]
     assert not list(two.glob("late.rank*.json"))
+
+
+def test_a_mixed_backend_group_records_the_backend_that_ran(tmp_path):
+    """init_process_group('cpu:gloo,cuda:gloo') (torch's per-device form): the certificate records the backend
+    that carried the collectives ('gloo'), which the schema accepts, instead of failing after the run."""
+    assert launch(1, tmp_path, [dict(name="mixed", schedule="gc", layout="replicated", cert=True)],
+                  backend="cpu:gloo,cuda:gloo") == [0]
+    zero = load(tmp_path, "mixed", 0)
+    assert zero["error"] is None, zero.get("trace")
+    cert = json.loads((tmp_path / "mixed.rank0.json").read_text())
+    assert cert["execution"]["distributed"]["backend"] == "gloo"
+    assert certun.verify(cert, model=zero["state"]).ok
+
+
+@pytest.mark.parametrize(("config", "expected"), [
+    ("gloo", ("cpu", "gloo")), ("nccl", ("cuda", "nccl")), ("cpu:gloo,cuda:nccl", ("cpu", "gloo")),
+    ("cuda:nccl", ("cuda", "nccl")), ("mpi", ("cpu", "mpi"))])
+def test_the_backend_recorded_is_the_one_that_reduces_the_tensors(config, expected):
+    """torch's backend descriptions, plain and per device, name the backend certun's collectives use."""
+    from certun.backends.torch._dist_comm import collective_backend
+
+    assert collective_backend(config) == expected
+
+
+@pytest.mark.parametrize("config", ["undefined", "", "xla:xla", "cpu:Gloo"])
+def test_a_backend_a_certificate_cannot_record_is_refused_before_any_work(config):
+    """'undefined' (what get_backend says of a group made without a backend), or no CPU/CUDA backend."""
+    from certun.backends.torch._dist_comm import collective_backend
+    from certun.errors import InvalidParameterError
+
+    with pytest.raises(InvalidParameterError, match="process group backend"):
+        collective_backend(config)
 
 
 def test_shards_with_no_coordinates_give_the_single_process_model(tmp_path):
