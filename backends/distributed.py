@@ -15,7 +15,7 @@ from typing import Any
 
 from certun.errors import UnlearningRunError
 
-__all__ = ["issue_on_rank_zero"]
+__all__ = ["issue_on_rank_zero", "private_to_rank_zero"]
 
 
 def issue_on_rank_zero(issue: Callable[[], Any], write: Callable[[Any], Path | None]) -> tuple[Any, Path | None]:
@@ -49,3 +49,17 @@ def issue_on_rank_zero(issue: Callable[[], Any], write: Callable[[Any], Path | N
         warnings.warn(f"the certificate was written, but a peer was lost afterwards ({exc})", RuntimeWarning,
                       stacklevel=2)
     return (cert, path) if comm.rank == 0 else (None, None)
+
+
+def private_to_rank_zero(values: dict[str, Any]) -> dict[str, Any]:
+    """The openings of the run's commitments kept on rank 0 only (they are ``None`` on the other ranks).
+
+    Each rank salts its own commitments, so another rank's opening opens nothing in rank 0's certificate,
+    while its key material regenerates the noise: it has no use there and would only spread the secret
+    (to a rank's logs or saved results).
+    """
+    from certun.backends.torch._dist_comm import Comm
+
+    if Comm().rank == 0:
+        return values
+    return {**values, "seed_opening": None, "model_before_opening": None}

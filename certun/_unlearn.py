@@ -88,6 +88,10 @@ def unlearn(model: Any, retain_data: Any, schedule: Schedule, *, backend: str | 
 
             certificate, written = issue_on_rank_zero(issue_it, write)
     values = {f.name: getattr(run, f.name) for f in fields(RunResult)}
+    if run.record.distributed is not None:
+        from certun.backends.distributed import private_to_rank_zero
+
+        values.update(private_to_rank_zero(values))
     return UnlearnResult(**values, certificate=certificate, certificate_path=written)
 
 

@@ -8,13 +8,16 @@ import json
 
 import pytest
 import torch
+from certificates_fixtures import failed
 from dist_workers import flat, global_batches, launch, load, model, mse_loss, schedule
 
 import certun
+from certun.certificates import open_seed_commitment
 
 torch.set_num_threads(1)
 
 JOBS = [dict(name="injected", schedule="gc", layout="sharded", ids=True, cert=True, fault="injected"),
+        dict(name="open", schedule="gc", layout="sharded", ids=True, cert=True),
         dict(name="late", schedule="gc", layout="replicated", ids=True, cert=True, fault="late")]  # last: rank 1 leaves
 
 
@@ -36,6 +39,19 @@ def test_a_rank_with_injected_noise_stops_every_rank(two):
 
 
 
+
+
+def test_only_rank_zero_holds_the_openings(two):
+    """The key opening regenerates the noise: rank 0 (which issues) returns it, and it opens the certificate's
+    commitment; the other ranks return none (their own salts would open nothing anyway)."""
+    zero, one = load(two, "open", 0), load(two, "open", 1)
+    assert zero["error"] is None and one["error"] is None, zero.get("trace") or one.get("trace")
+    assert zero["openings"][0] is not None and zero["openings"][1] is not None
+    assert one["openings"] == (None, None)
+    cert = json.loads((two / "open.rank0.json").read_text())
+    assert open_seed_commitment(cert["randomness"]["seed_commitment"], zero["openings"][0])
+    report = certun.verify(cert, model=zero["state"])
+    assert report.ok, failed(report)
 
 
 def test_a_rank_failing_after_the_run_leaves_no_certificate(two):
