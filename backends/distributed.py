@@ -11,11 +11,13 @@ from __future__ import annotations
 import warnings
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-from certun.errors import UnlearningRunError
+from certun.errors import InvalidParameterError, UnlearningRunError
 
-__all__ = ["issue_on_rank_zero", "private_to_rank_zero"]
+T = TypeVar("T")
+
+__all__ = ["agreed", "issue_on_rank_zero", "private_to_rank_zero"]
 
 
 def issue_on_rank_zero(issue: Callable[[], Any], write: Callable[[Any], Path | None]) -> tuple[Any, Path | None]:
@@ -63,3 +65,27 @@ def private_to_rank_zero(values: dict[str, Any]) -> dict[str, Any]:
     if Comm().rank == 0:
         return values
     return {**values, "seed_opening": None, "model_before_opening": None}
+
+
+def agreed(check: Callable[[], T], what: str) -> T:
+    """``check()`` on every rank, then an agreement: a rank whose options are refused stops every rank at once
+    with its error (instead of the others waiting for it in their first collective until the timeout).
+
+    Raises:
+        InvalidParameterError: no process group; or the error ``check`` raised on this rank.
+        UnlearningRunError: on the other ranks, naming the rank that failed and its error.
+    """
+    from certun.backends.torch._dist_comm import Comm
+
+    try:
+        comm = Comm()
+    except InvalidParameterError:  # no process group: a bad option is still named first
+        check()
+        raise
+    error = out = None
+    try:
+        out = check()
+    except Exception as exc:
+        error = exc
+    comm.agree(error, what)
+    return out

@@ -18,6 +18,7 @@ torch.set_num_threads(1)
 
 JOBS = [dict(name="injected", schedule="gc", layout="sharded", ids=True, cert=True, fault="injected"),
         dict(name="open", schedule="gc", layout="sharded", ids=True, cert=True),
+        dict(name="option", schedule="gc", layout="replicated", cert=True, fault="option"),
         dict(name="late", schedule="gc", layout="replicated", ids=True, cert=True, fault="late")]  # last: rank 1 leaves
 
 
@@ -52,6 +53,16 @@ def test_only_rank_zero_holds_the_openings(two):
     assert open_seed_commitment(cert["randomness"]["seed_commitment"], zero["openings"][0])
     report = certun.verify(cert, model=zero["state"])
     assert report.ok, failed(report)
+
+
+def test_an_option_refused_on_one_rank_stops_every_rank_at_once(two):
+    """Rank 1 alone asks for fine-tuning (refused distributed) before any collective: rank 0 learns rank 1's
+    error at once, instead of waiting in its first collective for a peer that never comes."""
+    zero, one = load(two, "option", 0), load(two, "option", 1)
+    assert one["error"].startswith("InvalidParameterError") and "fine-tuning" in one["error"]
+    assert "rank 1 failed during checking the options" in zero["error"], zero["error"]
+    assert "InvalidParameterError" in zero["error"] and "fine-tuning" in zero["error"]
+    assert not list(two.glob("option.rank*.json"))
 
 
 def test_a_rank_failing_after_the_run_leaves_no_certificate(two):

@@ -39,6 +39,7 @@ from certun.accountant import Schedule
 from certun.backends import _skeleton as skeleton
 from certun.backends._options import RunOptions
 from certun.backends.base import RunResult
+from certun.backends.distributed import agreed
 from certun.backends.torch._data import resolve_device
 from certun.backends.torch._run import TorchRun
 from certun.errors import InvalidParameterError
@@ -131,16 +132,19 @@ class TorchBackend:
             UnsupportedModelError: the model cannot be unlearned soundly as asked (every problem listed).
             UnlearningRunError: the run failed (empty data, NaN loss, wrong shapes).
         """
-        opts = RunOptions.check(schedule, clip=clip, postprocess=postprocess, finetune_epochs=finetune_epochs,
-                                finetune_lr=finetune_lr, noise_mode=noise_mode, progress=progress,
-                                callback=callback, noise_source=noise_source, buffers=buffers, frozen=frozen,
-                                attributes=attributes, checkpoint_dir=checkpoint_dir, checkpoint_every=checkpoint_every)
-        _check_callables(model, loss_fn, model_factory)
-        if params is not None and not isinstance(params, str):
-            params = list(params)  # iterated more than once (e.g. model.parameters(), a generator)
-        skeleton.check_seed(seed)
-        model, runner = _runner(model, distributed, opts)
-        hooks = runner(model, data, schedule, opts, loss_fn=loss_fn, params=params, center=center,
-                       device=resolve_device(device), model_factory=model_factory, inplace=inplace)
+        def checked() -> tuple[RunOptions, TorchRun]:
+            opts = RunOptions.check(schedule, clip=clip, postprocess=postprocess, finetune_epochs=finetune_epochs,
+                                    finetune_lr=finetune_lr, noise_mode=noise_mode, progress=progress,
+                                    callback=callback, noise_source=noise_source, buffers=buffers, frozen=frozen,
+                                    attributes=attributes, checkpoint_dir=checkpoint_dir,
+                                    checkpoint_every=checkpoint_every)
+            _check_callables(model, loss_fn, model_factory)
+            listed = params if params is None or isinstance(params, str) else list(params)  # iterated twice
+            skeleton.check_seed(seed)
+            module, runner = _runner(model, distributed, opts)
+            return opts, runner(module, data, schedule, opts, loss_fn=loss_fn, params=listed, center=center,
+                                device=resolve_device(device), model_factory=model_factory, inplace=inplace)
+
+        opts, hooks = checked() if distributed is None else agreed(checked, "checking the options")
         return skeleton.run(hooks, data, schedule, opts, seed=seed, previous=previous, retain_ids=retain_ids,
                             forget_ids=forget_ids)
