@@ -3,7 +3,8 @@
 * Identifiers: each rank declares the records it reads (``retain_ids``, or its loader's dataset
   indices); the certificate's retain tree is built over the UNION of the ranks' identifiers, and its
   forget tree over the union of theirs, with one salt key that rank 0 draws and broadcasts. A rank
-  that reads a forgotten identifier is refused on every rank.
+  whose declared identifiers include a forgotten one is refused on every rank (declared: what its
+  batches hold is not checked, as in a single process).
 * Noise key: rank 0 takes the secret (fresh from the OS, or the test seed) and broadcasts it inside
   the process group; every rank derives the same key from it and its own run context, after all
   ranks have shown that their contexts (starting model, schedule, options, identifier sets) agree.
