@@ -72,16 +72,15 @@ def agreed(check: Callable[[], T], what: str) -> T:
     with its error (instead of the others waiting for it in their first collective until the timeout).
 
     Raises:
-        InvalidParameterError: no process group; or the error ``check`` raised on this rank.
+        InvalidParameterError (and any error of ``check``): the error ``check`` raised on this rank.
         UnlearningRunError: on the other ranks, naming the rank that failed and its error.
     """
     from certun.backends.torch._dist_comm import Comm
 
     try:
         comm = Comm()
-    except InvalidParameterError:  # no process group: a bad option is still named first
-        check()
-        raise
+    except InvalidParameterError:  # no process group, nobody to agree with: the run itself refuses that
+        return check()
     error = out = None
     try:
         out = check()

@@ -132,6 +132,8 @@ def _options(job: dict[str, Any], rank: int, world: int, out: pathlib.Path) -> d
         opts.pop("seed")
     if job.get("fault") == "injected" and rank == 1:  # a testing hook on one rank: its shard gets no noise
         opts.update(noise_source=lambda k, d: torch.zeros(d, dtype=torch.float64), certificate_path=None)
+    if job.get("fault") == "path" and rank == 1:  # a certificate path refused on this rank only
+        opts["certificate_path"] = out
     if job.get("fault") == "option" and rank == 1:  # an option refused on this rank only, before any collective
         opts["finetune_epochs"] = 1
     if job.get("model") == "tiny":

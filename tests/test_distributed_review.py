@@ -19,6 +19,7 @@ torch.set_num_threads(1)
 JOBS = [dict(name="injected", schedule="gc", layout="sharded", ids=True, cert=True, fault="injected"),
         dict(name="open", schedule="gc", layout="sharded", ids=True, cert=True),
         dict(name="option", schedule="gc", layout="replicated", cert=True, fault="option"),
+        dict(name="path", schedule="gc", layout="replicated", cert=True, fault="path"),
         dict(name="late", schedule="gc", layout="replicated", ids=True, cert=True, fault="late")]  # last: rank 1 leaves
 
 
@@ -63,6 +64,15 @@ def test_an_option_refused_on_one_rank_stops_every_rank_at_once(two):
     assert "rank 1 failed during checking the options" in zero["error"], zero["error"]
     assert "InvalidParameterError" in zero["error"] and "fine-tuning" in zero["error"]
     assert not list(two.glob("option.rank*.json"))
+
+
+def test_a_certificate_path_refused_on_one_rank_stops_every_rank_at_once(two):
+    """Rank 1 gives a folder as its certificate path, refused before the backend runs: rank 0 learns it
+    at once instead of pairing its collectives with whatever rank 1 runs next."""
+    zero, one = load(two, "path", 0), load(two, "path", 1)
+    assert one["error"].startswith("InvalidParameterError") and "certificate_path" in one["error"]
+    assert "rank 1 failed during checking the certificate options" in zero["error"], zero["error"]
+    assert not list(two.glob("path.rank*.json"))
 
 
 def test_a_rank_failing_after_the_run_leaves_no_certificate(two):
