@@ -179,10 +179,11 @@ def _fail_commitment() -> None:
 
 def run_job(job: dict[str, Any], rank: int, world: int, out: pathlib.Path) -> None:
     from certun.backends.torch._dist_run import DistributedRun, ShardedRun
+    from certun.backends.torch._run import TorchRun
     from certun.certificates import provenance
 
     result: dict[str, Any] = {"error": None, "flat": None, "certificate": None}
-    saved_commitment = provenance.key_commitment
+    saved_commitment, saved_prepare = provenance.key_commitment, DistributedRun.prepare
     saved, saved_sharded, draws = DistributedRun.normal, ShardedRun.normal, []
     if job.get("fault") == "own_noise":
         _own_noise(rank)
@@ -200,6 +201,8 @@ def run_job(job: dict[str, Any], rank: int, world: int, out: pathlib.Path) -> No
         opts["seed"] = 8
     if job.get("wrap"):  # a DistributedDataParallel model: certun unlearns its .module
         start = nn.parallel.DistributedDataParallel(start)
+    if job.get("fault") == "skip" and faulty:  # a rank that leaves out one agreement: the ranks go out of step
+        DistributedRun.prepare = TorchRun.prepare
     if job.get("fault") == "late" and faulty:  # fails after the run, before rank 0 has finished issuing
         _fail_commitment()
     if job.get("model") == "wide":
@@ -216,7 +219,7 @@ def run_job(job: dict[str, Any], rank: int, world: int, out: pathlib.Path) -> No
         result["error"] = f"{type(exc).__name__}: {exc}"
         result["trace"] = traceback.format_exc()
     finally:
-        DistributedRun.normal, ShardedRun.normal = saved, saved_sharded
+        DistributedRun.normal, ShardedRun.normal, DistributedRun.prepare = saved, saved_sharded, saved_prepare
         provenance.key_commitment = saved_commitment
     result["draws"], result["iterates"] = draws, xs
     torch.save(result, out / f"{job['name']}.rank{rank}.pt")

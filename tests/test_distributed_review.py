@@ -116,6 +116,18 @@ def test_a_backend_a_certificate_cannot_record_is_refused_before_any_work(config
         collective_backend(config)
 
 
+def test_ranks_out_of_step_are_told_so_and_read_no_peer_data_as_an_error(tmp_path):
+    """Rank 1 leaves out the model-check agreement, so its next collective meets rank 0's previous one:
+    every rank says the ranks are out of step, instead of rank 0 reading rank 1's identifier list as
+    rank 1's error message (and printing it)."""
+    assert launch(2, tmp_path, [dict(name="skip", schedule="gc", layout="replicated", ids=True,
+                                     fault="skip")]) == [0, 0]
+    for rank in (0, 1):
+        got = load(tmp_path, "skip", rank)
+        assert got["error"] is not None and "out of step" in got["error"], got["error"]
+        assert "[4, 5, 6" not in got["error"]
+
+
 def test_shards_with_no_coordinates_give_the_single_process_model(tmp_path):
     """d = 2 over 3 ranks: rank 0's shard is empty; the run still matches one process on the global batch."""
     assert launch(3, tmp_path, [dict(name="tiny", schedule="gc", layout="sharded", model="tiny")]) == [0, 0, 0]

@@ -52,16 +52,27 @@ class Comm:
                                      "no certificate was issued") from exc
 
     def gather(self, obj: Any, what: str) -> list[Any]:
-        """Every rank's ``obj``, in rank order, on every rank."""
+        """Every rank's ``obj``, in rank order, on every rank (each tagged with ``what``: see :meth:`_in_step`)."""
         out: list[Any] = [None] * self.world
-        self._call(what, lambda: _dist().all_gather_object(out, obj))
-        return out
+        self._call(what, lambda: _dist().all_gather_object(out, (what, obj)))
+        self._in_step(what, [row[0] for row in out])
+        return [row[1] for row in out]
 
     def broadcast(self, obj: Any, what: str) -> Any:
-        """Rank 0's ``obj`` on every rank (sent inside the process group)."""
-        box = [obj if self.rank == 0 else None]
+        """Rank 0's ``obj`` on every rank (sent inside the process group, tagged with ``what``)."""
+        box = [(what, obj) if self.rank == 0 else None]
         self._call(what, lambda: _dist().broadcast_object_list(box, src=0))
-        return box[0]
+        self._in_step(what, [box[0][0]])
+        return box[0][1]
+
+    def _in_step(self, what: str, tags: list[str]) -> None:
+        """Refuse a collective whose peers are at another one: a rank that failed or returned outside any
+        agreement would otherwise pair its next collective with this one, and one rank's data would be read
+        as another thing (an identifier list as an error message, say)."""
+        if any(tag != what for tag in tags):
+            raise UnlearningRunError(f"distributed run: the ranks are out of step (this rank is at {what}, a peer at "
+                                     f"{sorted(set(tags) - {what})}): a rank failed or returned outside an "
+                                     "agreement; no certificate was issued")
 
     def agree(self, error: BaseException | None, what: str) -> None:
         """All ranks learn whether any failed at ``what``; every rank raises if one did (its own error first)."""
