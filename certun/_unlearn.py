@@ -17,6 +17,7 @@ from typing import Any
 
 from certun.accountant import Schedule
 from certun.backends import After, Backend, Clipping, Noise, RunResult, Unlearned, get_backend
+from certun.backends.distributed import agreed, issue_on_rank_zero, private_to_rank_zero
 
 # RunRecord: pdoc resolves the field annotations UnlearnResult inherits in this module
 from certun.certificates import RunRecord, issue, provenance, write_certificate  # noqa: F401
@@ -64,27 +65,35 @@ def unlearn(model: Any, retain_data: Any, schedule: Schedule, *, backend: str | 
         InvalidParameterError: a bad option, schedule or path, or a path given for an audit control.
         UnsupportedModelError, UnlearningRunError: from the backend; nothing is written.
     """
-    options = expand_groups(options)
-    runner = get_backend(backend) if isinstance(backend, str) else backend
-    if not callable(getattr(runner, "unlearn", None)):
-        raise InvalidParameterError("backend", type(backend).__name__, "a backend name or a certun Backend")
-    path = _certificate_path(certificate_path, options)
-    prev = provenance.load_previous(previous)
+    def checked() -> tuple[dict[str, Any], Any, Path | None, Any]:
+        opts = expand_groups(options)
+        runner = get_backend(backend) if isinstance(backend, str) else backend
+        if not callable(getattr(runner, "unlearn", None)):
+            raise InvalidParameterError("backend", type(backend).__name__, "a backend name or a certun Backend")
+        return opts, runner, _certificate_path(certificate_path, opts), provenance.load_previous(previous)
+
+    if options.get("distributed") is None:
+        options, runner, path, prev = checked()
+    else:  # a rank refusing its certificate path or previous certificate stops every rank at once
+        options, runner, path, prev = agreed(checked, "checking the certificate options")
     run = runner.unlearn(model, retain_data, schedule, previous=prev, **options)
     certificate = written = None
 
-    def issue_and_write() -> tuple[dict[str, Any], Path | None]:
-        cert = issue(schedule, run.record, previous=prev, signing_key=signing_key)
-        return cert, None if path is None else Path(write_certificate(cert, path))
+    def issue_it() -> dict[str, Any]:
+        return issue(schedule, run.record, previous=prev, signing_key=signing_key)
+
+    def write(cert: dict[str, Any]) -> Path | None:
+        return None if path is None else Path(write_certificate(cert, path))
 
     if run.record.extra.get("noise_mode", "fresh") == "fresh":
         if run.record.distributed is None:
-            certificate, written = issue_and_write()
-        else:  # rank 0 issues; every rank learns whether it could (docs/distributed.md)
-            from certun.backends.distributed import issue_on_rank_zero
-
-            certificate, written = issue_on_rank_zero(issue_and_write)
+            certificate = issue_it()
+            written = write(certificate)
+        else:  # rank 0 issues once every rank has finished; every rank learns whether it could (docs/distributed.md)
+            certificate, written = issue_on_rank_zero(issue_it, write)
     values = {f.name: getattr(run, f.name) for f in fields(RunResult)}
+    if run.record.distributed is not None:
+        values.update(private_to_rank_zero(values))
     return UnlearnResult(**values, certificate=certificate, certificate_path=written)
 
 

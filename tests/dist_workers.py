@@ -27,6 +27,8 @@ def model(kind: str = "mlp") -> nn.Module:
     torch.manual_seed(0)
     if kind == "wide":
         return nn.Linear(100, 100)  # d = 10100, float32: the noise statistics test
+    if kind == "tiny":  # d = 2 (one weight per layer): fewer coordinates than ranks, so some shards are empty
+        return nn.Sequential(nn.Linear(D_IN, 1, bias=False), nn.Linear(1, 1, bias=False), nn.Flatten(0)).double()
     return nn.Sequential(nn.Linear(D_IN, 6), nn.Tanh(), nn.Linear(6, CLASSES)).double()
 
 
@@ -87,6 +89,11 @@ def zero_grad_loss(output, target, reduction="none"):
     return (output * 0.0).sum(dim=1)
 
 
+def mse_loss(output, target, reduction="mean"):
+    """The tiny model's loss (one output): squared error against the class index."""
+    return F.mse_loss(output, target.to(output.dtype), reduction=reduction)
+
+
 def _data(job: dict[str, Any], rank: int, world: int) -> Any:
     if job.get("sampler"):  # the usual DDP loader: one dataset, a DistributedSampler per rank
         from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
@@ -123,6 +130,14 @@ def _options(job: dict[str, Any], rank: int, world: int, out: pathlib.Path) -> d
     if job.get("cert"):
         opts["certificate_path"] = out / f"{job['name']}.rank{rank}.json"
         opts.pop("seed")
+    if job.get("fault") == "injected" and rank == 1:  # a testing hook on one rank: its shard gets no noise
+        opts.update(noise_source=lambda k, d: torch.zeros(d, dtype=torch.float64), certificate_path=None)
+    if job.get("fault") == "path" and rank == 1:  # a certificate path refused on this rank only
+        opts["certificate_path"] = out
+    if job.get("fault") == "option" and rank == 1:  # an option refused on this rank only, before any collective
+        opts["finetune_epochs"] = 1
+    if job.get("model") == "tiny":
+        opts["loss_fn"] = mse_loss
     return opts
 
 
@@ -153,10 +168,22 @@ def _record_noise(rank: int, draws: list[Any]) -> None:
     ShardedRun.normal = normal
 
 
+def _fail_commitment() -> None:
+    from certun.certificates import provenance
+
+    def fail(key):
+        raise OSError("rank 1 lost its disk after the run")
+
+    provenance.key_commitment = fail
+
+
 def run_job(job: dict[str, Any], rank: int, world: int, out: pathlib.Path) -> None:
     from certun.backends.torch._dist_run import DistributedRun, ShardedRun
+    from certun.backends.torch._run import TorchRun
+    from certun.certificates import provenance
 
     result: dict[str, Any] = {"error": None, "flat": None, "certificate": None}
+    saved_commitment, saved_prepare = provenance.key_commitment, DistributedRun.prepare
     saved, saved_sharded, draws = DistributedRun.normal, ShardedRun.normal, []
     if job.get("fault") == "own_noise":
         _own_noise(rank)
@@ -174,6 +201,10 @@ def run_job(job: dict[str, Any], rank: int, world: int, out: pathlib.Path) -> No
         opts["seed"] = 8
     if job.get("wrap"):  # a DistributedDataParallel model: certun unlearns its .module
         start = nn.parallel.DistributedDataParallel(start)
+    if job.get("fault") == "skip" and faulty:  # a rank that leaves out one agreement: the ranks go out of step
+        DistributedRun.prepare = TorchRun.prepare
+    if job.get("fault") == "late" and faulty:  # fails after the run, before rank 0 has finished issuing
+        _fail_commitment()
     if job.get("model") == "wide":
         opts["callback"] = lambda t, x: xs.append(x.double().clone())
     try:
@@ -183,23 +214,26 @@ def run_job(job: dict[str, Any], rank: int, world: int, out: pathlib.Path) -> No
         result["certificate"] = None if r.certificate_path is None else str(r.certificate_path)
         result["issued"] = r.certificate is not None
         result["record"] = dict(r.record.distributed or {})
+        result["openings"] = (r.seed_opening, r.model_before_opening)
     except Exception as exc:
         result["error"] = f"{type(exc).__name__}: {exc}"
         result["trace"] = traceback.format_exc()
     finally:
-        DistributedRun.normal, ShardedRun.normal = saved, saved_sharded
+        DistributedRun.normal, ShardedRun.normal, DistributedRun.prepare = saved, saved_sharded, saved_prepare
+        provenance.key_commitment = saved_commitment
     result["draws"], result["iterates"] = draws, xs
     torch.save(result, out / f"{job['name']}.rank{rank}.pt")
     del start
     gc.collect()  # a DDP wrapper must go while its process group lives (else its reducer aborts at exit)
 
 
-def main(rank: int, world: int, init_file: str, out: str, jobs: list[dict[str, Any]]) -> None:
-    """One rank: join the gloo group (file rendezvous), run every job, leave."""
+def main(rank: int, world: int, init_file: str, out: str, jobs: list[dict[str, Any]], backend: str | None = "gloo"
+         ) -> None:
+    """One rank: join the group (file rendezvous; ``backend=None``: torch's default), run every job, leave."""
     import torch.distributed as dist
 
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world,
+    dist.init_process_group(backend, init_method=f"file://{init_file}", rank=rank, world_size=world,
                             timeout=datetime.timedelta(seconds=30))
     try:
         for job in jobs:
@@ -208,13 +242,14 @@ def main(rank: int, world: int, init_file: str, out: str, jobs: list[dict[str, A
         dist.destroy_process_group()
 
 
-def launch(world: int, tmp: pathlib.Path, jobs: list[dict[str, Any]], timeout: float = 120) -> list[int | None]:
+def launch(world: int, tmp: pathlib.Path, jobs: list[dict[str, Any]], timeout: float = 120,
+           backend: str | None = "gloo") -> list[int | None]:
     """Start ``world`` spawned ranks on ``jobs``; returns their exit codes (``None``: killed after ``timeout``)."""
     import torch.multiprocessing as mp
 
     ctx = mp.get_context("spawn")
     init = tmp / f"rendezvous-{world}-{os.getpid()}"
-    procs = [ctx.Process(target=main, args=(r, world, str(init), str(tmp), jobs)) for r in range(world)]
+    procs = [ctx.Process(target=main, args=(r, world, str(init), str(tmp), jobs, backend)) for r in range(world)]
     for p in procs:
         p.start()
     codes = []

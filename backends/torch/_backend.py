@@ -29,6 +29,7 @@ A failure at any point raises and writes nothing.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
@@ -39,6 +40,7 @@ from certun.accountant import Schedule
 from certun.backends import _skeleton as skeleton
 from certun.backends._options import RunOptions
 from certun.backends.base import RunResult
+from certun.backends.distributed import agreed
 from certun.backends.torch._data import resolve_device
 from certun.backends.torch._precision import check_autocast
 from certun.backends.torch._run import TorchRun
@@ -80,6 +82,18 @@ def _runner(model: nn.Module, distributed: str | None, opts: RunOptions) -> tupl
     from certun.backends.torch import _dist_run
 
     return (model.module if wrapped else model), getattr(_dist_run, _LAYOUTS[distributed])
+
+
+def _hooks(model: nn.Module, data: Any, schedule: Schedule, distributed: str | None, seed: Any,
+           options: dict[str, Any], hooks_args: dict[str, Any]) -> tuple[RunOptions, TorchRun]:
+    """Every option checked, and the run's hooks built (in a distributed run, every rank's outcome is agreed)."""
+    opts = RunOptions.check(schedule, **options)
+    cast = check_autocast(hooks_args["autocast"])
+    params = _check_callables(model, hooks_args["loss_fn"], hooks_args["model_factory"], hooks_args["params"])
+    skeleton.check_seed(seed)
+    module, runner = _runner(model, distributed, opts)
+    return opts, runner(module, data, schedule, opts, **{**hooks_args, "params": params, "autocast": cast,
+                                                          "device": resolve_device(hooks_args["device"])})
 
 
 class TorchBackend:
@@ -135,15 +149,13 @@ class TorchBackend:
             UnsupportedModelError: the model cannot be unlearned soundly as asked (every problem listed).
             UnlearningRunError: the run failed (empty data, NaN loss, wrong shapes).
         """
-        opts = RunOptions.check(schedule, clip=clip, postprocess=postprocess, finetune_epochs=finetune_epochs,
-                                finetune_lr=finetune_lr, noise_mode=noise_mode, progress=progress,
-                                callback=callback, noise_source=noise_source, buffers=buffers, frozen=frozen,
-                                attributes=attributes, checkpoint_dir=checkpoint_dir, checkpoint_every=checkpoint_every)
-        cast = check_autocast(autocast)
-        params = _check_callables(model, loss_fn, model_factory, params)
-        skeleton.check_seed(seed)
-        model, runner = _runner(model, distributed, opts)
-        hooks = runner(model, data, schedule, opts, loss_fn=loss_fn, params=params, center=center,
-                       device=resolve_device(device), model_factory=model_factory, inplace=inplace, autocast=cast)
+        options = dict(clip=clip, postprocess=postprocess, finetune_epochs=finetune_epochs, finetune_lr=finetune_lr,
+                       noise_mode=noise_mode, progress=progress, callback=callback, noise_source=noise_source,
+                       buffers=buffers, frozen=frozen, attributes=attributes, checkpoint_dir=checkpoint_dir,
+                       checkpoint_every=checkpoint_every)
+        hooks_args = dict(loss_fn=loss_fn, params=params, center=center, device=device, model_factory=model_factory,
+                          inplace=inplace, autocast=autocast)
+        check = functools.partial(_hooks, model, data, schedule, distributed, seed, options, hooks_args)
+        opts, hooks = check() if distributed is None else agreed(check, "checking the options")
         return skeleton.run(hooks, data, schedule, opts, seed=seed, previous=previous, retain_ids=retain_ids,
                             forget_ids=forget_ids)

@@ -10,6 +10,7 @@ the same point with a clear error instead of waiting for a peer that will never 
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -17,7 +18,7 @@ import torch
 
 from certun.errors import CertunError, InvalidParameterError, UnlearningRunError
 
-__all__ = ["Comm", "digest"]
+__all__ = ["Comm", "collective_backend", "digest"]
 
 
 def _dist() -> Any:
@@ -35,10 +36,11 @@ class Comm:
             raise InvalidParameterError("distributed", "<no process group>", "a run inside an initialised "
                                         "torch.distributed process group (torchrun, then "
                                         "torch.distributed.init_process_group)")
-        self.rank, self.world, self.backend = dist.get_rank(), dist.get_world_size(), str(dist.get_backend())
+        self.rank, self.world = dist.get_rank(), dist.get_world_size()
+        get_config = getattr(dist, "get_backend_config", None)
+        kind, self.backend = collective_backend(str(get_config() if get_config else dist.get_backend()))
         # gloo reduces CPU tensors; nccl only device tensors
-        self.device = torch.device("cuda", torch.cuda.current_device()) if self.backend == "nccl" else \
-            torch.device("cpu")
+        self.device = torch.device("cuda", torch.cuda.current_device()) if kind == "cuda" else torch.device("cpu")
 
     def _call(self, what: str, fn: Callable[[], Any]) -> Any:
         try:
@@ -50,16 +52,27 @@ class Comm:
                                      "no certificate was issued") from exc
 
     def gather(self, obj: Any, what: str) -> list[Any]:
-        """Every rank's ``obj``, in rank order, on every rank."""
+        """Every rank's ``obj``, in rank order, on every rank (each tagged with ``what``: see :meth:`_in_step`)."""
         out: list[Any] = [None] * self.world
-        self._call(what, lambda: _dist().all_gather_object(out, obj))
-        return out
+        self._call(what, lambda: _dist().all_gather_object(out, (what, obj)))
+        self._in_step(what, [row[0] for row in out])
+        return [row[1] for row in out]
 
     def broadcast(self, obj: Any, what: str) -> Any:
-        """Rank 0's ``obj`` on every rank (sent inside the process group)."""
-        box = [obj if self.rank == 0 else None]
+        """Rank 0's ``obj`` on every rank (sent inside the process group, tagged with ``what``)."""
+        box = [(what, obj) if self.rank == 0 else None]
         self._call(what, lambda: _dist().broadcast_object_list(box, src=0))
-        return box[0]
+        self._in_step(what, [box[0][0]])
+        return box[0][1]
+
+    def _in_step(self, what: str, tags: list[str]) -> None:
+        """Refuse a collective whose peers are at another one: a rank that failed or returned outside any
+        agreement would otherwise pair its next collective with this one, and one rank's data would be read
+        as another thing (an identifier list as an error message, say)."""
+        if any(tag != what for tag in tags):
+            raise UnlearningRunError(f"distributed run: the ranks are out of step (this rank is at {what}, a peer at "
+                                     f"{sorted(set(tags) - {what})}): a rank failed or returned outside an "
+                                     "agreement; no certificate was issued")
 
     def agree(self, error: BaseException | None, what: str) -> None:
         """All ranks learn whether any failed at ``what``; every rank raises if one did (its own error first)."""
@@ -86,6 +99,30 @@ class Comm:
         out = [torch.empty_like(buf) for _ in range(self.world)]
         self._call(what, lambda: _dist().all_gather(out, buf))
         return torch.cat([o[:n] for o, n in zip(out, counts, strict=True)]).to(shard.device)
+
+
+def collective_backend(config: str) -> tuple[str, str]:
+    """``(device type, backend)`` that carries certun's collectives in a group whose backend torch describes as
+    ``config``: ``"gloo"``, ``"nccl"``, or the per-device form ``"cpu:gloo,cuda:nccl"`` (what a group made
+    without a backend gets; ``get_backend`` then says ``"undefined"``). CPU tensors when the group can reduce
+    them, else CUDA ones; the backend named is the one recorded in the certificate.
+
+    Raises:
+        InvalidParameterError: a backend name a certificate cannot record, before any work.
+    """
+    pairs = dict(part.split(":", 1) if ":" in part else ("", part) for part in config.strip().split(","))
+    if "" in pairs:  # a plain name: nccl reduces device tensors only
+        kind, name = ("cuda" if pairs[""] == "nccl" else "cpu"), pairs[""]
+    else:
+        kind = "cpu" if "cpu" in pairs else "cuda" if "cuda" in pairs else ""
+        name = pairs.get(kind, "")
+    if not (kind and _BACKEND.fullmatch(name) and name != "undefined"):
+        raise InvalidParameterError("distributed", f"<process group backend {config!r}>",
+                                    "a process group whose backend reduces CPU or CUDA tensors (gloo, nccl, mpi, ...)")
+    return kind, name
+
+
+_BACKEND = re.compile(r"[a-z][a-z0-9_-]{0,31}")
 
 
 def _describe(error: BaseException) -> str:

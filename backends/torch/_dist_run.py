@@ -85,7 +85,7 @@ class DistributedRun(TorchRun):
         return check_count(ids, data)
 
     def run_key(self, seed: Any, context: bytes) -> RunKey:
-        return shared_key(self.comm, seed, context)
+        return shared_key(self.comm, seed, context, self.opts.recorded_noise_mode)
 
     # ------------------------------------------------------------------ the noisy phase
     def batches(self, on_pass: Callable[[int], None] | None) -> Iterator[tuple[Any, Any]]:

@@ -3,7 +3,8 @@
 * Identifiers: each rank declares the records it reads (``retain_ids``, or its loader's dataset
   indices); the certificate's retain tree is built over the UNION of the ranks' identifiers, and its
   forget tree over the union of theirs, with one salt key that rank 0 draws and broadcasts. A rank
-  that reads a forgotten identifier is refused on every rank.
+  whose declared identifiers include a forgotten one is refused on every rank (declared: what its
+  batches hold is not checked, as in a single process).
 * Noise key: rank 0 takes the secret (fresh from the OS, or the test seed) and broadcasts it inside
   the process group; every rank derives the same key from it and its own run context, after all
   ranks have shown that their contexts (starting model, schedule, options, identifier sets) agree.
@@ -89,11 +90,21 @@ def check_count(ids: Identifiers, data: Any) -> bool:
     return ids.id_scheme == "user" and ids.retain_size is not None
 
 
-def shared_key(comm: Comm, seed: Any, context: bytes) -> RunKey:
-    """The run key from rank 0's secret, once every rank's run context and seed are shown to be the same."""
+def shared_key(comm: Comm, seed: Any, context: bytes, noise_mode: str) -> RunKey:
+    """The run key from rank 0's secret, once every rank's run context, seed and noise mode are shown to be the same.
+
+    ``noise_mode`` is the run's recorded one (``"injected"`` under the ``noise_source`` testing hook): one
+    rank adding injected (say zero) noise to its shard while rank 0 certifies would release a model with
+    less noise than the certificate says, and the released models would still agree.
+    """
     tag = "os" if seed is None else digest(repr(sorted(seed.items()) if isinstance(seed, Mapping) else
                                                provenance.resolve_seed(seed)).encode())
-    rows = comm.gather((digest(context), tag), "comparing the run contexts")
+    rows = comm.gather((digest(context), tag, noise_mode), "comparing the run contexts")
+    modes = [r for r, row in enumerate(rows) if row[2] != rows[0][2]]
+    if modes:
+        raise UnlearningRunError(
+            f"distributed run: ranks {modes} draw their noise as {[rows[r][2] for r in modes]}, rank 0 as "
+            f"{rows[0][2]!r}; give noise_source and noise_mode alike on every rank; no certificate was issued")
     differ = [r for r, row in enumerate(rows) if row[0] != rows[0][0]]
     if differ:
         raise UnlearningRunError(
