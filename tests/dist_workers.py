@@ -27,6 +27,8 @@ def model(kind: str = "mlp") -> nn.Module:
     torch.manual_seed(0)
     if kind == "wide":
         return nn.Linear(100, 100)  # d = 10100, float32: the noise statistics test
+    if kind == "uneven":  # dim-0 sizes 5, 2, 3: uneven shards for W = 2, 3, and an empty one (2 rows, W = 3)
+        return nn.Sequential(nn.Linear(D_IN, 5), nn.Tanh(), nn.Linear(5, 2), nn.Tanh(), nn.Linear(2, CLASSES)).double()
     return nn.Sequential(nn.Linear(D_IN, 6), nn.Tanh(), nn.Linear(6, CLASSES)).double()
 
 
@@ -65,8 +67,23 @@ def shard(rank: int, world: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
     return [(torch.tensor_split(X, world)[rank], torch.tensor_split(y, world)[rank]) for X, y in global_batches()]
 
 
+def _whole(p: torch.Tensor) -> torch.Tensor:
+    """A parameter's whole value (an FSDP2 ``DTensor`` all-gathered)."""
+    return (p.full_tensor() if hasattr(p, "full_tensor") else p).detach().clone()
+
+
 def flat(module: nn.Module) -> torch.Tensor:
-    return torch.cat([p.detach().reshape(-1) for p in module.parameters()])
+    return torch.cat([_whole(p).reshape(-1) for p in module.parameters()])
+
+
+def fully_shard(module: nn.Module) -> nn.Module:
+    """FSDP2: every Linear its own unit, then the root."""
+    from torch.distributed.fsdp import fully_shard as shard_module
+
+    for layer in module.modules():
+        if isinstance(layer, nn.Linear) and layer is not module:
+            shard_module(layer)
+    return shard_module(module)
 
 
 class _Exits:
@@ -153,15 +170,29 @@ def _record_noise(rank: int, draws: list[Any]) -> None:
     ShardedRun.normal = normal
 
 
+def _record_fsdp_noise(draws: list[Any]) -> None:
+    from certun.backends.torch._fsdp_run import FsdpRun
+
+    original = FsdpRun.normal
+
+    def normal(self, generator, index, d):
+        z = original(self, generator, index, d)
+        draws.append((list(self.ranges), z.clone(), generator.normal_torch(index, d)))
+        return z
+
+    FsdpRun.normal = normal
+
+
 def run_job(job: dict[str, Any], rank: int, world: int, out: pathlib.Path) -> None:
     from certun.backends.torch._dist_run import DistributedRun, ShardedRun
+    from certun.backends.torch._fsdp_run import FsdpRun
 
     result: dict[str, Any] = {"error": None, "flat": None, "certificate": None}
-    saved, saved_sharded, draws = DistributedRun.normal, ShardedRun.normal, []
+    saved, saved_sharded, saved_fsdp, draws = DistributedRun.normal, ShardedRun.normal, FsdpRun.normal, []
     if job.get("fault") == "own_noise":
         _own_noise(rank)
     if job.get("record_noise"):
-        _record_noise(rank, draws)
+        (_record_fsdp_noise(draws) if job["layout"] == "fsdp" else _record_noise(rank, draws))
     opts, xs = _options(job, rank, world, out), []
     start = model(job.get("model", "mlp"))
     faulty = rank == job.get("fault_rank", 1)
@@ -174,12 +205,16 @@ def run_job(job: dict[str, Any], rank: int, world: int, out: pathlib.Path) -> No
         opts["seed"] = 8
     if job.get("wrap"):  # a DistributedDataParallel model: certun unlearns its .module
         start = nn.parallel.DistributedDataParallel(start)
+    if job.get("fully_shard", job["layout"] == "fsdp"):
+        start = fully_shard(start)
+    if job["layout"] == "fsdp":
+        opts["inplace"] = job.get("inplace", True)
     if job.get("model") == "wide":
         opts["callback"] = lambda t, x: xs.append(x.double().clone())
     try:
         r = certun.unlearn(start, _data(job, rank, world), schedule(job["schedule"]), **opts)
         result["flat"] = flat(r.model)
-        result["state"] = {n: p.detach().clone() for n, p in r.model.named_parameters()}
+        result["state"] = {n: _whole(p) for n, p in r.model.named_parameters()}
         result["certificate"] = None if r.certificate_path is None else str(r.certificate_path)
         result["issued"] = r.certificate is not None
         result["record"] = dict(r.record.distributed or {})
@@ -187,7 +222,7 @@ def run_job(job: dict[str, Any], rank: int, world: int, out: pathlib.Path) -> No
         result["error"] = f"{type(exc).__name__}: {exc}"
         result["trace"] = traceback.format_exc()
     finally:
-        DistributedRun.normal, ShardedRun.normal = saved, saved_sharded
+        DistributedRun.normal, ShardedRun.normal, FsdpRun.normal = saved, saved_sharded, saved_fsdp
     result["draws"], result["iterates"] = draws, xs
     torch.save(result, out / f"{job['name']}.rank{rank}.pt")
     del start

@@ -29,6 +29,14 @@ __all__ = ["digestible", "unregistered_arrays"]
 
 #: Attributes every ``nn.Module`` has (its registries, hooks and flags): never user state.
 _MODULE_INTERNALS = frozenset(vars(nn.Module()))
+#: The prefix of the attribute under which torch's composable APIs (``fully_shard``) keep their state: the
+#: sharded storage of the parameters themselves, communication buffers and the device mesh -- torch's machinery
+_COMPOSABLE_STATE = "__composable_api_state_key_"
+
+
+def internal(key: str) -> bool:
+    """Whether a module attribute is torch's own machinery rather than user state."""
+    return key in _MODULE_INTERNALS or key.startswith(_COMPOSABLE_STATE)
 _MAX_DEPTH = 6
 
 
@@ -44,7 +52,7 @@ def unregistered_arrays(model: nn.Module) -> dict[str, Any]:
     found: dict[str, Any] = {}
     for path, module in model.named_modules():
         for key, value in vars(module).items():
-            if key in _MODULE_INTERNALS:
+            if internal(key):
                 continue
             _walk(f"{path}.{key}" if path else key, value, registered, modules, found, set(), 0)
     return found
