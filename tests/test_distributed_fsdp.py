@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F  # noqa: N812 (the conventional name)
-from certificates_fixtures import failed
+from certificates_fixtures import failed, reseal
 from dist_workers import flat, global_batches, launch, load, model, schedule
 
 import certun
@@ -33,6 +33,8 @@ JOBS += [dict(name="stats", schedule="stats", clip="batch", layout="fsdp", model
          dict(name="as_sharded", schedule="gc", clip="batch", layout="sharded", model="uneven", fully_shard=True),
          dict(name="unsharded", schedule="gc", clip="batch", layout="fsdp", model="uneven", fully_shard=False)]
 CERT = [dict(name="cert", schedule="gc", clip="batch", layout="fsdp", model="uneven", ids=True, cert=True)]
+CERT += [dict(name=fault, schedule="gc", clip="batch", layout="fsdp", model="uneven", ids=True, cert=True,
+              fault=fault) for fault in ("nan", "badbatch")]
 
 
 @pytest.fixture(scope="module")
@@ -128,3 +130,24 @@ def test_rank_zero_alone_writes_a_certificate_that_verifies(worlds):
     other = {k: v + 1e-3 if k == "0.weight" else v for k, v in zero["state"].items()}
     assert not certun.verify(cert, model=other).ok
     assert [tuple(v.shape) for v in zero["state"].values()] == [tuple(p.shape) for p in model("uneven").parameters()]
+
+
+def test_verify_refuses_a_relabelled_fsdp_record(worlds):
+    """An fsdp2 record claiming an all-reduced gradient or identical replicas, or sharded noise without a
+    positional generator, fails verification even with the content digest recomputed."""
+    cert = json.loads((worlds[2] / "cert.rank0.json").read_text())
+    for path, value in ((("distributed", "gradient"), "sum-all-reduced-over-global-batch"),
+                        (("distributed", "noise"), "identical-replicas"), (("noise", "positional"), False)):
+        forged = json.loads(json.dumps(cert))
+        forged["execution"][path[0]][path[1]] = value
+        assert "consistency" in failed(certun.verify(reseal(forged))), path
+
+
+@pytest.mark.parametrize(("fault", "rank0_says"), [("nan", "non-finite"),
+                                                   ("badbatch", "rank 1 failed during reading a retain batch")])
+def test_a_fault_on_one_rank_stops_every_rank_and_writes_nothing(worlds, fault, rank0_says):
+    """NaN data or a malformed batch on rank 1: every rank raises a certun error, no certificate anywhere."""
+    zero, one = load(worlds[2], fault, 0), load(worlds[2], fault, 1)
+    assert zero["error"] is not None and one["error"] is not None
+    assert rank0_says in zero["error"] and zero["error"].startswith("UnlearningRunError")
+    assert not list(worlds[2].glob(f"{fault}.rank*.json"))

@@ -165,8 +165,10 @@ class FsdpRun(ShardedRun):
             if not math.isfinite(float(self._norm(v))):  # the same verdict on every rank
                 raise UnlearningRunError("the unlearned parameters are not finite after the noisy phase; no "
                                          "certificate was issued")
+        from torch.distributed.fsdp import FSDPModule
+
         for module in self.model.modules():  # no gathered (pre-release) copy of the parameters stays behind
-            if hasattr(module, "reshard") and type(module).__name__.startswith("FSDP"):
+            if isinstance(module, FSDPModule):
                 module.reshard()
 
     def finish(self) -> skeleton.Finished:
