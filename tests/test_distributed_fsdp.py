@@ -151,3 +151,18 @@ def test_a_fault_on_one_rank_stops_every_rank_and_writes_nothing(worlds, fault, 
     assert zero["error"] is not None and one["error"] is not None
     assert rank0_says in zero["error"] and zero["error"].startswith("UnlearningRunError")
     assert not list(worlds[2].glob(f"{fault}.rank*.json"))
+
+
+def test_a_tensor_hidden_under_a_composable_looking_name_is_still_found():
+    """The attribute scans skip only torch's own composable-API state keys, not any attribute whose name
+    looks like one: data stashed under a look-alike name is refused, and its later change is seen."""
+    from torch import nn
+
+    from certun.errors import UnsupportedModelError
+
+    net = model("uneven")
+    net[0].__dict__["__composable_api_state_key_stash"] = {"stats": torch.randn(3)}
+    with pytest.raises(UnsupportedModelError, match="__composable_api_state_key_stash"):
+        certun.unlearn(net, global_batches(), schedule("gc"), loss_fn=F.cross_entropy, clip="batch", seed=7,
+                       progress=False, device="cpu")
+    assert isinstance(net, nn.Module)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import functools
 import gc
 import itertools
+import sys
 import types
 import weakref
 from typing import Any
@@ -29,15 +30,21 @@ __all__ = ["digestible", "unregistered_arrays"]
 
 #: Attributes every ``nn.Module`` has (its registries, hooks and flags): never user state.
 _MODULE_INTERNALS = frozenset(vars(nn.Module()))
-#: The prefix of the attribute under which torch's composable APIs (``fully_shard``) keep their state: the
-#: sharded storage of the parameters themselves, communication buffers and the device mesh -- torch's machinery
-_COMPOSABLE_STATE = "__composable_api_state_key_"
+_MAX_DEPTH = 6
 
 
 def internal(key: str) -> bool:
-    """Whether a module attribute is torch's own machinery rather than user state."""
-    return key in _MODULE_INTERNALS or key.startswith(_COMPOSABLE_STATE)
-_MAX_DEPTH = 6
+    """Whether a module attribute is torch's own machinery rather than user state.
+
+    Besides ``nn.Module``'s own registries: the two attributes under which torch's composable APIs
+    (``fully_shard``) keep their state -- the sharded storage of the parameters themselves, communication
+    buffers, the device mesh. Only their exact (per-process random) names, never a look-alike name.
+    """
+    if key in _MODULE_INTERNALS:
+        return True
+    contract = sys.modules.get("torch.distributed._composable.contract")
+    return contract is not None and key in (getattr(contract, "STATE_KEY", None),
+                                            getattr(contract, "REGISTRY_KEY", None))
 
 
 def unregistered_arrays(model: nn.Module) -> dict[str, Any]:
