@@ -76,14 +76,19 @@ def flat(module: nn.Module) -> torch.Tensor:
     return torch.cat([_whole(p).reshape(-1) for p in module.parameters()])
 
 
-def fully_shard(module: nn.Module) -> nn.Module:
-    """FSDP2: every Linear its own unit, then the root."""
+def fully_shard(module: nn.Module, *, warm: bool = False) -> nn.Module:
+    """FSDP2: every Linear its own unit, then the root. ``warm``: the root keeps its parameters gathered after
+    a forward (``reshard_after_forward=False``), and one forward has run: the registered parameters are then
+    the gathered plain tensors, not the shards."""
     from torch.distributed.fsdp import fully_shard as shard_module
 
     for layer in module.modules():
         if isinstance(layer, nn.Linear) and layer is not module:
-            shard_module(layer)
-    return shard_module(module)
+            shard_module(layer, reshard_after_forward=not warm)
+    shard_module(module, reshard_after_forward=not warm)
+    if warm:
+        module(global_batches()[0][0])  # with gradients enabled: FSDP2 keeps the gathered parameters
+    return module
 
 
 class _Exits:
@@ -206,7 +211,7 @@ def run_job(job: dict[str, Any], rank: int, world: int, out: pathlib.Path) -> No
     if job.get("wrap"):  # a DistributedDataParallel model: certun unlearns its .module
         start = nn.parallel.DistributedDataParallel(start)
     if job.get("fully_shard", job["layout"] == "fsdp"):
-        start = fully_shard(start)
+        start = fully_shard(start, warm=job.get("warm", False))
     if job["layout"] == "fsdp":
         opts["inplace"] = job.get("inplace", True)
     if job.get("model") == "wide":

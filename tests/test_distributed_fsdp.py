@@ -27,6 +27,7 @@ Z5 = 5.0
 VARIANTS = [("gc_batch", "gc", "batch"), ("gc_wide", "gc_wide", "batch"), ("mc", "mc", "batch"),
             ("mc_clip", "mc_clip", "batch"), ("op", "op", "per_sample")]
 JOBS = [dict(name=name, schedule=sched, clip=clip, layout="fsdp", model="uneven") for name, sched, clip in VARIANTS]
+JOBS += [dict(name="warm", schedule="gc", clip="batch", layout="fsdp", model="uneven", warm=True)]
 JOBS += [dict(name="stats", schedule="stats", clip="batch", layout="fsdp", model="wide", seed=11, record_noise=True),
          dict(name="per_sample", schedule="gc", clip="per_sample", layout="fsdp", model="uneven"),
          dict(name="copy", schedule="gc", clip="batch", layout="fsdp", model="uneven", inplace=False),
@@ -64,6 +65,16 @@ def test_every_world_size_gives_the_single_process_model(worlds, name, sched, cl
         torch.testing.assert_close(got[0]["flat"], expected, rtol=1e-9, atol=1e-11)
         assert got[0]["record"]["sharding"] == "fsdp2" and got[0]["record"]["world_size"] == world
         assert got[0]["record"]["gradient"] == "sum-reduce-scattered-over-global-batch"
+
+
+def test_a_module_left_gathered_by_a_forward_is_unlearned_from_its_shards(worlds):
+    """reshard_after_forward=False and one forward before the call (the registered parameters are then the
+    gathered plain tensors): the run unlearns the shards, and the model is the single-process one."""
+    expected = _single("gc", "batch")
+    for world in worlds:
+        got = load(worlds[world], "warm", 0)
+        assert got["error"] is None, got.get("trace")
+        torch.testing.assert_close(got["flat"], expected, rtol=1e-9, atol=1e-11)
 
 
 def test_the_comparison_can_fail(worlds):

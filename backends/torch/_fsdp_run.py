@@ -65,6 +65,7 @@ class FsdpRun(ShardedRun):
     # ------------------------------------------------------------------ before the run
     def prepare(self) -> skeleton.Prepared:
         """The single-process model checks, then this rank's shard layout; one rank's refusal stops every rank."""
+        _reshard(self.source)  # a forward left unsharded (reshard_after_forward=False): back to the shards
         prepared = super().prepare()
         error = None
         try:
@@ -165,11 +166,7 @@ class FsdpRun(ShardedRun):
             if not math.isfinite(float(self._norm(v))):  # the same verdict on every rank
                 raise UnlearningRunError("the unlearned parameters are not finite after the noisy phase; no "
                                          "certificate was issued")
-        from torch.distributed.fsdp import FSDPModule
-
-        for module in self.model.modules():  # no gathered (pre-release) copy of the parameters stays behind
-            if isinstance(module, FSDPModule):
-                module.reshard()
+        _reshard(self.model)  # no gathered (pre-release) copy of the parameters stays behind
 
     def finish(self) -> skeleton.Finished:
         """The single-process final checks; the released tensors are read one parameter at a time."""
@@ -186,3 +183,12 @@ class FsdpRun(ShardedRun):
 
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "gradient": self.gradient_layout}
+
+
+def _reshard(model: torch.nn.Module) -> None:
+    """Free every FSDP2 unit's gathered parameters, so that the registered parameters are the shards."""
+    from torch.distributed.fsdp import FSDPModule
+
+    for module in model.modules():
+        if isinstance(module, FSDPModule):
+            module.reshard()
