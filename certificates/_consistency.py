@@ -331,7 +331,12 @@ def _chain_problems(chain: Mapping[str, Any]) -> list[str]:
 
 
 #: The noise layout each sharding must record (docs/distributed.md, "What the certificate records").
-_DISTRIBUTED_NOISE = {"replicated": "identical-replicas", "sharded-master": "positional-shards"}
+_DISTRIBUTED_NOISE = {"replicated": "identical-replicas", "sharded-master": "positional-shards",
+                      "fsdp2": "positional-shards"}
+#: How each sharding combines the ranks' gradients (FSDP2 reduce-scatters them to the shards).
+_DISTRIBUTED_GRADIENT = {"replicated": "sum-all-reduced-over-global-batch",
+                         "sharded-master": "sum-all-reduced-over-global-batch",
+                         "fsdp2": "sum-reduce-scattered-over-global-batch"}
 
 
 def distributed_problems(doc: Mapping[str, Any]) -> list[str]:
@@ -344,13 +349,16 @@ def distributed_problems(doc: Mapping[str, Any]) -> list[str]:
     if _DISTRIBUTED_NOISE[dist["sharding"]] != dist["noise"]:
         problems.append(f"execution.distributed: sharding {dist['sharding']!r} adds its noise as "
                         f"{_DISTRIBUTED_NOISE[dist['sharding']]!r}, not {dist['noise']!r}")
+    if _DISTRIBUTED_GRADIENT[dist["sharding"]] != dist["gradient"]:
+        problems.append(f"execution.distributed: sharding {dist['sharding']!r} combines the gradients as "
+                        f"{_DISTRIBUTED_GRADIENT[dist['sharding']]!r}, not {dist['gradient']!r}")
     if ex["backend"] != "torch":
         problems.append(f"execution.distributed is recorded by backend {ex['backend']!r}; only 'torch' runs "
                         "distributed")
     noise = ex.get("noise")
     if noise is None:
         problems.append("execution.distributed records a noisy run but execution.noise is missing")
-    elif dist["sharding"] == "sharded-master" and noise.get("positional") is not True:
+    elif dist["noise"] == "positional-shards" and noise.get("positional") is not True:
         problems.append("execution.distributed: sharded noise needs a positional generator "
                         "(execution.noise.positional)")
     return problems

@@ -5,8 +5,10 @@
 
 Every rank trains the same original model (seeded, on every record), then unlearns the first 20
 records: it reads only its share of each global retain batch (rows split in rank order) and declares
-the identifiers of the records it reads. Rank 0 writes the certificate; check it with
-``python -m certun verify digits-distributed.json``. docs/distributed.md explains each step.
+the identifiers of the records it reads. ``--layout fsdp`` first wraps the model with FSDP2's
+``fully_shard`` (each rank then holds a shard of every layer) and unlearns it in place with batch
+clipping. Rank 0 writes the certificate; check it with ``python -m certun verify
+digits-distributed.json``. docs/distributed.md explains each step.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F  # noqa: N812 (the conventional name)
+from torch import nn
 
 import certun
 from certun.demo.data import load_digits_data
@@ -28,7 +31,7 @@ BATCH = 64  # records per global retain batch
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--layout", choices=("replicated", "sharded"), default="replicated")
+    parser.add_argument("--layout", choices=("replicated", "sharded", "fsdp"), default="replicated")
     parser.add_argument("--certificate", default="digits-distributed.json")
     parser.add_argument("--steps", type=int, default=20, help="noisy steps T")
     parser.add_argument("--eps", type=float, default=10.0, help="the certified epsilon (delta is 1e-5)")
@@ -57,13 +60,26 @@ def run(args: argparse.Namespace) -> None:
         mine.append((x[ids], y[ids]))
         mine_ids.extend(int(i) for i in ids)
     schedule = certun.plan(args.eps, 1e-5, C0=15.0, C1=1.0, gamma=0.5, lam=1.0, T=args.steps)
+    options = {}
+    if args.layout == "fsdp":  # FSDP2: per-sample clipping is refused on shards; the module is updated in place
+        model, options = shard(model), {"clip": "batch", "inplace": True}
     result = certun.unlearn(model, mine, schedule, loss_fn=F.cross_entropy, distributed=args.layout,
                             retain_ids=mine_ids, forget_ids=range(FORGET), certificate_path=args.certificate,
-                            device="cpu", progress=False)
+                            device="cpu", progress=False, **options)
+    score = accuracy(result.model, x[FORGET:], y[FORGET:])  # every rank: an FSDP2 forward is collective
     if rank == 0:
-        score = accuracy(result.model, x[FORGET:], y[FORGET:])
         print(f"{world} ranks, {args.layout}: eps={schedule.achieved.eps:.3g}, retain accuracy {before:.3f} "
               f"before, {score:.3f} after; certificate {result.certificate_path}")
+
+
+def shard(model: nn.Module) -> nn.Module:
+    """FSDP2: each Linear layer its own unit, then the root (every rank keeps a shard of each)."""
+    from torch.distributed.fsdp import fully_shard
+
+    for layer in model.modules():
+        if isinstance(layer, nn.Linear):
+            fully_shard(layer)
+    return fully_shard(model)
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ import datetime
 import gc
 import os
 import pathlib
+import sys
 import traceback
 from typing import Any
 
@@ -29,6 +30,8 @@ def model(kind: str = "mlp") -> nn.Module:
         return nn.Linear(100, 100)  # d = 10100, float32: the noise statistics test
     if kind == "tiny":  # d = 2 (one weight per layer): fewer coordinates than ranks, so some shards are empty
         return nn.Sequential(nn.Linear(D_IN, 1, bias=False), nn.Linear(1, 1, bias=False), nn.Flatten(0)).double()
+    if kind == "uneven":  # dim-0 sizes 5, 2, 3: uneven shards for W = 2, 3, and an empty one (2 rows, W = 3)
+        return nn.Sequential(nn.Linear(D_IN, 5), nn.Tanh(), nn.Linear(5, 2), nn.Tanh(), nn.Linear(2, CLASSES)).double()
     return nn.Sequential(nn.Linear(D_IN, 6), nn.Tanh(), nn.Linear(6, CLASSES)).double()
 
 
@@ -67,8 +70,28 @@ def shard(rank: int, world: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
     return [(torch.tensor_split(X, world)[rank], torch.tensor_split(y, world)[rank]) for X, y in global_batches()]
 
 
+def _whole(p: torch.Tensor) -> torch.Tensor:
+    """A parameter's whole value (an FSDP2 ``DTensor`` all-gathered)."""
+    return (p.full_tensor() if hasattr(p, "full_tensor") else p).detach().clone()
+
+
 def flat(module: nn.Module) -> torch.Tensor:
-    return torch.cat([p.detach().reshape(-1) for p in module.parameters()])
+    return torch.cat([_whole(p).reshape(-1) for p in module.parameters()])
+
+
+def fully_shard(module: nn.Module, *, warm: bool = False) -> nn.Module:
+    """FSDP2: every Linear its own unit, then the root. ``warm``: the root keeps its parameters gathered after
+    a forward (``reshard_after_forward=False``), and one forward has run: the registered parameters are then
+    the gathered plain tensors, not the shards."""
+    from torch.distributed.fsdp import fully_shard as shard_module
+
+    for layer in module.modules():
+        if isinstance(layer, nn.Linear) and layer is not module:
+            shard_module(layer, reshard_after_forward=not warm)
+    shard_module(module, reshard_after_forward=not warm)
+    if warm:
+        module(global_batches()[0][0])  # with gradients enabled: FSDP2 keeps the gathered parameters
+    return module
 
 
 class _Exits:
@@ -177,18 +200,32 @@ def _fail_commitment() -> None:
     provenance.key_commitment = fail
 
 
+def _record_fsdp_noise(draws: list[Any]) -> None:
+    from certun.backends.torch._fsdp_run import FsdpRun
+
+    original = FsdpRun.normal
+
+    def normal(self, generator, index, d):
+        z = original(self, generator, index, d)
+        draws.append((list(self.ranges), z.clone(), generator.normal_torch(index, d)))
+        return z
+
+    FsdpRun.normal = normal
+
+
 def run_job(job: dict[str, Any], rank: int, world: int, out: pathlib.Path) -> None:
     from certun.backends.torch._dist_run import DistributedRun, ShardedRun
+    from certun.backends.torch._fsdp_run import FsdpRun
     from certun.backends.torch._run import TorchRun
     from certun.certificates import provenance
 
     result: dict[str, Any] = {"error": None, "flat": None, "certificate": None}
     saved_commitment, saved_prepare = provenance.key_commitment, DistributedRun.prepare
-    saved, saved_sharded, draws = DistributedRun.normal, ShardedRun.normal, []
+    saved, saved_sharded, saved_fsdp, draws = DistributedRun.normal, ShardedRun.normal, FsdpRun.normal, []
     if job.get("fault") == "own_noise":
         _own_noise(rank)
     if job.get("record_noise"):
-        _record_noise(rank, draws)
+        (_record_fsdp_noise(draws) if job["layout"] == "fsdp" else _record_noise(rank, draws))
     opts, xs = _options(job, rank, world, out), []
     start = model(job.get("model", "mlp"))
     faulty = rank == job.get("fault_rank", 1)
@@ -205,12 +242,16 @@ def run_job(job: dict[str, Any], rank: int, world: int, out: pathlib.Path) -> No
         DistributedRun.prepare = TorchRun.prepare
     if job.get("fault") == "late" and faulty:  # fails after the run, before rank 0 has finished issuing
         _fail_commitment()
+    if job.get("fully_shard", job["layout"] == "fsdp"):
+        start = fully_shard(start, warm=job.get("warm", False))
+    if job["layout"] == "fsdp":
+        opts["inplace"] = job.get("inplace", True)
     if job.get("model") == "wide":
         opts["callback"] = lambda t, x: xs.append(x.double().clone())
     try:
         r = certun.unlearn(start, _data(job, rank, world), schedule(job["schedule"]), **opts)
         result["flat"] = flat(r.model)
-        result["state"] = {n: p.detach().clone() for n, p in r.model.named_parameters()}
+        result["state"] = {n: _whole(p) for n, p in r.model.named_parameters()}
         result["certificate"] = None if r.certificate_path is None else str(r.certificate_path)
         result["issued"] = r.certificate is not None
         result["record"] = dict(r.record.distributed or {})
@@ -220,6 +261,7 @@ def run_job(job: dict[str, Any], rank: int, world: int, out: pathlib.Path) -> No
         result["trace"] = traceback.format_exc()
     finally:
         DistributedRun.normal, ShardedRun.normal, DistributedRun.prepare = saved, saved_sharded, saved_prepare
+        FsdpRun.normal = saved_fsdp
         provenance.key_commitment = saved_commitment
     result["draws"], result["iterates"] = draws, xs
     torch.save(result, out / f"{job['name']}.rank{rank}.pt")
@@ -240,6 +282,11 @@ def main(rank: int, world: int, init_file: str, out: str, jobs: list[dict[str, A
             run_job(job, rank, world, pathlib.Path(out))
     finally:
         dist.destroy_process_group()
+    # Every result is saved: leave without the interpreter's teardown, where a gloo thread left behind by a
+    # job that put the ranks out of step can abort the process ("terminate called ...") at random.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def launch(world: int, tmp: pathlib.Path, jobs: list[dict[str, Any]], timeout: float = 120,

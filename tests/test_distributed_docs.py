@@ -27,10 +27,11 @@ def documented_commands() -> list[str]:
     return [line.strip() for block in blocks for line in block.splitlines() if line.startswith("torchrun ")]
 
 
-def test_the_page_documents_both_layouts():
+def test_the_page_documents_every_layout():
     commands = documented_commands()
-    assert len(commands) == 2
-    assert {shlex.split(c)[shlex.split(c).index("--layout") + 1] for c in commands} == {"replicated", "sharded"}
+    assert len(commands) == 3
+    layouts = {shlex.split(c)[shlex.split(c).index("--layout") + 1] for c in commands}
+    assert layouts == {"replicated", "sharded", "fsdp"}
 
 
 @pytest.mark.parametrize("command", documented_commands())

@@ -17,6 +17,7 @@ from __future__ import annotations
 import functools
 import gc
 import itertools
+import sys
 import types
 import weakref
 from typing import Any
@@ -32,6 +33,20 @@ _MODULE_INTERNALS = frozenset(vars(nn.Module()))
 _MAX_DEPTH = 6
 
 
+def internal(key: str) -> bool:
+    """Whether a module attribute is torch's own machinery rather than user state.
+
+    Besides ``nn.Module``'s own registries: the two attributes under which torch's composable APIs
+    (``fully_shard``) keep their state -- the sharded storage of the parameters themselves, communication
+    buffers, the device mesh. Only their exact (per-process random) names, never a look-alike name.
+    """
+    if key in _MODULE_INTERNALS:
+        return True
+    contract = sys.modules.get("torch.distributed._composable.contract")
+    return contract is not None and key in (getattr(contract, "STATE_KEY", None),
+                                            getattr(contract, "REGISTRY_KEY", None))
+
+
 def unregistered_arrays(model: nn.Module) -> dict[str, Any]:
     """``path -> array`` for every tensor or numpy array reachable from a module's attributes that is not
     one of the model's parameters or buffers (``"enc.stats['mean']"``, ``"net._cache[0]"``).
@@ -44,7 +59,7 @@ def unregistered_arrays(model: nn.Module) -> dict[str, Any]:
     found: dict[str, Any] = {}
     for path, module in model.named_modules():
         for key, value in vars(module).items():
-            if key in _MODULE_INTERNALS:
+            if internal(key):
                 continue
             _walk(f"{path}.{key}" if path else key, value, registered, modules, found, set(), 0)
     return found

@@ -42,6 +42,7 @@ from certun.backends._options import RunOptions
 from certun.backends.base import RunResult
 from certun.backends.distributed import agreed
 from certun.backends.torch._data import resolve_device
+from certun.backends.torch._fsdp_layout import is_sharded
 from certun.backends.torch._precision import check_autocast
 from certun.backends.torch._run import TorchRun
 from certun.errors import InvalidParameterError
@@ -63,22 +64,30 @@ def _check_callables(model: Any, loss_fn: Any, model_factory: Any, params: Any) 
     return list(params) if params is not None and not isinstance(params, str) else params
 
 
-_LAYOUTS = {"replicated": "DistributedRun", "ddp": "DistributedRun", "sharded": "ShardedRun"}
+_LAYOUTS = {"replicated": "DistributedRun", "ddp": "DistributedRun", "sharded": "ShardedRun", "fsdp": "FsdpRun"}
 
 
 def _runner(model: nn.Module, distributed: str | None, opts: RunOptions) -> tuple[nn.Module, type[TorchRun]]:
     """The hooks class for ``distributed`` and the model it runs on (a DDP wrapper's ``.module``)."""
     wrapped = isinstance(model, nn.parallel.DistributedDataParallel)
+    if distributed != "fsdp" and any(is_sharded(p) for p in model.parameters()):
+        raise InvalidParameterError("distributed", distributed, "'fsdp' for a module wrapped by "
+                                    "torch.distributed.fsdp.fully_shard (its parameters are DTensors)")
     if distributed is None:
         if wrapped:
             raise InvalidParameterError("distributed", None, "'replicated' for a DistributedDataParallel model "
                                         "(or pass its .module to a single-process run)")
         return model, TorchRun
     if not isinstance(distributed, str) or distributed not in _LAYOUTS:
-        raise InvalidParameterError("distributed", distributed, "None, 'replicated' (alias 'ddp') or 'sharded'")
+        raise InvalidParameterError("distributed", distributed, "None, 'replicated' (alias 'ddp'), 'sharded' or "
+                                    "'fsdp'")
     if opts.checkpoint_dir is not None:
         raise InvalidParameterError("checkpoint_dir", str(opts.checkpoint_dir), "None in a distributed run",
                                     hint="checkpointed distributed runs are not supported yet (docs/distributed.md)")
+    if distributed == "fsdp":
+        from certun.backends.torch._fsdp_run import FsdpRun
+
+        return model, FsdpRun
     from certun.backends.torch import _dist_run
 
     return (model.module if wrapped else model), getattr(_dist_run, _LAYOUTS[distributed])
@@ -138,8 +147,8 @@ class TorchBackend:
         retain batches; ``loss_fn`` accepts ``reduction="none"``. ``seed=None`` (default) keys the noise from
         the OS; an integer seed is for tests and audits only; a ``seed_opening`` replays a run (never
         certified). Every option, its default and why: docs/backends.md ("Options of the torch backend");
-        ``autocast``: :mod:`._precision`. ``distributed="replicated"`` (DDP) or ``"sharded"``: one call per
-        rank of the process group (docs/distributed.md); a DDP model is unwrapped to its ``.module``.
+        ``autocast``: :mod:`._precision`. ``distributed="replicated"`` (DDP), ``"sharded"`` or ``"fsdp"`` (a
+        ``fully_shard`` module): one call per rank of the process group (docs/distributed.md).
 
         Returns:
             A :class:`~certun.backends.RunResult` (no certificate: :func:`certun.unlearn` issues it).

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from certun.backends.torch._attributes import _MAX_DEPTH, _MODULE_INTERNALS, _members
+from certun.backends.torch._attributes import _MAX_DEPTH, _members, internal
 
 __all__ = ["changed_attributes", "state_fingerprint"]
 
@@ -31,7 +31,7 @@ def state_fingerprint(model: nn.Module) -> dict[str, str]:
     out: dict[str, str] = {}
     for path, module in model.named_modules():
         for key, value in vars(module).items():
-            if key in _MODULE_INTERNALS:
+            if internal(key):
                 continue
             h = hashlib.sha256()
             _feed(h, value, registered, modules, set(), 0)
