@@ -183,22 +183,29 @@ class ShardedRun(DistributedRun):
 
     def noisy_step(self, x: torch.Tensor, t: int, batch: Any,
                    draw: Callable[[], Any]) -> tuple[torch.Tensor, tuple[Any, Any, Any]]:
-        s, c = self.s, self.c64
+        c = self.c64
         with torch.no_grad():
             self.flat.x.copy_(self._full(x))  # the forward sees the whole model, rounded to its dtype
         loss, g_full = self.gradient(batch)
         g = g_full[self.lo:self.hi].clone()
+        self.update(x, g, t, c, draw)
+        with torch.no_grad():
+            dist = self._norm(x if c is None else x - c)
+            return x, (loss.detach().to(torch.float64), self._norm(g), dist)
+
+    def update(self, x: torch.Tensor, g: torch.Tensor, t: int, center: torch.Tensor | None,
+               draw: Callable[[], Any]) -> None:
+        """Step ``t`` on this rank's shard ``x`` of the master with its gradient slice ``g`` and its noise."""
+        s = self.s
         gamma, sigma = s.gammas[t], s.sigmas[t]
         with torch.no_grad():
             z = draw()
             if s.variant.value == "gradient_clipping":
-                sharded.gc_step(x, g, gamma=gamma, lam=s.lam, C1=s.C1, center=c, norm=self._norm, noise=z,
+                sharded.gc_step(x, g, gamma=gamma, lam=s.lam, C1=s.C1, center=center, norm=self._norm, noise=z,
                                 sigma=sigma)
             else:
                 sharded.mc_step(x, g, gamma=gamma, lam=s.lam, C2=s.C2, sigma=sigma, mode=skeleton.mc_mode(s),
-                                C1=s.C1, center=c, norm=self._norm, noise=z)
-            dist = self._norm(x if c is None else x - c)
-            return x, (loss.detach().to(torch.float64), self._norm(g), dist)
+                                C1=s.C1, center=center, norm=self._norm, noise=z)
 
     def release(self, x: torch.Tensor | None, *, project: bool) -> None:
         super().release(None if x is None else self._full(x), project=project)

@@ -140,18 +140,10 @@ class FsdpRun(ShardedRun):
 
     def noisy_step(self, x: torch.Tensor, t: int, batch: Any,
                    draw: Callable[[], Any]) -> tuple[torch.Tensor, tuple[Any, Any, Any]]:
-        s = self.s
         self._load(x)  # the forward sees the master rounded to the parameters' dtype
         loss, g = self.gradient(batch)
-        gamma, sigma = s.gammas[t], s.sigmas[t]
+        self.update(x, g, t, None, draw)
         with torch.no_grad():
-            z = draw()
-            if s.variant.value == "gradient_clipping":
-                sharded.gc_step(x, g, gamma=gamma, lam=s.lam, C1=s.C1, center=None, norm=self._norm, noise=z,
-                                sigma=sigma)
-            else:
-                sharded.mc_step(x, g, gamma=gamma, lam=s.lam, C2=s.C2, sigma=sigma, mode=skeleton.mc_mode(s),
-                                C1=s.C1, center=None, norm=self._norm, noise=z)
             return x, (loss.detach().to(torch.float64), self._norm(g), self._norm(x))
 
     # ------------------------------------------------------------------ after the noisy phase

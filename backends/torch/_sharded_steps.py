@@ -13,7 +13,7 @@ from collections.abc import Callable
 
 import torch
 
-from certun.backends.torch._steps import SAFETY
+from certun.backends.torch._steps import SAFETY, _shrink_towards
 from certun.errors import InvalidParameterError
 
 __all__ = ["Norm", "clip", "gc_step", "mc_step", "output_perturbation", "project_ball"]
@@ -49,15 +49,6 @@ def clip(g: torch.Tensor, C: float, norm: Norm) -> torch.Tensor:
 def project_ball(x: torch.Tensor, C: float, center: torch.Tensor | None, norm: Norm) -> torch.Tensor:
     """Project the shard ``x`` (in place) so that the whole vector lies in the ball of radius ``C`` around ``c``."""
     return _scale(x, C, center, norm)
-
-
-def _shrink_towards(x: torch.Tensor, gamma: float, lam: float, center: torch.Tensor | None) -> None:
-    if lam == 0.0:
-        return
-    if center is None:
-        x.mul_(1.0 - gamma * lam)
-    else:
-        x.lerp_(center, gamma * lam)
 
 
 def gc_step(x: torch.Tensor, g: torch.Tensor, *, gamma: float, lam: float, C1: float, center: torch.Tensor | None,
