@@ -32,7 +32,8 @@ JOBS += [dict(name="stats", schedule="stats", clip="batch", layout="fsdp", model
          dict(name="per_sample", schedule="gc", clip="per_sample", layout="fsdp", model="uneven"),
          dict(name="copy", schedule="gc", clip="batch", layout="fsdp", model="uneven", inplace=False),
          dict(name="as_sharded", schedule="gc", clip="batch", layout="sharded", model="uneven", fully_shard=True),
-         dict(name="unsharded", schedule="gc", clip="batch", layout="fsdp", model="uneven", fully_shard=False)]
+         dict(name="unsharded", schedule="gc", clip="batch", layout="fsdp", model="uneven", fully_shard=False),
+         dict(name="hidden", schedule="gc", clip="batch", layout="fsdp", model="uneven", hide=True)]
 CERT = [dict(name="cert", schedule="gc", clip="batch", layout="fsdp", model="uneven", ids=True, cert=True)]
 CERT += [dict(name=fault, schedule="gc", clip="batch", layout="fsdp", model="uneven", ids=True, cert=True,
               fault=fault) for fault in ("nan", "badbatch")]
@@ -177,3 +178,12 @@ def test_a_tensor_hidden_under_a_composable_looking_name_is_still_found():
         certun.unlearn(net, global_batches(), schedule("gc"), loss_fn=F.cross_entropy, clip="batch", seed=7,
                        progress=False, device="cpu")
     assert isinstance(net, nn.Module)
+
+
+def test_a_tensor_hidden_inside_fully_shards_state_is_refused(worlds):
+    """The attribute scan looks inside fully_shard's own state too: a tensor of D kept on its state object is
+    refused on every rank (only the shards' storage, freed buffers and the mesh's rank map are torch's own)."""
+    for world in worlds:
+        errors = [load(worlds[world], "hidden", r)["error"] for r in range(world)]
+        assert all(e is not None and e.startswith("UnsupportedModelError") for e in errors), errors
+        assert ".stash" in errors[0], errors[0]
