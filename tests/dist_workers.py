@@ -244,6 +244,10 @@ def run_job(job: dict[str, Any], rank: int, world: int, out: pathlib.Path) -> No
         _fail_commitment()
     if job.get("fully_shard", job["layout"] == "fsdp"):
         start = fully_shard(start, warm=job.get("warm", False))
+    if job.get("reduction") == "divide":  # one FSDP2 unit told to divide the reduce-scattered sum by 1, not W
+        start[0].set_gradient_divide_factor(1.0)
+    elif job.get("reduction") == "nosync":  # gradient accumulation: no reduce-scatter at all
+        start.set_requires_gradient_sync(False)
     if job.get("hide"):  # a tensor computed from D kept inside fully_shard's own state object
         from torch.distributed._composable.contract import STATE_KEY
 

@@ -34,6 +34,8 @@ JOBS += [dict(name="stats", schedule="stats", clip="batch", layout="fsdp", model
          dict(name="as_sharded", schedule="gc", clip="batch", layout="sharded", model="uneven", fully_shard=True),
          dict(name="unsharded", schedule="gc", clip="batch", layout="fsdp", model="uneven", fully_shard=False),
          dict(name="hidden", schedule="gc", clip="batch", layout="fsdp", model="uneven", hide=True)]
+JOBS += [dict(name=name, schedule="gc_wide", clip="batch", layout="fsdp", model="uneven", reduction=name)
+         for name in ("divide", "nosync")]
 CERT = [dict(name="cert", schedule="gc", clip="batch", layout="fsdp", model="uneven", ids=True, cert=True)]
 CERT += [dict(name=fault, schedule="gc", clip="batch", layout="fsdp", model="uneven", ids=True, cert=True,
               fault=fault) for fault in ("nan", "badbatch")]
@@ -187,3 +189,14 @@ def test_a_tensor_hidden_inside_fully_shards_state_is_refused(worlds):
         errors = [load(worlds[world], "hidden", r)["error"] for r in range(world)]
         assert all(e is not None and e.startswith("UnsupportedModelError") for e in errors), errors
         assert ".stash" in errors[0], errors[0]
+
+
+@pytest.mark.parametrize(("name", "words"), [("divide", ("set_gradient_divide_factor", "1.0")),
+                                             ("nosync", ("set_requires_gradient_sync", "False"))])
+def test_a_changed_gradient_reduction_is_refused(worlds, name, words):
+    """The gradient is the reduce-scattered sum divided by W: a module told to divide by another factor (the
+    gradient scaled by W) or not to reduce at all (no gradient on the shards) is refused with what to undo."""
+    for world in (2, 3):
+        errors = [load(worlds[world], name, r)["error"] for r in range(world)]
+        assert all(e is not None and e.startswith("UnsupportedModelError") for e in errors), errors
+        assert all(w in errors[0] for w in words), errors[0]
