@@ -34,6 +34,7 @@ JOBS += [dict(name="stats", schedule="stats", clip="batch", layout="fsdp", model
          dict(name="as_sharded", schedule="gc", clip="batch", layout="sharded", model="uneven", fully_shard=True),
          dict(name="unsharded", schedule="gc", clip="batch", layout="fsdp", model="uneven", fully_shard=False),
          dict(name="hidden", schedule="gc", clip="batch", layout="fsdp", model="uneven", hide=True)]
+JOBS += [dict(name="bf16", schedule="gc", clip="batch", layout="fsdp", model="uneven", reduce_dtype=torch.bfloat16)]
 JOBS += [dict(name=name, schedule="gc_wide", clip="batch", layout="fsdp", model="uneven", reduction=name)
          for name in ("divide", "nosync")]
 CERT = [dict(name="cert", schedule="gc", clip="batch", layout="fsdp", model="uneven", ids=True, cert=True)]
@@ -200,3 +201,16 @@ def test_a_changed_gradient_reduction_is_refused(worlds, name, words):
         errors = [load(worlds[world], name, r)["error"] for r in range(world)]
         assert all(e is not None and e.startswith("UnsupportedModelError") for e in errors), errors
         assert all(w in errors[0] for w in words), errors[0]
+
+
+def test_a_bf16_reduce_scatter_is_clipped_after_the_reduction(worlds):
+    """MixedPrecisionPolicy(reduce_dtype=bfloat16): the gradient arrives rounded to bf16, and the float64 clip
+    and projection act on it afterwards: the run goes through, its model is the single-process one up to
+    bf16 rounding of the gradient, and the release lies in the C0 ball."""
+    expected = _single("gc", "batch")
+    for world in (2, 3):
+        got = load(worlds[world], "bf16", 0)
+        assert got["error"] is None, got.get("trace")
+        assert float(got["flat"].norm()) <= 1.0 + 1e-12
+        torch.testing.assert_close(got["flat"], expected, rtol=0, atol=5e-2)
+        assert not torch.equal(got["flat"], load(worlds[world], "gc_batch", 0)["flat"])
