@@ -79,16 +79,18 @@ def flat(module: nn.Module) -> torch.Tensor:
     return torch.cat([_whole(p).reshape(-1) for p in module.parameters()])
 
 
-def fully_shard(module: nn.Module, *, warm: bool = False) -> nn.Module:
+def fully_shard(module: nn.Module, *, warm: bool = False, reduce_dtype: torch.dtype | None = None) -> nn.Module:
     """FSDP2: every Linear its own unit, then the root. ``warm``: the root keeps its parameters gathered after
     a forward (``reshard_after_forward=False``), and one forward has run: the registered parameters are then
-    the gathered plain tensors, not the shards."""
+    the gathered plain tensors, not the shards. ``reduce_dtype``: the gradients reduce-scattered in it."""
+    from torch.distributed.fsdp import MixedPrecisionPolicy
     from torch.distributed.fsdp import fully_shard as shard_module
 
+    mp = MixedPrecisionPolicy(reduce_dtype=reduce_dtype)
     for layer in module.modules():
         if isinstance(layer, nn.Linear) and layer is not module:
-            shard_module(layer, reshard_after_forward=not warm)
-    shard_module(module, reshard_after_forward=not warm)
+            shard_module(layer, reshard_after_forward=not warm, mp_policy=mp)
+    shard_module(module, reshard_after_forward=not warm, mp_policy=mp)
     if warm:
         module(global_batches()[0][0])  # with gradients enabled: FSDP2 keeps the gathered parameters
     return module
@@ -243,7 +245,15 @@ def run_job(job: dict[str, Any], rank: int, world: int, out: pathlib.Path) -> No
     if job.get("fault") == "late" and faulty:  # fails after the run, before rank 0 has finished issuing
         _fail_commitment()
     if job.get("fully_shard", job["layout"] == "fsdp"):
-        start = fully_shard(start, warm=job.get("warm", False))
+        start = fully_shard(start, warm=job.get("warm", False), reduce_dtype=job.get("reduce_dtype"))
+    if job.get("reduction") == "divide":  # one FSDP2 unit told to divide the reduce-scattered sum by 1, not W
+        start[0].set_gradient_divide_factor(1.0)
+    elif job.get("reduction") == "nosync":  # gradient accumulation: no reduce-scatter at all
+        start.set_requires_gradient_sync(False)
+    if job.get("hide"):  # a tensor computed from D kept inside fully_shard's own state object
+        from torch.distributed._composable.contract import STATE_KEY
+
+        next(iter(vars(start[0])[STATE_KEY].values())).stash = global_batches()[0][0].mean(0)
     if job["layout"] == "fsdp":
         opts["inplace"] = job.get("inplace", True)
     if job.get("model") == "wide":

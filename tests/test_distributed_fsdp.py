@@ -32,7 +32,11 @@ JOBS += [dict(name="stats", schedule="stats", clip="batch", layout="fsdp", model
          dict(name="per_sample", schedule="gc", clip="per_sample", layout="fsdp", model="uneven"),
          dict(name="copy", schedule="gc", clip="batch", layout="fsdp", model="uneven", inplace=False),
          dict(name="as_sharded", schedule="gc", clip="batch", layout="sharded", model="uneven", fully_shard=True),
-         dict(name="unsharded", schedule="gc", clip="batch", layout="fsdp", model="uneven", fully_shard=False)]
+         dict(name="unsharded", schedule="gc", clip="batch", layout="fsdp", model="uneven", fully_shard=False),
+         dict(name="hidden", schedule="gc", clip="batch", layout="fsdp", model="uneven", hide=True)]
+JOBS += [dict(name="bf16", schedule="gc", clip="batch", layout="fsdp", model="uneven", reduce_dtype=torch.bfloat16)]
+JOBS += [dict(name=name, schedule="gc_wide", clip="batch", layout="fsdp", model="uneven", reduction=name)
+         for name in ("divide", "nosync")]
 CERT = [dict(name="cert", schedule="gc", clip="batch", layout="fsdp", model="uneven", ids=True, cert=True)]
 CERT += [dict(name=fault, schedule="gc", clip="batch", layout="fsdp", model="uneven", ids=True, cert=True,
               fault=fault) for fault in ("nan", "badbatch")]
@@ -177,3 +181,36 @@ def test_a_tensor_hidden_under_a_composable_looking_name_is_still_found():
         certun.unlearn(net, global_batches(), schedule("gc"), loss_fn=F.cross_entropy, clip="batch", seed=7,
                        progress=False, device="cpu")
     assert isinstance(net, nn.Module)
+
+
+def test_a_tensor_hidden_inside_fully_shards_state_is_refused(worlds):
+    """The attribute scan looks inside fully_shard's own state too: a tensor of D kept on its state object is
+    refused on every rank (only the shards' storage, freed buffers and the mesh's rank map are torch's own)."""
+    for world in worlds:
+        errors = [load(worlds[world], "hidden", r)["error"] for r in range(world)]
+        assert all(e is not None and e.startswith("UnsupportedModelError") for e in errors), errors
+        assert ".stash" in errors[0], errors[0]
+
+
+@pytest.mark.parametrize(("name", "words"), [("divide", ("set_gradient_divide_factor", "1.0")),
+                                             ("nosync", ("set_requires_gradient_sync", "False"))])
+def test_a_changed_gradient_reduction_is_refused(worlds, name, words):
+    """The gradient is the reduce-scattered sum divided by W: a module told to divide by another factor (the
+    gradient scaled by W) or not to reduce at all (no gradient on the shards) is refused with what to undo."""
+    for world in (2, 3):
+        errors = [load(worlds[world], name, r)["error"] for r in range(world)]
+        assert all(e is not None and e.startswith("UnsupportedModelError") for e in errors), errors
+        assert all(w in errors[0] for w in words), errors[0]
+
+
+def test_a_bf16_reduce_scatter_is_clipped_after_the_reduction(worlds):
+    """MixedPrecisionPolicy(reduce_dtype=bfloat16): the gradient arrives rounded to bf16, and the float64 clip
+    and projection act on it afterwards: the run goes through, its model is the single-process one up to
+    bf16 rounding of the gradient, and the release lies in the C0 ball."""
+    expected = _single("gc", "batch")
+    for world in (2, 3):
+        got = load(worlds[world], "bf16", 0)
+        assert got["error"] is None, got.get("trace")
+        assert float(got["flat"].norm()) <= 1.0 + 1e-12
+        torch.testing.assert_close(got["flat"], expected, rtol=0, atol=5e-2)
+        assert not torch.equal(got["flat"], load(worlds[world], "gc_batch", 0)["flat"])

@@ -33,18 +33,45 @@ _MODULE_INTERNALS = frozenset(vars(nn.Module()))
 _MAX_DEPTH = 6
 
 
-def internal(key: str) -> bool:
-    """Whether a module attribute is torch's own machinery rather than user state.
-
-    Besides ``nn.Module``'s own registries: the two attributes under which torch's composable APIs
-    (``fully_shard``) keep their state -- the sharded storage of the parameters themselves, communication
-    buffers, the device mesh. Only their exact (per-process random) names, never a look-alike name.
-    """
-    if key in _MODULE_INTERNALS:
-        return True
+def composable(key: str) -> bool:
+    """Whether a module attribute is one of the two under which torch's composable APIs (``fully_shard``)
+    keep their state: only their exact (per-process random) names, never a look-alike name."""
     contract = sys.modules.get("torch.distributed._composable.contract")
     return contract is not None and key in (getattr(contract, "STATE_KEY", None),
                                             getattr(contract, "REGISTRY_KEY", None))
+
+
+def internal(key: str) -> bool:
+    """Whether a module attribute is torch's own machinery rather than user state: ``nn.Module``'s own
+    registries, or the composable APIs' state (whose tensors :func:`unregistered_arrays` still checks)."""
+    return key in _MODULE_INTERNALS or composable(key)
+
+
+def _machinery(model: nn.Module) -> tuple[list[torch.Tensor], set[int]]:
+    """The device meshes' rank maps and the storages of the parameters' local shards: the only tensors with
+    data that ``fully_shard``'s state may hold (its gathered buffers are freed: empty storage)."""
+    meshes: list[torch.Tensor] = []
+    storages: set[int] = set()
+    for p in model.parameters():
+        mesh = getattr(p, "device_mesh", None)
+        rank_map = vars(mesh).get("_rank_map") if mesh is not None else None
+        if isinstance(rank_map, torch.Tensor) and not rank_map.is_floating_point():
+            meshes.append(rank_map)
+        local = p.to_local() if hasattr(p, "to_local") else p
+        storages.add(local.untyped_storage().data_ptr())
+    return meshes, storages
+
+
+def _user_state(value: Any, meshes: list[torch.Tensor], storages: set[int]) -> bool:
+    """Whether a tensor found in a composable API's state is not that API's own (data kept there by a user);
+    a copy of a rank map (the ranks' numbers, nothing of D) counts as the API's own."""
+    if not isinstance(value, torch.Tensor):
+        return True
+    storage = value.untyped_storage()
+    if storage.nbytes() == 0 or storage.data_ptr() in storages:
+        return False
+    return not any(value.dtype == m.dtype and value.shape == m.shape and torch.equal(value.cpu(), m.cpu())
+                   for m in meshes)
 
 
 def unregistered_arrays(model: nn.Module) -> dict[str, Any]:
@@ -57,11 +84,14 @@ def unregistered_arrays(model: nn.Module) -> dict[str, Any]:
     registered = {id(t) for t in model.parameters()} | {id(t) for t in model.buffers()}
     modules = {id(m) for m in model.modules()}
     found: dict[str, Any] = {}
+    machinery, hidden = _machinery(model), {}
     for path, module in model.named_modules():
         for key, value in vars(module).items():
-            if internal(key):
+            if key in _MODULE_INTERNALS:
                 continue
-            _walk(f"{path}.{key}" if path else key, value, registered, modules, found, set(), 0)
+            into = hidden if composable(key) else found
+            _walk(f"{path}.{key}" if path else key, value, registered, modules, into, set(), 0)
+    found.update((p, v) for p, v in hidden.items() if _user_state(v, *machinery))
     return found
 
 

@@ -20,7 +20,7 @@ import torch
 
 from certun.errors import UnsupportedModelError
 
-__all__ = ["Gathered", "Piece", "is_sharded", "local_pieces", "ranges"]
+__all__ = ["Gathered", "Piece", "check_reduction", "is_sharded", "local_pieces", "ranges"]
 
 
 def is_sharded(t: Any) -> bool:
@@ -85,6 +85,33 @@ def local_pieces(names: Sequence[str], params: Sequence[Any], world: int) -> lis
     if problems:
         raise UnsupportedModelError(problems)
     return pieces
+
+
+def check_reduction(model: torch.nn.Module, world: int) -> None:
+    """Refuse FSDP2 units whose gradient reduction is not the default reduce-scatter divided by the world size.
+
+    The run's gradient is that reduce-scatter of ``W`` times each rank's loss sum, over the global batch: a
+    custom divide factor would scale it, and no gradient sync would leave the shards without a gradient.
+
+    Raises:
+        UnsupportedModelError: every unit with a changed reduction, and the call that undoes it.
+    """
+    from torch.distributed.fsdp import FSDPModule
+
+    problems = []
+    for path, module in model.named_modules():
+        if not isinstance(module, FSDPModule):
+            continue
+        groups = module._get_fsdp_state()._fsdp_param_groups  # FSDP2's per-unit settings live here
+        factors = {g.gradient_divide_factor for g in groups} - {None, float(world)}
+        if factors:
+            problems.append((path or "<root>", f"gradient divide factor {sorted(factors)[0]}, not {world} (the "
+                             "world size)", "call set_gradient_divide_factor(world size) or leave it unset"))
+        if not all(g.reduce_grads for g in groups):
+            problems.append((path or "<root>", "gradient sync turned off (set_requires_gradient_sync(False))",
+                             "call set_requires_gradient_sync(True) before unlearning"))
+    if problems:
+        raise UnsupportedModelError(problems)
 
 
 def ranges(pieces: Sequence[Piece]) -> list[tuple[int, int]]:

@@ -30,7 +30,7 @@ import torch
 from certun.backends import _skeleton as skeleton
 from certun.backends.torch import _sharded_steps as sharded
 from certun.backends.torch._dist_run import ShardedRun
-from certun.backends.torch._fsdp_layout import Gathered, local_pieces, ranges
+from certun.backends.torch._fsdp_layout import Gathered, check_reduction, local_pieces, ranges
 from certun.backends.torch._grad import batch_size, per_sample_loss
 from certun.backends.torch._run import TorchRun
 from certun.errors import InvalidParameterError, UnlearningRunError
@@ -72,6 +72,7 @@ class FsdpRun(ShardedRun):
             if self.parts.frozen:
                 raise InvalidParameterError("frozen", sorted(self.parts.frozen)[:5], f"no frozen parameters with "
                                             f"{_LAYOUT}: every parameter of the module is unlearned")
+            check_reduction(self.source, self.comm.world)
             self.pieces = local_pieces(self.parts.names, self.parts.params, self.comm.world)
             self.ranges = ranges(self.pieces)
             prepared = dataclasses.replace(prepared, before=Gathered(dict(zip(self.parts.names, self.parts.params,
