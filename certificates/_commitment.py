@@ -70,6 +70,15 @@ _HEX64 = re.compile(r"[0-9a-f]{64}")
 _ROOT = re.compile(r"sha256:[0-9a-f]{64}")
 
 
+def _salt(salt: bytes | bytearray | None) -> bytes:
+    """``salt`` checked to be 32 bytes, or 32 fresh random bytes when it is ``None``."""
+    if salt is None:
+        return secrets.token_bytes(32)
+    if not isinstance(salt, (bytes, bytearray)) or len(salt) != 32:
+        raise InvalidParameterError("salt", salt, "32 bytes")
+    return bytes(salt)
+
+
 def _commit(seed: int, salt: bytes) -> str:
     return "sha256:" + hashlib.sha256(_TAG + salt + str(seed).encode("ascii")).hexdigest()
 
@@ -97,10 +106,7 @@ def seed_commitment(seed: int, *, salt: bytes | None = None) -> tuple[dict[str, 
         salt: 32 bytes; fresh random bytes when omitted (give it only to reproduce a commitment).
     """
     seed = _seed(seed)
-    if salt is None:
-        salt = secrets.token_bytes(32)
-    if not isinstance(salt, (bytes, bytearray)) or len(salt) != 32:
-        raise InvalidParameterError("salt", salt, "32 bytes")
+    salt = _salt(salt)
     public = {"scheme": COMMITMENT_SCHEME, "commitment": _commit(seed, bytes(salt))}
     private = {"scheme": COMMITMENT_SCHEME, "seed": seed, "salt": bytes(salt).hex()}
     return public, private
@@ -124,10 +130,7 @@ def key_commitment(secret: bytes, *, salt: bytes | None = None,
     """
     if not isinstance(secret, (bytes, bytearray)) or len(secret) < 16:
         raise InvalidParameterError("secret", f"<{type(secret).__name__}>", "at least 16 bytes of key material")
-    if salt is None:
-        salt = secrets.token_bytes(32)
-    if not isinstance(salt, (bytes, bytearray)) or len(salt) != 32:
-        raise InvalidParameterError("salt", salt, "32 bytes")
+    salt = _salt(salt)
     public = {"scheme": KEY_COMMITMENT_SCHEME, "commitment": _commit_key(bytes(secret), bytes(salt))}
     private = {"scheme": KEY_COMMITMENT_SCHEME, "secret": bytes(secret).hex(), "salt": bytes(salt).hex(), **opening}
     return public, private
@@ -183,10 +186,7 @@ def model_commitment(digest: Any, *, salt: bytes | None = None) -> tuple[dict[st
     root = getattr(digest, "root", digest)
     if not (isinstance(root, str) and _ROOT.fullmatch(root)):
         raise InvalidParameterError("digest", root, "a ModelDigest or a root 'sha256:' followed by 64 hex digits")
-    if salt is None:
-        salt = secrets.token_bytes(32)
-    if not isinstance(salt, (bytes, bytearray)) or len(salt) != 32:
-        raise InvalidParameterError("salt", salt, "32 bytes")
+    salt = _salt(salt)
     public = {"scheme": MODEL_COMMITMENT_SCHEME, "commitment": _commit_model(root, bytes(salt))}
     private = {"scheme": MODEL_COMMITMENT_SCHEME, "root": root, "salt": bytes(salt).hex()}
     return public, private
