@@ -25,6 +25,14 @@ __all__ = ["SisaConfig", "SisaEnsemble", "SisaUnlearning", "assign", "ensemble_d
 _ASSIGN_TAG = b"certun.sisa.assign.v1\x00"
 
 
+def shard_ids_root(ids: Iterable[Any]) -> str:
+    """An order-free digest of a shard's identifiers (owner-private: unsalted, so never published)."""
+    h = hashlib.sha256(b"certun.sisa.shard-ids.v1\x00")
+    for encoded in sorted(_encode(i) for i in ids):
+        h.update(len(encoded).to_bytes(8, "little") + encoded)
+    return h.hexdigest()
+
+
 def _encode(record_id: Any) -> bytes:
     from certun.certificates.provenance import encode_id
 
@@ -148,14 +156,22 @@ class SisaUnlearning:
     restarted_from: Mapping[int, str | None]
     gradient_evaluations: int
     full_retraining_evaluations: int
-    retain_roots_before: Mapping[int, str] = field(default_factory=dict)
-    retain_roots_after: Mapping[int, str] = field(default_factory=dict)
     #: identifiers of each shard before and after the deletion (owner-private: they feed the salted
     #: per-shard Merkle roots of the certificate, never the certificate itself).
     shard_ids_before: Mapping[int, tuple[Any, ...]] = field(default_factory=dict, repr=False)
     shard_ids_after: Mapping[int, tuple[Any, ...]] = field(default_factory=dict, repr=False)
     #: digest of the ensemble's state before the deletion (``shards.{s}.…`` names).
     model_before: ModelDigest | None = field(default=None, repr=False)
+
+    @property
+    def retain_roots_before(self) -> dict[int, str]:
+        """Unsalted root of each shard's identifiers before the deletion (owner-private; derived, never stored)."""
+        return {s: shard_ids_root(ids) for s, ids in self.shard_ids_before.items()}
+
+    @property
+    def retain_roots_after(self) -> dict[int, str]:
+        """Unsalted root of each shard's identifiers after the deletion (owner-private; derived, never stored)."""
+        return {s: shard_ids_root(ids) for s, ids in self.shard_ids_after.items()}
 
     @property
     def cost_ratio(self) -> float:

@@ -307,7 +307,6 @@ class Sisa:
             rows.append(row)
         rows_arr = np.asarray(sorted(set(rows)), dtype=np.int64)
         full = self._full_cost()
-        before = {s: self._shard_root(s) for s in range(self.config.shards)}
         ids_before = {s: tuple(self.shard_ids(s)) for s in range(self.config.shards)}
         model_before = ensemble_digest(self.ensemble)
         restart: dict[int, int] = {}
@@ -316,14 +315,13 @@ class Sisa:
             restart[s] = min(restart.get(s, r), r)
         with ckpt.folder_lock(self.checkpoint_dir):
             spent, restarted_from = self._retrain(restart, rows_arr)
-        after = {s: self._shard_root(s) for s in range(self.config.shards)}
         ids_after = {s: tuple(self.shard_ids(s)) for s in range(self.config.shards)}
         touched = tuple(sorted(restart))
         self._last_unlearning = SisaUnlearning(
             forgotten=len(rows_arr), retrained_shards=touched,
             untouched_shards=tuple(s for s in range(self.config.shards) if s not in restart),
             restart_stage=dict(restart), restarted_from=restarted_from, gradient_evaluations=spent,
-            full_retraining_evaluations=full, retain_roots_before=before, retain_roots_after=after,
+            full_retraining_evaluations=full,
             shard_ids_before=ids_before, shard_ids_after=ids_after,
             model_before=model_before)
         return self._last_unlearning
@@ -391,9 +389,4 @@ class Sisa:
         return sum(len(self._stage_rows(s, r)) * self.config.epochs_per_stage
                    for s in range(self.config.shards) for r in range(self.config.slices))
 
-    def _shard_root(self, shard: int) -> str:
-        h = hashlib.sha256(b"certun.sisa.shard-ids.v1\x00")
-        for encoded in sorted(_encode(i) for i in self.shard_ids(shard)):
-            h.update(len(encoded).to_bytes(8, "little") + encoded)
-        return h.hexdigest()
 

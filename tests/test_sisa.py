@@ -132,3 +132,16 @@ def test_integer_settings_use_the_library_integer_check() -> None:
             SisaConfig(shards=bad, slices=1)
     with pytest.raises(InvalidParameterError, match="seed"):
         Sisa(_factory, SisaConfig(shards=1, slices=1), salt=SALT, seed=-1)
+
+
+def test_the_deletion_report_prints_no_unsalted_root_of_the_shards() -> None:
+    """A logged repr of the report must not carry a shard's unsalted identifier root (a membership oracle)."""
+    x, y, ids = _data()
+    sisa = _sisa(SisaConfig(shards=3, slices=2, batch_size=32))
+    sisa.fit(x, y, ids)
+    report = sisa.unlearn(ids[:3])
+    text = repr(report)
+    for roots in (report.retain_roots_before, report.retain_roots_after):
+        assert len(roots) == 3
+        assert not any(root in text for root in roots.values())
+    assert not any(i in text for i in ids)
