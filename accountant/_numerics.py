@@ -110,12 +110,16 @@ def log_theta_from_tails(eps: float, la: float, lb: float) -> float | None:
 
     The absolute error of ``log_ratio = ε + lb − la`` is a few ulps of its largest term (~1e-15·scale),
     so the relative error of θ = Q(a)·(1 − e^{log_ratio}) is about 1e-15·scale/(−log_ratio): float64 is
-    used only while that stays below 1e-10 (:data:`CANCELLATION`); otherwise the caller resolves the
-    difference in mpmath. The one criterion for :func:`log_theta` and the model-clipping hot loop.
+    used only while that stays below 1e-10 (:data:`CANCELLATION`), and that error bound is added to the
+    result (upwards); otherwise the caller resolves the difference in mpmath. The one criterion for
+    :func:`log_theta` and the model-clipping hot loop (docs/theory.md#floating-point-and-randomness).
     """
     log_ratio = eps + lb - la  # log(e^ε Q(b) / Q(a)) ≤ 0 mathematically
-    if log_ratio < -CANCELLATION * (abs(eps) + abs(la) + abs(lb) + 1.0):
-        return la + math.log(-math.expm1(log_ratio))
+    scale = abs(eps) + abs(la) + abs(lb) + 1.0
+    if log_ratio < -CANCELLATION * scale:
+        # ln(1 − e^x) moves by at most |Δx|/(−x) when x errs by Δx; Δx ≤ 8 ulps of the scale. That error
+        # (up to 1e-10, far above FLOAT_SLACK) is added upwards: a larger θ is the safe side.
+        return la + math.log(-math.expm1(log_ratio)) + 8.0 * 2.0**-53 * scale / -log_ratio
     return None
 
 

@@ -158,3 +158,32 @@ def test_log_sub_exp():
     assert log_sub_exp(1.0, -math.inf) == 1.0
     with pytest.raises(NumericalError):
         log_sub_exp(0.0, 1.0)
+
+
+def _band_cases(n: int = 400) -> list[tuple[float, float]]:
+    """(ε, r) whose float64 cancellation ratio log(e^ε Q(b)/Q(a)) lies just inside the float path's band."""
+    import random
+
+    from certun.accountant._numerics import CANCELLATION, log_q
+
+    rng, cases = random.Random(20261206), []
+    while len(cases) < n:
+        eps = 10.0 ** rng.uniform(-6, 0)
+        r = eps * rng.uniform(0.05, 2.0)
+        a, b = eps / r - r / 2.0, eps / r + r / 2.0
+        la, lb = log_q(a), log_q(b)
+        ratio = -(eps + lb - la) / (abs(eps) + abs(la) + abs(lb) + 1.0)
+        if CANCELLATION < ratio < 1e3 * CANCELLATION:
+            cases.append((eps, r))
+    return cases
+
+
+def test_float_log_theta_is_never_below_mpmath_in_the_cancellation_band() -> None:
+    """One-sided: where Q(a) − e^ε Q(b) nearly cancels, the float64 ln θ (with the slack the accountant applies)
+    must never be below the mpmath value — a δ rounded low is a privacy breach."""
+    from certun.accountant._numerics import FLOAT_SLACK, log_theta, log_theta_mp
+
+    assert log_theta(3.8425865916544245e-4, 2.2433636183164977e-4) * (1 - FLOAT_SLACK) >= log_theta_mp(
+        3.8425865916544245e-4, 2.2433636183164977e-4)
+    low = [(e, r) for e, r in _band_cases() if log_theta(e, r) * (1 - FLOAT_SLACK) < log_theta_mp(e, r)]
+    assert not low, f"{len(low)} cases below mpmath, e.g. {low[:3]}"
