@@ -187,3 +187,26 @@ def test_float_log_theta_is_never_below_mpmath_in_the_cancellation_band() -> Non
         3.8425865916544245e-4, 2.2433636183164977e-4)
     low = [(e, r) for e, r in _band_cases() if log_theta(e, r) * (1 - FLOAT_SLACK) < log_theta_mp(e, r)]
     assert not low, f"{len(low)} cases below mpmath, e.g. {low[:3]}"
+
+
+def test_schedule_renyi_coefficient_is_never_below_mpmath_for_long_varying_schedules() -> None:
+    """One-sided: the vectorised Rényi coefficient of a varying (γ_t, σ_t) schedule is ≥ its mpmath value."""
+    import random
+
+    from certun.accountant._gradient_clipping import eps_renyi_schedule
+
+    rng = random.Random(7)
+    for T in (3, 200, 5000):
+        gammas = [rng.uniform(1e-4, 0.2) for _ in range(T)]
+        sigmas = [rng.uniform(0.1, 5.0) for _ in range(T)]
+        C0, C1, lam = 1.3, 0.7, 0.9
+        with mpmath.workdps(60):
+            rho = [1 - mpmath.mpf(g) * lam for g in gammas]
+            suffix, acc = [mpmath.mpf(1)] * T, mpmath.mpf(1)
+            for t in range(T - 1, -1, -1):
+                suffix[t] = acc
+                acc *= rho[t]
+            num = acc * 2 * C0 + sum(suffix[t] * 2 * mpmath.mpf(gammas[t]) * C1 for t in range(T))
+            den = sum(suffix[t] ** 2 * mpmath.mpf(sigmas[t]) ** 2 for t in range(T))
+            exact = num * num / (2 * den)
+        assert eps_renyi_schedule(C0, C1, lam, gammas, sigmas) >= exact, T
