@@ -152,7 +152,10 @@ def log_delta_final_mp(eps: float, radii: Iterable[float], C0: float, sigma0: fl
             if log_delta <= LOG_DELTA_FLOOR:
                 break
             eps_tilde = mpmath.log(1 + expm1_eps / mpmath.exp(log_delta))
-            log_delta = max(log_delta + mpmath.mpf(log_theta_mp(float(eps_tilde), r)), LOG_DELTA_FLOOR)
+            e = float(eps_tilde)
+            if mpmath.mpf(e) > eps_tilde:  # θ falls as ε grows: round ε̃ down, never up
+                e = math.nextafter(e, 0.0)
+            log_delta = max(log_delta + mpmath.mpf(log_theta_mp(e, r)), LOG_DELTA_FLOOR)
         out = float(log_delta)
         # log_theta_mp rounds to float at each step; nudge the result up by a few ulps per step.
         return out + 4.0 * math.ulp(out) * max(1, _count(radii))
