@@ -119,7 +119,8 @@ def t_argmin(C0: float, C1: float, lam: float, gamma: float) -> float:
     eps_renyi(T) is unimodal: it falls until ``T*`` and rises after. λ = 0: ``T* = C0/(γC1)``.
     λ > 0: with u = ρ^T, d ln A/du has the sign of ``(C0 − C1/λ) + (C1/λ)·u``, so
     ``T* = ln(1 − λC0/C1)/ln ρ`` when ``λC0 < C1``, and A decreases in T for every T when
-    ``λC0 ≥ C1`` (``T* = inf``). Derivation in docs/accountant.md.
+    ``λC0 ≥ C1`` (``T* = inf``). Derivation in docs/accountant.md; the bound minimised:
+    docs/theory.md#gradient-clipping.
     """
     gl = gamma * lam
     if gl == 0.0:

@@ -140,7 +140,8 @@ def _log_theta_asymptotic(a: float, b: float, r: float) -> float:
 
     With the Mills ratio R(x) = Q(x)/φ(x) and e^ε·φ(b) = φ(a): θ = φ(a)·(R(a) − R(b)), and
     R(x) = 1/x − 1/x³ + 3/x⁵ − …, so R(a) − R(b) = (r/(ab))·(1 − (a² + ab + b²)/(a²b²) + O(a⁻⁴)).
-    The O(a⁻⁴) ≤ 1e-15 remainder is covered by an explicit relative slack of 1e-14 upwards.
+    The O(a⁻⁴) ≤ 1e-15 remainder is covered by an explicit relative slack of 1e-14 upwards (the Mills-ratio
+    series: Abramowitz & Stegun 26.2.12; θ itself: docs/theory.md#output-perturbation).
     """
     correction = 1.0 / (b * b) + 1.0 / (a * b) + 1.0 / (a * a)  # (a² + ab + b²)/(a²b²), overflow-free
     return (-0.5 * a * a - _LOG_SQRT_2PI + math.log(r) - math.log(a) - math.log(b)
