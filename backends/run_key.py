@@ -94,7 +94,7 @@ def _feed(h: Any, value: Any, depth: int) -> None:
             t = t.to_dense()
         t = t.contiguous()
         try:
-            data = t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b""
+            data = t.reshape(-1).view(torch.uint8).numpy() if t.numel() else b""  # hashed in place, not copied
         except (RuntimeError, TypeError):  # a quantized tensor: its values as text
             data = repr(t.dequantize().tolist() if t.is_quantized else t.tolist()).encode()
         _array(h, str(t.dtype).replace("torch.", ""), tuple(t.shape), data)
@@ -102,7 +102,7 @@ def _feed(h: Any, value: Any, depth: int) -> None:
         a = np.ascontiguousarray(value)
         if a.dtype.byteorder == ">":
             a = a.astype(a.dtype.newbyteorder("<"))
-        _array(h, a.dtype.name, a.shape, a.tobytes())
+        _array(h, a.dtype.name, a.shape, a.reshape(-1).view(np.uint8) if a.size else b"")
     elif isinstance(value, (list, tuple)) or (isinstance(value, np.ndarray)):
         items = list(value)
         h.update(b"L" + struct.pack("<Q", len(items)))
@@ -119,9 +119,11 @@ def _feed(h: Any, value: Any, depth: int) -> None:
         h.update(b"S" + struct.pack("<Q", len(text)) + text)
 
 
-def _array(h: Any, dtype: str, shape: tuple[int, ...], data: bytes) -> None:
+def _array(h: Any, dtype: str, shape: tuple[int, ...], data: Any) -> None:
+    """Feed one array: its dtype, shape and raw bytes (``data``: bytes or a contiguous uint8 view, read in place)."""
     head = f"{dtype}{list(shape)}".encode()
-    h.update(b"A" + struct.pack("<Q", len(head)) + head + struct.pack("<Q", len(data)) + data)
+    h.update(b"A" + struct.pack("<Q", len(head)) + head + struct.pack("<Q", memoryview(data).nbytes))
+    h.update(data)
 
 
 def loss_name(loss_fn: Any) -> str:
