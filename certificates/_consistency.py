@@ -160,6 +160,9 @@ def sisa_problems(doc: Mapping[str, Any]) -> list[str]:
     if ex.get("noise") is not None:
         problems.append("a SISA deletion draws no noise, but the certificate carries an execution.noise record")
     S, R = sisa["shards"], sisa["slices"]
+    if S != len(sisa["shard_states"]):  # checked first: S comes from the file, range(S) must stay cheap
+        return [*problems, f"execution.sisa.shard_states must list every shard 0..{S - 1} exactly once: it "
+                f"lists {len(sisa['shard_states'])} states for {S} shards"]
     listed = Counter(state["shard"] for state in sisa["shard_states"])
     missing = [s for s in range(S) if s not in listed]
     twice = sorted(s for s, n in listed.items() if n > 1)
@@ -180,7 +183,24 @@ def sisa_problems(doc: Mapping[str, Any]) -> list[str]:
         if state["restart_stage"] is not None and state["restart_stage"] >= R:
             problems.append(f"shard {s} restarts at stage {state['restart_stage']}, but there are only {R} slices "
                             f"(stages 0..{R - 1})")
+        problems += _restart_rules(s, status, state["restart_stage"], state["restarted_from"])
+    forgotten = (doc["artifacts"].get("forget_set") or {}).get("size", 0)
+    if forgotten and not any(state["status"] == "retrained" for state in sisa["shard_states"]):
+        problems.append(f"the certificate deletes {forgotten} record(s) but no shard is retrained: a deletion "
+                        "changes the shards that held the records")
     return problems
+
+
+def _restart_rules(shard: int, status: str, stage: int | None, restarted_from: str | None) -> list[str]:
+    """A retrained shard names its first rerun stage, and a checkpoint exactly when it did not start afresh."""
+    if status != "retrained":
+        return []
+    if stage is None:
+        return [f"retrained shard {shard} records no restart_stage: a retrained shard names its first rerun stage"]
+    if (stage > 0) != (restarted_from is not None):
+        return [f"retrained shard {shard} restarts at stage {stage} with restarted_from "
+                f"{'set' if restarted_from else 'null'}: a checkpoint is named exactly when the stage is above 0"]
+    return []
 
 
 def _implied_d(shapes: Any, d: int) -> int:

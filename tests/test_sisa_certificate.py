@@ -157,7 +157,30 @@ def _noise_record(c: dict[str, Any]) -> None:
                                "sampler": "x", "tail_mass_per_pair": 0.0, "tail_residual": 0.0}
 
 
+def _huge_shard_count(c: dict[str, Any]) -> None:
+    c["execution"]["sisa"]["shards"] = 2**40  # the old check looped over range(S) and never finished
+
+
+def _deletion_without_a_retrained_shard(c: dict[str, Any]) -> None:
+    for state in _states(c):
+        state.update(status="untouched", restart_stage=None, restarted_from=None,
+                     retain_root_after=state["retain_root_before"])
+
+
+def _retrained_without_stage(c: dict[str, Any]) -> None:
+    _retrained(c)["restart_stage"] = None
+
+
+def _restart_checkpoint_mismatch(c: dict[str, Any]) -> None:
+    state = _retrained(c)
+    state["restarted_from"] = None if state["restart_stage"] else "sha256:" + "1" * 64
+
+
 @pytest.mark.parametrize(("tamper", "says"), [
+    (_huge_shard_count, "states for 1099511627776 shards"),
+    (_deletion_without_a_retrained_shard, "no shard is retrained"),
+    (_retrained_without_stage, "no restart_stage"),
+    (_restart_checkpoint_mismatch, "named exactly when"),
     (_noisy_variant, "not 'retrain'"),
     (_other_backend, "only the 'sisa' backend"),
     (_noisy_steps, "runs no noisy steps"),
