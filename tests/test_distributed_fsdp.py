@@ -156,6 +156,10 @@ def test_verify_refuses_a_relabelled_fsdp_record(worlds):
         forged = json.loads(json.dumps(cert))
         forged["execution"][path[0]][path[1]] = value
         assert "consistency" in failed(certun.verify(reseal(forged))), path
+    for key, value in (("backend", "numpy"), ("noise", None)):  # only torch runs distributed; a noisy run has noise
+        forged = json.loads(json.dumps(cert))
+        forged["execution"][key] = value
+        assert {"consistency", "schema"} & set(failed(certun.verify(reseal(forged)))), key
 
 
 @pytest.mark.parametrize(("fault", "rank0_says"), [("nan", "non-finite"),
