@@ -14,6 +14,8 @@ digits-distributed.json``. docs/distributed.md explains each step.
 from __future__ import annotations
 
 import argparse
+import os
+import sys
 
 import numpy as np
 import torch
@@ -84,3 +86,9 @@ def shard(model: nn.Module) -> nn.Module:
 
 if __name__ == "__main__":
     main()
+    # Everything is written and the group destroyed. Leave without the interpreter's teardown: there,
+    # torch's gloo backend can still abort the process now and then ("terminate called without an active
+    # exception", about 1 run in 20 on a loaded 2-core machine), which would report a failure after success.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
