@@ -9,6 +9,7 @@ W = 3 holds no row of the 2-row layer.
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -218,3 +219,35 @@ def test_a_bf16_reduce_scatter_is_clipped_after_the_reduction(worlds):
         assert float(got["flat"].norm()) <= 1.0 + 1e-12
         torch.testing.assert_close(got["flat"], expected, rtol=0, atol=5e-2)
         assert not torch.equal(got["flat"], load(worlds[world], "gc_batch", 0)["flat"])
+
+
+def test_shards_that_do_not_partition_the_vector_are_refused_before_any_noise(tmp_path):
+    """Attack: every rank believes it holds mesh coordinate 0 (even shards, so each local size still fits). Each
+    would add chunk 0's noise to its own shard: the same draw twice and none for chunk 1. Every rank refuses."""
+    assert launch(2, tmp_path, [dict(name="coordinate", schedule="gc", clip="batch", layout="fsdp", model="wide",
+                                     fault="coordinate", cert=True, record_noise=True)]) == [0, 0]
+    for rank in (0, 1):
+        got = load(tmp_path, "coordinate", rank)
+        assert got["error"] is not None and got["error"].startswith("UnlearningRunError"), got["error"]
+        assert "ranks 0 and 1 both hold coordinate 0" in got["error"], got["error"]
+        assert got["draws"] == []  # recorded: no rank drew any noise
+    assert not list(tmp_path.glob("coordinate.rank*.json"))
+
+
+@pytest.mark.parametrize(("per_rank", "d", "words"), [
+    ([[(0, 5)], [(5, 5)]], 10, None),
+    ([[(0, 5)], [(0, 5)]], 10, "both hold coordinate 0"),
+    ([[(0, 4)], [(5, 5)]], 10, "[4, 5) are held by no rank"),
+    ([[(0, 5)], [(5, 4)]], 10, "[9, 10) are held by no rank"),
+    ([[(0, 2), (6, 4)], [(2, 4)], []], 10, None),
+    ([[(0, 6)], [(5, 5)]], 10, "both hold coordinate 5"),
+])
+def test_the_cover_check_finds_every_gap_and_overlap(per_rank, d, words):
+    from certun.backends.torch._fsdp_layout import check_cover
+    from certun.errors import UnlearningRunError
+
+    if words is None:
+        check_cover(per_rank, d)
+    else:
+        with pytest.raises(UnlearningRunError, match=re.escape(words)):
+            check_cover(per_rank, d)

@@ -18,9 +18,9 @@ from typing import Any
 
 import torch
 
-from certun.errors import UnsupportedModelError
+from certun.errors import UnlearningRunError, UnsupportedModelError
 
-__all__ = ["Gathered", "Piece", "check_reduction", "is_sharded", "local_pieces", "ranges"]
+__all__ = ["Gathered", "Piece", "check_cover", "check_reduction", "is_sharded", "local_pieces", "ranges"]
 
 
 def is_sharded(t: Any) -> bool:
@@ -125,6 +125,32 @@ def ranges(pieces: Sequence[Piece]) -> list[tuple[int, int]]:
         else:
             out.append([piece.start, piece.count])
     return [(s, c) for s, c in out]
+
+
+def check_cover(per_rank: Sequence[Sequence[tuple[int, int]]], d: int) -> None:
+    """Refuse shards whose coordinates do not cover ``[0, d)`` exactly once over all ranks.
+
+    Each rank adds the noise of the coordinates it believes it holds: two ranks with the same range would
+    add the SAME draw to two different shards (correlated noise) and leave another range without any, so the
+    released noise would not be one N(0, σ²I_d) draw (docs/theory.md#distributed-runs). Every rank computes
+    the same verdict from the gathered ranges.
+
+    Raises:
+        UnlearningRunError: the first gap or overlap, with the ranks involved.
+    """
+    pieces = sorted((start, count, rank) for rank, own in enumerate(per_rank) for start, count in own if count)
+    at, last = 0, None
+    for start, count, rank in pieces:
+        if start != at:
+            what = (f"coordinates [{at}, {start}) are held by no rank" if start > at else
+                    f"ranks {last} and {rank} both hold coordinate {start}")
+            raise UnlearningRunError(f"distributed='fsdp': the shards do not partition the parameter vector ({what}), "
+                                     "so the noise would not be one draw over every coordinate; check the device "
+                                     "mesh (docs/distributed.md); nothing was run and no certificate was issued")
+        at, last = start + count, rank
+    if at != d:
+        raise UnlearningRunError(f"distributed='fsdp': coordinates [{at}, {d}) are held by no rank, so they would get "
+                                 "no noise (docs/distributed.md); nothing was run and no certificate was issued")
 
 
 class Gathered(Mapping[str, torch.Tensor]):

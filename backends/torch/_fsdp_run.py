@@ -30,7 +30,7 @@ import torch
 from certun.backends import _skeleton as skeleton
 from certun.backends.torch import _sharded_steps as sharded
 from certun.backends.torch._dist_run import ShardedRun
-from certun.backends.torch._fsdp_layout import Gathered, check_reduction, local_pieces, ranges
+from certun.backends.torch._fsdp_layout import Gathered, check_cover, check_reduction, local_pieces, ranges
 from certun.backends.torch._grad import batch_size, per_sample_loss
 from certun.backends.torch._run import TorchRun
 from certun.errors import InvalidParameterError, UnlearningRunError
@@ -80,6 +80,8 @@ class FsdpRun(ShardedRun):
         except Exception as exc:
             error = exc
         self.comm.agree(error, "the FSDP2 layout checks")
+        check_cover(self.comm.gather(self.ranges, "comparing the shards' coordinates"),
+                    sum(p.numel() for p in self.parts.params))
         return prepared
 
     # ------------------------------------------------------------------ the noisy phase
