@@ -120,6 +120,8 @@ def begin(opts: RunOptions, seed: Any, context: bytes, previous: Mapping[str, An
             resume = _resume.Resume(resume.folder, opts.checkpoint_every, key, bound)
     except BaseException:
         folders.release(fd)
+        if resume is not None and resume.saved is None:  # no checkpoint here: leave no empty folder behind
+            _remove_empty(resume.folder, root)
         raise
     resume.lock, resume.root, resume.agree = fd, root, agree
     return key, resume
@@ -140,7 +142,7 @@ def _read_own(opts: RunOptions, seed: Any, context: bytes, bound: dict[str, str]
         return resume, fd, Row(found=True, others=others, done=saved.get("done"), binding=_digest(bound),
                                key=hashlib.sha256(b"certun.rank-agreement" + resume.key.secret).hexdigest(),
                                running=saved.get("running"), draws=saved.get("draws"))
-    except (InvalidParameterError, UnlearningRunError) as exc:
+    except Exception as exc:  # told to every rank first: a rank raising alone would leave the others waiting
         folders.release(fd)
         return None, None, Row(problem=(type(exc).__name__, str(exc)))
 
@@ -175,6 +177,14 @@ def _check_root(root: Path, world: int) -> tuple[int, ...]:
                                     "holding only its ranks' subfolders",
                                     hint=f"it holds other files ({', '.join(sorted(foreign)[:3])}); give a new folder")
     return tuple(sorted(others))
+
+
+def _remove_empty(*paths: Path) -> None:
+    for path in paths:
+        try:
+            path.rmdir()
+        except OSError:  # not empty (a checkpoint, another rank's subfolder) or already gone
+            return
 
 
 def _digest(value: Any) -> str:

@@ -65,7 +65,8 @@ def run_job(job: dict[str, Any], rank: int, world: int, out: pathlib.Path) -> No
         shutil.copy2(out / f"side-{job['ckpt']}", rank_file(out, job, 1, world))
     torch.distributed.barrier()
     start = fully_shard(model()) if layout == "fsdp" else model()
-    opts: dict[str, Any] = dict(loss_fn=F.cross_entropy, seed=7, progress=False, distributed=layout, device="cpu",
+    opts: dict[str, Any] = dict(loss_fn=F.cross_entropy, seed=job.get("seed", 7), progress=False,
+                                distributed=layout, device="cpu",
                                 clip="batch" if layout == "fsdp" else "per_sample",
                                 callback=_callback(job, rank, world, out),
                                 certificate_path=out / f"{job['name']}.json")

@@ -59,14 +59,16 @@ REFUSALS = [
 def runs(tmp_path_factory):
     """Every launch, in order; returns the folder that holds what each rank saved."""
     out = tmp_path_factory.mktemp("resume")
-    three = _refs(3) + _crash_then_resume(3) + [dict(name="crash3.world", layout="replicated", ckpt="crash3-world",
-                                                     raise_at=3)]
+    three = _refs(3) + _crash_then_resume(3) + [
+        dict(name="crash3.world", layout="replicated", ckpt="crash3-world", raise_at=3),
+        dict(name="os.crash", layout="sharded", ckpt="os", raise_at=3, seed=None),
+        dict(name="os", layout="sharded", ckpt="os", seed=None)]
     assert launch(3, out, three) == [0, 0, 0]
     assert launch(2, out, _refs(2) + REFUSALS + [dict(name="plain", layout="sharded", ckpt="plain"),
                                                  _kill("replicated")]) == [3, 3]
     assert launch(2, out, [_resume("replicated"), _kill("sharded")]) == [3, 3]
     assert launch(2, out, [_resume("sharded"), _kill("fsdp")]) == [3, 3]
-    lost = dict(name="lost", layout="replicated", ckpt="lost", exit_at=3, exit_ranks=[1])
+    lost = dict(name="lost", layout="replicated", ckpt="lost", exit_at=2, exit_ranks=[1])
     assert launch(2, out, [_resume("fsdp"), lost]) == [0, 3]
     return out
 
@@ -107,6 +109,17 @@ def test_three_ranks_resume_after_a_crash_bit_identical(runs, layout):
     crashed = _load(runs, f"crash3.{layout}", 3)
     assert all(c["error"].startswith("CrashError") and c["left"] for c in crashed)
     _same_run(runs, f"res3.{layout}", f"ref3.{layout}", 3, 2)
+
+
+def test_a_run_keyed_by_the_os_resumes_with_its_stored_secret(runs):
+    """seed=None: the secret exists only in the checkpoints (rank 0 drew it); the resume takes it from there,
+    every rank the same, and the certificate verifies with an OS key."""
+    ranks = _load(runs, "os", 3)
+    assert [r["error"] for r in ranks] == [None] * 3, ranks[0].get("trace")
+    assert [r["resumed_from"] for r in ranks] == [2] * 3 and not any(r["subfolder"] for r in ranks)
+    cert = json.loads((runs / "os.json").read_text())
+    assert cert["execution"]["noise"]["key_origin"] == "os"
+    assert certun.verify(cert, model=ranks[0]["state"]).ok
 
 
 def test_an_uninterrupted_checkpointed_run_leaves_nothing_on_any_rank(runs):
@@ -154,7 +167,8 @@ def test_a_checkpoint_of_another_world_size_is_refused_on_every_rank(runs):
 
 
 def test_a_peer_lost_mid_run_keeps_the_survivors_checkpoint(runs):
-    """Rank 1 leaves at step 3: rank 0 raises a certun error (peer lost) yet keeps its checkpoint for the resume."""
+    """Rank 1 leaves in the callback of step index 2 (after the checkpoint of 2 steps): rank 0 raises a certun
+    error when it next reads a batch with its peer gone, yet keeps its checkpoint for the resume."""
     zero = torch.load(runs / "lost.rank0.pt", weights_only=False)
     assert zero["error"].startswith("UnlearningRunError") and "lost" in zero["error"]
     assert zero["left"]
@@ -179,3 +193,41 @@ def test_the_verdict_refuses_every_disagreement_the_same_way():
             verdict(rows, 2, "/c")
     with pytest.raises(UnlearningRunError, match="rank 1 cannot use"):
         verdict([good, Row(problem=("UnlearningRunError", "torn"))], 2, "/c")
+
+
+def test_the_folder_check_refuses_what_is_not_this_runs(tmp_path):
+    """A single-process checkpoint, a stranger's file, or another world size's checkpoint in the folder; an empty
+    subfolder of another world size (a crash before its first checkpoint) is no checkpoint."""
+    from certun.backends._rank_checkpoints import _check_root
+    from certun.errors import InvalidParameterError
+
+    root = tmp_path / "c"
+    assert _check_root(root, 2) == () and root.is_dir() and (root.stat().st_mode & 0o777) == 0o700
+    (root / "rank0-of-3").mkdir()
+    assert _check_root(root, 2) == ()
+    (root / "rank0-of-3" / "certun-checkpoint.bin").write_bytes(b"x")
+    assert _check_root(root, 2) == (3,)
+    (root / "certun-checkpoint.bin").write_bytes(b"x")
+    with pytest.raises(InvalidParameterError, match="single-process run"):
+        _check_root(root, 2)
+    (root / "certun-checkpoint.bin").unlink()
+    (root / "notes.txt").write_text("mine")
+    with pytest.raises(InvalidParameterError, match=r"notes\.txt"):
+        _check_root(root, 2)
+
+
+def test_a_single_process_run_refuses_a_distributed_runs_folder(tmp_path):
+    """The reverse: one process given the folder of a distributed run's checkpoints touches nothing."""
+    from torch import nn
+
+    from certun.errors import InvalidParameterError
+
+    sub = tmp_path / "c" / "rank0-of-2"
+    sub.mkdir(parents=True)
+    (sub / "certun-checkpoint.bin").write_bytes(b"x")
+    data = [(torch.randn(4, 3), torch.tensor([0, 1, 0, 1]))]
+    with pytest.raises(InvalidParameterError, match="rank0-of-2"):
+        certun.unlearn(nn.Linear(3, 2), data, certun.plan(1.0, 1e-5, C0=1.0, C1=1.0, gamma=0.05, T=2),
+                       loss_fn=nn.functional.cross_entropy, seed=1, progress=False, checkpoint_dir=tmp_path / "c",
+                       checkpoint_every=1)
+    assert (sub / "certun-checkpoint.bin").read_bytes() == b"x"
