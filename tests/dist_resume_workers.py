@@ -4,7 +4,8 @@ A job is a dict: ``layout``, ``ckpt`` (a folder name under the output folder, or
 rank leaves by ``os._exit`` in the callback of that step: no cleanup, as a pre-emption), ``raise_at``
 (the callback raises: a crash that leaves the process alive), ``copy_at`` (rank 1 copies its checkpoint
 aside at that step) and ``before`` (``"drop"``: rank 1's checkpoint deleted; ``"restore"``: the copy put
-back). Each rank saves what it got to ``out/<job>.rank<r>.pt``.
+back; ``"tamper"``: a byte of it flipped) and ``seed_rank1`` (rank 1's seed). Each rank saves what it got
+to ``out/<job>.rank<r>.pt``.
 """
 
 from __future__ import annotations
@@ -63,6 +64,11 @@ def run_job(job: dict[str, Any], rank: int, world: int, out: pathlib.Path) -> No
         rank_file(out, job, 1, world).unlink()
     if job.get("before") == "restore" and rank == 0:
         shutil.copy2(out / f"side-{job['ckpt']}", rank_file(out, job, 1, world))
+    if job.get("before") == "tamper" and rank == 0:  # one byte of rank 1's iterate flipped
+        path = rank_file(out, job, 1, world)
+        data = bytearray(path.read_bytes())
+        data[-100] ^= 1
+        path.write_bytes(bytes(data))
     torch.distributed.barrier()
     start = fully_shard(model()) if layout == "fsdp" else model()
     opts: dict[str, Any] = dict(loss_fn=F.cross_entropy, seed=job.get("seed", 7), progress=False,
@@ -72,6 +78,8 @@ def run_job(job: dict[str, Any], rank: int, world: int, out: pathlib.Path) -> No
                                 certificate_path=out / f"{job['name']}.json")
     if layout == "fsdp":
         opts["inplace"] = True
+    if rank == 1 and "seed_rank1" in job:
+        opts["seed"] = job["seed_rank1"]
     if job.get("ckpt"):
         opts.update(checkpoint_dir=out / job["ckpt"], checkpoint_every=job.get("every", 2))
     result: dict[str, Any] = {"error": None, "flat": None}

@@ -52,6 +52,10 @@ REFUSALS = [
     dict(name="layout.crash", layout="replicated", ckpt="layout", raise_at=3),
     dict(name="layout", layout="sharded", ckpt="layout"),
     dict(name="world", layout="replicated", ckpt="crash3-world"),
+    dict(name="tamper.crash", layout="replicated", ckpt="tamper", raise_at=3),
+    dict(name="tamper", layout="replicated", ckpt="tamper", before="tamper"),
+    dict(name="seed.crash", layout="sharded", ckpt="seed", raise_at=3),
+    dict(name="seed", layout="sharded", ckpt="seed", seed_rank1=8),
 ]
 
 
@@ -164,6 +168,21 @@ def test_a_checkpoint_of_another_world_size_is_refused_on_every_rank(runs):
     """Three ranks' checkpoints resumed by two ranks: refused on both, the three files kept."""
     _refused(runs, "world", 2, "a run over 3 ranks, and this run has 2")
     assert all((runs / "crash3-world" / f"rank{r}-of-3" / "certun-checkpoint.bin").is_file() for r in range(3))
+
+
+def test_a_modified_file_on_one_rank_is_refused_on_every_rank(runs):
+    """One byte of rank 1's checkpoint flipped: every rank raises the same error naming rank 1; both files kept."""
+    ranks = _load(runs, "tamper", 2)
+    messages = [r["error"] for r in ranks]
+    assert len(set(messages)) == 1 and messages[0].startswith("UnlearningRunError"), messages
+    assert "rank 1 cannot use" in messages[0] and "checksum" in messages[0]
+    assert all(r["left"] and r["flat"] is None for r in ranks)
+
+
+def test_another_seed_on_one_rank_is_refused_on_every_rank(runs):
+    """Rank 1 resumes with another integer seed than the checkpointed run's: refused on both ranks, kept."""
+    ranks = _refused(runs, "seed", 2, "rank 1: seed=")
+    assert ranks[0]["left"] and ranks[1]["left"]
 
 
 def test_a_peer_lost_mid_run_keeps_the_survivors_checkpoint(runs):
