@@ -49,7 +49,8 @@ _NAMES = {"model_before": "starting model", "center": "centre", "retain": "retai
           "unlearned_parameters": "unlearned parameters", "run_options": "fine-tuning or noise options",
           "previous": "previous certificate", "seed": "kind of seed (OS key, integer seed, opening)",
           "versions": "library versions (certun, python, backend packages; the certificate records one set)",
-          "device": "kind of device (the certificate records one)"}
+          "device": "kind of device (the certificate records one)",
+          "layout": "distributed layout or world size"}
 
 
 @dataclass(repr=False)
@@ -75,6 +76,10 @@ class Resume:
     started_at: str | None = None
     #: the open folder that holds the writer's lock until the run ends (:mod:`._checkpoint_folder`)
     lock: int | None = None
+    #: a distributed run: the folder above this rank's own (removed once empty), and the agreement of the
+    #: ranks, so that a restore or a write that fails on one rank stops every rank (:mod:`._rank_checkpoints`)
+    root: Path | None = None
+    agree: Callable[[BaseException | None, str], None] | None = None
 
     def __repr__(self) -> str:
         return f"Resume(folder={str(self.folder)!r}, every={self.every}, resumed_from={self.resumed_from})"
@@ -94,7 +99,8 @@ class Resume:
         if self.saved is None:
             return 0, RETAIN_PREFIX_START, x, []
         self.keep = True  # a refusal here keeps the checkpoint: the caller can fix the inputs and resume
-        _check_state(self.saved, self.blobs, len(hooks.to_host(x)), T, self.folder)
+        self._agreed(lambda: _check_state(self.saved, self.blobs, len(hooks.to_host(x)), T, self.folder),
+                     "checking the restored state")
         done, running = int(self.saved["done"]), RETAIN_PREFIX_START
         for _ in range(done):
             running = chain_batch(running, next(batches)[1])
@@ -107,9 +113,21 @@ class Resume:
         noise_source.count = int(self.saved["draws"])
         if first_blob:
             noise_source.first = hooks.from_host(_array(first_blob))
-        hooks.set_rng_state(rng_blob)
+        self._agreed(lambda: hooks.set_rng_state(rng_blob), "restoring the dropout state")
         self.values, self.converted, self.keep = [tuple(v) for v in self.saved["values"]], done, False
         return done, running, hooks.from_host(_array(x_blob)), list(self.saved["times"])
+
+    def _agreed(self, work: Callable[[], Any], what: str) -> None:
+        """``work()``; in a distributed run every rank then learns whether it failed on any rank, and all raise."""
+        error = None
+        try:
+            work()
+        except Exception as exc:
+            if self.agree is None:
+                raise
+            error = exc
+        if self.agree is not None:
+            self.agree(error, what)
 
     def began(self, now: str) -> str:
         """When the run began: the checkpoint's time for a resumed run (its first steps ran then), else ``now``."""
@@ -134,10 +152,17 @@ class Resume:
             return
         blobs = [_bytes(hooks.to_host(x)), b"" if first is None else _bytes(hooks.to_host(first)),
                  bytes(hooks.rng_state())]
-        try:
-            self._write(done, running, blobs, times, noise_source.count)
-        except OSError as e:  # the folder gone, the disk full: the last checkpoint written (if any) stays
+        try:  # a failure on one rank of a distributed run keeps every rank's checkpoint: they all resume from there
+            self._agreed(lambda: self._write_or_refuse(done, running, blobs, times, noise_source.count),
+                         f"writing the checkpoints of step {done}")
+        except CertunError:
             self.keep = True
+            raise
+
+    def _write_or_refuse(self, done: int, running: bytes, blobs: list[bytes], times: list, draws: int) -> None:
+        try:
+            self._write(done, running, blobs, times, draws)
+        except OSError as e:  # the folder gone, the disk full: the last checkpoint written (if any) stays
             raise UnlearningRunError(f"could not write the checkpoint of step {done} in {self.folder} ({e}); the run "
                                      "stopped and nothing was issued. Free the folder and run again to resume from "
                                      "the last checkpoint written") from None
@@ -159,6 +184,9 @@ class Resume:
         """Delete the checkpoint (and the folder when empty), unless a refusal left another state to resume."""
         if self.writer and not self.keep:
             files.remove(self.folder)
+            if self.root is not None:
+                with contextlib.suppress(OSError):  # the other ranks' subfolders (a shared folder) are still there
+                    self.root.rmdir()
 
     def release(self) -> None:
         """Let another process use the folder (after :meth:`close`, or after a crash that keeps the checkpoint)."""
@@ -226,7 +254,8 @@ def begin(opts: RunOptions, seed: Any, context: bytes, previous: Mapping[str, An
     """The run key, and the run's checkpoints (``None`` without ``checkpoint_dir``), read back if there is one.
 
     A checkpoint of another run (other inputs, another seed, a modified file) is refused here, before any step,
-    and left where it is. ``writer=False``: this process only reads (a distributed run's ranks but 0).
+    and left where it is. ``writer=False``: this process only reads (a distributed run keeps one checkpoint per
+    rank instead: :mod:`._rank_checkpoints`).
     ``new_key`` makes the key of a run that does not resume (a distributed run shares rank 0's secret).
     """
     if opts.checkpoint_dir is None:
@@ -283,13 +312,16 @@ def _stored_key(seed: Any, context: bytes, secret: bytes, folder: Path) -> RunKe
 @contextlib.contextmanager
 def owned(resume: Resume | None) -> Iterator[None]:
     """Delete the run's checkpoint when the body ends or certun stops the run; keep it on any other exception
-    (a crash, an interrupt, the caller's callback raising): that is what a resume picks up."""
+    (a crash, an interrupt, the caller's callback raising, a distributed run's peer lost): that is what a
+    resume picks up."""
     if resume is None:
         yield
         return
     try:
         yield
-    except CertunError:
+    except CertunError as exc:
+        if getattr(exc, "peer_lost", False):  # a distributed run whose peer crashed: the ranks resume together
+            resume.keep = True
         resume.close()
         raise
     else:

@@ -85,7 +85,7 @@ class Hooks:
 
     name = "hooks"
     packages: tuple[str, ...] = ()
-    #: whether this process writes and deletes the run's checkpoints (a distributed run: rank 0 only)
+    #: whether this process writes and deletes the run's checkpoints (``False``: it only reads them)
     checkpoint_writer = True
 
     def prepare(self) -> Prepared:
@@ -108,6 +108,12 @@ class Hooks:
     def run_key(self, seed: Any, context: bytes) -> RunKey:
         """The run's noise key (a distributed run takes rank 0's secret, broadcast to every rank)."""
         return run_key(seed, context)
+
+    def checkpoints(self, opts: RunOptions, seed: Any, context: bytes, previous: Mapping[str, Any] | None, *,
+                    versions: Mapping[str, str], device: str) -> tuple[RunKey, _resume.Resume | None]:
+        """The run key and the run's checkpoints (a distributed run: this rank's, once every rank agrees)."""
+        return _resume.begin(opts, seed, context, previous, writer=self.checkpoint_writer, versions=versions,
+                             device=device, new_key=self.run_key)
 
     def start(self) -> Any:
         """The float64 master vector the noisy phase starts from (retraining re-initialises first)."""
@@ -283,14 +289,13 @@ def run(hooks: Hooks, data: Any, schedule: Schedule, opts: RunOptions, *, seed: 
     before = provenance.model_digest(prep.before)
     center = None if prep.center is None else provenance.model_digest(prep.center)
     check_tail(schedule, prep.d)
-    key, resume = _resume.begin(opts, seed, run_context(
+    key, resume = hooks.checkpoints(opts, seed, run_context(
         model_before=before.root, center=None if center is None else center.root,
         retain_fingerprint=ids.retain_fingerprint, forget_fingerprint=ids.forget_fingerprint, schedule=schedule,
         options={"clip": prep.clipping, "postprocess": opts.postprocess, "noise_mode": opts.noise_mode,
                  **prep.key_options},
         unlearned_parameters=prep.names, dtype=prep.dtype, backend=hooks.name), prev,
-        writer=hooks.checkpoint_writer, versions=provenance.versions(*hooks.packages), device=prep.device,
-        new_key=hooks.run_key)
+        versions=provenance.versions(*hooks.packages), device=prep.device)
     history: dict[str, list[Any]] = {k: [] for k in HISTORY_KEYS}
     with _resume.owned(resume):  # the checkpoints go when the run ends or certun stops it; a crash keeps them
         started = started if resume is None else resume.began(started)  # a resumed run began in its first process

@@ -37,6 +37,9 @@ def main() -> None:
     parser.add_argument("--certificate", default="digits-distributed.json")
     parser.add_argument("--steps", type=int, default=20, help="noisy steps T")
     parser.add_argument("--eps", type=float, default=10.0, help="the certified epsilon (delta is 1e-5)")
+    parser.add_argument("--checkpoint-dir", default=None, help="checkpoint here (each rank in its own subfolder) "
+                        "and resume from there after a crash; the same command resumes")
+    parser.add_argument("--checkpoint-every", type=int, default=5, help="noisy steps between checkpoints")
     args = parser.parse_args()
     dist.init_process_group("gloo")  # torchrun sets the rank, the world size and the rendezvous
     try:
@@ -63,15 +66,19 @@ def run(args: argparse.Namespace) -> None:
         mine_ids.extend(int(i) for i in ids)
     schedule = certun.plan(args.eps, 1e-5, C0=15.0, C1=1.0, gamma=0.5, lam=1.0, T=args.steps)
     options = {}
+    if args.checkpoint_dir is not None:
+        options.update(checkpoint_dir=args.checkpoint_dir, checkpoint_every=args.checkpoint_every)
     if args.layout == "fsdp":  # FSDP2: per-sample clipping is refused on shards; the module is updated in place
-        model, options = shard(model), {"clip": "batch", "inplace": True}
+        model = shard(model)
+        options.update(clip="batch", inplace=True)
     result = certun.unlearn(model, mine, schedule, loss_fn=F.cross_entropy, distributed=args.layout,
                             retain_ids=mine_ids, forget_ids=range(FORGET), certificate_path=args.certificate,
                             device="cpu", progress=False, **options)
     score = accuracy(result.model, x[FORGET:], y[FORGET:])  # every rank: an FSDP2 forward is collective
     if rank == 0:
         print(f"{world} ranks, {args.layout}: eps={schedule.achieved.eps:.3g}, retain accuracy {before:.3f} "
-              f"before, {score:.3f} after; certificate {result.certificate_path}")
+              f"before, {score:.3f} after; certificate {result.certificate_path}"
+              + ("" if result.resumed_from is None else f" (resumed after {result.resumed_from} steps)"))
 
 
 def shard(model: nn.Module) -> nn.Module:

@@ -29,7 +29,8 @@ def documented_commands() -> list[str]:
 
 def test_the_page_documents_every_layout():
     commands = documented_commands()
-    assert len(commands) == 3
+    assert len(commands) == 4  # the three layouts, and a checkpointed run
+    assert sum("--checkpoint-dir" in c for c in commands) == 1
     layouts = {shlex.split(c)[shlex.split(c).index("--layout") + 1] for c in commands}
     assert layouts == {"replicated", "sharded", "fsdp"}
 
@@ -51,3 +52,5 @@ def test_documented_torchrun_command_writes_a_certificate_that_verifies(tmp_path
     assert cert["artifacts"]["forget_set"]["size"] == 20
     report = certun.verify(cert)
     assert report.ok, [c.name for c in report.failures]
+    if "--checkpoint-dir" in args:  # each rank's checkpoint, and the folder, gone after the run
+        assert not (tmp_path / args[args.index("--checkpoint-dir") + 1]).exists()

@@ -81,9 +81,6 @@ def _runner(model: nn.Module, distributed: str | None, opts: RunOptions) -> tupl
     if not isinstance(distributed, str) or distributed not in _LAYOUTS:
         raise InvalidParameterError("distributed", distributed, "None, 'replicated' (alias 'ddp'), 'sharded' or "
                                     "'fsdp'")
-    if opts.checkpoint_dir is not None:
-        raise InvalidParameterError("checkpoint_dir", str(opts.checkpoint_dir), "None in a distributed run",
-                                    hint="checkpointed distributed runs are not supported yet (docs/distributed.md)")
     if distributed == "fsdp":
         from certun.backends.torch._fsdp_run import FsdpRun
 

@@ -48,8 +48,10 @@ class Comm:
         except CertunError:
             raise
         except RuntimeError as exc:  # DistBackendError, timeouts and closed connections all derive from it
-            raise UnlearningRunError(f"distributed run: a peer rank failed or was lost during {what} ({exc}); "
-                                     "no certificate was issued") from exc
+            lost = UnlearningRunError(f"distributed run: a peer rank failed or was lost during {what} ({exc}); "
+                                      "no certificate was issued")
+            lost.peer_lost = True  # type: ignore[attr-defined]  # a crash elsewhere: checkpoints are kept
+            raise lost from exc
 
     def gather(self, obj: Any, what: str) -> list[Any]:
         """Every rank's ``obj``, in rank order, on every rank (each tagged with ``what``: see :meth:`_in_step`)."""

@@ -13,19 +13,24 @@ skeleton) with collectives where the data or the master vector is split:
   adds coordinates ``[offset, offset + count)`` of the step's draw (positional noise) and takes every
   norm over the whole vector; the model's parameters are gathered from the shards for the forward;
 * after the run every rank shows the digest of its released model: replicas that differ (a rank that
-  drew its own noise) stop every rank, and no certificate is written.
+  drew its own noise) stop every rank, and no certificate is written;
+* ``checkpoint_dir``: each rank checkpoints its own state in its own subfolder, and the ranks resume only
+  together, from one step of one run (:mod:`certun.backends._rank_checkpoints`).
 
 docs/distributed.md; docs/theory.md#distributed-runs.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import torch
 
+from certun.backends import _rank_checkpoints as rank_checkpoints
 from certun.backends import _skeleton as skeleton
+from certun.backends._options import RunOptions
+from certun.backends._resume import Resume
 from certun.backends.run_key import RunKey
 from certun.backends.torch import _sharded_steps as sharded
 from certun.backends.torch._data import to_device
@@ -86,6 +91,13 @@ class DistributedRun(TorchRun):
 
     def run_key(self, seed: Any, context: bytes) -> RunKey:
         return shared_key(self.comm, seed, context, self.opts.recorded_noise_mode)
+
+    def checkpoints(self, opts: RunOptions, seed: Any, context: bytes, previous: Mapping[str, Any] | None, *,
+                    versions: Mapping[str, str], device: str) -> tuple[RunKey, Resume | None]:
+        """Each rank's own checkpoint, resumed only when every rank holds one of this run at the same step."""
+        return rank_checkpoints.begin(opts, seed, context, previous, rank=self.comm.rank, world=self.comm.world,
+                                      layout=self.sharding, gather=self.comm.gather, agree=self.comm.agree,
+                                      new_key=self.run_key, versions=versions, device=device)
 
     # ------------------------------------------------------------------ the noisy phase
     def batches(self, on_pass: Callable[[int], None] | None) -> Iterator[tuple[Any, Any]]:
