@@ -2,7 +2,8 @@
 
 Each rank counts the allocations of at least one rank's share of the float64 vector (torch's profiler,
 ``profile_memory``) in runs of 2 and 6 steps, single-process and per layout, and records the dtype and
-size of every ``all_gather`` of a sharded run; rank r writes ``out/traffic.rank<r>.pt``.
+size of every ``all_gather`` of a sharded run, and the size of every ``all_reduce`` of a sharded and an
+FSDP2 run; rank r writes ``out/traffic.rank<r>.pt``.
 """
 
 from __future__ import annotations
@@ -25,13 +26,39 @@ D = 64 * 512 + 512 + 512 * 3 + 3
 
 def _run(T: int, layout: str | None) -> Any:
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Linear(64, 512), nn.Tanh(), nn.Linear(512, 3))  # float32, d = D
+    model: nn.Module = nn.Sequential(nn.Linear(64, 512), nn.Tanh(), nn.Linear(512, 3))  # float32, d = D
+    if layout == "fsdp":
+        from torch.distributed.fsdp import fully_shard
+
+        for layer in model:
+            if isinstance(layer, nn.Linear):
+                fully_shard(layer)
+        model = fully_shard(model)
     X, y = torch.randn(8, 64), torch.randint(0, 3, (8,))
     s = certun.plan(1.0, 1e-5, C0=10.0, C1=1.0, gamma=1e-3, T=T)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the fixed seed's warning
         return certun.unlearn(model, [(X, y)], s, loss_fn=F.cross_entropy, clip="batch", seed=0, progress=False,
-                              postprocess="none", distributed=layout, device="cpu")
+                              postprocess="none", distributed=layout, device="cpu", inplace=layout == "fsdp")
+
+
+def _spied(name: str, layout: str, T: int) -> list[tuple[torch.dtype, int]]:
+    """``(dtype, numel)`` of every ``torch.distributed.<name>`` call of a ``T``-step run."""
+    import torch.distributed as dist
+
+    calls, inner = [], getattr(dist, name)
+
+    def spy(*args: Any, **kwargs: Any) -> Any:
+        tensor = args[1] if name == "all_gather" else args[0]
+        calls.append((tensor.dtype, tensor.numel()))
+        return inner(*args, **kwargs)
+
+    setattr(dist, name, spy)
+    try:
+        _run(T, layout)
+    finally:
+        setattr(dist, name, inner)
+    return calls
 
 
 def big_allocations(T: int, layout: str | None, nbytes: int) -> int:
@@ -51,18 +78,9 @@ def main(rank: int, world: int, init_file: str, out: str) -> None:
     result: dict[str, Any] = {"d": D}
     for layout in (None, "replicated", "sharded"):
         result[layout or "single"] = (big_allocations(2, layout, share), big_allocations(6, layout, share))
-    gathers, inner = [], dist.all_gather
-
-    def spy(tensors: list[torch.Tensor], tensor: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
-        gathers.append((tensor.dtype, tensor.numel()))
-        return inner(tensors, tensor, *args, **kwargs)
-
-    dist.all_gather = spy
-    try:
-        _run(4, "sharded")
-    finally:
-        dist.all_gather = inner
-    result["gathers"] = gathers
+    result["gathers"] = _spied("all_gather", "sharded", 4)
+    for layout in ("sharded", "fsdp"):
+        result[f"reduces.{layout}"] = (_spied("all_reduce", layout, 2), _spied("all_reduce", layout, 6))
     torch.save(result, pathlib.Path(out) / f"traffic.rank{rank}.pt")
     dist.destroy_process_group()
     sys.stdout.flush()

@@ -51,3 +51,15 @@ def test_the_sharded_master_is_gathered_in_the_parameters_dtype(traffic) -> None
         master = [(dtype, n) for dtype, n in rank["gathers"] if n >= d // 2]
         assert [dtype for dtype, _ in master].count(torch.float32) == 4, master
         assert [dtype for dtype, _ in master].count(torch.float64) == 1, master
+
+
+@pytest.mark.parametrize(("layout", "pairs"), [("sharded", 1), ("fsdp", 2)])
+def test_a_sharded_steps_statistics_take_one_all_reduce(traffic, layout, pairs) -> None:
+    """The step's two recorded norms (gradient, distance to the centre) are whole-vector norms: their squared
+    shard norms travel in ONE all-reduce of 2 values, not two of 1 (each a round trip every rank waits on).
+    The clip's own measurements (measure, and again after shrinking) stay one value each; ``fsdp`` also
+    all-reduces its loss and batch size as one pair per step."""
+    for rank in traffic:
+        short, long = ([n for _, n in calls] for calls in rank[f"reduces.{layout}"])
+        assert (long.count(2) - short.count(2)) / 4 == pairs, (short, long)
+        assert (long.count(1) - short.count(1)) / 4 <= 2, (short, long)

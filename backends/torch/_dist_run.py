@@ -162,6 +162,11 @@ class ShardedRun(DistributedRun):
         squared = torch.linalg.vector_norm(v, dtype=torch.float64).square().reshape(1)
         return self.comm.sum(squared, "all-reducing a norm")[0].sqrt()
 
+    def _norms(self, *vs: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """The whole vectors' norms of the shards ``vs``, in ONE all-reduce (the step's statistics)."""
+        squared = torch.stack([torch.linalg.vector_norm(v, dtype=torch.float64).square() for v in vs])
+        return tuple(self.comm.sum(squared, "all-reducing the statistics' norms").sqrt().unbind())
+
     def _full(self, x: torch.Tensor) -> torch.Tensor:
         return self.comm.concat(x, self.counts, "gathering the master's shards")
 
@@ -191,8 +196,8 @@ class ShardedRun(DistributedRun):
         g = g_full[self.lo:self.hi].clone()
         self.update(x, g, t, c, draw)
         with torch.no_grad():
-            dist = self._norm(x if c is None else x - c)
-            return x, (loss.detach().to(torch.float64), self._norm(g), dist)
+            g_norm, dist = self._norms(g, x if c is None else x - c)
+            return x, (loss.detach().to(torch.float64), g_norm, dist)
 
     def update(self, x: torch.Tensor, g: torch.Tensor, t: int, center: torch.Tensor | None,
                draw: Callable[[], Any]) -> None:
