@@ -9,7 +9,12 @@ rank order, so each rank reads ``batch / W`` rows):
 - one draw of the step's Gaussians by the run's keyed sampler: ``d`` of them in the replicated layout,
   this rank's slice (about ``d / W``) in the sharded one; the *floor* of a layout is the SGD step plus
   that draw (benchmarks/step_cost.py's floor, distributed);
-- ``certun.unlearn(..., distributed=layout)`` for ``--steps`` noisy steps, per clipping mode.
+- ``certun.unlearn(..., distributed=layout)`` for ``--steps`` noisy steps, per clipping mode;
+- for the ``fsdp`` layout, on the model wrapped by FSDP2's ``fully_shard`` (each Linear and Conv2d its
+  own unit, then the root): a plain FSDP2 SGD step (forward, backward with its reduce-scatter,
+  ``torch.optim.SGD`` on the shards), the layout's own baseline; its floor is that step plus the draw
+  of this rank's FSDP2 coordinates; and the noisy steps with ``inplace=True`` for batch and model
+  clipping (per-sample clipping is refused on shards by design, so it has no ``fsdp`` row).
 
 Throughput is wall time (synchronised on CUDA): ranks wait on each other, and that wait is part of
 the cost. Each step is also timed in this process's CPU time, which a shared machine's other load
@@ -57,7 +62,7 @@ import certun  # noqa: E402
 from certun.backends import UnsafeNoiseWarning  # noqa: E402
 
 CLIPS = ("per_sample", "batch", "model")  # "model": model clipping (noise after projection), batch clipping
-LAYOUTS = ("replicated", "sharded")
+LAYOUTS = ("replicated", "sharded", "fsdp")
 
 # ------------------------------------------------------------------ what one rank times
 
@@ -109,14 +114,50 @@ def time_ddp_sgd(model: nn.Module, X: torch.Tensor, y: torch.Tensor, steps: int,
     return _spans(stamps)
 
 
-def time_draw(count: int, offset: int, steps: int, device: torch.device) -> Times:
-    """Each draw of ``count`` keyed float64 normals (coordinates from ``offset``), as the run draws them."""
+def shard(model: nn.Module) -> nn.Module:
+    """FSDP2: each Linear and Conv2d its own ``fully_shard`` unit, then the root (examples/distributed_digits.py)."""
+    from torch.distributed.fsdp import fully_shard
+
+    for layer in model.modules():
+        if isinstance(layer, (nn.Linear, nn.Conv2d)):
+            fully_shard(layer)
+    return fully_shard(model)
+
+
+def fsdp_ranges(model: nn.Module) -> list[tuple[int, int]]:
+    """``(start, count)`` of this rank's FSDP2 coordinates in the flat order of one process (dim-0 chunks)."""
+    rank, world, out, offset = dist.get_rank(), dist.get_world_size(), [], 0
+    for p in model.parameters():
+        rows = p.shape[0]
+        chunk, rowlen = -(-rows // world), p.numel() // rows
+        lo, hi = min(rows, rank * chunk), min(rows, (rank + 1) * chunk)
+        if hi > lo:
+            out.append((offset + lo * rowlen, (hi - lo) * rowlen))
+        offset += p.numel()
+    return out
+
+
+def time_fsdp_sgd(model: nn.Module, X: torch.Tensor, y: torch.Tensor, steps: int, device: torch.device) -> Times:
+    """Each FSDP2 step: zero_grad, forward (all-gathers), backward (reduce-scatter), SGD on the shards."""
+    opt = torch.optim.SGD(model.parameters(), lr=1e-3)
+    stamps = [_now(device)]
+    for _ in range(steps):
+        opt.zero_grad(set_to_none=True)
+        F.cross_entropy(model(X), y).backward()
+        opt.step()
+        stamps.append(_now(device))
+    return _spans(stamps)
+
+
+def time_draw(ranges: list[tuple[int, int]], steps: int, device: torch.device) -> Times:
+    """Each draw of the keyed float64 normals at ``ranges`` (``(offset, count)`` pairs), as the run draws them."""
     from certun.backends.noise import NoiseGenerator, fresh_key
 
     gen, out = NoiseGenerator(fresh_key()), []
     for t in range(steps):
         t0 = _now(device)
-        gen.normal_torch(t, count, offset=offset, device=device)
+        for offset, count in ranges:
+            gen.normal_torch(t, count, offset=offset, device=device)
         out += _spans([t0, _now(device)])
     return out
 
@@ -143,17 +184,32 @@ def _median(times: Times, device: torch.device) -> tuple[float, float]:
     return float(t[0]), float(t[1])
 
 
-def _row(common: dict[str, Any], batch: int, med: tuple[float, float], sgd: tuple[float, float],
-         floor: tuple[float, float] | None, **extra: Any) -> dict[str, Any]:
+Med = tuple[float, float]  # (wall, CPU) seconds
+
+
+def _row(common: dict[str, Any], batch: int, med: Med, sgd: Med, floor: Med | None, base: Med | None = None,
+         **extra: Any) -> dict[str, Any]:
+    """One table row: ``med`` against DDP SGD (``sgd``), the layout's floor and its own plain SGD step (``base``)."""
     row = dict(common, **extra, ms=med[0] * 1e3, cpu_ms=med[1] * 1e3, examples_per_s=batch / med[0],
                ratio_sgd=med[0] / sgd[0])
     if floor is not None:
         row.update(ratio_floor=med[0] / floor[0], ratio_floor_cpu=med[1] / floor[1])
+    if base is not None:
+        row.update(ratio_base=med[0] / base[0], ratio_base_cpu=med[1] / base[1])
     return row
 
 
+def _noisy(name: str, cfg: dict[str, Any], X: torch.Tensor, y: torch.Tensor, layout: str, clip: str,
+           device: torch.device) -> Med:
+    """The slowest rank's medians of the noisy steps (a fresh model; wrapped by ``fully_shard`` for fsdp)."""
+    model = build(name, cfg["size"])[0]
+    if layout == "fsdp":
+        model = shard(model.to(device))
+    return _median(time_noisy(model, X, y, clip, layout, cfg["steps"], device), device)
+
+
 def rank_rows(name: str, cfg: dict[str, Any], device: torch.device) -> list[dict[str, Any]]:
-    """Every timing of one model on this rank: DDP SGD, the floors, then each (layout, clip)."""
+    """Every timing of one model on this rank: DDP SGD (and FSDP2 SGD), the floors, then each (layout, clip)."""
     rank, world, steps, batch = dist.get_rank(), dist.get_world_size(), cfg["steps"], cfg["batch"]
     base, shape = build(name, cfg["size"])
     d = sum(p.numel() for p in base.parameters())
@@ -162,20 +218,30 @@ def rank_rows(name: str, cfg: dict[str, Any], device: torch.device) -> list[dict
     X, y = torch.tensor_split(X, world)[rank].to(device), torch.tensor_split(y, world)[rank].to(device)
     common = dict(model=name, d=d, world=world, local_batch=len(y))
     sgd = _median(time_ddp_sgd(base, X, y, steps, device), device)
-    rows = [_row(common, batch, sgd, sgd, None, what="DDP SGD", layout="-", clip="-")]
+    rows = [_row(common, batch, sgd, sgd, None, sgd, what="DDP SGD", layout="-", clip="-")]
     lo, hi = rank * d // world, (rank + 1) * d // world
-    draws = {"replicated": _median(time_draw(d, 0, steps, device), device),
-             "sharded": _median(time_draw(hi - lo, lo, steps, device), device)}
+    bases, ranges = {"replicated": sgd, "sharded": sgd}, {"replicated": [(0, d)], "sharded": [(lo, hi - lo)]}
+    if "fsdp" in cfg["layouts"]:
+        fsdp = shard(build(name, cfg["size"])[0].to(device))
+        ranges["fsdp"] = fsdp_ranges(fsdp)
+        bases["fsdp"] = _median(time_fsdp_sgd(fsdp, X, y, steps, device), device)
+        rows.append(_row(common, batch, bases["fsdp"], sgd, None, bases["fsdp"], what="FSDP2 SGD", layout="fsdp",
+                         clip="-"))
+        del fsdp
     for layout in cfg["layouts"]:
-        floor = (sgd[0] + draws[layout][0], sgd[1] + draws[layout][1])
-        rows.append(_row(common, batch, floor, sgd, floor, what="floor = DDP SGD + draw", layout=layout, clip="-"))
+        draw = _median(time_draw(ranges[layout], steps, device), device)
+        floor, own = (bases[layout][0] + draw[0], bases[layout][1] + draw[1]), bases[layout]
+        rows.append(_row(common, batch, floor, sgd, floor, own, layout=layout, clip="-",
+                         what=f"floor = {'FSDP2' if layout == 'fsdp' else 'DDP'} SGD + draw"))
         for clip in cfg["clips"]:
+            if layout == "fsdp" and clip == "per_sample":
+                continue  # refused by design: a sample's norm would need every shard of its gradient
             try:
-                med = _median(time_noisy(build(name, cfg["size"])[0], X, y, clip, layout, steps, device), device)
+                med = _noisy(name, cfg, X, y, layout, clip, device)
             except (certun.CertunError, RuntimeError, NotImplementedError) as exc:  # every rank fails alike
                 rows.append(dict(common, what="noisy step", layout=layout, clip=clip, error=str(exc).splitlines()[0]))
                 continue
-            rows.append(_row(common, batch, med, sgd, floor, what="noisy step", layout=layout, clip=clip))
+            rows.append(_row(common, batch, med, sgd, floor, own, what="noisy step", layout=layout, clip=clip))
     return rows
 
 
@@ -226,19 +292,22 @@ def launch(world: int, cfg: dict[str, Any], tmp: Path) -> list[dict[str, Any]]:
 
 
 def table(rows: list[dict[str, Any]]) -> str:
-    """The rows as a markdown table: wall-time columns, then CPU-time ones (ratios to the same world's rows)."""
+    """The rows as a markdown table: wall-time columns, then CPU-time ones (ratios to the same world's rows; "own
+    SGD" is the layout's plain step: DDP for replicated and sharded, FSDP2 for fsdp)."""
     sgd_cpu = {(r["model"], r["world"]): r["cpu_ms"] for r in rows if r["what"] == "DDP SGD"}
     out = ["| model | d | W | local batch | layout | step | clip | ms / step | examples / s | x DDP SGD | x floor "
-           "| CPU ms / step | x DDP SGD (CPU) | x floor (CPU) |", "|---" * 14 + "|"]
+           "| CPU ms / step | x DDP SGD (CPU) | x floor (CPU) | x own SGD (CPU) |", "|---" * 15 + "|"]
     for r in rows:
         head = (f"| {r['model']} | {r['d']} | {r['world']} | {r['local_batch']} | {r['layout']} | {r['what']} "
                 f"| {r['clip']}")
         if "error" in r:
-            out.append(f"{head} | failed: {r['error'][:60]} | | | | | | |")
+            out.append(f"{head} | failed: {r['error'][:60]} | | | | | | | |")
             continue
-        floor, floor_cpu = (f"{r[k]:.2f}" if k in r else "-" for k in ("ratio_floor", "ratio_floor_cpu"))
+        floor, floor_cpu, own = (f"{r[k]:.2f}" if k in r else "-"
+                                 for k in ("ratio_floor", "ratio_floor_cpu", "ratio_base_cpu"))
         out.append(f"{head} | {r['ms']:.2f} | {r['examples_per_s']:.0f} | {r['ratio_sgd']:.2f} | {floor} "
-                   f"| {r['cpu_ms']:.2f} | {r['cpu_ms'] / sgd_cpu[r['model'], r['world']]:.2f} | {floor_cpu} |")
+                   f"| {r['cpu_ms']:.2f} | {r['cpu_ms'] / sgd_cpu[r['model'], r['world']]:.2f} | {floor_cpu} "
+                   f"| {own} |")
     return "\n".join(out)
 
 

@@ -18,7 +18,7 @@ import torch
 
 from certun.errors import CertunError, InvalidParameterError, UnlearningRunError
 
-__all__ = ["Comm", "collective_backend", "digest"]
+__all__ = ["Comm", "collective_backend", "digest", "reduce_buffer"]
 
 
 def _dist() -> Any:
@@ -93,6 +93,14 @@ class Comm:
         self._call(what, lambda: _dist().all_reduce(buf))
         return buf.to(t.device)
 
+    def sum_(self, t: torch.Tensor, what: str) -> torch.Tensor:
+        """The float64 ``t`` summed over the ranks IN PLACE: no copy where ``t`` already lies on the collectives'
+        device (the gradient's d + 2 values every step), one there and back otherwise."""
+        if t.device == self.device:
+            self._call(what, lambda: _dist().all_reduce(t))
+            return t
+        return t.copy_(self.sum(t, what))
+
     def concat(self, shard: torch.Tensor, counts: list[int], what: str) -> torch.Tensor:
         """The ranks' shards (``counts[r]`` values each) concatenated in rank order, on every rank."""
         width = max(counts)
@@ -101,6 +109,14 @@ class Comm:
         out = [torch.empty_like(buf) for _ in range(self.world)]
         self._call(what, lambda: _dist().all_gather(out, buf))
         return torch.cat([o[:n] for o, n in zip(out, counts, strict=True)]).to(shard.device)
+
+
+def reduce_buffer(buf: torch.Tensor | None, n: int, device: torch.device) -> torch.Tensor:
+    """``buf`` again when it holds ``n`` float64 values on ``device``, else a new one: a run reuses one buffer for
+    its per-step reductions instead of allocating (and first touching) ``n`` values each step."""
+    if buf is None or buf.numel() != n or buf.device != device:
+        buf = torch.empty(n, dtype=torch.float64, device=device)
+    return buf
 
 
 def collective_backend(config: str) -> tuple[str, str]:

@@ -34,7 +34,7 @@ from certun.backends._resume import Resume
 from certun.backends.run_key import RunKey
 from certun.backends.torch import _sharded_steps as sharded
 from certun.backends.torch._data import to_device
-from certun.backends.torch._dist_comm import Comm
+from certun.backends.torch._dist_comm import Comm, reduce_buffer
 from certun.backends.torch._dist_setup import check_count, shared_key, union_identifiers
 from certun.backends.torch._grad import batch_size
 from certun.backends.torch._run import TorchRun
@@ -116,17 +116,17 @@ class DistributedRun(TorchRun):
     def gradient(self, batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
         """The global mean loss and gradient: local sums all-reduced once in float64, over the global batch."""
         d, error = self.flat.d, None
-        local = torch.zeros(d + 2, dtype=torch.float64, device=self.device)
+        local = self._sums = reduce_buffer(getattr(self, "_sums", None), d + 2, self.device)
         try:
             loss, g = super().gradient(batch)
             size = batch_size(batch[1])
-            local[:d] = g * size  # per-sample: the clipped sum; batch: the batch gradient times its size
+            torch.mul(g, size, out=local[:d])  # per-sample: the clipped sum; batch: the batch gradient times its size
             local[d], local[d + 1] = loss.to(torch.float64) * size, size
         except Exception as exc:  # this rank's forward/backward failed: every rank stops at this step
             error = exc
         self.comm.agree(error, "the gradient")
-        total = self.comm.sum(local, "all-reducing the gradient")
-        self.g64.copy_(total[:d] / total[d + 1])
+        total = self.comm.sum_(local, "all-reducing the gradient")
+        torch.div(total[:d], total[d + 1], out=self.g64)
         return total[d] / total[d + 1], self.g64
 
     # ------------------------------------------------------------------ after the run
@@ -174,6 +174,11 @@ class ShardedRun(DistributedRun):
         squared = torch.linalg.vector_norm(v, dtype=torch.float64).square().reshape(1)
         return self.comm.sum(squared, "all-reducing a norm")[0].sqrt()
 
+    def _norms(self, *vs: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """The whole vectors' norms of the shards ``vs``, in ONE all-reduce (the step's statistics)."""
+        squared = torch.stack([torch.linalg.vector_norm(v, dtype=torch.float64).square() for v in vs])
+        return tuple(self.comm.sum(squared, "all-reducing the statistics' norms").sqrt().unbind())
+
     def _full(self, x: torch.Tensor) -> torch.Tensor:
         return self.comm.concat(x, self.counts, "gathering the master's shards")
 
@@ -197,13 +202,14 @@ class ShardedRun(DistributedRun):
                    draw: Callable[[], Any]) -> tuple[torch.Tensor, tuple[Any, Any, Any]]:
         c = self.c64
         with torch.no_grad():
-            self.flat.x.copy_(self._full(x))  # the forward sees the whole model, rounded to its dtype
+            # the forward sees the whole model rounded to its dtype: each shard is rounded before the gather
+            self.flat.x.copy_(self._full(x.to(self.flat.x.dtype)))
         loss, g_full = self.gradient(batch)
         g = g_full[self.lo:self.hi].clone()
         self.update(x, g, t, c, draw)
         with torch.no_grad():
-            dist = self._norm(x if c is None else x - c)
-            return x, (loss.detach().to(torch.float64), self._norm(g), dist)
+            g_norm, dist = self._norms(g, x if c is None else x - c)
+            return x, (loss.detach().to(torch.float64), g_norm, dist)
 
     def update(self, x: torch.Tensor, g: torch.Tensor, t: int, center: torch.Tensor | None,
                draw: Callable[[], Any]) -> None:

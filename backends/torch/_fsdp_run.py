@@ -147,7 +147,7 @@ class FsdpRun(ShardedRun):
         loss, g = self.gradient(batch)
         self.update(x, g, t, None, draw)
         with torch.no_grad():
-            return x, (loss.detach().to(torch.float64), self._norm(g), self._norm(x))
+            return x, (loss.detach().to(torch.float64), *self._norms(g, x))
 
     # ------------------------------------------------------------------ after the noisy phase
     def release(self, x: torch.Tensor | None, *, project: bool) -> None:
