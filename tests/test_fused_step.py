@@ -29,11 +29,13 @@ torch.set_num_threads(1)
 
 
 def _reference_step(self: Any, x: torch.Tensor, t: int, batch: Any, draw: Any) -> tuple[torch.Tensor, tuple]:
-    """The noisy step before the fusion: the step functions, then the history's norms over whole vectors."""
+    """The noisy step before the fusion: the gradient accumulated into the zeroed float32 buffer, the step
+    functions, then the history's norms over whole vectors."""
     s, c, flat = self.s, self.c64, self.flat
     with torch.no_grad():
         flat.x.copy_(x)
-    loss, g = self.gradient(batch)
+    loss = self.computer.compute(*batch)  # into the float32 buffer, then one copy into g64
+    g = self.g64.copy_(self.flat.g)
     gamma, sigma = s.gammas[t], s.sigmas[t]
     with torch.no_grad():
         z = draw()
@@ -194,3 +196,17 @@ def test_skipped_remeasure_would_never_act(C1):
         exact = np.sqrt(np.sum(g.numpy().astype(np.longdouble) ** 2))
         assert exact <= C1 * (1 - 0.9e-5)
         assert torch.equal(_enforce_radius(g.clone(), C1, None), g)
+
+
+def test_gradient_into_the_step_buffer_keeps_accumulation_bits():
+    """Fresh gradients written into the float64 buffer read as accumulation into a zeroed buffer does: −0 → +0."""
+    from certun.backends.torch._model import FlatParameters
+
+    a, b = nn.Parameter(torch.ones(3)), nn.Parameter(torch.ones(2))
+    flat = FlatParameters(("a", "b"), [a, b], device=torch.device("cpu"), dtype=torch.float32)
+    a.grad = torch.tensor([-0.0, 1.5, -2.0])
+    into = torch.full((5,), float("nan"), dtype=torch.float64)
+    flat.gather_grads(into)
+    expected = torch.cat([torch.zeros(3) + a.grad, torch.zeros(2)]).to(torch.float64)
+    assert torch.equal(into, expected) and not bool(torch.signbit(into).any() ^ torch.signbit(expected).any())
+    assert not bool(torch.signbit(into[0]))

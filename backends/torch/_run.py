@@ -239,6 +239,8 @@ class TorchRun(skeleton.Hooks):
 
     def gradient(self, batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
         """The step's mean loss and its (clipped) minibatch gradient in the float64 buffer ``g64``."""
+        if self.computer.mode == "batch":  # straight into g64, from the fresh per-parameter gradients
+            return self.computer.compute(*batch, into=self.g64), self.g64
         loss = self.computer.compute(*batch)
         return loss, self.g64.copy_(self.flat.g)
 
