@@ -199,14 +199,23 @@ def test_skipped_remeasure_would_never_act(C1):
 
 
 def test_gradient_into_the_step_buffer_keeps_accumulation_bits():
-    """Fresh gradients written into the float64 buffer read as accumulation into a zeroed buffer does: −0 → +0."""
+    """Fresh gradients written into the float64 buffer carry the bits autograd's accumulation into the zeroed
+    float32 buffer gives, signed zeros included (a fresh gradient of −0 accumulates to +0)."""
     from certun.backends.torch._model import FlatParameters
 
-    a, b = nn.Parameter(torch.ones(3)), nn.Parameter(torch.ones(2))
-    flat = FlatParameters(("a", "b"), [a, b], device=torch.device("cpu"), dtype=torch.float32)
-    a.grad = torch.tensor([-0.0, 1.5, -2.0])
-    into = torch.full((5,), float("nan"), dtype=torch.float64)
+    a, b, unused = nn.Parameter(torch.ones(3)), nn.Parameter(torch.ones(2)), nn.Parameter(torch.ones(2))
+    flat = FlatParameters(("a", "b", "u"), [a, b, unused], device=torch.device("cpu"), dtype=torch.float32)
+
+    def backward() -> None:
+        (a * torch.tensor([-0.0, 1.5, -2.0])).sum().backward()
+        (b * torch.tensor([0.0, -0.0])).sum().backward()
+
+    flat.point_grads()
+    backward()
+    expected = flat.gather_grads().to(torch.float64)
+    flat.clear_grads()
+    backward()
+    assert bool(torch.signbit(a.grad[0]))  # autograd's fresh gradient is −0 there
+    into = torch.full((7,), float("nan"), dtype=torch.float64)
     flat.gather_grads(into)
-    expected = torch.cat([torch.zeros(3) + a.grad, torch.zeros(2)]).to(torch.float64)
-    assert torch.equal(into, expected) and not bool(torch.signbit(into).any() ^ torch.signbit(expected).any())
-    assert not bool(torch.signbit(into[0]))
+    assert torch.equal(into, expected) and torch.equal(torch.signbit(into), torch.signbit(expected))

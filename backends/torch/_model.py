@@ -315,7 +315,7 @@ class FlatParameters:
                 if p.grad is None:
                     view.zero_()
                 else:
-                    torch.add(p.grad.reshape(-1), 0.0, out=view)
+                    view.copy_(p.grad.add_(0.0).reshape(-1))
             return into
         for p, view in zip(self.params, self.g_views, strict=True):
             grad = p.grad
