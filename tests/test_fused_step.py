@@ -219,3 +219,33 @@ def test_gradient_into_the_step_buffer_keeps_accumulation_bits():
     into = torch.full((7,), float("nan"), dtype=torch.float64)
     flat.gather_grads(into)
     assert torch.equal(into, expected) and torch.equal(torch.signbit(into), torch.signbit(expected))
+
+
+class _SparseBag(nn.Module):
+    """Token ids -> Embedding(sparse=True) (a sparse gradient), mean over tokens -> linear head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(6)
+        self.embed, self.head = nn.Embedding(30, 8, sparse=True), nn.Linear(8, 3)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.head(self.embed(ids).mean(dim=1))
+
+
+def test_sparse_embedding_gradient_takes_the_fused_path_unchanged(monkeypatch):
+    """A sparse gradient (repeated tokens included) reaches the float64 buffer as accumulation gives it."""
+    gen = torch.Generator().manual_seed(7)
+    data = [(torch.randint(0, 30, (6, 9), generator=gen), torch.randint(0, 3, (6,), generator=gen)) for _ in range(3)]
+    schedule = _schedule("gc", "tight")
+
+    def run() -> dict:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UnsafeNoiseWarning)
+            r = get_backend("torch").unlearn(_SparseBag(), data, schedule, loss_fn=F.cross_entropy, seed=3,
+                                             clip="batch", progress=False, postprocess="none")
+        return {k: v.detach().numpy().tobytes() for k, v in r.model.state_dict().items()}
+
+    fused = run()
+    monkeypatch.setattr(_run.TorchRun, "noisy_step", _reference_step)
+    assert fused == run()

@@ -314,6 +314,8 @@ class FlatParameters:
             for p, view in zip(self.params, torch.split(into, self.sizes), strict=True):
                 if p.grad is None:
                     view.zero_()
+                elif p.grad.layout != torch.strided:  # a sparse gradient (Embedding(sparse=True)): as accumulated
+                    view.copy_(torch.zeros_like(p).add_(p.grad).reshape(-1))
                 else:
                     view.copy_(p.grad.add_(0.0).reshape(-1))
             return into
