@@ -217,12 +217,14 @@ class NoiseGenerator:
         enc = Cipher(algorithms.ChaCha20(self._key, nonce), mode=None).encryptor()
         enc.update_into(bytes(64 * n_blocks), buf)
 
-    def normal(self, draw: int, count: int, *, offset: int = 0, workers: int = 1) -> np.ndarray:
+    def normal(self, draw: int, count: int, *, offset: int = 0, workers: int = 1,
+               out: np.ndarray | None = None) -> np.ndarray:
         """Coordinates ``[offset, offset + count)`` of the ``draw``-th N(0, I) vector, float64.
 
         Positional: coordinate i of draw t depends only on (key, t, i), so pieces equal the whole.
         ``workers`` > 1 fills contiguous pieces in that many threads (numpy and OpenSSL release the
-        GIL); by positionality the bits do not depend on it.
+        GIL); by positionality the bits do not depend on it. ``out``: a contiguous float64 array of
+        ``count`` values to fill and return (a reused buffer saves the page faults of a fresh one).
         """
         t = _index("draw", draw, 0, MAX_DRAWS, f"an integer in [0, {MAX_DRAWS})")
         n = _index("count", count, 0, None, "an integer >= 0")
@@ -232,7 +234,7 @@ class NoiseGenerator:
             raise InvalidParameterError(
                 "offset + count", i0 + n, f"at most {MAX_COORDINATES}",
                 "one draw covers this many coordinates before ChaCha20's 32-bit block counter would wrap")
-        out = np.empty(n, dtype=np.float64)
+        out = np.empty(n, dtype=np.float64) if out is None else _buffer(out, n)
         # Pieces of whole chunks (even length, so each piece but the last starts a pair).
         piece = 2 * _CHUNK_PAIRS * max(1, -(-n // (2 * _CHUNK_PAIRS * k)))
         if k == 1 or n <= piece:
@@ -275,12 +277,30 @@ class NoiseGenerator:
             out[2 * j + lo - i0: 2 * j + hi - i0] = flat[lo:hi]
 
     def normal_torch(self, draw: int, count: int, *, offset: int = 0, device: Any = None,
-                     workers: int = 1) -> torch.Tensor:
-        """The same values as :meth:`normal`, as a float64 torch tensor on ``device``."""
+                     workers: int = 1, out: torch.Tensor | None = None) -> torch.Tensor:
+        """The same values as :meth:`normal`, as a float64 torch tensor on ``device``.
+
+        ``out``: a contiguous float64 CPU tensor of ``count`` values to fill and return instead.
+        """
         import torch
 
+        if out is not None:
+            if not isinstance(out, torch.Tensor) or out.device.type != "cpu":
+                raise InvalidParameterError("out", type(out).__name__, "a float64 CPU torch.Tensor")
+            self.normal(draw, count, offset=offset, workers=workers, out=out.detach().numpy())
+            return out
         values = torch.from_numpy(self.normal(draw, count, offset=offset, workers=workers))
         return values if device is None else values.to(device)
+
+
+def _buffer(out: Any, n: int) -> np.ndarray:
+    """``out`` if it can hold a draw of ``n`` values in place, else a clear error."""
+    if (not isinstance(out, np.ndarray) or out.dtype != np.float64 or out.shape != (n,)
+            or not out.flags.c_contiguous or not out.flags.writeable):
+        shape = getattr(out, "shape", None)
+        raise InvalidParameterError("out", f"{type(out).__name__} of shape {shape}",
+                                    f"a writable contiguous float64 array of shape ({n},)")
+    return out
 
 
 def describe() -> dict[str, object]:

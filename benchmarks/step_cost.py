@@ -14,6 +14,7 @@ comparison, Opacus' hooks (``per_sample[opacus]``).
     python benchmarks/step_cost.py            # full sizes; meant for a GPU
     python benchmarks/step_cost.py --quick    # small sizes, a few steps: runs on a CPU in a minute
     python benchmarks/step_cost.py --samplers # only the noise sampler table (values/s, one thread)
+    python benchmarks/step_cost.py --compare-unfused  # batch rows, each against the step before fusing
 
 Results are printed as a table (and written as JSON with ``--json PATH``); docs/backends.md records them.
 """
@@ -202,23 +203,40 @@ def time_sgd(model: nn.Module, X: torch.Tensor, y: torch.Tensor, steps: int, dev
     return out
 
 
-def time_unlearn(model: nn.Module, X: torch.Tensor, y: torch.Tensor, schedule: certun.Schedule, clip: str,
-                 device: torch.device) -> list[float]:
-    """Time of each noisy step of the torch backend (stamps taken by the callback, synchronised; :func:`_clock`)."""
-    stamps: list[float] = []
-    clock = _clock(device)
+@contextlib.contextmanager
+def step_stamps(device: torch.device) -> Iterator[list[float]]:
+    """Within: a clock stamp (:func:`_clock`, synchronised) each time the noisy-step loop starts a step, and at its end.
 
-    def callback(t: int, x: torch.Tensor) -> None:
+    The stamps come from the loop itself, not from a ``callback``: the run copies the iterate for every
+    callback (a fresh ``d``-vector, ~35 ms for the MLP), a cost only callers who ask for one pay.
+    """
+    from certun.backends.torch._run import TorchRun
+
+    stamps: list[float] = []
+    clock, saved = _clock(device), TorchRun.progress
+
+    def progress(self: TorchRun, steps: range, desc: str) -> Iterator[int]:
+        for t in saved(self, steps, desc):
+            _sync(device)
+            stamps.append(clock())
+            yield t
         _sync(device)
         stamps.append(clock())
 
-    _sync(device)
-    stamps.append(clock())
-    with warnings.catch_warnings():
+    TorchRun.progress = progress
+    try:
+        yield stamps
+    finally:
+        TorchRun.progress = saved
+
+
+def time_unlearn(model: nn.Module, X: torch.Tensor, y: torch.Tensor, schedule: certun.Schedule, clip: str,
+                 device: torch.device) -> list[float]:
+    """Time of each noisy step of the torch backend (stamps from the step loop, :func:`step_stamps`)."""
+    with warnings.catch_warnings(), step_stamps(device) as stamps:
         warnings.simplefilter("ignore", UnsafeNoiseWarning)
         get_backend("torch").unlearn(model, [(X, y)], schedule, loss_fn=F.cross_entropy, clip=clip, seed=0,
-                                     device=device, progress=False, postprocess="none", inplace=True,
-                                     callback=callback)
+                                     device=device, progress=False, postprocess="none", inplace=True)
     return [b - a for a, b in itertools.pairwise(stamps)]
 
 
@@ -248,6 +266,43 @@ def opacus_only() -> Iterator[None]:
         yield
     finally:
         LayerPerSample.applies = saved
+
+
+@contextlib.contextmanager
+def unfused() -> Iterator[None]:
+    """Within: the torch backend's noisy step as it was before it was fused, for comparison: one pass per
+    operation through the step functions, the gradient accumulated into the float32 buffer and then
+    copied, a fresh ``d``-vector for every draw (the released bytes are the same)."""
+    from certun.backends import _skeleton as skeleton
+    from certun.backends.torch._run import TorchRun
+    from certun.backends.torch._steps import add_noise, gc_step, mc_step
+
+    def noisy_step(self: TorchRun, x: torch.Tensor, t: int, batch: tuple, draw: Callable) -> tuple:
+        s, c = self.s, self.c64
+        with torch.no_grad():
+            self.flat.x.copy_(x)
+        loss = self.computer.compute(*batch)
+        g = self.g64.copy_(self.flat.g)
+        with torch.no_grad():
+            z = draw()
+            if s.variant is certun.Variant.GRADIENT_CLIPPING:
+                gc_step(x, g, gamma=s.gammas[t], lam=s.lam, C1=s.C1, center=c)
+                add_noise(x, s.sigmas[t], noise=z)
+            else:
+                mc_step(x, g, gamma=s.gammas[t], lam=s.lam, C2=s.C2, sigma=s.sigmas[t], mode=skeleton.mc_mode(s),
+                        C1=s.C1, center=c, noise=z)
+            dist = torch.linalg.vector_norm(x) if c is None else torch.dist(x, c)
+            return x, (loss.detach().to(torch.float64), torch.linalg.vector_norm(g), dist)
+
+    def normal(self: TorchRun, generator: object, index: int, d: int) -> torch.Tensor:
+        return generator.normal_torch(index, d, device=self.device).to(device=self.device, dtype=torch.float64)
+
+    saved = TorchRun.noisy_step, TorchRun.normal
+    TorchRun.noisy_step, TorchRun.normal = noisy_step, normal
+    try:
+        yield
+    finally:
+        TorchRun.noisy_step, TorchRun.normal = saved
 
 
 def configurations(T: int) -> list[tuple[str, str, Callable[[], certun.Schedule]]]:
@@ -292,7 +347,7 @@ def _row(name: str, d: int, label: str, clip: str, med: float, sgd: float, floor
 
 
 def run_model(name: str, build: Callable[[], nn.Module], make_x: Callable[[torch.Generator, int], torch.Tensor],
-              batch: int, steps: int, device: torch.device) -> list[dict]:
+              batch: int, steps: int, device: torch.device, compare_unfused: bool = False) -> list[dict]:
     """Every row of one model: plain SGD, the noise draw, the floor, then each configuration."""
     torch.manual_seed(0)
     base = build()
@@ -307,10 +362,15 @@ def run_model(name: str, build: Callable[[], nn.Module], make_x: Callable[[torch
             _row(name, d, "floor = SGD + draw", "-", sgd + noise, sgd, sgd + noise)]
     # untimed warm-up: the first run in a process pays for lazy imports, allocator growth and page faults
     time_unlearn(build_copy(base), X, y, configurations(2)[0][2](), "batch", device)
-    for label, clip, make in configurations(steps):
+    todo = configurations(steps)
+    if compare_unfused:  # each batch-clipped row, then the same row with the unfused step
+        todo = [row for label, clip, make in todo if clip == "batch"
+                for row in ((label, clip, make), (label, "batch[unfused]", make))]
+    for label, clip, make in todo:
         mode = clip.split("[")[0]
         try:
-            with opacus_only() if clip.endswith("[opacus]") else contextlib.nullcontext():
+            with opacus_only() if clip.endswith("[opacus]") else unfused() if clip.endswith("[unfused]") \
+                    else contextlib.nullcontext():
                 times = time_unlearn(build_copy(base), X, y, make(), mode, device)
             rows.append(_row(name, d, label, clip, statistics.median(times[1:]), sgd, sgd + noise))
         except (certun.CertunError, RuntimeError, NotImplementedError) as exc:
@@ -329,6 +389,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--models", default="cnn,mlp,resnet18,transformer",
                         help="comma-separated subset of cnn,mlp,resnet18,transformer")
     parser.add_argument("--json", default=None, help="also write the results to this JSON file")
+    parser.add_argument("--compare-unfused", action="store_true",
+                        help="only the batch-clipped rows, each followed by the step as it was before fusing")
     parser.add_argument("--samplers", action="store_true",
                         help="only the noise sampler table: keyed float64 vs torch.randn vs numpy, 1e6..1e8 values")
     args = parser.parse_args(argv)
@@ -353,7 +415,7 @@ def main(argv: list[str] | None = None) -> int:
     for name in args.models.split(","):
         if name not in models:
             parser.error(f"unknown model {name!r}; choose from {', '.join(models)}")
-        rows += run_model(name, *models[name], batch, steps, device)
+        rows += run_model(name, *models[name], batch, steps, device, args.compare_unfused)
     if args.json:
         with open(args.json, "w") as fh:
             json.dump(dict(device=str(device), torch=torch.__version__, batch=batch, steps=steps,

@@ -74,6 +74,7 @@ class GradientComputer:
         self.func: FuncPerSample | None = None
         self.sums_checked = False
         self.autocast = autocast
+        self.into: torch.Tensor | None = None
         if mode in ("per_sample", "ghost") and LayerPerSample.applies(model, flat):
             self.layers = LayerPerSample(model, flat)
         elif mode in ("per_sample", "ghost") and opacus_problems(model):
@@ -123,13 +124,21 @@ class GradientComputer:
                         delattr(module, attribute)
             self.hooks = None
 
-    def compute(self, inputs: Any, targets: Any) -> torch.Tensor:
-        """Forward and backward on one minibatch; ``flat.g`` then holds the gradient. Returns the mean loss."""
+    def compute(self, inputs: Any, targets: Any, *, into: torch.Tensor | None = None) -> torch.Tensor:
+        """Forward and backward on one minibatch; ``flat.g`` then holds the gradient. Returns the mean loss.
+
+        ``into`` (batch mode only): a length-``d`` vector that receives the gradient instead of ``flat.g``,
+        straight from the gradients autograd allocates (no zeroing or accumulation pass over ``g``).
+        """
         if self.func is not None:
             return self._compute_func(inputs, targets)
         if self.mode == "ghost" and self.hooks is None and self.layers is None:
             self._probe_then_hook(inputs, targets)
-        self.flat.point_grads()
+        self.into = into if self.mode == "batch" else None
+        if self.into is not None:
+            self.flat.clear_grads()
+        else:
+            self.flat.point_grads()
         # the first step's sum check compares float32 computations: no autocast until it has passed
         cast = self.autocast if self.mode == "batch" or self.sums_checked else None
         with autocast_context(cast, self.flat.g.device):
@@ -200,7 +209,7 @@ class GradientComputer:
     def _backward(self, losses: torch.Tensor) -> None:
         if self.mode == "batch":
             losses.mean().backward()
-            self.flat.gather_grads()
+            self.flat.gather_grads(self.into)
         elif self.layers is not None:
             self.layers.backward(losses.sum(), full=not self.sums_checked)
             self._check_sums_once(len(losses))

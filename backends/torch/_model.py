@@ -303,8 +303,22 @@ class FlatParameters:
             if p.grad is None or p.grad.data_ptr() != view.data_ptr():
                 p.grad = view
 
-    def gather_grads(self) -> torch.Tensor:
-        """``g`` holding the current gradients (copying any that autograd did not write in place)."""
+    def gather_grads(self, into: torch.Tensor | None = None) -> torch.Tensor:
+        """``g`` holding the current gradients (copying any that autograd did not write in place).
+
+        ``into``: a vector of length ``d`` (the float64 step buffer) to write instead of ``g``, from
+        gradients autograd allocated afresh: ``0 + grad`` per coordinate, the value accumulating into a
+        zeroed ``g`` gives (``−0`` becomes ``+0``), so the step sees the same bits either way.
+        """
+        if into is not None:
+            for p, view in zip(self.params, torch.split(into, self.sizes), strict=True):
+                if p.grad is None:
+                    view.zero_()
+                elif p.grad.layout != torch.strided:  # a sparse gradient (Embedding(sparse=True)): as accumulated
+                    view.copy_(torch.zeros_like(p).add_(p.grad).reshape(-1))
+                else:
+                    view.copy_(p.grad.add_(0.0).reshape(-1))
+            return into
         for p, view in zip(self.params, self.g_views, strict=True):
             grad = p.grad
             if grad is None:

@@ -24,6 +24,7 @@ from certun.backends.run_key import RunKey, loss_name
 from certun.backends.torch import _rng
 from certun.backends.torch._attributes import digestible, unregistered_arrays
 from certun.backends.torch._data import cpu_copy, epoch_length, pair, to_device, tqdm_bar
+from certun.backends.torch._fused import FusedStep
 from certun.backends.torch._grad import GradientComputer
 from certun.backends.torch._hygiene import clear_training_state, restore_training_flags, training_flags
 from certun.backends.torch._model import FlatParameters, check_center, check_model, flat_center, select_parameters
@@ -65,6 +66,7 @@ class TorchRun(skeleton.Hooks):
             self.epoch_batches = epoch_length(data, "fine-tuning" if opts.finetune_epochs else "buffers='recompute'")
         self.flat: FlatParameters | None = None
         self.computer: GradientComputer | None = None
+        self.z64: torch.Tensor | None = None
         self.clip_implementation: str | None = None
 
     # ------------------------------------------------------------------ before the run
@@ -154,6 +156,11 @@ class TorchRun(skeleton.Hooks):
         return self.flat.x.to(torch.float64, copy=True)
 
     def normal(self, generator: Any, index: int, d: int) -> torch.Tensor:
+        if self.computer is not None and self.device.type == "cpu":
+            # a noisy step's draw: into one buffer reused by every step (each draw is spent within its step)
+            if self.z64 is None:
+                self.z64 = torch.empty(d, dtype=torch.float64)
+            return generator.normal_torch(index, d, out=self.z64)
         return generator.normal_torch(index, d, device=self.device).to(device=self.device, dtype=torch.float64)
 
     def as_noise(self, z: Any, d: int) -> torch.Tensor:
@@ -192,13 +199,14 @@ class TorchRun(skeleton.Hooks):
         computer = GradientComputer(self.model, self.flat, self.loss_fn, mode=self.clipping or "batch", C1=self.s.C1,
                                     autocast=self.autocast)
         self.computer, self.g64 = computer, torch.empty_like(self.flat.x, dtype=torch.float64)
+        self.fused = FusedStep(self.flat.d, self.device)
         self.clip_implementation = computer.recorded if self.clipping or self.autocast else None
         try:
             yield
         finally:
             computer.close()
             self.flat.clear_grads()
-            self.computer = None
+            self.computer = self.z64 = None
 
     def noisy_step(self, x: torch.Tensor, t: int, batch: Any,
                    draw: Callable[[], Any]) -> tuple[torch.Tensor, tuple[Any, Any, Any]]:
@@ -209,17 +217,30 @@ class TorchRun(skeleton.Hooks):
         gamma, sigma = s.gammas[t], s.sigmas[t]
         with torch.no_grad():
             z = draw()
+            if c is None:  # the same update in fewer passes over memory, bit for bit
+                return x, (loss.detach().to(torch.float64), *self._fused_update(x, g, z, gamma, sigma))
             if s.variant is Variant.GRADIENT_CLIPPING:
                 gc_step(x, g, gamma=gamma, lam=s.lam, C1=s.C1, center=c)
                 add_noise(x, sigma, noise=z)
             else:
                 mc_step(x, g, gamma=gamma, lam=s.lam, C2=s.C2, sigma=sigma, mode=skeleton.mc_mode(s), C1=s.C1,
                         center=c, noise=z)
-            dist = torch.linalg.vector_norm(x) if c is None else torch.dist(x, c)
-            return x, (loss.detach().to(torch.float64), torch.linalg.vector_norm(g), dist)
+            return x, (loss.detach().to(torch.float64), torch.linalg.vector_norm(g), torch.dist(x, c))
+
+    def _fused_update(self, x: torch.Tensor, g: torch.Tensor, z: torch.Tensor, gamma: float,
+                      sigma: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """The variant's update of ``x`` without a centre (:mod:`._fused`); the history's two norms."""
+        s, fused = self.s, self.fused
+        if s.variant is Variant.GRADIENT_CLIPPING:
+            return fused.gc(x, g, z, gamma=gamma, lam=s.lam, C1=s.C1, sigma=sigma)
+        if skeleton.mc_mode(s) == "noise_after_projection":
+            return fused.mc_after(x, g, z, gamma=gamma, lam=s.lam, C2=s.C2, sigma=sigma)
+        return fused.mc_before(x, g, z, gamma=gamma, lam=s.lam, C1=s.C1, C2=s.C2, sigma=sigma)
 
     def gradient(self, batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
         """The step's mean loss and its (clipped) minibatch gradient in the float64 buffer ``g64``."""
+        if self.computer.mode == "batch":  # straight into g64, from the fresh per-parameter gradients
+            return self.computer.compute(*batch, into=self.g64), self.g64
         loss = self.computer.compute(*batch)
         return loss, self.g64.copy_(self.flat.g)
 

@@ -1,0 +1,251 @@
+"""The backend's fused noisy step against the step functions it replaces: the same released bytes.
+
+The reference below is the torch backend's noisy step as it was before the fusion (one pass per
+operation, through :mod:`certun.backends.torch._steps`), kept here as a test-only implementation. Each
+run uses keyed noise (the reused draw buffer included), small blocks so that a small model is cut
+into many of them with a tail, and radii that make clipping and projection act, or not.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F  # noqa: N812 (the conventional name)
+from torch import nn
+
+import certun
+from certun.backends import UnsafeNoiseWarning, get_backend
+from certun.backends import _skeleton as skeleton
+from certun.backends.noise import NoiseGenerator
+from certun.backends.torch import _fused, _run
+from certun.backends.torch._steps import add_noise, gc_step, mc_step
+from certun.errors import InvalidParameterError
+
+torch.set_num_threads(1)
+
+
+def _reference_step(self: Any, x: torch.Tensor, t: int, batch: Any, draw: Any) -> tuple[torch.Tensor, tuple]:
+    """The noisy step before the fusion: the gradient accumulated into the zeroed float32 buffer, the step
+    functions, then the history's norms over whole vectors."""
+    s, c, flat = self.s, self.c64, self.flat
+    with torch.no_grad():
+        flat.x.copy_(x)
+    loss = self.computer.compute(*batch)  # into the float32 buffer, then one copy into g64
+    g = self.g64.copy_(self.flat.g)
+    gamma, sigma = s.gammas[t], s.sigmas[t]
+    with torch.no_grad():
+        z = draw()
+        if s.variant is certun.Variant.GRADIENT_CLIPPING:
+            gc_step(x, g, gamma=gamma, lam=s.lam, C1=s.C1, center=c)
+            add_noise(x, sigma, noise=z)
+        else:
+            mc_step(x, g, gamma=gamma, lam=s.lam, C2=s.C2, sigma=sigma, mode=skeleton.mc_mode(s), C1=s.C1,
+                    center=c, noise=z)
+        dist = torch.linalg.vector_norm(x) if c is None else torch.dist(x, c)
+        return x, (loss.detach().to(torch.float64), torch.linalg.vector_norm(g), dist)
+
+
+def _model() -> nn.Module:
+    torch.manual_seed(3)
+    return nn.Sequential(nn.Flatten(), nn.Linear(12, 17), nn.ReLU(), nn.Linear(17, 3))  # d = 272
+
+
+def _data(dtype: torch.dtype = torch.float32) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    gen = torch.Generator().manual_seed(4)
+    return [((torch.randn(6, 12, generator=gen) * 3).to(dtype), torch.randint(0, 3, (6,), generator=gen))
+            for _ in range(3)]
+
+
+def _unlearn(schedule: certun.Schedule, clip: str, dtype: torch.dtype) -> tuple[dict, dict]:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UnsafeNoiseWarning)
+        r = get_backend("torch").unlearn(_model().to(dtype), _data(dtype), schedule, loss_fn=F.cross_entropy, clip=clip,
+                                         seed=11, progress=False, postprocess="none")
+    return {k: v.detach().numpy().tobytes() for k, v in r.model.state_dict().items()}, r.history
+
+
+# radii: "tight" makes clipping and projection act at every step; "loose" (with eps = 100, so that the noise
+# stays small) leaves them idle at some step
+GC = {"tight": dict(C0=0.5, C1=0.05, lam=0.3), "loose": dict(eps=100.0, C0=0.5, C1=100.0, lam=0.0)}
+MC_AFTER = {"tight": dict(C0=0.5, C2=1.0, lam=0.3), "loose": dict(eps=100.0, C0=0.5, C2=1e3, lam=0.0)}
+MC_BEFORE = {"tight": dict(C0=0.5, C1=0.05, C2=1.0, lam=0.3),
+             "loose": dict(eps=100.0, C0=0.5, C1=100.0, C2=1e3, lam=0.2),
+             "clip_only": dict(C0=0.5, C1=0.05, C2=1e4, lam=0.0)}
+CASES = ([("gc", r, clip) for r in GC for clip in ("batch", "per_sample", "ghost")]
+         + [("mc_after", r, "batch") for r in MC_AFTER] + [("mc_before", r, "batch") for r in MC_BEFORE])
+
+
+def _schedule(variant: str, radii: str) -> certun.Schedule:
+    kw = {"gc": GC, "mc_after": MC_AFTER, "mc_before": MC_BEFORE}[variant][radii].copy()
+    eps = kw.pop("eps", 1.0)
+    if variant == "gc":
+        return certun.plan(eps, 1e-5, **kw, gamma=0.05, T=5)
+    if variant == "mc_after":
+        return certun.plan(eps, 1e-5, **kw, gamma=0.05, T=5, variant="model_clipping")
+    return certun.plan(eps, 1e-5, **kw, gamma=0.05, T=5, variant="model_clipping",
+                       mode="clip_noise_before_projection")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize(("variant", "radii", "clip"), CASES)
+def test_fused_step_releases_the_reference_bytes(monkeypatch, variant, radii, clip, dtype):
+    """Every variant and clipping mode: the released parameters are bit for bit the reference step's."""
+    schedule = _schedule(variant, radii)
+    monkeypatch.setattr(_fused, "BLOCK", 64)  # 272 coordinates: four full blocks and a tail of 16
+    ones: list[bool] = []
+    is_one = _fused._is_one
+    monkeypatch.setattr(_fused, "_is_one", lambda f: ones.append(is_one(f)) or ones[-1])
+    fused, fused_history = _unlearn(schedule, clip, dtype)
+    # tight radii scale (clip or project), loose ones leave the vector alone at some step: both branches are
+    # compared. A mean of per-sample gradients clipped to C1 is inside C1 already: the global clip never scales.
+    if radii == "tight":
+        assert (False in ones) == (variant != "gc" or clip == "batch")
+    else:
+        assert True in ones
+    monkeypatch.setattr(_run.TorchRun, "noisy_step", _reference_step)
+    reference, reference_history = _unlearn(schedule, clip, dtype)
+    assert fused == reference
+    for key in ("grad_norm", "dist"):
+        got = [v for v in fused_history[key] if v is not None]
+        np.testing.assert_allclose(got, [v for v in reference_history[key] if v is not None], rtol=1e-13, atol=0)
+
+
+def test_fused_step_beyond_the_analytic_range_measures_again(monkeypatch):
+    """Above the analytic bound's d the fused step scales and re-measures as the step functions do."""
+    x, g, z = (torch.randn(300, dtype=torch.float64, generator=torch.Generator().manual_seed(k)) for k in range(3))
+    step = _fused.FusedStep(300, torch.device("cpu"), block=64)
+    step.remeasure = True
+    x1, g1 = x.clone(), g.clone()
+    gnorm, dist = step.gc(x1, g1, z, gamma=0.1, lam=0.2, C1=0.5, sigma=0.3)
+    x2, g2 = x.clone(), g.clone()
+    gc_step(x2, g2, gamma=0.1, lam=0.2, C1=0.5)
+    add_noise(x2, 0.3, noise=z)
+    assert torch.equal(x1, x2) and torch.equal(g1, g2)
+    assert float(gnorm) == float(torch.linalg.vector_norm(g2)) and float(gnorm) <= 0.5
+    assert abs(float(dist) - float(torch.linalg.vector_norm(x2))) <= 1e-13 * float(dist)
+
+
+def test_draw_into_a_buffer_equals_a_fresh_draw():
+    """``out=`` fills the caller's buffer with exactly the values of a fresh draw, offsets included."""
+    gen = NoiseGenerator(bytes(range(32)))
+    buf = torch.full((1001,), float("nan"), dtype=torch.float64)
+    assert gen.normal_torch(5, 1001, offset=3, out=buf) is buf
+    assert torch.equal(buf, gen.normal_torch(5, 1001, offset=3))
+    arr = np.empty(77)
+    assert gen.normal(2, 77, out=arr) is arr and np.array_equal(arr, gen.normal(2, 77))
+
+
+@pytest.mark.parametrize("bad", [np.empty(10, dtype=np.float32), np.empty(11), np.empty((2, 5)),
+                                 np.empty(20)[::2], [0.0] * 10])
+def test_draw_into_a_wrong_buffer_is_refused(bad):
+    """A buffer of the wrong dtype, length, shape or layout is a typed error naming ``out``, never a partial draw."""
+    with pytest.raises(InvalidParameterError, match="out="):
+        NoiseGenerator(bytes(32)).normal(0, 10, out=bad)
+
+
+@pytest.mark.parametrize("bad", [torch.empty(10, dtype=torch.float32), torch.empty(20, dtype=torch.float64)[::2],
+                                 np.empty(10)])
+def test_torch_draw_into_a_wrong_buffer_is_refused(bad):
+    """The torch draw refuses a non-float64, strided or non-tensor buffer with the same typed error."""
+    with pytest.raises(InvalidParameterError, match="out="):
+        NoiseGenerator(bytes(32)).normal_torch(0, 10, out=bad)
+
+
+def test_noisy_steps_draw_into_one_buffer_and_drop_it():
+    """The run's noisy steps reuse one draw buffer (no fresh d-vector per step) and release it afterwards."""
+    seen: list[int] = []
+    original = _run.TorchRun.normal
+
+    def spy(self: Any, generator: Any, index: int, d: int) -> torch.Tensor:
+        z = original(self, generator, index, d)
+        seen.append(z.data_ptr())
+        return z
+
+    schedule = _schedule("gc", "tight")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(_run.TorchRun, "normal", spy)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UnsafeNoiseWarning)
+            run = get_backend("torch").unlearn(_model(), _data(), schedule, loss_fn=F.cross_entropy, seed=1,
+                                               progress=False, postprocess="none")
+    assert len(seen) == schedule.T and len(set(seen)) == 1 and run.model is not None
+
+
+def _vectors() -> list[torch.Tensor]:
+    gen = torch.Generator().manual_seed(5)
+    third = torch.full((10**6,), 1.0 / 3.0, dtype=torch.float64)  # every coordinate rounds the same way
+    heavy = torch.randn(10**5, dtype=torch.float64, generator=gen) ** 7  # a few coordinates dominate
+    return [third, third * 1e-150, third * 1e150, heavy, torch.randn(333_333, dtype=torch.float64, generator=gen)]
+
+
+@pytest.mark.parametrize("C1", [1e-3, 0.7, 1e4])
+def test_skipped_remeasure_would_never_act(C1):
+    """Attack on the analytic bound: every vector the fused clip scales is inside C1 by an exact norm, and the
+    re-measurement it skips would have left it unchanged."""
+    from certun.backends.torch._steps import _enforce_radius
+
+    step = _fused.FusedStep(0, torch.device("cpu"))
+    for v in _vectors():
+        step.blocks = [slice(s, min(s + 4096, v.numel())) for s in range(0, v.numel(), 4096)]
+        x, g = torch.zeros_like(v), v.clone()
+        step.gc(x, g, torch.zeros_like(v), gamma=1.0, lam=0.0, C1=C1, sigma=0.0)
+        exact = np.sqrt(np.sum(g.numpy().astype(np.longdouble) ** 2))
+        assert exact <= C1 * (1 - 0.9e-5)
+        assert torch.equal(_enforce_radius(g.clone(), C1, None), g)
+
+
+def test_gradient_into_the_step_buffer_keeps_accumulation_bits():
+    """Fresh gradients written into the float64 buffer carry the bits autograd's accumulation into the zeroed
+    float32 buffer gives, signed zeros included (a fresh gradient of −0 accumulates to +0)."""
+    from certun.backends.torch._model import FlatParameters
+
+    a, b, unused = nn.Parameter(torch.ones(3)), nn.Parameter(torch.ones(2)), nn.Parameter(torch.ones(2))
+    flat = FlatParameters(("a", "b", "u"), [a, b, unused], device=torch.device("cpu"), dtype=torch.float32)
+
+    def backward() -> None:
+        (a * torch.tensor([-0.0, 1.5, -2.0])).sum().backward()
+        (b * torch.tensor([0.0, -0.0])).sum().backward()
+
+    flat.point_grads()
+    backward()
+    expected = flat.gather_grads().to(torch.float64)
+    flat.clear_grads()
+    backward()
+    assert bool(torch.signbit(a.grad[0]))  # autograd's fresh gradient is −0 there
+    into = torch.full((7,), float("nan"), dtype=torch.float64)
+    flat.gather_grads(into)
+    assert torch.equal(into, expected) and torch.equal(torch.signbit(into), torch.signbit(expected))
+
+
+class _SparseBag(nn.Module):
+    """Token ids -> Embedding(sparse=True) (a sparse gradient), mean over tokens -> linear head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(6)
+        self.embed, self.head = nn.Embedding(30, 8, sparse=True), nn.Linear(8, 3)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.head(self.embed(ids).mean(dim=1))
+
+
+def test_sparse_embedding_gradient_takes_the_fused_path_unchanged(monkeypatch):
+    """A sparse gradient (repeated tokens included) reaches the float64 buffer as accumulation gives it."""
+    gen = torch.Generator().manual_seed(7)
+    data = [(torch.randint(0, 30, (6, 9), generator=gen), torch.randint(0, 3, (6,), generator=gen)) for _ in range(3)]
+    schedule = _schedule("gc", "tight")
+
+    def run() -> dict:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UnsafeNoiseWarning)
+            r = get_backend("torch").unlearn(_SparseBag(), data, schedule, loss_fn=F.cross_entropy, seed=3,
+                                             clip="batch", progress=False, postprocess="none")
+        return {k: v.detach().numpy().tobytes() for k, v in r.model.state_dict().items()}
+
+    fused = run()
+    monkeypatch.setattr(_run.TorchRun, "noisy_step", _reference_step)
+    assert fused == run()
