@@ -1,0 +1,43 @@
+"""Distributed resume under failures on ONE rank and rank files swapped (gloo, CPU, spawned ranks): the ranks
+still end with checkpoints they can resume together, and a rank never resumes another rank's state.
+
+See :mod:`dist_review_workers` for what each job does.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from dist_review_workers import launch
+
+torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    out = tmp_path_factory.mktemp("review")
+    two = [dict(name="ref2", layout="replicated"),
+           dict(name="ioerr.crash", layout="replicated", ckpt="ioerr", fail_rank=1, fail_at=3),
+           dict(name="ioerr", layout="replicated", ckpt="ioerr")]
+    assert launch(2, out, two) == [0, 0]
+    return out
+
+
+def _load(out, name, world):
+    return [torch.load(out / f"{name}.rank{r}.pt", weights_only=False) for r in range(world)]
+
+
+def test_a_read_error_on_one_rank_keeps_every_ranks_checkpoint_and_resumes(runs):
+    """Rank 1's data raises OSError at step 3 (a crash there, not a certun refusal): rank 1 keeps its checkpoint,
+    so rank 0, told of it, must keep its own too; else the folder can never be resumed (one rank has a
+    checkpoint, the other none). The resume then ends as the uninterrupted run."""
+    crashed = _load(runs, "ioerr.crash", 2)
+    assert crashed[1]["error"].startswith("OSError"), crashed[1]["error"]
+    assert crashed[0]["error"].startswith("UnlearningRunError"), crashed[0]["error"]
+    assert [c["left"] for c in crashed] == [True, True]
+    resumed, ref = _load(runs, "ioerr", 2), _load(runs, "ref2", 2)
+    assert [r["error"] for r in resumed] == [None, None], resumed[0].get("trace")
+    assert [r["resumed_from"] for r in resumed] == [2, 2]
+    assert resumed[0]["flat"].numpy().tobytes() == ref[0]["flat"].numpy().tobytes()
+    assert not any(r["left"] for r in resumed)
+
