@@ -108,8 +108,10 @@ def begin(opts: RunOptions, seed: Any, context: bytes, previous: Mapping[str, An
     if opts.checkpoint_dir is None:
         return new_key(seed, context), None
     root = Path(opts.checkpoint_dir)
+    # the rank is bound too (each rank's master shard and dropout state are its own): a file renamed or copied to
+    # another rank's subfolder is refused, its digest left out of what the ranks compare
     bound = {**_resume.binding(context, opts, seed, previous, versions, device),
-             "layout": _digest({"layout": layout, "world_size": world})}
+             "layout": _digest({"layout": layout, "world_size": world}), "rank": _digest({"rank": rank})}
     resume, fd, row = _read_own(opts, seed, context, bound, root, rank, world)
     try:
         rows = gather(row, "comparing the checkpoints")
@@ -139,7 +141,8 @@ def _read_own(opts: RunOptions, seed: Any, context: bytes, bound: dict[str, str]
             return resume, fd, Row(others=others)
         resume.began(provenance.now_utc())
         saved = resume.saved
-        return resume, fd, Row(found=True, others=others, done=saved.get("done"), binding=_digest(bound),
+        shared = {name: value for name, value in bound.items() if name != "rank"}
+        return resume, fd, Row(found=True, others=others, done=saved.get("done"), binding=_digest(shared),
                                key=hashlib.sha256(b"certun.rank-agreement" + resume.key.secret).hexdigest(),
                                running=saved.get("running"), draws=saved.get("draws"))
     except Exception as exc:  # told to every rank first: a rank raising alone would leave the others waiting

@@ -50,7 +50,8 @@ _NAMES = {"model_before": "starting model", "center": "centre", "retain": "retai
           "previous": "previous certificate", "seed": "kind of seed (OS key, integer seed, opening)",
           "versions": "library versions (certun, python, backend packages; the certificate records one set)",
           "device": "kind of device (the certificate records one)",
-          "layout": "distributed layout or world size"}
+          "layout": "distributed layout or world size",
+          "rank": "rank (each rank resumes only the checkpoint it wrote itself; never rename or copy one)"}
 
 
 @dataclass(repr=False)

@@ -20,6 +20,9 @@ def runs(tmp_path_factory):
            dict(name="ioerr.crash", layout="replicated", ckpt="ioerr", fail_rank=1, fail_at=3),
            dict(name="ioerr", layout="replicated", ckpt="ioerr")]
     assert launch(2, out, two) == [0, 0]
+    three = [dict(name="swap.crash", layout="sharded", ckpt="swap", raise_at=3),
+             dict(name="swap", layout="sharded", ckpt="swap", before="swap")]
+    assert launch(3, out, three) == [0, 0, 0]
     return out
 
 
@@ -41,3 +44,14 @@ def test_a_read_error_on_one_rank_keeps_every_ranks_checkpoint_and_resumes(runs)
     assert resumed[0]["flat"].numpy().tobytes() == ref[0]["flat"].numpy().tobytes()
     assert not any(r["left"] for r in resumed)
 
+
+def test_rank_files_swapped_between_ranks_are_refused_on_every_rank(runs):
+    """W = 3 sharded (d = 51: three shards of 17, so lengths cannot tell them apart): the files of ranks 0 and 1
+    swapped would resume each rank on the other's shard, a master no step of the run leaves. Refused before any
+    step, the same on every rank, every file kept."""
+    ranks = _load(runs, "swap", 3)
+    messages = [r["error"] for r in ranks]
+    assert all(m is not None and m.startswith("InvalidParameterError") for m in messages), messages
+    assert len(set(messages)) == 1, messages
+    assert "rank" in messages[0] and "another rank" in messages[0], messages[0]
+    assert all(r["flat"] is None and r["left"] for r in ranks)
