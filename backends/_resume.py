@@ -131,7 +131,13 @@ class Resume:
             self.agree(error, what)
 
     def began(self, now: str) -> str:
-        """When the run began: the checkpoint's time for a resumed run (its first steps ran then), else ``now``."""
+        """When the run began: the checkpoint's time for a resumed run (its first steps ran then), else ``now``.
+
+        Checked once: a distributed rank asks first when it reads its checkpoint, before the ranks agree; asking
+        again later could raise on that rank alone, outside any agreement.
+        """
+        if self.started_at is not None:
+            return self.started_at
         stored = None if self.saved is None else self.saved.get("started_at")
         if stored is not None and not (isinstance(stored, str) and _TIMESTAMP.fullmatch(stored) and stored <= now):
             self.keep = True

@@ -55,3 +55,17 @@ def test_rank_files_swapped_between_ranks_are_refused_on_every_rank(runs):
     assert len(set(messages)) == 1, messages
     assert "rank" in messages[0] and "another rank" in messages[0], messages[0]
     assert all(r["flat"] is None and r["left"] for r in ranks)
+
+
+def test_the_start_time_read_back_on_a_rank_is_not_checked_again_against_an_earlier_clock(tmp_path):
+    """A distributed rank checks its checkpoint's start time when it reads it (before the ranks agree); the run then
+    asked again with the time the run began, EARLIER than that read. A checkpoint started in between (the file
+    written on a node whose clock is ahead: a shared folder, ranks placed on other nodes) then raised on that rank
+    alone, outside any agreement, while its peers went on into the next collective."""
+    from certun.backends._resume import Resume
+    from certun.backends.run_key import run_key
+
+    key = run_key(7, b"{}")
+    resume = Resume(tmp_path, 2, key, {}, saved={"started_at": "2026-01-01T00:00:10Z", "done": 2})
+    assert resume.began("2026-01-01T00:00:20Z") == "2026-01-01T00:00:10Z"  # the read, on every rank
+    assert resume.began("2026-01-01T00:00:05Z") == "2026-01-01T00:00:10Z"  # the run's own start: same answer
