@@ -60,6 +60,8 @@ class Row:
     key: str | None = None
     running: str | None = None
     draws: int | None = None
+    #: this rank's ``checkpoint_every``: the ranks write together (a collective), so at the same steps
+    every: int | None = None
 
 
 def verdict(rows: Sequence[Row], world: int, root: str) -> bool:
@@ -71,6 +73,10 @@ def verdict(rows: Sequence[Row], world: int, root: str) -> bool:
             if kind == "InvalidParameterError":
                 raise InvalidParameterError("checkpoint_dir", root, _VALID, hint=f"rank {rank}: {message}")
             raise UnlearningRunError(f"distributed run: rank {rank} cannot use its checkpoint in {root}: {message}")
+    every = {rank: row.every for rank, row in enumerate(rows)}
+    if len(set(every.values())) > 1:
+        raise InvalidParameterError("checkpoint_every", every, "the same on every rank", hint=(
+            "the ranks write their checkpoints together, so at the same steps; nothing was run"))
     others = sorted({w for row in rows for w in row.others})
     if others:
         raise InvalidParameterError("checkpoint_dir", root, _VALID, hint=(
@@ -138,13 +144,13 @@ def _read_own(opts: RunOptions, seed: Any, context: bytes, bound: dict[str, str]
         folder, fd = folders.lock(str(subfolder(root, rank, world)))
         _, resume = _resume._read_back(opts, seed, context, bound, folder, True, lambda *_: None)
         if resume.saved is None:
-            return resume, fd, Row(others=others)
+            return resume, fd, Row(others=others, every=opts.checkpoint_every)
         resume.began(provenance.now_utc())
         saved = resume.saved
         shared = {name: value for name, value in bound.items() if name != "rank"}
         return resume, fd, Row(found=True, others=others, done=saved.get("done"), binding=_digest(shared),
                                key=hashlib.sha256(b"certun.rank-agreement" + resume.key.secret).hexdigest(),
-                               running=saved.get("running"), draws=saved.get("draws"))
+                               running=saved.get("running"), draws=saved.get("draws"), every=opts.checkpoint_every)
     except Exception as exc:  # told to every rank first: a rank raising alone would leave the others waiting
         folders.release(fd)
         return None, None, Row(problem=(type(exc).__name__, str(exc)))

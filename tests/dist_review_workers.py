@@ -3,7 +3,8 @@ swapped between ranks.
 
 A job is a dict like :mod:`dist_resume_workers`' (``name``, ``layout``, ``ckpt``, ``raise_at``) plus
 ``fail_rank``/``fail_at`` (that rank's retain data raises ``OSError`` on the batch of that step: a read error
-on one node, not a certun refusal) and ``before="swap"`` (rank 0 swaps the checkpoint files of ranks 0 and 1).
+on one node, not a certun refusal), ``every`` (``{rank: checkpoint_every}`` where not 2) and
+``before="swap"`` (rank 0 swaps the checkpoint files of ranks 0 and 1).
 Each rank saves what it got to ``out/<job>.rank<r>.pt``.
 """
 
@@ -57,7 +58,7 @@ def run_job(job: dict[str, Any], rank: int, world: int, out: pathlib.Path) -> No
                                 device="cpu", clip="per_sample", callback=callback,
                                 certificate_path=out / f"{job['name']}.json")
     if job.get("ckpt"):
-        opts.update(checkpoint_dir=out / job["ckpt"], checkpoint_every=2)
+        opts.update(checkpoint_dir=out / job["ckpt"], checkpoint_every=job.get("every", {}).get(rank, 2))
     result: dict[str, Any] = {"error": None, "flat": None}
     try:
         r = certun.unlearn(model(), data, schedule(), **opts)

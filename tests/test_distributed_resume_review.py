@@ -18,7 +18,8 @@ def runs(tmp_path_factory):
     out = tmp_path_factory.mktemp("review")
     two = [dict(name="ref2", layout="replicated"),
            dict(name="ioerr.crash", layout="replicated", ckpt="ioerr", fail_rank=1, fail_at=3),
-           dict(name="ioerr", layout="replicated", ckpt="ioerr")]
+           dict(name="ioerr", layout="replicated", ckpt="ioerr"),
+           dict(name="every", layout="replicated", ckpt="every", every={1: 3})]
     assert launch(2, out, two) == [0, 0]
     three = [dict(name="swap.crash", layout="sharded", ckpt="swap", raise_at=3),
              dict(name="swap", layout="sharded", ckpt="swap", before="swap")]
@@ -69,3 +70,15 @@ def test_the_start_time_read_back_on_a_rank_is_not_checked_again_against_an_earl
     resume = Resume(tmp_path, 2, key, {}, saved={"started_at": "2026-01-01T00:00:10Z", "done": 2})
     assert resume.began("2026-01-01T00:00:20Z") == "2026-01-01T00:00:10Z"  # the read, on every rank
     assert resume.began("2026-01-01T00:00:05Z") == "2026-01-01T00:00:10Z"  # the run's own start: same answer
+
+
+def test_another_checkpoint_interval_on_one_rank_is_refused_before_any_step(runs):
+    """Rank 1 checkpoints every 3 steps, rank 0 every 2: the ranks would write (a collective) at different steps,
+    stop mid-run out of step and leave checkpoints of different steps. Refused up front, the same on every rank,
+    naming checkpoint_every; nothing run, nothing left."""
+    ranks = _load(runs, "every", 2)
+    messages = [r["error"] for r in ranks]
+    assert all(m is not None and m.startswith("InvalidParameterError: checkpoint_every=") for m in messages), messages
+    assert len(set(messages)) == 1 and "{0: 2, 1: 3}" in messages[0], messages
+    assert all(r["flat"] is None and not r["left"] for r in ranks)
+    assert not (runs / "every").exists()
