@@ -4,7 +4,8 @@ swapped between ranks.
 A job is a dict like :mod:`dist_resume_workers`' (``name``, ``layout``, ``ckpt``, ``raise_at``) plus
 ``fail_rank``/``fail_at`` (that rank's retain data raises ``OSError`` on the batch of that step: a read error
 on one node, not a certun refusal), ``every`` (``{rank: checkpoint_every}`` where not 2) and
-``before="swap"`` (rank 0 swaps the checkpoint files of ranks 0 and 1).
+``before="swap"`` (rank 0 swaps the checkpoint files of ranks 0 and 1), ``full_rank``/``full_at`` (from the
+callback of that step on, that rank can write no file over 100 bytes: a full disk on one node).
 Each rank saves what it got to ``out/<job>.rank<r>.pt``.
 """
 
@@ -12,6 +13,8 @@ from __future__ import annotations
 
 import os
 import pathlib
+import resource
+import signal
 import sys
 import traceback
 from collections.abc import Iterator
@@ -51,6 +54,9 @@ def run_job(job: dict[str, Any], rank: int, world: int, out: pathlib.Path) -> No
     def callback(t: int, x: torch.Tensor) -> None:
         if t + 1 == job.get("fail_at") and rank == job.get("fail_rank"):
             data.armed = True
+        if t == job.get("full_at") and rank == job.get("full_rank"):
+            signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with OSError instead
+            resource.setrlimit(resource.RLIMIT_FSIZE, (100, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
         if t == job.get("raise_at"):
             raise RuntimeError(f"crash at step {t}")
 
@@ -65,6 +71,9 @@ def run_job(job: dict[str, Any], rank: int, world: int, out: pathlib.Path) -> No
         result.update(flat=flat(r.model), resumed_from=r.resumed_from)
     except Exception as exc:
         result.update(error=f"{type(exc).__name__}: {exc}", trace=traceback.format_exc())
+    finally:
+        limit = resource.getrlimit(resource.RLIMIT_FSIZE)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit[1], limit[1]))
     if job.get("ckpt"):
         result["left"] = rank_file(out, job, rank, world).exists()
     torch.save(result, out / f"{job['name']}.rank{rank}.pt")

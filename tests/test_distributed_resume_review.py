@@ -19,7 +19,9 @@ def runs(tmp_path_factory):
     two = [dict(name="ref2", layout="replicated"),
            dict(name="ioerr.crash", layout="replicated", ckpt="ioerr", fail_rank=1, fail_at=3),
            dict(name="ioerr", layout="replicated", ckpt="ioerr"),
-           dict(name="every", layout="replicated", ckpt="every", every={1: 3})]
+           dict(name="every", layout="replicated", ckpt="every", every={1: 3}),
+           dict(name="full.crash", layout="replicated", ckpt="full", full_rank=1, full_at=2),
+           dict(name="full", layout="replicated", ckpt="full")]
     assert launch(2, out, two) == [0, 0]
     three = [dict(name="swap.crash", layout="sharded", ckpt="swap", raise_at=3),
              dict(name="swap", layout="sharded", ckpt="swap", before="swap")]
@@ -82,3 +84,19 @@ def test_another_checkpoint_interval_on_one_rank_is_refused_before_any_step(runs
     assert len(set(messages)) == 1 and "{0: 2, 1: 3}" in messages[0], messages
     assert all(r["flat"] is None and not r["left"] for r in ranks)
     assert not (runs / "every").exists()
+
+
+def test_a_write_failing_on_one_rank_leaves_every_rank_at_the_previous_checkpoint(runs):
+    """Rank 1's disk fills after the checkpoint of step 2: its write of step 4 fails. The ranks that wrote step 4
+    replaced their step-2 file, so the folder held steps {4, 2} and could never be resumed, though the error
+    said to free the folder and resume. Every rank now writes beside the old file and replaces it only once all
+    wrote: both stay at step 2, and the resume ends as the uninterrupted run."""
+    crashed = _load(runs, "full.crash", 2)
+    assert all(c["error"].startswith("UnlearningRunError") for c in crashed), [c["error"] for c in crashed]
+    assert "could not write the checkpoint of step 4" in crashed[1]["error"], crashed[1]["error"]
+    assert [c["left"] for c in crashed] == [True, True]
+    resumed, ref = _load(runs, "full", 2), _load(runs, "ref2", 2)
+    assert [r["error"] for r in resumed] == [None, None], resumed[0]["error"]
+    assert [r["resumed_from"] for r in resumed] == [2, 2]
+    assert resumed[0]["flat"].numpy().tobytes() == ref[0]["flat"].numpy().tobytes()
+    assert not any(r["left"] for r in resumed)
