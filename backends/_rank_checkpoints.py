@@ -111,6 +111,10 @@ def begin(opts: RunOptions, seed: Any, context: bytes, previous: Mapping[str, An
     ``gather`` and ``agree`` are the process group's collectives; ``new_key`` (collective too) makes the
     key of a run that starts afresh. A refusal keeps every checkpoint and releases this rank's lock.
     """
+    given = gather(opts.checkpoint_dir is not None, "comparing whether checkpoint_dir is given")
+    if len(set(given)) > 1:  # the ranks would enter different collectives next
+        raise InvalidParameterError("checkpoint_dir", {r: "a folder" if g else None for r, g in enumerate(given)},
+                                    "given on every rank or on none", hint="nothing was run")
     if opts.checkpoint_dir is None:
         return new_key(seed, context), None
     root = Path(opts.checkpoint_dir)

@@ -5,7 +5,8 @@ A job is a dict like :mod:`dist_resume_workers`' (``name``, ``layout``, ``ckpt``
 ``fail_rank``/``fail_at`` (that rank's retain data raises ``OSError`` on the batch of that step: a read error
 on one node, not a certun refusal), ``every`` (``{rank: checkpoint_every}`` where not 2) and
 ``before="swap"`` (rank 0 swaps the checkpoint files of ranks 0 and 1), ``full_rank``/``full_at`` (from the
-callback of that step on, that rank can write no file over 100 bytes: a full disk on one node).
+callback of that step on, that rank can write no file over 100 bytes: a full disk on one node) and
+``ckpt_ranks`` (the ranks given ``checkpoint_dir``; all by default).
 Each rank saves what it got to ``out/<job>.rank<r>.pt``.
 """
 
@@ -63,7 +64,7 @@ def run_job(job: dict[str, Any], rank: int, world: int, out: pathlib.Path) -> No
     opts: dict[str, Any] = dict(loss_fn=F.cross_entropy, seed=7, progress=False, distributed=job["layout"],
                                 device="cpu", clip="per_sample", callback=callback,
                                 certificate_path=out / f"{job['name']}.json")
-    if job.get("ckpt"):
+    if job.get("ckpt") and rank in job.get("ckpt_ranks", range(world)):
         opts.update(checkpoint_dir=out / job["ckpt"], checkpoint_every=job.get("every", {}).get(rank, 2))
     result: dict[str, Any] = {"error": None, "flat": None}
     try:

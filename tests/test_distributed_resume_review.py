@@ -21,7 +21,8 @@ def runs(tmp_path_factory):
            dict(name="ioerr", layout="replicated", ckpt="ioerr"),
            dict(name="every", layout="replicated", ckpt="every", every={1: 3}),
            dict(name="full.crash", layout="replicated", ckpt="full", full_rank=1, full_at=2),
-           dict(name="full", layout="replicated", ckpt="full")]
+           dict(name="full", layout="replicated", ckpt="full"),
+           dict(name="somedir", layout="sharded", ckpt="somedir", ckpt_ranks=[1])]
     assert launch(2, out, two) == [0, 0]
     three = [dict(name="swap.crash", layout="sharded", ckpt="swap", raise_at=3),
              dict(name="swap", layout="sharded", ckpt="swap", before="swap")]
@@ -100,3 +101,14 @@ def test_a_write_failing_on_one_rank_leaves_every_rank_at_the_previous_checkpoin
     assert [r["resumed_from"] for r in resumed] == [2, 2]
     assert resumed[0]["flat"].numpy().tobytes() == ref[0]["flat"].numpy().tobytes()
     assert not any(r["left"] for r in resumed)
+
+
+def test_a_checkpoint_dir_given_on_some_ranks_only_is_refused_on_every_rank(runs):
+    """Rank 1 given checkpoint_dir, rank 0 not (a launcher passing it to one node): the ranks entered different
+    collectives at start and stopped 'out of step'. A clear error naming checkpoint_dir, the same on both;
+    nothing run, no folder left."""
+    ranks = _load(runs, "somedir", 2)
+    messages = [r["error"] for r in ranks]
+    assert all(m is not None and m.startswith("InvalidParameterError: checkpoint_dir=") for m in messages), messages
+    assert len(set(messages)) == 1 and "every rank or on none" in messages[0], messages
+    assert all(r["flat"] is None for r in ranks) and not (runs / "somedir").exists()
