@@ -6,7 +6,8 @@ A job is a dict like :mod:`dist_resume_workers`' (``name``, ``layout``, ``ckpt``
 on one node, not a certun refusal), ``every`` (``{rank: checkpoint_every}`` where not 2) and
 ``before="swap"`` (rank 0 swaps the checkpoint files of ranks 0 and 1), ``full_rank``/``full_at`` (from the
 callback of that step on, that rank can write no file over 100 bytes: a full disk on one node) and
-``ckpt_ranks`` (the ranks given ``checkpoint_dir``; all by default).
+``ckpt_ranks`` (the ranks given ``checkpoint_dir``; all by default), ``blob_rank`` (that rank fails with
+``MemoryError`` turning its master into the checkpoint's bytes).
 Each rank saves what it got to ``out/<job>.rank<r>.pt``.
 """
 
@@ -51,6 +52,13 @@ def run_job(job: dict[str, Any], rank: int, world: int, out: pathlib.Path) -> No
         tmp.rename(b)
     torch.distributed.barrier()
     data = FailingData(shard(rank, world))
+    from certun.backends import _resume
+
+    to_bytes = _resume._bytes
+    if rank == job.get("blob_rank"):
+        def no_memory(a: Any) -> bytes:
+            raise MemoryError("no memory for the checkpoint's copy of the master")
+        _resume._bytes = no_memory
 
     def callback(t: int, x: torch.Tensor) -> None:
         if t + 1 == job.get("fail_at") and rank == job.get("fail_rank"):
@@ -73,6 +81,7 @@ def run_job(job: dict[str, Any], rank: int, world: int, out: pathlib.Path) -> No
     except Exception as exc:
         result.update(error=f"{type(exc).__name__}: {exc}", trace=traceback.format_exc())
     finally:
+        _resume._bytes = to_bytes
         limit = resource.getrlimit(resource.RLIMIT_FSIZE)
         resource.setrlimit(resource.RLIMIT_FSIZE, (limit[1], limit[1]))
     if job.get("ckpt"):

@@ -22,7 +22,8 @@ def runs(tmp_path_factory):
            dict(name="every", layout="replicated", ckpt="every", every={1: 3}),
            dict(name="full.crash", layout="replicated", ckpt="full", full_rank=1, full_at=2),
            dict(name="full", layout="replicated", ckpt="full"),
-           dict(name="somedir", layout="sharded", ckpt="somedir", ckpt_ranks=[1])]
+           dict(name="somedir", layout="sharded", ckpt="somedir", ckpt_ranks=[1]),
+           dict(name="blob", layout="replicated", ckpt="blob", blob_rank=1)]  # last: the old code lost rank 1
     assert launch(2, out, two) == [0, 0]
     three = [dict(name="swap.crash", layout="sharded", ckpt="swap", raise_at=3),
              dict(name="swap", layout="sharded", ckpt="swap", before="swap")]
@@ -112,3 +113,13 @@ def test_a_checkpoint_dir_given_on_some_ranks_only_is_refused_on_every_rank(runs
     assert all(m is not None and m.startswith("InvalidParameterError: checkpoint_dir=") for m in messages), messages
     assert len(set(messages)) == 1 and "every rank or on none" in messages[0], messages
     assert all(r["flat"] is None for r in ranks) and not (runs / "somedir").exists()
+
+
+def test_a_failure_building_the_checkpoint_on_one_rank_stops_every_rank_at_once(runs):
+    """Rank 1 cannot copy its master into the checkpoint's bytes (MemoryError): that happened before the write's
+    agreement, so rank 1 left alone while rank 0 waited in the write's collective (a hang, or a lost peer). Now
+    inside it: rank 0 is told at once, and both keep what they had (a crash: nothing written at step 2)."""
+    ranks = _load(runs, "blob", 2)
+    assert ranks[1]["error"].startswith("MemoryError"), ranks[1]["error"]
+    assert "rank 1 failed during writing the checkpoints of step 2: MemoryError" in ranks[0]["error"], ranks[0]
+    assert not any(r["left"] for r in ranks)
