@@ -23,7 +23,8 @@ from typing import Any
 from certun._validation import integer
 from certun.errors import InvalidParameterError, UnlearningRunError
 
-__all__ = ["NAME", "Stored", "check_options", "is_ours", "read", "remove", "sweep_temporary", "write"]
+__all__ = ["NAME", "Stored", "check_options", "commit", "is_ours", "read", "remove", "stage", "sweep_temporary",
+           "write"]
 
 NAME = "certun-checkpoint.bin"
 MAGIC = b"CERTUN-CHECKPOINT v1\n"
@@ -87,6 +88,12 @@ def sweep_temporary(folder: Path) -> None:
 
 def write(folder: Path, header: dict[str, Any], blobs: list[bytes], mac_key: bytes) -> None:
     """Write the checkpoint atomically: temporary file (``0o600``), fsync, rename, fsync of the folder."""
+    commit(folder, stage(folder, header, blobs, mac_key))
+
+
+def stage(folder: Path, header: dict[str, Any], blobs: list[bytes], mac_key: bytes) -> Path:
+    """The new checkpoint written and synced to a temporary file beside the current one (which stays in force
+    until :func:`commit`); its path. A failure removes it."""
     head = json.dumps({**header, "blobs": [len(b) for b in blobs]}, sort_keys=True, separators=(",", ":"))
     body = b"".join([MAGIC, WARNING, head.encode("ascii"), b"\n", *blobs])
     body += hashlib.sha256(body).digest()
@@ -98,6 +105,15 @@ def write(folder: Path, header: dict[str, Any], blobs: list[bytes], mac_key: byt
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return tmp
+
+
+def commit(folder: Path, tmp: Path) -> None:
+    """Put the staged file ``tmp`` in place of the checkpoint (one atomic rename), then sync the folder."""
+    try:
         os.replace(tmp, folder / NAME)
     except BaseException:
         tmp.unlink(missing_ok=True)

@@ -60,6 +60,8 @@ class Row:
     key: str | None = None
     running: str | None = None
     draws: int | None = None
+    #: this rank's ``checkpoint_every``: the ranks write together (a collective), so at the same steps
+    every: int | None = None
 
 
 def verdict(rows: Sequence[Row], world: int, root: str) -> bool:
@@ -71,6 +73,10 @@ def verdict(rows: Sequence[Row], world: int, root: str) -> bool:
             if kind == "InvalidParameterError":
                 raise InvalidParameterError("checkpoint_dir", root, _VALID, hint=f"rank {rank}: {message}")
             raise UnlearningRunError(f"distributed run: rank {rank} cannot use its checkpoint in {root}: {message}")
+    every = {rank: row.every for rank, row in enumerate(rows)}
+    if len(set(every.values())) > 1:
+        raise InvalidParameterError("checkpoint_every", every, "the same on every rank", hint=(
+            "the ranks write their checkpoints together, so at the same steps; nothing was run"))
     others = sorted({w for row in rows for w in row.others})
     if others:
         raise InvalidParameterError("checkpoint_dir", root, _VALID, hint=(
@@ -105,11 +111,17 @@ def begin(opts: RunOptions, seed: Any, context: bytes, previous: Mapping[str, An
     ``gather`` and ``agree`` are the process group's collectives; ``new_key`` (collective too) makes the
     key of a run that starts afresh. A refusal keeps every checkpoint and releases this rank's lock.
     """
+    given = gather(opts.checkpoint_dir is not None, "comparing whether checkpoint_dir is given")
+    if len(set(given)) > 1:  # the ranks would enter different collectives next
+        raise InvalidParameterError("checkpoint_dir", {r: "a folder" if g else None for r, g in enumerate(given)},
+                                    "given on every rank or on none", hint="nothing was run")
     if opts.checkpoint_dir is None:
         return new_key(seed, context), None
     root = Path(opts.checkpoint_dir)
+    # the rank is bound too (each rank's master shard and dropout state are its own): a file renamed or copied to
+    # another rank's subfolder is refused, its digest left out of what the ranks compare
     bound = {**_resume.binding(context, opts, seed, previous, versions, device),
-             "layout": _digest({"layout": layout, "world_size": world})}
+             "layout": _digest({"layout": layout, "world_size": world}), "rank": _digest({"rank": rank})}
     resume, fd, row = _read_own(opts, seed, context, bound, root, rank, world)
     try:
         rows = gather(row, "comparing the checkpoints")
@@ -136,12 +148,13 @@ def _read_own(opts: RunOptions, seed: Any, context: bytes, bound: dict[str, str]
         folder, fd = folders.lock(str(subfolder(root, rank, world)))
         _, resume = _resume._read_back(opts, seed, context, bound, folder, True, lambda *_: None)
         if resume.saved is None:
-            return resume, fd, Row(others=others)
+            return resume, fd, Row(others=others, every=opts.checkpoint_every)
         resume.began(provenance.now_utc())
         saved = resume.saved
-        return resume, fd, Row(found=True, others=others, done=saved.get("done"), binding=_digest(bound),
+        shared = {name: value for name, value in bound.items() if name != "rank"}
+        return resume, fd, Row(found=True, others=others, done=saved.get("done"), binding=_digest(shared),
                                key=hashlib.sha256(b"certun.rank-agreement" + resume.key.secret).hexdigest(),
-                               running=saved.get("running"), draws=saved.get("draws"))
+                               running=saved.get("running"), draws=saved.get("draws"), every=opts.checkpoint_every)
     except Exception as exc:  # told to every rank first: a rank raising alone would leave the others waiting
         folders.release(fd)
         return None, None, Row(problem=(type(exc).__name__, str(exc)))

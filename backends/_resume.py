@@ -50,7 +50,8 @@ _NAMES = {"model_before": "starting model", "center": "centre", "retain": "retai
           "previous": "previous certificate", "seed": "kind of seed (OS key, integer seed, opening)",
           "versions": "library versions (certun, python, backend packages; the certificate records one set)",
           "device": "kind of device (the certificate records one)",
-          "layout": "distributed layout or world size"}
+          "layout": "distributed layout or world size",
+          "rank": "rank (each rank resumes only the checkpoint it wrote itself; never rename or copy one)"}
 
 
 @dataclass(repr=False)
@@ -130,7 +131,13 @@ class Resume:
             self.agree(error, what)
 
     def began(self, now: str) -> str:
-        """When the run began: the checkpoint's time for a resumed run (its first steps ran then), else ``now``."""
+        """When the run began: the checkpoint's time for a resumed run (its first steps ran then), else ``now``.
+
+        Checked once: a distributed rank asks first when it reads its checkpoint, before the ranks agree; asking
+        again later could raise on that rank alone, outside any agreement.
+        """
+        if self.started_at is not None:
+            return self.started_at
         stored = None if self.saved is None else self.saved.get("started_at")
         if stored is not None and not (isinstance(stored, str) and _TIMESTAMP.fullmatch(stored) and stored <= now):
             self.keep = True
@@ -145,36 +152,50 @@ class Resume:
 
     def save(self, done: int, hooks: Any, x: Any, running: bytes, stats: list, times: list,
              noise_source: Any) -> None:
-        """Write the checkpoint after ``done`` steps (the statistics of ``stats`` up to there are finite)."""
+        """Write the checkpoint after ``done`` steps (the statistics of ``stats`` up to there are finite).
+
+        Every rank first writes its new file beside its current one, then, once all did, puts it in place: a
+        rank failing to write (a full disk) leaves every rank on the previous checkpoint, resumable together.
+        """
         self.values.extend(hooks.values(stats[self.converted:done]))
         self.converted, first = done, noise_source.first
         if not self.writer:
             return
-        blobs = [_bytes(hooks.to_host(x)), b"" if first is None else _bytes(hooks.to_host(first)),
-                 bytes(hooks.rng_state())]
-        try:  # a failure on one rank of a distributed run keeps every rank's checkpoint: they all resume from there
-            self._agreed(lambda: self._write_or_refuse(done, running, blobs, times, noise_source.count),
-                         f"writing the checkpoints of step {done}")
-        except CertunError:
-            self.keep = True
+        staged: list[Path] = []
+
+        def stage() -> None:
+            blobs = [_bytes(hooks.to_host(x)), b"" if first is None else _bytes(hooks.to_host(first)),
+                     bytes(hooks.rng_state())]
+            staged.append(self._refusing(done, lambda: self._stage(done, running, blobs, times, noise_source.count)))
+
+        try:  # a failure keeps every rank's checkpoint: they all resume from the last one written everywhere
+            self._agreed(stage, f"writing the checkpoints of step {done}")
+            self._agreed(lambda: self._refusing(done, lambda: files.commit(self.folder, staged[0])),
+                         f"putting the checkpoints of step {done} in place")
+        except BaseException as exc:
+            for path in staged:
+                path.unlink(missing_ok=True)
+            if isinstance(exc, CertunError):
+                self.keep = True
             raise
 
-    def _write_or_refuse(self, done: int, running: bytes, blobs: list[bytes], times: list, draws: int) -> None:
+    def _refusing(self, done: int, work: Callable[[], Any]) -> Any:
+        """``work()``, its ``OSError`` (the folder gone, the disk full) told as certun's refusal."""
         try:
-            self._write(done, running, blobs, times, draws)
-        except OSError as e:  # the folder gone, the disk full: the last checkpoint written (if any) stays
+            return work()
+        except OSError as e:  # the last checkpoint written (if any) stays
             raise UnlearningRunError(f"could not write the checkpoint of step {done} in {self.folder} ({e}); the run "
                                      "stopped and nothing was issued. Free the folder and run again to resume from "
                                      "the last checkpoint written") from None
 
-    def _write(self, done: int, running: bytes, blobs: list[bytes], times: list, draws: int) -> None:
+    def _stage(self, done: int, running: bytes, blobs: list[bytes], times: list, draws: int) -> Path:
         """Build the header (it holds the secret: only this frame, which a failure leaves behind, sees it) and
-        write the file."""
+        write the new file beside the current one."""
         header = {"format": "certun.checkpoint", "done": done, "running": running.hex(),
                   "secret": self.key.secret.hex(), "origin": self.key.origin, "started_at": self.started_at,
                   "binding": self.binding, "draws": draws, "values": [list(v) for v in self.values],
                   "times": list(times)}
-        files.write(self.folder, header, blobs, _mac_key(self.key))
+        return files.stage(self.folder, header, blobs, _mac_key(self.key))
 
     def all_values(self, hooks: Any, stats: list) -> list[tuple[float, float, float]]:
         """The statistics of every step as floats: those read back or saved, then the rest."""

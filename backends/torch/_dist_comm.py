@@ -77,15 +77,25 @@ class Comm:
                                      "agreement; no certificate was issued")
 
     def agree(self, error: BaseException | None, what: str) -> None:
-        """All ranks learn whether any failed at ``what``; every rank raises if one did (its own error first)."""
-        failed = self.gather(None if error is None else _describe(error), what)
+        """All ranks learn whether any failed at ``what``; every rank raises if one did (its own error first).
+
+        Where a rank failed by a crash (not a certun error: it keeps its checkpoint for the resume), every rank's
+        error is marked ``peer_lost`` so every rank keeps its own: one rank's file alone could never be resumed.
+        """
+        mine = None if error is None else (_describe(error), isinstance(error, CertunError))
+        failed = self.gather(mine, what)
+        crashed = any(e is not None and not e[1] for e in failed)
         if error is not None:
+            if crashed and isinstance(error, CertunError):
+                error.peer_lost = True  # type: ignore[attr-defined]
             raise error
-        bad = [(r, e) for r, e in enumerate(failed) if e is not None]
+        bad = [(r, e[0]) for r, e in enumerate(failed) if e is not None]
         if bad:
             rank, message = bad[0]
-            raise UnlearningRunError(f"distributed run: rank {rank} failed during {what}: {message}; "
-                                     "no certificate was issued")
+            stop = UnlearningRunError(f"distributed run: rank {rank} failed during {what}: {message}; "
+                                      "no certificate was issued")
+            stop.peer_lost = crashed  # type: ignore[attr-defined]  # checkpoints kept as the crashed rank keeps its
+            raise stop
 
     def sum(self, t: torch.Tensor, what: str) -> torch.Tensor:
         """``t`` summed over the ranks (float64 in, float64 out, on ``t``'s device)."""
