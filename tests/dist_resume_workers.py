@@ -10,7 +10,6 @@ to ``out/<job>.rank<r>.pt``.
 
 from __future__ import annotations
 
-import datetime
 import os
 import pathlib
 import shutil
@@ -20,7 +19,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F  # noqa: N812 (the conventional name)
-from dist_workers import CLASSES, D_IN, flat, fully_shard, shard
+from dist_workers import CLASSES, D_IN, flat, fully_shard, shard, spawn
 from torch import nn
 
 import certun
@@ -96,39 +95,6 @@ def run_job(job: dict[str, Any], rank: int, world: int, out: pathlib.Path) -> No
     torch.save(result, out / f"{job['name']}.rank{rank}.pt")
 
 
-def main(rank: int, world: int, init_file: str, out: str, jobs: list[dict[str, Any]]) -> None:
-    """One rank: join the group (file rendezvous), run every job, leave without the interpreter's teardown."""
-    import torch.distributed as dist
-
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world,
-                            timeout=datetime.timedelta(seconds=30))
-    try:
-        for job in jobs:
-            run_job(job, rank, world, pathlib.Path(out))
-    finally:
-        dist.destroy_process_group()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(0)
-
-
 def launch(world: int, tmp: pathlib.Path, jobs: list[dict[str, Any]], timeout: float = 120) -> list[int | None]:
-    """Start ``world`` spawned ranks on ``jobs``; their exit codes (``None``: killed after ``timeout``)."""
-    import torch.multiprocessing as mp
-
-    ctx = mp.get_context("spawn")
-    init = tmp / f"rendezvous-{world}-{len(list(tmp.iterdir()))}-{os.getpid()}"
-    procs = [ctx.Process(target=main, args=(r, world, str(init), str(tmp), jobs)) for r in range(world)]
-    for p in procs:
-        p.start()
-    codes = []
-    for p in procs:
-        p.join(timeout)
-        if p.is_alive():
-            p.kill()
-            p.join()
-            codes.append(None)
-        else:
-            codes.append(p.exitcode)
-    return codes
+    """Spawned ranks on this module's jobs (:func:`run_job`); each launch in ``tmp`` has its own rendezvous."""
+    return spawn(run_job, world, tmp, jobs, timeout)

@@ -13,6 +13,7 @@ import os
 import pathlib
 import sys
 import traceback
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -283,9 +284,9 @@ def run_job(job: dict[str, Any], rank: int, world: int, out: pathlib.Path) -> No
     gc.collect()  # a DDP wrapper must go while its process group lives (else its reducer aborts at exit)
 
 
-def main(rank: int, world: int, init_file: str, out: str, jobs: list[dict[str, Any]], backend: str | None = "gloo"
-         ) -> None:
-    """One rank: join the group (file rendezvous; ``backend=None``: torch's default), run every job, leave."""
+def rank_main(runner: Callable[..., None], rank: int, world: int, init_file: str, out: str,
+              jobs: list[dict[str, Any]], backend: str | None = "gloo") -> None:
+    """One rank: join the group (file rendezvous; ``backend=None``: torch's default), ``runner`` every job, leave."""
     import torch.distributed as dist
 
     torch.set_num_threads(1)
@@ -293,7 +294,7 @@ def main(rank: int, world: int, init_file: str, out: str, jobs: list[dict[str, A
                             timeout=datetime.timedelta(seconds=30))
     try:
         for job in jobs:
-            run_job(job, rank, world, pathlib.Path(out))
+            runner(job, rank, world, pathlib.Path(out))
     finally:
         dist.destroy_process_group()
     # Every result is saved: leave without the interpreter's teardown, where a gloo thread left behind by a
@@ -303,14 +304,16 @@ def main(rank: int, world: int, init_file: str, out: str, jobs: list[dict[str, A
     os._exit(0)
 
 
-def launch(world: int, tmp: pathlib.Path, jobs: list[dict[str, Any]], timeout: float = 120,
-           backend: str | None = "gloo") -> list[int | None]:
-    """Start ``world`` spawned ranks on ``jobs``; returns their exit codes (``None``: killed after ``timeout``)."""
+def spawn(runner: Callable[..., None], world: int, tmp: pathlib.Path, jobs: list[dict[str, Any]],
+          timeout: float = 120, backend: str | None = "gloo") -> list[int | None]:
+    """Start ``world`` spawned ranks running ``runner`` (a module-level function) on ``jobs``; their exit codes
+    (``None``: killed after ``timeout``). Each launch in ``tmp`` gets its own rendezvous file."""
     import torch.multiprocessing as mp
 
     ctx = mp.get_context("spawn")
-    init = tmp / f"rendezvous-{world}-{os.getpid()}"
-    procs = [ctx.Process(target=main, args=(r, world, str(init), str(tmp), jobs, backend)) for r in range(world)]
+    init = tmp / f"rendezvous-{world}-{len(list(tmp.iterdir()))}-{os.getpid()}"
+    procs = [ctx.Process(target=rank_main, args=(runner, r, world, str(init), str(tmp), jobs, backend))
+             for r in range(world)]
     for p in procs:
         p.start()
     codes = []
@@ -323,6 +326,12 @@ def launch(world: int, tmp: pathlib.Path, jobs: list[dict[str, Any]], timeout: f
         else:
             codes.append(p.exitcode)
     return codes
+
+
+def launch(world: int, tmp: pathlib.Path, jobs: list[dict[str, Any]], timeout: float = 120,
+           backend: str | None = "gloo") -> list[int | None]:
+    """Spawned ranks on this module's jobs (:func:`run_job`)."""
+    return spawn(run_job, world, tmp, jobs, timeout, backend)
 
 
 def load(tmp: pathlib.Path, name: str, rank: int) -> dict[str, Any]:
