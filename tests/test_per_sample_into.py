@@ -60,6 +60,36 @@ class _Tokens(nn.Module):
         return self.lin(torch.tanh(h)).mean(dim=1)
 
 
+class _InplaceResidual(nn.Module):
+    """In-place operations on a layer's output and input after it ran: those steps use the ordinary backward."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(2, 2, 3, padding=1)
+        self.gn = nn.GroupNorm(1, 2)
+        self.fc = nn.Linear(50, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.conv(x)
+        h += x
+        h = self.gn(h)
+        h.mul_(2.0)
+        return self.fc(torch.relu_(h).flatten(1))
+
+
+class _Skipping(nn.Module):
+    """A Linear that runs on some batches only (those whose first input value is positive: the last two of
+    the three here; the first step skips it): on those steps its gradient is zero."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc, self.extra, self.head = nn.Linear(50, 8), nn.Linear(8, 8), nn.Linear(8, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.tanh(self.fc(x.flatten(1)))
+        return self.head(torch.tanh(self.extra(h)) if float(x.flatten()[0]) > 0 else h)
+
+
 def _images(channels: int = 2) -> Any:
     return lambda gen: torch.randn(6, channels, 5, 5, generator=gen) * 2
 
@@ -82,6 +112,8 @@ MODELS = {
                                         nn.Linear(8, 3)), _images()),
     "tokens": (_Tokens, _ids),
     "called_twice": (_Twice, _images()),
+    "inplace_residual": (_InplaceResidual, _images()),
+    "skipped_layer": (_Skipping, _images()),
     "fallback_conv1d": (lambda: nn.Sequential(nn.Flatten(2), nn.Conv1d(2, 3, 3), nn.Tanh(), nn.Flatten(),
                                               nn.Linear(69, 3)), _images()),
 }
