@@ -79,7 +79,7 @@ class _InplaceResidual(nn.Module):
 
 class _Skipping(nn.Module):
     """A Linear that runs on some batches only (those whose first input value is positive: the last two of
-    the three here; the first step skips it): on those steps its gradient is zero."""
+    the three here; the first step skips it): on the steps that skip it its gradient is zero."""
 
     def __init__(self) -> None:
         super().__init__()
