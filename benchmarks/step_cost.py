@@ -15,6 +15,7 @@ comparison, Opacus' hooks (``per_sample[opacus]``).
     python benchmarks/step_cost.py --quick    # small sizes, a few steps: runs on a CPU in a minute
     python benchmarks/step_cost.py --samplers # only the noise sampler table (values/s, one thread)
     python benchmarks/step_cost.py --compare-unfused  # batch rows, each against the step before fusing
+    python benchmarks/step_cost.py --compare-buffer   # per-sample rows (3 pairs) against the float32 buffer
 
 Results are printed as a table (and written as JSON with ``--json PATH``); docs/backends.md records them.
 """
@@ -305,6 +306,25 @@ def unfused() -> Iterator[None]:
         TorchRun.noisy_step, TorchRun.normal = saved
 
 
+@contextlib.contextmanager
+def float32_buffer() -> Iterator[None]:
+    """Within: certun's per-layer per-sample path as it was before it wrote into the float64 step buffer:
+    the clipped mean written into the zeroed buffer of the parameters' dtype, then copied into it (the
+    released bytes are the same)."""
+    from certun.backends.torch._run import TorchRun
+
+    def gradient(self: TorchRun, batch: tuple) -> tuple:
+        loss = self.computer.compute(*batch)
+        return loss, self.g64.copy_(self.flat.g)
+
+    saved = TorchRun.gradient
+    TorchRun.gradient = gradient
+    try:
+        yield
+    finally:
+        TorchRun.gradient = saved
+
+
 def configurations(T: int) -> list[tuple[str, str, Callable[[], certun.Schedule]]]:
     """(label, clip mode, schedule factory) for every variant and clipping mode with noisy steps.
 
@@ -347,7 +367,8 @@ def _row(name: str, d: int, label: str, clip: str, med: float, sgd: float, floor
 
 
 def run_model(name: str, build: Callable[[], nn.Module], make_x: Callable[[torch.Generator, int], torch.Tensor],
-              batch: int, steps: int, device: torch.device, compare_unfused: bool = False) -> list[dict]:
+              batch: int, steps: int, device: torch.device, compare_unfused: bool = False,
+              compare_buffer: bool = False) -> list[dict]:
     """Every row of one model: plain SGD, the noise draw, the floor, then each configuration."""
     torch.manual_seed(0)
     base = build()
@@ -366,11 +387,15 @@ def run_model(name: str, build: Callable[[], nn.Module], make_x: Callable[[torch
     if compare_unfused:  # each batch-clipped row, then the same row with the unfused step
         todo = [row for label, clip, make in todo if clip == "batch"
                 for row in ((label, clip, make), (label, "batch[unfused]", make))]
+    if compare_buffer:  # three pairs: the per-sample row, then the same row through the float32 buffer
+        todo = [row for label, clip, make in todo if clip == "per_sample"
+                for row in ((label, clip, make), (label, "per_sample[buffer]", make))] * 3
     for label, clip, make in todo:
         mode = clip.split("[")[0]
         try:
-            with opacus_only() if clip.endswith("[opacus]") else unfused() if clip.endswith("[unfused]") \
-                    else contextlib.nullcontext():
+            context = {"[opacus]": opacus_only, "[unfused]": unfused, "[buffer]": float32_buffer}.get(
+                clip[clip.find("["):] if "[" in clip else "", contextlib.nullcontext)
+            with context():
                 times = time_unlearn(build_copy(base), X, y, make(), mode, device)
             rows.append(_row(name, d, label, clip, statistics.median(times[1:]), sgd, sgd + noise))
         except (certun.CertunError, RuntimeError, NotImplementedError) as exc:
@@ -391,6 +416,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", default=None, help="also write the results to this JSON file")
     parser.add_argument("--compare-unfused", action="store_true",
                         help="only the batch-clipped rows, each followed by the step as it was before fusing")
+    parser.add_argument("--compare-buffer", action="store_true",
+                        help="only the per-sample rows, three times, each followed by the same row writing the "
+                             "float32 gradient buffer and copying it (as before the float64 buffer was written)")
     parser.add_argument("--samplers", action="store_true",
                         help="only the noise sampler table: keyed float64 vs torch.randn vs numpy, 1e6..1e8 values")
     args = parser.parse_args(argv)
@@ -415,7 +443,7 @@ def main(argv: list[str] | None = None) -> int:
     for name in args.models.split(","):
         if name not in models:
             parser.error(f"unknown model {name!r}; choose from {', '.join(models)}")
-        rows += run_model(name, *models[name], batch, steps, device, args.compare_unfused)
+        rows += run_model(name, *models[name], batch, steps, device, args.compare_unfused, args.compare_buffer)
     if args.json:
         with open(args.json, "w") as fh:
             json.dump(dict(device=str(device), torch=torch.__version__, batch=batch, steps=steps,

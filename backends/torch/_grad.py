@@ -1,11 +1,13 @@
 """Minibatch gradients of the unlearned parameters, clipped as the run asks, into the flat buffer ``g``.
 
-Three ways, one interface (``compute(inputs, targets) -> loss``, result in ``flat.g``):
+Three ways, one interface (``compute(inputs, targets) -> loss``, result in ``flat.g``, or in a caller's
+float64 vector ``into=`` where :attr:`GradientComputer.writes_into`):
 
 * ``"batch"``: the gradient of the minibatch-mean loss (clipped later, globally, by the step
   function; docs/theory.md#gradient-clipping allows clipping the mean).
-* ``"per_sample"``: for models whose unlearned parameters are all in ``nn.Linear`` layers, certun's
-  own one-backward path (:mod:`certun.backends.torch._linear`); otherwise Opacus ``GradSampleHooks``
+* ``"per_sample"``: for models whose unlearned parameters are all in layers certun's own rules cover
+  (Linear, Conv2d, Embedding, LayerNorm, GroupNorm), certun's one-backward path
+  (:mod:`certun.backends.torch._layers`, for ``"ghost"`` too); otherwise Opacus ``GradSampleHooks``
   (non-wrapping, state-dict keys unchanged) compute each sample's gradient, and certun clips each to
   ``C1`` and averages them itself into ``g``. Modules Opacus cannot handle (attention, anything its
   validators refuse but recurrent layers, which stay refused) fall back to ``torch.func``
@@ -106,6 +108,11 @@ class GradientComputer:
                 "batch": "minibatch-mean gradient"}[self.mode]
 
     @property
+    def writes_into(self) -> bool:
+        """Whether :meth:`compute` can write the gradient into a caller's vector (``into=``)."""
+        return self.mode == "batch" or self.layers is not None
+
+    @property
     def recorded(self) -> str:
         """:attr:`implementation`, and the autocast it ran under (what the run records)."""
         extra = "" if self.autocast is None else f", forward and backward under {str(self.autocast)[6:]} autocast"
@@ -127,15 +134,18 @@ class GradientComputer:
     def compute(self, inputs: Any, targets: Any, *, into: torch.Tensor | None = None) -> torch.Tensor:
         """Forward and backward on one minibatch; ``flat.g`` then holds the gradient. Returns the mean loss.
 
-        ``into`` (batch mode only): a length-``d`` vector that receives the gradient instead of ``flat.g``,
-        straight from the gradients autograd allocates (no zeroing or accumulation pass over ``g``).
+        ``into`` (where :attr:`writes_into`): a length-``d`` vector that receives the gradient instead of
+        ``flat.g``, with the bits ``flat.g`` would hold, widened: in batch mode straight from the gradients
+        autograd allocates, on certun's per-layer path from each layer's clipped sum. No zeroing or
+        accumulation pass over ``g``, except on the step that checks the per-sample sums (which compares
+        with the batch gradient accumulated there).
         """
         if self.func is not None:
             return self._compute_func(inputs, targets)
         if self.mode == "ghost" and self.hooks is None and self.layers is None:
             self._probe_then_hook(inputs, targets)
-        self.into = into if self.mode == "batch" else None
-        if self.into is not None:
+        self.into = into if self.writes_into else None
+        if self.into is not None and (self.mode == "batch" or self.sums_checked):
             self.flat.clear_grads()
         else:
             self.flat.point_grads()
@@ -213,7 +223,7 @@ class GradientComputer:
         elif self.layers is not None:
             self.layers.backward(losses.sum(), full=not self.sums_checked)
             self._check_sums_once(len(losses))
-            self.layers.clip_into_g(len(losses), self.C1)
+            self.layers.clip_into_g(len(losses), self.C1, into=self.into)
         elif self.mode == "per_sample":
             losses.sum().backward()
             self._check_sums_once(len(losses))

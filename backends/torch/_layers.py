@@ -7,7 +7,9 @@ hook keeps each such layer's input and a tensor hook its output gradient; after
 ``sum(losses).backward()`` the per-layer rules (:mod:`._rules_outer`, :mod:`._rules_other`) give each
 sample's squared gradient norm in float64, and the clipped sum ``Σ_i c_i g_i`` as the batch gradient of
 the coefficient-scaled output gradients. No per-sample gradient of the whole model is ever stored, and
-there is no second backward. Other models use Opacus' hooks or ``torch.func``.
+there is no second backward. Each layer's sum is computed in the parameters' dtype and can be written
+straight into slices of the step's float64 buffer (the same bits as writing the parameters' dtype buffer
+and copying it, one pass over ``d`` fewer). Other models use Opacus' hooks or ``torch.func``.
 
 Source of the clipping rule: docs/theory.md#gradient-clipping (``clip`` per sample, then mean).
 """
@@ -51,16 +53,18 @@ class LayerPerSample:
 
     def __init__(self, model: nn.Module, flat: FlatParameters) -> None:
         self.flat = flat
-        views = {id(p): v for p, v in zip(flat.params, flat.g_views, strict=True)}
-        names = {id(p): n for n, p in zip(flat.names, flat.params, strict=True)}
+        index = {id(p): k for k, p in enumerate(flat.params)}
         self.layers: list[tuple[str, nn.Module, dict[str, torch.Tensor], dict[str, str]]] = []
+        self.slots: list[dict[str, int]] = []  # per layer: role -> position in flat.params
         for path, module in model.named_modules():
             if type(module) not in RULES:
                 continue
             roles = {r: p for r in ("weight", "bias") if isinstance(p := getattr(module, r, None), nn.Parameter)}
-            own = {r: views[id(p)] for r, p in roles.items() if id(p) in views}
-            if own:
-                self.layers.append((path, module, own, {r: names[id(roles[r])] for r in own}))
+            slots = {r: index[id(p)] for r, p in roles.items() if id(p) in index}
+            if slots:
+                self.layers.append((path, module, {r: flat.g_views[k] for r, k in slots.items()},
+                                    {r: flat.names[k] for r, k in slots.items()}))
+                self.slots.append(slots)
         self.records: dict[int, list[list[Any]]] = {}
         self.keep: dict[int, dict[str, torch.Tensor]] = {}
         self.handles = [m.register_forward_hook(self._capture, with_kwargs=True) for _, m, _, _ in self.layers]
@@ -159,11 +163,19 @@ class LayerPerSample:
                     total += norms[role]
         return total
 
-    def write(self, coef: torch.Tensor, out: dict[int, dict[str, torch.Tensor]] | None = None) -> None:
-        """``Σ_i coef_i g_i`` per parameter into the flat gradient views (or ``out[id(module)]``)."""
+    def _into_views(self, into: torch.Tensor) -> list[dict[str, torch.Tensor]]:
+        """Per layer, ``role -> slice of into`` (a length-``d`` vector) shaped as the parameter."""
+        parts = torch.split(into, self.flat.sizes)
+        return [{r: parts[k].view_as(self.flat.params[k]) for r, k in slots.items()} for slots in self.slots]
+
+    def write(self, coef: torch.Tensor, out: dict[int, dict[str, torch.Tensor]] | None = None, *,
+              into: torch.Tensor | None = None) -> None:
+        """``Σ_i coef_i g_i`` per parameter into the flat gradient views (or ``out[id(module)]``, or slices of
+        ``into``, a length-``d`` vector: the step's float64 buffer). Computed in the parameters' dtype."""
         batch = int(coef.shape[0])
-        for path, module, views, _ in self.layers:
-            target = views if out is None else out[id(module)]
+        slices = self._into_views(into) if into is not None and out is None else None
+        for k, (path, module, views, _) in enumerate(self.layers):
+            target = out[id(module)] if out is not None else views if slices is None else slices[k]
             entries = self._entries(path, module, batch)
             if entries is None:
                 for view in target.values():
@@ -179,9 +191,10 @@ class LayerPerSample:
         sums = {names[r]: out[id(m)][r].to(torch.float64) for _, m, _, names in self.layers for r in names}
         return sums, float(self.sq_norms(batch).sqrt().sum())
 
-    def clip_into_g(self, batch: int, C1: float, sq: torch.Tensor | None = None) -> None:
-        """After ``sum(losses).backward()``: write ``mean_i clip(∇loss_i, C1)`` into ``flat.g``."""
+    def clip_into_g(self, batch: int, C1: float, sq: torch.Tensor | None = None, *,
+                    into: torch.Tensor | None = None) -> None:
+        """After the backward: write ``mean_i clip(∇loss_i, C1)`` into ``flat.g`` (or ``into``, see :meth:`write`)."""
         sq = self.sq_norms(batch) if sq is None else sq
         coef = torch.clamp(C1 * (1.0 - SAFETY) / sq.sqrt(), max=1.0).div_(batch)
-        self.write(coef)
+        self.write(coef, into=into)
         self.clear()

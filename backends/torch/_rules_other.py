@@ -3,7 +3,8 @@
 * Embedding: sample i's gradient has, in row v, the sum of the output gradients of its tokens with
   id v (none for ``padding_idx``). Its squared norm is ``Σ_{s,t: id_s = id_t} g_s·g_t`` (float64), so
   repeated ids are summed before squaring, and no ``vocabulary × dim`` tensor per sample is ever
-  built. The clipped sum is one ``index_add`` of the coefficient-scaled output gradients.
+  built. The clipped sum is one ``index_add`` of the coefficient-scaled output gradients, in the
+  parameters' dtype (then widened when the target is the step's float64 buffer).
 * LayerNorm / GroupNorm: sample i's affine gradients are ``Σ g ∘ x̂`` (weight) and ``Σ g`` (bias)
   over the positions that share a parameter, with ``x̂`` the normalised input, recomputed from the
   captured input. These are small (one value per channel), so they are materialised per sample.
@@ -68,10 +69,14 @@ def embedding_write(module: nn.Embedding, entries: list[tuple[torch.Tensor, torc
     """``Σ_i coef_i · g_i`` of the weight into ``out["weight"]``: one ``index_add`` over every token."""
     if "weight" not in out:
         return
-    target = out["weight"]
-    ids, g = _ids_and_grads(module, entries, int(coef.shape[0]), target.dtype)
-    gc = (g * coef[:, None, None].to(target.dtype)).reshape(-1, g.shape[-1])
-    target.zero_().index_add_(0, ids.reshape(-1), gc.view(-1, *target.shape[1:]))
+    target, dtype = out["weight"], coef.dtype
+    ids, g = _ids_and_grads(module, entries, int(coef.shape[0]), dtype)
+    gc = (g * coef[:, None, None]).reshape(-1, g.shape[-1])
+    # repeated ids are summed in coef's dtype (the parameters'); a wider target gets that sum widened
+    total = target if target.dtype == dtype else torch.empty(target.shape, dtype=dtype, device=target.device)
+    total.zero_().index_add_(0, ids.reshape(-1), gc.view(-1, *target.shape[1:]))
+    if total is not target:
+        target.copy_(total)
 
 
 def norm_layer_support(module: nn.Module) -> str | None:
@@ -111,8 +116,7 @@ def norm_layer_norms(module: nn.Module, entries: list[tuple[torch.Tensor, torch.
 
 def norm_layer_write(module: nn.Module, entries: list[tuple[torch.Tensor, torch.Tensor]], coef: torch.Tensor,
                      out: dict[str, torch.Tensor], keep: dict | None = None) -> None:
-    """``Σ_i coef_i · g_i`` of the affine weight and bias into ``out``."""
-    dtype = next(iter(out.values())).dtype
-    for role, v in _summed(module, entries, int(coef.shape[0]), dtype).items():
+    """``Σ_i coef_i · g_i`` of the affine weight and bias into ``out`` (computed in ``coef``'s dtype)."""
+    for role, v in _summed(module, entries, int(coef.shape[0]), coef.dtype).items():
         if role in out:
-            put(out[role], torch.tensordot(coef.to(dtype), v, dims=([0], [0])), True)
+            put(out[role], torch.tensordot(coef, v, dims=([0], [0])), True)

@@ -8,7 +8,9 @@ squares are summed) or *ghost* (``Σ_{s,t} (a_s·a_t)(g_s·g_t)``, Gram matrices
 float64 so that cancellation cannot make the norm round low). Squares are always accumulated in
 float64 (docs/theory.md#floating-point-and-randomness). The clipped sum ``Σ_i c_i g_i`` is the batch
 gradient of the coefficient-scaled output gradients ``c_i g_i``: one matrix product (Linear) or one
-convolution weight-gradient call (Conv2d), never a per-sample tensor.
+convolution weight-gradient call (Conv2d), never a per-sample tensor. It is computed in ``coef``'s dtype
+(the parameters') whatever the target's: a wider target (the step's float64 buffer) receives the exact
+widening of the same numbers (:func:`put`).
 
 A layer called several times in one forward has, per sample, the sum of the calls' gradients: the
 calls' positions are concatenated, which gives exactly that sum.
@@ -80,9 +82,8 @@ def linear_norms(module: nn.Linear, entries: Entries, batch: int, dtype: torch.d
 def linear_write(module: nn.Linear, entries: Entries, coef: torch.Tensor, out: dict[str, torch.Tensor],
                  keep: dict[str, torch.Tensor] | None = None) -> None:
     """``Σ_i coef_i · g_i`` of the weight and bias into ``out`` (tensors of the parameters' shapes)."""
-    batch = int(coef.shape[0])
+    batch, dtype = int(coef.shape[0]), coef.dtype
     for k, (A, G) in enumerate(entries):
-        dtype = next(iter(out.values())).dtype
         a = _tokens(A, batch, dtype)
         gc = _tokens(G, batch, dtype) * coef[:, None, None]
         if "weight" in out and not (keep and "weight" in keep):
@@ -94,11 +95,18 @@ def linear_write(module: nn.Linear, entries: Entries, coef: torch.Tensor, out: d
 
 
 def put(target: torch.Tensor, value: torch.Tensor, first: bool) -> None:
-    """Copy ``value`` into ``target`` for a layer's first call, add it for the next ones."""
+    """Copy ``value`` into ``target`` for a layer's first call, add it for the next ones.
+
+    The sum is taken in ``value``'s dtype: a wider ``target`` (float64 for a float32 model) holds the
+    exact widening of what the first calls summed to, so narrowing it back is exact and the result is,
+    bit for bit, the widening of the sum a ``target`` of ``value``'s dtype would hold.
+    """
     if first:
         target.copy_(value.view_as(target))
-    else:
+    elif target.dtype == value.dtype:
         target.add_(value.view_as(target))
+    else:
+        target.copy_(target.to(value.dtype).add_(value.view_as(target)))
 
 
 def conv2d_support(module: nn.Conv2d) -> str | None:
@@ -182,9 +190,8 @@ def conv2d_write(module: nn.Conv2d, entries: Entries, coef: torch.Tensor, out: d
                  keep: dict[str, torch.Tensor] | None = None) -> None:
     """``Σ_i coef_i · g_i`` of the weight and bias into ``out``: kept per-sample gradients weighted by
     ``coef`` (one matrix-vector product), or one weight-gradient convolution per call."""
-    batch = int(coef.shape[0])
+    batch, dtype = int(coef.shape[0]), coef.dtype
     for k, (A, G) in enumerate(entries):
-        dtype = next(iter(out.values())).dtype
         gc = G.to(dtype) * coef[:, None, None, None]
         if "weight" in out and not (keep and "weight" in keep):
             x, padding = _geometry(module, A.to(dtype))

@@ -239,7 +239,7 @@ class TorchRun(skeleton.Hooks):
 
     def gradient(self, batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
         """The step's mean loss and its (clipped) minibatch gradient in the float64 buffer ``g64``."""
-        if self.computer.mode == "batch":  # straight into g64, from the fresh per-parameter gradients
+        if self.computer.writes_into:  # straight into g64: the bits the float32 buffer's copy would give
             return self.computer.compute(*batch, into=self.g64), self.g64
         loss = self.computer.compute(*batch)
         return loss, self.g64.copy_(self.flat.g)
