@@ -404,6 +404,43 @@ def run_model(name: str, build: Callable[[], nn.Module], make_x: Callable[[torch
     return rows
 
 
+def run_interleaved(name: str, build: Callable[[], nn.Module], make_x: Callable[[torch.Generator, int], torch.Tensor],
+                    batch: int, steps: int, device: torch.device, rounds: int) -> list[dict]:
+    """The batch- and model-clipped rows against their floor, in ``rounds`` interleaved rounds.
+
+    Each round times plain SGD, the draw and every batch-clipped configuration one after the other, so
+    a row and its floor share the machine's state of that moment; the row's ratio is the median over
+    rounds of its per-round ratio (min and max printed beside it). Drift on a shared machine then moves
+    a row and its floor together instead of apart.
+    """
+    torch.manual_seed(0)
+    base = build()
+    d = sum(p.numel() for p in base.parameters())
+    gen = torch.Generator().manual_seed(1)
+    X = make_x(gen, batch).to(device)
+    y = torch.randint(0, 10, (batch,), generator=gen).to(device)
+    time_unlearn(build_copy(base), X, y, configurations(2)[0][2](), "batch", device)  # untimed warm-up
+    todo = [(label, make) for label, clip, make in configurations(steps) if clip == "batch"]
+    ratios: dict[str, list[float]] = {label: [] for label, _ in todo}
+    floors: list[float] = []
+    for _ in range(rounds):
+        floor = (statistics.median(time_sgd(build_copy(base), X, y, steps, device)[1:])
+                 + statistics.median(time_noise(d, steps, device)[1:]))
+        floors.append(floor)
+        for label, make in todo:
+            times = time_unlearn(build_copy(base), X, y, make(), "batch", device)
+            ratios[label].append(statistics.median(times[1:]) / floor)
+    rows = []
+    for label, got in ratios.items():
+        med = statistics.median(got)
+        print(f"{name:12} {d:>10} {label:44} {'batch':18} {statistics.median(floors) * 1e3:>10.3f} "
+              f"{med:>7.2f} {min(got):>6.2f}-{max(got):.2f}")
+        rows.append(dict(model=name, d=d, variant=label, clip="batch", rounds=rounds, ratio_floor=med,
+                         ratio_floor_min=min(got), ratio_floor_max=max(got),
+                         floor_ms=statistics.median(floors) * 1e3))
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark and print the table."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -419,6 +456,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--compare-buffer", action="store_true",
                         help="only the per-sample rows, three times, each followed by the same row writing the "
                              "float32 gradient buffer and copying it (as before the float64 buffer was written)")
+    parser.add_argument("--interleaved", type=int, default=0, metavar="ROUNDS",
+                        help="only the batch- and model-clipped rows against their floor, in ROUNDS interleaved "
+                             "rounds (median, min and max of the per-round ratio to the floor)")
     parser.add_argument("--samplers", action="store_true",
                         help="only the noise sampler table: keyed float64 vs torch.randn vs numpy, 1e6..1e8 values")
     args = parser.parse_args(argv)
@@ -440,9 +480,17 @@ def main(argv: list[str] | None = None) -> int:
     header = f"{'model':12} {'d':>10} {'variant':44} {'clip':18} {'median ms':>10} {'x SGD':>7} {'x floor':>8}"
     print(header)
     print("-" * len(header))
+    if args.interleaved < 0:
+        parser.error(f"--interleaved must be a positive number of rounds, got {args.interleaved}")
+    if args.interleaved:
+        print(f"interleaved rounds={args.interleaved}: columns are model, d, variant, clip, floor ms, "
+              "median x floor, min-max x floor")
     for name in args.models.split(","):
         if name not in models:
             parser.error(f"unknown model {name!r}; choose from {', '.join(models)}")
+        if args.interleaved:
+            rows += run_interleaved(name, *models[name], batch, steps, device, args.interleaved)
+            continue
         rows += run_model(name, *models[name], batch, steps, device, args.compare_unfused, args.compare_buffer)
     if args.json:
         with open(args.json, "w") as fh:

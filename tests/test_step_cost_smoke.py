@@ -1,0 +1,45 @@
+"""benchmarks/step_cost.py's interleaved mode: the structure of its rows and its refusal (no timing checked)."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "benchmarks" / "step_cost.py"
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+pytest.importorskip("torch")
+
+
+def _run(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(SCRIPT), *args], cwd=ROOT, env=ENV, capture_output=True, text=True,
+                          timeout=300)
+
+
+def test_interleaved_rounds_give_one_row_per_batch_clipped_variant_with_its_spread(tmp_path):
+    out = tmp_path / "rows.json"
+    done = _run("--quick", "--device", "cpu", "--models", "cnn", "--steps", "3", "--interleaved", "2",
+                "--json", str(out))
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["variant"] for r in rows] == ["gradient_clipping", "model_clipping/noise_after_projection",
+                                            "model_clipping/clip_noise_before_projection"]
+    for r in rows:
+        assert r["clip"] == "batch" and r["rounds"] == 2
+        assert math.isfinite(r["ratio_floor"]) and r["floor_ms"] > 0
+        assert r["ratio_floor_min"] <= r["ratio_floor"] <= r["ratio_floor_max"]
+    assert "min-max x floor" in done.stdout
+
+
+def test_a_negative_number_of_rounds_is_refused_with_what_is_valid():
+    done = _run("--quick", "--device", "cpu", "--models", "cnn", "--interleaved", "-1")
+    assert done.returncode == 2
+    assert "--interleaved must be a positive number of rounds, got -1" in done.stderr
+    assert "Traceback" not in done.stderr
