@@ -366,16 +366,22 @@ def _row(name: str, d: int, label: str, clip: str, med: float, sgd: float, floor
                 ratio_floor=med / floor)
 
 
+def _setup(build: Callable[[], nn.Module], make_x: Callable[[torch.Generator, int], torch.Tensor], batch: int,
+           device: torch.device) -> tuple[nn.Module, int, torch.Tensor, torch.Tensor]:
+    """The seeded starting model, its parameter count and one seeded batch (every row starts from these)."""
+    torch.manual_seed(0)
+    base = build()
+    gen = torch.Generator().manual_seed(1)
+    X = make_x(gen, batch).to(device)
+    y = torch.randint(0, 10, (batch,), generator=gen).to(device)
+    return base, sum(p.numel() for p in base.parameters()), X, y
+
+
 def run_model(name: str, build: Callable[[], nn.Module], make_x: Callable[[torch.Generator, int], torch.Tensor],
               batch: int, steps: int, device: torch.device, compare_unfused: bool = False,
               compare_buffer: bool = False) -> list[dict]:
     """Every row of one model: plain SGD, the noise draw, the floor, then each configuration."""
-    torch.manual_seed(0)
-    base = build()
-    d = sum(p.numel() for p in base.parameters())
-    gen = torch.Generator().manual_seed(1)
-    X = make_x(gen, batch).to(device)
-    y = torch.randint(0, 10, (batch,), generator=gen).to(device)
+    base, d, X, y = _setup(build, make_x, batch, device)
     sgd = statistics.median(time_sgd(build_copy(base), X, y, steps, device)[1:])
     noise = statistics.median(time_noise(d, steps, device)[1:])
     rows = [_row(name, d, "plain SGD", "-", sgd, sgd, sgd + noise),
@@ -413,12 +419,7 @@ def run_interleaved(name: str, build: Callable[[], nn.Module], make_x: Callable[
     rounds of its per-round ratio (min and max printed beside it). Drift on a shared machine then moves
     a row and its floor together instead of apart.
     """
-    torch.manual_seed(0)
-    base = build()
-    d = sum(p.numel() for p in base.parameters())
-    gen = torch.Generator().manual_seed(1)
-    X = make_x(gen, batch).to(device)
-    y = torch.randint(0, 10, (batch,), generator=gen).to(device)
+    base, d, X, y = _setup(build, make_x, batch, device)
     time_unlearn(build_copy(base), X, y, configurations(2)[0][2](), "batch", device)  # untimed warm-up
     todo = [(label, make) for label, clip, make in configurations(steps) if clip == "batch"]
     ratios: dict[str, list[float]] = {label: [] for label, _ in todo}

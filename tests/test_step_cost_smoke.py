@@ -43,3 +43,14 @@ def test_a_negative_number_of_rounds_is_refused_with_what_is_valid():
     assert done.returncode == 2
     assert "--interleaved must be a positive number of rounds, got -1" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_the_default_table_has_the_floor_and_every_variant(tmp_path):
+    out = tmp_path / "rows.json"
+    done = _run("--quick", "--device", "cpu", "--models", "cnn", "--steps", "3", "--json", str(out))
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = json.loads(out.read_text())["rows"]
+    labels = [(r["variant"], r["clip"]) for r in rows]
+    assert labels[:3] == [("plain SGD", "-"), ("draw of d Gaussians (keyed, cpu)", "-"), ("floor = SGD + draw", "-")]
+    assert ("gradient_clipping", "per_sample") in labels and ("model_clipping/noise_after_projection", "batch") in labels
+    assert all("error" not in r and math.isfinite(r["ratio_floor"]) for r in rows), rows
