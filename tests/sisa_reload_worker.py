@@ -49,6 +49,15 @@ def without(forgotten: list[str]) -> tuple[torch.Tensor, torch.Tensor, list[str]
     return x[keep], y[keep], [ids[i] for i in keep]
 
 
+def trained(folder: Path | None, forget: list[str] | None = None) -> Sisa:
+    """An ensemble fitted on :func:`data` (checkpointed in ``folder``), then asked to forget ``forget``."""
+    sisa = Sisa(factory, CONFIG, salt=SALT, seed=SEED, checkpoint_dir=folder)
+    sisa.fit(*data())
+    if forget:
+        sisa.unlearn(forget)
+    return sisa
+
+
 def _train(folder: Path, ledger: Path) -> None:
     sisa = Sisa(factory, CONFIG, salt=SALT, seed=SEED, checkpoint_dir=folder)
     sisa.fit(*data())

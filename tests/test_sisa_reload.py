@@ -40,14 +40,6 @@ def _same(a: Sisa | dict, b: Sisa | dict) -> bool:
     return sa.keys() == sb.keys() and all(sa[k].dtype == sb[k].dtype and torch.equal(sa[k], sb[k]) for k in sa)
 
 
-def _trained(folder: Path | None, forget: list[str] | None = None) -> Sisa:
-    sisa = Sisa(w.factory, w.CONFIG, salt=w.SALT, seed=w.SEED, checkpoint_dir=folder)
-    sisa.fit(*w.data())
-    if forget:
-        sisa.unlearn(forget)
-    return sisa
-
-
 def _load(folder: Path, forgotten: list[str] = (), **changes) -> Sisa:
     args = {"model_factory": w.factory, "config": w.CONFIG, "salt": w.SALT, "seed": w.SEED}
     args.update(changes)
@@ -58,7 +50,7 @@ def _load(folder: Path, forgotten: list[str] = (), **changes) -> Sisa:
 @pytest.fixture
 def folder(tmp_path: Path) -> Path:
     """A checkpoint folder after training and the first deletion F1."""
-    _trained(tmp_path / "ckpt", F1)
+    w.trained(tmp_path / "ckpt", F1)
     return tmp_path / "ckpt"
 
 
@@ -68,7 +60,7 @@ def _files(folder: Path) -> dict[str, bytes]:
 
 # ------------------------------------------------------------------------------------- the good path
 def test_a_reloaded_ensemble_equals_the_original_and_serves_the_same_deletions(folder: Path) -> None:
-    original = _trained(None, F1)
+    original = w.trained(None, F1)
     loaded = _load(folder, F1)
     assert _same(loaded, original)
     assert sorted(loaded.retained_ids()) == sorted(original.retained_ids())
@@ -97,7 +89,7 @@ def test_the_whole_point_train_in_one_process_delete_in_another(tmp_path: Path) 
     served = {k: torch.from_numpy(v.copy()) for k, v in read_safetensors(ledger / "ensemble.safetensors").items()}
     certs = [json.loads((ledger / f"{n:03d}.json").read_text()) for n in range(3)]
     # the same requests served in this process, without any reload
-    original = _trained(None)
+    original = w.trained(None)
     for n, forget in enumerate((F1, F2, F3)):
         report = original.unlearn(forget)
         assert certs[n]["artifacts"]["unlearned_model"]["root"] == ensemble_digest(original.ensemble).root
@@ -221,7 +213,7 @@ def test_a_manifest_of_another_seed_is_refused(folder: Path, tmp_path: Path) -> 
 def test_a_rolled_back_folder_is_refused(tmp_path: Path) -> None:
     """An attacker restores the folder as it was before a deletion: the owner's current data gives it away."""
     folder, snapshot = tmp_path / "ckpt", tmp_path / "snapshot"
-    sisa = _trained(folder)
+    sisa = w.trained(folder)
     shutil.copytree(folder, snapshot)
     sisa.unlearn(F1)
     shutil.rmtree(folder)
@@ -254,7 +246,7 @@ def test_row_order_does_not_matter(folder: Path) -> None:
     order = torch.randperm(len(ids), generator=torch.Generator().manual_seed(3))
     loaded = Sisa.load(folder, w.factory, w.CONFIG, x[order], y[order], [ids[i] for i in order.tolist()],
                        salt=w.SALT, seed=w.SEED)
-    assert _same(loaded, _trained(None, F1))
+    assert _same(loaded, w.trained(None, F1))
 
 
 @pytest.mark.parametrize("field", ["lr", "slices", "cumulative", "batch_size"])
@@ -354,7 +346,7 @@ def test_a_folder_in_use_by_another_process_is_refused_at_once(folder: Path) -> 
         with pytest.raises(SisaCheckpointError, match="in use by another process"):
             _load(folder, F1)
         with pytest.raises(SisaCheckpointError, match="in use by another process"):
-            _trained(folder)
+            w.trained(folder)
     assert _files(folder) == files and F2[0] in sisa.retained_ids()
     assert all(torch.equal(a[k], b[k]) for a, b in zip(before, _states(sisa), strict=True) for k in a)
     with _held(folder, fcntl.LOCK_SH):  # another process loading: loading too is fine

@@ -20,14 +20,6 @@ from certun.errors import InvalidParameterError
 F1, F2, F3 = w.forget_sets()
 
 
-def _trained(folder: Path | None, forget: list[str] | None = None) -> Sisa:
-    sisa = Sisa(w.factory, w.CONFIG, salt=w.SALT, seed=w.SEED, checkpoint_dir=folder)
-    sisa.fit(*w.data())
-    if forget:
-        sisa.unlearn(forget)
-    return sisa
-
-
 def _load(folder: Path, forgotten: list[str]) -> Sisa:
     return Sisa.load(folder, w.factory, w.CONFIG, *w.without(forgotten), salt=w.SALT, seed=w.SEED)
 
@@ -52,7 +44,7 @@ def test_a_deletion_killed_between_two_shards_leaves_a_folder_that_does_not_relo
     """F2 touches shards 1 and 2: dying after shard 1 must not leave shard 2's old checkpoints (which saw
     F2's record) listed in a manifest that already records the data without F2."""
     folder = tmp_path / "ckpt"
-    sisa = _trained(folder, F1)
+    sisa = w.trained(folder, F1)
     _dies_on_second_shard(monkeypatch)
     with pytest.raises(KeyboardInterrupt):
         sisa.unlearn(F2)
@@ -67,7 +59,7 @@ def test_an_ensemble_whose_deletion_failed_midway_serves_and_certifies_nothing(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, on_disk: bool) -> None:
     """After a failed deletion, shard 2 still holds F2's record: a later deletion (F3 is in shard 0 only)
     or a certificate would claim an exact ensemble that still depends on it."""
-    sisa = _trained(tmp_path / "ckpt" if on_disk else None)
+    sisa = w.trained(tmp_path / "ckpt" if on_disk else None)
     first = sisa.unlearn(F1)
     _dies_on_second_shard(monkeypatch)
     with pytest.raises(KeyboardInterrupt):
@@ -86,7 +78,7 @@ def test_an_ensemble_whose_deletion_failed_midway_serves_and_certifies_nothing(
 @pytest.fixture
 def folder(tmp_path: Path) -> Path:
     """A checkpoint folder after training and the first deletion F1."""
-    _trained(tmp_path / "ckpt", F1)
+    w.trained(tmp_path / "ckpt", F1)
     return tmp_path / "ckpt"
 
 
@@ -150,7 +142,7 @@ def test_a_restored_folder_cannot_extend_the_ledger_past_the_deletion_it_undid(t
     reload is consistent, but a certificate chained after F1's would claim F1 stays deleted."""
     folder, backup, ledger = tmp_path / "ckpt", tmp_path / "backup", tmp_path / "ledger"
     ledger.mkdir()
-    sisa = _trained(folder)
+    sisa = w.trained(folder)
     shutil.copytree(folder, backup)
     sisa.certify(sisa.unlearn(F1), F1, eps=w.EPS, delta=w.DELTA, certificate_path=ledger / "000.json")
     shutil.rmtree(folder)
@@ -240,7 +232,7 @@ def test_a_folder_another_process_retrained_with_other_settings_is_refused(tmp_p
     """Another process refits the folder (same salt, seed and data, another lr): a deletion that reads no
     checkpoint must still see that the folder no longer holds this ensemble's checkpoints."""
     folder = tmp_path / "ckpt"
-    stale = _trained(folder)
+    stale = w.trained(folder)
     Sisa(w.factory, w.CONFIG.__class__(shards=3, slices=3, batch_size=16, lr=0.01), salt=w.SALT, seed=w.SEED,
          checkpoint_dir=folder).fit(*w.data())
     files = {p.name: p.read_bytes() for p in folder.iterdir()}
@@ -258,6 +250,6 @@ def test_a_folder_others_can_write_to_is_refused(folder: Path, mode: int) -> Non
         with pytest.raises(SisaCheckpointError, match="writable"):
             _load(folder, F1)
         with pytest.raises(SisaCheckpointError, match="writable"):
-            _trained(folder)
+            w.trained(folder)
     finally:
         os.chmod(folder, 0o700)
