@@ -249,3 +249,19 @@ def test_sparse_embedding_gradient_takes_the_fused_path_unchanged(monkeypatch):
     fused = run()
     monkeypatch.setattr(_run.TorchRun, "noisy_step", _reference_step)
     assert fused == run()
+
+
+@pytest.mark.parametrize(("variant", "radii"), [("gc", "loose"), ("mc_after", "loose"), ("mc_before", "loose")])
+def test_multiplying_by_one_as_on_an_accelerator_releases_the_same_bytes(monkeypatch, variant, radii):
+    """On an accelerator the factor is never asked whether it is 1 (that would wait for the device each step):
+    the multiplication by 1 then runs, and must leave the released bytes unchanged."""
+    from certun.backends.torch._fused import _is_one
+
+    assert _is_one(torch.tensor(1.0, dtype=torch.float64))
+    assert not _is_one(torch.tensor(1.0, dtype=torch.float64, device="meta"))  # not the host: never asked
+    schedule = _schedule(variant, radii)
+    monkeypatch.setattr(_fused, "BLOCK", 64)
+    skipping, _ = _unlearn(schedule, "batch", torch.float32)
+    monkeypatch.setattr(_fused, "_is_one", lambda f: False)
+    multiplying, _ = _unlearn(schedule, "batch", torch.float32)
+    assert multiplying == skipping

@@ -11,7 +11,8 @@ every norm that sets a clipping or projection factor is measured over the whole 
 
 Two passes of the step functions are left out where they cannot change anything:
 
-* a multiplication by a factor of exactly 1 (the vector was inside its ball): it is the identity;
+* on the CPU, a multiplication by a factor of exactly 1 (the vector was inside its ball): it is the
+  identity (on an accelerator it runs, since asking would wait for the device every step);
 * the re-measurement after scaling a float64 vector with no centre. Measured ``n`` and the true norm
   differ by a relative ``d·2⁻⁵³`` at most (float64 accumulation, any summation order), the factor and
   the scaled coordinates add a few roundings of 2⁻⁵³, so for ``d ≤ 2³⁰`` the scaled norm, and its
@@ -47,7 +48,9 @@ def _factor(n: torch.Tensor, C: float) -> torch.Tensor:
 
 
 def _is_one(f: torch.Tensor) -> bool:
-    return bool(f == 1.0)
+    """Whether a factor is exactly 1, so its multiplication can be skipped. On an accelerator the answer
+    would wait for the device each step, so the multiplication runs anyway (``v·1`` is exactly ``v``)."""
+    return f.device.type == "cpu" and bool(f == 1.0)
 
 
 class FusedStep:
