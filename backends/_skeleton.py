@@ -217,8 +217,8 @@ class NoiseSource:
         if self.opts.noise_mode != "fresh" and self.first is not None:
             return self.first
         z = self.hooks.normal(self._generator(step, retain_prefix), draw_index(self.schedule, step), self.d)
-        if self.opts.noise_mode != "fresh":
-            self.first = z
+        if self.opts.noise_mode != "fresh":  # kept past its step: never a buffer the backend refills
+            self.first = z.clone() if hasattr(z, "clone") else z.copy()
         return z
 
     def _generator(self, step: int | None, retain_prefix: bytes | None) -> Any:

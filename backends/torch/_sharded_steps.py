@@ -13,7 +13,7 @@ from collections.abc import Callable
 
 import torch
 
-from certun.backends.torch._steps import SAFETY, _shrink_towards
+from certun.backends.torch._steps import _MEASURE_SLACK, SAFETY, _shrink_towards
 from certun.errors import InvalidParameterError
 
 __all__ = ["Norm", "clip", "gc_step", "mc_step", "output_perturbation", "project_ball"]
@@ -25,12 +25,14 @@ _RETRIES = 8
 
 
 def _scale(x: torch.Tensor, C: float, center: torch.Tensor | None, norm: Norm) -> torch.Tensor:
-    """``x ← c + (x − c)·min(1, C(1 − SAFETY)/‖x − c‖)``, then re-measured until ``‖x − c‖ ≤ C``."""
+    """``x ← c + (x − c)·min(1, C(1 − SAFETY)/‖x − c‖)``, then re-measured until ``‖x − c‖ ≤ C/(1 + 2⁻²²)``
+    (the allowance for the measurement's own rounding, as in the single-process steps)."""
     target = C * (1.0 - SAFETY)
+    limit = C / (1.0 + _MEASURE_SLACK)  # a re-measured norm may be low by this much: accept only below it
     for attempt in range(_RETRIES + 1):
         diff = x if center is None else x - center
         n = float(norm(diff))
-        if n <= (target if attempt == 0 else C):
+        if n <= (target if attempt == 0 else limit):
             return x
         factor = 0.0 if attempt == _RETRIES or n == float("inf") else target / n
         if center is None:
