@@ -66,9 +66,12 @@ def eps_renyi_schedule(C0: float, C1: float, lam: float, gammas: Sequence[float]
     numerator = total * 2.0 * C0 + float(np.dot(suffix, 2.0 * g * C1))
     denominator = float(np.dot(suffix * suffix, s * s))
     value = numerator * numerator / (2.0 * denominator)
-    # The products and dot products over T steps err by at most ~T ulps each (relative; every term is
-    # non-negative), so N²/D errs by under 8·T ulps: added upwards with the usual slack.
-    return value * (1.0 + FLOAT_SLACK + 8.0 * rho.size * 2.0**-53)
+    # Each ρ = 1 − γλ as computed errs by up to u/ρ relative (u = 2⁻⁵³: the rounding of γλ is an absolute
+    # error that 1 − γλ does not shrink), and the products and dot products over T steps add up to T such
+    # errors each (relative; every term is non-negative), so N²/D errs by under 8·T·u/min(1, ρ_min): added
+    # upwards with the usual slack.
+    rho_min = min(1.0, float(rho.min()))
+    return value * (1.0 + FLOAT_SLACK + 8.0 * rho.size * 2.0**-53 / rho_min)
 
 
 def eps_renyi_schedule_mp(

@@ -210,3 +210,22 @@ def test_schedule_renyi_coefficient_is_never_below_mpmath_for_long_varying_sched
             den = sum(suffix[t] ** 2 * mpmath.mpf(sigmas[t]) ** 2 for t in range(T))
             exact = num * num / (2 * den)
         assert eps_renyi_schedule(C0, C1, lam, gammas, sigmas) >= exact, T
+
+
+def test_schedule_renyi_coefficient_is_never_below_mpmath_when_gamma_lam_is_near_one() -> None:
+    """One-sided, where ρ = 1 − γλ is tiny: the rounding of γλ is then a large relative error of ρ, which the
+    rounding allowance must scale with 1/ρ (an allowance of a few ulps per step left ε low by up to 3e-8)."""
+    import random
+
+    from certun.accountant._gradient_clipping import eps_renyi_schedule, eps_renyi_schedule_mp
+
+    rng = random.Random(1)
+    low = []
+    for _ in range(300):
+        T, lam = rng.choice([2, 3, 5, 50]), rng.uniform(0.1, 10)
+        gammas = [rng.choice([rng.uniform(0, 1 / lam), (1 - 10 ** -rng.uniform(6, 9)) / lam]) for _ in range(T)]
+        sigmas = [10 ** rng.uniform(-4, 8) for _ in range(T)]
+        C0, C1 = rng.uniform(0.1, 10), rng.uniform(0.1, 10)
+        if eps_renyi_schedule(C0, C1, lam, gammas, sigmas) < eps_renyi_schedule_mp(C0, C1, lam, gammas, sigmas, dps=60):
+            low.append((T, lam))
+    assert not low, f"{len(low)} schedules below mpmath, e.g. {low[:3]}"
