@@ -21,16 +21,37 @@ import certun
 from certun.backends import UnsafeNoiseWarning, get_backend
 from certun.backends import _skeleton as skeleton
 from certun.backends.noise import NoiseGenerator
-from certun.backends.torch import _fused, _run
+from certun.backends.torch import _fused, _run, _steps
 from certun.backends.torch._steps import add_noise, gc_step, mc_step
 from certun.errors import InvalidParameterError
 
 torch.set_num_threads(1)
 
 
+def _segment_norm(run: Any) -> Any:
+    """``_steps.norm`` as the fused step measures a whole master-sized vector: the float64 sum of its blocks'
+    squared norms (any other vector as before)."""
+    whole, d = _steps.norm, run.flat.d
+    blocks = [] if run.fused is None else run.fused.blocks
+
+    def norm(v: torch.Tensor) -> torch.Tensor:
+        if not blocks or v.shape != (d,):
+            return whole(v)
+        return torch.stack([torch.dot(v[b.start:b.stop], v[b.start:b.stop]) for b in blocks]).sum().sqrt().reshape(1)
+
+    return norm
+
+
 def _reference_step(self: Any, x: torch.Tensor, t: int, batch: Any, draw: Any) -> tuple[torch.Tensor, tuple]:
     """The noisy step before the fusion: the gradient accumulated into the zeroed float32 buffer, the step
-    functions, then the history's norms over whole vectors."""
+    functions (their norms of the master and the gradient summed by blocks, as the fused step's are), then the
+    history's norms over whole vectors."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(_steps, "norm", _segment_norm(self))
+        return _unfused_step(self, x, t, batch, draw)
+
+
+def _unfused_step(self: Any, x: torch.Tensor, t: int, batch: Any, draw: Any) -> tuple[torch.Tensor, tuple]:
     s, c, flat = self.s, self.c64, self.flat
     with torch.no_grad():
         flat.x.copy_(x)
@@ -95,7 +116,7 @@ def _schedule(variant: str, radii: str) -> certun.Schedule:
 def test_fused_step_releases_the_reference_bytes(monkeypatch, variant, radii, clip, dtype):
     """Every variant and clipping mode: the released parameters are bit for bit the reference step's."""
     schedule = _schedule(variant, radii)
-    monkeypatch.setattr(_fused, "BLOCK", 64)  # 272 coordinates: four full blocks and a tail of 16
+    monkeypatch.setattr(_fused, "BLOCK", 64)  # 275 coordinates: four blocks and a tail, cutting across parameters
     ones: list[bool] = []
     is_one = _fused._is_one
     monkeypatch.setattr(_fused, "_is_one", lambda f: ones.append(is_one(f)) or ones[-1])
@@ -114,19 +135,16 @@ def test_fused_step_releases_the_reference_bytes(monkeypatch, variant, radii, cl
         np.testing.assert_allclose(got, [v for v in reference_history[key] if v is not None], rtol=1e-13, atol=0)
 
 
-def test_fused_step_beyond_the_analytic_range_measures_again(monkeypatch):
-    """Above the analytic bound's d the fused step scales and re-measures as the step functions do."""
-    x, g, z = (torch.randn(300, dtype=torch.float64, generator=torch.Generator().manual_seed(k)) for k in range(3))
-    step = _fused.FusedStep(300, torch.device("cpu"), block=64)
-    step.remeasure = True
-    x1, g1 = x.clone(), g.clone()
-    gnorm, dist = step.gc(x1, g1, z, gamma=0.1, lam=0.2, C1=0.5, sigma=0.3)
-    x2, g2 = x.clone(), g.clone()
-    gc_step(x2, g2, gamma=0.1, lam=0.2, C1=0.5)
-    add_noise(x2, 0.3, noise=z)
-    assert torch.equal(x1, x2) and torch.equal(g1, g2)
-    assert float(gnorm) == float(torch.linalg.vector_norm(g2)) and float(gnorm) <= 0.5
-    assert abs(float(dist) - float(torch.linalg.vector_norm(x2))) <= 1e-13 * float(dist)
+def test_beyond_the_analytic_range_the_step_functions_run(monkeypatch):
+    """Above the analytic bound's d the run takes the step functions, which scale and re-measure: the released
+    bytes are the unfused step's, whole-vector norms and all."""
+    monkeypatch.setattr(_fused, "_ANALYTIC_D", 100)  # the test model's 272 coordinates are "beyond" it
+    for variant in ("gc", "mc_after", "mc_before"):
+        schedule = _schedule(variant, "tight")
+        got, _ = _unlearn(schedule, "batch", torch.float64)
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(_run.TorchRun, "noisy_step", _unfused_step)
+            assert got == _unlearn(schedule, "batch", torch.float64)[0]
 
 
 def test_draw_into_a_buffer_equals_a_fresh_draw():
@@ -175,6 +193,27 @@ def test_noisy_steps_draw_into_one_buffer_and_drop_it():
     assert len(seen) == schedule.T and len(set(seen)) == 1 and run.model is not None
 
 
+def test_a_callback_that_changes_the_model_does_not_move_the_gradient():
+    """The parameters are rewritten from the master in the update's last pass; when user code (a callback) ran
+    since, they are rewritten again before the forward, so zeroing the model in a callback changes nothing."""
+    schedule = _schedule("gc", "tight")
+
+    def run(callback: Any) -> dict:
+        model = _model()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UnsafeNoiseWarning)
+            r = get_backend("torch").unlearn(model, _data(), schedule, loss_fn=F.cross_entropy, seed=11,
+                                             progress=False, postprocess="none", inplace=True,
+                                             callback=lambda t, x: callback(model))
+        return {k: v.detach().numpy().tobytes() for k, v in r.model.state_dict().items()}
+
+    def vandal(model: nn.Module) -> None:
+        for p in model.parameters():
+            p.data.zero_()
+
+    assert run(vandal) == run(lambda model: None)
+
+
 def _vectors() -> list[torch.Tensor]:
     gen = torch.Generator().manual_seed(5)
     third = torch.full((10**6,), 1.0 / 3.0, dtype=torch.float64)  # every coordinate rounds the same way
@@ -188,11 +227,11 @@ def test_skipped_remeasure_would_never_act(C1):
     re-measurement it skips would have left it unchanged."""
     from certun.backends.torch._steps import _enforce_radius
 
-    step = _fused.FusedStep(0, torch.device("cpu"))
     for v in _vectors():
-        step.blocks = [slice(s, min(s + 4096, v.numel())) for s in range(0, v.numel(), 4096)]
-        x, g = torch.zeros_like(v), v.clone()
-        step.gc(x, g, torch.zeros_like(v), gamma=1.0, lam=0.0, C1=C1, sigma=0.0)
+        step = _fused.FusedStep([v.numel() // 3, v.numel() - v.numel() // 3], torch.device("cpu"), block=4096)
+        x = torch.zeros_like(v)  # x ← 0 − 1·clip(v): the clipped gradient itself, negated
+        step.gc(x, [v], torch.zeros_like(v), None, gamma=1.0, lam=0.0, C1=C1, sigma=0.0)
+        g = -x
         exact = np.sqrt(np.sum(g.numpy().astype(np.longdouble) ** 2))
         assert exact <= C1 * (1 - 0.9e-5)
         assert torch.equal(_enforce_radius(g.clone(), C1, None), g)

@@ -129,6 +129,11 @@ class DistributedRun(TorchRun):
         torch.div(total[:d], total[d + 1], out=self.g64)
         return total[d] / total[d + 1], self.g64
 
+    def gradient_pieces(self, batch: Any) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """The fused step's gradient: the all-reduced global one (never this rank's own pieces)."""
+        loss, g = self.gradient(batch)
+        return loss, [g]
+
     # ------------------------------------------------------------------ after the run
     def finish(self) -> skeleton.Finished:
         error = done = root = None

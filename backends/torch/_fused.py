@@ -1,45 +1,67 @@
 """The backend's noisy step on its flat float64 master, fused into few passes over memory.
 
 The step functions of :mod:`certun.backends.torch._steps` make one pass over the ``d`` coordinates
-per operation (scale, shrink, update, noise, each norm): at ``d = 10⁷`` that is ten passes over 80 MB
-per step. Here the same elementwise operations, in the same order per coordinate and with the same
-scalars, run block by block over cache-sized slices, so a coordinate is read from memory once per
-phase. Elementwise operations do not depend on how the vector is cut, so the released parameters
-are bit for bit those of the step functions (tests check this against them). What is *not* cut:
-every norm that sets a clipping or projection factor is measured over the whole vector by
-:func:`~certun.backends.torch._steps.norm` exactly as before, so the factors are the same numbers.
+per operation (widen the gradient, each norm, scale, shrink, update, noise, round into the
+parameters): at ``d = 10⁷`` each pass moves 80 MB, and those passes, not arithmetic, were most of the
+step's cost. Here the same elementwise operations, in the same order per coordinate and with the
+same scalars, run block by block (:data:`BLOCK` coordinates), so a coordinate is read from memory
+once per phase:
 
-Two passes of the step functions are left out where they cannot change anything:
+* the gradient is read where autograd left it, one float32 (or float64) tensor per parameter, and
+  widened to float64 a block at a time into a cache-sized buffer (no float64 copy of it exists);
+* the new iterate is rounded into the model's parameters in the same pass, so the next step's
+  forward needs no copy (the caller copies anyway when user code ran between steps).
 
-* on the CPU, a multiplication by a factor of exactly 1 (the vector was inside its ball): it is the
-  identity (on an accelerator it runs, since asking would wait for the device every step);
-* the re-measurement after scaling a float64 vector with no centre. Measured ``n`` and the true norm
-  differ by a relative ``d·2⁻⁵³`` at most (float64 accumulation, any summation order), the factor and
-  the scaled coordinates add a few roundings of 2⁻⁵³, so for ``d ≤ 2³⁰`` the scaled norm, and its
-  re-measurement, stay below ``C(1 − SAFETY)(1 + 3·10⁻⁷) < C/(1 + 2⁻²²)``, the limit under which the
-  re-measurement does nothing. Above ``2³⁰`` coordinates, or around a centre (where adding the centre
-  back rounds to the precision of the centre's coordinates), the re-measurement runs as before. See
-  docs/theory.md#floating-point-and-randomness.
+(Producing the noise block by block inside the loop was tried and measured slower on a CPU: the
+sampler's temporaries evict the blocks being updated. The draw is made whole, into a reused buffer.)
 
-The history's statistics (the gradient's norm, the distance to the centre) are summed from the
-blocks while they are in cache: they equal the whole-vector norms up to float64 rounding.
-Runs with a centre use the step functions unchanged.
+The blocks are a fixed partition of ``[0, d)`` (they depend on ``d`` and the device only), whichever
+way the gradient is handed over. Every norm that sets a clipping or projection factor is the float64
+sum of the blocks' squared norms, so it is the same number for the same vector, and its relative
+error is below ``d·2⁻⁵³`` as for any summation order.
+
+The re-measurement after scaling a float64 vector with no centre is left out where it cannot act
+(and a multiplication by a factor of exactly 1 on the CPU, which is the identity): the measured
+``n`` and the true norm differ by a relative ``d·2⁻⁵³`` at most, the factor and the scaled
+coordinates add a few roundings of 2⁻⁵³, so for ``d ≤ 2³⁰`` the scaled norm stays below
+``C(1 − SAFETY)(1 + 3·10⁻⁷) < C/(1 + 2⁻²²)``, the limit under which the re-measurement does nothing.
+Above ``2³⁰`` coordinates the caller runs the step functions instead. Runs with a centre use the
+step functions too. See docs/theory.md#floating-point-and-randomness.
 """
 
 from __future__ import annotations
 
+import bisect
+import itertools
+from collections.abc import Sequence
+from typing import NamedTuple
+
 import torch
 
-from certun.backends.torch._steps import SAFETY, _enforce_radius, norm
-from certun.errors import InvalidParameterError
+from certun.backends.torch._steps import SAFETY
+from certun.errors import InvalidParameterError, UnlearningRunError
 
-__all__ = ["BLOCK", "FusedStep"]
+__all__ = ["BLOCK", "FusedStep", "fits"]
 
-#: Coordinates per block on a CPU: 1 MiB of float64, a multiple of every SIMD width, so the blocks'
-#: vectorised loops and scalar tails cover the coordinates exactly as one whole-vector loop does.
+#: Coordinates per block on a CPU: 1 MiB of float64; large enough that the per-operation overhead of
+#: a block is small, small enough that a block's operands stay in cache between its operations.
 BLOCK = 1 << 17
 #: Largest ``d`` for which the analytic bound replaces the re-measurement (module docstring).
 _ANALYTIC_D = 1 << 30
+
+
+def fits(d: int) -> bool:
+    """Whether the fused step may run on ``d`` coordinates (the analytic bound's range)."""
+    return d <= _ANALYTIC_D
+
+
+class Block(NamedTuple):
+    """Coordinates ``[start, stop)`` of the flat vector, and where they lie in the parameters: one
+    ``(parameter, lo, hi, offset in the block)`` per parameter the block meets."""
+
+    start: int
+    stop: int
+    pieces: tuple[tuple[int, int, int, int], ...]
 
 
 def _factor(n: torch.Tensor, C: float) -> torch.Tensor:
@@ -57,114 +79,159 @@ class FusedStep:
     """The noisy update of a 1-D float64 master ``x`` (no centre), in place, block by block.
 
     Args:
-        d: the number of coordinates.
+        sizes: the unlearned parameters' sizes, in the master's order (they sum to ``d``).
         device: where ``x`` lives; on a CPU the blocks are :data:`BLOCK` long, elsewhere one block.
-        block: block length override (tests use small blocks on small models).
+        block: block length override (tests use small blocks on small models; even, for the sampler).
+
+    Each update takes the gradient as ``pieces`` (one flat tensor per parameter, or one of length
+    ``d``), the draw ``z`` (float64, length ``d``), and ``params``, the model's flat parameter vector
+    that receives the new iterate rounded to its dtype (None: not written).
     """
 
-    def __init__(self, d: int, device: torch.device, block: int | None = None) -> None:
-        size = block or (BLOCK if device.type == "cpu" else max(d, 1))
-        self.blocks = [slice(s, min(s + size, d)) for s in range(0, d, size)] or [slice(0, 0)]
-        self.remeasure = d > _ANALYTIC_D
+    def __init__(self, sizes: Sequence[int], device: torch.device, block: int | None = None) -> None:
+        d = sum(sizes)
+        self.d, self.sizes, self.device = d, list(sizes), device
+        self.block = block or (BLOCK if device.type == "cpu" else max(d, 1))
+        ends = list(itertools.accumulate(sizes))
+        self.blocks = [self._block(lo, min(lo + self.block, d), ends) for lo in range(0, d, self.block)]
+        self.work = torch.empty(min(self.block, d), dtype=torch.float64, device=device)  # the widened block
 
-    def gc(self, x: torch.Tensor, g: torch.Tensor, z: torch.Tensor, *, gamma: float, lam: float, C1: float,
-           sigma: float) -> tuple[torch.Tensor, torch.Tensor]:
-        """Gradient clipping: ``x ← x − γ(clip(g, C1) + λx) + σz``; ``g`` is clipped in place.
+    @staticmethod
+    def _block(start: int, stop: int, ends: list[int]) -> Block:
+        """Block ``[start, stop)`` with the parameter ranges it covers (``ends``: the parameters' cumulative sizes)."""
+        pieces, i = [], bisect.bisect_right(ends, start)
+        while i < len(ends):
+            begin = ends[i - 1] if i else 0
+            if begin >= stop:
+                break
+            lo, hi = max(start, begin), min(stop, ends[i])
+            if lo < hi:
+                pieces.append((i, lo - begin, hi - begin, lo - start))
+            i += 1
+        return Block(start, stop, tuple(pieces))
 
-        Returns the clipped gradient's norm and ``‖x‖`` after the step (float64 scalars).
+    # ------------------------------------------------------------------ the three updates
+    def gc(self, x: torch.Tensor, pieces: Sequence[torch.Tensor], z: torch.Tensor, params: torch.Tensor | None, *,
+           gamma: float, lam: float, C1: float, sigma: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """Gradient clipping: ``x ← x − γ(clip(g, C1) + λx) + σz``.
+
+        Returns the clipped gradient's norm (``f·‖g‖``) and ``‖x‖`` after the step (float64 scalars).
         """
-        f, scale, gnorm = self._clip_factor(g, C1)
-        gsq, xsq = [], []
+        n = self._norm(pieces, z)
+        f = _factor(n, C1)
+        scale = not _is_one(f)
+        xsq = []
         for b in self.blocks:
-            xb, gb = x[b], g[b]
+            w, xb = self._widen(pieces, b), x[b.start:b.stop]
             if scale:
-                gb.mul_(f)
-                gsq.append(torch.dot(gb, gb))
+                w.mul_(f)
             if lam != 0.0:
                 xb.mul_(1.0 - gamma * lam)
-            xb.add_(gb, alpha=-float(gamma))
-            xb.add_(z[b], alpha=float(sigma))
+            xb.add_(w, alpha=-float(gamma))
+            xb.add_(z[b.start:b.stop], alpha=float(sigma))
             xsq.append(torch.dot(xb, xb))
-        return _root(gsq) if scale else gnorm, _root(xsq)
+            _write(params, xb, b)
+        return (n * f).reshape(()), _root(xsq, x)
 
-    def _clip_factor(self, g: torch.Tensor, C1: float) -> tuple[torch.Tensor, bool, torch.Tensor]:
-        """``g``'s clipping factor, whether the blocks must still apply it, and ``‖g‖`` when they need not."""
-        n = norm(g)
-        f = _factor(n, C1)
-        if _is_one(f):
-            return f, False, n.reshape(())
-        if self.remeasure:
-            _scale_and_check(g, f, C1)
-            return f, False, norm(g).reshape(())
-        return f, True, n.reshape(())
-
-    def mc_after(self, x: torch.Tensor, g: torch.Tensor, z: torch.Tensor, *, gamma: float, lam: float, C2: float,
-                 sigma: float) -> tuple[torch.Tensor, torch.Tensor]:
+    def mc_after(self, x: torch.Tensor, pieces: Sequence[torch.Tensor], z: torch.Tensor, params: torch.Tensor | None,
+                 *, gamma: float, lam: float, C2: float, sigma: float) -> tuple[torch.Tensor, torch.Tensor]:
         """Model clipping, noise after projection: ``x ← Π_{C2}(x − γ(g + λx)) + σz``.
 
         Returns ``‖g‖`` (unclipped, as the history records it) and ``‖x‖`` after the step.
         """
-        gsq, xsq = [], []
+        self._check(pieces, z)
+        gsq, usq = [], []
         for b in self.blocks:
-            xb, gb = x[b], g[b]
+            w, xb = self._widen(pieces, b), x[b.start:b.stop]
+            gsq.append(torch.dot(w, w))
             if lam != 0.0:
                 xb.mul_(1.0 - gamma * lam)
-            xb.add_(gb, alpha=-float(gamma))
-            gsq.append(torch.dot(gb, gb))
-        f = _factor(norm(x), C2)
+            xb.add_(w, alpha=-float(gamma))
+            usq.append(torch.dot(xb, xb))
+        f = _factor(_root(usq, x), C2)
         scale = not _is_one(f)
-        if scale and self.remeasure:
-            _scale_and_check(x, f, C2)
-            scale = False
+        xsq = []
         for b in self.blocks:
-            xb = x[b]
+            xb = x[b.start:b.stop]
             if scale:
                 xb.mul_(f)
-            xb.add_(z[b], alpha=float(sigma))
+            xb.add_(z[b.start:b.stop], alpha=float(sigma))
             xsq.append(torch.dot(xb, xb))
-        return _root(gsq), _root(xsq)
+            _write(params, xb, b)
+        return _root(gsq, x), _root(xsq, x)
 
-    def mc_before(self, x: torch.Tensor, g: torch.Tensor, z: torch.Tensor, *, gamma: float, lam: float,
-                  C1: float | None, C2: float, sigma: float) -> tuple[torch.Tensor, torch.Tensor]:
+    def mc_before(self, x: torch.Tensor, pieces: Sequence[torch.Tensor], z: torch.Tensor, params: torch.Tensor | None,
+                  *, gamma: float, lam: float, C1: float | None, C2: float,
+                  sigma: float) -> tuple[torch.Tensor, torch.Tensor]:
         """Model clipping, noise before projection: ``x ← Π_{C2}(x − γ·clip(g + λx, C1) + σz)``.
 
-        ``g`` is overwritten with the clipped ``g + λx``. Returns its norm and ``‖x‖`` after the step.
+        Returns the clipped ``g + λx``'s norm and ``‖x‖`` after the step.
         """
         if C1 is None:
             raise InvalidParameterError("C1", None, "> 0 for mode clip_noise_before_projection")
-        if lam != 0.0:
-            for b in self.blocks:
-                g[b].add_(x[b], alpha=float(lam))
-        f, scale, gnorm = self._clip_factor(g, C1)
-        gsq = []
-        for b in self.blocks:
-            xb, gb = x[b], g[b]
-            if scale:
-                gb.mul_(f)
-                gsq.append(torch.dot(gb, gb))
-            xb.add_(gb, alpha=-float(gamma))
-            xb.add_(z[b], alpha=float(sigma))
-        gnorm = _root(gsq) if scale else gnorm
-        m = norm(x)
-        f2 = _factor(m, C2)
-        if _is_one(f2):
-            return gnorm, m.reshape(())
-        if self.remeasure:
-            _scale_and_check(x, f2, C2)
-            return gnorm, norm(x).reshape(())
+        n = self._norm(pieces, z, x=x, lam=lam)
+        f = _factor(n, C1)
+        scale = not _is_one(f)
         xsq = []
         for b in self.blocks:
-            xb = x[b].mul_(f2)
+            w, xb = self._widen(pieces, b, x=x, lam=lam), x[b.start:b.stop]
+            if scale:
+                w.mul_(f)
+            xb.add_(w, alpha=-float(gamma))
+            xb.add_(z[b.start:b.stop], alpha=float(sigma))
             xsq.append(torch.dot(xb, xb))
-        return gnorm, _root(xsq)
+        m = _root(xsq, x)
+        f2 = _factor(m, C2)
+        one = _is_one(f2)
+        xsq = []
+        for b in self.blocks:
+            xb = x[b.start:b.stop]
+            if not one:
+                xb.mul_(f2)
+                xsq.append(torch.dot(xb, xb))
+            _write(params, xb, b)
+        return (n * f).reshape(()), m if one else _root(xsq, x)
+
+    # ------------------------------------------------------------------ passes
+    def _widen(self, pieces: Sequence[torch.Tensor], b: Block, *, x: torch.Tensor | None = None,
+               lam: float = 0.0) -> torch.Tensor:
+        """Block ``b`` of the gradient as float64 in the work buffer (plus ``λx`` when ``x`` is given)."""
+        w = self.work[: b.stop - b.start]
+        if len(pieces) == 1:
+            w.copy_(pieces[0][b.start:b.stop])
+        else:
+            for i, lo, hi, at in b.pieces:
+                w[at:at + hi - lo].copy_(pieces[i][lo:hi])
+        if x is not None and lam != 0.0:
+            w.add_(x[b.start:b.stop], alpha=float(lam))
+        return w
+
+    def _norm(self, pieces: Sequence[torch.Tensor], z: torch.Tensor, *, x: torch.Tensor | None = None,
+              lam: float = 0.0) -> torch.Tensor:
+        """The float64 norm of the gradient (of ``g + λx`` when ``x`` is given), from the blocks."""
+        self._check(pieces, z)
+        squares = []
+        for b in self.blocks:
+            w = self._widen(pieces, b, x=x, lam=lam)
+            squares.append(torch.dot(w, w))
+        return _root(squares, z)
+
+    def _check(self, pieces: Sequence[torch.Tensor], z: torch.Tensor) -> None:
+        sizes = [p.numel() for p in pieces]
+        if sizes != self.sizes and sizes != [self.d]:
+            raise UnlearningRunError(f"gradient pieces of sizes {sizes[:8]} do not match the parameters' "
+                                     f"{self.sizes[:8]} (or one vector of {self.d})")
+        if z.shape != (self.d,):
+            raise UnlearningRunError(f"the draw has shape {tuple(z.shape)}, expected ({self.d},)")
 
 
-def _scale_and_check(v: torch.Tensor, f: torch.Tensor, C: float) -> None:
-    # beyond the analytic bound's range: scale, then re-measure and enforce as the step functions do
-    v.mul_(f)
-    _enforce_radius(v, C, None)
+def _write(params: torch.Tensor | None, xb: torch.Tensor, b: Block) -> None:
+    if params is not None:
+        params[b.start:b.stop].copy_(xb)  # the one rounding to the parameters' dtype
 
 
-def _root(squares: list[torch.Tensor]) -> torch.Tensor:
-    """The Euclidean norm from per-block sums of squares (float64 scalar)."""
+def _root(squares: list[torch.Tensor], like: torch.Tensor) -> torch.Tensor:
+    """The Euclidean norm from per-block sums of squares (a float64 scalar on ``like``'s device)."""
+    if not squares:
+        return torch.zeros((), dtype=torch.float64, device=like.device)
     return torch.stack(squares).sum().sqrt()

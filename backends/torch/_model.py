@@ -327,6 +327,20 @@ class FlatParameters:
                 view.copy_(grad)
         return self.g
 
+    def grad_pieces(self) -> list[torch.Tensor]:
+        """Each parameter's gradient as autograd left it, flat (a view where it can be; zeros for no gradient,
+        a sparse one made dense), in the order of ``x``."""
+        pieces = []
+        for p in self.params:
+            grad = p.grad
+            if grad is None:
+                pieces.append(torch.zeros(p.numel(), dtype=p.dtype, device=p.device))
+            elif grad.layout != torch.strided:  # a sparse gradient (Embedding(sparse=True)): as accumulated
+                pieces.append(torch.zeros_like(p).add_(grad).reshape(-1))
+            else:
+                pieces.append(grad.reshape(-1))
+        return pieces
+
     def clear_grads(self) -> None:
         """Drop every ``p.grad`` (no gradient state survives a phase)."""
         for p in self.params:

@@ -24,7 +24,7 @@ from certun.backends.run_key import RunKey, loss_name
 from certun.backends.torch import _rng
 from certun.backends.torch._attributes import digestible, unregistered_arrays
 from certun.backends.torch._data import cpu_copy, epoch_length, pair, to_device, tqdm_bar
-from certun.backends.torch._fused import FusedStep
+from certun.backends.torch._fused import FusedStep, fits
 from certun.backends.torch._grad import GradientComputer
 from certun.backends.torch._hygiene import clear_training_state, restore_training_flags, training_flags
 from certun.backends.torch._model import FlatParameters, check_center, check_model, flat_center, select_parameters
@@ -199,43 +199,59 @@ class TorchRun(skeleton.Hooks):
         computer = GradientComputer(self.model, self.flat, self.loss_fn, mode=self.clipping or "batch", C1=self.s.C1,
                                     autocast=self.autocast)
         self.computer, self.g64 = computer, torch.empty_like(self.flat.x, dtype=torch.float64)
-        self.fused = FusedStep(self.flat.d, self.device)
+        self.fused = FusedStep(self.flat.sizes, self.device) if self.c64 is None and fits(self.flat.d) else None
+        self.params_hold: torch.Tensor | None = None  # the master whose rounding the parameters hold
         self.clip_implementation = computer.recorded if self.clipping or self.autocast else None
         try:
             yield
         finally:
             computer.close()
             self.flat.clear_grads()
-            self.computer = self.z64 = None
+            self.computer = self.z64 = self.params_hold = None
 
     def noisy_step(self, x: torch.Tensor, t: int, batch: Any,
                    draw: Callable[[], Any]) -> tuple[torch.Tensor, tuple[Any, Any, Any]]:
         s, c, flat = self.s, self.c64, self.flat
-        with torch.no_grad():
-            flat.x.copy_(x)  # the gradient is evaluated at the master rounded to the parameters' dtype
-        loss, g = self.gradient(batch)
+        if self.params_hold is not x or self.opts.callback is not None:
+            with torch.no_grad():  # user code ran since the last step: the parameters may have been changed
+                flat.x.copy_(x)  # the gradient is evaluated at the master rounded to the parameters' dtype
+        self.params_hold = None
         gamma, sigma = s.gammas[t], s.sigmas[t]
+        if self.fused is not None:  # the same update in fewer passes over memory (._fused)
+            loss, pieces = self.gradient_pieces(batch)
+            with torch.no_grad():
+                stats = self._fused_update(x, pieces, draw(), gamma, sigma)
+            self.params_hold = x  # the parameters now hold x rounded (written in the update's last pass)
+            return x, (loss.detach().to(torch.float64), *stats)
+        loss, g = self.gradient(batch)
         with torch.no_grad():
             z = draw()
-            if c is None:  # the same update in fewer passes over memory, bit for bit
-                return x, (loss.detach().to(torch.float64), *self._fused_update(x, g, z, gamma, sigma))
             if s.variant is Variant.GRADIENT_CLIPPING:
                 gc_step(x, g, gamma=gamma, lam=s.lam, C1=s.C1, center=c)
                 add_noise(x, sigma, noise=z)
             else:
                 mc_step(x, g, gamma=gamma, lam=s.lam, C2=s.C2, sigma=sigma, mode=skeleton.mc_mode(s), C1=s.C1,
                         center=c, noise=z)
-            return x, (loss.detach().to(torch.float64), torch.linalg.vector_norm(g), torch.dist(x, c))
+            dist = torch.linalg.vector_norm(x) if c is None else torch.dist(x, c)
+            return x, (loss.detach().to(torch.float64), torch.linalg.vector_norm(g), dist)
 
-    def _fused_update(self, x: torch.Tensor, g: torch.Tensor, z: torch.Tensor, gamma: float,
+    def _fused_update(self, x: torch.Tensor, pieces: list[torch.Tensor], z: torch.Tensor, gamma: float,
                       sigma: float) -> tuple[torch.Tensor, torch.Tensor]:
         """The variant's update of ``x`` without a centre (:mod:`._fused`); the history's two norms."""
-        s, fused = self.s, self.fused
+        s, fused, params = self.s, self.fused, self.flat.x
         if s.variant is Variant.GRADIENT_CLIPPING:
-            return fused.gc(x, g, z, gamma=gamma, lam=s.lam, C1=s.C1, sigma=sigma)
+            return fused.gc(x, pieces, z, params, gamma=gamma, lam=s.lam, C1=s.C1, sigma=sigma)
         if skeleton.mc_mode(s) == "noise_after_projection":
-            return fused.mc_after(x, g, z, gamma=gamma, lam=s.lam, C2=s.C2, sigma=sigma)
-        return fused.mc_before(x, g, z, gamma=gamma, lam=s.lam, C1=s.C1, C2=s.C2, sigma=sigma)
+            return fused.mc_after(x, pieces, z, params, gamma=gamma, lam=s.lam, C2=s.C2, sigma=sigma)
+        return fused.mc_before(x, pieces, z, params, gamma=gamma, lam=s.lam, C1=s.C1, C2=s.C2, sigma=sigma)
+
+    def gradient_pieces(self, batch: Any) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """The step's mean loss and its (clipped) minibatch gradient as the fused step reads it: in batch mode the
+        gradients autograd left, one per parameter (no copy); otherwise the float64 buffer ``g64``."""
+        if self.computer.gives_pieces:
+            return self.computer.compute_pieces(*batch)
+        loss, g = self.gradient(batch)
+        return loss, [g]
 
     def gradient(self, batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
         """The step's mean loss and its (clipped) minibatch gradient in the float64 buffer ``g64``."""
