@@ -17,8 +17,10 @@ sampler's temporaries evict the blocks being updated. The draw is made whole, in
 
 The blocks are a fixed partition of ``[0, d)`` (they depend on ``d`` and the device only), whichever
 way the gradient is handed over. Every norm that sets a clipping or projection factor is the float64
-sum of the blocks' squared norms, so it is the same number for the same vector, and its relative
-error is below ``d·2⁻⁵³`` as for any summation order.
+norm of the blocks' float64 norms, so it is the same number for the same vector, and its relative
+error is below ``d·2⁻⁵³`` as for any summation order. A vector of one block (``d ≤`` :data:`BLOCK` on
+a CPU, any ``d`` elsewhere) gets exactly the step functions' norm, so small models release the bits
+the step functions would.
 
 The re-measurement after scaling a float64 vector with no centre is left out where it cannot act
 (and a multiplication by a factor of exactly 1 on the CPU, which is the identity): the measured
@@ -120,7 +122,7 @@ class FusedStep:
         n = self._norm(pieces, z)
         f = _factor(n, C1)
         scale = not _is_one(f)
-        xsq = []
+        xn = []
         for b in self.blocks:
             w, xb = self._widen(pieces, b), x[b.start:b.stop]
             if scale:
@@ -129,9 +131,9 @@ class FusedStep:
                 xb.mul_(1.0 - gamma * lam)
             xb.add_(w, alpha=-float(gamma))
             xb.add_(z[b.start:b.stop], alpha=float(sigma))
-            xsq.append(torch.dot(xb, xb))
+            xn.append(_norm2(xb))
             _write(params, xb, b)
-        return (n * f).reshape(()), _root(xsq, x)
+        return (n * f).reshape(()), _root(xn, x)
 
     def mc_after(self, x: torch.Tensor, pieces: Sequence[torch.Tensor], z: torch.Tensor, params: torch.Tensor | None,
                  *, gamma: float, lam: float, C2: float, sigma: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -140,25 +142,25 @@ class FusedStep:
         Returns ``‖g‖`` (unclipped, as the history records it) and ``‖x‖`` after the step.
         """
         self._check(pieces, z)
-        gsq, usq = [], []
+        gn, un = [], []
         for b in self.blocks:
             w, xb = self._widen(pieces, b), x[b.start:b.stop]
-            gsq.append(torch.dot(w, w))
+            gn.append(_norm2(w))
             if lam != 0.0:
                 xb.mul_(1.0 - gamma * lam)
             xb.add_(w, alpha=-float(gamma))
-            usq.append(torch.dot(xb, xb))
-        f = _factor(_root(usq, x), C2)
+            un.append(_norm2(xb))
+        f = _factor(_root(un, x), C2)
         scale = not _is_one(f)
-        xsq = []
+        xn = []
         for b in self.blocks:
             xb = x[b.start:b.stop]
             if scale:
                 xb.mul_(f)
             xb.add_(z[b.start:b.stop], alpha=float(sigma))
-            xsq.append(torch.dot(xb, xb))
+            xn.append(_norm2(xb))
             _write(params, xb, b)
-        return _root(gsq, x), _root(xsq, x)
+        return _root(gn, x), _root(xn, x)
 
     def mc_before(self, x: torch.Tensor, pieces: Sequence[torch.Tensor], z: torch.Tensor, params: torch.Tensor | None,
                   *, gamma: float, lam: float, C1: float | None, C2: float,
@@ -172,25 +174,25 @@ class FusedStep:
         n = self._norm(pieces, z, x=x, lam=lam)
         f = _factor(n, C1)
         scale = not _is_one(f)
-        xsq = []
+        xn = []
         for b in self.blocks:
             w, xb = self._widen(pieces, b, x=x, lam=lam), x[b.start:b.stop]
             if scale:
                 w.mul_(f)
             xb.add_(w, alpha=-float(gamma))
             xb.add_(z[b.start:b.stop], alpha=float(sigma))
-            xsq.append(torch.dot(xb, xb))
-        m = _root(xsq, x)
+            xn.append(_norm2(xb))
+        m = _root(xn, x)
         f2 = _factor(m, C2)
         one = _is_one(f2)
-        xsq = []
+        xn = []
         for b in self.blocks:
             xb = x[b.start:b.stop]
             if not one:
                 xb.mul_(f2)
-                xsq.append(torch.dot(xb, xb))
+                xn.append(_norm2(xb))
             _write(params, xb, b)
-        return (n * f).reshape(()), m if one else _root(xsq, x)
+        return (n * f).reshape(()), m if one else _root(xn, x)
 
     # ------------------------------------------------------------------ passes
     def _widen(self, pieces: Sequence[torch.Tensor], b: Block, *, x: torch.Tensor | None = None,
@@ -210,11 +212,11 @@ class FusedStep:
               lam: float = 0.0) -> torch.Tensor:
         """The float64 norm of the gradient (of ``g + λx`` when ``x`` is given), from the blocks."""
         self._check(pieces, z)
-        squares = []
+        norms = []
         for b in self.blocks:
             w = self._widen(pieces, b, x=x, lam=lam)
-            squares.append(torch.dot(w, w))
-        return _root(squares, z)
+            norms.append(_norm2(w))
+        return _root(norms, z)
 
     def _check(self, pieces: Sequence[torch.Tensor], z: torch.Tensor) -> None:
         sizes = [p.numel() for p in pieces]
@@ -230,8 +232,18 @@ def _write(params: torch.Tensor | None, xb: torch.Tensor, b: Block) -> None:
         params[b.start:b.stop].copy_(xb)  # the one rounding to the parameters' dtype
 
 
-def _root(squares: list[torch.Tensor], like: torch.Tensor) -> torch.Tensor:
-    """The Euclidean norm from per-block sums of squares (a float64 scalar on ``like``'s device)."""
-    if not squares:
+def _norm2(v: torch.Tensor) -> torch.Tensor:
+    """One block's Euclidean norm, by the step functions' own reduction (:func:`._steps.norm`)."""
+    return torch.linalg.vector_norm(v, dtype=torch.float64)
+
+
+def _root(norms: list[torch.Tensor], like: torch.Tensor) -> torch.Tensor:
+    """The Euclidean norm of a vector from its blocks' norms (a float64 scalar on ``like``'s device).
+
+    One block: its norm, the very number the step functions compute for the whole vector; more: the
+    norm of the blocks' norms."""
+    if not norms:
         return torch.zeros((), dtype=torch.float64, device=like.device)
-    return torch.stack(squares).sum().sqrt()
+    if len(norms) == 1:
+        return norms[0]
+    return torch.linalg.vector_norm(torch.stack(norms))
