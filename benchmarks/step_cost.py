@@ -273,7 +273,8 @@ def opacus_only() -> Iterator[None]:
 def unfused() -> Iterator[None]:
     """Within: the torch backend's noisy step as it was before it was fused, for comparison: one pass per
     operation through the step functions, the gradient accumulated into the float32 buffer and then
-    copied, a fresh ``d``-vector for every draw (the released bytes are the same)."""
+    copied, a fresh ``d``-vector for every draw (the released bytes agree to float64 rounding, bit for bit up to
+    2¹⁷ coordinates, where the fused step's norms are the step functions' own)."""
     from certun.backends import _skeleton as skeleton
     from certun.backends.torch._run import TorchRun
     from certun.backends.torch._steps import add_noise, gc_step, mc_step

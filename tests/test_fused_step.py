@@ -23,7 +23,7 @@ from certun.backends import _skeleton as skeleton
 from certun.backends.noise import NoiseGenerator
 from certun.backends.torch import _fused, _run, _steps
 from certun.backends.torch._steps import add_noise, gc_step, mc_step
-from certun.errors import InvalidParameterError
+from certun.errors import InvalidParameterError, UnlearningRunError
 
 torch.set_num_threads(1)
 
@@ -138,14 +138,71 @@ def test_fused_step_releases_the_reference_bytes(monkeypatch, variant, radii, cl
 
 def test_beyond_the_analytic_range_the_step_functions_run(monkeypatch):
     """Above the analytic bound's d the run takes the step functions, which scale and re-measure: the released
-    bytes are the unfused step's, whole-vector norms and all."""
-    monkeypatch.setattr(_fused, "_ANALYTIC_D", 100)  # the test model's 272 coordinates are "beyond" it
+    bytes are the unfused step's, whole-vector norms and all (with blocks of 64, the fused step's norms differ)."""
+    monkeypatch.setattr(_fused, "_ANALYTIC_D", 100)  # the test model's 275 coordinates are "beyond" it
+    monkeypatch.setattr(_fused, "BLOCK", 64)
+    built: list[int] = []
+    monkeypatch.setattr(_run, "FusedStep", lambda sizes, device: built.append(sum(sizes)))
     for variant in ("gc", "mc_after", "mc_before"):
         schedule = _schedule(variant, "tight")
         got, _ = _unlearn(schedule, "batch", torch.float64)
         with pytest.MonkeyPatch.context() as mp:
             mp.setattr(_run.TorchRun, "noisy_step", _unfused_step)
             assert got == _unlearn(schedule, "batch", torch.float64)[0]
+    assert built == []
+
+
+def _pieces(v: torch.Tensor, sizes: list[int], dtype: torch.dtype) -> list[torch.Tensor]:
+    return [p.to(dtype) for p in torch.split(v, sizes)]
+
+
+@pytest.mark.parametrize("variant", ["gc", "mc_after", "mc_before"])
+def test_one_float64_gradient_is_read_in_place_with_the_bits_of_widened_pieces(variant):
+    """A gradient handed over as one float64 vector (per-sample paths, distributed runs) is read and scaled in
+    place, with no work buffer: the update is bit for bit the one from per-parameter float32 pieces of the same
+    values (λ ≠ 0, so clip-noise-before-projection's g + λx is formed once, not twice)."""
+    gen = torch.Generator().manual_seed(8)
+    sizes = [70, 3, 150, 17]
+    g = (torch.randn(240, generator=gen) * 3).to(torch.float64)  # float32 values: widening is exact
+    x0, z = torch.randn(240, dtype=torch.float64, generator=gen), torch.randn(240, dtype=torch.float64, generator=gen)
+    kw = dict(gamma=0.1, lam=0.3, sigma=0.2)
+    kw.update({"gc": dict(C1=0.5), "mc_after": dict(C2=0.7), "mc_before": dict(C1=0.5, C2=0.7)}[variant])
+    out = []
+    for pieces in ([g.clone()], _pieces(g, sizes, torch.float32), _pieces(g.clone(), sizes, torch.float64)):
+        step = _fused.FusedStep(sizes, torch.device("cpu"), block=64)
+        x, params = x0.clone(), torch.empty(240)
+        stats = getattr(step, variant)(x, pieces, z, params, **kw)
+        assert (step.work is None) == (len(pieces) == 1)
+        assert torch.equal(params, x.to(torch.float32))
+        out.append((x, *stats))
+    for other in out[1:]:
+        assert all(torch.equal(a, b) for a, b in zip(out[0], other, strict=True))
+
+
+@pytest.mark.parametrize("bad", [[torch.zeros(2, 120)], [torch.zeros(240)[::2].repeat(2)[:239]],
+                                 [torch.zeros(70), torch.zeros(170)]])
+def test_gradient_pieces_of_the_wrong_shape_are_refused(bad):
+    """Pieces that are not 1-D tensors of the parameters' sizes (or one of length d) are a certun error."""
+    step = _fused.FusedStep([70, 3, 150, 17], torch.device("cpu"), block=64)
+    with pytest.raises(UnlearningRunError, match="gradient pieces of shapes"):
+        step.gc(torch.zeros(240, dtype=torch.float64), bad, torch.zeros(240, dtype=torch.float64), None,
+                gamma=0.1, lam=0.0, C1=1.0, sigma=0.1)
+
+
+def test_batch_mode_never_makes_the_float64_gradient_buffer(monkeypatch):
+    """Batch mode without a centre reads autograd's gradients: the d-long float64 gradient buffer is never made."""
+    made: list[int] = []
+    original = _run.TorchRun.g64
+
+    def spy(self: Any) -> torch.Tensor:
+        made.append(1)
+        return original.fget(self)
+
+    monkeypatch.setattr(_run.TorchRun, "g64", property(spy))
+    _unlearn(_schedule("mc_before", "tight"), "batch", torch.float32)
+    assert made == []
+    _unlearn(_schedule("gc", "tight"), "per_sample", torch.float32)
+    assert made  # the per-sample path writes its clipped mean there
 
 
 def test_draw_into_a_buffer_equals_a_fresh_draw():

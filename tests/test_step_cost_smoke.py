@@ -1,4 +1,5 @@
-"""benchmarks/step_cost.py's interleaved mode: the structure of its rows and its refusal (no timing checked)."""
+"""benchmarks/step_cost.py (interleaved and table modes) and step_pairs.py: the structure of their rows and their
+refusals (no timing checked)."""
 
 from __future__ import annotations
 
@@ -55,3 +56,32 @@ def test_the_default_table_has_the_floor_and_every_variant(tmp_path):
     assert ("gradient_clipping", "per_sample") in labels
     assert ("model_clipping/noise_after_projection", "batch") in labels
     assert all("error" not in r and math.isfinite(r["ratio_floor"]) for r in rows), rows
+
+
+PAIRS = ROOT / "benchmarks" / "step_pairs.py"
+
+
+def _pairs(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(PAIRS), *args], cwd=ROOT, env=ENV, capture_output=True, text=True,
+                          timeout=300)
+
+
+def test_paired_steps_give_one_row_per_batch_clipped_variant_with_quartiles(tmp_path):
+    """benchmarks/step_pairs.py: every counted noisy step has its floor step; quartiles bracket the median."""
+    out = tmp_path / "pairs.json"
+    done = _pairs("--quick", "--models", "cnn", "--steps", "4", "--runs", "2", "--json", str(out))
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["variant"] for r in rows] == ["gradient_clipping", "model_clipping/noise_after_projection",
+                                            "model_clipping/clip_noise_before_projection"]
+    for r in rows:
+        assert r["pairs"] == 2 * 3  # two counted runs of four steps, the first pair of each dropped
+        assert r["floor_ms"] > 0 and r["ratio_floor_q1"] <= r["ratio_floor"] <= r["ratio_floor_q3"]
+
+
+@pytest.mark.parametrize(("args", "message"), [(("--steps", "2"), "--steps must be at least 3"),
+                                               (("--runs", "0"), "--runs must be at least 1"),
+                                               (("--models", "vgg"), "unknown model 'vgg'")])
+def test_paired_steps_refuse_bad_arguments_with_what_is_valid(args, message):
+    done = _pairs("--quick", *args)
+    assert done.returncode == 2 and message in done.stderr and "Traceback" not in done.stderr

@@ -8,7 +8,9 @@ same scalars, run block by block (:data:`BLOCK` coordinates), so a coordinate is
 once per phase:
 
 * the gradient is read where autograd left it, one float32 (or float64) tensor per parameter, and
-  widened to float64 a block at a time into a cache-sized buffer (no float64 copy of it exists);
+  widened to float64 a block at a time into a buffer of one block (no float64 copy of the whole
+  gradient exists; on an accelerator one block is the whole vector); a gradient that is already one
+  float64 vector (per-sample paths, distributed runs) is read and scaled in place;
 * the new iterate is rounded into the model's parameters in the same pass, so the next step's
   forward needs no copy (the caller copies anyway when user code ran between steps).
 
@@ -40,7 +42,7 @@ from typing import NamedTuple
 
 import torch
 
-from certun.backends.torch._steps import SAFETY
+from certun.backends.torch._steps import _shrink_factor
 from certun.errors import InvalidParameterError, UnlearningRunError
 
 __all__ = ["BLOCK", "FusedStep", "fits"]
@@ -67,8 +69,8 @@ class Block(NamedTuple):
 
 
 def _factor(n: torch.Tensor, C: float) -> torch.Tensor:
-    # the step functions' shrink factor, bit for bit: min(1, C(1 − SAFETY)/n) in float64
-    return torch.clamp(C * (1.0 - SAFETY) / n, max=1.0)
+    """The step functions' shrink factor ``min(1, C(1 − SAFETY)/n)``, for a float64 vector."""
+    return _shrink_factor(n, C, torch.float64)
 
 
 def _is_one(f: torch.Tensor) -> bool:
@@ -96,7 +98,7 @@ class FusedStep:
         self.block = block or (BLOCK if device.type == "cpu" else max(d, 1))
         ends = list(itertools.accumulate(sizes))
         self.blocks = [self._block(lo, min(lo + self.block, d), ends) for lo in range(0, d, self.block)]
-        self.work = torch.empty(min(self.block, d), dtype=torch.float64, device=device)  # the widened block
+        self.work: torch.Tensor | None = None  # the widened block, made when a gradient is not float64 already
 
     @staticmethod
     def _block(start: int, stop: int, ends: list[int]) -> Block:
@@ -171,12 +173,13 @@ class FusedStep:
         """
         if C1 is None:
             raise InvalidParameterError("C1", None, "> 0 for mode clip_noise_before_projection")
-        n = self._norm(pieces, z, x=x, lam=lam)
+        n = self._norm(pieces, z, x=x, lam=lam)  # a float64 vector now holds g + λx itself (see _widen)
         f = _factor(n, C1)
         scale = not _is_one(f)
+        again = None if _in_place(pieces) else x
         xn = []
         for b in self.blocks:
-            w, xb = self._widen(pieces, b, x=x, lam=lam), x[b.start:b.stop]
+            w, xb = self._widen(pieces, b, x=again, lam=lam), x[b.start:b.stop]
             if scale:
                 w.mul_(f)
             xb.add_(w, alpha=-float(gamma))
@@ -197,16 +200,27 @@ class FusedStep:
     # ------------------------------------------------------------------ passes
     def _widen(self, pieces: Sequence[torch.Tensor], b: Block, *, x: torch.Tensor | None = None,
                lam: float = 0.0) -> torch.Tensor:
-        """Block ``b`` of the gradient as float64 in the work buffer (plus ``λx`` when ``x`` is given)."""
-        w = self.work[: b.stop - b.start]
-        if len(pieces) == 1:
-            w.copy_(pieces[0][b.start:b.stop])
+        """Block ``b`` of the gradient in float64 (plus ``λx`` when ``x`` is given), to scale in place.
+
+        A gradient handed over as one float64 vector (a scratch buffer of the caller's) is that block
+        itself, changed in place; any other is widened into the work buffer, the block's size.
+        """
+        if _in_place(pieces):
+            w = pieces[0][b.start:b.stop]
+        elif len(pieces) == 1:
+            w = self._work(b).copy_(pieces[0][b.start:b.stop])
         else:
+            w = self._work(b)
             for i, lo, hi, at in b.pieces:
                 w[at:at + hi - lo].copy_(pieces[i][lo:hi])
         if x is not None and lam != 0.0:
             w.add_(x[b.start:b.stop], alpha=float(lam))
         return w
+
+    def _work(self, b: Block) -> torch.Tensor:
+        if self.work is None:
+            self.work = torch.empty(min(self.block, self.d), dtype=torch.float64, device=self.device)
+        return self.work[: b.stop - b.start]
 
     def _norm(self, pieces: Sequence[torch.Tensor], z: torch.Tensor, *, x: torch.Tensor | None = None,
               lam: float = 0.0) -> torch.Tensor:
@@ -219,12 +233,18 @@ class FusedStep:
         return _root(norms, z)
 
     def _check(self, pieces: Sequence[torch.Tensor], z: torch.Tensor) -> None:
-        sizes = [p.numel() for p in pieces]
+        sizes = [p.numel() if p.dim() == 1 else -1 for p in pieces]
         if sizes != self.sizes and sizes != [self.d]:
-            raise UnlearningRunError(f"gradient pieces of sizes {sizes[:8]} do not match the parameters' "
-                                     f"{self.sizes[:8]} (or one vector of {self.d})")
+            shapes = [tuple(p.shape) for p in pieces[:8]]
+            raise UnlearningRunError(f"gradient pieces of shapes {shapes} do not match the parameters' sizes "
+                                     f"{self.sizes[:8]} as 1-D tensors (or one vector of {self.d})")
         if z.shape != (self.d,):
             raise UnlearningRunError(f"the draw has shape {tuple(z.shape)}, expected ({self.d},)")
+
+
+def _in_place(pieces: Sequence[torch.Tensor]) -> bool:
+    """Whether the gradient is one float64 vector, read (and scaled) in place rather than widened."""
+    return len(pieces) == 1 and pieces[0].dtype == torch.float64
 
 
 def _write(params: torch.Tensor | None, xb: torch.Tensor, b: Block) -> None:

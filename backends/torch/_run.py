@@ -198,7 +198,7 @@ class TorchRun(skeleton.Hooks):
     def noisy_steps(self) -> Iterator[None]:
         computer = GradientComputer(self.model, self.flat, self.loss_fn, mode=self.clipping or "batch", C1=self.s.C1,
                                     autocast=self.autocast)
-        self.computer, self.g64 = computer, torch.empty_like(self.flat.x, dtype=torch.float64)
+        self.computer, self._g64 = computer, None  # the float64 gradient buffer, made when a path needs it
         self.fused = FusedStep(self.flat.sizes, self.device) if self.c64 is None and fits(self.flat.d) else None
         self.params_hold: torch.Tensor | None = None  # the master whose rounding the parameters hold
         self.clip_implementation = computer.recorded if self.clipping or self.autocast else None
@@ -207,13 +207,14 @@ class TorchRun(skeleton.Hooks):
         finally:
             computer.close()
             self.flat.clear_grads()
-            self.computer = self.z64 = self.params_hold = None
+            self.computer = self.z64 = self.params_hold = self._g64 = None
 
     def noisy_step(self, x: torch.Tensor, t: int, batch: Any,
                    draw: Callable[[], Any]) -> tuple[torch.Tensor, tuple[Any, Any, Any]]:
         s, c, flat = self.s, self.c64, self.flat
         if self.params_hold is not x or self.opts.callback is not None:
-            with torch.no_grad():  # user code ran since the last step: the parameters may have been changed
+            # a callback ran since the last step (it could touch the model); the retain data's iterator must not
+            with torch.no_grad():
                 flat.x.copy_(x)  # the gradient is evaluated at the master rounded to the parameters' dtype
         self.params_hold = None
         gamma, sigma = s.gammas[t], s.sigmas[t]
@@ -252,6 +253,14 @@ class TorchRun(skeleton.Hooks):
             return self.computer.compute_pieces(*batch)
         loss, g = self.gradient(batch)
         return loss, [g]
+
+    @property
+    def g64(self) -> torch.Tensor:
+        """The float64 gradient buffer of the noisy steps (length ``d``), allocated on first use: batch mode
+        without a centre never needs it (the fused step reads autograd's gradients)."""
+        if self._g64 is None:
+            self._g64 = torch.empty_like(self.flat.x, dtype=torch.float64)
+        return self._g64
 
     def gradient(self, batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
         """The step's mean loss and its (clipped) minibatch gradient in the float64 buffer ``g64``."""
