@@ -18,11 +18,11 @@ once per phase:
 sampler's temporaries evict the blocks being updated. The draw is made whole, into a reused buffer.)
 
 The blocks are a fixed partition of ``[0, d)`` (they depend on ``d`` and the device only), whichever
-way the gradient is handed over. Every norm that sets a clipping or projection factor is the float64
-norm of the blocks' float64 norms, so it is the same number for the same vector, and its relative
-error is below ``d·2⁻⁵³`` as for any summation order. A vector of one block (``d ≤`` :data:`BLOCK` on
-a CPU, any ``d`` elsewhere) gets exactly the step functions' norm, so small models release the bits
-the step functions would.
+way the gradient is handed over. Every norm that sets a clipping or projection factor is the square
+root of the float64 sum of the blocks' float64 sums of squares, so it is the same number for the same
+vector, and its relative error is below ``d·2⁻⁵³`` as for any summation order. A vector of one block
+(``d ≤`` :data:`BLOCK` on a CPU, any ``d`` elsewhere) gets exactly the step functions' norm, so small
+models release the bits the step functions would.
 
 The re-measurement after scaling a float64 vector with no centre is left out where it cannot act
 (and a multiplication by a factor of exactly 1 on the CPU, which is the identity): the measured
@@ -133,9 +133,9 @@ class FusedStep:
                 xb.mul_(1.0 - gamma * lam)
             xb.add_(w, alpha=-float(gamma))
             xb.add_(z[b.start:b.stop], alpha=float(sigma))
-            xn.append(_norm2(xb))
+            xn.append(self._part(xb))
             _write(params, xb, b)
-        return (n * f).reshape(()), _root(xn, x)
+        return (n * f).reshape(()), self._whole(xn, x)
 
     def mc_after(self, x: torch.Tensor, pieces: Sequence[torch.Tensor], z: torch.Tensor, params: torch.Tensor | None,
                  *, gamma: float, lam: float, C2: float, sigma: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -147,12 +147,12 @@ class FusedStep:
         gn, un = [], []
         for b in self.blocks:
             w, xb = self._widen(pieces, b), x[b.start:b.stop]
-            gn.append(_norm2(w))
+            gn.append(self._part(w))
             if lam != 0.0:
                 xb.mul_(1.0 - gamma * lam)
             xb.add_(w, alpha=-float(gamma))
-            un.append(_norm2(xb))
-        f = _factor(_root(un, x), C2)
+            un.append(self._part(xb))
+        f = _factor(self._whole(un, x), C2)
         scale = not _is_one(f)
         xn = []
         for b in self.blocks:
@@ -160,9 +160,9 @@ class FusedStep:
             if scale:
                 xb.mul_(f)
             xb.add_(z[b.start:b.stop], alpha=float(sigma))
-            xn.append(_norm2(xb))
+            xn.append(self._part(xb))
             _write(params, xb, b)
-        return _root(gn, x), _root(xn, x)
+        return self._whole(gn, x), self._whole(xn, x)
 
     def mc_before(self, x: torch.Tensor, pieces: Sequence[torch.Tensor], z: torch.Tensor, params: torch.Tensor | None,
                   *, gamma: float, lam: float, C1: float | None, C2: float,
@@ -184,8 +184,8 @@ class FusedStep:
                 w.mul_(f)
             xb.add_(w, alpha=-float(gamma))
             xb.add_(z[b.start:b.stop], alpha=float(sigma))
-            xn.append(_norm2(xb))
-        m = _root(xn, x)
+            xn.append(self._part(xb))
+        m = self._whole(xn, x)
         f2 = _factor(m, C2)
         one = _is_one(f2)
         xn = []
@@ -193,11 +193,24 @@ class FusedStep:
             xb = x[b.start:b.stop]
             if not one:
                 xb.mul_(f2)
-                xn.append(_norm2(xb))
+                xn.append(self._part(xb))
             _write(params, xb, b)
-        return (n * f).reshape(()), m if one else _root(xn, x)
+        return (n * f).reshape(()), m if one else self._whole(xn, x)
 
     # ------------------------------------------------------------------ passes
+    def _part(self, v: torch.Tensor) -> torch.Tensor:
+        """One block's contribution to a norm: with one block its norm by the step functions' own reduction
+        (:func:`._steps.norm`), with more its float64 sum of squares."""
+        return torch.linalg.vector_norm(v, dtype=torch.float64) if len(self.blocks) == 1 else torch.dot(v, v)
+
+    def _whole(self, parts: list[torch.Tensor], like: torch.Tensor) -> torch.Tensor:
+        """The vector's Euclidean norm from its blocks' :meth:`_part` (a float64 scalar on ``like``'s device)."""
+        if not parts:
+            return torch.zeros((), dtype=torch.float64, device=like.device)
+        if len(parts) == 1:
+            return parts[0]
+        return torch.stack(parts).sum().sqrt()
+
     def _widen(self, pieces: Sequence[torch.Tensor], b: Block, *, x: torch.Tensor | None = None,
                lam: float = 0.0) -> torch.Tensor:
         """Block ``b`` of the gradient in float64 (plus ``λx`` when ``x`` is given), to scale in place.
@@ -229,8 +242,8 @@ class FusedStep:
         norms = []
         for b in self.blocks:
             w = self._widen(pieces, b, x=x, lam=lam)
-            norms.append(_norm2(w))
-        return _root(norms, z)
+            norms.append(self._part(w))
+        return self._whole(norms, z)
 
     def _check(self, pieces: Sequence[torch.Tensor], z: torch.Tensor) -> None:
         sizes = [p.numel() if p.dim() == 1 else -1 for p in pieces]
@@ -250,20 +263,3 @@ def _in_place(pieces: Sequence[torch.Tensor]) -> bool:
 def _write(params: torch.Tensor | None, xb: torch.Tensor, b: Block) -> None:
     if params is not None:
         params[b.start:b.stop].copy_(xb)  # the one rounding to the parameters' dtype
-
-
-def _norm2(v: torch.Tensor) -> torch.Tensor:
-    """One block's Euclidean norm, by the step functions' own reduction (:func:`._steps.norm`)."""
-    return torch.linalg.vector_norm(v, dtype=torch.float64)
-
-
-def _root(norms: list[torch.Tensor], like: torch.Tensor) -> torch.Tensor:
-    """The Euclidean norm of a vector from its blocks' norms (a float64 scalar on ``like``'s device).
-
-    One block: its norm, the very number the step functions compute for the whole vector; more: the
-    norm of the blocks' norms."""
-    if not norms:
-        return torch.zeros((), dtype=torch.float64, device=like.device)
-    if len(norms) == 1:
-        return norms[0]
-    return torch.linalg.vector_norm(torch.stack(norms))
