@@ -169,7 +169,8 @@ class FusedStep:
                   sigma: float) -> tuple[torch.Tensor, torch.Tensor]:
         """Model clipping, noise before projection: ``x ← Π_{C2}(x − γ·clip(g + λx, C1) + σz)``.
 
-        Returns the clipped ``g + λx``'s norm and ``‖x‖`` after the step.
+        Returns the clipped ``g + λx``'s norm and ``‖x‖`` after the step (``f2·‖x'‖``: the projection
+        factor times the measured norm before it, as the history needs it; nothing is decided on it).
         """
         if C1 is None:
             raise InvalidParameterError("C1", None, "> 0 for mode clip_noise_before_projection")
@@ -188,14 +189,12 @@ class FusedStep:
         m = self._whole(xn, x)
         f2 = _factor(m, C2)
         one = _is_one(f2)
-        xn = []
         for b in self.blocks:
             xb = x[b.start:b.stop]
             if not one:
                 xb.mul_(f2)
-                xn.append(self._part(xb))
             _write(params, xb, b)
-        return (n * f).reshape(()), m if one else self._whole(xn, x)
+        return (n * f).reshape(()), (m * f2).reshape(())  # the history's ‖x‖: f2·m, not measured again
 
     # ------------------------------------------------------------------ passes
     def _part(self, v: torch.Tensor) -> torch.Tensor:
