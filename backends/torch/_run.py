@@ -10,7 +10,6 @@ BatchNorm statistics from retain data) and checks what must not have changed (``
 from __future__ import annotations
 
 import contextlib
-import itertools
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
@@ -24,6 +23,7 @@ from certun.backends.run_key import RunKey, loss_name
 from certun.backends.torch import _rng
 from certun.backends.torch._attributes import digestible, unregistered_arrays
 from certun.backends.torch._data import cpu_copy, epoch_length, pair, to_device, tqdm_bar
+from certun.backends.torch._finetune import finetune
 from certun.backends.torch._fused import FusedStep, fits
 from certun.backends.torch._grad import GradientComputer
 from certun.backends.torch._hygiene import clear_training_state, restore_training_flags, training_flags
@@ -310,64 +310,8 @@ class TorchRun(skeleton.Hooks):
             raise UnlearningRunError(f"the unlearned parameters are not finite {where}; no certificate was issued")
 
     def finetune(self, history: dict[str, list[Any]], on_pass: Callable[[int], None] | None) -> int:
-        """Noiseless SGD on retain data: post-processing (docs/theory.md#definition), or the training of retrain;
-        then BatchNorm statistics recomputed from retain data when asked."""
-        steps = 0
-        if self.opts.finetune_epochs:
-            steps = self._sgd(history, on_pass)
-        if self.opts.buffers == "recompute" and self.parts.norms:
-            self._recompute_running_stats()
-        return steps
-
-    def _sgd(self, history: dict[str, list[Any]], on_pass: Callable[[int], None] | None) -> int:
-        flat, epochs, lr = self.flat, self.opts.finetune_epochs, self.opts.finetune_lr
-        computer = GradientComputer(self.model, flat, self.loss_fn, mode="batch")
-        losses = []
-        try:
-            for epoch in tqdm_bar(range(epochs), total=epochs, desc="certun fine-tuning", enabled=self.opts.progress):
-                count = samples = 0
-                for batch in itertools.islice(self.data, self.epoch_batches):
-                    inputs, targets, size = pair(batch, batch_first=False)
-                    if size == 0:
-                        continue
-                    loss = computer.compute(to_device(inputs, self.device), to_device(targets, self.device))
-                    with torch.no_grad():
-                        flat.x.add_(flat.g, alpha=-lr)
-                    losses.append(loss)
-                    count += 1
-                    samples += size
-                if count == 0:
-                    raise UnlearningRunError("the retain data is empty: nothing to fine-tune on")
-                if epoch == 0 and on_pass is not None:
-                    on_pass(samples)
-                if not bool(torch.isfinite(torch.stack(losses[-count:])).all()):
-                    raise UnlearningRunError(f"non-finite loss during fine-tuning epoch {epoch} "
-                                             f"(lr={lr}); no certificate was issued")
-        finally:
-            computer.close()
-            flat.clear_grads()
-        history["ft_step"] = list(range(len(losses)))
-        history["ft_loss"] = torch.stack(losses).cpu().tolist() if losses else []
-        self._check_finite("after fine-tuning")
-        return len(losses)
-
-    def _recompute_running_stats(self) -> None:
-        """Reset the norm layers' running statistics and recompute them over one pass of retain data."""
-        momenta = {}
-        for path, module in self.parts.norms:
-            module.reset_running_stats()
-            momenta[path] = module.momentum
-            module.momentum = None  # cumulative average over the pass
-        self.model.train()
-        try:
-            with torch.no_grad():
-                for batch in itertools.islice(self.data, self.epoch_batches):
-                    inputs, _, size = pair(batch, batch_first=False)
-                    if size:
-                        self.model(to_device(inputs, self.device))
-        finally:
-            for path, module in self.parts.norms:
-                module.momentum = momenta[path]
+        """Noiseless SGD on retain data, then BatchNorm statistics from retain data when asked (:mod:`._finetune`)."""
+        return finetune(self, history, on_pass)
 
     def finish(self) -> skeleton.Finished:
         parts, opts = self.parts, self.opts
