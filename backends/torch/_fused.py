@@ -85,7 +85,7 @@ class FusedStep:
     Args:
         sizes: the unlearned parameters' sizes, in the master's order (they sum to ``d``).
         device: where ``x`` lives; on a CPU the blocks are :data:`BLOCK` long, elsewhere one block.
-        block: block length override (tests use small blocks on small models; even, for the sampler).
+        block: block length override (tests use small blocks on small models).
 
     Each update takes the gradient as ``pieces`` (one flat tensor per parameter, or one of length
     ``d``), the draw ``z`` (float64, length ``d``), and ``params``, the model's flat parameter vector
