@@ -13,7 +13,7 @@ here is σ-free where it can be (``A(T) = eps_renyi·σ²``), so calibration is 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import mpmath
@@ -149,6 +149,17 @@ def closed_form_sigma(eps: float, log_delta: float, C0: float, C1: float, lam: f
     return math.sqrt(72.0 * gl * L * (C0 * (1.0 - gl) ** T + C1 / lam) ** 2 / (eps * eps))
 
 
+def _nearest_best(t_star: float, key: Callable[[int], float], cap: int | None = None) -> int:
+    """The better by ``key`` of ``⌊t*⌋`` and ``⌈t*⌉`` (each at least 1, and at most ``cap``), the smaller on a tie.
+
+    ``t*`` minimises a function of a real T; the best integer is one of its two neighbours.
+    """
+    candidates = {max(1, math.floor(t_star)), max(1, math.ceil(t_star))}
+    if cap is not None:
+        candidates = {min(cap, t) for t in candidates}
+    return min(candidates, key=lambda t: (key(t), t))
+
+
 def closed_form_T(C0: float, C1: float, lam: float, gamma: float) -> tuple[int, str]:
     """The paper's choice of T with its reason (docs/theory.md#gradient-clipping), as an integer ≥ 1.
 
@@ -156,18 +167,19 @@ def closed_form_T(C0: float, C1: float, lam: float, gamma: float) -> tuple[int, 
     λ > 0 and λC0 > C1: ``T = ln(λC0/C1)/(γλ)`` rounded up, which brings the C0 term down to C1/λ.
     λ > 0 and λC0 ≤ C1: the paper's rule gives T ≤ 0; use the exact minimiser of σ instead.
     """
+    def loss(t: int) -> float:
+        return noise_free_loss(C0, C1, lam, gamma, t)
+
     if lam == 0.0:
         t_star = t_argmin(C0, C1, lam, gamma)
-        candidates = {max(1, math.floor(t_star)), max(1, math.ceil(t_star))}
-        T = min(candidates, key=lambda t: (noise_free_loss(C0, C1, lam, gamma, t), t))
+        T = _nearest_best(t_star, loss)
         return T, f"T = C0/(gamma*C1) = {t_star:.6g} -> {T} (minimises sigma; docs/theory.md#gradient-clipping)"
     if lam * C0 > C1:
         raw = math.log(lam * C0 / C1) / (gamma * lam)
         T = max(1, math.ceil(raw))
         return T, f"T = ln(lam*C0/C1)/(gamma*lam) = {raw:.6g} -> {T} (paper's rule; docs/theory.md#gradient-clipping)"
     t_star = t_argmin(C0, C1, lam, gamma)
-    candidates = {max(1, math.floor(t_star)), max(1, math.ceil(t_star))}
-    T = min(candidates, key=lambda t: (noise_free_loss(C0, C1, lam, gamma, t), t))
+    T = _nearest_best(t_star, loss)
     return T, f"lam*C0 <= C1: T = argmin sigma = {t_star:.6g} -> {T} (docs/theory.md#gradient-clipping)"
 
 
@@ -290,8 +302,7 @@ class _Problem:
         budget = self.max_T if self.max_T is not None else DEFAULT_MAX_T
         t_star = t_argmin(self.C0, self.C1, self.lam, self.gamma)
         if math.isfinite(t_star):
-            cands = {min(budget, max(1, math.floor(t_star))), min(budget, max(1, math.ceil(t_star)))}
-            T_best = min(cands, key=lambda t: (gap(t), t))
+            T_best = _nearest_best(t_star, gap, cap=budget)
         else:
             T_best = budget
         if gap(T_best) > 0:
