@@ -280,13 +280,17 @@ class NoiseGenerator:
                      workers: int = 1, out: torch.Tensor | None = None) -> torch.Tensor:
         """The same values as :meth:`normal`, as a float64 torch tensor on ``device``.
 
-        ``out``: a contiguous float64 CPU tensor of ``count`` values to fill and return instead.
+        ``out``: a contiguous float64 CPU tensor of ``count`` values to fill and return instead (then
+        ``device``, if given, must be the CPU: a draw is never silently left on another device than asked).
         """
         import torch
 
         if out is not None:
             if not isinstance(out, torch.Tensor) or out.device.type != "cpu":
                 raise InvalidParameterError("out", type(out).__name__, "a float64 CPU torch.Tensor")
+            if device is not None and torch.device(device).type != "cpu":
+                raise InvalidParameterError("device", str(device), "None or the CPU when out= is given (out is a "
+                                            "CPU buffer); copy the filled buffer to the device yourself")
             self.normal(draw, count, offset=offset, workers=workers, out=out.detach().numpy())
             return out
         values = torch.from_numpy(self.normal(draw, count, offset=offset, workers=workers))

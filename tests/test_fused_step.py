@@ -224,6 +224,14 @@ def test_draw_into_a_wrong_buffer_is_refused(bad):
         NoiseGenerator(bytes(32)).normal(0, 10, out=bad)
 
 
+def test_torch_draw_into_a_buffer_refuses_another_device():
+    """``out=`` is a CPU buffer: asking for the draw on another device as well is refused, not ignored."""
+    buf = torch.empty(10, dtype=torch.float64)
+    with pytest.raises(InvalidParameterError, match="device"):
+        NoiseGenerator(bytes(32)).normal_torch(0, 10, out=buf, device="meta")
+    assert NoiseGenerator(bytes(32)).normal_torch(0, 10, out=buf, device="cpu") is buf
+
+
 @pytest.mark.parametrize("bad", [torch.empty(10, dtype=torch.float32), torch.empty(20, dtype=torch.float64)[::2],
                                  np.empty(10)])
 def test_torch_draw_into_a_wrong_buffer_is_refused(bad):
