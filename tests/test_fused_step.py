@@ -29,17 +29,16 @@ torch.set_num_threads(1)
 
 
 def _segment_norm(run: Any) -> Any:
-    """``_steps.norm`` as the fused step measures a whole master-sized vector: with several blocks the root of the
-    sum of their float64 sums of squares (one block, and any other vector, as before)."""
+    """``_steps.norm`` as the fused step measures a whole master-sized vector: with several blocks the norm of
+    their float64 norms (one block, and any other vector, as before)."""
     whole, d = _steps.norm, run.flat.d
     blocks = [] if run.fused is None else run.fused.blocks
 
     def norm(v: torch.Tensor) -> torch.Tensor:
-        if not blocks or v.shape != (d,):
+        if not blocks or v.shape != (d,) or len(blocks) == 1:
             return whole(v)
-        if len(blocks) == 1:
-            return whole(v)
-        return torch.stack([torch.dot(v[b.start:b.stop], v[b.start:b.stop]) for b in blocks]).sum().sqrt().reshape(1)
+        parts = torch.stack([whole(v[b.start:b.stop]).reshape(()) for b in blocks])
+        return torch.linalg.vector_norm(parts).reshape(1)
 
     return norm
 
@@ -74,7 +73,7 @@ def _unfused_step(self: Any, x: torch.Tensor, t: int, batch: Any, draw: Any) -> 
 
 def _model() -> nn.Module:
     torch.manual_seed(3)
-    return nn.Sequential(nn.Flatten(), nn.Linear(12, 17), nn.ReLU(), nn.Linear(17, 3))  # d = 272
+    return nn.Sequential(nn.Flatten(), nn.Linear(12, 17), nn.ReLU(), nn.Linear(17, 3))  # d = 275
 
 
 def _data(dtype: torch.dtype = torch.float32) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -178,6 +177,30 @@ def test_one_float64_gradient_is_read_in_place_with_the_bits_of_widened_pieces(v
         out.append((x, *stats))
     for other in out[1:]:
         assert all(torch.equal(a, b) for a, b in zip(out[0], other, strict=True))
+
+
+@pytest.mark.parametrize("variant", ["gc", "mc_after", "mc_before"])
+def test_the_step_gives_the_same_bits_at_any_number_of_threads(variant):
+    """Several blocks on a CPU: the update's bytes do not depend on torch's thread count (a threaded BLAS dot
+    product would make them, and replicated ranks or a rerun on another machine would release other bits)."""
+    gen = torch.Generator().manual_seed(9)
+    sizes = [3 * _fused.BLOCK + 5, 2 * _fused.BLOCK - 7, 1000]
+    d = sum(sizes)
+    g = [torch.randn(n, generator=gen) for n in sizes]
+    x0, z = torch.randn(d, dtype=torch.float64, generator=gen), torch.randn(d, dtype=torch.float64, generator=gen)
+    kw = dict(gamma=0.1, lam=0.3, sigma=0.2)
+    kw.update({"gc": dict(C1=0.5), "mc_after": dict(C2=0.7), "mc_before": dict(C1=0.5, C2=0.7)}[variant])
+    out = []
+    threads = torch.get_num_threads()
+    try:
+        for n in (1, 2, 4):
+            torch.set_num_threads(n)
+            x = x0.clone()
+            stats = getattr(_fused.FusedStep(sizes, torch.device("cpu")), variant)(x, g, z, None, **kw)
+            out.append((x.numpy().tobytes(), *(float(v) for v in stats)))
+    finally:
+        torch.set_num_threads(threads)
+    assert out[0] == out[1] == out[2]
 
 
 @pytest.mark.parametrize("bad", [[torch.zeros(2, 120)], [torch.zeros(240)[::2].repeat(2)[:239]],

@@ -18,9 +18,9 @@ once per phase:
 sampler's temporaries evict the blocks being updated. The draw is made whole, into a reused buffer.)
 
 The blocks are a fixed partition of ``[0, d)`` (they depend on ``d`` and the device only), whichever
-way the gradient is handed over. Every norm that sets a clipping or projection factor is the square
-root of the float64 sum of the blocks' float64 sums of squares, so it is the same number for the same
-vector, and its relative error is below ``d·2⁻⁵³`` as for any summation order. A vector of one block
+way the gradient is handed over. Every norm that sets a clipping or projection factor is the float64
+norm of the blocks' float64 norms, so it is the same number for the same vector (whatever the number
+of threads), and its relative error is below ``d·2⁻⁵³`` as for any summation order. A vector of one block
 (``d ≤`` :data:`BLOCK` on a CPU, any ``d`` elsewhere) gets exactly the step functions' norm, so small
 models release the bits the step functions would.
 
@@ -198,17 +198,20 @@ class FusedStep:
 
     # ------------------------------------------------------------------ passes
     def _part(self, v: torch.Tensor) -> torch.Tensor:
-        """One block's contribution to a norm: with one block its norm by the step functions' own reduction
-        (:func:`._steps.norm`), with more its float64 sum of squares."""
-        return torch.linalg.vector_norm(v, dtype=torch.float64) if len(self.blocks) == 1 else torch.dot(v, v)
+        """One block's float64 norm, by the step functions' own reduction (:func:`._steps.norm`).
+
+        Not ``torch.dot``: on a CPU that goes to a threaded BLAS whose result changes with the number
+        of threads, and the released bits must not (``vector_norm``'s do not)."""
+        return torch.linalg.vector_norm(v, dtype=torch.float64)
 
     def _whole(self, parts: list[torch.Tensor], like: torch.Tensor) -> torch.Tensor:
-        """The vector's Euclidean norm from its blocks' :meth:`_part` (a float64 scalar on ``like``'s device)."""
+        """The vector's Euclidean norm from its blocks' norms (a float64 scalar on ``like``'s device): one
+        block's own, or the norm of the blocks' norms."""
         if not parts:
             return torch.zeros((), dtype=torch.float64, device=like.device)
         if len(parts) == 1:
             return parts[0]
-        return torch.stack(parts).sum().sqrt()
+        return torch.linalg.vector_norm(torch.stack(parts))
 
     def _widen(self, pieces: Sequence[torch.Tensor], b: Block, *, x: torch.Tensor | None = None,
                lam: float = 0.0) -> torch.Tensor:

@@ -67,6 +67,7 @@ class TorchRun(skeleton.Hooks):
         self.flat: FlatParameters | None = None
         self.computer: GradientComputer | None = None
         self.z64: torch.Tensor | None = None
+        self._g64: torch.Tensor | None = None
         self.clip_implementation: str | None = None
 
     # ------------------------------------------------------------------ before the run
