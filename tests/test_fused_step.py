@@ -182,7 +182,8 @@ def test_one_float64_gradient_is_read_in_place_with_the_bits_of_widened_pieces(v
 @pytest.mark.parametrize("variant", ["gc", "mc_after", "mc_before"])
 def test_the_step_gives_the_same_bits_at_any_number_of_threads(variant):
     """Several blocks on a CPU: the update's bytes do not depend on torch's thread count (a threaded BLAS dot
-    product would make them, and replicated ranks or a rerun on another machine would release other bits)."""
+    product in a factor-setting norm would make them, and replicated ranks or a rerun on another machine would
+    release other bits). The history's statistics may differ in their last bits."""
     gen = torch.Generator().manual_seed(9)
     sizes = [3 * _fused.BLOCK + 5, 2 * _fused.BLOCK - 7, 1000]
     d = sum(sizes)
@@ -197,10 +198,12 @@ def test_the_step_gives_the_same_bits_at_any_number_of_threads(variant):
             torch.set_num_threads(n)
             x = x0.clone()
             stats = getattr(_fused.FusedStep(sizes, torch.device("cpu")), variant)(x, g, z, None, **kw)
-            out.append((x.numpy().tobytes(), *(float(v) for v in stats)))
+            out.append((x.numpy().tobytes(), [float(v) for v in stats]))
     finally:
         torch.set_num_threads(threads)
-    assert out[0] == out[1] == out[2]
+    assert out[0][0] == out[1][0] == out[2][0]  # the iterate: every factor-setting norm is thread-invariant
+    for _, stats in out[1:]:  # the history's statistics: equal up to float64 rounding
+        np.testing.assert_allclose(stats, out[0][1], rtol=1e-12, atol=0)
 
 
 @pytest.mark.parametrize("bad", [[torch.zeros(2, 120)], [torch.zeros(240)[::2].repeat(2)[:239]],

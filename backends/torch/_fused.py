@@ -133,9 +133,9 @@ class FusedStep:
                 xb.mul_(1.0 - gamma * lam)
             xb.add_(w, alpha=-float(gamma))
             xb.add_(z[b.start:b.stop], alpha=float(sigma))
-            xn.append(self._part(xb))
+            xn.append(_square(xb))
             _write(params, xb, b)
-        return (n * f).reshape(()), self._whole(xn, x)
+        return (n * f).reshape(()), _root(xn, x)
 
     def mc_after(self, x: torch.Tensor, pieces: Sequence[torch.Tensor], z: torch.Tensor, params: torch.Tensor | None,
                  *, gamma: float, lam: float, C2: float, sigma: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -147,7 +147,7 @@ class FusedStep:
         gn, un = [], []
         for b in self.blocks:
             w, xb = self._widen(pieces, b), x[b.start:b.stop]
-            gn.append(self._part(w))
+            gn.append(_square(w))
             if lam != 0.0:
                 xb.mul_(1.0 - gamma * lam)
             xb.add_(w, alpha=-float(gamma))
@@ -160,9 +160,9 @@ class FusedStep:
             if scale:
                 xb.mul_(f)
             xb.add_(z[b.start:b.stop], alpha=float(sigma))
-            xn.append(self._part(xb))
+            xn.append(_square(xb))
             _write(params, xb, b)
-        return self._whole(gn, x), self._whole(xn, x)
+        return _root(gn, x), _root(xn, x)
 
     def mc_before(self, x: torch.Tensor, pieces: Sequence[torch.Tensor], z: torch.Tensor, params: torch.Tensor | None,
                   *, gamma: float, lam: float, C1: float | None, C2: float,
@@ -265,3 +265,16 @@ def _in_place(pieces: Sequence[torch.Tensor]) -> bool:
 def _write(params: torch.Tensor | None, xb: torch.Tensor, b: Block) -> None:
     if params is not None:
         params[b.start:b.stop].copy_(xb)  # the one rounding to the parameters' dtype
+
+
+def _square(v: torch.Tensor) -> torch.Tensor:
+    """A block's float64 sum of squares for the history's statistics only (never for a factor): a dot
+    product, fast, whose last bits may depend on the number of threads."""
+    return torch.dot(v, v)
+
+
+def _root(squares: list[torch.Tensor], like: torch.Tensor) -> torch.Tensor:
+    """A history statistic's norm from its blocks' :func:`_square` (a float64 scalar on ``like``'s device)."""
+    if not squares:
+        return torch.zeros((), dtype=torch.float64, device=like.device)
+    return torch.stack(squares).sum().sqrt()
