@@ -152,7 +152,8 @@ def closed_form_sigma(eps: float, log_delta: float, C0: float, C1: float, lam: f
 def _nearest_best(t_star: float, key: Callable[[int], float], cap: int | None = None) -> int:
     """The better by ``key`` of ``⌊t*⌋`` and ``⌈t*⌉`` (each at least 1, and at most ``cap``), the smaller on a tie.
 
-    ``t*`` minimises a function of a real T; the best integer is one of its two neighbours.
+    ``t*`` minimises a function of a real T that falls, then rises (docs/theory.md#gradient-clipping); the best
+    integer is one of its two neighbours.
     """
     candidates = {max(1, math.floor(t_star)), max(1, math.ceil(t_star))}
     if cap is not None:

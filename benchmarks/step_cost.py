@@ -275,26 +275,16 @@ def unfused() -> Iterator[None]:
     operation through the step functions, the gradient accumulated into the float32 buffer and then
     copied, a fresh ``d``-vector for every draw (the released bytes agree to float64 rounding, bit for bit up to
     2¹⁷ coordinates, where the fused step's norms are the step functions' own)."""
-    from certun.backends import _skeleton as skeleton
     from certun.backends.torch._run import TorchRun
-    from certun.backends.torch._steps import add_noise, gc_step, mc_step
 
     def noisy_step(self: TorchRun, x: torch.Tensor, t: int, batch: tuple, draw: Callable) -> tuple:
-        s, c = self.s, self.c64
         with torch.no_grad():
             self.flat.x.copy_(x)
         loss = self.computer.compute(*batch)
         g = self.g64.copy_(self.flat.g)
         with torch.no_grad():
-            z = draw()
-            if s.variant is certun.Variant.GRADIENT_CLIPPING:
-                gc_step(x, g, gamma=s.gammas[t], lam=s.lam, C1=s.C1, center=c)
-                add_noise(x, s.sigmas[t], noise=z)
-            else:
-                mc_step(x, g, gamma=s.gammas[t], lam=s.lam, C2=s.C2, sigma=s.sigmas[t], mode=skeleton.mc_mode(s),
-                        C1=s.C1, center=c, noise=z)
-            dist = torch.linalg.vector_norm(x) if c is None else torch.dist(x, c)
-            return x, (loss.detach().to(torch.float64), torch.linalg.vector_norm(g), dist)
+            stats = self.unfused_update(x, g, draw(), self.s.gammas[t], self.s.sigmas[t])
+        return x, (loss.detach().to(torch.float64), *stats)
 
     def normal(self: TorchRun, generator: object, index: int, d: int) -> torch.Tensor:
         return generator.normal_torch(index, d, device=self.device).to(device=self.device, dtype=torch.float64)

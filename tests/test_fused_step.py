@@ -19,10 +19,8 @@ from torch import nn
 
 import certun
 from certun.backends import UnsafeNoiseWarning, get_backend
-from certun.backends import _skeleton as skeleton
 from certun.backends.noise import NoiseGenerator
 from certun.backends.torch import _fused, _run, _steps
-from certun.backends.torch._steps import add_noise, gc_step, mc_step
 from certun.errors import InvalidParameterError, UnlearningRunError
 
 torch.set_num_threads(1)
@@ -53,22 +51,13 @@ def _reference_step(self: Any, x: torch.Tensor, t: int, batch: Any, draw: Any) -
 
 
 def _unfused_step(self: Any, x: torch.Tensor, t: int, batch: Any, draw: Any) -> tuple[torch.Tensor, tuple]:
-    s, c, flat = self.s, self.c64, self.flat
     with torch.no_grad():
-        flat.x.copy_(x)
+        self.flat.x.copy_(x)
     loss = self.computer.compute(*batch)  # into the float32 buffer, then one copy into g64
     g = self.g64.copy_(self.flat.g)
-    gamma, sigma = s.gammas[t], s.sigmas[t]
     with torch.no_grad():
-        z = draw()
-        if s.variant is certun.Variant.GRADIENT_CLIPPING:
-            gc_step(x, g, gamma=gamma, lam=s.lam, C1=s.C1, center=c)
-            add_noise(x, sigma, noise=z)
-        else:
-            mc_step(x, g, gamma=gamma, lam=s.lam, C2=s.C2, sigma=sigma, mode=skeleton.mc_mode(s), C1=s.C1,
-                    center=c, noise=z)
-        dist = torch.linalg.vector_norm(x) if c is None else torch.dist(x, c)
-        return x, (loss.detach().to(torch.float64), torch.linalg.vector_norm(g), dist)
+        stats = self.unfused_update(x, g, draw(), self.s.gammas[t], self.s.sigmas[t])
+    return x, (loss.detach().to(torch.float64), *stats)
 
 
 def _model() -> nn.Module:

@@ -212,7 +212,7 @@ class TorchRun(skeleton.Hooks):
 
     def noisy_step(self, x: torch.Tensor, t: int, batch: Any,
                    draw: Callable[[], Any]) -> tuple[torch.Tensor, tuple[Any, Any, Any]]:
-        s, c, flat = self.s, self.c64, self.flat
+        s, flat = self.s, self.flat
         if self.params_hold is not x or self.opts.callback is not None:
             # a callback ran since the last step (it could touch the model); the retain data's iterator must not
             with torch.no_grad():
@@ -227,15 +227,21 @@ class TorchRun(skeleton.Hooks):
             return x, (loss.detach().to(torch.float64), *stats)
         loss, g = self.gradient(batch)
         with torch.no_grad():
-            z = draw()
-            if s.variant is Variant.GRADIENT_CLIPPING:
-                gc_step(x, g, gamma=gamma, lam=s.lam, C1=s.C1, center=c)
-                add_noise(x, sigma, noise=z)
-            else:
-                mc_step(x, g, gamma=gamma, lam=s.lam, C2=s.C2, sigma=sigma, mode=skeleton.mc_mode(s), C1=s.C1,
-                        center=c, noise=z)
-            dist = torch.linalg.vector_norm(x) if c is None else torch.dist(x, c)
-            return x, (loss.detach().to(torch.float64), torch.linalg.vector_norm(g), dist)
+            return x, (loss.detach().to(torch.float64), *self.unfused_update(x, g, draw(), gamma, sigma))
+
+    def unfused_update(self, x: torch.Tensor, g: torch.Tensor, z: torch.Tensor, gamma: float,
+                       sigma: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """The variant's update by the step functions, one pass per operation (a centre, or beyond the fused
+        step's range); the history's ``‖g‖`` and ``‖x − c‖``."""
+        s, c = self.s, self.c64
+        if s.variant is Variant.GRADIENT_CLIPPING:
+            gc_step(x, g, gamma=gamma, lam=s.lam, C1=s.C1, center=c)
+            add_noise(x, sigma, noise=z)
+        else:
+            mc_step(x, g, gamma=gamma, lam=s.lam, C2=s.C2, sigma=sigma, mode=skeleton.mc_mode(s), C1=s.C1,
+                    center=c, noise=z)
+        dist = torch.linalg.vector_norm(x) if c is None else torch.dist(x, c)
+        return torch.linalg.vector_norm(g), dist
 
     def _fused_update(self, x: torch.Tensor, pieces: list[torch.Tensor], z: torch.Tensor, gamma: float,
                       sigma: float) -> tuple[torch.Tensor, torch.Tensor]:
