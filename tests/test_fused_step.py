@@ -101,12 +101,15 @@ def _schedule(variant: str, radii: str) -> certun.Schedule:
                        mode="clip_noise_before_projection")
 
 
+@pytest.mark.parametrize("block", [64, None])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize(("variant", "radii", "clip"), CASES)
-def test_fused_step_releases_the_reference_bytes(monkeypatch, variant, radii, clip, dtype):
-    """Every variant and clipping mode: the released parameters are bit for bit the reference step's."""
+def test_fused_step_releases_the_reference_bytes(monkeypatch, variant, radii, clip, dtype, block):
+    """Every variant and clipping mode: the released parameters are bit for bit the reference step's, with
+    several blocks and with one (where the update pass reuses the norm pass's widened gradient)."""
     schedule = _schedule(variant, radii)
-    monkeypatch.setattr(_fused, "BLOCK", 64)  # 275 coordinates: four blocks and a tail, cutting across parameters
+    if block is not None:  # 275 coordinates: four blocks and a tail, cutting across parameters
+        monkeypatch.setattr(_fused, "BLOCK", block)
     ones: list[bool] = []
     is_one = _fused._is_one
     monkeypatch.setattr(_fused, "_is_one", lambda f: ones.append(is_one(f)) or ones[-1])

@@ -126,7 +126,7 @@ class FusedStep:
         scale = not _is_one(f)
         xn = []
         for b in self.blocks:
-            w, xb = self._widen(pieces, b), x[b.start:b.stop]
+            w, xb = self._again(pieces, b), x[b.start:b.stop]
             if scale:
                 w.mul_(f)
             if lam != 0.0:
@@ -180,7 +180,7 @@ class FusedStep:
         again = None if _in_place(pieces) else x
         xn = []
         for b in self.blocks:
-            w, xb = self._widen(pieces, b, x=again, lam=lam), x[b.start:b.stop]
+            w, xb = self._again(pieces, b, x=again, lam=lam), x[b.start:b.stop]
             if scale:
                 w.mul_(f)
             xb.add_(w, alpha=-float(gamma))
@@ -232,6 +232,15 @@ class FusedStep:
             w.add_(x[b.start:b.stop], alpha=float(lam))
         return w
 
+    def _again(self, pieces: Sequence[torch.Tensor], b: Block, *, x: torch.Tensor | None = None,
+               lam: float = 0.0) -> torch.Tensor:
+        """Block ``b`` as :meth:`_norm` widened it, for the pass after it. With one block the work buffer
+        still holds it (nothing wrote the buffer or ``x`` since), so the small model's pieces are not copied
+        twice a step; otherwise it is widened again."""
+        if len(self.blocks) == 1 and not _in_place(pieces):
+            return self._work(b)
+        return self._widen(pieces, b, x=x, lam=lam)
+
     def _work(self, b: Block) -> torch.Tensor:
         if self.work is None:
             self.work = torch.empty(min(self.block, self.d), dtype=torch.float64, device=self.device)
@@ -277,4 +286,6 @@ def _root(squares: list[torch.Tensor], like: torch.Tensor) -> torch.Tensor:
     """A history statistic's norm from its blocks' :func:`_square` (a float64 scalar on ``like``'s device)."""
     if not squares:
         return torch.zeros((), dtype=torch.float64, device=like.device)
+    if len(squares) == 1:
+        return squares[0].sqrt()  # the sum of one term, without stacking it
     return torch.stack(squares).sum().sqrt()
