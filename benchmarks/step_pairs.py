@@ -4,7 +4,8 @@
 by tens of percent within seconds, the two can still land in different moments. Here every noisy step
 of the torch backend is paired with one floor step timed just before it in the same process: a plain
 SGD step (zero_grad, forward, backward, update) on a copy of the model and one draw of ``d`` Gaussians
-by the run's keyed sampler. Each pair gives a ratio; the table reports the median over all pairs of
+by the run's keyed sampler, made as the run makes its draws (``step_cost.floor_draw``: on a CPU into a
+reused buffer). Each pair gives a ratio; the table reports the median over all pairs of
 ``--runs`` runs and its quartiles. The first pair of each run (warm-up) is dropped. CPU time of this
 process, one thread (step_cost.py's clock).
 
@@ -38,12 +39,11 @@ def floor_before_each_step(model: nn.Module, X: torch.Tensor, y: torch.Tensor, d
                            device: torch.device) -> Iterator[list[tuple[float, float]]]:
     """Within: each noisy step of the torch backend is preceded by one timed floor step; yields the
     ``(noisy step, floor step)`` times, one pair per step."""
-    from certun.backends.noise import NoiseGenerator, fresh_key
     from certun.backends.torch._run import TorchRun
 
     model = model.to(device).train()
     opt = torch.optim.SGD(model.parameters(), lr=1e-3)
-    gen, clock, saved = NoiseGenerator(fresh_key()), sc._clock(device), TorchRun.progress
+    draw, clock, saved = sc.floor_draw(d, device), sc._clock(device), TorchRun.progress
     pairs: list[tuple[float, float]] = []
 
     def progress(self: TorchRun, steps: range, desc: str) -> Iterator[int]:
@@ -53,7 +53,7 @@ def floor_before_each_step(model: nn.Module, X: torch.Tensor, y: torch.Tensor, d
             opt.zero_grad(set_to_none=True)
             F.cross_entropy(model(X), y).backward()
             opt.step()
-            gen.normal_torch(t, d, device=device)
+            draw(t)
             sc._sync(device)
             b = clock()
             yield t
