@@ -85,3 +85,20 @@ def test_paired_steps_give_one_row_per_batch_clipped_variant_with_quartiles(tmp_
 def test_paired_steps_refuse_bad_arguments_with_what_is_valid(args, message):
     done = _pairs("--quick", *args)
     assert done.returncode == 2 and message in done.stderr and "Traceback" not in done.stderr
+
+
+def test_update_passes_prints_every_pass_the_fused_updates_and_sgd():
+    script = ROOT / "benchmarks" / "update_passes.py"
+    done = subprocess.run([sys.executable, str(script), "--rounds", "1", "--scale", "0.001"], cwd=ROOT, env=ENV,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    lines = done.stdout.splitlines()
+    assert lines[0].startswith("d=10305 ")  # the six sizes scaled and rounded, at least 1 each
+    labels = [line[:56].strip() for line in lines[2:]]
+    assert labels[-4:] == ["fused: gradient clipping", "fused: model clipping, noise after projection",
+                           "fused: model clipping, clip-noise-before-projection",
+                           "SGD's float32 update (add_ per parameter)"]
+    assert len(labels) == 11 and all(float(line[56:]) >= 0 for line in lines[2:])
+    bad = subprocess.run([sys.executable, str(script), "--scale", "2"], cwd=ROOT, env=ENV, capture_output=True,
+                         text=True, timeout=300)
+    assert bad.returncode == 2 and "--scale must be in (0, 1], got 2.0" in bad.stderr and "Traceback" not in bad.stderr
