@@ -4,6 +4,7 @@ that takes no ``reduction`` on every call."""
 from __future__ import annotations
 
 import gc
+import inspect
 import weakref
 
 import pytest
@@ -30,12 +31,10 @@ def test_the_signature_is_read_once_per_loss(monkeypatch: pytest.MonkeyPatch) ->
     def loss(output, target, **kwargs):
         return F.cross_entropy(output, target, **kwargs)
 
-    reads = []
-    real = _loss.inspect.signature
-    monkeypatch.setattr(_loss.inspect, "signature", lambda f: reads.append(f) or real(f))
+    reads = _counting(monkeypatch)
     for _ in range(3):
         assert per_sample_loss(loss, OUT, Y).shape == (4,)
-    assert reads == [loss]
+    assert [f for f in reads if f is loss] == [loss]
 
 
 def test_the_memo_keeps_no_loss_alive() -> None:
@@ -49,15 +48,52 @@ def test_the_memo_keeps_no_loss_alive() -> None:
     assert ref() is None
 
 
-def test_an_unhashable_callable_is_read_each_time() -> None:
-    class Loss:
-        __hash__ = None  # type: ignore[assignment]
+def _counting(monkeypatch: pytest.MonkeyPatch) -> list:
+    reads: list = []
+    real = _loss.inspect.signature
+    monkeypatch.setattr(_loss.inspect, "signature", lambda f: reads.append(f) or real(f))
+    return reads
+
+
+def test_losses_are_told_apart_by_identity_not_equality(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two losses that compare equal (and hash alike, or not at all) but take different arguments each get their
+    own answer; a loss whose hash raises is not hashed."""
+    class Equal:
+        def __init__(self, takes_reduction: bool) -> None:
+            self.takes = takes_reduction
 
         def __eq__(self, other: object) -> bool:
-            return isinstance(other, Loss)
+            return isinstance(other, Equal)
+
+        def __hash__(self) -> int:
+            raise RuntimeError("hash of a user object")
+
+        @property
+        def __signature__(self) -> inspect.Signature:
+            names = ["output", "target"] + (["reduction"] if self.takes else [])
+            return inspect.Signature([inspect.Parameter(n, inspect.Parameter.POSITIONAL_OR_KEYWORD) for n in names])
 
         def __call__(self, output, target, reduction="mean"):
             return F.cross_entropy(output, target, reduction=reduction)
 
+    reads = _counting(monkeypatch)
+    without, with_ = Equal(False), Equal(True)
     for _ in range(2):
-        torch.testing.assert_close(per_sample_loss(Loss(), OUT, Y), F.cross_entropy(OUT, Y, reduction="none"))
+        with pytest.raises(UnlearningRunError, match="takes no reduction argument"):
+            per_sample_loss(without, OUT, Y)
+        torch.testing.assert_close(per_sample_loss(with_, OUT, Y), F.cross_entropy(OUT, Y, reduction="none"))
+    ours = [f for f in reads if f is without or f is with_]  # (torch may read other signatures meanwhile)
+    assert len(ours) == 2 and ours[0] is without and ours[1] is with_  # one read each; then the memo answers
+
+
+def test_a_loss_that_cannot_be_weakly_referenced_is_read_each_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    class Slotted:
+        __slots__ = ()
+
+        def __call__(self, output, target, reduction="mean"):
+            return F.cross_entropy(output, target, reduction=reduction)
+
+    reads, loss = _counting(monkeypatch), Slotted()
+    for _ in range(2):
+        torch.testing.assert_close(per_sample_loss(loss, OUT, Y), F.cross_entropy(OUT, Y, reduction="none"))
+    assert [f for f in reads if f is loss] == [loss, loss]

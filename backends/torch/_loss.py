@@ -45,27 +45,38 @@ def per_sample_loss(loss_fn: Callable[..., torch.Tensor], output: Any, targets: 
     return losses
 
 
-#: ``_accepts_reduction``'s answers, per loss function: reading a signature costs about 0.1 ms, paid on
-#: every step otherwise (a tenth of a small model's step). Weak keys: the memo keeps no loss alive.
-_ACCEPTS: weakref.WeakKeyDictionary[Any, bool] = weakref.WeakKeyDictionary()
+#: ``_accepts_reduction``'s answers by the loss function's identity (``id`` -> (weak reference, answer)):
+#: reading a signature costs about 0.1 ms, paid on every step otherwise (a tenth of a small model's step).
+#: Identity, not ``==``: two losses that compare equal may still take different arguments (and hashing
+#: user objects could raise). A loss is taken not to change its own signature while it lives. The weak
+#: reference keeps no loss alive, and its entry goes when the loss does.
+_ACCEPTS: dict[int, tuple[weakref.ref[Any], bool]] = {}
 
 
 def _accepts_reduction(loss_fn: Callable[..., Any]) -> bool:
     """Whether ``loss_fn`` takes a ``reduction`` keyword (True when its signature cannot be read)."""
-    try:
-        return _ACCEPTS[loss_fn]
-    except (KeyError, TypeError):  # not seen yet, or not weakly referenceable / hashable: read it
-        pass
+    key = id(loss_fn)
+    entry = _ACCEPTS.get(key)
+    if entry is not None and entry[0]() is loss_fn:
+        return entry[1]
     try:
         parameters = inspect.signature(loss_fn).parameters.values()
     except (TypeError, ValueError):  # builtins without a signature: let the call decide
         return True
     accepts = any(p.name == "reduction" or p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters)
     try:
-        _ACCEPTS[loss_fn] = accepts
-    except TypeError:
-        pass
+        ref = weakref.ref(loss_fn, lambda dead, key=key: _forget(key, dead))
+    except TypeError:  # not weakly referenceable: read each time
+        return accepts
+    _ACCEPTS[key] = (ref, accepts)
     return accepts
+
+
+def _forget(key: int, dead: weakref.ref[Any]) -> None:
+    """Drop a dead loss's entry (only its own: the ``id`` may already name a newer loss)."""
+    entry = _ACCEPTS.get(key)
+    if entry is not None and entry[0] is dead:
+        del _ACCEPTS[key]
 
 
 def _call_loss(loss_fn: Callable[..., Any], output: Any, targets: Any, **kwargs: Any) -> Any:
