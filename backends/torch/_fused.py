@@ -235,8 +235,10 @@ class FusedStep:
     def _again(self, pieces: Sequence[torch.Tensor], b: Block, *, x: torch.Tensor | None = None,
                lam: float = 0.0) -> torch.Tensor:
         """Block ``b`` as :meth:`_norm` widened it, for the pass after it. With one block the work buffer
-        still holds it (nothing wrote the buffer or ``x`` since), so the small model's pieces are not copied
-        twice a step; otherwise it is widened again."""
+        still holds it, so a small model's pieces are not copied twice a step; otherwise it is widened again.
+
+        The caller's contract: the same ``x`` and ``lam`` as it gave :meth:`_norm`, and nothing written to the
+        buffer or ``x`` in between (only the factor is computed there); with one block they are not read."""
         if len(self.blocks) == 1 and not _in_place(pieces):
             return self._work(b)
         return self._widen(pieces, b, x=x, lam=lam)
