@@ -7,9 +7,9 @@ noisy steps on one fixed batch and reports the median time of a step (this proce
 run with one thread, so that a shared machine's other load counts as little as it can; wall time,
 synchronised, on CUDA), its
 ratio to a plain ``torch.optim.SGD`` step (forward, backward, update) on the same model and batch, and
-its ratio to the *floor*: that SGD step plus one draw of ``d`` Gaussians by the run's keyed sampler
-(timed in the same run). Per-sample rows are timed twice: certun's own per-layer path and, for
-comparison, Opacus' hooks (``per_sample[opacus]``).
+its ratio to the *floor*: that SGD step plus one draw of ``d`` Gaussians by the run's keyed sampler,
+made as the run makes its draws (:func:`floor_draw`; timed in the same run). Per-sample rows are timed
+twice: certun's own per-layer path and, for comparison, Opacus' hooks (``per_sample[opacus]``).
 
     python benchmarks/step_cost.py            # full sizes; meant for a GPU
     python benchmarks/step_cost.py --quick    # small sizes, a few steps: runs on a CPU in a minute
