@@ -102,3 +102,15 @@ def test_update_passes_prints_every_pass_the_fused_updates_and_sgd():
     bad = subprocess.run([sys.executable, str(script), "--scale", "2"], cwd=ROOT, env=ENV, capture_output=True,
                          text=True, timeout=300)
     assert bad.returncode == 2 and "--scale must be in (0, 1], got 2.0" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_draw_workers_prints_one_row_per_worker_count_and_refuses_zero():
+    script = ROOT / "benchmarks" / "draw_workers.py"
+    done = subprocess.run([sys.executable, str(script), "--d", "300000", "--repeats", "1", "--max-workers", "3"],
+                          cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]  # it exits non-zero if a split changed a bit
+    rows = [line.split() for line in done.stdout.splitlines()[2:]]
+    assert [r[0] for r in rows] == ["1", "2", "3"] and rows[0][2] == "1.00"
+    bad = subprocess.run([sys.executable, str(script), "--max-workers", "0"], cwd=ROOT, env=ENV,
+                         capture_output=True, text=True, timeout=300)
+    assert bad.returncode == 2 and "--max-workers must be at least 1, got 0" in bad.stderr

@@ -188,7 +188,8 @@ class ShardedRun(DistributedRun):
         return self.comm.concat(x, self.counts, "gathering the master's shards")
 
     def normal(self, generator: Any, index: int, d: int) -> torch.Tensor:
-        z = generator.normal_torch(index, self.hi - self.lo, offset=self.lo, device=self.device)
+        z = generator.normal_torch(index, self.hi - self.lo, offset=self.lo, device=self.device,
+                                   workers=self.draw_workers(self.hi - self.lo))
         return z.to(device=self.device, dtype=torch.float64)
 
     def as_noise(self, z: Any, d: int) -> torch.Tensor:

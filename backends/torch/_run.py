@@ -157,12 +157,22 @@ class TorchRun(skeleton.Hooks):
         return self.flat.x.to(torch.float64, copy=True)
 
     def normal(self, generator: Any, index: int, d: int) -> torch.Tensor:
+        workers = self.draw_workers(d)
         if self.computer is not None and self.device.type == "cpu":
             # a noisy step's draw: into one buffer reused by every step (each draw is spent within its step)
             if self.z64 is None:
                 self.z64 = torch.empty(d, dtype=torch.float64)
-            return generator.normal_torch(index, d, out=self.z64)
-        return generator.normal_torch(index, d, device=self.device).to(device=self.device, dtype=torch.float64)
+            return generator.normal_torch(index, d, out=self.z64, workers=workers)
+        z = generator.normal_torch(index, d, device=self.device, workers=workers)
+        return z.to(device=self.device, dtype=torch.float64)
+
+    @staticmethod
+    def draw_workers(count: int) -> int:
+        """Threads for a keyed draw of ``count`` coordinates: torch's own thread count, the user's setting (1
+        under ``OMP_NUM_THREADS=1``), with at least 2²⁰ coordinates each (a smaller piece gains less than a
+        thread costs). The draw is positional, so its bits do not depend on it (docs/noise.md); on a large
+        model it is most of a CPU step, and on an accelerator host the cores are otherwise idle."""
+        return max(1, min(torch.get_num_threads(), count >> 20))
 
     def as_noise(self, z: Any, d: int) -> torch.Tensor:
         z = torch.as_tensor(z, device=self.device).to(torch.float64)
