@@ -56,6 +56,14 @@ def test_the_draws_workers_follow_torchs_thread_count_with_a_million_coordinates
         torch.set_num_threads(threads)
 
 
+def test_the_draws_workers_stay_within_what_the_sampler_accepts(monkeypatch):
+    """A host with more threads than the sampler takes (1024) must not make a huge draw fail mid-run."""
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 5000)
+    workers = TorchRun.draw_workers(2**40)
+    assert workers == 1024
+    assert NoiseGenerator(bytes(32)).normal(0, 4, workers=workers).shape == (4,)
+
+
 def test_a_run_asks_for_the_workers_of_its_own_size(monkeypatch):
     counts: list[int] = []
     monkeypatch.setattr(TorchRun, "draw_workers", staticmethod(lambda count: counts.append(count) or 2))

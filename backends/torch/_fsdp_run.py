@@ -103,8 +103,8 @@ class FsdpRun(ShardedRun):
                 offset += p.count
 
     def normal(self, generator: Any, index: int, d: int) -> torch.Tensor:
-        workers = self.draw_workers(max((count for _, count in self.ranges), default=0))
-        parts = [generator.normal_torch(index, count, offset=start, workers=workers) for start, count in self.ranges]
+        parts = [generator.normal_torch(index, count, offset=start, workers=self.draw_workers(count))
+                 for start, count in self.ranges]
         z = torch.cat(parts) if parts else torch.zeros(0, dtype=torch.float64)
         return z.to(device=self.device, dtype=torch.float64)
 

@@ -45,6 +45,10 @@ from certun.errors import UnlearningRunError
 __all__ = ["TorchRun"]
 
 
+#: The most threads one keyed draw takes (:meth:`certun.backends.noise.NoiseGenerator.normal` refuses more).
+_MAX_DRAW_WORKERS = 1024
+
+
 class TorchRun(skeleton.Hooks):
     """One run of the torch backend (internal): the hooks the skeleton calls, and the state between them."""
 
@@ -168,11 +172,12 @@ class TorchRun(skeleton.Hooks):
 
     @staticmethod
     def draw_workers(count: int) -> int:
-        """Threads for a keyed draw of ``count`` coordinates: torch's own thread count, the user's setting (1
-        under ``OMP_NUM_THREADS=1``), with at least 2²⁰ coordinates each (a smaller piece gains less than a
-        thread costs). The draw is positional, so its bits do not depend on it (docs/noise.md); on a large
-        model it is most of a CPU step, and on an accelerator host the cores are otherwise idle."""
-        return max(1, min(torch.get_num_threads(), count >> 20))
+        """Threads for a keyed draw of ``count`` coordinates: torch's own thread count, the user's setting
+        (1 under ``OMP_NUM_THREADS=1``), with at least 2²⁰ coordinates each (a smaller piece gains less
+        than a thread costs), and no more than the sampler accepts. The draw is positional, so its bits do
+        not depend on it (docs/noise.md); on a large model it is most of a CPU step, and on an accelerator
+        host the cores are otherwise idle."""
+        return max(1, min(torch.get_num_threads(), count >> 20, _MAX_DRAW_WORKERS))
 
     def as_noise(self, z: Any, d: int) -> torch.Tensor:
         z = torch.as_tensor(z, device=self.device).to(torch.float64)
