@@ -73,6 +73,7 @@ if TYPE_CHECKING:  # pragma: no cover
 __all__ = [
     "KEY_BYTES",
     "MAX_COORDINATES",
+    "MAX_WORKERS",
     "MAX_ABS_Z",
     "TAIL_MASS_PER_PAIR",
     "DISPLACEMENT",
@@ -102,6 +103,8 @@ MAX_PAIRS: int = (_MAX_BLOCKS * _BLOCK_WORDS) // _WORDS_PER_PAIR
 MAX_COORDINATES: int = 2 * MAX_PAIRS
 """Coordinates one draw can have (≈ 2.3e10) before the 32-bit block counter would wrap."""
 MAX_DRAWS: int = 1 << 64
+MAX_WORKERS: int = 1024
+"""Most threads one call of :meth:`NoiseGenerator.normal` takes."""
 
 _CHUNK_PAIRS = 1 << 16  # 1.5 MiB of keystream and ~0.5 MiB per temporary at a time
 
@@ -233,7 +236,7 @@ class NoiseGenerator:
         t = _index("draw", draw, 0, MAX_DRAWS, f"an integer in [0, {MAX_DRAWS})")
         n = _index("count", count, 0, None, "an integer >= 0")
         i0 = _index("offset", offset, 0, None, "an integer >= 0")
-        k = _index("workers", workers, 1, 1025, "an integer in [1, 1024]")
+        k = _index("workers", workers, 1, MAX_WORKERS + 1, f"an integer in [1, {MAX_WORKERS}]")
         if i0 + n > MAX_COORDINATES:
             raise InvalidParameterError(
                 "offset + count", i0 + n, f"at most {MAX_COORDINATES}",

@@ -243,16 +243,14 @@ def time_unlearn(model: nn.Module, X: torch.Tensor, y: torch.Tensor, schedule: c
 
 def floor_draw(d: int, device: torch.device) -> Callable[[int], torch.Tensor]:
     """The floor's draw ``t`` of ``d`` standard normals by the run's keyed float64 sampler, made as the run
-    makes its own: on a CPU into one float64 buffer reused by every draw (a fresh 80 MB vector would add
-    its page faults, about 5 % of a draw at ``d`` = 10.3M, to the floor and none to the run), elsewhere a
-    fresh vector on the device."""
+    makes its own: into one float64 host buffer reused by every draw (a fresh 80 MB vector would add its
+    page faults, 3–5 % of a draw at ``d`` = 10.3M as measured here, to the floor and none to the run),
+    then, off the CPU, copied to the device. One thread, as the benchmarks run."""
     from certun.backends.noise import NoiseGenerator, fresh_key
 
     gen = NoiseGenerator(fresh_key())
-    if device.type == "cpu":
-        buffer = torch.empty(d, dtype=torch.float64)
-        return lambda t: gen.normal_torch(t, d, out=buffer)
-    return lambda t: gen.normal_torch(t, d, device=device)
+    buffer = torch.empty(d, dtype=torch.float64)
+    return lambda t: gen.normal_torch(t, d, out=buffer).to(device=device)
 
 
 def time_noise(d: int, steps: int, device: torch.device) -> list[float]:

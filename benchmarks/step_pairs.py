@@ -4,8 +4,8 @@
 by tens of percent within seconds, the two can still land in different moments. Here every noisy step
 of the torch backend is paired with one floor step timed just before it in the same process: a plain
 SGD step (zero_grad, forward, backward, update) on a copy of the model and one draw of ``d`` Gaussians
-by the run's keyed sampler, made as the run makes its draws (``step_cost.floor_draw``: on a CPU into a
-reused buffer). Each pair gives a ratio; the table reports the median over all pairs of
+by the run's keyed sampler, made as the run makes its draws (``step_cost.floor_draw``: into a reused
+host buffer, then to the device). Each pair gives a ratio; the table reports the median over all pairs of
 ``--runs`` runs and its quartiles. The first pair of each run (warm-up) is dropped. CPU time of this
 process, one thread (step_cost.py's clock).
 

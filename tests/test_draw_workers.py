@@ -69,3 +69,27 @@ def test_a_run_asks_for_the_workers_of_its_own_size(monkeypatch):
     monkeypatch.setattr(TorchRun, "draw_workers", staticmethod(lambda count: counts.append(count) or 2))
     asked = _released(monkeypatch, None)[1]
     assert counts == [600 * 500 + 500] * 2 and asked == [2, 2]
+
+
+def test_noisy_steps_draw_into_one_host_buffer_and_the_first_draw_is_not_it(monkeypatch):
+    """Every noisy step's draw fills the same host buffer (no fresh d-vector per step); the σ0 draw, made before
+    the noisy steps, is a vector of its own, so no step can overwrite it."""
+    seen: list[tuple[bool, bool, int]] = []  # (in the noisy steps, is the run's buffer, buffer address)
+    real = TorchRun.normal
+
+    def normal(self, generator, index, d):
+        z = real(self, generator, index, d)
+        seen.append((self.computer is not None, z is self.z64, z.data_ptr()))
+        return z
+
+    monkeypatch.setattr(TorchRun, "normal", normal)
+    torch.manual_seed(0)
+    gen = torch.Generator().manual_seed(1)
+    data = [(torch.randn(8, 6, generator=gen), torch.randint(0, 3, (8,), generator=gen))]
+    schedule = certun.plan(1.0, 1e-5, C0=1.0, C2=1.0, gamma=0.1, T=3, variant="model_clipping", sigma0=5.0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UnsafeNoiseWarning)
+        get_backend("torch").unlearn(nn.Linear(6, 3), data, schedule, loss_fn=F.cross_entropy, clip="batch", seed=3,
+                                     progress=False, postprocess="none")
+    assert [(noisy, buffer) for noisy, buffer, _ in seen] == [(False, False)] + [(True, True)] * 3
+    assert len({address for noisy, _, address in seen if noisy}) == 1

@@ -19,6 +19,7 @@ from torch import nn
 from certun.accountant import Schedule, Variant
 from certun.backends import _skeleton as skeleton
 from certun.backends._options import RunOptions, clipping_for
+from certun.backends.noise import MAX_WORKERS
 from certun.backends.run_key import RunKey, loss_name
 from certun.backends.torch import _rng
 from certun.backends.torch._attributes import digestible, unregistered_arrays
@@ -44,9 +45,6 @@ from certun.errors import UnlearningRunError
 
 __all__ = ["TorchRun"]
 
-
-#: The most threads one keyed draw takes (:meth:`certun.backends.noise.NoiseGenerator.normal` refuses more).
-_MAX_DRAW_WORKERS = 1024
 
 
 class TorchRun(skeleton.Hooks):
@@ -162,13 +160,14 @@ class TorchRun(skeleton.Hooks):
 
     def normal(self, generator: Any, index: int, d: int) -> torch.Tensor:
         workers = self.draw_workers(d)
-        if self.computer is not None and self.device.type == "cpu":
-            # a noisy step's draw: into one buffer reused by every step (each draw is spent within its step)
-            if self.z64 is None:
-                self.z64 = torch.empty(d, dtype=torch.float64)
-            return generator.normal_torch(index, d, out=self.z64, workers=workers)
-        z = generator.normal_torch(index, d, device=self.device, workers=workers)
-        return z.to(device=self.device, dtype=torch.float64)
+        if self.computer is None:  # the σ0 draw: once a run
+            return generator.normal_torch(index, d, workers=workers).to(device=self.device)
+        # a noisy step's draw: into one host buffer reused by every step (no fresh 80 MB to page in at d = 10⁷),
+        # spent within its step. On a CPU that buffer is the draw; elsewhere ``.to`` copies it to the device,
+        # and that copy must stay blocking (pageable source), or the next step could refill it mid-copy.
+        if self.z64 is None:
+            self.z64 = torch.empty(d, dtype=torch.float64)
+        return generator.normal_torch(index, d, out=self.z64, workers=workers).to(device=self.device)
 
     @staticmethod
     def draw_workers(count: int) -> int:
@@ -177,7 +176,7 @@ class TorchRun(skeleton.Hooks):
         than a thread costs), and no more than the sampler accepts. The draw is positional, so its bits do
         not depend on it (docs/noise.md); on a large model it is most of a CPU step, and on an accelerator
         host the cores are otherwise idle."""
-        return max(1, min(torch.get_num_threads(), count >> 20, _MAX_DRAW_WORKERS))
+        return max(1, min(torch.get_num_threads(), count >> 20, MAX_WORKERS))
 
     def as_noise(self, z: Any, d: int) -> torch.Tensor:
         z = torch.as_tensor(z, device=self.device).to(torch.float64)
