@@ -70,6 +70,19 @@ def test_gc_T_region(C0, C1, lam, gamma, t1, t2):
         assert A(lo) <= A(hi) * (1 + 1e-12)
 
 
+@given(C0=strat.C0, C1=strat.C1, gamma=strat.gamma, lam=st.sampled_from([0.0, 1e-3, 0.1]))
+def test_the_chosen_T_is_the_best_integer(C0, C1, gamma, lam):
+    """Where the T rule minimises σ (λ = 0, or λC0 ≤ C1), the T it returns beats every other integer near T*
+    (docs/theory.md#gradient-clipping): picking the worse of ⌊T*⌋ and ⌈T*⌉ would fail this."""
+    assume(gamma * lam < 1 and not lam * C0 > C1)
+    t_star = gc.t_argmin(C0, C1, lam, gamma)
+    assume(math.isfinite(t_star) and t_star < 1e6)
+    T, _ = gc.closed_form_T(C0, C1, lam, gamma)
+    A = lambda t: gc.noise_free_loss(C0, C1, lam, gamma, t)  # noqa: E731
+    near = range(max(1, math.floor(t_star) - 3), math.ceil(t_star) + 4)
+    assert A(T) <= min(A(t) for t in near)
+
+
 def test_gc_not_monotone_in_T_when_lam_zero():
     """With λ = 0, ε_R first falls then rises in T: the minimum is at T* = C0/(γC1) (= 100 here)."""
     A = [gc.noise_free_loss(1.0, 10.0, 0.0, 1e-3, t) for t in (10, 100, 1000)]
